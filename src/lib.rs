@@ -1,0 +1,21 @@
+//! qed: an etcd-compatible, strongly consistent key-value store for the edge.
+//!
+//! Data flows client -> [`transport`] -> [`server`] -> [`raft`] -> [`storage`],
+//! and back through [`server`] -> [`mvcc`] / [`lease`] / [`watch`] -> client.
+//! `raft`, `mvcc`, `lease` and `watch` are pure state machines: they take
+//! time and input as arguments and return what to do. Only `server`,
+//! `transport`, `storage`, `client` and [`runtime`] touch sockets, files,
+//! clocks and tasks, and only `runtime` names the async runtime.
+//! See ARCHITECTURE.md for the map.
+
+pub mod client;
+pub mod mvcc;
+pub mod raft;
+pub mod runtime;
+pub mod server;
+pub mod transport;
+
+#[cfg(feature = "grpc")]
+pub mod grpc;
+
+pub use qed_wire as wire;

@@ -1,0 +1,1 @@
+//! Pure MVCC key space (lands with the foundation issue).

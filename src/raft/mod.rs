@@ -1,0 +1,1 @@
+//! Sans-IO Raft core (lands with the Raft issue).

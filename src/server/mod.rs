@@ -1,0 +1,1 @@
+//! The node: drives the state machine and serves clients.

@@ -1,0 +1,200 @@
+//! The envelope: how calls are laid out on client streams.
+//!
+//! Every call opens its own bidirectional QUIC stream and sends one
+//! [`ClientRequest`] frame first. For a unary call ([`Call::Unary`]) the node
+//! answers with exactly one [`Reply`] frame and finishes the stream. For a
+//! streaming call the first frame only names the call; after it the client
+//! sends that call's request messages (`WatchRequest`,
+//! `LeaseKeepAliveRequest`) and the node sends its responses (`WatchResponse`,
+//! `LeaseKeepAliveResponse`, or `Result<SnapshotResponse, Error>` chunks)
+//! until either side finishes the stream.
+
+use crate::auth::*;
+use crate::cluster::*;
+use crate::error::Error;
+use crate::kv::*;
+use crate::lease::*;
+use crate::maintenance::*;
+use serde::{Deserialize, Serialize};
+
+/// The first frame on every client stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// Auth token from `Authenticate`, when auth is enabled.
+    pub token: Option<String>,
+    pub call: Call,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Call {
+    Unary(Request),
+    /// Opens a watch stream.
+    Watch,
+    /// Opens a lease keep-alive stream.
+    LeaseKeepAlive,
+    /// Streams a snapshot of the node's state back.
+    Snapshot,
+}
+
+/// The answer to a unary call.
+pub type Reply = Result<Response, Error>;
+
+/// Every unary call, one variant each, in etcd's service order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    // KV
+    Range(RangeRequest),
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+    // Lease
+    LeaseGrant(LeaseGrantRequest),
+    LeaseRevoke(LeaseRevokeRequest),
+    LeaseTimeToLive(LeaseTimeToLiveRequest),
+    LeaseLeases(LeaseLeasesRequest),
+    // Cluster
+    MemberAdd(MemberAddRequest),
+    MemberRemove(MemberRemoveRequest),
+    MemberUpdate(MemberUpdateRequest),
+    MemberList(MemberListRequest),
+    MemberPromote(MemberPromoteRequest),
+    // Maintenance
+    Alarm(AlarmRequest),
+    Status(StatusRequest),
+    Defragment(DefragmentRequest),
+    Hash(HashRequest),
+    HashKv(HashKvRequest),
+    MoveLeader(MoveLeaderRequest),
+    // Auth
+    AuthEnable,
+    AuthDisable,
+    AuthStatus,
+    Authenticate(AuthenticateRequest),
+    UserAdd(UserAddRequest),
+    UserGet { name: String },
+    UserList,
+    UserDelete { name: String },
+    UserChangePassword(UserChangePasswordRequest),
+    UserGrantRole(UserRoleRequest),
+    UserRevokeRole(UserRoleRequest),
+    RoleAdd { name: String },
+    RoleGet { role: String },
+    RoleList,
+    RoleDelete { role: String },
+    RoleGrantPermission(RoleGrantPermissionRequest),
+    RoleRevokePermission(RoleRevokePermissionRequest),
+}
+
+impl Request {
+    /// etcd's method name, for logs and `Unimplemented` errors.
+    pub fn method(&self) -> &'static str {
+        use Request::*;
+        match self {
+            Range(_) => "KV/Range",
+            Put(_) => "KV/Put",
+            DeleteRange(_) => "KV/DeleteRange",
+            Txn(_) => "KV/Txn",
+            Compact(_) => "KV/Compact",
+            LeaseGrant(_) => "Lease/LeaseGrant",
+            LeaseRevoke(_) => "Lease/LeaseRevoke",
+            LeaseTimeToLive(_) => "Lease/LeaseTimeToLive",
+            LeaseLeases(_) => "Lease/LeaseLeases",
+            MemberAdd(_) => "Cluster/MemberAdd",
+            MemberRemove(_) => "Cluster/MemberRemove",
+            MemberUpdate(_) => "Cluster/MemberUpdate",
+            MemberList(_) => "Cluster/MemberList",
+            MemberPromote(_) => "Cluster/MemberPromote",
+            Alarm(_) => "Maintenance/Alarm",
+            Status(_) => "Maintenance/Status",
+            Defragment(_) => "Maintenance/Defragment",
+            Hash(_) => "Maintenance/Hash",
+            HashKv(_) => "Maintenance/HashKV",
+            MoveLeader(_) => "Maintenance/MoveLeader",
+            AuthEnable => "Auth/AuthEnable",
+            AuthDisable => "Auth/AuthDisable",
+            AuthStatus => "Auth/AuthStatus",
+            Authenticate(_) => "Auth/Authenticate",
+            UserAdd(_) => "Auth/UserAdd",
+            UserGet { .. } => "Auth/UserGet",
+            UserList => "Auth/UserList",
+            UserDelete { .. } => "Auth/UserDelete",
+            UserChangePassword(_) => "Auth/UserChangePassword",
+            UserGrantRole(_) => "Auth/UserGrantRole",
+            UserRevokeRole(_) => "Auth/UserRevokeRole",
+            RoleAdd { .. } => "Auth/RoleAdd",
+            RoleGet { .. } => "Auth/RoleGet",
+            RoleList => "Auth/RoleList",
+            RoleDelete { .. } => "Auth/RoleDelete",
+            RoleGrantPermission(_) => "Auth/RoleGrantPermission",
+            RoleRevokePermission(_) => "Auth/RoleRevokePermission",
+        }
+    }
+}
+
+/// The successful answer to each [`Request`] variant, in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseTimeToLive(LeaseTimeToLiveResponse),
+    LeaseLeases(LeaseLeasesResponse),
+    MemberAdd(MemberAddResponse),
+    /// Remove, update, list and promote.
+    Members(MembersResponse),
+    Alarm(AlarmResponse),
+    Status(StatusResponse),
+    Defragment(DefragmentResponse),
+    Hash(HashResponse),
+    HashKv(HashKvResponse),
+    MoveLeader(MoveLeaderResponse),
+    /// Auth calls that return only a header.
+    Auth(AuthResponse),
+    AuthStatus {
+        header: ResponseHeader,
+        enabled: bool,
+        auth_revision: u64,
+    },
+    Authenticate(AuthenticateResponse),
+    UserGet(UserGetResponse),
+    /// User list and role list.
+    Names(NamesResponse),
+    RoleGet(RoleGetResponse),
+}
+
+impl Response {
+    /// The header, whatever the call.
+    pub fn header(&self) -> &ResponseHeader {
+        use Response::*;
+        match self {
+            Range(r) => &r.header,
+            Put(r) => &r.header,
+            DeleteRange(r) => &r.header,
+            Txn(r) => &r.header,
+            Compact(r) => &r.header,
+            LeaseGrant(r) => &r.header,
+            LeaseRevoke(r) => &r.header,
+            LeaseTimeToLive(r) => &r.header,
+            LeaseLeases(r) => &r.header,
+            MemberAdd(r) => &r.header,
+            Members(r) => &r.header,
+            Alarm(r) => &r.header,
+            Status(r) => &r.header,
+            Defragment(r) => &r.header,
+            Hash(r) => &r.header,
+            HashKv(r) => &r.header,
+            MoveLeader(r) => &r.header,
+            Auth(r) => &r.header,
+            AuthStatus { header, .. } => header,
+            Authenticate(r) => &r.header,
+            UserGet(r) => &r.header,
+            Names(r) => &r.header,
+            RoleGet(r) => &r.header,
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Watch service messages (etcd's `etcdserverpb.Watch`).
+//!
+//! One long bidirectional stream carries any number of watches: the client
+//! sends [`WatchRequest`]s, the node sends [`WatchResponse`]s tagged with the
+//! watch they belong to.
+
+use crate::kv::{Event, ResponseHeader};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchRequest {
+    Create(WatchCreateRequest),
+    Cancel {
+        watch_id: i64,
+    },
+    /// Ask for a progress notification on every watch of this stream.
+    Progress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchFilter {
+    NoPut,
+    NoDelete,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchCreateRequest {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    /// Replay history from here; 0 watches from the next revision.
+    pub start_revision: i64,
+    pub progress_notify: bool,
+    pub filters: Vec<WatchFilter>,
+    pub prev_kv: bool,
+    /// Client-chosen ID; 0 lets the node choose.
+    pub watch_id: i64,
+    /// Split revisions too large for one response across several.
+    pub fragment: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchResponse {
+    pub header: ResponseHeader,
+    pub watch_id: i64,
+    pub created: bool,
+    pub canceled: bool,
+    /// Set when the watch's start revision was compacted away.
+    pub compact_revision: i64,
+    pub cancel_reason: String,
+    /// More fragments of the same revision follow.
+    pub fragment: bool,
+    pub events: Vec<Event>,
+}
