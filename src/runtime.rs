@@ -2,4 +2,57 @@
 //!
 //! Upstream async-std is discontinued in favour of smol, and quinn's next
 //! major drops its async-std runtime; keeping every spawn, timer, socket and
-//! blocking-pool call behind this module keeps the move a one-file change.
+//! blocking-pool call behind this module keeps that move a one-file change.
+//! Everything else imports these names, never `async_std`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use async_std::channel;
+pub use async_std::net::{TcpListener, TcpStream};
+pub use async_std::sync::Mutex;
+pub use async_std::task::JoinHandle;
+
+/// Runs a future on the runtime's executor.
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    async_std::task::spawn(future)
+}
+
+/// Runs a blocking function (file I/O, fsync, CPU-heavy work) off the executor.
+pub async fn spawn_blocking<F, T>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    async_std::task::spawn_blocking(f).await
+}
+
+/// Drives a future to completion on the current thread (binaries' `main`).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    async_std::task::block_on(future)
+}
+
+pub async fn sleep(duration: Duration) {
+    async_std::task::sleep(duration).await
+}
+
+/// The deadline passed before the future finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
+
+/// Runs `future`, giving up after `duration`.
+pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, TimedOut> {
+    async_std::future::timeout(duration, future)
+        .await
+        .map_err(|_| TimedOut)
+}
+
+/// The quinn runtime adapter for this executor.
+pub fn quinn_runtime() -> Arc<dyn quinn::Runtime> {
+    Arc::new(quinn::AsyncStdRuntime)
+}
