@@ -62,7 +62,10 @@ impl TestNode {
         let node = TestNode { child, dir, url };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !node.ca_file().exists() {
-            assert!(Instant::now() < deadline, "qed did not create its CA within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "qed did not create its CA within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         node
