@@ -9,6 +9,7 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod client;
+pub mod log_writer;
 pub mod mvcc;
 pub mod raft;
 pub mod runtime;

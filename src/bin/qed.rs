@@ -1,1 +1,139 @@
-fn main() {}
+//! `qed`: start a node. Flags follow etcd's names and defaults; every flag
+//! can also be set as a `QED_*` environment variable (`--data-dir` is
+//! `QED_DATA_DIR`).
+
+use clap::Parser;
+use qed::server::{self, NodeConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// An etcd-compatible key-value store for the edge, over QUIC.
+#[derive(Parser, Debug)]
+#[command(name = "qed", version, about, long_about = None)]
+struct Flags {
+    /// Human-readable name for this member.
+    #[arg(long, env = "QED_NAME", default_value = "default")]
+    name: String,
+
+    /// Path to the data directory [default: ${name}.qed].
+    #[arg(long, env = "QED_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Comma-separated URLs to serve clients on. http and https both mean
+    /// QUIC on that host and UDP port.
+    #[arg(
+        long,
+        env = "QED_LISTEN_CLIENT_URLS",
+        default_value = "https://127.0.0.1:2379"
+    )]
+    listen_client_urls: String,
+
+    /// Comma-separated client URLs to advertise to the cluster
+    /// [default: the listen client URLs].
+    #[arg(long, env = "QED_ADVERTISE_CLIENT_URLS")]
+    advertise_client_urls: Option<String>,
+
+    /// This member's peer URLs, advertised to the cluster; with the cluster
+    /// token they determine the member ID.
+    #[arg(
+        long,
+        env = "QED_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    initial_advertise_peer_urls: String,
+
+    /// Initial cluster token, so that distinct clusters get distinct IDs.
+    #[arg(long, env = "QED_INITIAL_CLUSTER_TOKEN", default_value = "qed-cluster")]
+    initial_cluster_token: String,
+
+    /// Certificate for the client listener. With neither this nor
+    /// --key-file, a CA and certificate are generated in ${data-dir}/certs.
+    #[arg(long, env = "QED_CERT_FILE", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+
+    /// Key for --cert-file.
+    #[arg(long, env = "QED_KEY_FILE", requires = "cert_file")]
+    key_file: Option<PathBuf>,
+
+    /// CA that client certificates must chain to (with --client-cert-auth).
+    #[arg(long, env = "QED_TRUSTED_CA_FILE")]
+    trusted_ca_file: Option<PathBuf>,
+
+    /// Require clients to present a certificate signed by the trusted CA.
+    #[arg(long, env = "QED_CLIENT_CERT_AUTH")]
+    client_cert_auth: bool,
+
+    /// Raise the NOSPACE alarm when the in-memory key space and history
+    /// exceed this many bytes; 0 means etcd's default of 2 GiB.
+    #[arg(long, env = "QED_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    quota_backend_bytes: u64,
+
+    /// debug, info, warn or error.
+    #[arg(long, env = "QED_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+const DEFAULT_QUOTA: u64 = 2 * 1024 * 1024 * 1024;
+
+fn split(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    if let Err(e) = qed::log_writer::init(&flags.log_level) {
+        eprintln!("qed: --log-level: {e}");
+        return ExitCode::from(2);
+    }
+    let listen = split(&flags.listen_client_urls);
+    let config = NodeConfig {
+        data_dir: flags
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("{}.qed", flags.name))),
+        name: flags.name,
+        advertise_client_urls: flags
+            .advertise_client_urls
+            .as_deref()
+            .map(split)
+            .unwrap_or(listen.clone()),
+        listen_client_urls: listen,
+        initial_advertise_peer_urls: split(&flags.initial_advertise_peer_urls),
+        initial_cluster_token: flags.initial_cluster_token,
+        cert_file: flags.cert_file,
+        key_file: flags.key_file,
+        trusted_ca_file: flags.trusted_ca_file,
+        client_cert_auth: flags.client_cert_auth,
+        quota_backend_bytes: if flags.quota_backend_bytes == 0 {
+            DEFAULT_QUOTA
+        } else {
+            flags.quota_backend_bytes
+        },
+    };
+    qed::runtime::block_on(async move {
+        let running = match server::start(&config) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let id = running.node.identity();
+        log::info!(
+            "member {:x} ({}) of cluster {:x} ready to serve client requests; clients trust {}",
+            id.member_id,
+            id.name,
+            id.cluster_id,
+            running
+                .ca_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "the CA of --cert-file".into())
+        );
+        std::future::pending::<()>().await;
+        ExitCode::SUCCESS
+    })
+}

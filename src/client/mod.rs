@@ -1,1 +1,341 @@
-//! The QUIC client SDK.
+//! The QUIC client SDK, shaped like etcd's clientv3.
+//!
+//! A [`Client`] holds one lazily opened QUIC connection per endpoint and
+//! sends each call on its own stream, round-robin over the endpoints. A call
+//! fails over to the next endpoint only when it could not be sent (connect or
+//! stream-open failure): once a request has left, retrying could apply a
+//! write twice, so the error goes to the caller instead.
+//!
+//! [`Client::call`] and [`Client::open_stream`] speak raw `qed_wire` messages
+//! (the gRPC shim uses them); `kv` adds etcd-style typed methods and a txn
+//! builder.
+
+mod kv;
+
+pub use kv::{
+    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
+
+use crate::runtime::{self, Mutex};
+use crate::transport::{self, stream, tls::TlsFiles, url::Endpoint, TransportError};
+use qed_wire::frame::{MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
+use qed_wire::{Call, ClientRequest, Reply, Request, Response};
+use serde::{de::DeserializeOwned, Serialize};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to reach and authenticate to the cluster.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// CA that the nodes' certificates chain to (a node's `certs/ca.crt`
+    /// when it generated its own).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate, for nodes that require one.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Deadline for each call, connecting included. etcdctl's default
+    /// `--command-timeout` is 5 s; on lossy links a little more is kinder.
+    pub request_timeout: Duration,
+    /// Auth token sent with every call, from `Authenticate`.
+    pub token: Option<String>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            request_timeout: Duration::from_secs(10),
+            token: None,
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// The node answered with an error (etcd's error, text included).
+    Server(qed_wire::Error),
+    /// No endpoint could be reached; the last one's reason.
+    Connect { endpoint: String, reason: String },
+    /// The call did not finish within the request timeout.
+    Timeout,
+    /// The node sent something this client does not understand.
+    Protocol(String),
+    /// The connection or stream broke after the request was sent; the call
+    /// may or may not have taken effect.
+    Closed,
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Server(e) => write!(f, "{e}"),
+            ClientError::Connect { endpoint, reason } => {
+                write!(f, "cannot connect to {endpoint}: {reason}")
+            }
+            ClientError::Timeout => f.write_str("request timed out"),
+            ClientError::Protocol(why) => write!(f, "protocol error: {why}"),
+            ClientError::Closed => f.write_str("connection closed before the reply arrived"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<qed_wire::Error> for ClientError {
+    fn from(e: qed_wire::Error) -> Self {
+        ClientError::Server(e)
+    }
+}
+
+fn after_send(e: TransportError) -> ClientError {
+    match e {
+        TransportError::Frame(f) => ClientError::Protocol(f.to_string()),
+        _ => ClientError::Closed,
+    }
+}
+
+/// A connection to a qed cluster. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Vec<Endpoint>,
+    quic: quinn::Endpoint,
+    /// One slot per endpoint; the async lock makes concurrent first calls
+    /// share one handshake instead of racing to open many.
+    connections: Vec<Mutex<Option<quinn::Connection>>>,
+    next: AtomicUsize,
+    options: ConnectOptions,
+}
+
+impl Client {
+    /// Connects to the first reachable of `endpoints` (etcd URLs or
+    /// `host:port`); others are connected on first use.
+    pub async fn connect(
+        endpoints: &[String],
+        options: ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let config_error = |e: TransportError| ClientError::Connect {
+            endpoint: endpoints.join(","),
+            reason: e.to_string(),
+        };
+        let parsed = endpoints
+            .iter()
+            .map(|e| transport::url::parse(e))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(config_error)?;
+        let Some(first) = parsed.first() else {
+            return Err(ClientError::Connect {
+                endpoint: String::new(),
+                reason: "no endpoints given".into(),
+            });
+        };
+        let files = TlsFiles {
+            cert: options.cert_file.clone(),
+            key: options.key_file.clone(),
+            ca: options.ca_file.clone(),
+        };
+        let config =
+            transport::tls::client_config(&files, qed_wire::CLIENT_ALPN).map_err(config_error)?;
+        let quic = transport::endpoint::client(first.addr, config).map_err(config_error)?;
+        let client = Client {
+            inner: Arc::new(Inner {
+                connections: parsed.iter().map(|_| Mutex::new(None)).collect(),
+                endpoints: parsed,
+                quic,
+                next: AtomicUsize::new(0),
+                options,
+            }),
+        };
+        let timeout = client.inner.options.request_timeout;
+        runtime::timeout(timeout, client.any_connection())
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        Ok(client)
+    }
+
+    /// One unary call with the client's own token.
+    pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        self.call_with_token(self.inner.options.token.clone(), request)
+            .await
+    }
+
+    /// One unary call; `token` replaces the client's token for this call.
+    pub async fn call_with_token(
+        &self,
+        token: Option<String>,
+        request: Request,
+    ) -> Result<Response, ClientError> {
+        let timeout = self.inner.options.request_timeout;
+        let call = async {
+            let (mut send, mut recv) = self.open_bi().await?;
+            let envelope = ClientRequest {
+                token,
+                call: Call::Unary(request),
+            };
+            stream::write(&mut send, &envelope, MAX_CLIENT_FRAME)
+                .await
+                .map_err(|e| match e {
+                    TransportError::Frame(_) => {
+                        ClientError::Server(qed_wire::Error::RequestTooLarge)
+                    }
+                    other => after_send(other),
+                })?;
+            let _ = send.finish();
+            let reply: Reply = stream::read(&mut recv, MAX_SERVER_FRAME)
+                .await
+                .map_err(after_send)?
+                .ok_or(ClientError::Closed)?;
+            reply.map_err(ClientError::Server)
+        };
+        runtime::timeout(timeout, call)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// Opens a streaming call (watch, lease keep-alive, snapshot). The node
+    /// first accepts or refuses the call; a refusal is returned here.
+    pub async fn open_stream(
+        &self,
+        token: Option<String>,
+        call: Call,
+    ) -> Result<(StreamSender, StreamReceiver), ClientError> {
+        let timeout = self.inner.options.request_timeout;
+        let open = async {
+            let (mut send, mut recv) = self.open_bi().await?;
+            let envelope = ClientRequest { token, call };
+            stream::write(&mut send, &envelope, MAX_CLIENT_FRAME)
+                .await
+                .map_err(after_send)?;
+            let accepted: qed_wire::StreamAccept = stream::read(&mut recv, MAX_SERVER_FRAME)
+                .await
+                .map_err(after_send)?
+                .ok_or(ClientError::Closed)?;
+            accepted?;
+            Ok((StreamSender { send }, StreamReceiver { recv }))
+        };
+        runtime::timeout(timeout, open)
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// Opens a stream on the next endpoint in turn, failing over to the
+    /// others when one cannot be reached.
+    async fn open_bi(&self) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
+        let n = self.inner.endpoints.len();
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            match self.connection(idx).await {
+                Ok(conn) => match conn.open_bi().await {
+                    Ok(pair) => return Ok(pair),
+                    Err(e) => {
+                        self.forget(idx, &conn).await;
+                        last = Some(self.connect_error(idx, e));
+                    }
+                },
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::Closed))
+    }
+
+    async fn any_connection(&self) -> Result<(), ClientError> {
+        let mut last = None;
+        for idx in 0..self.inner.endpoints.len() {
+            match self.connection(idx).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClientError::Closed))
+    }
+
+    async fn connection(&self, idx: usize) -> Result<quinn::Connection, ClientError> {
+        let (Some(slot), Some(endpoint)) = (
+            self.inner.connections.get(idx),
+            self.inner.endpoints.get(idx),
+        ) else {
+            return Err(ClientError::Closed);
+        };
+        let mut slot = slot.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let connecting = self
+            .inner
+            .quic
+            .connect(endpoint.addr, &endpoint.host)
+            .map_err(|e| self.connect_error(idx, e))?;
+        let conn = connecting.await.map_err(|e| self.connect_error(idx, e))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn forget(&self, idx: usize, broken: &quinn::Connection) {
+        if let Some(slot) = self.inner.connections.get(idx) {
+            let mut slot = slot.lock().await;
+            if slot
+                .as_ref()
+                .is_some_and(|c| c.stable_id() == broken.stable_id())
+            {
+                *slot = None;
+            }
+        }
+    }
+
+    fn connect_error(&self, idx: usize, e: impl fmt::Display) -> ClientError {
+        ClientError::Connect {
+            endpoint: self
+                .inner
+                .endpoints
+                .get(idx)
+                .map(|e| e.addr.to_string())
+                .unwrap_or_default(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// The sending half of a streaming call.
+pub struct StreamSender {
+    send: quinn::SendStream,
+}
+
+impl StreamSender {
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ClientError> {
+        stream::write(&mut self.send, msg, MAX_CLIENT_FRAME)
+            .await
+            .map_err(after_send)
+    }
+
+    /// Tells the node no more messages follow.
+    pub async fn finish(&mut self) -> Result<(), ClientError> {
+        self.send.finish().map_err(|_| ClientError::Closed)
+    }
+}
+
+/// The receiving half of a streaming call.
+pub struct StreamReceiver {
+    recv: quinn::RecvStream,
+}
+
+impl StreamReceiver {
+    /// The next message; `None` once the node finished the stream.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ClientError> {
+        stream::read(&mut self.recv, MAX_SERVER_FRAME)
+            .await
+            .map_err(after_send)
+    }
+}

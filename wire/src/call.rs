@@ -3,11 +3,12 @@
 //! Every call opens its own bidirectional QUIC stream and sends one
 //! [`ClientRequest`] frame first. For a unary call ([`Call::Unary`]) the node
 //! answers with exactly one [`Reply`] frame and finishes the stream. For a
-//! streaming call the first frame only names the call; after it the client
-//! sends that call's request messages (`WatchRequest`,
-//! `LeaseKeepAliveRequest`) and the node sends its responses (`WatchResponse`,
-//! `LeaseKeepAliveResponse`, or `Result<SnapshotResponse, Error>` chunks)
-//! until either side finishes the stream.
+//! streaming call the first frame only names the call, and the node answers
+//! it with one [`StreamAccept`] frame (refusing, for instance, a bad token or
+//! an unimplemented call); after it the client sends that call's request
+//! messages (`WatchRequest`, `LeaseKeepAliveRequest`) and the node sends its
+//! responses (`WatchResponse`, `LeaseKeepAliveResponse`, or
+//! `Result<SnapshotResponse, Error>` chunks) until either side finishes.
 
 use crate::auth::*;
 use crate::cluster::*;
@@ -38,6 +39,9 @@ pub enum Call {
 
 /// The answer to a unary call.
 pub type Reply = Result<Response, Error>;
+
+/// The node's first answer on a streaming call: accepted, or why not.
+pub type StreamAccept = Result<(), Error>;
 
 /// Every unary call, one variant each, in etcd's service order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,34 +171,46 @@ pub enum Response {
     RoleGet(RoleGetResponse),
 }
 
+/// Picks the header out of every [`Response`] variant, `&` or `&mut`.
+macro_rules! header_of {
+    ($resp:expr, $($ref:tt)+) => {{
+        use Response::*;
+        match $resp {
+            Range(r) => $($ref)+ r.header,
+            Put(r) => $($ref)+ r.header,
+            DeleteRange(r) => $($ref)+ r.header,
+            Txn(r) => $($ref)+ r.header,
+            Compact(r) => $($ref)+ r.header,
+            LeaseGrant(r) => $($ref)+ r.header,
+            LeaseRevoke(r) => $($ref)+ r.header,
+            LeaseTimeToLive(r) => $($ref)+ r.header,
+            LeaseLeases(r) => $($ref)+ r.header,
+            MemberAdd(r) => $($ref)+ r.header,
+            Members(r) => $($ref)+ r.header,
+            Alarm(r) => $($ref)+ r.header,
+            Status(r) => $($ref)+ r.header,
+            Defragment(r) => $($ref)+ r.header,
+            Hash(r) => $($ref)+ r.header,
+            HashKv(r) => $($ref)+ r.header,
+            MoveLeader(r) => $($ref)+ r.header,
+            Auth(r) => $($ref)+ r.header,
+            AuthStatus { header, .. } => header,
+            Authenticate(r) => $($ref)+ r.header,
+            UserGet(r) => $($ref)+ r.header,
+            Names(r) => $($ref)+ r.header,
+            RoleGet(r) => $($ref)+ r.header,
+        }
+    }};
+}
+
 impl Response {
     /// The header, whatever the call.
     pub fn header(&self) -> &ResponseHeader {
-        use Response::*;
-        match self {
-            Range(r) => &r.header,
-            Put(r) => &r.header,
-            DeleteRange(r) => &r.header,
-            Txn(r) => &r.header,
-            Compact(r) => &r.header,
-            LeaseGrant(r) => &r.header,
-            LeaseRevoke(r) => &r.header,
-            LeaseTimeToLive(r) => &r.header,
-            LeaseLeases(r) => &r.header,
-            MemberAdd(r) => &r.header,
-            Members(r) => &r.header,
-            Alarm(r) => &r.header,
-            Status(r) => &r.header,
-            Defragment(r) => &r.header,
-            Hash(r) => &r.header,
-            HashKv(r) => &r.header,
-            MoveLeader(r) => &r.header,
-            Auth(r) => &r.header,
-            AuthStatus { header, .. } => header,
-            Authenticate(r) => &r.header,
-            UserGet(r) => &r.header,
-            Names(r) => &r.header,
-            RoleGet(r) => &r.header,
-        }
+        header_of!(self, &)
+    }
+
+    /// The header, for the node to stamp before replying.
+    pub fn header_mut(&mut self) -> &mut ResponseHeader {
+        header_of!(self, &mut)
     }
 }

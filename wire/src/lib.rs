@@ -25,7 +25,7 @@ pub mod lease;
 pub mod maintenance;
 pub mod watch;
 
-pub use call::{Call, ClientRequest, Reply, Request, Response};
+pub use call::{Call, ClientRequest, Reply, Request, Response, StreamAccept};
 pub use error::Error;
 pub use kv::{KeyValue, ResponseHeader};
 

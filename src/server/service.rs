@@ -1,0 +1,108 @@
+//! The client listener: QUIC connections in, one task per call stream.
+//!
+//! Each stream carries one call (see `qed_wire::call`). Whatever arrives is
+//! bounded and checked before it reaches the node: an oversized frame is
+//! refused with `RequestTooLarge` and its stream stopped, a frame that does
+//! not decode gets `InvalidArgument`, and either way only that stream ends;
+//! the connection and every other client carry on.
+
+use super::node::Node;
+use crate::runtime;
+use crate::transport::{stream, TransportError};
+use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_REQUEST_BYTES, MAX_SERVER_FRAME};
+use qed_wire::{Call, ClientRequest, Error, Reply, StreamAccept};
+use quinn::{RecvStream, SendStream, VarInt};
+use std::sync::Arc;
+
+/// QUIC application error code on a stream the node stops reading because
+/// the client broke the framing rules.
+const FRAME_VIOLATION: VarInt = VarInt::from_u32(1);
+
+/// Accepts connections until the endpoint is closed.
+pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let node = node.clone();
+        runtime::spawn(async move {
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, node).await,
+                Err(e) => log::debug!("client handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
+    let peer = conn.remote_address();
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                runtime::spawn(serve_stream(send, recv, node.clone()));
+            }
+            Err(e) => {
+                log::debug!("client {peer} gone: {e}");
+                return;
+            }
+        }
+    }
+}
+
+async fn serve_stream(mut send: SendStream, mut recv: RecvStream, node: Arc<Node>) {
+    let raw = match stream::read_raw(&mut recv, MAX_CLIENT_FRAME).await {
+        Ok(Some(raw)) => raw,
+        Ok(None) => return,
+        Err(TransportError::Frame(FrameError::TooLarge { .. })) => {
+            let _ = recv.stop(FRAME_VIOLATION);
+            return reply(&mut send, Err(Error::RequestTooLarge)).await;
+        }
+        Err(e) => return log::debug!("client stream failed: {e}"),
+    };
+    let request: ClientRequest = match raw.decode() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = recv.stop(FRAME_VIOLATION);
+            return reply(
+                &mut send,
+                Err(Error::InvalidArgument(format!("malformed request: {e}"))),
+            )
+            .await;
+        }
+    };
+    match request.call {
+        Call::Unary(req) => {
+            let answer = if raw.0.len() > MAX_REQUEST_BYTES {
+                Err(Error::RequestTooLarge)
+            } else {
+                node.handle(req).await
+            };
+            reply(&mut send, answer).await
+        }
+        Call::Watch | Call::LeaseKeepAlive | Call::Snapshot => {
+            let name = match request.call {
+                Call::Watch => "Watch/Watch",
+                Call::LeaseKeepAlive => "Lease/LeaseKeepAlive",
+                _ => "Maintenance/Snapshot",
+            };
+            let refusal: StreamAccept = Err(Error::Unimplemented(name.into()));
+            send_last(&mut send, &refusal).await
+        }
+    }
+}
+
+/// Sends the reply to a unary call; a reply too large to frame becomes an
+/// error the client can read rather than a dropped stream.
+async fn reply(send: &mut SendStream, answer: Reply) {
+    match qed_wire::frame::encode(&answer, MAX_SERVER_FRAME) {
+        Ok(_) => send_last(send, &answer).await,
+        Err(e) => {
+            let answer: Reply = Err(Error::Internal(format!("response cannot be sent: {e}")));
+            send_last(send, &answer).await
+        }
+    }
+}
+
+async fn send_last<T: serde::Serialize>(send: &mut SendStream, msg: &T) {
+    if let Err(e) = stream::write(send, msg, MAX_SERVER_FRAME).await {
+        log::debug!("reply not delivered: {e}");
+    }
+    let _ = send.finish();
+}

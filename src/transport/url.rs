@@ -1,0 +1,91 @@
+//! etcd-style URLs (`https://10.0.0.1:2379`, `http://localhost:2380`).
+//!
+//! qed speaks QUIC only, but accepts etcd's http and https URLs so operators'
+//! flags and scripts carry over: both schemes mean QUIC on that host and UDP
+//! port. A bare `host:port` is accepted too, as etcdctl's `--endpoints` does.
+
+use super::TransportError;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// A resolved endpoint: the name to verify in the peer's certificate and
+/// the socket address to send to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+/// Parses and resolves one URL.
+pub fn parse(url: &str) -> Result<Endpoint, TransportError> {
+    let bad = |reason: &str| TransportError::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let rest = match url.split_once("://") {
+        Some(("http" | "https" | "quic", rest)) => rest,
+        Some((scheme, _)) => return Err(bad(&format!("unsupported scheme {scheme:?}"))),
+        None => url,
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.contains('/') {
+        return Err(bad("a path is not allowed"));
+    }
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| bad("missing port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("port is not a number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("missing host"));
+    }
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| bad(&format!("cannot resolve host: {e}")))?
+        .next()
+        .ok_or_else(|| bad("host resolves to no address"))?;
+    Ok(Endpoint {
+        host: host.to_string(),
+        addr,
+    })
+}
+
+/// Parses a comma-separated list, as etcd's URL flags take.
+pub fn parse_list(urls: &str) -> Result<Vec<Endpoint>, TransportError> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(parse)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_etcd_forms() {
+        let e = parse("https://127.0.0.1:2379").unwrap();
+        assert_eq!(e.addr, "127.0.0.1:2379".parse().unwrap());
+        assert_eq!(e.host, "127.0.0.1");
+        assert_eq!(
+            parse("http://[::1]:2380/").unwrap().addr,
+            "[::1]:2380".parse().unwrap()
+        );
+        assert_eq!(parse("127.0.0.1:1").unwrap().addr.port(), 1);
+        assert_eq!(parse("http://localhost:2379").unwrap().host, "localhost");
+        assert_eq!(parse_list("127.0.0.1:1, 127.0.0.1:2").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        for url in [
+            "unix://x:1",
+            "http://127.0.0.1",
+            "http://:1",
+            "http://h:x",
+            "http://h:1/p",
+        ] {
+            assert!(parse(url).is_err(), "{url}");
+        }
+    }
+}
