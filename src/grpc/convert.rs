@@ -882,3 +882,27 @@ impl Unary {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_known_bytes() {
+        let r = Unary::DeleteRange
+            .decode_request(&[0x0a, 0x01, 0x61])
+            .unwrap();
+        assert_eq!(
+            r,
+            wire::Request::DeleteRange(wk::DeleteRangeRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            })
+        );
+        let r = Unary::Range
+            .decode_request(&[0x0a, 0x01, 0x61, 0x20, 0x01])
+            .unwrap();
+        let wire::Request::Range(r) = r else { panic!() };
+        assert_eq!(r.revision, 1);
+    }
+}

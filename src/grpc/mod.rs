@@ -10,6 +10,8 @@
 //! - [`status`]: gRPC status codes and the one wire-error -> status mapping;
 //! - [`backend`]: what the server forwards to (the [`backend::Backend`]
 //!   trait; the QUIC client is the real one, tests use a stub);
+//! - [`client_backend`]: `Backend` for the QUIC [`crate::client::Client`];
+//! - [`tls`]: the listener's rustls configuration;
 //! - [`server`]: the h2 (h2c or TLS) listener, per-stream handlers,
 //!   flow control and graceful shutdown.
 //!
@@ -17,11 +19,13 @@
 //! becomes a gRPC status (or, below gRPC, an HTTP/2 reset).
 
 pub mod backend;
+pub mod client_backend;
 pub mod codec;
 pub mod convert;
 pub mod pb;
 pub mod server;
 pub mod status;
+pub mod tls;
 
 pub use backend::Backend;
 pub use server::{serve, ServerConfig, Shutdown};

@@ -329,6 +329,7 @@ async fn unary<B: Backend>(
         }
     };
     let request = method.decode_request(&message)?;
+    log::debug!("{}: {request:?}", method.path());
     let response = backend.unary(token, request).await?;
     let bytes = convert::encode_response(method, response)?;
     let mut framed = Vec::with_capacity(codec::PREFIX_LEN + bytes.len());

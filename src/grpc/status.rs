@@ -11,6 +11,7 @@
 //! is percent-encoded by [`encode_message`] as the gRPC spec demands, so no
 //! node-supplied text can break the HTTP/2 header block.
 
+use crate::client::ClientError;
 use crate::wire;
 use std::fmt;
 
@@ -119,6 +120,27 @@ impl Status {
             E::Internal(_) => C::Internal,
         };
         Status::new(code, error.to_string())
+    }
+
+    /// The status for a failed call to the cluster: the node's own error
+    /// keeps etcd's code and text; anything else means the shim could not
+    /// get an answer, which gRPC clients retry as `Unavailable`.
+    pub fn from_client(error: &ClientError) -> Status {
+        match error {
+            ClientError::Server(e) => Status::from_wire(e),
+            ClientError::Connect { endpoint, reason } => Status::unavailable(format!(
+                "qed-grpc: cannot reach the qed cluster at {endpoint}: {reason}"
+            )),
+            ClientError::Timeout => {
+                Status::unavailable("qed-grpc: the qed cluster did not answer in time")
+            }
+            ClientError::Protocol(why) => Status::unavailable(format!(
+                "qed-grpc: protocol error talking to the cluster: {why}"
+            )),
+            ClientError::Closed => Status::unavailable(
+                "qed-grpc: connection to the qed cluster closed before the reply arrived",
+            ),
+        }
     }
 
     /// The `grpc-status` header value.
@@ -235,6 +257,23 @@ mod tests {
             assert_eq!(status.code, code, "{error:?}");
             assert_eq!(status.message, text);
         }
+    }
+
+    #[test]
+    fn transport_failures_are_unavailable() {
+        for error in [
+            ClientError::Timeout,
+            ClientError::Closed,
+            ClientError::Protocol("x".into()),
+            ClientError::Connect {
+                endpoint: "e".into(),
+                reason: "r".into(),
+            },
+        ] {
+            assert_eq!(Status::from_client(&error).code, Code::Unavailable);
+        }
+        let compacted = ClientError::Server(wire::Error::Compacted);
+        assert_eq!(Status::from_client(&compacted).code, Code::OutOfRange);
     }
 
     #[test]
