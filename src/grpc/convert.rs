@@ -905,4 +905,141 @@ mod tests {
         let wire::Request::Range(r) = r else { panic!() };
         assert_eq!(r.revision, 1);
     }
+
+    #[test]
+    fn compare_union_and_range_end_tag_64() {
+        use prost::Message;
+        // Compare{result: GREATER, target: MOD, key: "k", mod_revision: 5,
+        // range_end: "l"}, as gogo/protobuf encodes it.
+        let bytes = [
+            0x08, 0x01, 0x10, 0x02, 0x1a, 0x01, b'k', 0x30, 0x05, 0x82, 0x04, 0x01, b'l',
+        ];
+        let c = pb::Compare::decode(&bytes[..]).unwrap();
+        assert_eq!(c.encode_to_vec(), bytes);
+        let txn = txn_request(pb::TxnRequest {
+            compare: vec![c],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestTxn(
+                    pb::TxnRequest::default(),
+                )),
+            }],
+        })
+        .unwrap();
+        assert_eq!(
+            txn.compare,
+            vec![wk::Compare {
+                result: wk::CompareResult::Greater,
+                target: wk::CompareTarget::Mod(5),
+                key: b"k".to_vec(),
+                range_end: b"l".to_vec(),
+            }]
+        );
+        assert!(matches!(txn.success[0], wk::RequestOp::Put(ref p) if p.value == b"v"));
+        assert!(matches!(txn.failure[0], wk::RequestOp::Txn(_)));
+    }
+
+    #[test]
+    fn bad_enums_get_etcd_status() {
+        let err = range_request(pb::RangeRequest {
+            sort_order: 7,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.code, super::super::status::Code::InvalidArgument);
+        assert_eq!(err.message, "etcdserver: invalid sort option");
+        let empty_op = txn_request(pb::TxnRequest {
+            success: vec![pb::RequestOp { request: None }],
+            ..Default::default()
+        });
+        assert!(empty_op.is_err());
+    }
+
+    #[test]
+    fn responses_encode_as_etcd_messages() {
+        use prost::Message;
+        let h = wire::ResponseHeader {
+            cluster_id: 1,
+            member_id: 2,
+            revision: 3,
+            raft_term: 4,
+        };
+        let kv = wk::KeyValue {
+            key: b"a".to_vec(),
+            create_revision: 2,
+            mod_revision: 3,
+            version: 2,
+            value: b"b".to_vec(),
+            lease: 0,
+        };
+        let txn = wk::TxnResponse {
+            header: h,
+            succeeded: true,
+            responses: vec![
+                wk::ResponseOp::Range(wk::RangeResponse {
+                    header: h,
+                    kvs: vec![kv.clone()],
+                    more: false,
+                    count: 1,
+                }),
+                wk::ResponseOp::Put(wk::PutResponse {
+                    header: h,
+                    prev_kv: Some(kv.clone()),
+                }),
+            ],
+        };
+        let bytes = encode_response(Unary::Txn, wire::Response::Txn(txn)).unwrap();
+        let decoded = pb::TxnResponse::decode(&bytes[..]).unwrap();
+        assert!(decoded.succeeded);
+        assert_eq!(decoded.header.unwrap().raft_term, 4);
+        match &decoded.responses[1].response {
+            Some(pb::response_op::Response::ResponsePut(p)) => {
+                assert_eq!(p.prev_kv.as_ref().unwrap().value, b"b")
+            }
+            other => panic!("{other:?}"),
+        }
+        // KeyValue{key:"a", create:2, mod:3, version:2, value:"b"}.
+        assert_eq!(
+            key_value(kv).encode_to_vec(),
+            [0x0a, 0x01, b'a', 0x10, 0x02, 0x18, 0x03, 0x20, 0x02, 0x2a, 0x01, b'b']
+        );
+        let members = wire::Response::Members(wire::cluster::MembersResponse {
+            header: h,
+            members: vec![wire::cluster::Member {
+                id: 9,
+                name: "n".into(),
+                ..Default::default()
+            }],
+        });
+        let bytes = encode_response(Unary::MemberList, members.clone()).unwrap();
+        assert_eq!(
+            pb::MembersResponse::decode(&bytes[..]).unwrap().members[0].id,
+            9
+        );
+        assert_eq!(
+            encode_response(Unary::Range, members).unwrap_err().code,
+            super::super::status::Code::Internal
+        );
+    }
+
+    #[test]
+    fn every_path_routes_and_unknown_ones_do_not() {
+        for (method, path) in UNARY {
+            assert_eq!(Method::from_path(path), Some(Method::Unary(method)));
+            assert_eq!(method.path(), path);
+            // An empty body is a valid (all-default) message for every call.
+            let _ = method.decode_request(&[]);
+        }
+        assert_eq!(
+            Method::from_path("/etcdserverpb.Watch/Watch"),
+            Some(Method::Streaming(Streaming::Watch))
+        );
+        assert_eq!(Method::from_path("/etcdserverpb.KV/range"), None);
+    }
 }

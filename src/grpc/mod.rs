@@ -27,6 +27,9 @@ pub mod server;
 pub mod status;
 pub mod tls;
 
+#[cfg(test)]
+mod tests;
+
 pub use backend::Backend;
 pub use server::{serve, ServerConfig, Shutdown};
 pub use status::{Code, Status};
