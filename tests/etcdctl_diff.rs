@@ -1,0 +1,507 @@
+//! Differential test: the same script of etcdctl 3.4 commands against a
+//! fresh etcd 3.4 and against a fresh qed node behind `qed-grpc`.
+//!
+//! Each command's stdout, stderr and exit status are compared after
+//! normalizing only what legitimately differs between two clusters: cluster,
+//! member and lease IDs, raft terms and indexes, versions, sizes, hashes,
+//! timings, ports and etcdctl's client-side retry log lines. Commands whose
+//! engine qed does not have yet are listed with [`Expect::Differs`] and the
+//! reason; the test prints counts of matching / known-mismatch / unexpected
+//! commands and fails only on unexpected mismatches (a known mismatch that
+//! starts matching is reported, so the list can shrink).
+//!
+//! Skips, with the reason printed, when `etcd` or `etcdctl` is not on PATH
+//! (`make deps-etcd` installs Debian's). `QED_ETCDCTL_DIFF_REPORT_ONLY=1`
+//! prints the report without failing.
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What the script expects of one command.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// Same normalized output from both.
+    Match,
+    /// Known to differ, with the reason.
+    Differs(&'static str),
+}
+
+const NO_WATCH: &str = "qed has no watch engine yet (Watch answers Unimplemented)";
+const NO_LEASE: &str = "qed has no lease engine yet (Lease answers Unimplemented)";
+const NO_CLUSTER: &str = "qed has no cluster membership calls yet (Cluster answers Unimplemented)";
+const NO_AUTH: &str = "qed has no auth engine yet (Auth answers Unimplemented)";
+const NO_SNAPSHOT: &str = "qed's node does not serve the Snapshot stream yet";
+const HASH: &str = "HashKV hashes etcd's bbolt encoding; qed hashes its own (and may not serve it yet)";
+const LOCK: &str = "etcdctl lock/elect are built on leases and watches, which qed lacks yet";
+
+struct Step {
+    args: &'static [&'static str],
+    stdin: Option<&'static str>,
+    /// Kill the command after this long (watch, elect run forever).
+    run_for: Option<Duration>,
+    expect: Expect,
+}
+
+const fn cmd(args: &'static [&'static str]) -> Step {
+    Step {
+        args,
+        stdin: None,
+        run_for: None,
+        expect: Expect::Match,
+    }
+}
+
+const fn differs(args: &'static [&'static str], why: &'static str) -> Step {
+    Step {
+        args,
+        stdin: None,
+        run_for: None,
+        expect: Expect::Differs(why),
+    }
+}
+
+const fn txn(stdin: &'static str, args: &'static [&'static str]) -> Step {
+    Step {
+        args,
+        stdin: Some(stdin),
+        run_for: None,
+        expect: Expect::Match,
+    }
+}
+
+const fn timed(args: &'static [&'static str], secs: u64, why: &'static str) -> Step {
+    Step {
+        args,
+        stdin: None,
+        run_for: Some(Duration::from_secs(secs)),
+        expect: Expect::Differs(why),
+    }
+}
+
+fn script() -> Vec<Step> {
+    vec![
+        // ---- put / get and their flags
+        cmd(&["put", "foo", "bar"]),
+        cmd(&["get", "foo"]),
+        cmd(&["get", "foo", "-w", "json"]),
+        cmd(&["get", "foo", "-w", "fields"]),
+        cmd(&["put", "foo", "baz", "--prev-kv"]),
+        cmd(&["put", "foo", "qux", "--prev-kv", "-w", "json"]),
+        cmd(&["put", "foo2", "bar2"]),
+        cmd(&["put", "foo3", "bar3"]),
+        cmd(&["put", "zoo", "animal"]),
+        cmd(&["put", "a", "1"]),
+        cmd(&["get", "foo", "--prefix"]),
+        cmd(&["get", "foo", "--prefix", "--keys-only"]),
+        cmd(&["get", "foo", "--prefix", "--print-value-only"]),
+        cmd(&["get", "foo", "--prefix", "--count-only", "-w", "json"]),
+        cmd(&["get", "foo", "--prefix", "--count-only", "-w", "fields"]),
+        cmd(&["get", "foo", "--prefix", "--limit", "2"]),
+        cmd(&["get", "foo", "--prefix", "--limit", "2", "-w", "json"]),
+        cmd(&["get", "foo", "--from-key"]),
+        cmd(&["get", "b", "--from-key", "--keys-only"]),
+        cmd(&["get", "foo", "foo3"]),
+        cmd(&["get", "", "--prefix"]),
+        cmd(&["get", "foo", "--prefix", "--sort-by=MODIFY", "--order=DESCEND"]),
+        cmd(&["get", "foo", "--prefix", "--sort-by=VALUE", "--order=ASCEND"]),
+        cmd(&["get", "foo", "--prefix", "--sort-by=CREATE", "--order=DESCEND"]),
+        cmd(&["get", "foo", "--prefix", "--sort-by=VERSION", "--order=DESCEND"]),
+        cmd(&["get", "foo", "--prefix", "--order=DESCEND"]),
+        cmd(&["get", "foo", "--rev=2"]),
+        cmd(&["get", "foo", "--rev=3", "-w", "json"]),
+        cmd(&["get", "foo", "--rev=100"]),
+        cmd(&["get", "nosuchkey"]),
+        cmd(&["get", "nosuchkey", "-w", "json"]),
+        cmd(&["get", "foo", "--consistency=s"]),
+        cmd(&["put", "zoo", "--ignore-value"]),
+        cmd(&["put", "newkey", "--ignore-value"]),
+        cmd(&["put", "", "x"]),
+        cmd(&["put", "foo", "x", "--lease=1234"]),
+        // ---- delete
+        cmd(&["del", "foo3", "--prev-kv"]),
+        cmd(&["del", "nothing"]),
+        cmd(&["del", "foo", "--prefix", "-w", "json"]),
+        cmd(&["get", "foo", "--prefix", "-w", "json"]),
+        cmd(&["put", "foo", "again"]),
+        cmd(&["get", "foo", "-w", "json"]),
+        // ---- txn via stdin
+        txn("mod(\"zoo\") > \"0\"\n\nput zoo lion\n\nput zoo tiger\n\n", &["txn"]),
+        txn(
+            "value(\"zoo\") = \"lion\"\n\nget zoo\nput zoo cat\n\ndel zoo\n\n",
+            &["txn", "-w", "json"],
+        ),
+        txn(
+            "version(\"nokey\") = \"0\"\ncreate(\"zoo\") > \"1\"\n\nput nokey v\nget nokey\n\nget zoo\n\n",
+            &["txn"],
+        ),
+        txn("value(\"zoo\") != \"cat\"\n\nput t1 x\n\nput t2 y\n\n", &["txn"]),
+        txn("\n\nput dup 1\nput dup 2\n\n\n", &["txn"]),
+        txn("\n\nget zoo --prefix\ndel nokey\n\n\n", &["txn", "-w", "fields"]),
+        cmd(&["get", "", "--prefix", "-w", "json"]),
+        // ---- compaction and revision errors
+        cmd(&["compaction", "3"]),
+        cmd(&["get", "foo", "--rev=2"]),
+        cmd(&["compaction", "2"]),
+        cmd(&["compaction", "--physical", "5"]),
+        cmd(&["get", "foo", "--rev=5"]),
+        cmd(&["compaction", "1000"]),
+        cmd(&["get", "zoo", "-w", "json"]),
+        // ---- maintenance
+        cmd(&["endpoint", "health"]),
+        cmd(&["endpoint", "status"]),
+        cmd(&["endpoint", "status", "-w", "json"]),
+        differs(&["endpoint", "hashkv"], HASH),
+        cmd(&["alarm", "list"]),
+        cmd(&["defrag"]),
+        differs(&["snapshot", "save", "SNAPSHOT"], NO_SNAPSHOT),
+        // ---- watch
+        timed(&["watch", "foo", "--rev=1"], 2, NO_WATCH),
+        timed(&["watch", "--prefix", "foo", "--rev=1", "--prev-kv"], 2, NO_WATCH),
+        // ---- lease
+        differs(&["lease", "grant", "60"], NO_LEASE),
+        differs(&["lease", "list"], NO_LEASE),
+        differs(&["lease", "timetolive", "1234"], NO_LEASE),
+        differs(&["lease", "keep-alive", "--once", "1234"], NO_LEASE),
+        differs(&["lease", "revoke", "1234"], NO_LEASE),
+        // ---- cluster
+        differs(&["member", "list"], NO_CLUSTER),
+        differs(&["member", "list", "-w", "json"], NO_CLUSTER),
+        // ---- concurrency recipes
+        differs(&["lock", "mylock", "echo", "locked"], LOCK),
+        timed(&["elect", "myelection", "proposal"], 2, LOCK),
+        // ---- auth
+        differs(&["user", "add", "alice", "--new-user-password=pw"], NO_AUTH),
+        differs(&["role", "add", "reader"], NO_AUTH),
+        differs(&["role", "grant-permission", "reader", "read", "foo"], NO_AUTH),
+        differs(&["role", "get", "reader"], NO_AUTH),
+        differs(&["user", "grant-role", "alice", "reader"], NO_AUTH),
+        differs(&["user", "get", "alice"], NO_AUTH),
+        differs(&["user", "list"], NO_AUTH),
+        differs(&["role", "list"], NO_AUTH),
+        differs(&["user", "delete", "alice"], NO_AUTH),
+        differs(&["role", "delete", "reader"], NO_AUTH),
+        differs(&["auth", "disable"], NO_AUTH),
+        // ---- still consistent at the end
+        cmd(&["get", "", "--prefix", "-w", "json"]),
+    ]
+}
+
+// ------------------------------------------------------------ processes
+
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free TCP port")
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free UDP port")
+}
+
+/// A child process killed (by its PID) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("qed-etcdctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> Proc {
+    let log = std::fs::File::create(log).expect("log file");
+    let err = log.try_clone().expect("log file");
+    Proc(
+        cmd.stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("spawn"),
+    )
+}
+
+/// One etcdctl run: (exit code, stdout, stderr).
+fn etcdctl(endpoint: &str, step: &Step, workdir: &Path) -> (i32, String, String) {
+    let limit = step.run_for.unwrap_or(Duration::from_secs(20));
+    let mut command = Command::new("timeout");
+    command
+        .arg(format!("{}", limit.as_secs()))
+        .arg("etcdctl")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(["--dial-timeout=3s", "--command-timeout=5s"])
+        .args(step.args)
+        .env("ETCDCTL_API", "3")
+        .current_dir(workdir)
+        .stdin(if step.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn etcdctl");
+    if let (Some(input), Some(mut stdin)) = (step.stdin, child.stdin.take()) {
+        use std::io::Write;
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().expect("etcdctl output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn wait_ready(endpoint: &str, what: &str, workdir: &Path) {
+    let probe = cmd(&["get", "readiness-probe"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, _, err) = etcdctl(endpoint, &probe, workdir);
+        if code == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} did not become ready: {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ------------------------------------------------------------ normalizing
+
+/// Replaces the digits following each occurrence of `key` with `<n>`.
+fn mask_number_after(text: &str, key: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(key) {
+        out.push_str(&rest[..i + key.len()]);
+        rest = &rest[i + key.len()..];
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+            .unwrap_or(rest.len());
+        if digits > 0 {
+            out.push_str("<n>");
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Masks hex tokens of 12+ characters with a digit in them (member and
+/// lease IDs as etcdctl prints them).
+fn mask_hex_ids(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        let is_id = token.len() >= 12
+            && token.chars().all(|c| c.is_ascii_hexdigit())
+            && token.chars().any(|c| c.is_ascii_digit());
+        out.push_str(if is_id { "<id>" } else { token });
+        token.clear();
+    };
+    for c in line.chars() {
+        if c.is_ascii_alphanumeric() {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    out
+}
+
+/// `endpoint status` table rows: keep endpoint, leader and learner flags
+/// and errors; mask id, version, db size, raft term and indexes.
+fn mask_status_row(line: &str) -> String {
+    let cols: Vec<&str> = line.split(", ").collect();
+    if cols.len() < 9 {
+        return line.to_string();
+    }
+    let keep = [0usize, 4, 5];
+    cols.iter()
+        .enumerate()
+        .map(|(i, c)| if keep.contains(&i) || i >= 9 { c.to_string() } else { "<x>".into() })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn normalize(step: &Step, endpoint: &str, (code, out, err): (i32, String, String)) -> String {
+    let mut text = format!("exit {code}\n{out}\n--- stderr\n{err}");
+    text = text.replace(endpoint, "<endpoint>");
+    for key in [
+        "\"cluster_id\":",
+        "\"member_id\":",
+        "\"raft_term\":",
+        "\"ClusterID\" : ",
+        "\"MemberID\" : ",
+        "\"RaftTerm\" : ",
+        "\"ID\":",
+        "\"leader\":",
+        "\"raftIndex\":",
+        "\"raftTerm\":",
+        "\"raftAppliedIndex\":",
+        "\"dbSize\":",
+        "\"dbSizeInUse\":",
+        "\"hash\":",
+    ] {
+        text = mask_number_after(&text, key);
+    }
+    let is_status = step.args.starts_with(&["endpoint", "status"]);
+    text.lines()
+        // etcdctl's client-side retry logs: timestamps and random client ids.
+        .filter(|l| !l.starts_with("{\"level\":"))
+        .map(|l| {
+            let l = mask_hex_ids(l);
+            let l = match l.find("took = ") {
+                Some(i) => format!("{}took = <t>", &l[..i]),
+                None => l,
+            };
+            let l = match l.find("\"version\":\"") {
+                Some(i) if is_status => {
+                    let end = l[i + 11..].find('"').map(|e| i + 11 + e).unwrap_or(l.len());
+                    format!("{}<v>{}", &l[..i + 11], &l[end..])
+                }
+                _ => l,
+            };
+            if is_status {
+                mask_status_row(&l)
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ------------------------------------------------------------ the test
+
+#[test]
+fn etcdctl_outputs_match_etcd() {
+    for tool in ["etcd", "etcdctl", "timeout"] {
+        if !on_path(tool) {
+            println!("skipping etcdctl differential test: `{tool}` is not installed (make deps-etcd)");
+            return;
+        }
+    }
+    let report_only = std::env::var_os("QED_ETCDCTL_DIFF_REPORT_ONLY").is_some();
+
+    // etcd 3.4, fresh.
+    let etcd_dir = TempDir::new("etcd");
+    let (client_port, peer_port) = (free_tcp_port(), free_tcp_port());
+    let etcd_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let _etcd = spawn(
+        Command::new("etcd")
+            .args(["--name", "diff"])
+            .arg("--data-dir")
+            .arg(etcd_dir.0.join("data"))
+            .args(["--listen-client-urls", &etcd_url])
+            .args(["--advertise-client-urls", &etcd_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("diff={peer_url}")]),
+        &etcd_dir.0.join("etcd.log"),
+    );
+    let etcd_endpoint = format!("127.0.0.1:{client_port}");
+
+    // qed + qed-grpc, fresh.
+    let qed_dir = TempDir::new("qed");
+    let quic_url = format!("https://127.0.0.1:{}", free_udp_port());
+    let _node = spawn(
+        Command::new(env!("CARGO_BIN_EXE_qed"))
+            .arg("--data-dir")
+            .arg(qed_dir.0.join("data"))
+            .args(["--listen-client-urls", &quic_url, "--log-level", "warn"]),
+        &qed_dir.0.join("qed.log"),
+    );
+    let ca = qed_dir.0.join("data/certs/ca.crt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ca.exists() {
+        assert!(Instant::now() < deadline, "qed did not create its CA");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shim_port = free_tcp_port();
+    let _shim = spawn(
+        Command::new(env!("CARGO_BIN_EXE_qed-grpc"))
+            .args(["--endpoints", &quic_url])
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{shim_port}")])
+            .args(["--log-level", "warn"]),
+        &qed_dir.0.join("qed-grpc.log"),
+    );
+    let qed_endpoint = format!("127.0.0.1:{shim_port}");
+
+    wait_ready(&etcd_endpoint, "etcd", &etcd_dir.0);
+    wait_ready(&qed_endpoint, "qed-grpc", &qed_dir.0);
+
+    let (mut matching, mut known, mut fixed, mut unexpected) = (0, 0, Vec::new(), Vec::new());
+    for step in script() {
+        let name = format!(
+            "etcdctl {}{}",
+            step.args.join(" "),
+            if step.stdin.is_some() { " <<txn" } else { "" }
+        );
+        let want = normalize(&step, &etcd_endpoint, etcdctl(&etcd_endpoint, &step, &etcd_dir.0));
+        let got = normalize(&step, &qed_endpoint, etcdctl(&qed_endpoint, &step, &qed_dir.0));
+        match (want == got, step.expect) {
+            (true, Expect::Match) => matching += 1,
+            (true, Expect::Differs(_)) => {
+                matching += 1;
+                fixed.push(name);
+            }
+            (false, Expect::Differs(why)) => {
+                known += 1;
+                println!("known mismatch: {name}\n    reason: {why}");
+            }
+            (false, Expect::Match) => {
+                println!(
+                    "UNEXPECTED mismatch: {name}\n--- etcd\n{want}\n--- qed\n{got}\n---"
+                );
+                unexpected.push(name);
+            }
+        }
+    }
+    for name in &fixed {
+        println!("now matching (drop it from the known list): {name}");
+    }
+    println!(
+        "etcdctl differential: {matching} matching, {known} known mismatches, {} unexpected",
+        unexpected.len()
+    );
+    if !report_only {
+        assert!(
+            unexpected.is_empty(),
+            "unexpected mismatches: {unexpected:#?}"
+        );
+    }
+}
