@@ -246,3 +246,26 @@ async fn raw_connection(node: &TestNode) -> quinn::Connection {
         .await
         .unwrap()
 }
+
+#[test]
+fn client_fails_over_from_a_dead_endpoint() {
+    let node = TestNode::start(&[]);
+    qed::runtime::block_on(async {
+        let _ready = node.client().await;
+        let dead = format!("https://127.0.0.1:{}", common::free_udp_port());
+        let options = qed::client::ConnectOptions {
+            ca_file: Some(node.ca_file()),
+            dial_timeout: std::time::Duration::from_millis(300),
+            ..Default::default()
+        };
+        let c = qed::client::Client::connect(&[dead, node.url.clone()], options)
+            .await
+            .unwrap();
+        // Round-robin sends every other call towards the dead endpoint; each
+        // must still succeed on the live one.
+        for i in 0..6 {
+            c.put(format!("k{i}"), "v", None).await.unwrap();
+        }
+        assert_eq!(c.get("k5", None).await.unwrap().kvs.len(), 1);
+    });
+}
