@@ -14,6 +14,7 @@ pub mod mvcc;
 pub mod raft;
 pub mod runtime;
 pub mod server;
+pub mod storage;
 pub mod transport;
 
 #[cfg(feature = "grpc")]

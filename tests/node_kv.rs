@@ -246,3 +246,81 @@ async fn raw_connection(node: &TestNode) -> quinn::Connection {
         .await
         .unwrap()
 }
+
+#[test]
+fn client_fails_over_from_a_dead_endpoint() {
+    let node = TestNode::start(&[]);
+    qed::runtime::block_on(async {
+        let _ready = node.client().await;
+        let dead = format!("https://127.0.0.1:{}", common::free_udp_port());
+        let options = qed::client::ConnectOptions {
+            ca_file: Some(node.ca_file()),
+            dial_timeout: std::time::Duration::from_millis(300),
+            ..Default::default()
+        };
+        let c = qed::client::Client::connect(&[dead, node.url.clone()], options)
+            .await
+            .unwrap();
+        // Round-robin sends every other call towards the dead endpoint; each
+        // must still succeed on the live one.
+        for i in 0..6 {
+            c.put(format!("k{i}"), "v", None).await.unwrap();
+        }
+        assert_eq!(c.get("k5", None).await.unwrap().kvs.len(), 1);
+    });
+}
+
+#[test]
+fn client_cert_auth_refuses_clients_without_a_certificate() {
+    let certs = common::TempDir::new("certs");
+    let dir = certs.0.join("c");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_qed"))
+        .args(["certs", "--dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let path = |f: &str| dir.join(f).display().to_string();
+    let (cert, key, ca) = (path("node.crt"), path("node.key"), path("ca.crt"));
+    let node = TestNode::start(&[
+        "--cert-file",
+        &cert,
+        "--key-file",
+        &key,
+        "--trusted-ca-file",
+        &ca,
+        "--client-cert-auth",
+    ]);
+    qed::runtime::block_on(async {
+        let options = |with_cert: bool| qed::client::ConnectOptions {
+            ca_file: Some(dir.join("ca.crt")),
+            cert_file: with_cert.then(|| dir.join("client.crt")),
+            key_file: with_cert.then(|| dir.join("client.key")),
+            dial_timeout: std::time::Duration::from_secs(5),
+            ..Default::default()
+        };
+        // The node may still be binding: poll with the certificate first.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let c = loop {
+            match qed::client::Client::connect(&[node.url.clone()], options(true)).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "{e}");
+                    qed::runtime::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        };
+        c.put("mtls", "ok", None).await.unwrap();
+        let anonymous =
+            match qed::client::Client::connect(&[node.url.clone()], options(false)).await {
+                Ok(c) => c.put("anon", "x", None).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+        assert!(
+            anonymous.is_err(),
+            "a client without a certificate must be refused"
+        );
+        assert!(c.get("anon", None).await.unwrap().kvs.is_empty());
+    });
+}

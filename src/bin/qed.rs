@@ -2,15 +2,20 @@
 //! can also be set as a `QED_*` environment variable (`--data-dir` is
 //! `QED_DATA_DIR`).
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use qed::server::{self, NodeConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// An etcd-compatible key-value store for the edge, over QUIC.
+///
+/// With no subcommand, starts a node.
 #[derive(Parser, Debug)]
-#[command(name = "qed", version, about, long_about = None)]
+#[command(name = "qed", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Flags {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Human-readable name for this member.
     #[arg(long, env = "QED_NAME", default_value = "default")]
     name: String,
@@ -73,6 +78,21 @@ struct Flags {
     log_level: String,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a CA, a node certificate and a client certificate.
+    Certs {
+        /// Directory to write ca.crt, ca.key, node.crt, node.key,
+        /// client.crt and client.key into.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Comma-separated host names and IP addresses the node certificate
+        /// is valid for, besides localhost and the loopback addresses.
+        #[arg(long, default_value = "")]
+        hosts: String,
+    },
+}
+
 const DEFAULT_QUOTA: u64 = 2 * 1024 * 1024 * 1024;
 
 fn split(urls: &str) -> Vec<String> {
@@ -83,8 +103,49 @@ fn split(urls: &str) -> Vec<String> {
         .collect()
 }
 
+fn certs(dir: &Path, hosts: &str) -> ExitCode {
+    if dir.join(qed::transport::tls::CA_CERT).exists() {
+        eprintln!(
+            "qed certs: {} already holds a CA; remove it or choose another --dir",
+            dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match qed::transport::tls::ensure_self_signed(dir, &split(hosts)) {
+        Ok(made) => {
+            let show = |p: &Option<PathBuf>| {
+                p.as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            };
+            println!(
+                "CA certificate (clients and peers trust it): {}",
+                made.ca.display()
+            );
+            println!(
+                "node  --cert-file {} --key-file {}",
+                show(&made.node.cert),
+                show(&made.node.key)
+            );
+            println!(
+                "client --cert {} --key {}",
+                show(&made.client.cert),
+                show(&made.client.key)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("qed certs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    if let Some(Command::Certs { dir, hosts }) = &flags.command {
+        return certs(dir, hosts);
+    }
     if let Err(e) = qed::log_writer::init(&flags.log_level) {
         eprintln!("qed: --log-level: {e}");
         return ExitCode::from(2);

@@ -39,12 +39,18 @@ enum Span {
 }
 
 impl Span {
-    fn end_for(&self, key: &[u8]) -> Vec<u8> {
+    /// The key and range end to send. As clientv3 does, an empty key with a
+    /// prefix or from-key means every key: `["\0", "\0")`.
+    fn resolve(&self, key: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
         match self {
-            Span::Key => Vec::new(),
-            Span::Prefix => prefix_range_end(key),
-            Span::FromKey => vec![0],
-            Span::RangeEnd(end) => end.clone(),
+            Span::Prefix | Span::FromKey if key.is_empty() => (vec![0], vec![0]),
+            Span::Key => (key, Vec::new()),
+            Span::Prefix => {
+                let end = prefix_range_end(&key);
+                (key, end)
+            }
+            Span::FromKey => (key, vec![0]),
+            Span::RangeEnd(end) => (key, end.clone()),
         }
     }
 }
@@ -120,9 +126,10 @@ impl GetOptions {
     }
 
     fn build(self, key: Vec<u8>) -> RangeRequest {
+        let (key, range_end) = self.span.resolve(key);
         RangeRequest {
-            range_end: self.span.end_for(&key),
             key,
+            range_end,
             ..self.req
         }
     }
@@ -197,9 +204,10 @@ impl DeleteOptions {
     }
 
     fn build(self, key: Vec<u8>) -> DeleteRangeRequest {
+        let (key, range_end) = self.span.resolve(key);
         DeleteRangeRequest {
-            range_end: self.span.end_for(&key),
             key,
+            range_end,
             prev_kv: self.prev_kv,
         }
     }
@@ -271,8 +279,10 @@ impl Compare {
     }
 
     fn build(self) -> kv::Compare {
+        let (key, range_end) = self.span.resolve(self.cmp.key);
         kv::Compare {
-            range_end: self.span.end_for(&self.cmp.key),
+            key,
+            range_end,
             ..self.cmp
         }
     }
@@ -418,6 +428,8 @@ mod tests {
         assert_eq!((r.range_end.as_slice(), r.limit), (&b"fop"[..], 3));
         let d = DeleteOptions::new().with_from_key().build(b"k".to_vec());
         assert_eq!(d.range_end, vec![0]);
+        let all = GetOptions::new().with_prefix().build(Vec::new());
+        assert_eq!((all.key, all.range_end), (vec![0], vec![0]));
         let t = Txn::new()
             .when([Compare::value("k", CompareOp::Equal, "v").with_prefix()])
             .and_then([TxnOp::put("k", "w", None)])

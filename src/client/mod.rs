@@ -25,7 +25,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How to reach and authenticate to the cluster.
 #[derive(Debug, Clone)]
@@ -39,6 +39,11 @@ pub struct ConnectOptions {
     /// Deadline for each call, connecting included. etcdctl's default
     /// `--command-timeout` is 5 s; on lossy links a little more is kinder.
     pub request_timeout: Duration,
+    /// Deadline for one QUIC handshake (etcd's `--dial-timeout`, 2 s). A
+    /// node that does not answer in time is skipped for `dial_timeout`
+    /// before it is tried again, so one dead endpoint does not cost every
+    /// call that round-robin sends its way.
+    pub dial_timeout: Duration,
     /// Auth token sent with every call, from `Authenticate`.
     pub token: Option<String>,
 }
@@ -50,6 +55,7 @@ impl Default for ConnectOptions {
             cert_file: None,
             key_file: None,
             request_timeout: Duration::from_secs(10),
+            dial_timeout: Duration::from_secs(2),
             token: None,
         }
     }
@@ -100,6 +106,13 @@ fn after_send(e: TransportError) -> ClientError {
     }
 }
 
+#[derive(Default)]
+struct Slot {
+    conn: Option<quinn::Connection>,
+    /// Set after a failed handshake: skip this endpoint until then.
+    retry_after: Option<Instant>,
+}
+
 /// A connection to a qed cluster. Cheap to clone; clones share connections.
 #[derive(Clone)]
 pub struct Client {
@@ -111,7 +124,7 @@ struct Inner {
     quic: quinn::Endpoint,
     /// One slot per endpoint; the async lock makes concurrent first calls
     /// share one handshake instead of racing to open many.
-    connections: Vec<Mutex<Option<quinn::Connection>>>,
+    connections: Vec<Mutex<Slot>>,
     next: AtomicUsize,
     options: ConnectOptions,
 }
@@ -148,7 +161,7 @@ impl Client {
         let quic = transport::endpoint::client(first.addr, config).map_err(config_error)?;
         let client = Client {
             inner: Arc::new(Inner {
-                connections: parsed.iter().map(|_| Mutex::new(None)).collect(),
+                connections: parsed.iter().map(|_| Mutex::new(Slot::default())).collect(),
                 endpoints: parsed,
                 quic,
                 next: AtomicUsize::new(0),
@@ -228,22 +241,26 @@ impl Client {
     }
 
     /// Opens a stream on the next endpoint in turn, failing over to the
-    /// others when one cannot be reached.
+    /// others when one cannot be reached. Endpoints in back-off are tried
+    /// only when no other is left.
     async fn open_bi(&self) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
         let n = self.inner.endpoints.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
-        for i in 0..n {
-            let idx = (start + i) % n;
-            match self.connection(idx).await {
-                Ok(conn) => match conn.open_bi().await {
-                    Ok(pair) => return Ok(pair),
-                    Err(e) => {
-                        self.forget(idx, &conn).await;
-                        last = Some(self.connect_error(idx, e));
-                    }
-                },
-                Err(e) => last = Some(e),
+        for pass in [Pass::Healthy, Pass::BackingOff] {
+            for i in 0..n {
+                let idx = (start + i) % n;
+                match self.connection(idx, pass).await {
+                    Ok(Some(conn)) => match conn.open_bi().await {
+                        Ok(pair) => return Ok(pair),
+                        Err(e) => {
+                            self.forget(idx, &conn).await;
+                            last = Some(self.connect_error(idx, e));
+                        }
+                    },
+                    Ok(None) => {}
+                    Err(e) => last = Some(e),
+                }
             }
         }
         Err(last.unwrap_or(ClientError::Closed))
@@ -252,15 +269,22 @@ impl Client {
     async fn any_connection(&self) -> Result<(), ClientError> {
         let mut last = None;
         for idx in 0..self.inner.endpoints.len() {
-            match self.connection(idx).await {
-                Ok(_) => return Ok(()),
+            match self.connection(idx, Pass::BackingOff).await {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => {}
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or(ClientError::Closed))
     }
 
-    async fn connection(&self, idx: usize) -> Result<quinn::Connection, ClientError> {
+    /// The live connection to endpoint `idx`, opening one if needed; `None`
+    /// when the endpoint is backing off and `pass` says to skip those.
+    async fn connection(
+        &self,
+        idx: usize,
+        pass: Pass,
+    ) -> Result<Option<quinn::Connection>, ClientError> {
         let (Some(slot), Some(endpoint)) = (
             self.inner.connections.get(idx),
             self.inner.endpoints.get(idx),
@@ -268,29 +292,53 @@ impl Client {
             return Err(ClientError::Closed);
         };
         let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref() {
+        if let Some(conn) = slot.conn.as_ref() {
             if conn.close_reason().is_none() {
-                return Ok(conn.clone());
+                return Ok(Some(conn.clone()));
             }
         }
-        let connecting = self
-            .inner
-            .quic
-            .connect(endpoint.addr, &endpoint.host)
-            .map_err(|e| self.connect_error(idx, e))?;
-        let conn = connecting.await.map_err(|e| self.connect_error(idx, e))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        if pass == Pass::Healthy && slot.retry_after.is_some_and(|t| Instant::now() < t) {
+            return Ok(None);
+        }
+        let dial_timeout = self.inner.options.dial_timeout;
+        let dial = async {
+            let connecting = self
+                .inner
+                .quic
+                .connect(endpoint.addr, &endpoint.host)
+                .map_err(|e| self.connect_error(idx, e))?;
+            connecting.await.map_err(|e| self.connect_error(idx, e))
+        };
+        let result = runtime::timeout(dial_timeout, dial)
+            .await
+            .unwrap_or_else(|_| Err(self.connect_error(idx, "handshake timed out")));
+        match result {
+            Ok(conn) => {
+                *slot = Slot {
+                    conn: Some(conn.clone()),
+                    retry_after: None,
+                };
+                Ok(Some(conn))
+            }
+            Err(e) => {
+                *slot = Slot {
+                    conn: None,
+                    retry_after: Some(Instant::now() + dial_timeout),
+                };
+                Err(e)
+            }
+        }
     }
 
     async fn forget(&self, idx: usize, broken: &quinn::Connection) {
         if let Some(slot) = self.inner.connections.get(idx) {
             let mut slot = slot.lock().await;
             if slot
+                .conn
                 .as_ref()
                 .is_some_and(|c| c.stable_id() == broken.stable_id())
             {
-                *slot = None;
+                slot.conn = None;
             }
         }
     }
@@ -306,6 +354,13 @@ impl Client {
             reason: e.to_string(),
         }
     }
+}
+
+/// Whether a failover pass may use endpoints that recently failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Healthy,
+    BackingOff,
 }
 
 /// The sending half of a streaming call.

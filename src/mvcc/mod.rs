@@ -1,85 +1,101 @@
-//! TEMPORARY stand-in for the MVCC engine (branch `mvcc` replaces this file):
-//! just enough of its API for the server to build and be smoke-tested.
-use qed_wire::kv::*;
-#[derive(Clone, Default)]
-pub struct Store {
-    rev: i64,
-    kvs: std::collections::BTreeMap<Vec<u8>, KeyValue>,
-}
-pub struct HashKv {
-    pub hash: u32,
-    pub compact_revision: i64,
-    pub revision: i64,
-}
-#[derive(Debug)]
+//! etcd v3's revisioned key space as a pure state machine: no I/O, no
+//! clock, no locks. The server applies committed Raft entries to a
+//! [`Store`] in log order and gets back responses plus the [`Event`]s that
+//! watchers need; reads are served from the same `Store` (or an O(1) clone
+//! of it).
+//!
+//! Modules, from the bottom up:
+//! - [`revision`]: the (main, sub) pair ordering all changes;
+//! - `key_index`: one key's history across generations, and its compaction;
+//! - `store`: the ordered key index plus a revision-ordered change log;
+//!   range, put, delete, compaction, watch replay, snapshot encoding;
+//! - `txn`: txn validation, compares and nested execution;
+//! - `hash`: HashKV.
+//!
+//! Semantics are etcd 3.4's, including where each error is raised; the
+//! request and response types are the wire's (`qed_wire::kv`). Writes that
+//! change nothing (deleting a missing key, a txn of reads) do not bump the
+//! revision. Events returned by writes always carry `prev_kv`.
+
+mod hash;
+mod key_index;
+pub mod revision;
+mod store;
+mod txn;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+pub use hash::HashKv;
+pub use revision::Revision;
+pub use store::Store;
+pub use txn::DEFAULT_MAX_TXN_OPS;
+
+pub use qed_wire::kv::Event;
+
+/// Every way a key space operation can fail. Each maps onto one wire error
+/// (and so onto one etcd gRPC error) in [`From<MvccError> for
+/// qed_wire::Error`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MvccError {
-    X,
+    /// A request, or a compare or op in a txn, has an empty key.
+    EmptyKey,
+    /// `ignore_value` / `ignore_lease` on a key that does not exist.
+    KeyNotFound,
+    /// `ignore_value` together with a value.
+    ValueProvided,
+    /// `ignore_lease` together with a lease.
+    LeaseProvided,
+    /// A put names a lease that is not granted.
+    LeaseNotFound,
+    /// More compares, or ops in one branch, than `--max-txn-ops`.
+    TooManyOps,
+    /// A txn writes one key twice (or puts and deletes it) on one path.
+    DuplicateKey,
+    /// The revision asked for has been compacted.
+    Compacted,
+    /// The revision asked for is newer than the store.
+    FutureRev,
+    /// Snapshot bytes that do not decode into a valid store, or a broken
+    /// internal invariant; the text says what.
+    Corrupt(String),
 }
-impl From<MvccError> for qed_wire::Error {
-    fn from(_: MvccError) -> Self {
-        qed_wire::Error::EmptyKey
-    }
-}
-impl Store {
-    pub fn new() -> Store {
-        Store {
-            rev: 1,
-            ..Default::default()
+
+impl fmt::Display for MvccError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MvccError::EmptyKey => f.write_str("key is not provided"),
+            MvccError::KeyNotFound => f.write_str("key not found"),
+            MvccError::ValueProvided => f.write_str("value is provided"),
+            MvccError::LeaseProvided => f.write_str("lease is provided"),
+            MvccError::LeaseNotFound => f.write_str("lease not found"),
+            MvccError::TooManyOps => f.write_str("too many operations in txn request"),
+            MvccError::DuplicateKey => f.write_str("duplicate key given in txn request"),
+            MvccError::Compacted => f.write_str("mvcc: required revision has been compacted"),
+            MvccError::FutureRev => f.write_str("mvcc: required revision is a future revision"),
+            MvccError::Corrupt(why) => write!(f, "mvcc: corrupt state: {why}"),
         }
     }
-    pub fn revision(&self) -> i64 {
-        self.rev
-    }
-    pub fn compact_revision(&self) -> i64 {
-        0
-    }
-    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        let kvs: Vec<_> = self.kvs.get(&req.key).cloned().into_iter().collect();
-        Ok(RangeResponse {
-            count: kvs.len() as i64,
-            kvs,
-            ..Default::default()
-        })
-    }
-    pub fn put(
-        &mut self,
-        req: &PutRequest,
-        _l: &dyn Fn(i64) -> bool,
-    ) -> Result<(PutResponse, Vec<Event>), MvccError> {
-        self.rev += 1;
-        self.kvs.insert(
-            req.key.clone(),
-            KeyValue {
-                key: req.key.clone(),
-                value: req.value.clone(),
-                mod_revision: self.rev,
-                create_revision: self.rev,
-                version: 1,
-                lease: 0,
-            },
-        );
-        Ok((PutResponse::default(), vec![]))
-    }
-    pub fn delete_range(
-        &mut self,
-        _req: &DeleteRangeRequest,
-    ) -> Result<(DeleteRangeResponse, Vec<Event>), MvccError> {
-        Err(MvccError::X)
-    }
-    pub fn txn(
-        &mut self,
-        _req: &TxnRequest,
-        _l: &dyn Fn(i64) -> bool,
-    ) -> Result<(TxnResponse, Vec<Event>), MvccError> {
-        Err(MvccError::X)
-    }
-    pub fn compact(&mut self, _revision: i64) -> Result<(), MvccError> {
-        Err(MvccError::X)
-    }
-    pub fn hash_kv(&self, _revision: i64) -> Result<HashKv, MvccError> {
-        Err(MvccError::X)
-    }
-    pub fn size_bytes(&self) -> u64 {
-        0
+}
+
+impl std::error::Error for MvccError {}
+
+impl From<MvccError> for qed_wire::Error {
+    fn from(e: MvccError) -> Self {
+        use qed_wire::Error as W;
+        match e {
+            MvccError::EmptyKey => W::EmptyKey,
+            MvccError::KeyNotFound => W::KeyNotFound,
+            MvccError::ValueProvided => W::ValueProvided,
+            MvccError::LeaseProvided => W::LeaseProvided,
+            MvccError::LeaseNotFound => W::LeaseNotFound,
+            MvccError::TooManyOps => W::TooManyOps,
+            MvccError::DuplicateKey => W::DuplicateKey,
+            MvccError::Compacted => W::Compacted,
+            MvccError::FutureRev => W::FutureRev,
+            MvccError::Corrupt(why) => W::Internal(format!("mvcc: corrupt state: {why}")),
+        }
     }
 }

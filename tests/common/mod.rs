@@ -47,7 +47,7 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// Starts `qed` with extra flags and waits until it generated its CA.
+    /// Starts `qed` with extra flags; [`TestNode::client`] waits for it.
     pub fn start(extra: &[&str]) -> TestNode {
         let dir = TempDir::new("node");
         let url = format!("https://127.0.0.1:{}", free_udp_port());
@@ -59,23 +59,15 @@ impl TestNode {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn qed");
-        let node = TestNode { child, dir, url };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !node.ca_file().exists() {
-            assert!(
-                Instant::now() < deadline,
-                "qed did not create its CA within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        node
+        TestNode { child, dir, url }
     }
 
     pub fn ca_file(&self) -> PathBuf {
         self.dir.0.join("data/certs/ca.crt")
     }
 
-    /// A client, retried until the node answers (it may still be binding).
+    /// A client, retried until the node answers (it may still be creating
+    /// its certificates or binding).
     pub async fn client(&self) -> Client {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -86,8 +78,7 @@ impl TestNode {
             };
             match Client::connect(&[self.url.clone()], options).await {
                 Ok(c) => return c,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if Instant::now() < deadline => {
                     qed::runtime::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => panic!("cannot connect to the test node: {e}"),

@@ -1,0 +1,769 @@
+//! The revisioned key space: an ordered index of keys, each with its kept
+//! history, plus a revision-ordered log of changes for watch catch-up.
+//!
+//! Invariants:
+//! - `current` is the newest main revision; every kept change has
+//!   `main <= current`. A fresh store is at revision 1, like etcd.
+//! - `compacted` is etcd's `compactMainRev`: -1 until the first compaction.
+//!   Reads below it fail with [`MvccError::Compacted`]; at or above it they
+//!   see exactly what they saw before compaction.
+//! - `log` holds one entry per kept change with `main >= compacted`, in
+//!   revision order; each entry names a change that its key's index still
+//!   holds. Changes below that are needed only for reads at the compaction
+//!   point, which go through the key index.
+//! - A key is in `keys` while it has at least one kept change; compaction
+//!   drops keys whose history is all tombstoned.
+//! - `size` is the running estimate [`Store::size_bytes`] reports; every
+//!   mutation adjusts it in the same step.
+//!
+//! Writes go straight into the maps as they are made, under a
+//! [`PendingRevision`] that hands out sub revisions; a request that fails
+//! after it started changing things is undone by [`Store::rollback`] (which
+//! pops the log's tail), so no error ever leaves half a revision behind.
+//!
+//! Both maps are persistent (`imbl`): cloning a `Store` is O(1) and shares
+//! structure, so a snapshot can serialize a clone while writes continue.
+//! Key bytes are one `Arc<[u8]>` shared by the index and the log.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use imbl::{OrdMap, Vector};
+use serde::de::Error as _;
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::key_index::{Change, KeyIndex};
+use super::revision::Revision;
+use super::txn::{self, DEFAULT_MAX_TXN_OPS};
+use super::MvccError;
+use qed_wire::kv::{
+    DeleteRangeRequest, DeleteRangeResponse, Event, EventType, KeyValue, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, SortOrder, SortTarget, TxnRequest, TxnResponse,
+};
+
+pub(crate) type Key = Arc<[u8]>;
+
+/// One change in revision order; the value lives in the key's index.
+#[derive(Debug, Clone)]
+pub(crate) struct LogEntry {
+    pub(crate) main: i64,
+    pub(crate) sub: u32,
+    pub(crate) key: Key,
+}
+
+/// Estimated fixed bytes per key: the map slot (key and index pointers),
+/// the reference counts of both `Arc`s and the index's `Vec` header.
+const KEY_OVERHEAD: u64 = (std::mem::size_of::<(Key, Arc<KeyIndex>)>()
+    + 2 * 2 * std::mem::size_of::<usize>()
+    + std::mem::size_of::<KeyIndex>()) as u64;
+const LOG_ENTRY_BYTES: u64 = std::mem::size_of::<LogEntry>() as u64;
+
+/// A write in progress: the main revision it will commit as, the next sub
+/// revision, and the events produced so far.
+#[derive(Debug)]
+pub(crate) struct PendingRevision {
+    pub(crate) main: i64,
+    next_sub: u32,
+    events: Vec<Event>,
+}
+
+impl PendingRevision {
+    pub(crate) fn changed(&self) -> bool {
+        self.next_sub > 0
+    }
+
+    /// The revision reads inside this write see: its own changes once it
+    /// has made any (etcd's `storeTxnWrite.Range`).
+    pub(crate) fn read_rev(&self) -> i64 {
+        if self.changed() {
+            self.main
+        } else {
+            self.main - 1
+        }
+    }
+
+    /// What a response header reports: the new revision if anything
+    /// changed, else the unchanged current one.
+    pub(crate) fn header_rev(&self) -> i64 {
+        self.read_rev()
+    }
+
+    fn take_sub(&mut self) -> u32 {
+        let sub = self.next_sub;
+        // A request would need four billion changes to wrap; saturate rather
+        // than panic.
+        self.next_sub = self.next_sub.saturating_add(1);
+        sub
+    }
+}
+
+/// etcd v3's MVCC key space as a pure state machine.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) keys: OrdMap<Key, Arc<KeyIndex>>,
+    pub(crate) log: Vector<LogEntry>,
+    pub(crate) current: i64,
+    pub(crate) compacted: i64,
+    pub(crate) size: u64,
+    pub(crate) max_txn_ops: usize,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+/// Where a range request's `range_end` says to stop.
+pub(crate) enum RangeEnd<'a> {
+    /// Just the key (empty `range_end`).
+    Single,
+    /// Every key `>= key` (`range_end` is `[0]`).
+    Unbounded,
+    /// Up to, not including, this key.
+    Before(&'a [u8]),
+}
+
+impl<'a> RangeEnd<'a> {
+    pub(crate) fn parse(range_end: &'a [u8]) -> RangeEnd<'a> {
+        match range_end {
+            [] => RangeEnd::Single,
+            [0] => RangeEnd::Unbounded,
+            end => RangeEnd::Before(end),
+        }
+    }
+
+    pub(crate) fn contains(&self, start: &[u8], key: &[u8]) -> bool {
+        match self {
+            RangeEnd::Single => key == start,
+            RangeEnd::Unbounded => key >= start,
+            RangeEnd::Before(end) => key >= start && key < *end,
+        }
+    }
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store {
+            keys: OrdMap::new(),
+            log: Vector::new(),
+            current: 1,
+            compacted: -1,
+            size: 0,
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+        }
+    }
+
+    /// etcd's `--max-txn-ops` (default 128): the most compares, or ops in
+    /// one branch, a txn may carry.
+    pub fn set_max_txn_ops(&mut self, max: usize) {
+        self.max_txn_ops = max;
+    }
+
+    /// The newest main revision (1 on a fresh store).
+    pub fn revision(&self) -> i64 {
+        self.current
+    }
+
+    /// The revision of the last compaction, 0 if there was none.
+    pub fn compact_revision(&self) -> i64 {
+        self.compacted.max(0)
+    }
+
+    /// Estimated in-memory bytes of the key space and its history: what
+    /// `--quota-backend-bytes` is measured against.
+    pub fn size_bytes(&self) -> u64 {
+        self.size
+    }
+
+    /// Number of keys with kept history (live or not yet compacted away).
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Iterates `(key, index)` over `[start, end)` as `range_end` encodes it.
+    pub(crate) fn scan<'a>(
+        &'a self,
+        start: &'a [u8],
+        range_end: &'a [u8],
+    ) -> Box<dyn Iterator<Item = (&'a Key, &'a Arc<KeyIndex>)> + 'a> {
+        match RangeEnd::parse(range_end) {
+            RangeEnd::Single => Box::new(self.keys.get_key_value(start).into_iter()),
+            RangeEnd::Unbounded => Box::new(
+                self.keys
+                    .range::<_, [u8]>((Bound::Included(start), Bound::Unbounded)),
+            ),
+            // An end at or before the start is an empty range, as in etcd;
+            // asking the map for it could panic.
+            RangeEnd::Before(end) if end <= start => Box::new(std::iter::empty()),
+            RangeEnd::Before(end) => Box::new(
+                self.keys
+                    .range::<_, [u8]>((Bound::Included(start), Bound::Excluded(end))),
+            ),
+        }
+    }
+
+    /// etcd's `rangeKeys` plus `applyRange`: reads as of `req.revision`
+    /// (or `read_rev`, the caller's view of "now", when that is 0 or less).
+    /// The header carries `read_rev`, as etcd's does, not the revision read.
+    pub(crate) fn range_at(
+        &self,
+        req: &RangeRequest,
+        read_rev: i64,
+    ) -> Result<RangeResponse, MvccError> {
+        let mut rev = req.revision;
+        if rev > read_rev {
+            return Err(MvccError::FutureRev);
+        }
+        if rev <= 0 {
+            rev = read_rev;
+        }
+        if rev < self.compacted {
+            return Err(MvccError::Compacted);
+        }
+
+        // Sorting or filtering needs every match; otherwise fetch one past
+        // the limit so `more` can be told.
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        let fetch = if req.sort_order != SortOrder::None || filtered || req.limit <= 0 {
+            usize::MAX
+        } else {
+            usize::try_from(req.limit)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1)
+        };
+
+        let mut count: i64 = 0;
+        let mut kvs = Vec::new();
+        for (key, index) in self.scan(&req.key, &req.range_end) {
+            let Some(change) = index.at(rev) else {
+                continue;
+            };
+            count += 1;
+            if !req.count_only && kvs.len() < fetch {
+                kvs.push(change.to_kv(key));
+            }
+        }
+
+        // Filters apply after fetching and do not change `count`, exactly as
+        // in etcd's applyRange.
+        if req.max_mod_revision != 0 {
+            kvs.retain(|kv| kv.mod_revision <= req.max_mod_revision);
+        }
+        if req.min_mod_revision != 0 {
+            kvs.retain(|kv| kv.mod_revision >= req.min_mod_revision);
+        }
+        if req.max_create_revision != 0 {
+            kvs.retain(|kv| kv.create_revision <= req.max_create_revision);
+        }
+        if req.min_create_revision != 0 {
+            kvs.retain(|kv| kv.create_revision >= req.min_create_revision);
+        }
+
+        sort_kvs(&mut kvs, req.sort_order, req.sort_target);
+
+        let mut more = false;
+        if req.limit > 0 {
+            let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+            if kvs.len() > limit {
+                kvs.truncate(limit);
+                more = true;
+            }
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value = Vec::new();
+            }
+        }
+        Ok(RangeResponse {
+            header: header(read_rev),
+            kvs,
+            more,
+            count,
+        })
+    }
+
+    /// Reads a range, at `req.revision` or now.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        if req.key.is_empty() {
+            return Err(MvccError::EmptyKey);
+        }
+        self.range_at(req, self.current)
+    }
+
+    /// Writes one key. `lease_exists` answers whether a lease ID is granted
+    /// (the lessor lives outside this module).
+    pub fn put(
+        &mut self,
+        req: &PutRequest,
+        lease_exists: &dyn Fn(i64) -> bool,
+    ) -> Result<(PutResponse, Vec<Event>), MvccError> {
+        txn::check_put(req)?;
+        // etcd looks the lease up before anything else at apply time.
+        if req.lease != 0 && !lease_exists(req.lease) {
+            return Err(MvccError::LeaseNotFound);
+        }
+        let mut pending = self.begin();
+        match self.apply_put(&mut pending, req) {
+            Ok(resp) => Ok((resp, self.commit(pending))),
+            Err(e) => {
+                self.rollback(pending);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes `[key, range_end)`. Deleting nothing does not bump the
+    /// revision.
+    pub fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<(DeleteRangeResponse, Vec<Event>), MvccError> {
+        if req.key.is_empty() {
+            return Err(MvccError::EmptyKey);
+        }
+        let mut pending = self.begin();
+        let resp = self.apply_delete(&mut pending, req);
+        Ok((resp, self.commit(pending)))
+    }
+
+    /// Runs a txn: compares, then one branch, as one revision.
+    pub fn txn(
+        &mut self,
+        req: &TxnRequest,
+        lease_exists: &dyn Fn(i64) -> bool,
+    ) -> Result<(TxnResponse, Vec<Event>), MvccError> {
+        txn::check_txn(req, self.max_txn_ops)?;
+        let path = txn::prepare(self, req, lease_exists)?;
+        let mut pending = self.begin();
+        match txn::apply(self, &mut pending, req, &path) {
+            Ok(mut resp) => {
+                resp.header.revision = pending.header_rev();
+                Ok((resp, self.commit(pending)))
+            }
+            Err(e) => {
+                self.rollback(pending);
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn begin(&self) -> PendingRevision {
+        PendingRevision {
+            main: self.current.saturating_add(1),
+            next_sub: 0,
+            events: Vec::new(),
+        }
+    }
+
+    pub(crate) fn commit(&mut self, pending: PendingRevision) -> Vec<Event> {
+        if pending.changed() {
+            self.current = pending.main;
+        }
+        pending.events
+    }
+
+    /// Undoes every change `pending` made: they are the log's tail.
+    pub(crate) fn rollback(&mut self, pending: PendingRevision) {
+        while self.log.back().is_some_and(|e| e.main == pending.main) {
+            let Some(entry) = self.log.pop_back() else {
+                break;
+            };
+            self.size = self.size.saturating_sub(LOG_ENTRY_BYTES);
+            let mut now_empty = false;
+            if let Some(index) = self.keys.get_mut(&*entry.key) {
+                let index = Arc::make_mut(index);
+                if let Some(change) = index.pop() {
+                    self.size = self.size.saturating_sub(change.footprint());
+                }
+                now_empty = index.is_empty();
+            }
+            if now_empty {
+                self.keys.remove(&*entry.key);
+                self.size = self
+                    .size
+                    .saturating_sub(KEY_OVERHEAD + entry.key.len() as u64);
+            }
+        }
+    }
+
+    /// Appends `change` to `key`'s history and to the log.
+    fn record(&mut self, key: &[u8], change: Change) {
+        let shared: Key = match self.keys.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => {
+                self.size += KEY_OVERHEAD + key.len() as u64;
+                let k: Key = Arc::from(key);
+                self.keys.insert(k.clone(), Arc::new(KeyIndex::default()));
+                k
+            }
+        };
+        self.size += change.footprint() + LOG_ENTRY_BYTES;
+        self.log.push_back(LogEntry {
+            main: change.main,
+            sub: change.sub,
+            key: shared.clone(),
+        });
+        if let Some(index) = self.keys.get_mut(&*shared) {
+            Arc::make_mut(index).push(change);
+        }
+    }
+
+    pub(crate) fn latest(&self, key: &[u8]) -> Option<&Change> {
+        self.keys.get(key).and_then(|index| index.latest())
+    }
+
+    /// etcd's applierV3backend.Put after the lease check.
+    pub(crate) fn apply_put(
+        &mut self,
+        pending: &mut PendingRevision,
+        req: &PutRequest,
+    ) -> Result<PutResponse, MvccError> {
+        let prev = self.latest(&req.key).cloned();
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err(MvccError::KeyNotFound);
+        }
+        let value: Box<[u8]> = match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.clone(),
+            _ => req.value.as_slice().into(),
+        };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => req.lease,
+        };
+        let sub = pending.take_sub();
+        let (create, version) = match &prev {
+            Some(p) => (p.create, p.version.saturating_add(1)),
+            None => (pending.main, 1),
+        };
+        let change = Change {
+            main: pending.main,
+            create,
+            version,
+            lease,
+            sub,
+            value,
+        };
+        let kv = change.to_kv(&req.key);
+        self.record(&req.key, change);
+        let prev_kv = prev.map(|p| p.to_kv(&req.key));
+        pending.events.push(Event {
+            kind: EventType::Put,
+            kv,
+            prev_kv: prev_kv.clone(),
+        });
+        Ok(PutResponse {
+            header: header(pending.main),
+            prev_kv: if req.prev_kv { prev_kv } else { None },
+        })
+    }
+
+    /// etcd's applierV3backend.DeleteRange: tombstones every live key in
+    /// the range.
+    pub(crate) fn apply_delete(
+        &mut self,
+        pending: &mut PendingRevision,
+        req: &DeleteRangeRequest,
+    ) -> DeleteRangeResponse {
+        let live: Vec<(Key, Change)> = self
+            .scan(&req.key, &req.range_end)
+            .filter_map(|(k, index)| index.latest().map(|c| (k.clone(), c.clone())))
+            .collect();
+        let mut prev_kvs = Vec::new();
+        for (key, prev) in &live {
+            let sub = pending.take_sub();
+            let tomb = Change::tombstone(Revision::new(pending.main, sub));
+            let kv = tomb.to_kv(key);
+            self.record(key, tomb);
+            let prev_kv = prev.to_kv(key);
+            if req.prev_kv {
+                prev_kvs.push(prev_kv.clone());
+            }
+            pending.events.push(Event {
+                kind: EventType::Delete,
+                kv,
+                prev_kv: Some(prev_kv),
+            });
+        }
+        DeleteRangeResponse {
+            header: header(pending.header_rev()),
+            deleted: live.len() as i64,
+            prev_kvs,
+        }
+    }
+
+    /// Forgets history at and below `revision`, keeping for each key the
+    /// newest value at or below it unless that is a deletion.
+    pub fn compact(&mut self, revision: i64) -> Result<(), MvccError> {
+        if revision <= self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        if revision > self.current {
+            return Err(MvccError::FutureRev);
+        }
+        self.compacted = revision;
+
+        // Touch only keys that lose something, so a clone held by a
+        // snapshot keeps sharing everything else.
+        let affected: Vec<Key> = self
+            .keys
+            .iter()
+            .filter(|(_, index)| needs_compaction(index, revision))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in affected {
+            let mut now_empty = false;
+            if let Some(index) = self.keys.get_mut(&*key) {
+                let index = Arc::make_mut(index);
+                let (freed, _) = index.compact(revision);
+                self.size = self.size.saturating_sub(freed);
+                now_empty = index.is_empty();
+            }
+            if now_empty {
+                self.keys.remove(&*key);
+                self.size = self.size.saturating_sub(KEY_OVERHEAD + key.len() as u64);
+            }
+        }
+
+        // The log keeps changes from the compaction point on; at exactly
+        // that revision, only the ones compaction kept.
+        let first_kept = self
+            .log
+            .binary_search_by(|e| {
+                if e.main < revision {
+                    std::cmp::Ordering::Less
+                } else {
+                    std::cmp::Ordering::Greater
+                }
+            })
+            .unwrap_or_else(|i| i);
+        let mut rest = self.log.split_off(first_kept);
+        let mut dropped = first_kept as u64;
+        let mut head = Vector::new();
+        while rest.front().is_some_and(|e| e.main == revision) {
+            let Some(entry) = rest.pop_front() else {
+                break;
+            };
+            let kept = self.keys.get(&*entry.key).is_some_and(|index| {
+                index
+                    .position(Revision::new(entry.main, entry.sub))
+                    .is_some()
+            });
+            if kept {
+                head.push_back(entry);
+            } else {
+                dropped += 1;
+            }
+        }
+        head.append(rest);
+        self.log = head;
+        self.size = self.size.saturating_sub(dropped * LOG_ENTRY_BYTES);
+        Ok(())
+    }
+
+    /// History replay for watch catch-up: the changes to keys in
+    /// `[key, range_end)` with revision `>= start_revision`, oldest first,
+    /// each with `prev_kv` when the key existed before it.
+    ///
+    /// Stops once it holds at least `max_events` events (0: no limit) and
+    /// the next event starts a new revision, so a revision is never split.
+    /// Fails with `Compacted` if `start_revision` is below the compaction
+    /// point (etcd's watcher rule: exactly at it is still served, with what
+    /// compaction kept of that revision).
+    pub fn events_since(
+        &self,
+        start_revision: i64,
+        key: &[u8],
+        range_end: &[u8],
+        max_events: usize,
+    ) -> Result<Vec<Event>, MvccError> {
+        if start_revision < self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        let from = self
+            .log
+            .binary_search_by(|e| {
+                if e.main < start_revision {
+                    std::cmp::Ordering::Less
+                } else {
+                    std::cmp::Ordering::Greater
+                }
+            })
+            .unwrap_or_else(|i| i);
+        let end = RangeEnd::parse(range_end);
+        let mut events: Vec<Event> = Vec::new();
+        for entry in self.log.iter().skip(from) {
+            if !end.contains(key, &entry.key) {
+                continue;
+            }
+            if max_events > 0
+                && events.len() >= max_events
+                && events
+                    .last()
+                    .is_some_and(|e| e.kv.mod_revision != entry.main)
+            {
+                break;
+            }
+            let Some(index) = self.keys.get(&*entry.key) else {
+                continue;
+            };
+            let Some(pos) = index.position(Revision::new(entry.main, entry.sub)) else {
+                continue;
+            };
+            let Some(change) = index.changes().get(pos) else {
+                continue;
+            };
+            events.push(Event {
+                kind: if change.is_tombstone() {
+                    EventType::Delete
+                } else {
+                    EventType::Put
+                },
+                kv: change.to_kv(&entry.key),
+                prev_kv: index.before(pos).map(|p| p.to_kv(&entry.key)),
+            });
+        }
+        Ok(events)
+    }
+
+    /// Encodes the whole store (postcard) for a snapshot.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, MvccError> {
+        postcard::to_stdvec(self).map_err(|e| MvccError::Corrupt(e.to_string()))
+    }
+
+    /// Decodes what [`Store::to_bytes`] wrote, checking every invariant.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Store, MvccError> {
+        postcard::from_bytes(bytes).map_err(|e| MvccError::Corrupt(e.to_string()))
+    }
+
+    fn from_image(image: Image) -> Result<Store, String> {
+        if image.revision < 1 {
+            return Err(format!("revision {} below 1", image.revision));
+        }
+        if image.compact_revision < -1 || image.compact_revision > image.revision {
+            return Err(format!(
+                "compact revision {} outside [-1, {}]",
+                image.compact_revision, image.revision
+            ));
+        }
+        let mut store = Store::new();
+        store.current = image.revision;
+        store.compacted = image.compact_revision;
+        let mut log: Vec<LogEntry> = Vec::new();
+        let mut last: Option<Vec<u8>> = None;
+        for (key, changes) in image.keys {
+            if key.is_empty() {
+                return Err("empty key".into());
+            }
+            if last.as_ref().is_some_and(|l| *l >= key) {
+                return Err("keys out of order".into());
+            }
+            let index = KeyIndex::from_changes(changes)
+                .map_err(|e| format!("key {key:?}: bad history: {e:?}"))?;
+            if index.changes().iter().any(|c| c.main > image.revision) {
+                return Err(format!("key {key:?}: change above revision"));
+            }
+            let shared: Key = Arc::from(key.as_slice());
+            store.size += KEY_OVERHEAD + key.len() as u64;
+            for change in index.changes() {
+                store.size += change.footprint();
+                if change.main >= store.compacted {
+                    store.size += LOG_ENTRY_BYTES;
+                    log.push(LogEntry {
+                        main: change.main,
+                        sub: change.sub,
+                        key: shared.clone(),
+                    });
+                }
+            }
+            store.keys.insert(shared, Arc::new(index));
+            last = Some(key);
+        }
+        log.sort_by_key(|e| (e.main, e.sub));
+        if log
+            .windows(2)
+            .any(|p| (p[0].main, p[0].sub) == (p[1].main, p[1].sub))
+        {
+            return Err("two changes share one revision".into());
+        }
+        store.log = log.into_iter().collect();
+        Ok(store)
+    }
+}
+
+/// Whether compaction at `at` would drop anything from `index`.
+fn needs_compaction(index: &KeyIndex, at: i64) -> bool {
+    let changes = index.changes();
+    let n = changes.partition_point(|c| c.main <= at);
+    n >= 2 || (n == 1 && changes[0].is_tombstone())
+}
+
+fn header(revision: i64) -> ResponseHeader {
+    ResponseHeader {
+        revision,
+        ..ResponseHeader::default()
+    }
+}
+
+/// etcd's applyRange ordering: no sort for (None, Key) since results come in
+/// key order; any other target with order None sorts ascending. Our sort is
+/// stable (ties stay in key order); etcd's Go sort is not, so ties may come
+/// out differently there.
+fn sort_kvs(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
+    let order = match (order, target) {
+        (SortOrder::None, SortTarget::Key) => return,
+        (SortOrder::None, _) => SortOrder::Ascend,
+        (o, _) => o,
+    };
+    let cmp = |a: &KeyValue, b: &KeyValue| match target {
+        SortTarget::Key => a.key.cmp(&b.key),
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
+    };
+    match order {
+        SortOrder::Descend => kvs.sort_by(|a, b| cmp(b, a)),
+        _ => kvs.sort_by(cmp),
+    }
+}
+
+/// The serialized form: revisions and each key's history; the log is
+/// rebuilt on load (it is derived data).
+#[derive(Deserialize)]
+struct Image {
+    revision: i64,
+    compact_revision: i64,
+    keys: Vec<(Vec<u8>, Vec<Change>)>,
+}
+
+struct KeysRef<'a>(&'a OrdMap<Key, Arc<KeyIndex>>);
+
+impl Serialize for KeysRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(k, index)| (&**k, index.changes())))
+    }
+}
+
+impl Serialize for Store {
+    /// Streams straight from the maps (no intermediate copy), in the field
+    /// order of `Image`.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Image", 3)?;
+        st.serialize_field("revision", &self.current)?;
+        st.serialize_field("compact_revision", &self.compacted)?;
+        st.serialize_field("keys", &KeysRef(&self.keys))?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Store {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Store, D::Error> {
+        let image = Image::deserialize(d)?;
+        Store::from_image(image).map_err(D::Error::custom)
+    }
+}

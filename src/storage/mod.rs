@@ -1,0 +1,99 @@
+//! Durable state on disk: WAL segments and snapshot files.
+//!
+//! The WAL ([`wal`]) is a sequence of append-only, preallocated segment
+//! files of checksummed records; the snapshot store ([`snapshot`]) keeps a
+//! few whole-state snapshots, each written atomically. Recovery is the newest
+//! snapshot plus the WAL records after it. Both are byte-level: they know
+//! record kinds and checksums, not what Raft puts in them.
+//!
+//! Invariants: nothing is reported written until it is fsynced; a torn
+//! record at the tail of the last segment (a write the crash interrupted,
+//! never acknowledged) is truncated; any other damage stops recovery with an
+//! error naming the file and offset. Nothing is ever skipped silently.
+
+pub mod snapshot;
+pub mod wal;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// What went wrong with the files, and where.
+#[derive(Debug)]
+pub enum StorageError {
+    /// An operating-system error on a file or directory.
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    /// A record or file failed its checksum or structure check.
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// A WAL segment is missing from the sequence.
+    MissingSegment {
+        dir: PathBuf,
+        after: String,
+        expected_seq: u64,
+    },
+    /// A record is larger than a segment can hold.
+    RecordTooLarge { len: usize, max: u64 },
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Io { path, op, source } => {
+                write!(f, "cannot {op} {}: {source}", path.display())
+            }
+            StorageError::Corrupt {
+                path,
+                offset,
+                reason,
+            } => write!(
+                f,
+                "{} is damaged at offset {offset}: {reason}; restore this member from a snapshot \
+                 (qed snapshot restore) or remove it from the cluster and add it back empty",
+                path.display()
+            ),
+            StorageError::MissingSegment {
+                dir,
+                after,
+                expected_seq,
+            } => write!(
+                f,
+                "WAL in {} is missing segment {expected_seq:016x} after {after}; restore this \
+                 member from a snapshot or re-add it empty",
+                dir.display()
+            ),
+            StorageError::RecordTooLarge { len, max } => {
+                write!(
+                    f,
+                    "WAL record of {len} bytes does not fit a {max}-byte segment"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+pub(crate) fn io_error<'a>(
+    path: &'a Path,
+    op: &'static str,
+) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}
+
+/// Makes a rename or file creation in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir, "fsync directory"))
+}

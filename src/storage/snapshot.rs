@@ -1,0 +1,223 @@
+//! Snapshot files: the whole state machine at one log index.
+//!
+//! `snap/<term>-<index>.snap` (16 hex digits each) holds
+//!
+//! ```text
+//! magic "QEDSNAP1" | crc32c: u32 LE | len: u64 LE | payload
+//! ```
+//!
+//! Written atomically (temp file, fsync, rename, fsync directory), so a
+//! crash leaves either the old set or the new one, never half a snapshot.
+//! The newest snapshot is the one recovery uses; one that fails its check
+//! stops recovery with its path, since falling back silently to an older
+//! one could resurrect deleted keys whose WAL entries are already released.
+
+use super::{io_error, sync_dir, StorageError};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"QEDSNAP1";
+const HEADER: usize = 8 + 4 + 8;
+
+/// etcd's `--max-snapshots` default.
+pub const DEFAULT_MAX_SNAPSHOTS: usize = 5;
+
+/// Where a snapshot sits in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SnapshotId {
+    pub term: u64,
+    pub index: u64,
+}
+
+fn file_name(id: SnapshotId) -> String {
+    format!("{:016x}-{:016x}.snap", id.term, id.index)
+}
+
+fn parse_name(name: &str) -> Option<SnapshotId> {
+    let (term, index) = name.strip_suffix(".snap")?.split_once('-')?;
+    if term.len() != 16 || index.len() != 16 {
+        return None;
+    }
+    Some(SnapshotId {
+        term: u64::from_str_radix(term, 16).ok()?,
+        index: u64::from_str_radix(index, 16).ok()?,
+    })
+}
+
+/// Frames a payload as a snapshot file's bytes.
+pub fn encode(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks a snapshot file's bytes and returns the payload.
+pub fn decode(bytes: &[u8]) -> Result<&[u8], String> {
+    let Some((header, payload)) = bytes.split_first_chunk::<HEADER>() else {
+        return Err(format!(
+            "file of {} bytes is shorter than the header",
+            bytes.len()
+        ));
+    };
+    if &header[..8] != MAGIC {
+        return Err("not a qed snapshot (bad magic)".into());
+    }
+    let crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&header[12..20]);
+    let len = u64::from_le_bytes(len);
+    if payload.len() as u64 != len {
+        return Err(format!(
+            "header announces {len} payload bytes, file has {}",
+            payload.len()
+        ));
+    }
+    let actual = crc32c::crc32c(payload);
+    if actual != crc {
+        return Err(format!(
+            "checksum mismatch (stored {crc:08x}, computed {actual:08x})"
+        ));
+    }
+    Ok(payload)
+}
+
+/// The snapshot directory.
+pub struct SnapshotStore {
+    dir: PathBuf,
+    keep: usize,
+}
+
+impl SnapshotStore {
+    /// Opens `dir`, creating it if needed; `keep` snapshots are retained.
+    pub fn open(dir: &Path, keep: usize) -> Result<SnapshotStore, StorageError> {
+        std::fs::create_dir_all(dir).map_err(io_error(dir, "create directory"))?;
+        Ok(SnapshotStore {
+            dir: dir.to_path_buf(),
+            keep: keep.max(1),
+        })
+    }
+
+    /// Snapshot ids on disk, oldest first. Leftover temp files from an
+    /// interrupted write are removed.
+    pub fn list(&self) -> Result<Vec<SnapshotId>, StorageError> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io_error(&self.dir, "list"))? {
+            let entry = entry.map_err(io_error(&self.dir, "list"))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = parse_name(name) {
+                ids.push(id);
+            } else if name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        ids.sort_by_key(|id| (id.index, id.term));
+        Ok(ids)
+    }
+
+    pub fn path(&self, id: SnapshotId) -> PathBuf {
+        self.dir.join(file_name(id))
+    }
+
+    /// Writes a snapshot atomically, then drops the oldest beyond `keep`.
+    pub fn save(&self, id: SnapshotId, payload: &[u8]) -> Result<PathBuf, StorageError> {
+        use std::io::Write;
+        let path = self.path(id);
+        let tmp = self.dir.join(format!("{}.tmp", file_name(id)));
+        let mut file = std::fs::File::create(&tmp).map_err(io_error(&tmp, "create"))?;
+        file.write_all(&encode(payload))
+            .map_err(io_error(&tmp, "write"))?;
+        file.sync_all().map_err(io_error(&tmp, "fsync"))?;
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(io_error(&path, "rename into place"))?;
+        sync_dir(&self.dir)?;
+        let ids = self.list()?;
+        for old in ids.iter().take(ids.len().saturating_sub(self.keep)) {
+            let p = self.path(*old);
+            std::fs::remove_file(&p).map_err(io_error(&p, "remove"))?;
+        }
+        Ok(path)
+    }
+
+    /// The newest snapshot and its payload, or `None` when there is none.
+    pub fn load_newest(&self) -> Result<Option<(SnapshotId, Vec<u8>)>, StorageError> {
+        let Some(id) = self.list()?.pop() else {
+            return Ok(None);
+        };
+        let path = self.path(id);
+        let bytes = std::fs::read(&path).map_err(io_error(&path, "read"))?;
+        let payload = decode(&bytes).map_err(|reason| StorageError::Corrupt {
+            path: path.clone(),
+            offset: 0,
+            reason,
+        })?;
+        Ok(Some((id, payload.to_vec())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("qed-snap-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    }
+
+    #[test]
+    fn saves_loads_and_keeps_the_newest() {
+        let d = dir("keep");
+        let store = SnapshotStore::open(&d, 2).unwrap();
+        assert!(store.load_newest().unwrap().is_none());
+        for i in 1..=4u64 {
+            store
+                .save(
+                    SnapshotId {
+                        term: 1,
+                        index: i * 10,
+                    },
+                    format!("state {i}").as_bytes(),
+                )
+                .unwrap();
+        }
+        assert_eq!(store.list().unwrap().len(), 2);
+        let (id, payload) = store.load_newest().unwrap().unwrap();
+        assert_eq!((id.index, payload.as_slice()), (40, &b"state 4"[..]));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_truncated_or_flipped_snapshot_is_an_error_naming_the_file() {
+        let d = dir("bad");
+        let store = SnapshotStore::open(&d, 5).unwrap();
+        let path = store
+            .save(SnapshotId { term: 2, index: 7 }, &[7u8; 1000])
+            .unwrap();
+        let good = std::fs::read(&path).unwrap();
+        for damaged in [good[..500].to_vec(), {
+            let mut b = good.clone();
+            b[600] ^= 1;
+            b
+        }] {
+            std::fs::write(&path, &damaged).unwrap();
+            match store.load_newest() {
+                Err(StorageError::Corrupt { path: p, .. }) => assert_eq!(p, path),
+                other => panic!("expected corruption, got {other:?}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn decode_refuses_garbage() {
+        assert!(decode(b"short").is_err());
+        assert!(decode(&[0u8; 40]).is_err());
+        let mut ok = encode(b"x");
+        assert_eq!(decode(&ok).unwrap(), b"x");
+        ok.push(0);
+        assert!(decode(&ok).is_err());
+    }
+}

@@ -1,0 +1,221 @@
+use super::*;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("qed-wal-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn entries(i: u64) -> Vec<u8> {
+    format!("entry {i}").into_bytes()
+}
+
+/// Appends entries 1..=n (one record each) and syncs.
+fn fill(dir: &Path, seg: u64, n: u64) -> Wal {
+    let (mut wal, _) = Wal::open(dir, seg).unwrap();
+    wal.append(RecordKind::HardState, b"hs", 0).unwrap();
+    for i in 1..=n {
+        wal.append(RecordKind::Entries, &entries(i), i).unwrap();
+    }
+    wal.sync().unwrap();
+    wal
+}
+
+fn entry_payloads(records: &[Record]) -> Vec<Vec<u8>> {
+    records
+        .iter()
+        .filter(|r| r.kind == RecordKind::Entries)
+        .map(|r| r.payload.clone())
+        .collect()
+}
+
+fn segment_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn records_survive_reopen() {
+    let d = Dir::new("reopen");
+    drop(fill(&d.0, 4096, 10));
+    let (_, records) = Wal::open(&d.0, 4096).unwrap();
+    assert_eq!(
+        entry_payloads(&records),
+        (1..=10).map(entries).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        records[0],
+        Record {
+            kind: RecordKind::HardState,
+            payload: b"hs".to_vec()
+        }
+    );
+}
+
+#[test]
+fn unsynced_records_are_not_on_disk() {
+    let d = Dir::new("unsynced");
+    let mut wal = fill(&d.0, 4096, 2);
+    wal.append(RecordKind::Entries, b"not synced", 3).unwrap();
+    drop(wal);
+    let (_, records) = Wal::open(&d.0, 4096).unwrap();
+    assert_eq!(entry_payloads(&records).len(), 2);
+}
+
+#[test]
+fn rotation_repeats_the_hard_state_and_release_frees_covered_segments() {
+    let d = Dir::new("rotate");
+    let wal = fill(&d.0, 256, 40);
+    assert!(wal.segment_count() > 3, "small segments must rotate");
+    drop(wal);
+    let paths = segment_paths(&d.0);
+    // Every segment but the first starts with the repeated hard state.
+    for p in &paths[1..] {
+        let buf = std::fs::read(p).unwrap();
+        match decode_record(&buf) {
+            Decoded::Record(r, _) => assert_eq!(r.kind, RecordKind::HardState),
+            other => panic!("{}: {other:?}", p.display()),
+        }
+    }
+    let (mut wal, records) = Wal::open(&d.0, 256).unwrap();
+    assert_eq!(
+        entry_payloads(&records),
+        (1..=40).map(entries).collect::<Vec<_>>()
+    );
+    let before = wal.segment_count();
+    let released = wal.release_through(20).unwrap();
+    assert!(released > 0 && wal.segment_count() == before - released);
+    assert!(
+        wal.first_index() <= 21,
+        "entries after the snapshot must be kept"
+    );
+    drop(wal);
+    let (_, records) = Wal::open(&d.0, 256).unwrap();
+    let kept = entry_payloads(&records);
+    assert!(kept.ends_with(&(21..=40).map(entries).collect::<Vec<_>>()));
+    assert!(records.iter().any(|r| r.kind == RecordKind::HardState));
+}
+
+#[test]
+fn torn_tail_is_truncated_and_appends_continue() {
+    let d = Dir::new("torn");
+    let wal = fill(&d.0, 4096, 5);
+    let offset = wal.offset;
+    drop(wal);
+    // Half a record, as a crash mid-write leaves it.
+    let mut rec = Vec::new();
+    encode_record(RecordKind::Entries, b"never acknowledged", &mut rec);
+    let path = segment_paths(&d.0).pop().unwrap();
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&rec[..rec.len() / 2], offset).unwrap();
+    drop(f);
+
+    let (mut wal, records) = Wal::open(&d.0, 4096).unwrap();
+    assert_eq!(entry_payloads(&records).len(), 5);
+    wal.append(RecordKind::Entries, &entries(6), 6).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, records) = Wal::open(&d.0, 4096).unwrap();
+    assert_eq!(
+        entry_payloads(&records),
+        (1..=6).map(entries).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn flipped_bit_before_valid_records_is_reported_with_file_and_offset() {
+    let d = Dir::new("flip");
+    drop(fill(&d.0, 4096, 5));
+    let path = segment_paths(&d.0).pop().unwrap();
+    let mut buf = std::fs::read(&path).unwrap();
+    buf[20] ^= 0x10; // inside the first entry record
+    std::fs::write(&path, &buf).unwrap();
+    match Wal::open(&d.0, 4096) {
+        Err(StorageError::Corrupt {
+            path: p, offset, ..
+        }) => {
+            assert_eq!(p, path);
+            assert_eq!(offset, 16);
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("damage must stop recovery"),
+    }
+    // Nothing was modified by the failed open.
+    assert_eq!(std::fs::read(&path).unwrap(), buf);
+}
+
+#[test]
+fn damage_in_an_older_segment_is_never_taken_for_a_torn_tail() {
+    let d = Dir::new("older");
+    drop(fill(&d.0, 256, 30));
+    let first = segment_paths(&d.0).remove(0);
+    let mut buf = std::fs::read(&first).unwrap();
+    let last_record = buf.iter().rposition(|b| *b != 0).unwrap();
+    buf[last_record] ^= 0x01;
+    std::fs::write(&first, &buf).unwrap();
+    assert!(matches!(
+        Wal::open(&d.0, 256),
+        Err(StorageError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn a_missing_middle_segment_stops_recovery() {
+    let d = Dir::new("missing");
+    drop(fill(&d.0, 256, 30));
+    let paths = segment_paths(&d.0);
+    std::fs::remove_file(&paths[1]).unwrap();
+    match Wal::open(&d.0, 256) {
+        Err(StorageError::MissingSegment { expected_seq, .. }) => assert_eq!(expected_seq, 1),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a gap must stop recovery"),
+    }
+}
+
+#[test]
+fn oversized_records_are_refused() {
+    let d = Dir::new("big");
+    let (mut wal, _) = Wal::open(&d.0, 256).unwrap();
+    assert!(matches!(
+        wal.append(RecordKind::Entries, &[0u8; 300], 1),
+        Err(StorageError::RecordTooLarge { .. })
+    ));
+}
+
+#[test]
+fn decoding_arbitrary_bytes_never_panics() {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut buf = vec![0u8; 64];
+    for round in 0..20_000 {
+        for b in buf.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let len = (round % 64) as usize;
+        let _ = decode_record(&buf[..len]);
+    }
+    let mut rec = Vec::new();
+    encode_record(RecordKind::Snapshot, b"payload", &mut rec);
+    for cut in 0..rec.len() {
+        assert!(!matches!(decode_record(&rec[..cut]), Decoded::Record(..)) || cut >= 8 + 8);
+    }
+}
