@@ -33,7 +33,8 @@ const NO_LEASE: &str = "qed has no lease engine yet (Lease answers Unimplemented
 const NO_CLUSTER: &str = "qed has no cluster membership calls yet (Cluster answers Unimplemented)";
 const NO_AUTH: &str = "qed has no auth engine yet (Auth answers Unimplemented)";
 const NO_SNAPSHOT: &str = "qed's node does not serve the Snapshot stream yet";
-const HASH: &str = "HashKV hashes etcd's bbolt encoding; qed hashes its own (and may not serve it yet)";
+const HASH: &str =
+    "HashKV hashes etcd's bbolt encoding; qed hashes its own (and may not serve it yet)";
 const LOCK: &str = "etcdctl lock/elect are built on leases and watches, which qed lacks yet";
 
 struct Step {
@@ -168,9 +169,6 @@ fn script() -> Vec<Step> {
         // ---- cluster
         differs(&["member", "list"], NO_CLUSTER),
         differs(&["member", "list", "-w", "json"], NO_CLUSTER),
-        // ---- concurrency recipes
-        differs(&["lock", "mylock", "echo", "locked"], LOCK),
-        timed(&["elect", "myelection", "proposal"], 2, LOCK),
         // ---- auth
         differs(&["user", "add", "alice", "--new-user-password=pw"], NO_AUTH),
         differs(&["role", "add", "reader"], NO_AUTH),
@@ -185,6 +183,9 @@ fn script() -> Vec<Step> {
         differs(&["auth", "disable"], NO_AUTH),
         // ---- still consistent at the end
         cmd(&["get", "", "--prefix", "-w", "json"]),
+        // ---- concurrency recipes (last: on etcd they write lock keys)
+        differs(&["lock", "mylock", "echo", "locked"], LOCK),
+        timed(&["elect", "myelection", "proposal"], 2, LOCK),
     ]
 }
 
@@ -289,7 +290,10 @@ fn wait_ready(endpoint: &str, what: &str, workdir: &Path) {
         if code == 0 {
             return;
         }
-        assert!(Instant::now() < deadline, "{what} did not become ready: {err}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not become ready: {err}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -349,7 +353,13 @@ fn mask_status_row(line: &str) -> String {
     let keep = [0usize, 4, 5];
     cols.iter()
         .enumerate()
-        .map(|(i, c)| if keep.contains(&i) || i >= 9 { c.to_string() } else { "<x>".into() })
+        .map(|(i, c)| {
+            if keep.contains(&i) || i >= 9 {
+                c.to_string()
+            } else {
+                "<x>".into()
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -408,7 +418,9 @@ fn normalize(step: &Step, endpoint: &str, (code, out, err): (i32, String, String
 fn etcdctl_outputs_match_etcd() {
     for tool in ["etcd", "etcdctl", "timeout"] {
         if !on_path(tool) {
-            println!("skipping etcdctl differential test: `{tool}` is not installed (make deps-etcd)");
+            println!(
+                "skipping etcdctl differential test: `{tool}` is not installed (make deps-etcd)"
+            );
             return;
         }
     }
@@ -455,7 +467,10 @@ fn etcdctl_outputs_match_etcd() {
             .args(["--endpoints", &quic_url])
             .arg("--cacert")
             .arg(&ca)
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{shim_port}")])
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{shim_port}"),
+            ])
             .args(["--log-level", "warn"]),
         &qed_dir.0.join("qed-grpc.log"),
     );
@@ -471,8 +486,16 @@ fn etcdctl_outputs_match_etcd() {
             step.args.join(" "),
             if step.stdin.is_some() { " <<txn" } else { "" }
         );
-        let want = normalize(&step, &etcd_endpoint, etcdctl(&etcd_endpoint, &step, &etcd_dir.0));
-        let got = normalize(&step, &qed_endpoint, etcdctl(&qed_endpoint, &step, &qed_dir.0));
+        let want = normalize(
+            &step,
+            &etcd_endpoint,
+            etcdctl(&etcd_endpoint, &step, &etcd_dir.0),
+        );
+        let got = normalize(
+            &step,
+            &qed_endpoint,
+            etcdctl(&qed_endpoint, &step, &qed_dir.0),
+        );
         match (want == got, step.expect) {
             (true, Expect::Match) => matching += 1,
             (true, Expect::Differs(_)) => {
@@ -484,9 +507,7 @@ fn etcdctl_outputs_match_etcd() {
                 println!("known mismatch: {name}\n    reason: {why}");
             }
             (false, Expect::Match) => {
-                println!(
-                    "UNEXPECTED mismatch: {name}\n--- etcd\n{want}\n--- qed\n{got}\n---"
-                );
+                println!("UNEXPECTED mismatch: {name}\n--- etcd\n{want}\n--- qed\n{got}\n---");
                 unexpected.push(name);
             }
         }

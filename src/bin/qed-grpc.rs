@@ -70,10 +70,15 @@ struct Flags {
     #[arg(long, env = "QED_GRPC_REQUEST_TIMEOUT", default_value_t = 10)]
     request_timeout: u64,
 
-    /// How long to keep retrying the first connection to the cluster, in
-    /// seconds, so the shim may start before the nodes.
-    #[arg(long, env = "QED_GRPC_DIAL_TIMEOUT", default_value_t = 30)]
+    /// Deadline for one QUIC handshake with a node, in seconds (etcd's
+    /// --dial-timeout default of 2 s).
+    #[arg(long, env = "QED_GRPC_DIAL_TIMEOUT", default_value_t = 2)]
     dial_timeout: u64,
+
+    /// How long to keep retrying the first connection to the cluster, in
+    /// seconds, so the shim may be started before (or with) the nodes.
+    #[arg(long, env = "QED_GRPC_STARTUP_WAIT", default_value_t = 30)]
+    startup_wait: u64,
 
     /// Largest request accepted, as etcd's --max-request-bytes (1.5 MiB);
     /// gRPC messages may be 512 KiB larger, as in etcd.
@@ -167,6 +172,7 @@ fn main() -> ExitCode {
         cert_file: flags.cert.clone(),
         key_file: flags.key.clone(),
         request_timeout: Duration::from_secs(flags.request_timeout.max(1)),
+        dial_timeout: Duration::from_secs(flags.dial_timeout.max(1)),
         token: None,
     };
     let base = ServerConfig {
@@ -183,7 +189,7 @@ fn main() -> ExitCode {
     }
 
     runtime::block_on(async move {
-        let client = match connect(&endpoints, options, flags.dial_timeout, &shutdown).await {
+        let client = match connect(&endpoints, options, flags.startup_wait, &shutdown).await {
             Ok(c) => c,
             Err(e) => {
                 log::error!(
@@ -227,14 +233,14 @@ fn main() -> ExitCode {
     })
 }
 
-/// Connects to the cluster, retrying until `dial_timeout` seconds pass.
+/// Connects to the cluster, retrying until `wait` seconds pass.
 async fn connect(
     endpoints: &[String],
     options: ConnectOptions,
-    dial_timeout: u64,
+    wait: u64,
     shutdown: &Shutdown,
 ) -> Result<Client, String> {
-    let deadline = Instant::now() + Duration::from_secs(dial_timeout);
+    let deadline = Instant::now() + Duration::from_secs(wait);
     loop {
         match Client::connect(endpoints, options.clone()).await {
             Ok(client) => return Ok(client),
