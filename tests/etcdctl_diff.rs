@@ -412,17 +412,123 @@ fn normalize(step: &Step, endpoint: &str, (code, out, err): (i32, String, String
         .join("\n")
 }
 
-// ------------------------------------------------------------ the test
+// ------------------------------------------------------------ the tests
+
+/// Starts a qed node and a qed-grpc in front of it serving `listen`; the
+/// node's generated certificates are in `dir/data/certs`.
+fn start_qed(dir: &TempDir, listen: &str, shim_args: &[String]) -> (Proc, Proc) {
+    let quic_url = format!("https://127.0.0.1:{}", free_udp_port());
+    let node = spawn(
+        Command::new(env!("CARGO_BIN_EXE_qed"))
+            .arg("--data-dir")
+            .arg(dir.0.join("data"))
+            .args(["--listen-client-urls", &quic_url, "--log-level", "warn"]),
+        &dir.0.join("qed.log"),
+    );
+    let ca = dir.0.join("data/certs/ca.crt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ca.exists() {
+        assert!(Instant::now() < deadline, "qed did not create its CA");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shim = spawn(
+        Command::new(env!("CARGO_BIN_EXE_qed-grpc"))
+            .args(["--endpoints", &quic_url])
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["--listen-client-urls", listen])
+            .args(["--log-level", "warn"])
+            .args(shim_args),
+        &dir.0.join("qed-grpc.log"),
+    );
+    (node, shim)
+}
+
+fn have_tools() -> bool {
+    for tool in ["etcd", "etcdctl", "timeout"] {
+        if !on_path(tool) {
+            println!("skipping etcdctl test: `{tool}` is not installed (make deps-etcd)");
+            return false;
+        }
+    }
+    true
+}
+
+/// TLS on the gRPC side: server certificate, and client certificates
+/// required by --trusted-ca-file.
+#[test]
+fn etcdctl_over_tls_with_client_certs() {
+    if !have_tools() {
+        return;
+    }
+    let dir = TempDir::new("tls");
+    let port = free_tcp_port();
+    let certs = dir.0.join("data/certs");
+    let path = |f: &str| certs.join(f).display().to_string();
+    let shim_args = [
+        "--cert-file".to_string(),
+        path("node.crt"),
+        "--key-file".into(),
+        path("node.key"),
+        "--trusted-ca-file".into(),
+        path("ca.crt"),
+    ];
+    // The certificates exist only once the node started: start the node,
+    // then the shim reads them (start_qed waits for ca.crt, written last).
+    let _qed = start_qed(&dir, &format!("https://127.0.0.1:{port}"), &shim_args);
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let with_cert = [
+        "--cacert".to_string(),
+        path("ca.crt"),
+        "--cert".into(),
+        path("client.crt"),
+        "--key".into(),
+        path("client.key"),
+    ];
+    let run = |args: &[String]| {
+        let out = Command::new("timeout")
+            .args([
+                "20",
+                "etcdctl",
+                &format!("--endpoints={endpoint}"),
+                "--dial-timeout=3s",
+            ])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut put = with_cert.to_vec();
+    put.extend(["put".to_string(), "tls".into(), "yes".into()]);
+    while !run(&put).0 {
+        assert!(
+            Instant::now() < deadline,
+            "etcdctl over TLS never succeeded"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut get = with_cert.to_vec();
+    get.extend(["get".to_string(), "tls".into()]);
+    assert_eq!(run(&get), (true, "tls\nyes\n".to_string()));
+    // Without a client certificate the handshake is refused.
+    let no_cert = [
+        "--cacert".to_string(),
+        path("ca.crt"),
+        "get".into(),
+        "tls".into(),
+    ];
+    assert!(!run(&no_cert).0);
+}
 
 #[test]
 fn etcdctl_outputs_match_etcd() {
-    for tool in ["etcd", "etcdctl", "timeout"] {
-        if !on_path(tool) {
-            println!(
-                "skipping etcdctl differential test: `{tool}` is not installed (make deps-etcd)"
-            );
-            return;
-        }
+    if !have_tools() {
+        return;
     }
     let report_only = std::env::var_os("QED_ETCDCTL_DIFF_REPORT_ONLY").is_some();
 
@@ -447,33 +553,8 @@ fn etcdctl_outputs_match_etcd() {
 
     // qed + qed-grpc, fresh.
     let qed_dir = TempDir::new("qed");
-    let quic_url = format!("https://127.0.0.1:{}", free_udp_port());
-    let _node = spawn(
-        Command::new(env!("CARGO_BIN_EXE_qed"))
-            .arg("--data-dir")
-            .arg(qed_dir.0.join("data"))
-            .args(["--listen-client-urls", &quic_url, "--log-level", "warn"]),
-        &qed_dir.0.join("qed.log"),
-    );
-    let ca = qed_dir.0.join("data/certs/ca.crt");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ca.exists() {
-        assert!(Instant::now() < deadline, "qed did not create its CA");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let shim_port = free_tcp_port();
-    let _shim = spawn(
-        Command::new(env!("CARGO_BIN_EXE_qed-grpc"))
-            .args(["--endpoints", &quic_url])
-            .arg("--cacert")
-            .arg(&ca)
-            .args([
-                "--listen-client-urls",
-                &format!("http://127.0.0.1:{shim_port}"),
-            ])
-            .args(["--log-level", "warn"]),
-        &qed_dir.0.join("qed-grpc.log"),
-    );
+    let _qed = start_qed(&qed_dir, &format!("http://127.0.0.1:{shim_port}"), &[]);
     let qed_endpoint = format!("127.0.0.1:{shim_port}");
 
     wait_ready(&etcd_endpoint, "etcd", &etcd_dir.0);

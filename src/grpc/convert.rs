@@ -688,6 +688,11 @@ pub fn unknown_method(path: &str) -> Status {
 }
 
 impl Unary {
+    /// Every unary method (for tests and fuzzing).
+    pub fn all() -> impl Iterator<Item = Unary> {
+        UNARY.iter().map(|(m, _)| *m)
+    }
+
     pub fn path(self) -> &'static str {
         UNARY
             .iter()
