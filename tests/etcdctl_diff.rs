@@ -607,3 +607,186 @@ fn etcdctl_outputs_match_etcd() {
         );
     }
 }
+
+// ------------------------------------------------------------ throughput
+
+mod bench {
+    //! Put and linearizable-get throughput through the shim against etcd
+    //! 3.4, same machine, same run, same gRPC client (an in-process `h2`
+    //! client speaking etcd's protobuf). Reports; never asserts timings.
+
+    use bytes::Bytes;
+    use h2::client::SendRequest;
+    use prost::Message;
+    use qed::grpc::{codec, pb};
+    use qed::runtime::{self, TcpStream};
+    use std::time::{Duration, Instant};
+    use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+    async fn connect(addr: &str) -> SendRequest<Bytes> {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let _ = tcp.set_nodelay(true);
+        let (client, conn) = h2::client::handshake(tcp.compat()).await.expect("h2");
+        runtime::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    async fn unary(client: &SendRequest<Bytes>, path: &str, body: Bytes) -> bool {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://localhost{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let Ok(mut client) = client.clone().ready().await else {
+            return false;
+        };
+        let Ok((response, mut send)) = client.send_request(request, false) else {
+            return false;
+        };
+        if send.send_data(body, true).is_err() {
+            return false;
+        }
+        let Ok(response) = response.await else {
+            return false;
+        };
+        let mut body = response.into_body();
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        matches!(body.trailers().await, Ok(Some(t)) if t.get("grpc-status").is_some_and(|s| s == "0"))
+    }
+
+    pub struct Result {
+        pub ops_per_sec: f64,
+        pub p50: Duration,
+        pub p99: Duration,
+        pub errors: usize,
+    }
+
+    /// `total` calls from `clients` concurrent callers over clients/4 connections.
+    pub fn run(addr: &str, clients: usize, total: usize, put: bool) -> Result {
+        runtime::block_on(async {
+            let conns = (clients / 4).max(1);
+            let mut connections = Vec::new();
+            for _ in 0..conns {
+                connections.push(connect(addr).await);
+            }
+            let per_client = total / clients;
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..clients)
+                .map(|c| {
+                    let client = connections[c % conns].clone();
+                    runtime::spawn(async move {
+                        let mut latencies = Vec::with_capacity(per_client);
+                        let mut errors = 0;
+                        for i in 0..per_client {
+                            let key = format!("bench/{}", (c * per_client + i) % 1000).into_bytes();
+                            let (path, body) = if put {
+                                let m = pb::PutRequest {
+                                    key,
+                                    value: vec![b'v'; 64],
+                                    ..Default::default()
+                                };
+                                ("/etcdserverpb.KV/Put", codec::encode(&m))
+                            } else {
+                                let m = pb::RangeRequest {
+                                    key,
+                                    ..Default::default()
+                                };
+                                ("/etcdserverpb.KV/Range", codec::encode(&m))
+                            };
+                            let t = Instant::now();
+                            if !unary(&client, path, body).await {
+                                errors += 1;
+                            }
+                            latencies.push(t.elapsed());
+                        }
+                        (latencies, errors)
+                    })
+                })
+                .collect();
+            let mut all = Vec::with_capacity(total);
+            let mut errors = 0;
+            for t in tasks {
+                let (l, e) = t.await;
+                all.extend(l);
+                errors += e;
+            }
+            let elapsed = started.elapsed();
+            all.sort();
+            let pick = |q: f64| {
+                all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or_default()
+            };
+            let _ = pb::RangeResponse::default().encode_to_vec();
+            Result {
+                ops_per_sec: all.len() as f64 / elapsed.as_secs_f64(),
+                p50: pick(0.5),
+                p99: pick(0.99),
+                errors,
+            }
+        })
+    }
+}
+
+/// `cargo test --release --test etcdctl_diff -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark: run by hand, reports timings"]
+fn throughput_vs_etcd() {
+    if !have_tools() {
+        return;
+    }
+    let etcd_dir = TempDir::new("bench-etcd");
+    let (client_port, peer_port) = (free_tcp_port(), free_tcp_port());
+    let etcd_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let _etcd = spawn(
+        Command::new("etcd")
+            .args(["--name", "bench"])
+            .arg("--data-dir")
+            .arg(etcd_dir.0.join("data"))
+            .args(["--listen-client-urls", &etcd_url])
+            .args(["--advertise-client-urls", &etcd_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("bench={peer_url}")]),
+        &etcd_dir.0.join("etcd.log"),
+    );
+    let qed_dir = TempDir::new("bench-qed");
+    let shim_port = free_tcp_port();
+    let _qed = start_qed(&qed_dir, &format!("http://127.0.0.1:{shim_port}"), &[]);
+    let etcd = format!("127.0.0.1:{client_port}");
+    let qed = format!("127.0.0.1:{shim_port}");
+    wait_ready(&etcd, "etcd", &etcd_dir.0);
+    wait_ready(&qed, "qed-grpc", &qed_dir.0);
+    let total: usize = std::env::var("QED_BENCH_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    println!("| op | clients | etcd ops/s | qed-grpc ops/s | ratio | etcd p50/p99 | qed p50/p99 | errors |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for put in [true, false] {
+        for clients in [16, 128] {
+            let e = bench::run(&etcd, clients, total, put);
+            let q = bench::run(&qed, clients, total, put);
+            println!(
+                "| {} | {clients} | {:.0} | {:.0} | {:.2} | {:.1?}/{:.1?} | {:.1?}/{:.1?} | {}/{} |",
+                if put { "put" } else { "get (linearizable)" },
+                e.ops_per_sec,
+                q.ops_per_sec,
+                q.ops_per_sec / e.ops_per_sec,
+                e.p50,
+                e.p99,
+                q.p50,
+                q.p99,
+                e.errors,
+                q.errors
+            );
+        }
+    }
+}

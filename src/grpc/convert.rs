@@ -3,10 +3,12 @@
 //!
 //! Role: requests go pb -> wire, responses wire -> pb. The two protocols
 //! mirror each other, so every function here is a plain copy; the only
-//! decisions are the ones protobuf forces: enum fields arrive as `i32` and an
-//! unknown value is refused with etcd's status (etcd's `v3rpc` checks sort
-//! options the same way), a missing optional message is its default, and a
-//! header is always sent (etcd always sets it).
+//! decisions are the ones protobuf forces: enum fields arrive as `i32`, and an
+//! unknown value is treated as etcd 3.4 treats it where that is harmless (an
+//! unknown sort order does not sort) and refused with `InvalidArgument`
+//! where etcd would misbehave; a missing optional message is its default;
+//! a header is always sent (etcd always sets it). Routing by method path
+//! lives here too, next to the per-method decoders.
 //!
 //! Invariant: no function here fails on a well-formed wire value, and none
 //! panics on any protobuf value.
@@ -308,13 +310,14 @@ fn response_kind(r: &wire::Response) -> String {
 
 // ------------------------------------------------------------ pb -> wire
 
-fn sort_order(v: i32) -> Result<wk::SortOrder, Status> {
-    Ok(match pb::SortOrder::try_from(v) {
-        Ok(pb::SortOrder::None) => wk::SortOrder::None,
+fn sort_order(v: i32) -> wk::SortOrder {
+    match pb::SortOrder::try_from(v) {
         Ok(pb::SortOrder::Ascend) => wk::SortOrder::Ascend,
         Ok(pb::SortOrder::Descend) => wk::SortOrder::Descend,
-        Err(_) => return Err(invalid_sort()),
-    })
+        // etcd 3.4's apply sorts only on ASCEND or DESCEND; any other value
+        // leaves the key order as it is.
+        Ok(pb::SortOrder::None) | Err(_) => wk::SortOrder::None,
+    }
 }
 
 fn sort_target(v: i32) -> Result<wk::SortTarget, Status> {
@@ -324,13 +327,16 @@ fn sort_target(v: i32) -> Result<wk::SortTarget, Status> {
         Ok(pb::SortTarget::Create) => wk::SortTarget::Create,
         Ok(pb::SortTarget::Mod) => wk::SortTarget::Mod,
         Ok(pb::SortTarget::Value) => wk::SortTarget::Value,
-        Err(_) => return Err(invalid_sort()),
+        // etcd 3.4 has no check and would sort with a nil sorter (a panic);
+        // refusing is the only sane answer.
+        Err(_) => return Err(unknown_enum("sort target", v)),
     })
 }
 
-/// etcd's `rpctypes.ErrGRPCInvalidSortOption`.
-fn invalid_sort() -> Status {
-    Status::invalid_argument("etcdserver: invalid sort option")
+/// An enum value etcd's proto does not define. etcd 3.4 has no error for
+/// these (it ignores or trips over them), so the text is the shim's own.
+fn unknown_enum(what: &str, v: i32) -> Status {
+    Status::invalid_argument(format!("qed-grpc: unknown {what} {v}"))
 }
 
 pub fn range_request(r: pb::RangeRequest) -> Result<wk::RangeRequest, Status> {
@@ -339,7 +345,7 @@ pub fn range_request(r: pb::RangeRequest) -> Result<wk::RangeRequest, Status> {
         range_end: r.range_end,
         limit: r.limit,
         revision: r.revision,
-        sort_order: sort_order(r.sort_order)?,
+        sort_order: sort_order(r.sort_order),
         sort_target: sort_target(r.sort_target)?,
         serializable: r.serializable,
         keys_only: r.keys_only,
@@ -498,13 +504,13 @@ fn alarm_request(r: pb::AlarmRequest) -> Result<wm::AlarmRequest, Status> {
         Ok(pb::AlarmAction::Get) => wm::AlarmAction::Get,
         Ok(pb::AlarmAction::Activate) => wm::AlarmAction::Activate,
         Ok(pb::AlarmAction::Deactivate) => wm::AlarmAction::Deactivate,
-        Err(_) => return Err(Status::invalid_argument("etcdserver: invalid alarm action")),
+        Err(_) => return Err(unknown_enum("alarm action", r.action)),
     };
     let alarm = match pb::AlarmType::try_from(r.alarm) {
         Ok(pb::AlarmType::None) => wm::AlarmType::None,
         Ok(pb::AlarmType::Nospace) => wm::AlarmType::Nospace,
         Ok(pb::AlarmType::Corrupt) => wm::AlarmType::Corrupt,
-        Err(_) => return Err(Status::invalid_argument("etcdserver: invalid alarm type")),
+        Err(_) => return Err(unknown_enum("alarm type", r.alarm)),
     };
     Ok(wm::AlarmRequest {
         action,
@@ -952,13 +958,19 @@ mod tests {
 
     #[test]
     fn bad_enums_get_etcd_status() {
-        let err = range_request(pb::RangeRequest {
+        let r = range_request(pb::RangeRequest {
             sort_order: 7,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(r.sort_order, wk::SortOrder::None);
+        let err = range_request(pb::RangeRequest {
+            sort_target: 9,
             ..Default::default()
         })
         .unwrap_err();
         assert_eq!(err.code, super::super::status::Code::InvalidArgument);
-        assert_eq!(err.message, "etcdserver: invalid sort option");
+        assert_eq!(err.message, "qed-grpc: unknown sort target 9");
         let empty_op = txn_request(pb::TxnRequest {
             success: vec![pb::RequestOp { request: None }],
             ..Default::default()
