@@ -76,7 +76,7 @@ impl TestNode {
                 request_timeout: Duration::from_secs(5),
                 ..Default::default()
             };
-            match Client::connect(&[self.url.clone()], options).await {
+            match Client::connect(std::slice::from_ref(&self.url), options).await {
                 Ok(c) => return c,
                 Err(_) if Instant::now() < deadline => {
                     qed::runtime::sleep(Duration::from_millis(50)).await;
