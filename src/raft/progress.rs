@@ -56,6 +56,12 @@ impl Inflights {
         }
     }
 
+    pub fn free_first(&mut self) {
+        if let Some((_, b)) = self.queue.pop_front() {
+            self.bytes -= b;
+        }
+    }
+
     pub fn full(&self) -> bool {
         self.queue.len() >= self.max_count || (self.max_bytes > 0 && self.bytes >= self.max_bytes)
     }

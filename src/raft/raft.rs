@@ -795,6 +795,11 @@ impl Raft {
                 };
                 pr.recent_active = true;
                 pr.probe_sent = false;
+                // A lost append would otherwise pin a full window forever:
+                // free one slot so a new append (or its rejection) flows.
+                if pr.state == ProgressState::Replicate && pr.inflights.full() {
+                    pr.inflights.free_first();
+                }
                 if pr.state != ProgressState::Snapshot && pr.matched < last {
                     self.send_append(from, false);
                 }

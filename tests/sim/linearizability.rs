@@ -26,6 +26,7 @@ pub enum Output {
 
 #[derive(Debug, Clone)]
 pub struct Op {
+    #[allow(dead_code)] // kept for debugging output
     pub client: usize,
     pub call: u64,
     pub ret: u64,

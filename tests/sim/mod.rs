@@ -1087,6 +1087,22 @@ impl Sim {
         Ok(())
     }
 
+    /// Every member in the leader's configuration applied the marker: the
+    /// leader replicates to all of them, by entries or by snapshot.
+    fn all_members_applied_marker(&self) -> bool {
+        let (Some((op, _)), Some(l)) = (self.marker, self.leader()) else {
+            return false;
+        };
+        let Some(conf) = self.nodes.get(&l).and_then(|n| n.node.as_ref()).map(|n| n.conf_state())
+        else {
+            return false;
+        };
+        conf.voters
+            .iter()
+            .chain(conf.learners.iter())
+            .all(|id| self.nodes.get(id).is_some_and(|n| n.kv.applied_ops.contains(&op)))
+    }
+
     fn liveness(&mut self) -> Res {
         self.blocked.clear();
         self.drop = 0.0;
@@ -1099,11 +1115,11 @@ impl Sim {
         let start = self.now;
         while self.now < start + LIVENESS_UNITS {
             self.unit(false)?;
-            if self.marker_done {
+            if self.marker_done && self.all_members_applied_marker() {
                 return Ok(());
             }
             let Some(l) = self.leader() else { continue };
-            if self.marker.is_some_and(|(_, n)| n == l) {
+            if self.marker.is_some_and(|(_, n)| n == l || self.marker_done) {
                 continue;
             }
             let op = self.next_op;
@@ -1114,9 +1130,19 @@ impl Sim {
                 }
             }
         }
+        let states: Vec<String> = self
+            .nodes
+            .values()
+            .map(|n| match &n.node {
+                Some(x) => format!("{:?} conf={:?}", x.status(), x.conf_state()),
+                None => format!("{} down", n.id),
+            })
+            .collect();
         Err(self.fail(
             Kind::Liveness,
-            format!("no leader committed within {LIVENESS_UNITS} units after healing"),
+            format!(
+                "no leader committed within {LIVENESS_UNITS} units after healing; nodes: {states:#?}"
+            ),
         ))
     }
 
