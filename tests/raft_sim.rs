@@ -75,7 +75,10 @@ fn checker_catches_votes_without_the_election_restriction() {
         200,
     );
     eprintln!("caught: {v:?}");
-    assert!(v.is_some(), "no violation detected with the election restriction off");
+    assert!(
+        v.is_some(),
+        "no violation detected with the election restriction off"
+    );
 }
 
 #[test]

@@ -152,7 +152,9 @@ impl std::error::Error for ProposeError {}
 /// Why a leader transfer was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferError {
-    NotLeader { leader_hint: Option<NodeId> },
+    NotLeader {
+        leader_hint: Option<NodeId>,
+    },
     /// The target is not a voter (or is this node).
     NotVoter,
 }

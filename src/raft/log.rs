@@ -96,7 +96,9 @@ impl RaftLog {
         if i < self.snap_index || i > self.last_index() {
             return None;
         }
-        self.entries.get((i - self.snap_index - 1) as usize).map(|e| e.term)
+        self.entries
+            .get((i - self.snap_index - 1) as usize)
+            .map(|e| e.term)
     }
 
     pub fn entry(&self, i: u64) -> Option<&Entry> {
@@ -221,7 +223,12 @@ impl RaftLog {
             return Vec::new();
         }
         let from = self.handed.max(self.snap_index);
-        let out = self.entries.iter().skip((from - self.snap_index) as usize).cloned().collect();
+        let out = self
+            .entries
+            .iter()
+            .skip((from - self.snap_index) as usize)
+            .cloned()
+            .collect();
         self.handed = last;
         out
     }
@@ -311,7 +318,11 @@ mod tests {
     }
 
     fn log_with(terms: &[u64]) -> RaftLog {
-        let ents = terms.iter().enumerate().map(|(i, &t)| ent(i as u64 + 1, t)).collect();
+        let ents = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| ent(i as u64 + 1, t))
+            .collect();
         RaftLog::restore_from(Snapshot::default(), ents, 0).unwrap()
     }
 

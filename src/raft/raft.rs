@@ -280,8 +280,11 @@ impl Raft {
     }
 
     fn bcast_heartbeat(&mut self, read_round: u64) {
-        let peers: Vec<(NodeId, u64)> =
-            self.progress.iter().map(|(id, pr)| (*id, pr.matched)).collect();
+        let peers: Vec<(NodeId, u64)> = self
+            .progress
+            .iter()
+            .map(|(id, pr)| (*id, pr.matched))
+            .collect();
         for (p, matched) in peers {
             let commit = matched.min(self.log.committed);
             self.send(p, MessageBody::Heartbeat { commit, read_round });
@@ -743,9 +746,8 @@ impl Raft {
     }
 
     fn handle_vote(&mut self, from: NodeId, term: u64, pre: bool, last_index: u64, last_term: u64) {
-        let can_vote = self.vote == from
-            || (self.vote == 0 && self.leader == 0)
-            || (pre && term > self.term);
+        let can_vote =
+            self.vote == from || (self.vote == 0 && self.leader == 0) || (pre && term > self.term);
         let up_to_date = self.cfg.test_knobs.skip_election_restriction
             || self.log.is_up_to_date(last_index, last_term);
         if can_vote && up_to_date {
@@ -777,10 +779,8 @@ impl Raft {
                 self.append_entries(ents);
                 self.bcast_append(false);
             }
-            MessageBody::ReadIndex { ctx } => {
-                if self.progress.contains_key(&from) {
-                    self.handle_read_index(from, ctx);
-                }
+            MessageBody::ReadIndex { ctx } if self.progress.contains_key(&from) => {
+                self.handle_read_index(from, ctx);
             }
             MessageBody::AppendResponse {
                 index,

@@ -86,7 +86,10 @@ fn leader_commits_on_followers_durability_alone() {
     assert_eq!(n.status().role, Role::Leader);
     let rd = n.ready();
     let app = rd.messages.iter().find(|o| o.message.to == 3).unwrap();
-    assert!(app.before_persist, "appends go out before the leader's fsync");
+    assert!(
+        app.before_persist,
+        "appends go out before the leader's fsync"
+    );
     let noop = rd.entries.last().unwrap().index;
     // Leader never acknowledges its own write; followers 2 and 3 do.
     for f in [2, 3] {
@@ -173,9 +176,7 @@ fn garbage_messages_never_panic() {
                     commit: rnd(14),
                     read_round: rnd(3),
                 },
-                3 => MessageBody::HeartbeatResponse {
-                    read_round: rnd(3),
-                },
+                3 => MessageBody::HeartbeatResponse { read_round: rnd(3) },
                 4 => MessageBody::Vote {
                     pre: rnd(2) == 0,
                     last_index: rnd(12),

@@ -7,8 +7,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cmd {
-    Put { key: u8, val: u64 },
-    Cas { key: u8, expect: Option<u64>, new: u64 },
+    Put {
+        key: u8,
+        val: u64,
+    },
+    Cas {
+        key: u8,
+        expect: Option<u64>,
+        new: u64,
+    },
     /// Liveness marker: changes nothing.
     Nop,
 }

@@ -14,7 +14,10 @@ pub enum Input {
     Put(u64),
     Get,
     /// Compare-and-swap: if the value is `expect`, set it to `new`.
-    Cas { expect: Option<u64>, new: u64 },
+    Cas {
+        expect: Option<u64>,
+        new: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,13 +189,19 @@ mod tests {
             op(
                 3,
                 6,
-                Input::Cas { expect: Some(0), new: 1 },
+                Input::Cas {
+                    expect: Some(0),
+                    new: 1,
+                },
                 Some(Output::Swapped(true)),
             ),
             op(
                 4,
                 5,
-                Input::Cas { expect: Some(0), new: 2 },
+                Input::Cas {
+                    expect: Some(0),
+                    new: 2,
+                },
                 Some(Output::Swapped(true)),
             ),
         ];

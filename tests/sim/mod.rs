@@ -21,9 +21,7 @@ pub mod linearizability;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use qed::raft::{
-    Config, Node, PersistToken, ReadState, RestartState, Role, Snapshot, TestKnobs,
-};
+use qed::raft::{Config, Node, PersistToken, ReadState, RestartState, Role, Snapshot, TestKnobs};
 use qed::wire::raft::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, SnapshotMeta,
 };
@@ -582,7 +580,9 @@ impl Sim {
         if let Some((i, t)) = bad {
             return Err(self.fail(
                 Kind::LogMatching,
-                format!("node {id}: entry ({i}, term {t}) has a prefix differing from another log's"),
+                format!(
+                    "node {id}: entry ({i}, term {t}) has a prefix differing from another log's"
+                ),
             ));
         }
         Ok(())
@@ -600,7 +600,11 @@ impl Sim {
         self.report.max_commit = self.report.max_commit.max(commit);
         let chains: Vec<(u64, Option<u64>)> =
             (from..=commit).map(|i| (i, sn.mirror.chain(i))).collect();
-        let commit_term = if role == Role::Leader { term } else { term.saturating_sub(0) };
+        let commit_term = if role == Role::Leader {
+            term
+        } else {
+            term.saturating_sub(0)
+        };
         for (i, c) in chains {
             let Some(c) = c else { continue };
             if self.committed.len() <= i as usize {
@@ -720,7 +724,12 @@ impl Sim {
             return;
         };
         let applied = sn.applied;
-        let ready: Vec<ReadState> = sn.reads.iter().filter(|r| r.index <= applied).cloned().collect();
+        let ready: Vec<ReadState> = sn
+            .reads
+            .iter()
+            .filter(|r| r.index <= applied)
+            .cloned()
+            .collect();
         sn.reads.retain(|r| r.index > applied);
         for r in ready {
             let Ok(b) = <[u8; 8]>::try_from(r.ctx.as_slice()) else {
@@ -734,7 +743,10 @@ impl Sim {
             else {
                 continue;
             };
-            let v = self.nodes.get(&id).and_then(|sn| sn.kv.map.get(&key).copied());
+            let v = self
+                .nodes
+                .get(&id)
+                .and_then(|sn| sn.kv.map.get(&key).copied());
             self.respond(id, op, Output::Value(v));
         }
     }
@@ -1093,14 +1105,19 @@ impl Sim {
         let (Some((op, _)), Some(l)) = (self.marker, self.leader()) else {
             return false;
         };
-        let Some(conf) = self.nodes.get(&l).and_then(|n| n.node.as_ref()).map(|n| n.conf_state())
+        let Some(conf) = self
+            .nodes
+            .get(&l)
+            .and_then(|n| n.node.as_ref())
+            .map(|n| n.conf_state())
         else {
             return false;
         };
-        conf.voters
-            .iter()
-            .chain(conf.learners.iter())
-            .all(|id| self.nodes.get(id).is_some_and(|n| n.kv.applied_ops.contains(&op)))
+        conf.voters.iter().chain(conf.learners.iter()).all(|id| {
+            self.nodes
+                .get(id)
+                .is_some_and(|n| n.kv.applied_ops.contains(&op))
+        })
     }
 
     fn liveness(&mut self) -> Res {
@@ -1161,7 +1178,10 @@ impl Sim {
                 Verdict::Violation => {
                     return Err(self.fail(
                         Kind::Linearizability,
-                        format!("history of key {key} ({} ops) is not linearizable", ops.len()),
+                        format!(
+                            "history of key {key} ({} ops) is not linearizable",
+                            ops.len()
+                        ),
                     ))
                 }
             }
