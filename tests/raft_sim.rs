@@ -39,13 +39,13 @@ fn run_range(base: u64, n: u64) {
 }
 
 #[test]
-fn seeds_0_to_150() {
-    run_range(0, 150);
+fn seeds_0_to_200() {
+    run_range(0, 200);
 }
 
 #[test]
-fn seeds_10000_to_10150() {
-    run_range(10_000, 150);
+fn seeds_10000_to_10200() {
+    run_range(10_000, 200);
 }
 
 /// Runs seeds with a deliberately broken rule until the simulator reports

@@ -801,7 +801,9 @@ impl Raft {
                     pr.inflights.free_first();
                 }
                 if pr.state != ProgressState::Snapshot && pr.matched < last {
-                    self.send_append(from, false);
+                    // Even if empty: if appends were lost, the follower
+                    // rejects this one and we fall back to probing.
+                    self.send_append(from, true);
                 }
                 if self.voters.contains(&from) {
                     self.read_only.ack(from, read_round);
@@ -820,6 +822,15 @@ impl Raft {
                 if pr.state != ProgressState::Snapshot || pr.pending_snapshot != index {
                     return;
                 }
+                let current = self.log.snapshot.as_ref().map(|s| s.meta.index);
+                if current != Some(index) {
+                    // We compacted again mid-transfer: send the new one.
+                    self.send_snapshot(from);
+                    return;
+                }
+                let Some(pr) = self.progress.get_mut(&from) else {
+                    return;
+                };
                 if reject || offset > pr.snap_acked {
                     pr.snap_acked = offset;
                     pr.snap_idle = 0;

@@ -237,3 +237,192 @@ fn garbage_messages_never_panic() {
         }
     }
 }
+
+/// A tiny lossless cluster: instant delivery, instant fsync.
+struct Cluster {
+    nodes: std::collections::BTreeMap<u64, Node>,
+    applied: std::collections::BTreeMap<u64, Vec<Entry>>,
+    reads: std::collections::BTreeMap<u64, Vec<ReadState>>,
+    cut: Vec<u64>,
+}
+
+impl Cluster {
+    fn new(voters: &[u64], cfg: impl Fn(&mut Config)) -> Self {
+        let mut nodes = std::collections::BTreeMap::new();
+        for &id in voters {
+            let mut c = Config::new(id);
+            cfg(&mut c);
+            let rs = RestartState {
+                snapshot: Snapshot {
+                    meta: SnapshotMeta {
+                        conf_state: ConfState {
+                            voters: voters.to_vec(),
+                            learners: vec![],
+                        },
+                        ..Default::default()
+                    },
+                    data: Vec::new().into(),
+                },
+                ..Default::default()
+            };
+            nodes.insert(id, Node::new(c, rs).unwrap());
+        }
+        Cluster {
+            nodes,
+            applied: Default::default(),
+            reads: Default::default(),
+            cut: vec![],
+        }
+    }
+
+    fn pump(&mut self) {
+        for _ in 0..1000 {
+            let mut msgs = Vec::new();
+            for (id, n) in self.nodes.iter_mut() {
+                while n.has_ready() {
+                    let rd = n.ready();
+                    if let Some(t) = rd.persist {
+                        n.on_persisted(t);
+                    }
+                    self.applied
+                        .entry(*id)
+                        .or_default()
+                        .extend(rd.committed_entries);
+                    self.reads.entry(*id).or_default().extend(rd.read_states);
+                    msgs.extend(rd.messages.into_iter().map(|o| o.message));
+                }
+            }
+            if msgs.is_empty() {
+                return;
+            }
+            for m in msgs {
+                if self.cut.contains(&m.from) || self.cut.contains(&m.to) {
+                    continue;
+                }
+                if let Some(n) = self.nodes.get_mut(&m.to) {
+                    n.step(m);
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, n: usize) {
+        for _ in 0..n {
+            for node in self.nodes.values_mut() {
+                node.tick();
+            }
+            self.pump();
+        }
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.nodes
+            .values()
+            .filter(|n| !self.cut.contains(&n.id()))
+            .find(|n| n.status().role == Role::Leader)
+            .map(|n| n.id())
+    }
+
+    fn elect(&mut self) -> u64 {
+        for _ in 0..100 {
+            self.tick(1);
+            if let Some(l) = self.leader() {
+                return l;
+            }
+        }
+        panic!("no leader");
+    }
+}
+
+#[test]
+fn leader_transfer_hands_over_with_timeout_now() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    let target = if l == 1 { 2 } else { 1 };
+    c.nodes.get_mut(&l).unwrap().transfer_leader(target).unwrap();
+    assert_eq!(
+        c.nodes.get_mut(&l).unwrap().propose(b"x".to_vec()),
+        Err(ProposeError::TransferInProgress)
+    );
+    c.pump();
+    assert_eq!(c.leader(), Some(target));
+    assert_eq!(c.nodes[&l].status().role, Role::Follower);
+}
+
+#[test]
+fn removed_leader_steps_down_and_the_rest_carry_on() {
+    use crate::wire::raft::{ConfChange, ConfChangeType};
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    c.nodes
+        .get_mut(&l)
+        .unwrap()
+        .propose_conf_change(ConfChange {
+            change: ConfChangeType::Remove,
+            node_id: l,
+            context: vec![],
+        })
+        .unwrap();
+    c.pump();
+    assert_eq!(c.nodes[&l].status().role, Role::Follower);
+    assert!(!c.nodes[&l].conf_state().voters.contains(&l));
+    c.cut.push(l);
+    c.tick(60);
+    let l2 = c.leader().expect("the remaining two elect a leader");
+    assert_ne!(l2, l);
+    c.nodes.get_mut(&l2).unwrap().propose(b"after".to_vec()).unwrap();
+    c.pump();
+    assert!(c.applied[&l2].iter().any(|e| e.data == b"after"));
+}
+
+#[test]
+fn lagging_follower_catches_up_by_chunked_snapshot() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.snapshot_chunk_size = 7);
+    let l = c.elect();
+    let lagger = if l == 3 { 2 } else { 3 };
+    c.cut.push(lagger);
+    for i in 0..20u8 {
+        c.nodes.get_mut(&l).unwrap().propose(vec![i]).unwrap();
+        c.pump();
+    }
+    let meta = c.nodes.get_mut(&l).unwrap().compact(vec![9; 50]).unwrap();
+    assert!(meta.index >= 20);
+    assert!(c.nodes[&l].status().first_index > 1);
+    c.cut.clear();
+    c.tick(5);
+    let st = c.nodes[&lagger].status();
+    assert!(st.commit >= meta.index, "{st:?}");
+    assert_eq!(st.first_index, meta.index + 1);
+    // And it follows normal replication afterwards.
+    c.nodes.get_mut(&l).unwrap().propose(b"z".to_vec()).unwrap();
+    c.pump();
+    c.tick(1);
+    assert!(c.applied[&lagger].iter().any(|e| e.data == b"z"));
+}
+
+#[test]
+fn reads_are_batched_per_heartbeat_round_and_forwarded() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    let f = if l == 1 { 2 } else { 1 };
+    let leader = c.nodes.get_mut(&l).unwrap();
+    leader.read_index(b"a".to_vec()).unwrap();
+    leader.read_index(b"b".to_vec()).unwrap();
+    let rd = leader.ready();
+    let heartbeats = rd
+        .messages
+        .iter()
+        .filter(|o| matches!(o.message.body, MessageBody::Heartbeat { .. }))
+        .count();
+    assert_eq!(heartbeats, 2, "one round (one heartbeat per follower) for both reads");
+    assert!(rd.read_states.is_empty(), "not before a quorum acknowledges");
+    for o in rd.messages {
+        c.nodes.get_mut(&o.message.to).unwrap().step(o.message);
+    }
+    c.nodes.get_mut(&f).unwrap().read_index(b"f".to_vec()).unwrap();
+    c.pump();
+    let ctxs = |id: u64| -> Vec<Vec<u8>> { c.reads[&id].iter().map(|r| r.ctx.clone()).collect() };
+    assert_eq!(ctxs(l), vec![b"a".to_vec(), b"b".to_vec()]);
+    assert_eq!(ctxs(f), vec![b"f".to_vec()]);
+    assert!(c.reads[&f][0].index >= c.reads[&l][0].index);
+}

@@ -92,7 +92,7 @@ impl SimConfig {
             seed,
             voters,
             learners: r.below(2) as usize,
-            units: 1000,
+            units: 1500,
             clients: r.range(2, 5) as usize,
             keys: r.range(2, 4) as u8,
             drop: [0.0, 0.02, 0.05, 0.15][r.below(4) as usize],
