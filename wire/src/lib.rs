@@ -23,6 +23,7 @@ pub mod frame;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod raft;
 pub mod watch;
 
 pub use call::{Call, ClientRequest, Reply, Request, Response, StreamAccept};
