@@ -1190,8 +1190,13 @@ impl Raft {
     /// Takes a snapshot of the applied state: `data` is the state machine's
     /// serialization at the applied index.
     pub fn compact(&mut self, data: Vec<u8>) -> Option<SnapshotMeta> {
-        let index = self.log.applied;
-        if index <= self.log.snap_index {
+        self.compact_at(self.log.applied, data)
+    }
+
+    /// Like [`Raft::compact`] for a snapshot cut at an earlier applied
+    /// `index` (the driver serializes off its loop while applying goes on).
+    pub fn compact_at(&mut self, index: u64, data: Vec<u8>) -> Option<SnapshotMeta> {
+        if index > self.log.applied || index <= self.log.snap_index {
             return None;
         }
         let term = self.log.term(index)?;

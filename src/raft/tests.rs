@@ -426,3 +426,45 @@ fn reads_are_batched_per_heartbeat_round_and_forwarded() {
     assert_eq!(ctxs(f), vec![b"f".to_vec()]);
     assert!(c.reads[&f][0].index >= c.reads[&l][0].index);
 }
+
+#[test]
+fn compact_at_an_earlier_applied_index() {
+    let mut cfg = Config::new(1);
+    cfg.election_tick = 3;
+    let state = RestartState {
+        snapshot: Snapshot {
+            meta: SnapshotMeta {
+                index: 0,
+                term: 0,
+                conf_state: ConfState {
+                    voters: vec![1],
+                    learners: vec![],
+                },
+            },
+            data: std::sync::Arc::from(Vec::new()),
+        },
+        ..Default::default()
+    };
+    let mut n = Node::new(cfg, state).unwrap();
+    for _ in 0..20 {
+        n.tick();
+    }
+    let mut applied = 0;
+    for round in 0..5 {
+        if round > 0 {
+            n.propose(vec![round]).unwrap();
+        }
+        let rd = n.ready();
+        if let Some(t) = rd.persist {
+            n.on_persisted(t);
+        }
+        applied += rd.committed_entries.len() as u64;
+        let rd = n.ready();
+        applied += rd.committed_entries.len() as u64;
+    }
+    assert!(applied >= 3, "single voter commits its own proposals");
+    assert!(n.compact_at(applied + 1, vec![]).is_none(), "cannot compact past applied");
+    let meta = n.compact_at(2, vec![1]).expect("compacts at an applied index");
+    assert_eq!(meta.index, 2);
+    assert!(n.compact_at(2, vec![]).is_none(), "nothing newer to compact");
+}

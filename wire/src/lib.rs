@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod call;
 pub mod cluster;
+pub mod command;
 pub mod error;
 pub mod frame;
 pub mod kv;
