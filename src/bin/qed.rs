@@ -73,6 +73,25 @@ struct Flags {
     #[arg(long, env = "QED_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     quota_backend_bytes: u64,
 
+    /// Applied entries between snapshots; after one, the WAL segments it
+    /// covers are released.
+    #[arg(long, env = "QED_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    snapshot_count: u64,
+
+    /// Snapshot files to keep (older ones are removed).
+    #[arg(long, env = "QED_MAX_SNAPSHOTS", default_value_t = 5)]
+    max_snapshots: usize,
+
+    /// Time of one Raft heartbeat, in milliseconds; etcd's default suits
+    /// loopback and LANs, lossy WAN links want more.
+    #[arg(long, env = "QED_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    heartbeat_interval: u64,
+
+    /// Time without a leader before an election, in milliseconds: at least
+    /// 5 heartbeats, so that a lost heartbeat or two is not an election.
+    #[arg(long, env = "QED_ELECTION_TIMEOUT", default_value_t = 1000)]
+    election_timeout: u64,
+
     /// debug, info, warn or error.
     #[arg(long, env = "QED_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -150,8 +169,20 @@ fn main() -> ExitCode {
         eprintln!("qed: --log-level: {e}");
         return ExitCode::from(2);
     }
+    if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
+        eprintln!(
+            "qed: --election-timeout ({} ms) must be at least 5 times --heartbeat-interval ({} ms)",
+            flags.election_timeout, flags.heartbeat_interval
+        );
+        return ExitCode::from(2);
+    }
     let listen = split(&flags.listen_client_urls);
     let config = NodeConfig {
+        snapshot_count: flags.snapshot_count,
+        max_snapshots: flags.max_snapshots,
+        heartbeat_interval: std::time::Duration::from_millis(flags.heartbeat_interval),
+        election_ticks: u32::try_from(flags.election_timeout / flags.heartbeat_interval)
+            .unwrap_or(u32::MAX),
         data_dir: flags
             .data_dir
             .unwrap_or_else(|| PathBuf::from(format!("{}.qed", flags.name))),
@@ -194,7 +225,8 @@ fn main() -> ExitCode {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "the CA of --cert-file".into())
         );
-        std::future::pending::<()>().await;
-        ExitCode::SUCCESS
+        let why = running.stopped.recv().await.unwrap_or_default();
+        log::error!("stopping: {why}");
+        ExitCode::FAILURE
     })
 }

@@ -625,10 +625,15 @@ impl Raft {
 
     fn handle_read_index(&mut self, from: NodeId, ctx: Vec<u8>) {
         let committed = self.log.committed;
-        if self.cfg.test_knobs.read_without_quorum || self.voters == [self.id] {
+        if self.cfg.test_knobs.read_without_quorum {
             self.respond_read(from, ctx, committed);
         } else if self.log.term(committed) != Some(self.term) {
+            // Until it commits an entry of its own term, a leader does not
+            // know the true commit index (after a restart it may be stale
+            // even with no other voter), so the read waits for that.
             self.read_only.defer(from, ctx);
+        } else if self.voters == [self.id] {
+            self.respond_read(from, ctx, committed);
         } else {
             self.read_only.add(from, ctx, committed);
         }

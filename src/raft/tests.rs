@@ -339,7 +339,11 @@ fn leader_transfer_hands_over_with_timeout_now() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
     let l = c.elect();
     let target = if l == 1 { 2 } else { 1 };
-    c.nodes.get_mut(&l).unwrap().transfer_leader(target).unwrap();
+    c.nodes
+        .get_mut(&l)
+        .unwrap()
+        .transfer_leader(target)
+        .unwrap();
     assert_eq!(
         c.nodes.get_mut(&l).unwrap().propose(b"x".to_vec()),
         Err(ProposeError::TransferInProgress)
@@ -370,7 +374,11 @@ fn removed_leader_steps_down_and_the_rest_carry_on() {
     c.tick(60);
     let l2 = c.leader().expect("the remaining two elect a leader");
     assert_ne!(l2, l);
-    c.nodes.get_mut(&l2).unwrap().propose(b"after".to_vec()).unwrap();
+    c.nodes
+        .get_mut(&l2)
+        .unwrap()
+        .propose(b"after".to_vec())
+        .unwrap();
     c.pump();
     assert!(c.applied[&l2].iter().any(|e| e.data == b"after"));
 }
@@ -414,12 +422,22 @@ fn reads_are_batched_per_heartbeat_round_and_forwarded() {
         .iter()
         .filter(|o| matches!(o.message.body, MessageBody::Heartbeat { .. }))
         .count();
-    assert_eq!(heartbeats, 2, "one round (one heartbeat per follower) for both reads");
-    assert!(rd.read_states.is_empty(), "not before a quorum acknowledges");
+    assert_eq!(
+        heartbeats, 2,
+        "one round (one heartbeat per follower) for both reads"
+    );
+    assert!(
+        rd.read_states.is_empty(),
+        "not before a quorum acknowledges"
+    );
     for o in rd.messages {
         c.nodes.get_mut(&o.message.to).unwrap().step(o.message);
     }
-    c.nodes.get_mut(&f).unwrap().read_index(b"f".to_vec()).unwrap();
+    c.nodes
+        .get_mut(&f)
+        .unwrap()
+        .read_index(b"f".to_vec())
+        .unwrap();
     c.pump();
     let ctxs = |id: u64| -> Vec<Vec<u8>> { c.reads[&id].iter().map(|r| r.ctx.clone()).collect() };
     assert_eq!(ctxs(l), vec![b"a".to_vec(), b"b".to_vec()]);
@@ -463,8 +481,72 @@ fn compact_at_an_earlier_applied_index() {
         applied += rd.committed_entries.len() as u64;
     }
     assert!(applied >= 3, "single voter commits its own proposals");
-    assert!(n.compact_at(applied + 1, vec![]).is_none(), "cannot compact past applied");
-    let meta = n.compact_at(2, vec![1]).expect("compacts at an applied index");
+    assert!(
+        n.compact_at(applied + 1, vec![]).is_none(),
+        "cannot compact past applied"
+    );
+    let meta = n
+        .compact_at(2, vec![1])
+        .expect("compacts at an applied index");
     assert_eq!(meta.index, 2);
-    assert!(n.compact_at(2, vec![]).is_none(), "nothing newer to compact");
+    assert!(
+        n.compact_at(2, vec![]).is_none(),
+        "nothing newer to compact"
+    );
+}
+
+/// Found by the SIGKILL crash test: a restarted lone voter whose persisted
+/// commit index lagged its log answered a read before committing an entry of
+/// its new term, so the read missed acknowledged writes.
+#[test]
+fn restarted_lone_voter_defers_reads_until_it_commits_in_its_term() {
+    let entries: Vec<Entry> = (1..=5)
+        .map(|i| Entry {
+            term: 1,
+            index: i,
+            kind: crate::wire::raft::EntryType::Normal,
+            data: vec![i as u8],
+        })
+        .collect();
+    let state = RestartState {
+        hard_state: crate::wire::raft::HardState {
+            term: 1,
+            vote: 1,
+            commit: 2,
+        },
+        snapshot: Snapshot {
+            meta: SnapshotMeta {
+                index: 0,
+                term: 0,
+                conf_state: ConfState {
+                    voters: vec![1],
+                    learners: vec![],
+                },
+            },
+            data: std::sync::Arc::from(Vec::new()),
+        },
+        entries,
+    };
+    let mut cfg = Config::new(1);
+    cfg.election_tick = 3;
+    let mut n = Node::new(cfg, state).unwrap();
+    for _ in 0..20 {
+        n.tick();
+    }
+    n.read_index(b"r".to_vec()).unwrap();
+    let rd = n.ready();
+    assert!(
+        rd.read_states.is_empty(),
+        "read answered at a stale commit index: {:?}",
+        rd.read_states
+    );
+    let token = rd.persist.expect("the new term's no-op must be persisted");
+    n.on_persisted(token);
+    let rd = n.ready();
+    assert_eq!(rd.read_states.len(), 1);
+    assert!(
+        rd.read_states[0].index >= 5,
+        "read index {} misses committed entries",
+        rd.read_states[0].index
+    );
 }

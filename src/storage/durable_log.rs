@@ -68,10 +68,17 @@ impl DurableLog {
         let snapshots = SnapshotStore::open(&dir.join("snap"), options.max_snapshots)?;
         let snapshot = match snapshots.load_newest()? {
             Some((id, bytes)) => {
-                let file: SnapshotFile = postcard::from_bytes(&bytes)
-                    .map_err(|e| corrupt(&snapshots.path(id), format!("snapshot does not decode: {e}")))?;
+                let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(|e| {
+                    corrupt(
+                        &snapshots.path(id),
+                        format!("snapshot does not decode: {e}"),
+                    )
+                })?;
                 if file.meta.index != id.index || file.meta.term != id.term {
-                    return Err(corrupt(&snapshots.path(id), "snapshot contents do not match its name".into()));
+                    return Err(corrupt(
+                        &snapshots.path(id),
+                        "snapshot contents do not match its name".into(),
+                    ));
                 }
                 Some((file.meta, file.data))
             }
@@ -95,12 +102,15 @@ impl DurableLog {
         for record in records {
             match record.kind {
                 RecordKind::HardState => {
-                    recovered.hard_state = postcard::from_bytes(&record.payload)
-                        .map_err(|e| corrupt(&wal_dir, format!("hard state record does not decode: {e}")))?;
+                    recovered.hard_state = postcard::from_bytes(&record.payload).map_err(|e| {
+                        corrupt(&wal_dir, format!("hard state record does not decode: {e}"))
+                    })?;
                 }
                 RecordKind::Entries => {
-                    let entries: Vec<Entry> = postcard::from_bytes(&record.payload)
-                        .map_err(|e| corrupt(&wal_dir, format!("entries record does not decode: {e}")))?;
+                    let entries: Vec<Entry> =
+                        postcard::from_bytes(&record.payload).map_err(|e| {
+                            corrupt(&wal_dir, format!("entries record does not decode: {e}"))
+                        })?;
                     for e in entries.into_iter().filter(|e| e.index > snap_index) {
                         // A later write at an index replaces everything from it on.
                         let keep = recovered.entries.partition_point(|old| old.index < e.index);
@@ -115,14 +125,24 @@ impl DurableLog {
             if first.index != snap_index + 1 {
                 return Err(StorageError::Gap {
                     dir: wal_dir.clone(),
-                    reason: format!("the snapshot ends at index {snap_index}, the next entry is {}", first.index),
+                    reason: format!(
+                        "the snapshot ends at index {snap_index}, the next entry is {}",
+                        first.index
+                    ),
                 });
             }
         }
-        if let Some(pair) = recovered.entries.windows(2).find(|w| w[1].index != w[0].index + 1) {
+        if let Some(pair) = recovered
+            .entries
+            .windows(2)
+            .find(|w| w[1].index != w[0].index + 1)
+        {
             return Err(corrupt(
                 &wal_dir,
-                format!("log entries jump from index {} to {}", pair[0].index, pair[1].index),
+                format!(
+                    "log entries jump from index {} to {}",
+                    pair[0].index, pair[1].index
+                ),
             ));
         }
         Ok((
@@ -138,22 +158,31 @@ impl DurableLog {
     /// Queues entries and hard state; durable after [`DurableLog::sync`].
     /// Entries go in records of at most about [`MAX_RECORD_BYTES`], so any
     /// batch fits a segment.
-    pub fn append(&mut self, hard_state: Option<&HardState>, entries: &[Entry]) -> Result<(), StorageError> {
+    pub fn append(
+        &mut self,
+        hard_state: Option<&HardState>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
         let mut start = 0;
         while start < entries.len() {
             let mut end = start;
             let mut bytes = 0;
-            while end < entries.len() && (end == start || bytes + entries[end].data.len() < MAX_RECORD_BYTES) {
+            while end < entries.len()
+                && (end == start || bytes + entries[end].data.len() < MAX_RECORD_BYTES)
+            {
                 bytes += entries[end].data.len() + 32;
                 end += 1;
             }
             let chunk = &entries[start..end];
-            let payload = postcard::to_allocvec(chunk).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
-            self.wal.append(RecordKind::Entries, &payload, chunk[chunk.len() - 1].index)?;
+            let payload =
+                postcard::to_allocvec(chunk).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
+            self.wal
+                .append(RecordKind::Entries, &payload, chunk[chunk.len() - 1].index)?;
             start = end;
         }
         if let Some(hs) = hard_state {
-            let payload = postcard::to_allocvec(hs).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
+            let payload =
+                postcard::to_allocvec(hs).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
             self.wal.append(RecordKind::HardState, &payload, 0)?;
         }
         Ok(())
@@ -165,12 +194,17 @@ impl DurableLog {
 
     /// Saves a snapshot file, records it in the WAL, and releases the WAL
     /// segments it covers. The snapshot is durable before any segment goes.
-    pub fn save_snapshot(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
+    pub fn save_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: Vec<u8>,
+    ) -> Result<(), StorageError> {
         let file = SnapshotFile {
             meta: meta.clone(),
             data,
         };
-        let bytes = postcard::to_allocvec(&file).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
+        let bytes =
+            postcard::to_allocvec(&file).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
         self.snapshots.save(
             SnapshotId {
                 term: meta.term,
@@ -178,7 +212,8 @@ impl DurableLog {
             },
             &bytes,
         )?;
-        let marker = postcard::to_allocvec(meta).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
+        let marker =
+            postcard::to_allocvec(meta).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
         self.wal.append(RecordKind::Snapshot, &marker, meta.index)?;
         self.wal.sync()?;
         self.wal.release_through(meta.index)?;
@@ -219,14 +254,27 @@ mod tests {
         {
             let (mut log, rec) = DurableLog::open(&d, opts()).unwrap();
             assert!(rec.entries.is_empty() && rec.snapshot.is_none());
-            log.append(None, &(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+            log.append(None, &(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>())
+                .unwrap();
             // A new leader replaces the tail from index 4.
-            let hs = HardState { term: 2, vote: 7, commit: 3 };
-            log.append(Some(&hs), &[entry(4, 2), entry(5, 2), entry(6, 2)]).unwrap();
+            let hs = HardState {
+                term: 2,
+                vote: 7,
+                commit: 3,
+            };
+            log.append(Some(&hs), &[entry(4, 2), entry(5, 2), entry(6, 2)])
+                .unwrap();
             log.sync().unwrap();
         }
         let (_, rec) = DurableLog::open(&d, opts()).unwrap();
-        assert_eq!(rec.hard_state, HardState { term: 2, vote: 7, commit: 3 });
+        assert_eq!(
+            rec.hard_state,
+            HardState {
+                term: 2,
+                vote: 7,
+                commit: 3
+            }
+        );
         let ids: Vec<(u64, u64)> = rec.entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(ids, vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]);
         let _ = std::fs::remove_dir_all(&d);
@@ -238,13 +286,24 @@ mod tests {
         {
             let (mut log, _) = DurableLog::open(&d, opts()).unwrap();
             for i in 1..=40 {
-                log.append(Some(&HardState { term: 1, vote: 1, commit: i }), &[entry(i, 1)]).unwrap();
+                log.append(
+                    Some(&HardState {
+                        term: 1,
+                        vote: 1,
+                        commit: i,
+                    }),
+                    &[entry(i, 1)],
+                )
+                .unwrap();
             }
             log.sync().unwrap();
             let meta = SnapshotMeta {
                 index: 30,
                 term: 1,
-                conf_state: ConfState { voters: vec![1], learners: vec![] },
+                conf_state: ConfState {
+                    voters: vec![1],
+                    learners: vec![],
+                },
             };
             log.save_snapshot(&meta, b"state at 30".to_vec()).unwrap();
             log.append(None, &[entry(41, 1)]).unwrap();
