@@ -107,8 +107,9 @@ fn acknowledged_writes_survive_sigkill() {
             }
             node.kill();
             stop.store(true, Ordering::Relaxed);
+            // Writes still in flight can never be acknowledged now.
             for w in writers {
-                w.await;
+                w.cancel().await;
             }
             node.restart();
 
