@@ -99,6 +99,9 @@ struct Flags {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Save, inspect or restore snapshots (etcdctl/etcdutl snapshot).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Create a CA, a node certificate and a client certificate.
     Certs {
         /// Directory to write ca.crt, ca.key, node.crt, node.key,
@@ -110,6 +113,195 @@ enum Command {
         #[arg(long, default_value = "")]
         hosts: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCommand {
+    /// Stream a snapshot of a running node's state into FILE.
+    Save {
+        file: PathBuf,
+        /// The node to snapshot.
+        #[arg(long, env = "QED_ENDPOINTS", default_value = "https://127.0.0.1:2379")]
+        endpoints: String,
+        /// CA the node's certificate chains to [default: default.qed/certs/ca.crt].
+        #[arg(long, env = "QED_CACERT")]
+        cacert: Option<PathBuf>,
+        /// Client certificate, for nodes with --client-cert-auth.
+        #[arg(long, env = "QED_CERT")]
+        cert: Option<PathBuf>,
+        #[arg(long, env = "QED_KEY")]
+        key: Option<PathBuf>,
+    },
+    /// Print a snapshot file's hash, revision, key count and size.
+    Status {
+        file: PathBuf,
+        /// simple or table.
+        #[arg(long = "write-out", short = 'w', default_value = "simple")]
+        write_out: String,
+    },
+    /// Create a new data directory holding FILE's state, as the only member
+    /// of a new cluster.
+    Restore {
+        file: PathBuf,
+        /// Directory to create [default: ${name}.qed].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The restored member's name, as it will be started.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// The restored member's peer URLs, as it will be started.
+        #[arg(long, default_value = "http://localhost:2380")]
+        initial_advertise_peer_urls: String,
+        #[arg(long, default_value = "qed-cluster")]
+        initial_cluster_token: String,
+    },
+}
+
+/// Bytes as etcdctl prints them ("2.1 MB").
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+/// A progress line on stderr, redrawn at most every whole percent.
+fn progress_line(verb: &'static str) -> impl FnMut(u64, u64) {
+    let mut last = u64::MAX;
+    move |done, total| {
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        if pct != last {
+            last = pct;
+            eprint!(
+                "\r{verb} {} / {} ({pct}%)",
+                human_bytes(done),
+                human_bytes(total)
+            );
+            if done >= total {
+                eprintln!();
+            }
+        }
+    }
+}
+
+fn snapshot(command: SnapshotCommand) -> ExitCode {
+    use qed::server::snapshot_file;
+    match command {
+        SnapshotCommand::Save {
+            file,
+            endpoints,
+            cacert,
+            cert,
+            key,
+        } => {
+            let options = qed::client::ConnectOptions {
+                ca_file: Some(cacert.unwrap_or_else(|| PathBuf::from("default.qed/certs/ca.crt"))),
+                cert_file: cert,
+                key_file: key,
+                ..Default::default()
+            };
+            let partial = file.with_extension("part");
+            let result = qed::runtime::block_on(async {
+                let client = qed::client::Client::connect(&split(&endpoints), options).await?;
+                let mut out = std::fs::File::create(&partial).map_err(|e| {
+                    qed::client::ClientError::Protocol(format!("{}: {e}", partial.display()))
+                })?;
+                let n = client.snapshot(&mut out, progress_line("received")).await?;
+                out.sync_all().map_err(|e| {
+                    qed::client::ClientError::Protocol(format!("{}: {e}", partial.display()))
+                })?;
+                Ok::<u64, qed::client::ClientError>(n)
+            });
+            match result.and_then(|n| {
+                std::fs::rename(&partial, &file).map(|_| n).map_err(|e| {
+                    qed::client::ClientError::Protocol(format!("{}: {e}", file.display()))
+                })
+            }) {
+                Ok(_) => {
+                    println!("Snapshot saved at {}", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    eprintln!("qed snapshot save: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        SnapshotCommand::Status { file, write_out } => match snapshot_file::status(&file) {
+            Ok(s) if write_out == "table" => {
+                let size = human_bytes(s.total_size);
+                println!("+----------+----------+------------+------------+");
+                println!("|   HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |");
+                println!("+----------+----------+------------+------------+");
+                println!(
+                    "| {:08x} | {:>8} | {:>10} | {:<10} |",
+                    s.hash, s.revision, s.total_keys, size
+                );
+                println!("+----------+----------+------------+------------+");
+                ExitCode::SUCCESS
+            }
+            Ok(s) => {
+                println!(
+                    "{:x}, {}, {}, {}",
+                    s.hash,
+                    s.revision,
+                    s.total_keys,
+                    human_bytes(s.total_size)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("qed snapshot status: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        SnapshotCommand::Restore {
+            file,
+            data_dir,
+            name,
+            initial_advertise_peer_urls,
+            initial_cluster_token,
+        } => {
+            let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.qed")));
+            let identity = qed::server::node::Identity::new(
+                name,
+                split(&initial_advertise_peer_urls),
+                Vec::new(),
+                &initial_cluster_token,
+            );
+            match snapshot_file::restore(
+                &file,
+                &data_dir,
+                identity.member_id,
+                &mut progress_line("restoring"),
+            ) {
+                Ok(s) => {
+                    println!(
+                        "restored snapshot {} (revision {}, {} keys) into {} as member {:x}",
+                        file.display(),
+                        s.revision,
+                        s.total_keys,
+                        data_dir.display(),
+                        identity.member_id
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("qed snapshot restore: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 const DEFAULT_QUOTA: u64 = 2 * 1024 * 1024 * 1024;
@@ -162,8 +354,10 @@ fn certs(dir: &Path, hosts: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    if let Some(Command::Certs { dir, hosts }) = &flags.command {
-        return certs(dir, hosts);
+    match flags.command {
+        Some(Command::Certs { dir, hosts }) => return certs(&dir, &hosts),
+        Some(Command::Snapshot(command)) => return snapshot(command),
+        None => {}
     }
     if let Err(e) = qed::log_writer::init(&flags.log_level) {
         eprintln!("qed: --log-level: {e}");

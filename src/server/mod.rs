@@ -11,6 +11,7 @@
 pub mod node;
 pub mod raft_loop;
 pub mod service;
+pub mod snapshot_file;
 pub mod state_machine;
 
 use crate::raft;
@@ -201,6 +202,15 @@ fn recover(
         learners: Vec::new(),
     };
     let (state, snapshot) = match recovered.snapshot {
+        Some((meta, _)) if !meta.conf_state.voters.contains(&id) => {
+            return Err(ServerError::Config(format!(
+                "{} belongs to member(s) {:x?}, not to this member ({id:x}); start with the \
+                 --name, --initial-advertise-peer-urls and --initial-cluster-token it was created \
+                 (or restored) with",
+                config.data_dir.display(),
+                meta.conf_state.voters
+            )))
+        }
         Some((meta, data)) => {
             let state = StateMachine::from_snapshot(&data, id, limits).map_err(|e| {
                 ServerError::DataDir {

@@ -118,6 +118,17 @@ impl Node {
         Ok(resp)
     }
 
+    /// The whole state as a snapshot file's bytes (`qed snapshot save`,
+    /// etcd's Maintenance/Snapshot): serialized from a clone, off the
+    /// executor, so writes go on meanwhile.
+    pub async fn snapshot_file(&self) -> Result<Vec<u8>, Error> {
+        let view = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        crate::runtime::spawn_blocking(move || view.to_snapshot())
+            .await
+            .map(|image| crate::storage::snapshot::encode(&image))
+            .map_err(|e| Error::Internal(format!("snapshot failed: {e}")))
+    }
+
     fn read(&self, req: &Request) -> Reply {
         self.state
             .read()

@@ -149,6 +149,25 @@ impl StateMachine {
         self.kv.size_bytes()
     }
 
+    /// Keys that exist now (deleted ones with history left do not count).
+    pub fn key_count(&self) -> usize {
+        let all = qed_wire::kv::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            count_only: true,
+            ..Default::default()
+        };
+        self.kv
+            .range(&all)
+            .map(|r| r.count.max(0) as usize)
+            .unwrap_or(0)
+    }
+
+    /// HashKV of the whole history kept, as `etcdctl endpoint hashkv` shows it.
+    pub fn hash(&self) -> Result<u32, MvccError> {
+        self.kv.hash_kv(0).map(|h| h.hash)
+    }
+
     pub fn alarms(&self) -> &[AlarmMember] {
         &self.alarms
     }
