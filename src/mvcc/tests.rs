@@ -260,6 +260,30 @@ fn sort_order_and_target_follow_apply_range() {
 }
 
 #[test]
+fn etcd_quirk_sort_target_without_order_sorts_only_the_fetched_page() {
+    // Checked against etcd 3.4.23: `get k --prefix --sort-by=VERSION
+    // --limit=2` answers k2, k3 here, not k4, k2.
+    let mut s = Store::new();
+    for _ in 0..3 {
+        put(&mut s, "k1", "x");
+    }
+    for _ in 0..2 {
+        put(&mut s, "k2", "x");
+        put(&mut s, "k3", "x");
+    }
+    put(&mut s, "k4", "x");
+    let mut r = range_req("k", "l");
+    r.sort_target = SortTarget::Version;
+    r.limit = 2;
+    let resp = s.range(&r).unwrap();
+    assert_eq!(keys(&resp), ["k2", "k3"]);
+    assert!(resp.more);
+    assert_eq!(resp.count, 4);
+    r.sort_order = SortOrder::Ascend;
+    assert_eq!(keys(&s.range(&r).unwrap()), ["k4", "k2"]);
+}
+
+#[test]
 fn sort_happens_before_limit() {
     let mut s = Store::new();
     for k in ["a", "b", "c"] {
