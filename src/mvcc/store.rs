@@ -596,7 +596,9 @@ impl Store {
             .unwrap_or_else(|i| i);
         let end = RangeEnd::parse(range_end);
         let mut events: Vec<Event> = Vec::new();
-        for entry in self.log.iter().skip(from) {
+        // `Vector::skip` is O(log n); `Iterator::skip` would walk the prefix.
+        let tail = self.log.skip(from);
+        for entry in tail.iter() {
             if !end.contains(key, &entry.key) {
                 continue;
             }
