@@ -53,7 +53,9 @@ pub(crate) struct LogEntry {
 }
 
 /// Estimated fixed bytes per key: the map slot (key and index pointers),
-/// the reference counts of both `Arc`s and the index's `Vec` header.
+/// the reference counts of both `Arc`s and the index itself. A key's
+/// changes are counted on top; for a key with one change this counts that
+/// change's struct twice, which keeps the quota estimate on the safe side.
 const KEY_OVERHEAD: u64 = (std::mem::size_of::<(Key, Arc<KeyIndex>)>()
     + 2 * 2 * std::mem::size_of::<usize>()
     + std::mem::size_of::<KeyIndex>()) as u64;
