@@ -5,7 +5,7 @@
 //! of it).
 //!
 //! Modules, from the bottom up:
-//! - [`revision`]: the (main, sub) pair ordering all changes;
+//! - `revision`: the (main, sub) pair ordering all changes;
 //! - `key_index`: one key's history across generations, and its compaction;
 //! - `store`: the ordered key index plus a revision-ordered change log;
 //!   range, put, delete, compaction, watch replay, snapshot encoding;
@@ -19,7 +19,7 @@
 
 mod hash;
 mod key_index;
-pub mod revision;
+mod revision;
 mod store;
 mod txn;
 
@@ -35,9 +35,42 @@ pub use txn::DEFAULT_MAX_TXN_OPS;
 
 pub use qed_wire::kv::Event;
 
+use qed_wire::kv::{DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest};
+
+// The checks etcd makes in its API layer, before a request enters Raft.
+// The store makes them again when applying (so a log entry that skipped
+// them is still refused the same way); a server calls these first so bad
+// requests never take up log space.
+
+/// etcd's `checkRangeRequest`.
+pub fn validate_range(req: &RangeRequest) -> Result<(), MvccError> {
+    if req.key.is_empty() {
+        return Err(MvccError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// etcd's `checkPutRequest`.
+pub fn validate_put(req: &PutRequest) -> Result<(), MvccError> {
+    txn::check_put(req)
+}
+
+/// etcd's `checkDeleteRequest`.
+pub fn validate_delete_range(req: &DeleteRangeRequest) -> Result<(), MvccError> {
+    if req.key.is_empty() {
+        return Err(MvccError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// etcd's `checkTxnRequest` and `checkIntervals`, with `--max-txn-ops`.
+pub fn validate_txn(req: &TxnRequest, max_txn_ops: usize) -> Result<(), MvccError> {
+    txn::check_txn(req, max_txn_ops)
+}
+
 /// Every way a key space operation can fail. Each maps onto one wire error
-/// (and so onto one etcd gRPC error) in [`From<MvccError> for
-/// qed_wire::Error`].
+/// (and so onto one etcd gRPC error) in `From<MvccError> for
+/// qed_wire::Error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MvccError {
     /// A request, or a compare or op in a txn, has an empty key.

@@ -1100,3 +1100,24 @@ fn errors_map_onto_wire_errors() {
         assert_eq!(W::from(m), w);
     }
 }
+
+#[test]
+fn store_is_a_cheap_shareable_value() {
+    fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+    assert_traits::<Store>();
+}
+
+#[test]
+fn validators_match_what_apply_refuses() {
+    assert_eq!(validate_range(&range_req("", "")), Err(MvccError::EmptyKey));
+    assert_eq!(validate_put(&put_req("", "v")), Err(MvccError::EmptyKey));
+    assert_eq!(
+        validate_delete_range(&DeleteRangeRequest::default()),
+        Err(MvccError::EmptyKey)
+    );
+    let dup = txn(vec![], vec![put_op("a", "1"), put_op("a", "2")], vec![]);
+    assert_eq!(validate_txn(&dup, 128), Err(MvccError::DuplicateKey));
+    let big = txn(vec![], vec![get_op("a"), get_op("b")], vec![]);
+    assert_eq!(validate_txn(&big, 1), Err(MvccError::TooManyOps));
+    assert_eq!(validate_txn(&big, 2), Ok(()));
+}
