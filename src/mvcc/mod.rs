@@ -4,6 +4,41 @@
 //! watchers need; reads are served from the same `Store` (or an O(1) clone
 //! of it).
 //!
+//! ```
+//! use qed::mvcc::Store;
+//! use qed::wire::kv::{Compare, CompareResult, CompareTarget, PutRequest, RangeRequest,
+//!                     RequestOp, TxnRequest};
+//!
+//! let mut store = Store::new();                  // revision 1, like etcd
+//! let no_leases = |_lease: i64| false;           // the lessor answers this
+//! let put = PutRequest { key: b"k".to_vec(), value: b"v1".to_vec(), ..Default::default() };
+//! let (resp, events) = store.put(&put, &no_leases).unwrap();
+//! assert_eq!(resp.header.revision, 2);
+//! assert_eq!(events.len(), 1);                   // for watchers and the lessor
+//!
+//! // Compare-and-swap: one revision for the whole txn.
+//! let cas = TxnRequest {
+//!     compare: vec![Compare {
+//!         result: CompareResult::Equal,
+//!         target: CompareTarget::Value(b"v1".to_vec()),
+//!         key: b"k".to_vec(),
+//!         range_end: vec![],
+//!     }],
+//!     success: vec![RequestOp::Put(PutRequest {
+//!         key: b"k".to_vec(), value: b"v2".to_vec(), ..Default::default()
+//!     })],
+//!     failure: vec![],
+//! };
+//! let (resp, _) = store.txn(&cas, &no_leases).unwrap();
+//! assert!(resp.succeeded);
+//!
+//! // Reads at any revision not yet compacted.
+//! let old = RangeRequest { key: b"k".to_vec(), revision: 2, ..Default::default() };
+//! assert_eq!(store.range(&old).unwrap().kvs[0].value, b"v1");
+//! store.compact(3).unwrap();
+//! assert!(store.range(&old).is_err());
+//! ```
+//!
 //! Modules, from the bottom up:
 //! - `revision`: the (main, sub) pair ordering all changes;
 //! - `key_index`: one key's history across generations, and its compaction;

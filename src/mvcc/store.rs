@@ -158,7 +158,8 @@ impl Store {
     }
 
     /// etcd's `--max-txn-ops` (default 128): the most compares, or ops in
-    /// one branch, a txn may carry.
+    /// one branch, a txn may carry. Configuration, not state: it is not
+    /// part of a snapshot, so set it again after [`Store::from_bytes`].
     pub fn set_max_txn_ops(&mut self, max: usize) {
         self.max_txn_ops = max;
     }
@@ -670,6 +671,16 @@ impl Store {
                 .map_err(|e| format!("key {key:?}: bad history: {e:?}"))?;
             if index.changes().iter().any(|c| c.main > image.revision) {
                 return Err(format!("key {key:?}: change above revision"));
+            }
+            // Compaction leaves at most one change at or below its point,
+            // and never a tombstone.
+            if image.compact_revision >= 0 {
+                let below = index
+                    .changes()
+                    .partition_point(|c| c.main <= image.compact_revision);
+                if below > 1 || (below == 1 && index.changes()[0].is_tombstone()) {
+                    return Err(format!("key {key:?}: history below the compaction point"));
+                }
             }
             let shared: Key = Arc::from(key.as_slice());
             store.size += KEY_OVERHEAD + key.len() as u64;

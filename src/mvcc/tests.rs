@@ -1121,3 +1121,23 @@ fn validators_match_what_apply_refuses() {
     assert_eq!(validate_txn(&big, 1), Err(MvccError::TooManyOps));
     assert_eq!(validate_txn(&big, 2), Ok(()));
 }
+
+#[test]
+fn snapshots_with_history_below_the_compaction_point_are_refused() {
+    use super::key_index::Change;
+    let change = |main, version| Change {
+        main,
+        create: 2,
+        version,
+        lease: 0,
+        sub: 0,
+        value: b"v".as_slice().into(),
+    };
+    let encode = |compact: i64, changes: Vec<Change>| {
+        postcard::to_stdvec(&(5i64, compact, vec![(b("k"), changes)])).unwrap()
+    };
+    assert!(Store::from_bytes(&encode(3, vec![change(3, 2), change(4, 3)])).is_ok());
+    assert!(Store::from_bytes(&encode(3, vec![change(2, 1), change(3, 2)])).is_err());
+    assert!(Store::from_bytes(&encode(-1, vec![change(2, 1), change(3, 2)])).is_ok());
+    assert!(Store::from_bytes(&encode(3, vec![change(2, 1), change(6, 2)])).is_err());
+}
