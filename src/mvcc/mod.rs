@@ -103,6 +103,12 @@ pub fn validate_txn(req: &TxnRequest, max_txn_ops: usize) -> Result<(), MvccErro
     txn::check_txn(req, max_txn_ops)
 }
 
+/// etcd's `isTxnReadonly`: such a txn may be served like a range (and by
+/// [`Store::txn_read_only`]) instead of going through Raft.
+pub fn is_read_only_txn(req: &TxnRequest) -> bool {
+    txn::is_read_only(req)
+}
+
 /// Every way a key space operation can fail. Each maps onto one wire error
 /// (and so onto one etcd gRPC error) in `From<MvccError> for
 /// qed_wire::Error`.
@@ -126,6 +132,9 @@ pub enum MvccError {
     Compacted,
     /// The revision asked for is newer than the store.
     FutureRev,
+    /// [`Store::txn_read_only`] was given a txn that could write: a bug in
+    /// the caller, which should have sent it through Raft.
+    NotReadOnly,
     /// Snapshot bytes that do not decode into a valid store, or a broken
     /// internal invariant; the text says what.
     Corrupt(String),
@@ -143,6 +152,7 @@ impl fmt::Display for MvccError {
             MvccError::DuplicateKey => f.write_str("duplicate key given in txn request"),
             MvccError::Compacted => f.write_str("mvcc: required revision has been compacted"),
             MvccError::FutureRev => f.write_str("mvcc: required revision is a future revision"),
+            MvccError::NotReadOnly => f.write_str("mvcc: read-only txn path given a write txn"),
             MvccError::Corrupt(why) => write!(f, "mvcc: corrupt state: {why}"),
         }
     }
@@ -163,6 +173,7 @@ impl From<MvccError> for qed_wire::Error {
             MvccError::DuplicateKey => W::DuplicateKey,
             MvccError::Compacted => W::Compacted,
             MvccError::FutureRev => W::FutureRev,
+            MvccError::NotReadOnly => W::Internal(MvccError::NotReadOnly.to_string()),
             MvccError::Corrupt(why) => W::Internal(format!("mvcc: corrupt state: {why}")),
         }
     }

@@ -355,6 +355,18 @@ impl Store {
         }
     }
 
+    /// Runs a read-only txn (only ranges, no nested txns, as etcd's
+    /// `isTxnReadonly` defines it) without `&mut`: for serializable reads
+    /// from a shared view. Refuses a txn that could write.
+    pub fn txn_read_only(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        if !txn::is_read_only(req) {
+            return Err(MvccError::NotReadOnly);
+        }
+        // A clone is O(1) and nothing is written to it.
+        let mut view = self.clone();
+        view.txn(req, &|_| false).map(|(resp, _)| resp)
+    }
+
     pub(crate) fn begin(&self) -> PendingRevision {
         PendingRevision {
             main: self.current.saturating_add(1),

@@ -1141,3 +1141,33 @@ fn snapshots_with_history_below_the_compaction_point_are_refused() {
     assert!(Store::from_bytes(&encode(-1, vec![change(2, 1), change(3, 2)])).is_ok());
     assert!(Store::from_bytes(&encode(3, vec![change(2, 1), change(6, 2)])).is_err());
 }
+
+#[test]
+fn read_only_txns_run_on_a_shared_view() {
+    let mut s = Store::new();
+    put(&mut s, "a", "1");
+    let read = txn(
+        vec![cmp("a", CompareResult::Equal, CompareTarget::Value(b("1")))],
+        vec![get_op("a")],
+        vec![],
+    );
+    assert!(is_read_only_txn(&read));
+    let view: &Store = &s;
+    let resp = view.txn_read_only(&read).unwrap();
+    assert!(resp.succeeded);
+    assert_eq!(resp.header.revision, 2);
+    let ResponseOp::Range(r) = &resp.responses[0] else {
+        panic!()
+    };
+    assert_eq!(r.kvs[0].value, b("1"));
+    let write = txn(vec![], vec![], vec![put_op("a", "2")]);
+    assert!(!is_read_only_txn(&write));
+    assert_eq!(view.txn_read_only(&write), Err(MvccError::NotReadOnly));
+    assert_eq!(resp, s.txn(&read, &no_lease).unwrap().0);
+    let nested = txn(
+        vec![],
+        vec![RequestOp::Txn(txn(vec![], vec![], vec![]))],
+        vec![],
+    );
+    assert!(!is_read_only_txn(&nested));
+}
