@@ -51,6 +51,23 @@
 //! request and response types are the wire's (`qed_wire::kv`). Writes that
 //! change nothing (deleting a missing key, a txn of reads) do not bump the
 //! revision. Events returned by writes always carry `prev_kv`.
+//!
+//! Two etcd facts callers tend to get wrong, both checked on etcd 3.4.23:
+//! a range at an old revision answers with the *current* revision in its
+//! header; and a watch may start exactly at the compaction revision
+//! ([`Store::events_since`] fails only below it), getting what compaction
+//! kept of that revision.
+//!
+//! Where qed differs from etcd, deliberately:
+//! - A txn that etcd would panic on while applying (possible only through
+//!   etcd's from-key-delete overlap quirk, see `txn`) is undone and refused
+//!   with the error etcd panicked with.
+//! - An event's `prev_kv` is the value just before that change. etcd's
+//!   watch reads it at the previous revision, which differs only when one
+//!   txn changes a key twice (again only through that quirk).
+//! - Equal sort keys keep key order; etcd's unstable sort may not.
+//! - HashKV values are qed's own (etcd hashes its bolt encoding), stable
+//!   across qed members with the same history.
 
 mod hash;
 mod key_index;
