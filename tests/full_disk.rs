@@ -54,7 +54,9 @@ fn full_disk_stops_the_node_and_loses_no_acknowledged_write() {
     let mnt = tmp.0.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     if !mount_tmpfs(&mnt, "2m") {
-        println!("SKIPPED: cannot mount a tmpfs here (needs root); make test runs this in CI as root");
+        println!(
+            "SKIPPED: cannot mount a tmpfs here (needs root); make test runs this in CI as root"
+        );
         return;
     }
     let _mount = Mount(&mnt);
@@ -83,19 +85,29 @@ fn full_disk_stops_the_node_and_loses_no_acknowledged_write() {
             }
         }
     });
-    assert!(!acked.is_empty() && acked.len() < 1000, "the disk never filled ({} writes)", acked.len());
+    assert!(
+        !acked.is_empty() && acked.len() < 1000,
+        "the disk never filled ({} writes)",
+        acked.len()
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the node kept running on a full disk");
+        assert!(
+            Instant::now() < deadline,
+            "the node kept running on a full disk"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(!status.success());
-    assert!(stderr.contains("WAL write failed") && stderr.contains("No space left"), "unclear error: {stderr}");
+    assert!(
+        stderr.contains("WAL write failed") && stderr.contains("No space left"),
+        "unclear error: {stderr}"
+    );
 
     assert!(Command::new("mount")
         .args(["-o", "remount,size=128m"])
@@ -108,7 +120,11 @@ fn full_disk_stops_the_node_and_loses_no_acknowledged_write() {
         qed::runtime::block_on(async {
             let c = connect(&url, &ca).await;
             for key in &acked {
-                assert_eq!(c.get(key.clone(), None).await.unwrap().kvs.len(), 1, "acknowledged {key} lost");
+                assert_eq!(
+                    c.get(key.clone(), None).await.unwrap().kvs.len(),
+                    1,
+                    "acknowledged {key} lost"
+                );
             }
             c.put("after", "ok", None).await.unwrap();
         })
@@ -118,5 +134,8 @@ fn full_disk_stops_the_node_and_loses_no_acknowledged_write() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
-    println!("full disk: {} writes acknowledged before ENOSPC, all present after restart", acked.len());
+    println!(
+        "full disk: {} writes acknowledged before ENOSPC, all present after restart",
+        acked.len()
+    );
 }

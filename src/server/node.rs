@@ -84,6 +84,8 @@ impl Node {
     }
 
     pub async fn handle(&self, req: Request) -> Reply {
+        // etcd refuses malformed requests before they reach the log.
+        validate(&req)?;
         let mut resp = match &req {
             Request::MemberList(_) => Response::Members(MembersResponse {
                 header: self.local_header(),
@@ -103,6 +105,11 @@ impl Node {
             },
             req if state_machine::is_write(req) => self.raft.propose(req.clone()).await?,
             Request::Range(r) if !r.serializable => {
+                self.raft.read_index().await?;
+                self.read(&req)?
+            }
+            // A read-only txn (is_write said so) is a linearizable read.
+            Request::Txn(_) => {
                 self.raft.read_index().await?;
                 self.read(&req)?
             }
@@ -171,6 +178,18 @@ impl Node {
             is_learner: false,
         })
     }
+}
+
+fn validate(req: &Request) -> Result<(), Error> {
+    use crate::mvcc;
+    match req {
+        Request::Range(r) => mvcc::validate_range(r),
+        Request::Put(p) => mvcc::validate_put(p),
+        Request::DeleteRange(d) => mvcc::validate_delete_range(d),
+        Request::Txn(t) => mvcc::validate_txn(t, mvcc::DEFAULT_MAX_TXN_OPS),
+        _ => Ok(()),
+    }
+    .map_err(Error::from)
 }
 
 /// etcd's names for alarms, as `etcdctl alarm list` prints them.

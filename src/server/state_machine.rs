@@ -52,9 +52,7 @@ pub fn is_write(req: &Request) -> bool {
     match req {
         Request::Range(_) | Request::Hash(_) | Request::HashKv(_) | Request::Status(_) => false,
         Request::Alarm(a) => a.action != AlarmAction::Get,
-        // Txns, even read-only ones, are applied in order with the writes:
-        // simpler than a second read path, and a read-only txn does not
-        // bump the revision.
+        Request::Txn(t) => !crate::mvcc::is_read_only_txn(t),
         _ => true,
     }
 }
@@ -240,6 +238,7 @@ impl StateMachine {
     fn read_unstamped(&self, req: &Request) -> Reply {
         Ok(match req {
             Request::Range(r) => Response::Range(self.kv.range(r).map_err(Error::from)?),
+            Request::Txn(t) => Response::Txn(self.kv.txn_read_only(t).map_err(Error::from)?),
             Request::HashKv(h) => {
                 let hash = self.kv.hash_kv(h.revision).map_err(Error::from)?;
                 Response::HashKv(HashKvResponse {

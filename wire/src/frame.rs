@@ -153,7 +153,10 @@ mod tests {
         body.extend_from_slice(&[3, 0, 0, 0]);
         body.extend(std::iter::repeat_n(0u8, levels));
         // (postcard reports custom errors without their text.)
-        assert!(matches!(decode::<RequestOp>(&body), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode::<RequestOp>(&body),
+            Err(FrameError::Malformed(_))
+        ));
         // The bound leaves legitimate nesting alone.
         let mut txn = TxnRequest::default();
         for _ in 1..MAX_TXN_DEPTH {
@@ -163,7 +166,10 @@ mod tests {
             };
         }
         let buf = encode(&txn, MAX_CLIENT_FRAME).unwrap();
-        assert_eq!(decode_frame::<TxnRequest>(&buf, MAX_CLIENT_FRAME).unwrap(), txn);
+        assert_eq!(
+            decode_frame::<TxnRequest>(&buf, MAX_CLIENT_FRAME).unwrap(),
+            txn
+        );
     }
 
     #[test]
