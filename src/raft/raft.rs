@@ -81,6 +81,8 @@ pub(crate) struct Raft {
     pub msgs: Vec<Outbound>,
     pub read_states: Vec<ReadState>,
     incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// Reused buffer for commit-quorum computation.
+    scratch: Vec<u64>,
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -117,6 +119,7 @@ impl Raft {
             msgs: Vec::new(),
             read_states: Vec::new(),
             incoming_snapshot: None,
+            scratch: Vec::new(),
         };
         r.set_conf(conf);
         // Membership changes committed before the restart are in force now,
@@ -273,9 +276,11 @@ impl Raft {
     }
 
     fn bcast_append(&mut self, send_if_empty: bool) {
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-        for p in peers {
+        // Walk the peers without collecting them (hot path: no allocation).
+        let mut next = self.progress.keys().next().copied();
+        while let Some(p) = next {
             self.send_append(p, send_if_empty);
+            next = self.progress.range(p + 1..).next().map(|(id, _)| *id);
         }
     }
 
@@ -482,7 +487,7 @@ impl Raft {
                 if self.lead_transferee.is_some() {
                     return Err(ProposeError::TransferInProgress);
                 }
-                self.append_entries(vec![e]);
+                self.append_entry(e);
                 self.bcast_append(false);
                 Ok(())
             }
@@ -577,6 +582,12 @@ impl Raft {
         }
     }
 
+    fn append_entry(&mut self, mut e: Entry) {
+        e.term = self.term;
+        e.index = self.log.last_index() + 1;
+        self.log.push(e);
+    }
+
     fn append_entries(&mut self, mut ents: Vec<Entry>) {
         let li = self.log.last_index();
         for (i, e) in ents.iter_mut().enumerate() {
@@ -599,19 +610,18 @@ impl Raft {
         if self.role != Role::Leader || self.voters.is_empty() {
             return false;
         }
-        let mut matches: Vec<u64> = self
-            .voters
-            .iter()
-            .map(|v| {
-                if *v == self.id {
-                    self.log.persisted.min(self.log.last_index())
-                } else {
-                    self.progress.get(v).map_or(0, |p| p.matched)
-                }
-            })
-            .collect();
+        let mut matches = std::mem::take(&mut self.scratch);
+        matches.clear();
+        matches.extend(self.voters.iter().map(|v| {
+            if *v == self.id {
+                self.log.persisted.min(self.log.last_index())
+            } else {
+                self.progress.get(v).map_or(0, |p| p.matched)
+            }
+        }));
         matches.sort_unstable_by(|a, b| b.cmp(a));
         let q = matches[self.quorum() - 1];
+        self.scratch = matches;
         if q <= self.log.committed || self.log.term(q) != Some(self.term) {
             return false;
         }

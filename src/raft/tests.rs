@@ -339,7 +339,11 @@ fn leader_transfer_hands_over_with_timeout_now() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
     let l = c.elect();
     let target = if l == 1 { 2 } else { 1 };
-    c.nodes.get_mut(&l).unwrap().transfer_leader(target).unwrap();
+    c.nodes
+        .get_mut(&l)
+        .unwrap()
+        .transfer_leader(target)
+        .unwrap();
     assert_eq!(
         c.nodes.get_mut(&l).unwrap().propose(b"x".to_vec()),
         Err(ProposeError::TransferInProgress)
@@ -370,7 +374,11 @@ fn removed_leader_steps_down_and_the_rest_carry_on() {
     c.tick(60);
     let l2 = c.leader().expect("the remaining two elect a leader");
     assert_ne!(l2, l);
-    c.nodes.get_mut(&l2).unwrap().propose(b"after".to_vec()).unwrap();
+    c.nodes
+        .get_mut(&l2)
+        .unwrap()
+        .propose(b"after".to_vec())
+        .unwrap();
     c.pump();
     assert!(c.applied[&l2].iter().any(|e| e.data == b"after"));
 }
@@ -414,12 +422,22 @@ fn reads_are_batched_per_heartbeat_round_and_forwarded() {
         .iter()
         .filter(|o| matches!(o.message.body, MessageBody::Heartbeat { .. }))
         .count();
-    assert_eq!(heartbeats, 2, "one round (one heartbeat per follower) for both reads");
-    assert!(rd.read_states.is_empty(), "not before a quorum acknowledges");
+    assert_eq!(
+        heartbeats, 2,
+        "one round (one heartbeat per follower) for both reads"
+    );
+    assert!(
+        rd.read_states.is_empty(),
+        "not before a quorum acknowledges"
+    );
     for o in rd.messages {
         c.nodes.get_mut(&o.message.to).unwrap().step(o.message);
     }
-    c.nodes.get_mut(&f).unwrap().read_index(b"f".to_vec()).unwrap();
+    c.nodes
+        .get_mut(&f)
+        .unwrap()
+        .read_index(b"f".to_vec())
+        .unwrap();
     c.pump();
     let ctxs = |id: u64| -> Vec<Vec<u8>> { c.reads[&id].iter().map(|r| r.ctx.clone()).collect() };
     assert_eq!(ctxs(l), vec![b"a".to_vec(), b"b".to_vec()]);

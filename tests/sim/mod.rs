@@ -500,7 +500,7 @@ impl Sim {
             }
             self.mirror_append(id, &rd.entries)?;
             if let Some(hs) = rd.hard_state {
-                self.observe_commit(id, hs.commit, status.role, status.term)?;
+                self.observe_commit(id, hs.commit, status.term)?;
             }
             if rd.soft_state.is_some_and(|s| s.role == Role::Leader) {
                 self.check_leader_completeness(id, status.term)?;
@@ -588,7 +588,7 @@ impl Sim {
         Ok(())
     }
 
-    fn observe_commit(&mut self, id: u64, commit: u64, role: Role, term: u64) -> Res {
+    fn observe_commit(&mut self, id: u64, commit: u64, term: u64) -> Res {
         let Some(sn) = self.nodes.get_mut(&id) else {
             return Ok(());
         };
