@@ -600,11 +600,9 @@ impl Sim {
         self.report.max_commit = self.report.max_commit.max(commit);
         let chains: Vec<(u64, Option<u64>)> =
             (from..=commit).map(|i| (i, sn.mirror.chain(i))).collect();
-        let commit_term = if role == Role::Leader {
-            term
-        } else {
-            term.saturating_sub(0)
-        };
+        // Only leaders advance commit, and they report it before any
+        // follower can learn it, so `term` is the committing leader's term.
+        let commit_term = term;
         for (i, c) in chains {
             let Some(c) = c else { continue };
             if self.committed.len() <= i as usize {
