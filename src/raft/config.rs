@@ -54,6 +54,8 @@ pub struct TestKnobs {
     /// Answer ReadIndex at once from the leader's commit index, without a
     /// heartbeat round confirming leadership.
     pub read_without_quorum: bool,
+    /// Count the leader's own copy toward commit before it is durable.
+    pub commit_before_own_persist: bool,
 }
 
 impl Config {

@@ -59,7 +59,7 @@ mod read_only;
 
 pub use config::{Config, ConfigError, ProposeError, TestKnobs, TransferError};
 pub use log::Snapshot;
-pub use node::{Node, PersistToken, Ready, RestartState, SoftState, Status};
+pub use node::{Node, PeerProgress, PersistToken, Ready, RestartState, SoftState, Status};
 pub use progress::ProgressState;
 pub use raft::{Outbound, ReadState, Role};
 

@@ -65,6 +65,18 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
 }
 
+/// The leader's replication state for one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: NodeId,
+    pub state: super::ProgressState,
+    pub matched: u64,
+    pub next: u64,
+    pub paused: bool,
+    pub recent_active: bool,
+    pub is_learner: bool,
+}
+
 /// A snapshot of the node's state, for status reports and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -259,6 +271,11 @@ impl Node {
             last_index: r.log.last_index(),
             lead_transferee: r.lead_transferee,
         }
+    }
+
+    /// The leader's view of each peer (empty on followers).
+    pub fn progress(&self) -> Vec<PeerProgress> {
+        self.raft.progress_view()
     }
 
     pub fn conf_state(&self) -> ConfState {

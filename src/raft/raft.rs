@@ -56,6 +56,18 @@ pub struct ReadState {
     pub ctx: Vec<u8>,
 }
 
+/// How an election starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Campaign {
+    /// Election timeout: a pre-vote round first (if enabled).
+    PreElection,
+    /// The real vote, after a won pre-vote.
+    Election,
+    /// TimeoutNow from the leader: a real vote that voters honour even while
+    /// they hear from that leader.
+    Transfer,
+}
+
 pub(crate) struct Raft {
     pub id: NodeId,
     pub term: u64,
@@ -150,6 +162,21 @@ impl Raft {
         }
     }
 
+    pub fn progress_view(&self) -> Vec<super::node::PeerProgress> {
+        self.progress
+            .iter()
+            .map(|(id, p)| super::node::PeerProgress {
+                id: *id,
+                state: p.state,
+                matched: p.matched,
+                next: p.next,
+                paused: p.is_paused(),
+                recent_active: p.recent_active,
+                is_learner: p.is_learner,
+            })
+            .collect()
+    }
+
     fn quorum(&self) -> usize {
         self.voters.len() / 2 + 1
     }
@@ -183,7 +210,16 @@ impl Raft {
             | MessageBody::Snapshot { .. }
             | MessageBody::TimeoutNow
             | MessageBody::ReadIndexResponse { .. } => self.role == Role::Leader,
-            MessageBody::Propose { .. } | MessageBody::ReadIndex { .. } => true,
+            // No state change behind these: a slow disk must not delay
+            // them (heartbeats keep leadership, pre-votes and refusals
+            // promise nothing, chunks are held in memory).
+            MessageBody::Propose { .. }
+            | MessageBody::ReadIndex { .. }
+            | MessageBody::HeartbeatResponse { .. }
+            | MessageBody::SnapshotResponse { .. } => true,
+            MessageBody::VoteResponse { pre, reject } => pre || reject,
+            // Vote grants (the vote is durable first) and append
+            // acknowledgements (the entries are durable first).
             _ => false,
         };
         self.msgs.push(Outbound {
@@ -333,6 +369,7 @@ impl Raft {
     }
 
     fn become_leader(&mut self) {
+        let votes = std::mem::take(&mut self.votes);
         self.role = Role::Leader;
         self.leader = self.id;
         self.reset_common();
@@ -344,7 +381,9 @@ impl Raft {
             .filter(|(id, _)| *id != self.id)
             .collect();
         for (id, learner) in members {
-            let pr = self.new_progress(learner);
+            let mut pr = self.new_progress(learner);
+            // We just heard from those who voted for us.
+            pr.recent_active = votes.get(&id) == Some(&true);
             self.progress.insert(id, pr);
         }
         self.pending_conf_index = self.log.last_index();
@@ -353,11 +392,15 @@ impl Raft {
         self.maybe_commit();
     }
 
-    pub fn campaign(&mut self, transfer: bool) {
+    pub fn campaign(&mut self, kind: Campaign) {
         if !self.promotable() {
             return;
         }
-        let pre = self.cfg.pre_vote && !transfer;
+        let kind = match kind {
+            Campaign::PreElection if !self.cfg.pre_vote => Campaign::Election,
+            k => k,
+        };
+        let pre = kind == Campaign::PreElection;
         let vote_term = if pre {
             self.become_pre_candidate();
             self.term + 1
@@ -368,7 +411,7 @@ impl Raft {
         self.votes.insert(self.id, true);
         if self.poll() == Some(true) {
             if pre {
-                self.campaign(true);
+                self.campaign(Campaign::Election);
             } else {
                 self.become_leader();
             }
@@ -384,7 +427,7 @@ impl Raft {
                     pre,
                     last_index,
                     last_term,
-                    transfer,
+                    transfer: kind == Campaign::Transfer,
                 },
             );
         }
@@ -420,7 +463,7 @@ impl Raft {
             self.election_elapsed += 1;
             if self.promotable() && self.election_elapsed >= self.randomized_timeout {
                 self.election_elapsed = 0;
-                self.campaign(false);
+                self.campaign(Campaign::PreElection);
             }
         }
     }
@@ -613,7 +656,9 @@ impl Raft {
         let mut matches = std::mem::take(&mut self.scratch);
         matches.clear();
         matches.extend(self.voters.iter().map(|v| {
-            if *v == self.id {
+            if *v == self.id && self.cfg.test_knobs.commit_before_own_persist {
+                self.log.last_index()
+            } else if *v == self.id {
                 self.log.persisted.min(self.log.last_index())
             } else {
                 self.progress.get(v).map_or(0, |p| p.matched)
@@ -926,7 +971,7 @@ impl Raft {
                 }
                 self.votes.insert(m.from, !reject);
                 match self.poll() {
-                    Some(true) if pre => self.campaign(true),
+                    Some(true) if pre => self.campaign(Campaign::Election),
                     Some(true) => self.become_leader(),
                     Some(false) => {
                         let t = self.term;
@@ -971,7 +1016,7 @@ impl Raft {
             MessageBody::ReadIndexResponse { index, ctx } => {
                 self.read_states.push(ReadState { index, ctx });
             }
-            MessageBody::TimeoutNow => self.campaign(true),
+            MessageBody::TimeoutNow => self.campaign(Campaign::Transfer),
             _ => {}
         }
     }
