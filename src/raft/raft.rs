@@ -95,6 +95,48 @@ pub(crate) struct Raft {
     incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
     /// Reused buffer for commit-quorum computation.
     scratch: Vec<u64>,
+    /// Consecutive leader ticks with our own log behind the commit index.
+    slow_disk_ticks: u32,
+}
+
+/// Terms and indices beyond this are refused outright, so that no
+/// arithmetic on message contents can overflow.
+const MAX_SANE: u64 = 1 << 62;
+
+fn sane(m: &Message) -> bool {
+    let ok = |x: u64| x < MAX_SANE;
+    let entries_ok = |es: &[Entry]| es.iter().all(|e| ok(e.index) && ok(e.term));
+    ok(m.term)
+        && match &m.body {
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => ok(*prev_index) && ok(*prev_term) && ok(*commit) && entries_ok(entries),
+            MessageBody::AppendResponse {
+                index,
+                hint_index,
+                hint_term,
+                ..
+            } => ok(*index) && ok(*hint_index) && ok(*hint_term),
+            MessageBody::Heartbeat { commit, .. } => ok(*commit),
+            MessageBody::Vote {
+                last_index,
+                last_term,
+                ..
+            } => ok(*last_index) && ok(*last_term),
+            MessageBody::Snapshot { meta, offset, .. } => {
+                ok(meta.index) && ok(meta.term) && ok(*offset)
+            }
+            MessageBody::SnapshotResponse { index, offset, .. } => ok(*index) && ok(*offset),
+            MessageBody::Propose { entries } => entries_ok(entries),
+            MessageBody::ReadIndexResponse { index, .. } => ok(*index),
+            MessageBody::HeartbeatResponse { .. }
+            | MessageBody::VoteResponse { .. }
+            | MessageBody::ReadIndex { .. }
+            | MessageBody::TimeoutNow => true,
+        }
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -132,6 +174,7 @@ impl Raft {
             read_states: Vec::new(),
             incoming_snapshot: None,
             scratch: Vec::new(),
+            slow_disk_ticks: 0,
         };
         r.set_conf(conf);
         // Membership changes committed before the restart are in force now,
@@ -345,6 +388,7 @@ impl Raft {
     }
 
     fn reset_common(&mut self) {
+        self.slow_disk_ticks = 0;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.reset_randomized_timeout();
@@ -471,6 +515,7 @@ impl Raft {
     fn tick_leader(&mut self) {
         self.election_elapsed += 1;
         self.heartbeat_elapsed += 1;
+        self.check_own_disk();
         if self.election_elapsed >= self.cfg.election_tick {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
@@ -517,6 +562,36 @@ impl Raft {
                     self.send_snapshot_chunk(id, offset);
                 }
             }
+        }
+    }
+
+    /// A leader whose followers keep committing ahead of its own fsync
+    /// hands leadership to the most up-to-date of them.
+    fn check_own_disk(&mut self) {
+        let limit = self.cfg.slow_disk_transfer_ticks;
+        if limit == 0 || self.lead_transferee.is_some() {
+            return;
+        }
+        if self.log.persisted >= self.log.committed {
+            self.slow_disk_ticks = 0;
+            return;
+        }
+        self.slow_disk_ticks += 1;
+        if self.slow_disk_ticks < limit {
+            return;
+        }
+        self.slow_disk_ticks = 0;
+        let committed = self.log.committed;
+        let target = self
+            .voters
+            .iter()
+            .filter(|v| **v != self.id)
+            .filter_map(|v| self.progress.get(v).map(|p| (*v, p)))
+            .filter(|(_, p)| p.recent_active && p.matched >= committed)
+            .max_by_key(|(v, p)| (p.matched, std::cmp::Reverse(*v)))
+            .map(|(v, _)| v);
+        if let Some(to) = target {
+            let _ = self.transfer_leader(to);
         }
     }
 
@@ -722,7 +797,7 @@ impl Raft {
     // ---- step ----------------------------------------------------------
 
     pub fn step(&mut self, m: Message) {
-        if m.from == 0 || m.from == self.id || (m.to != self.id && m.to != 0) {
+        if m.from == 0 || m.from == self.id || (m.to != self.id && m.to != 0) || !sane(&m) {
             return;
         }
         let forwarded = matches!(
