@@ -430,8 +430,11 @@ impl Raft {
             pr.recent_active = votes.get(&id) == Some(&true);
             self.progress.insert(id, pr);
         }
-        self.pending_conf_index = self.log.last_index();
         self.append_entries(vec![Entry::default()]);
+        // No membership change until our no-op is applied: a leader must
+        // commit in its own term before changing the configuration (the
+        // single-server change bug Ongaro described on raft-dev in 2015).
+        self.pending_conf_index = self.log.last_index();
         self.bcast_append(true);
         self.maybe_commit();
     }

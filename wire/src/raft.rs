@@ -108,8 +108,13 @@ pub enum MessageBody {
         hint_term: u64,
     },
     /// Leader -> follower: liveness, commit, and a ReadIndex round number.
-    Heartbeat { commit: u64, read_round: u64 },
-    HeartbeatResponse { read_round: u64 },
+    Heartbeat {
+        commit: u64,
+        read_round: u64,
+    },
+    HeartbeatResponse {
+        read_round: u64,
+    },
     /// Candidate (or pre-candidate, `pre`) -> voter. `transfer` marks an
     /// election started by TimeoutNow, which voters honour even if they heard
     /// from a leader recently.
@@ -119,7 +124,10 @@ pub enum MessageBody {
         last_term: u64,
         transfer: bool,
     },
-    VoteResponse { pre: bool, reject: bool },
+    VoteResponse {
+        pre: bool,
+        reject: bool,
+    },
     /// Leader -> follower: one chunk of a snapshot, starting at `offset`.
     Snapshot {
         meta: SnapshotMeta,
@@ -135,11 +143,18 @@ pub enum MessageBody {
         reject: bool,
     },
     /// Follower -> leader: forwarded client proposals.
-    Propose { entries: Vec<Entry> },
+    Propose {
+        entries: Vec<Entry>,
+    },
     /// Follower -> leader: forwarded linearizable read request.
-    ReadIndex { ctx: Vec<u8> },
+    ReadIndex {
+        ctx: Vec<u8>,
+    },
     /// Leader -> follower: the read may be served once `index` is applied.
-    ReadIndexResponse { index: u64, ctx: Vec<u8> },
+    ReadIndexResponse {
+        index: u64,
+        ctx: Vec<u8>,
+    },
     /// Leader -> transferee: campaign now.
     TimeoutNow,
 }
