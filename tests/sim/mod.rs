@@ -966,8 +966,11 @@ impl Sim {
     fn client_step(&mut self, c: usize) {
         if let Some(o) = &self.clients[c].op {
             if o.deadline <= self.now {
+                // Like a real client: give up on this node, try another.
                 self.clients[c].op = None;
                 self.report.ops_unknown += 1;
+                let ids: Vec<u64> = self.nodes.keys().copied().collect();
+                self.clients[c].node = ids[self.rng.below(ids.len() as u64) as usize];
             }
             return;
         }
