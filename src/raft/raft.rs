@@ -1124,7 +1124,7 @@ impl Raft {
         if entries.iter().any(|e| e.term > term) {
             return;
         }
-        match self.log.maybe_append(prev_index, prev_term, &entries) {
+        match self.log.maybe_append(prev_index, prev_term, entries) {
             Err(()) => {}
             Ok(Some(last_new)) => {
                 self.log.commit_to(commit.min(last_new));
