@@ -179,10 +179,13 @@ impl Raft {
         r.set_conf(conf);
         // Membership changes committed before the restart are in force now,
         // not only once the driver re-applies them.
-        let committed: Vec<Entry> = (r.log.first_index()..=r.log.committed)
-            .filter_map(|i| r.log.entry(i).cloned())
+        let changes: Vec<Entry> = (r.log.first_index()..=r.log.committed)
+            .filter_map(|i| r.log.entry(i))
+            .filter(|e| e.kind == EntryType::ConfChange)
+            .cloned()
             .collect();
-        r.apply_conf_entries(&committed);
+        r.apply_conf_entries(&changes);
+        r.conf_applied = r.log.committed;
         r.conf_changed = false;
         r.reset_randomized_timeout();
         r
