@@ -97,6 +97,9 @@ pub(crate) struct Raft {
     scratch: Vec<u64>,
     /// Consecutive leader ticks with our own log behind the commit index.
     slow_disk_ticks: u32,
+    /// A candidate's vote for itself counts only once durable: the term it
+    /// was cast in, and the write (`Ready` number) that carries it.
+    self_vote: Option<(u64, Option<u64>)>,
 }
 
 /// Terms and indices beyond this are refused outright, so that no
@@ -175,6 +178,7 @@ impl Raft {
             incoming_snapshot: None,
             scratch: Vec::new(),
             slow_disk_ticks: 0,
+            self_vote: None,
         };
         r.set_conf(conf);
         // Membership changes committed before the restart are in force now,
@@ -262,7 +266,10 @@ impl Raft {
             MessageBody::Propose { .. }
             | MessageBody::ReadIndex { .. }
             | MessageBody::HeartbeatResponse { .. }
-            | MessageBody::SnapshotResponse { .. } => true,
+            | MessageBody::SnapshotResponse { .. }
+            // A vote request may leave before the candidate's own vote is
+            // durable: that vote only counts once it is.
+            | MessageBody::Vote { .. } => true,
             MessageBody::VoteResponse { pre, reject } => pre || reject,
             // Vote grants (the vote is durable first) and append
             // acknowledgements (the entries are durable first).
@@ -392,6 +399,7 @@ impl Raft {
 
     fn reset_common(&mut self) {
         self.slow_disk_ticks = 0;
+        self.self_vote = None;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.reset_randomized_timeout();
@@ -458,14 +466,16 @@ impl Raft {
             self.become_candidate();
             self.term
         };
-        self.votes.insert(self.id, true);
-        if self.poll() == Some(true) {
-            if pre {
+        if pre {
+            self.votes.insert(self.id, true);
+            if self.poll() == Some(true) {
                 self.campaign(Campaign::Election);
-            } else {
-                self.become_leader();
+                return;
             }
-            return;
+        } else {
+            // Ask the others at once, in parallel with our own fsync; our
+            // own vote counts when the driver reports it durable.
+            self.self_vote = Some((self.term, None));
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let voters = self.voters.clone();
@@ -480,6 +490,31 @@ impl Raft {
                     transfer: kind == Campaign::Transfer,
                 },
             );
+        }
+    }
+
+    /// `Node::ready` handed out write number `seq`: it carries our vote.
+    pub fn hard_state_handed(&mut self, seq: u64) {
+        if let Some((_, w @ None)) = &mut self.self_vote {
+            *w = Some(seq);
+        }
+    }
+
+    /// Writes up to number `seq` are durable.
+    pub fn hard_state_persisted(&mut self, seq: u64) {
+        let Some((term, Some(w))) = self.self_vote else {
+            return;
+        };
+        if seq < w {
+            return;
+        }
+        self.self_vote = None;
+        if self.role != Role::Candidate || self.term != term {
+            return;
+        }
+        self.votes.insert(self.id, true);
+        if self.poll() == Some(true) {
+            self.become_leader();
         }
     }
 

@@ -25,6 +25,13 @@ fn elect_single(n: &mut Node) {
     for _ in 0..30 {
         n.tick();
     }
+    assert_eq!(
+        n.status().role,
+        Role::Candidate,
+        "waiting for its vote to be durable"
+    );
+    let rd = n.ready();
+    n.on_persisted(rd.persist.unwrap());
     assert_eq!(n.status().role, Role::Leader);
 }
 
@@ -72,7 +79,10 @@ fn leader_commits_on_followers_durability_alone() {
     });
     let rd = n.ready();
     let vote = rd.messages.iter().find(|o| o.message.to == 2).unwrap();
-    assert!(!vote.before_persist, "vote requests wait for the self-vote");
+    assert!(
+        vote.before_persist,
+        "vote requests leave in parallel with the candidate's fsync"
+    );
     let term = vote.message.term;
     n.step(Message {
         from: 2,
@@ -83,6 +93,12 @@ fn leader_commits_on_followers_durability_alone() {
             reject: false,
         },
     });
+    assert_eq!(
+        n.status().role,
+        Role::Candidate,
+        "its own vote is not durable yet: one grant of three is no quorum"
+    );
+    n.on_persisted(rd.persist.unwrap());
     assert_eq!(n.status().role, Role::Leader);
     let rd = n.ready();
     let app = rd.messages.iter().find(|o| o.message.to == 3).unwrap();
