@@ -50,10 +50,16 @@ fn seeds_10000_to_10200() {
 
 /// Runs seeds with a deliberately broken rule until the simulator reports
 /// a violation of one of `kinds`.
-fn first_violation(knobs: TestKnobs, kinds: &[Kind], seeds: u64) -> Option<Violation> {
+fn first_violation(
+    knobs: TestKnobs,
+    kinds: &[Kind],
+    seeds: u64,
+    tweak: impl Fn(&mut SimConfig),
+) -> Option<Violation> {
     (0..seeds).find_map(|seed| {
         let mut cfg = SimConfig::from_seed(seed);
         cfg.knobs = knobs;
+        tweak(&mut cfg);
         run(cfg).err().filter(|v| kinds.contains(&v.kind))
     })
 }
@@ -73,6 +79,7 @@ fn checker_catches_votes_without_the_election_restriction() {
             Kind::Linearizability,
         ],
         200,
+        |_| {},
     );
     eprintln!("caught: {v:?}");
     assert!(
@@ -87,9 +94,40 @@ fn checker_catches_reads_without_read_index() {
         read_without_quorum: true,
         ..TestKnobs::default()
     };
-    let v = first_violation(knobs, &[Kind::Linearizability], 300);
+    let v = first_violation(knobs, &[Kind::Linearizability], 300, |_| {});
     eprintln!("caught: {v:?}");
     assert!(v.is_some(), "no stale read detected with ReadIndex skipped");
+}
+
+#[test]
+fn checker_catches_a_leader_counting_its_unsynced_log() {
+    let knobs = TestKnobs {
+        commit_before_own_persist: true,
+        ..TestKnobs::default()
+    };
+    let v = first_violation(
+        knobs,
+        &[
+            Kind::LeaderCompleteness,
+            Kind::StateMachineSafety,
+            Kind::Linearizability,
+        ],
+        300,
+        // Three voters, slow disks and frequent crashes: a leader commits on
+        // one follower plus its own unsynced copy, then loses that copy.
+        |cfg| {
+            cfg.voters = 3;
+            cfg.learners = 0;
+            cfg.crashes = true;
+            cfg.crash_rate = 1.0 / 40.0;
+            cfg.slow_disks = 0.9;
+        },
+    );
+    eprintln!("caught: {v:?}");
+    assert!(
+        v.is_some(),
+        "no lost commit detected with the durability rule off"
+    );
 }
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -36,6 +36,11 @@ pub struct Config {
     /// steps down, and followers ignore votes while they hear from a leader.
     /// Default on.
     pub check_quorum: bool,
+    /// Ticks the leader's own log may stay behind the quorum's commit (its
+    /// followers persist faster than it does) before it hands leadership to
+    /// the most up-to-date follower; 0 disables. Default 20 (two election
+    /// timeouts): a leader with a slow disk must not slow the cluster.
+    pub slow_disk_transfer_ticks: u32,
     /// Seed of the core's PRNG (randomized election timeouts). Use something
     /// different per node, e.g. the id mixed with a boot counter.
     pub seed: u64,
@@ -54,6 +59,8 @@ pub struct TestKnobs {
     /// Answer ReadIndex at once from the leader's commit index, without a
     /// heartbeat round confirming leadership.
     pub read_without_quorum: bool,
+    /// Count the leader's own copy toward commit before it is durable.
+    pub commit_before_own_persist: bool,
 }
 
 impl Config {
@@ -68,6 +75,7 @@ impl Config {
             snapshot_chunk_size: 1024 * 1024,
             pre_vote: true,
             check_quorum: true,
+            slow_disk_transfer_ticks: 20,
             seed: id,
             test_knobs: TestKnobs::default(),
         }

@@ -145,7 +145,7 @@ impl RaftLog {
         &mut self,
         prev_index: u64,
         prev_term: u64,
-        entries: &[Entry],
+        mut entries: Vec<Entry>,
     ) -> Result<Option<u64>, ()> {
         for (i, e) in entries.iter().enumerate() {
             if e.index != prev_index + 1 + i as u64 || e.term < prev_term {
@@ -173,22 +173,24 @@ impl RaftLog {
             }
         }
         if start < entries.len() {
-            self.append(&entries[start..]);
+            self.append(entries.drain(start..));
         }
         Ok(Some(last_new))
     }
 
-    /// Appends entries, truncating any conflicting suffix first. The caller
-    /// guarantees `ents[0].index` is in `(committed, last_index + 1]`.
-    pub fn append(&mut self, ents: &[Entry]) {
-        let Some(first) = ents.first() else { return };
+    /// Appends entries (moved, not copied), truncating any conflicting
+    /// suffix first. The caller guarantees the first index is in
+    /// `(committed, last_index + 1]` and the rest follow it.
+    pub fn append(&mut self, ents: impl Iterator<Item = Entry>) {
+        let mut ents = ents.peekable();
+        let Some(first) = ents.peek() else { return };
         let after = first.index - 1;
         if after < self.last_index() {
             self.entries.truncate((after - self.snap_index) as usize);
             self.persisted = self.persisted.min(after);
             self.handed = self.handed.min(after);
         }
-        self.entries.extend(ents.iter().cloned());
+        self.entries.extend(ents);
     }
 
     pub fn push(&mut self, e: Entry) {
@@ -330,13 +332,13 @@ mod tests {
     fn append_truncates_conflicts_but_never_committed() {
         let mut l = log_with(&[1, 1, 2, 2]);
         l.committed = 2;
-        assert_eq!(l.maybe_append(2, 1, &[ent(3, 3)]), Ok(Some(3)));
+        assert_eq!(l.maybe_append(2, 1, vec![ent(3, 3)]), Ok(Some(3)));
         assert_eq!(l.last_index(), 3);
         assert_eq!(l.persisted, 2);
-        assert_eq!(l.maybe_append(1, 1, &[ent(2, 5)]), Err(()));
-        assert_eq!(l.maybe_append(3, 2, &[]), Ok(None));
+        assert_eq!(l.maybe_append(1, 1, vec![ent(2, 5)]), Err(()));
+        assert_eq!(l.maybe_append(3, 2, vec![]), Ok(None));
         // Duplicates are no-ops.
-        assert_eq!(l.maybe_append(1, 1, &[ent(2, 1)]), Ok(Some(2)));
+        assert_eq!(l.maybe_append(1, 1, vec![ent(2, 1)]), Ok(Some(2)));
         assert_eq!(l.last_index(), 3);
     }
 

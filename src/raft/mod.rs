@@ -35,12 +35,20 @@
 //!
 //! # Rules worth knowing
 //!
+//! - The driver's fsync is never on the core's critical path: a leader's
+//!   appends and heartbeats, a candidate's vote requests, heartbeat answers
+//!   and pre-votes all leave before persistence; what depends on durable
+//!   state (vote grants, append acknowledgements, the leader's and the
+//!   candidate's own votes) waits for it. A leader whose followers keep
+//!   committing ahead of its own disk hands leadership over
+//!   ([`Config::slow_disk_transfer_ticks`]).
 //! - PreVote and CheckQuorum are on: a leader that has not heard from a
 //!   quorum within an election timeout steps down; followers that hear from a
 //!   leader ignore vote requests (except a TimeoutNow-triggered election).
 //! - Membership changes go one server at a time and take effect when the
 //!   entry is *applied* (handed out in `committed_entries`), as in etcd.
-//!   A leader that applies its own removal steps down.
+//!   A leader that applies its own removal steps down. A new leader accepts
+//!   no change until its no-op entry is applied.
 //! - Proposals on a follower are forwarded to the leader; without a known
 //!   leader they fail with [`ProposeError::NoLeader`]. Forwarded proposals
 //!   and reads may be lost; drivers time them out.
@@ -59,7 +67,7 @@ mod read_only;
 
 pub use config::{Config, ConfigError, ProposeError, TestKnobs, TransferError};
 pub use log::Snapshot;
-pub use node::{Node, PersistToken, Ready, RestartState, SoftState, Status};
+pub use node::{Node, PeerProgress, PersistToken, Ready, RestartState, SoftState, Status};
 pub use progress::ProgressState;
 pub use raft::{Outbound, ReadState, Role};
 

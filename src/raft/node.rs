@@ -30,12 +30,14 @@ pub struct SoftState {
     pub role: Role,
 }
 
-/// Echo this back through [`Node::on_persisted`] once the `Ready` that
-/// carried it is durable.
+/// Echo this back through [`Node::on_persisted`] once the writes of the
+/// `Ready` that carried it (snapshot, entries, hard state) are durable.
+/// Opaque to the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PersistToken {
-    pub index: u64,
-    pub term: u64,
+    seq: u64,
+    /// Last entry written (index, term), if any.
+    last: Option<(u64, u64)>,
 }
 
 /// One batch of work for the driver. Handle the fields in this order:
@@ -65,6 +67,18 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
 }
 
+/// The leader's replication state for one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: NodeId,
+    pub state: super::ProgressState,
+    pub matched: u64,
+    pub next: u64,
+    pub paused: bool,
+    pub recent_active: bool,
+    pub is_learner: bool,
+}
+
 /// A snapshot of the node's state, for status reports and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -89,6 +103,8 @@ pub struct Node {
     prev_hard: HardState,
     prev_soft: SoftState,
     max_apply_bytes: u64,
+    /// Numbers the `Ready`s that carry writes.
+    seq: u64,
 }
 
 impl Node {
@@ -115,6 +131,7 @@ impl Node {
             prev_hard,
             prev_soft,
             max_apply_bytes,
+            seq: 0,
         })
     }
 
@@ -154,7 +171,10 @@ impl Node {
 
     /// The writes of the `Ready` that carried `token` are durable.
     pub fn on_persisted(&mut self, token: PersistToken) {
-        self.raft.persisted(token.index, token.term);
+        if let Some((index, term)) = token.last {
+            self.raft.persisted(index, term);
+        }
+        self.raft.hard_state_persisted(token.seq);
     }
 
     /// The driver durably saved a snapshot of its state machine at the
@@ -199,15 +219,9 @@ impl Node {
         }
         rd.snapshot = self.raft.log.pending_snapshot.take();
         rd.entries = self.raft.log.take_unpersisted();
-        rd.persist = match (rd.entries.last(), &rd.snapshot) {
-            (Some(e), _) => Some(PersistToken {
-                index: e.index,
-                term: e.term,
-            }),
-            (None, Some(s)) => Some(PersistToken {
-                index: s.meta.index,
-                term: s.meta.term,
-            }),
+        let last = match (rd.entries.last(), &rd.snapshot) {
+            (Some(e), _) => Some((e.index, e.term)),
+            (None, Some(s)) => Some((s.meta.index, s.meta.term)),
             (None, None) => None,
         };
         rd.committed_entries = self.raft.log.take_committed(self.max_apply_bytes);
@@ -216,6 +230,14 @@ impl Node {
         if hard != self.prev_hard {
             rd.hard_state = Some(hard);
             self.prev_hard = hard;
+        }
+        if last.is_some() || rd.hard_state.is_some() {
+            self.seq += 1;
+            rd.persist = Some(PersistToken {
+                seq: self.seq,
+                last,
+            });
+            self.raft.hard_state_handed(self.seq);
         }
         if std::mem::take(&mut self.raft.conf_changed) {
             rd.conf_state = Some(self.raft.conf_state());
@@ -267,6 +289,11 @@ impl Node {
             last_index: r.log.last_index(),
             lead_transferee: r.lead_transferee,
         }
+    }
+
+    /// The leader's view of each peer (empty on followers).
+    pub fn progress(&self) -> Vec<PeerProgress> {
+        self.raft.progress_view()
     }
 
     pub fn conf_state(&self) -> ConfState {

@@ -56,6 +56,18 @@ pub struct ReadState {
     pub ctx: Vec<u8>,
 }
 
+/// How an election starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Campaign {
+    /// Election timeout: a pre-vote round first (if enabled).
+    PreElection,
+    /// The real vote, after a won pre-vote.
+    Election,
+    /// TimeoutNow from the leader: a real vote that voters honour even while
+    /// they hear from that leader.
+    Transfer,
+}
+
 pub(crate) struct Raft {
     pub id: NodeId,
     pub term: u64,
@@ -81,6 +93,53 @@ pub(crate) struct Raft {
     pub msgs: Vec<Outbound>,
     pub read_states: Vec<ReadState>,
     incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// Reused buffer for commit-quorum computation.
+    scratch: Vec<u64>,
+    /// Consecutive leader ticks with our own log behind the commit index.
+    slow_disk_ticks: u32,
+    /// A candidate's vote for itself counts only once durable: the term it
+    /// was cast in, and the write (`Ready` number) that carries it.
+    self_vote: Option<(u64, Option<u64>)>,
+}
+
+/// Terms and indices beyond this are refused outright, so that no
+/// arithmetic on message contents can overflow.
+const MAX_SANE: u64 = 1 << 62;
+
+fn sane(m: &Message) -> bool {
+    let ok = |x: u64| x < MAX_SANE;
+    let entries_ok = |es: &[Entry]| es.iter().all(|e| ok(e.index) && ok(e.term));
+    ok(m.term)
+        && match &m.body {
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => ok(*prev_index) && ok(*prev_term) && ok(*commit) && entries_ok(entries),
+            MessageBody::AppendResponse {
+                index,
+                hint_index,
+                hint_term,
+                ..
+            } => ok(*index) && ok(*hint_index) && ok(*hint_term),
+            MessageBody::Heartbeat { commit, .. } => ok(*commit),
+            MessageBody::Vote {
+                last_index,
+                last_term,
+                ..
+            } => ok(*last_index) && ok(*last_term),
+            MessageBody::Snapshot { meta, offset, .. } => {
+                ok(meta.index) && ok(meta.term) && ok(*offset)
+            }
+            MessageBody::SnapshotResponse { index, offset, .. } => ok(*index) && ok(*offset),
+            MessageBody::Propose { entries } => entries_ok(entries),
+            MessageBody::ReadIndexResponse { index, .. } => ok(*index),
+            MessageBody::HeartbeatResponse { .. }
+            | MessageBody::VoteResponse { .. }
+            | MessageBody::ReadIndex { .. }
+            | MessageBody::TimeoutNow => true,
+        }
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -117,14 +176,20 @@ impl Raft {
             msgs: Vec::new(),
             read_states: Vec::new(),
             incoming_snapshot: None,
+            scratch: Vec::new(),
+            slow_disk_ticks: 0,
+            self_vote: None,
         };
         r.set_conf(conf);
         // Membership changes committed before the restart are in force now,
         // not only once the driver re-applies them.
-        let committed: Vec<Entry> = (r.log.first_index()..=r.log.committed)
-            .filter_map(|i| r.log.entry(i).cloned())
+        let changes: Vec<Entry> = (r.log.first_index()..=r.log.committed)
+            .filter_map(|i| r.log.entry(i))
+            .filter(|e| e.kind == EntryType::ConfChange)
+            .cloned()
             .collect();
-        r.apply_conf_entries(&committed);
+        r.apply_conf_entries(&changes);
+        r.conf_applied = r.log.committed;
         r.conf_changed = false;
         r.reset_randomized_timeout();
         r
@@ -145,6 +210,21 @@ impl Raft {
             voters: self.voters.clone(),
             learners: self.learners.clone(),
         }
+    }
+
+    pub fn progress_view(&self) -> Vec<super::node::PeerProgress> {
+        self.progress
+            .iter()
+            .map(|(id, p)| super::node::PeerProgress {
+                id: *id,
+                state: p.state,
+                matched: p.matched,
+                next: p.next,
+                paused: p.is_paused(),
+                recent_active: p.recent_active,
+                is_learner: p.is_learner,
+            })
+            .collect()
     }
 
     fn quorum(&self) -> usize {
@@ -180,7 +260,19 @@ impl Raft {
             | MessageBody::Snapshot { .. }
             | MessageBody::TimeoutNow
             | MessageBody::ReadIndexResponse { .. } => self.role == Role::Leader,
-            MessageBody::Propose { .. } | MessageBody::ReadIndex { .. } => true,
+            // No state change behind these: a slow disk must not delay
+            // them (heartbeats keep leadership, pre-votes and refusals
+            // promise nothing, chunks are held in memory).
+            MessageBody::Propose { .. }
+            | MessageBody::ReadIndex { .. }
+            | MessageBody::HeartbeatResponse { .. }
+            | MessageBody::SnapshotResponse { .. }
+            // A vote request may leave before the candidate's own vote is
+            // durable: that vote only counts once it is.
+            | MessageBody::Vote { .. } => true,
+            MessageBody::VoteResponse { pre, reject } => pre || reject,
+            // Vote grants (the vote is durable first) and append
+            // acknowledgements (the entries are durable first).
             _ => false,
         };
         self.msgs.push(Outbound {
@@ -273,9 +365,11 @@ impl Raft {
     }
 
     fn bcast_append(&mut self, send_if_empty: bool) {
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-        for p in peers {
+        // Walk the peers without collecting them (hot path: no allocation).
+        let mut next = self.progress.keys().next().copied();
+        while let Some(p) = next {
             self.send_append(p, send_if_empty);
+            next = self.progress.range(p + 1..).next().map(|(id, _)| *id);
         }
     }
 
@@ -304,6 +398,8 @@ impl Raft {
     }
 
     fn reset_common(&mut self) {
+        self.slow_disk_ticks = 0;
+        self.self_vote = None;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.reset_randomized_timeout();
@@ -328,6 +424,7 @@ impl Raft {
     }
 
     fn become_leader(&mut self) {
+        let votes = std::mem::take(&mut self.votes);
         self.role = Role::Leader;
         self.leader = self.id;
         self.reset_common();
@@ -339,20 +436,29 @@ impl Raft {
             .filter(|(id, _)| *id != self.id)
             .collect();
         for (id, learner) in members {
-            let pr = self.new_progress(learner);
+            let mut pr = self.new_progress(learner);
+            // We just heard from those who voted for us.
+            pr.recent_active = votes.get(&id) == Some(&true);
             self.progress.insert(id, pr);
         }
-        self.pending_conf_index = self.log.last_index();
         self.append_entries(vec![Entry::default()]);
+        // No membership change until our no-op is applied: a leader must
+        // commit in its own term before changing the configuration (the
+        // single-server change bug Ongaro described on raft-dev in 2015).
+        self.pending_conf_index = self.log.last_index();
         self.bcast_append(true);
         self.maybe_commit();
     }
 
-    pub fn campaign(&mut self, transfer: bool) {
+    pub fn campaign(&mut self, kind: Campaign) {
         if !self.promotable() {
             return;
         }
-        let pre = self.cfg.pre_vote && !transfer;
+        let kind = match kind {
+            Campaign::PreElection if !self.cfg.pre_vote => Campaign::Election,
+            k => k,
+        };
+        let pre = kind == Campaign::PreElection;
         let vote_term = if pre {
             self.become_pre_candidate();
             self.term + 1
@@ -360,14 +466,16 @@ impl Raft {
             self.become_candidate();
             self.term
         };
-        self.votes.insert(self.id, true);
-        if self.poll() == Some(true) {
-            if pre {
-                self.campaign(true);
-            } else {
-                self.become_leader();
+        if pre {
+            self.votes.insert(self.id, true);
+            if self.poll() == Some(true) {
+                self.campaign(Campaign::Election);
+                return;
             }
-            return;
+        } else {
+            // Ask the others at once, in parallel with our own fsync; our
+            // own vote counts when the driver reports it durable.
+            self.self_vote = Some((self.term, None));
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let voters = self.voters.clone();
@@ -379,9 +487,34 @@ impl Raft {
                     pre,
                     last_index,
                     last_term,
-                    transfer,
+                    transfer: kind == Campaign::Transfer,
                 },
             );
+        }
+    }
+
+    /// `Node::ready` handed out write number `seq`: it carries our vote.
+    pub fn hard_state_handed(&mut self, seq: u64) {
+        if let Some((_, w @ None)) = &mut self.self_vote {
+            *w = Some(seq);
+        }
+    }
+
+    /// Writes up to number `seq` are durable.
+    pub fn hard_state_persisted(&mut self, seq: u64) {
+        let Some((term, Some(w))) = self.self_vote else {
+            return;
+        };
+        if seq < w {
+            return;
+        }
+        self.self_vote = None;
+        if self.role != Role::Candidate || self.term != term {
+            return;
+        }
+        self.votes.insert(self.id, true);
+        if self.poll() == Some(true) {
+            self.become_leader();
         }
     }
 
@@ -415,7 +548,7 @@ impl Raft {
             self.election_elapsed += 1;
             if self.promotable() && self.election_elapsed >= self.randomized_timeout {
                 self.election_elapsed = 0;
-                self.campaign(false);
+                self.campaign(Campaign::PreElection);
             }
         }
     }
@@ -423,6 +556,7 @@ impl Raft {
     fn tick_leader(&mut self) {
         self.election_elapsed += 1;
         self.heartbeat_elapsed += 1;
+        self.check_own_disk();
         if self.election_elapsed >= self.cfg.election_tick {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
@@ -472,6 +606,36 @@ impl Raft {
         }
     }
 
+    /// A leader whose followers keep committing ahead of its own fsync
+    /// hands leadership to the most up-to-date of them.
+    fn check_own_disk(&mut self) {
+        let limit = self.cfg.slow_disk_transfer_ticks;
+        if limit == 0 || self.lead_transferee.is_some() {
+            return;
+        }
+        if self.log.persisted >= self.log.committed {
+            self.slow_disk_ticks = 0;
+            return;
+        }
+        self.slow_disk_ticks += 1;
+        if self.slow_disk_ticks < limit {
+            return;
+        }
+        self.slow_disk_ticks = 0;
+        let committed = self.log.committed;
+        let target = self
+            .voters
+            .iter()
+            .filter(|v| **v != self.id)
+            .filter_map(|v| self.progress.get(v).map(|p| (*v, p)))
+            .filter(|(_, p)| p.recent_active && p.matched >= committed)
+            .max_by_key(|(v, p)| (p.matched, std::cmp::Reverse(*v)))
+            .map(|(v, _)| v);
+        if let Some(to) = target {
+            let _ = self.transfer_leader(to);
+        }
+    }
+
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ProposeError> {
         let e = Entry {
             data,
@@ -482,7 +646,7 @@ impl Raft {
                 if self.lead_transferee.is_some() {
                     return Err(ProposeError::TransferInProgress);
                 }
-                self.append_entries(vec![e]);
+                self.append_entry(e);
                 self.bcast_append(false);
                 Ok(())
             }
@@ -577,6 +741,12 @@ impl Raft {
         }
     }
 
+    fn append_entry(&mut self, mut e: Entry) {
+        e.term = self.term;
+        e.index = self.log.last_index() + 1;
+        self.log.push(e);
+    }
+
     fn append_entries(&mut self, mut ents: Vec<Entry>) {
         let li = self.log.last_index();
         for (i, e) in ents.iter_mut().enumerate() {
@@ -599,19 +769,20 @@ impl Raft {
         if self.role != Role::Leader || self.voters.is_empty() {
             return false;
         }
-        let mut matches: Vec<u64> = self
-            .voters
-            .iter()
-            .map(|v| {
-                if *v == self.id {
-                    self.log.persisted.min(self.log.last_index())
-                } else {
-                    self.progress.get(v).map_or(0, |p| p.matched)
-                }
-            })
-            .collect();
+        let mut matches = std::mem::take(&mut self.scratch);
+        matches.clear();
+        matches.extend(self.voters.iter().map(|v| {
+            if *v == self.id && self.cfg.test_knobs.commit_before_own_persist {
+                self.log.last_index()
+            } else if *v == self.id {
+                self.log.persisted.min(self.log.last_index())
+            } else {
+                self.progress.get(v).map_or(0, |p| p.matched)
+            }
+        }));
         matches.sort_unstable_by(|a, b| b.cmp(a));
         let q = matches[self.quorum() - 1];
+        self.scratch = matches;
         if q <= self.log.committed || self.log.term(q) != Some(self.term) {
             return false;
         }
@@ -672,7 +843,7 @@ impl Raft {
     // ---- step ----------------------------------------------------------
 
     pub fn step(&mut self, m: Message) {
-        if m.from == 0 || m.from == self.id || (m.to != self.id && m.to != 0) {
+        if m.from == 0 || m.from == self.id || (m.to != self.id && m.to != 0) || !sane(&m) {
             return;
         }
         let forwarded = matches!(
@@ -921,7 +1092,7 @@ impl Raft {
                 }
                 self.votes.insert(m.from, !reject);
                 match self.poll() {
-                    Some(true) if pre => self.campaign(true),
+                    Some(true) if pre => self.campaign(Campaign::Election),
                     Some(true) => self.become_leader(),
                     Some(false) => {
                         let t = self.term;
@@ -966,7 +1137,7 @@ impl Raft {
             MessageBody::ReadIndexResponse { index, ctx } => {
                 self.read_states.push(ReadState { index, ctx });
             }
-            MessageBody::TimeoutNow => self.campaign(true),
+            MessageBody::TimeoutNow => self.campaign(Campaign::Transfer),
             _ => {}
         }
     }
@@ -996,7 +1167,7 @@ impl Raft {
         if entries.iter().any(|e| e.term > term) {
             return;
         }
-        match self.log.maybe_append(prev_index, prev_term, &entries) {
+        match self.log.maybe_append(prev_index, prev_term, entries) {
             Err(()) => {}
             Ok(Some(last_new)) => {
                 self.log.commit_to(commit.min(last_new));

@@ -25,6 +25,13 @@ fn elect_single(n: &mut Node) {
     for _ in 0..30 {
         n.tick();
     }
+    assert_eq!(
+        n.status().role,
+        Role::Candidate,
+        "waiting for its vote to be durable"
+    );
+    let rd = n.ready();
+    n.on_persisted(rd.persist.unwrap());
     assert_eq!(n.status().role, Role::Leader);
 }
 
@@ -72,7 +79,10 @@ fn leader_commits_on_followers_durability_alone() {
     });
     let rd = n.ready();
     let vote = rd.messages.iter().find(|o| o.message.to == 2).unwrap();
-    assert!(!vote.before_persist, "vote requests wait for the self-vote");
+    assert!(
+        vote.before_persist,
+        "vote requests leave in parallel with the candidate's fsync"
+    );
     let term = vote.message.term;
     n.step(Message {
         from: 2,
@@ -83,6 +93,12 @@ fn leader_commits_on_followers_durability_alone() {
             reject: false,
         },
     });
+    assert_eq!(
+        n.status().role,
+        Role::Candidate,
+        "its own vote is not durable yet: one grant of three is no quorum"
+    );
+    n.on_persisted(rd.persist.unwrap());
     assert_eq!(n.status().role, Role::Leader);
     let rd = n.ready();
     let app = rd.messages.iter().find(|o| o.message.to == 3).unwrap();
@@ -141,7 +157,12 @@ fn garbage_messages_never_panic() {
         s ^= s << 13;
         s ^= s >> 7;
         s ^= s << 17;
-        s % m.max(1)
+        // Now and then an extreme value, to catch overflows.
+        match s % 97 {
+            0 => u64::MAX,
+            1 => u64::MAX / 2,
+            _ => s % m.max(1),
+        }
     };
     for round in 0..20 {
         let mut n = node(1, &[1, 2, 3]);
@@ -151,7 +172,7 @@ fn garbage_messages_never_panic() {
             }
         }
         for _ in 0..2000 {
-            let entries: Vec<Entry> = (0..rnd(4))
+            let entries: Vec<Entry> = (0..rnd(4).min(4))
                 .map(|_| Entry {
                     term: rnd(6),
                     index: rnd(12),
@@ -159,7 +180,7 @@ fn garbage_messages_never_panic() {
                     ..Default::default()
                 })
                 .collect();
-            let body = match rnd(12) {
+            let body = match rnd(12) % 12 {
                 0 => MessageBody::Append {
                     prev_index: rnd(12),
                     prev_term: rnd(6),
@@ -197,7 +218,7 @@ fn garbage_messages_never_panic() {
                         },
                     },
                     offset: rnd(3),
-                    data: vec![0; rnd(3) as usize],
+                    data: vec![0; rnd(3).min(3) as usize],
                     done: rnd(2) == 0,
                 },
                 7 => MessageBody::SnapshotResponse {
@@ -244,6 +265,8 @@ struct Cluster {
     applied: std::collections::BTreeMap<u64, Vec<Entry>>,
     reads: std::collections::BTreeMap<u64, Vec<ReadState>>,
     cut: Vec<u64>,
+    /// Nodes whose fsyncs never complete.
+    stalled_disk: Vec<u64>,
 }
 
 impl Cluster {
@@ -272,6 +295,7 @@ impl Cluster {
             applied: Default::default(),
             reads: Default::default(),
             cut: vec![],
+            stalled_disk: vec![],
         }
     }
 
@@ -281,7 +305,8 @@ impl Cluster {
             for (id, n) in self.nodes.iter_mut() {
                 while n.has_ready() {
                     let rd = n.ready();
-                    if let Some(t) = rd.persist {
+                    let stalled = self.stalled_disk.contains(id);
+                    if let Some(t) = rd.persist.filter(|_| !stalled) {
                         n.on_persisted(t);
                     }
                     self.applied
@@ -289,7 +314,12 @@ impl Cluster {
                         .or_default()
                         .extend(rd.committed_entries);
                     self.reads.entry(*id).or_default().extend(rd.read_states);
-                    msgs.extend(rd.messages.into_iter().map(|o| o.message));
+                    msgs.extend(
+                        rd.messages
+                            .into_iter()
+                            .filter(|o| !stalled || o.before_persist)
+                            .map(|o| o.message),
+                    );
                 }
             }
             if msgs.is_empty() {
@@ -446,6 +476,24 @@ fn reads_are_batched_per_heartbeat_round_and_forwarded() {
 }
 
 #[test]
+fn a_leader_with_a_stalled_disk_keeps_committing_then_hands_over() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    c.stalled_disk.push(l);
+    let before = c.nodes[&l].status().commit;
+    for i in 0..5u8 {
+        c.nodes.get_mut(&l).unwrap().propose(vec![i]).unwrap();
+        c.pump();
+    }
+    let st = c.nodes[&l].status();
+    assert_eq!(st.commit, before + 5, "followers alone form the quorum");
+    assert!(st.persisted < st.commit);
+    c.tick(25);
+    assert_ne!(c.leader(), Some(l), "leadership moved off the slow disk");
+    assert!(c.leader().is_some());
+}
+
+#[test]
 fn compact_at_an_earlier_applied_index() {
     let mut cfg = Config::new(1);
     cfg.election_tick = 3;
@@ -466,20 +514,23 @@ fn compact_at_an_earlier_applied_index() {
     let mut n = Node::new(cfg, state).unwrap();
     for _ in 0..20 {
         n.tick();
-    }
-    let mut applied = 0;
-    for round in 0..5 {
-        if round > 0 {
-            n.propose(vec![round]).unwrap();
+        if n.has_ready() {
+            let rd = n.ready();
+            if let Some(t) = rd.persist {
+                n.on_persisted(t);
+            }
         }
-        let rd = n.ready();
-        if let Some(t) = rd.persist {
-            n.on_persisted(t);
-        }
-        applied += rd.committed_entries.len() as u64;
-        let rd = n.ready();
-        applied += rd.committed_entries.len() as u64;
     }
+    for round in 1..5 {
+        n.propose(vec![round]).unwrap();
+        for _ in 0..2 {
+            let rd = n.ready();
+            if let Some(t) = rd.persist {
+                n.on_persisted(t);
+            }
+        }
+    }
+    let applied = n.status().applied;
     assert!(applied >= 3, "single voter commits its own proposals");
     assert!(
         n.compact_at(applied + 1, vec![]).is_none(),
@@ -530,9 +581,20 @@ fn restarted_lone_voter_defers_reads_until_it_commits_in_its_term() {
     let mut cfg = Config::new(1);
     cfg.election_tick = 3;
     let mut n = Node::new(cfg, state).unwrap();
+    // Elect it: its own vote counts once persisted.
     for _ in 0..20 {
         n.tick();
+        if n.has_ready() {
+            let rd = n.ready();
+            if let Some(t) = rd.persist {
+                n.on_persisted(t);
+            }
+        }
+        if n.status().role == Role::Leader {
+            break;
+        }
     }
+    // Its no-op is not persisted yet: nothing of its term is committed.
     n.read_index(b"r".to_vec()).unwrap();
     let rd = n.ready();
     assert!(

@@ -145,10 +145,11 @@ pub fn start(
         }
     });
     let snapshot_base = core.status().first_index.saturating_sub(1);
-    // A lone voter need not wait out an election timeout to lead.
+    // A lone voter need not wait out an election timeout: tick until it
+    // campaigns; the loop persists its vote and it leads at once.
     if core.conf_state().voters == [core.id()] {
-        for _ in 0..100 {
-            if core.status().role == Role::Leader {
+        for _ in 0..1000 {
+            if core.status().role != Role::Follower {
                 break;
             }
             core.tick();

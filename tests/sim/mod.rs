@@ -77,6 +77,10 @@ pub struct SimConfig {
     pub dup: f64,
     pub max_delay: u64,
     pub crashes: bool,
+    /// Chance per time unit of a crash (when `crashes`).
+    pub crash_rate: f64,
+    /// Chance that a node's disk is slow (6-16 units per write).
+    pub slow_disks: f64,
     pub partitions: bool,
     pub membership: bool,
     pub transfers: bool,
@@ -99,6 +103,8 @@ impl SimConfig {
             dup: [0.0, 0.02, 0.1][r.below(3) as usize],
             max_delay: r.range(1, 5),
             crashes: r.chance(0.8),
+            crash_rate: [1.0 / 200.0, 1.0 / 80.0, 1.0 / 40.0][r.below(3) as usize],
+            slow_disks: [0.1, 0.3, 0.9][r.below(3) as usize],
             partitions: r.chance(0.8),
             membership: r.chance(0.6),
             transfers: r.chance(0.6),
@@ -307,7 +313,7 @@ impl Sim {
     fn add_node(&mut self, id: u64) {
         let st = self.bootstrap_state();
         let node = Node::new(self.node_config(id, 0), st.clone()).ok();
-        let latency = if self.rng.chance(0.2) {
+        let latency = if self.rng.chance(self.cfg.slow_disks) {
             self.rng.range(6, 16)
         } else {
             self.rng.range(0, 3)
@@ -409,7 +415,14 @@ impl Sim {
             let j = self.rng.below(i as u64 + 1) as usize;
             due.swap(i, j);
         }
+        let trace_from = std::env::var("SIM_TRACE")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
         for (_, _, m) in due {
+            if self.now >= trace_from {
+                eprintln!("t={} {:?}", self.now, m);
+            }
             if let Some(n) = self.nodes.get_mut(&m.to).and_then(|n| n.node.as_mut()) {
                 n.step(m);
             }
@@ -500,7 +513,7 @@ impl Sim {
             }
             self.mirror_append(id, &rd.entries)?;
             if let Some(hs) = rd.hard_state {
-                self.observe_commit(id, hs.commit, status.role, status.term)?;
+                self.observe_commit(id, hs.commit, status.term)?;
             }
             if rd.soft_state.is_some_and(|s| s.role == Role::Leader) {
                 self.check_leader_completeness(id, status.term)?;
@@ -588,7 +601,7 @@ impl Sim {
         Ok(())
     }
 
-    fn observe_commit(&mut self, id: u64, commit: u64, role: Role, term: u64) -> Res {
+    fn observe_commit(&mut self, id: u64, commit: u64, term: u64) -> Res {
         let Some(sn) = self.nodes.get_mut(&id) else {
             return Ok(());
         };
@@ -600,11 +613,9 @@ impl Sim {
         self.report.max_commit = self.report.max_commit.max(commit);
         let chains: Vec<(u64, Option<u64>)> =
             (from..=commit).map(|i| (i, sn.mirror.chain(i))).collect();
-        let commit_term = if role == Role::Leader {
-            term
-        } else {
-            term.saturating_sub(0)
-        };
+        // Only leaders advance commit, and they report it before any
+        // follower can learn it, so `term` is the committing leader's term.
+        let commit_term = term;
         for (i, c) in chains {
             let Some(c) = c else { continue };
             if self.committed.len() <= i as usize {
@@ -955,8 +966,11 @@ impl Sim {
     fn client_step(&mut self, c: usize) {
         if let Some(o) = &self.clients[c].op {
             if o.deadline <= self.now {
+                // Like a real client: give up on this node, try another.
                 self.clients[c].op = None;
                 self.report.ops_unknown += 1;
+                let ids: Vec<u64> = self.nodes.keys().copied().collect();
+                self.clients[c].node = ids[self.rng.below(ids.len() as u64) as usize];
             }
             return;
         }
@@ -1036,7 +1050,7 @@ impl Sim {
             if self.cfg.partitions && self.rng.chance(1.0 / 120.0) {
                 self.change_network();
             }
-            if self.cfg.crashes && self.rng.chance(1.0 / 200.0) {
+            if self.cfg.crashes && self.rng.chance(self.cfg.crash_rate) {
                 let ids: Vec<u64> = self.live_ids();
                 if !ids.is_empty() {
                     let v = match self.leader() {
@@ -1151,7 +1165,12 @@ impl Sim {
             .nodes
             .values()
             .map(|n| match &n.node {
-                Some(x) => format!("{:?} conf={:?}", x.status(), x.conf_state()),
+                Some(x) => format!(
+                    "{:?} conf={:?} progress={:?}",
+                    x.status(),
+                    x.conf_state(),
+                    x.progress()
+                ),
                 None => format!("{} down", n.id),
             })
             .collect();
