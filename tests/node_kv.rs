@@ -303,7 +303,8 @@ fn client_cert_auth_refuses_clients_without_a_certificate() {
         // The node may still be binding: poll with the certificate first.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let c = loop {
-            match qed::client::Client::connect(&[node.url.clone()], options(true)).await {
+            match qed::client::Client::connect(std::slice::from_ref(&node.url), options(true)).await
+            {
                 Ok(c) => break c,
                 Err(e) => {
                     assert!(std::time::Instant::now() < deadline, "{e}");
@@ -313,7 +314,9 @@ fn client_cert_auth_refuses_clients_without_a_certificate() {
         };
         c.put("mtls", "ok", None).await.unwrap();
         let anonymous =
-            match qed::client::Client::connect(&[node.url.clone()], options(false)).await {
+            match qed::client::Client::connect(std::slice::from_ref(&node.url), options(false))
+                .await
+            {
                 Ok(c) => c.put("anon", "x", None).await.map(|_| ()),
                 Err(e) => Err(e),
             };

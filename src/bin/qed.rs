@@ -73,6 +73,25 @@ struct Flags {
     #[arg(long, env = "QED_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     quota_backend_bytes: u64,
 
+    /// Applied entries between snapshots; after one, the WAL segments it
+    /// covers are released.
+    #[arg(long, env = "QED_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    snapshot_count: u64,
+
+    /// Snapshot files to keep (older ones are removed).
+    #[arg(long, env = "QED_MAX_SNAPSHOTS", default_value_t = 5)]
+    max_snapshots: usize,
+
+    /// Time of one Raft heartbeat, in milliseconds; etcd's default suits
+    /// loopback and LANs, lossy WAN links want more.
+    #[arg(long, env = "QED_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    heartbeat_interval: u64,
+
+    /// Time without a leader before an election, in milliseconds: at least
+    /// 5 heartbeats, so that a lost heartbeat or two is not an election.
+    #[arg(long, env = "QED_ELECTION_TIMEOUT", default_value_t = 1000)]
+    election_timeout: u64,
+
     /// debug, info, warn or error.
     #[arg(long, env = "QED_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -80,6 +99,9 @@ struct Flags {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Save, inspect or restore snapshots (etcdctl/etcdutl snapshot).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Create a CA, a node certificate and a client certificate.
     Certs {
         /// Directory to write ca.crt, ca.key, node.crt, node.key,
@@ -91,6 +113,195 @@ enum Command {
         #[arg(long, default_value = "")]
         hosts: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCommand {
+    /// Stream a snapshot of a running node's state into FILE.
+    Save {
+        file: PathBuf,
+        /// The node to snapshot.
+        #[arg(long, env = "QED_ENDPOINTS", default_value = "https://127.0.0.1:2379")]
+        endpoints: String,
+        /// CA the node's certificate chains to [default: default.qed/certs/ca.crt].
+        #[arg(long, env = "QED_CACERT")]
+        cacert: Option<PathBuf>,
+        /// Client certificate, for nodes with --client-cert-auth.
+        #[arg(long, env = "QED_CERT")]
+        cert: Option<PathBuf>,
+        #[arg(long, env = "QED_KEY")]
+        key: Option<PathBuf>,
+    },
+    /// Print a snapshot file's hash, revision, key count and size.
+    Status {
+        file: PathBuf,
+        /// simple or table.
+        #[arg(long = "write-out", short = 'w', default_value = "simple")]
+        write_out: String,
+    },
+    /// Create a new data directory holding FILE's state, as the only member
+    /// of a new cluster.
+    Restore {
+        file: PathBuf,
+        /// Directory to create [default: ${name}.qed].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The restored member's name, as it will be started.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// The restored member's peer URLs, as it will be started.
+        #[arg(long, default_value = "http://localhost:2380")]
+        initial_advertise_peer_urls: String,
+        #[arg(long, default_value = "qed-cluster")]
+        initial_cluster_token: String,
+    },
+}
+
+/// Bytes as etcdctl prints them ("2.1 MB").
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+/// A progress line on stderr, redrawn at most every whole percent.
+fn progress_line(verb: &'static str) -> impl FnMut(u64, u64) {
+    let mut last = u64::MAX;
+    move |done, total| {
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        if pct != last {
+            last = pct;
+            eprint!(
+                "\r{verb} {} / {} ({pct}%)",
+                human_bytes(done),
+                human_bytes(total)
+            );
+            if done >= total {
+                eprintln!();
+            }
+        }
+    }
+}
+
+fn snapshot(command: SnapshotCommand) -> ExitCode {
+    use qed::server::snapshot_file;
+    match command {
+        SnapshotCommand::Save {
+            file,
+            endpoints,
+            cacert,
+            cert,
+            key,
+        } => {
+            let options = qed::client::ConnectOptions {
+                ca_file: Some(cacert.unwrap_or_else(|| PathBuf::from("default.qed/certs/ca.crt"))),
+                cert_file: cert,
+                key_file: key,
+                ..Default::default()
+            };
+            let partial = file.with_extension("part");
+            let result = qed::runtime::block_on(async {
+                let client = qed::client::Client::connect(&split(&endpoints), options).await?;
+                let mut out = std::fs::File::create(&partial).map_err(|e| {
+                    qed::client::ClientError::Protocol(format!("{}: {e}", partial.display()))
+                })?;
+                let n = client.snapshot(&mut out, progress_line("received")).await?;
+                out.sync_all().map_err(|e| {
+                    qed::client::ClientError::Protocol(format!("{}: {e}", partial.display()))
+                })?;
+                Ok::<u64, qed::client::ClientError>(n)
+            });
+            match result.and_then(|n| {
+                std::fs::rename(&partial, &file).map(|_| n).map_err(|e| {
+                    qed::client::ClientError::Protocol(format!("{}: {e}", file.display()))
+                })
+            }) {
+                Ok(_) => {
+                    println!("Snapshot saved at {}", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    eprintln!("qed snapshot save: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        SnapshotCommand::Status { file, write_out } => match snapshot_file::status(&file) {
+            Ok(s) if write_out == "table" => {
+                let size = human_bytes(s.total_size);
+                println!("+----------+----------+------------+------------+");
+                println!("|   HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |");
+                println!("+----------+----------+------------+------------+");
+                println!(
+                    "| {:08x} | {:>8} | {:>10} | {:<10} |",
+                    s.hash, s.revision, s.total_keys, size
+                );
+                println!("+----------+----------+------------+------------+");
+                ExitCode::SUCCESS
+            }
+            Ok(s) => {
+                println!(
+                    "{:x}, {}, {}, {}",
+                    s.hash,
+                    s.revision,
+                    s.total_keys,
+                    human_bytes(s.total_size)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("qed snapshot status: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        SnapshotCommand::Restore {
+            file,
+            data_dir,
+            name,
+            initial_advertise_peer_urls,
+            initial_cluster_token,
+        } => {
+            let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.qed")));
+            let identity = qed::server::node::Identity::new(
+                name,
+                split(&initial_advertise_peer_urls),
+                Vec::new(),
+                &initial_cluster_token,
+            );
+            match snapshot_file::restore(
+                &file,
+                &data_dir,
+                identity.member_id,
+                &mut progress_line("restoring"),
+            ) {
+                Ok(s) => {
+                    println!(
+                        "restored snapshot {} (revision {}, {} keys) into {} as member {:x}",
+                        file.display(),
+                        s.revision,
+                        s.total_keys,
+                        data_dir.display(),
+                        identity.member_id
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("qed snapshot restore: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 const DEFAULT_QUOTA: u64 = 2 * 1024 * 1024 * 1024;
@@ -143,15 +354,29 @@ fn certs(dir: &Path, hosts: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    if let Some(Command::Certs { dir, hosts }) = &flags.command {
-        return certs(dir, hosts);
+    match flags.command {
+        Some(Command::Certs { dir, hosts }) => return certs(&dir, &hosts),
+        Some(Command::Snapshot(command)) => return snapshot(command),
+        None => {}
     }
     if let Err(e) = qed::log_writer::init(&flags.log_level) {
         eprintln!("qed: --log-level: {e}");
         return ExitCode::from(2);
     }
+    if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
+        eprintln!(
+            "qed: --election-timeout ({} ms) must be at least 5 times --heartbeat-interval ({} ms)",
+            flags.election_timeout, flags.heartbeat_interval
+        );
+        return ExitCode::from(2);
+    }
     let listen = split(&flags.listen_client_urls);
     let config = NodeConfig {
+        snapshot_count: flags.snapshot_count,
+        max_snapshots: flags.max_snapshots,
+        heartbeat_interval: std::time::Duration::from_millis(flags.heartbeat_interval),
+        election_ticks: u32::try_from(flags.election_timeout / flags.heartbeat_interval)
+            .unwrap_or(u32::MAX),
         data_dir: flags
             .data_dir
             .unwrap_or_else(|| PathBuf::from(format!("{}.qed", flags.name))),
@@ -194,7 +419,8 @@ fn main() -> ExitCode {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "the CA of --cert-file".into())
         );
-        std::future::pending::<()>().await;
-        ExitCode::SUCCESS
+        let why = running.stopped.recv().await.unwrap_or_default();
+        log::error!("stopping: {why}");
+        ExitCode::FAILURE
     })
 }

@@ -19,6 +19,7 @@ pub use kv::{
 use crate::runtime::{self, Mutex};
 use crate::transport::{self, stream, tls::TlsFiles, url::Endpoint, TransportError};
 use qed_wire::frame::{MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
+use qed_wire::maintenance::SnapshotResponse;
 use qed_wire::{Call, ClientRequest, Reply, Request, Response};
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt;
@@ -238,6 +239,32 @@ impl Client {
         runtime::timeout(timeout, open)
             .await
             .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// Streams a snapshot of the contacted node's state into `out` (the file
+    /// `qed snapshot save` writes), calling `progress(received, total)` after
+    /// each chunk. Returns the bytes written.
+    pub async fn snapshot(
+        &self,
+        out: &mut impl std::io::Write,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64, ClientError> {
+        let (_send, mut recv) = self
+            .open_stream(self.inner.options.token.clone(), Call::Snapshot)
+            .await?;
+        let mut received = 0u64;
+        loop {
+            let chunk: Result<SnapshotResponse, qed_wire::Error> =
+                recv.recv().await?.ok_or(ClientError::Closed)?;
+            let chunk = chunk?;
+            out.write_all(&chunk.blob)
+                .map_err(|e| ClientError::Protocol(format!("cannot write the snapshot: {e}")))?;
+            received += chunk.blob.len() as u64;
+            progress(received, received + chunk.remaining_bytes);
+            if chunk.remaining_bytes == 0 {
+                return Ok(received);
+            }
+        }
     }
 
     /// Opens a stream on the next endpoint in turn, failing over to the

@@ -27,7 +27,7 @@ pub struct HashKv {
 }
 
 impl Store {
-    /// Hashes the key space as of `revision` (0 or less: now).
+    /// Hashes the key space as of `revision` (0: now).
     pub fn hash_kv(&self, revision: i64) -> Result<HashKv, MvccError> {
         if revision > 0 && revision <= self.compacted {
             return Err(MvccError::Compacted);
@@ -35,7 +35,16 @@ impl Store {
         if revision > self.current {
             return Err(MvccError::FutureRev);
         }
-        let rev = if revision <= 0 {
+        if revision < 0 {
+            // etcd hashes nothing but its bucket name for a negative
+            // revision (no revision is below it).
+            return Ok(HashKv {
+                hash: crc32c::crc32c(b"key"),
+                compact_revision: self.compacted,
+                revision: self.current,
+            });
+        }
+        let rev = if revision == 0 {
             self.current
         } else {
             revision

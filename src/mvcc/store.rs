@@ -53,7 +53,9 @@ pub(crate) struct LogEntry {
 }
 
 /// Estimated fixed bytes per key: the map slot (key and index pointers),
-/// the reference counts of both `Arc`s and the index's `Vec` header.
+/// the reference counts of both `Arc`s and the index itself. A key's
+/// changes are counted on top; for a key with one change this counts that
+/// change's struct twice, which keeps the quota estimate on the safe side.
 const KEY_OVERHEAD: u64 = (std::mem::size_of::<(Key, Arc<KeyIndex>)>()
     + 2 * 2 * std::mem::size_of::<usize>()
     + std::mem::size_of::<KeyIndex>()) as u64;
@@ -156,7 +158,8 @@ impl Store {
     }
 
     /// etcd's `--max-txn-ops` (default 128): the most compares, or ops in
-    /// one branch, a txn may carry.
+    /// one branch, a txn may carry. Configuration, not state: it is not
+    /// part of a snapshot, so set it again after [`Store::from_bytes`].
     pub fn set_max_txn_ops(&mut self, max: usize) {
         self.max_txn_ops = max;
     }
@@ -350,6 +353,18 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Runs a read-only txn (only ranges, no nested txns, as etcd's
+    /// `isTxnReadonly` defines it) without `&mut`: for serializable reads
+    /// from a shared view. Refuses a txn that could write.
+    pub fn txn_read_only(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        if !txn::is_read_only(req) {
+            return Err(MvccError::NotReadOnly);
+        }
+        // A clone is O(1) and nothing is written to it.
+        let mut view = self.clone();
+        view.txn(req, &|_| false).map(|(resp, _)| resp)
     }
 
     pub(crate) fn begin(&self) -> PendingRevision {
@@ -596,7 +611,9 @@ impl Store {
             .unwrap_or_else(|i| i);
         let end = RangeEnd::parse(range_end);
         let mut events: Vec<Event> = Vec::new();
-        for entry in self.log.iter().skip(from) {
+        // `Vector::skip` is O(log n); `Iterator::skip` would walk the prefix.
+        let tail = self.log.skip(from);
+        for entry in tail.iter() {
             if !end.contains(key, &entry.key) {
                 continue;
             }
@@ -666,6 +683,16 @@ impl Store {
                 .map_err(|e| format!("key {key:?}: bad history: {e:?}"))?;
             if index.changes().iter().any(|c| c.main > image.revision) {
                 return Err(format!("key {key:?}: change above revision"));
+            }
+            // Compaction leaves at most one change at or below its point,
+            // and never a tombstone.
+            if image.compact_revision >= 0 {
+                let below = index
+                    .changes()
+                    .partition_point(|c| c.main <= image.compact_revision);
+                if below > 1 || (below == 1 && index.changes()[0].is_tombstone()) {
+                    return Err(format!("key {key:?}: history below the compaction point"));
+                }
             }
             let shared: Key = Arc::from(key.as_slice());
             store.size += KEY_OVERHEAD + key.len() as u64;

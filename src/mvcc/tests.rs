@@ -260,6 +260,30 @@ fn sort_order_and_target_follow_apply_range() {
 }
 
 #[test]
+fn etcd_quirk_sort_target_without_order_sorts_only_the_fetched_page() {
+    // Checked against etcd 3.4.23: `get k --prefix --sort-by=VERSION
+    // --limit=2` answers k2, k3 here, not k4, k2.
+    let mut s = Store::new();
+    for _ in 0..3 {
+        put(&mut s, "k1", "x");
+    }
+    for _ in 0..2 {
+        put(&mut s, "k2", "x");
+        put(&mut s, "k3", "x");
+    }
+    put(&mut s, "k4", "x");
+    let mut r = range_req("k", "l");
+    r.sort_target = SortTarget::Version;
+    r.limit = 2;
+    let resp = s.range(&r).unwrap();
+    assert_eq!(keys(&resp), ["k2", "k3"]);
+    assert!(resp.more);
+    assert_eq!(resp.count, 4);
+    r.sort_order = SortOrder::Ascend;
+    assert_eq!(keys(&s.range(&r).unwrap()), ["k4", "k2"]);
+}
+
+#[test]
 fn sort_happens_before_limit() {
     let mut s = Store::new();
     for k in ["a", "b", "c"] {
@@ -1075,4 +1099,75 @@ fn errors_map_onto_wire_errors() {
     for (m, w) in pairs {
         assert_eq!(W::from(m), w);
     }
+}
+
+#[test]
+fn store_is_a_cheap_shareable_value() {
+    fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+    assert_traits::<Store>();
+}
+
+#[test]
+fn validators_match_what_apply_refuses() {
+    assert_eq!(validate_range(&range_req("", "")), Err(MvccError::EmptyKey));
+    assert_eq!(validate_put(&put_req("", "v")), Err(MvccError::EmptyKey));
+    assert_eq!(
+        validate_delete_range(&DeleteRangeRequest::default()),
+        Err(MvccError::EmptyKey)
+    );
+    let dup = txn(vec![], vec![put_op("a", "1"), put_op("a", "2")], vec![]);
+    assert_eq!(validate_txn(&dup, 128), Err(MvccError::DuplicateKey));
+    let big = txn(vec![], vec![get_op("a"), get_op("b")], vec![]);
+    assert_eq!(validate_txn(&big, 1), Err(MvccError::TooManyOps));
+    assert_eq!(validate_txn(&big, 2), Ok(()));
+}
+
+#[test]
+fn snapshots_with_history_below_the_compaction_point_are_refused() {
+    use super::key_index::Change;
+    let change = |main, version| Change {
+        main,
+        create: 2,
+        version,
+        lease: 0,
+        sub: 0,
+        value: b"v".as_slice().into(),
+    };
+    let encode = |compact: i64, changes: Vec<Change>| {
+        postcard::to_stdvec(&(5i64, compact, vec![(b("k"), changes)])).unwrap()
+    };
+    assert!(Store::from_bytes(&encode(3, vec![change(3, 2), change(4, 3)])).is_ok());
+    assert!(Store::from_bytes(&encode(3, vec![change(2, 1), change(3, 2)])).is_err());
+    assert!(Store::from_bytes(&encode(-1, vec![change(2, 1), change(3, 2)])).is_ok());
+    assert!(Store::from_bytes(&encode(3, vec![change(2, 1), change(6, 2)])).is_err());
+}
+
+#[test]
+fn read_only_txns_run_on_a_shared_view() {
+    let mut s = Store::new();
+    put(&mut s, "a", "1");
+    let read = txn(
+        vec![cmp("a", CompareResult::Equal, CompareTarget::Value(b("1")))],
+        vec![get_op("a")],
+        vec![],
+    );
+    assert!(is_read_only_txn(&read));
+    let view: &Store = &s;
+    let resp = view.txn_read_only(&read).unwrap();
+    assert!(resp.succeeded);
+    assert_eq!(resp.header.revision, 2);
+    let ResponseOp::Range(r) = &resp.responses[0] else {
+        panic!()
+    };
+    assert_eq!(r.kvs[0].value, b("1"));
+    let write = txn(vec![], vec![], vec![put_op("a", "2")]);
+    assert!(!is_read_only_txn(&write));
+    assert_eq!(view.txn_read_only(&write), Err(MvccError::NotReadOnly));
+    assert_eq!(resp, s.txn(&read, &no_lease).unwrap().0);
+    let nested = txn(
+        vec![],
+        vec![RequestOp::Txn(txn(vec![], vec![], vec![]))],
+        vec![],
+    );
+    assert!(!is_read_only_txn(&nested));
 }

@@ -46,6 +46,15 @@ pub(crate) fn check_put(req: &PutRequest) -> Result<(), MvccError> {
     Ok(())
 }
 
+/// etcd's `isTxnReadonly`: only range ops in both branches (a nested txn
+/// counts as a write).
+pub(crate) fn is_read_only(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| matches!(op, RequestOp::Range(_)))
+}
+
 /// API-layer validation: etcd's `checkTxnRequest` then `checkIntervals` on
 /// each branch.
 pub(crate) fn check_txn(req: &TxnRequest, max_ops: usize) -> Result<(), MvccError> {

@@ -1,21 +1,33 @@
-//! The node: serves clients from the state machine.
+//! The node: Raft, storage and the state machine, serving clients.
 //!
-//! [`run`] sets up TLS (generating a CA and certificates in the data
-//! directory when none are given), binds the client URLs and serves them
-//! until the process ends. [`node::Node`] is the single entry point for
-//! every call; [`state_machine`] is what applying a request means;
-//! [`service`] turns QUIC streams into calls.
+//! [`start`] recovers the durable log (`<data-dir>/member/{wal,snap}`),
+//! rebuilds the state machine from the newest snapshot, starts the Raft
+//! driver ([`raft_loop`]), sets up TLS (generating a CA and certificates in
+//! the data directory when none are given) and serves the client URLs.
+//! [`node::Node`] is the single entry point for every call;
+//! [`state_machine`] is what applying a request means; [`service`] turns
+//! QUIC streams into calls.
 
 pub mod node;
+pub mod raft_loop;
 pub mod service;
+pub mod snapshot_file;
 pub mod state_machine;
 
+use crate::raft;
+use crate::runtime::channel;
+use crate::storage::durable_log::{DurableLog, LogOptions};
+use crate::storage::wal::DEFAULT_SEGMENT_BYTES;
+use crate::storage::StorageError;
 use crate::transport::{self, tls::TlsFiles, TransportError};
+use crate::wire::raft::{ConfState, SnapshotMeta};
 use node::{Identity, Node};
-use state_machine::Limits;
+use raft_loop::LoopOptions;
+use state_machine::{Limits, StateMachine};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 /// Everything a node needs to start; the `qed` binary fills it from flags.
 #[derive(Debug, Clone)]
@@ -33,6 +45,15 @@ pub struct NodeConfig {
     pub trusted_ca_file: Option<PathBuf>,
     pub client_cert_auth: bool,
     pub quota_backend_bytes: u64,
+    /// Applied entries between snapshots (etcd's `--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Snapshot files kept (etcd's `--max-snapshots`).
+    pub max_snapshots: usize,
+    /// One Raft tick (etcd's `--heartbeat-interval`).
+    pub heartbeat_interval: Duration,
+    /// Ticks without a leader before an election (etcd's
+    /// `--election-timeout` divided by the heartbeat interval).
+    pub election_ticks: u32,
 }
 
 #[derive(Debug)]
@@ -43,6 +64,8 @@ pub enum ServerError {
         reason: String,
     },
     Transport(TransportError),
+    /// The WAL or a snapshot could not be recovered.
+    Storage(StorageError),
     /// A flag combination that cannot work.
     Config(String),
 }
@@ -54,6 +77,7 @@ impl fmt::Display for ServerError {
                 write!(f, "data directory {}: {reason}", path.display())
             }
             ServerError::Transport(e) => write!(f, "{e}"),
+            ServerError::Storage(e) => write!(f, "{e}"),
             ServerError::Config(why) => f.write_str(why),
         }
     }
@@ -73,6 +97,8 @@ pub struct RunningNode {
     pub endpoints: Vec<quinn::Endpoint>,
     /// The CA clients should trust (generated or given).
     pub ca_file: Option<PathBuf>,
+    /// Yields why, if the node stops on its own (a storage failure).
+    pub stopped: channel::Receiver<String>,
 }
 
 /// Binds every client URL and starts serving in the background.
@@ -129,12 +155,14 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         config.advertise_client_urls.clone(),
         &config.initial_cluster_token,
     );
-    let node = Arc::new(Node::new(
-        identity,
-        Limits {
-            quota_bytes: config.quota_backend_bytes,
-        },
-    ));
+    let (state, core, log) = recover(config, &identity)?;
+    let state = Arc::new(RwLock::new(state));
+    let options = LoopOptions {
+        tick: config.heartbeat_interval,
+        snapshot_count: config.snapshot_count.max(1),
+    };
+    let (raft, stopped) = raft_loop::start(core, log, state.clone(), options);
+    let node = Arc::new(Node::new(identity, state, raft));
     let mut endpoints = Vec::new();
     for url in &listen {
         let endpoint = transport::endpoint::server(url.addr, server_config.clone())?;
@@ -146,5 +174,91 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         node,
         endpoints,
         ca_file,
+        stopped,
     })
+}
+
+/// Rebuilds the state machine and the Raft core from the durable log.
+fn recover(
+    config: &NodeConfig,
+    identity: &Identity,
+) -> Result<(StateMachine, raft::Node, DurableLog), ServerError> {
+    let limits = Limits {
+        quota_bytes: config.quota_backend_bytes,
+    };
+    let member_dir = config.data_dir.join("member");
+    let started = std::time::Instant::now();
+    let (log, recovered) = DurableLog::open(
+        &member_dir,
+        LogOptions {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            max_snapshots: config.max_snapshots,
+        },
+    )
+    .map_err(ServerError::Storage)?;
+    let id = identity.member_id;
+    let lone_member = ConfState {
+        voters: vec![id],
+        learners: Vec::new(),
+    };
+    let (state, snapshot) = match recovered.snapshot {
+        Some((meta, _)) if !meta.conf_state.voters.contains(&id) => {
+            return Err(ServerError::Config(format!(
+                "{} belongs to member(s) {:x?}, not to this member ({id:x}); start with the \
+                 --name, --initial-advertise-peer-urls and --initial-cluster-token it was created \
+                 (or restored) with",
+                config.data_dir.display(),
+                meta.conf_state.voters
+            )))
+        }
+        Some((meta, data)) => {
+            let state = StateMachine::from_snapshot(&data, id, limits).map_err(|e| {
+                ServerError::DataDir {
+                    path: member_dir.join("snap"),
+                    reason: format!("newest snapshot does not load: {e}"),
+                }
+            })?;
+            (
+                state,
+                raft::Snapshot {
+                    meta,
+                    data: Arc::from(data),
+                },
+            )
+        }
+        None => (
+            StateMachine::new(id, limits),
+            raft::Snapshot {
+                meta: SnapshotMeta {
+                    index: 0,
+                    term: 0,
+                    conf_state: lone_member,
+                },
+                data: Arc::from(Vec::new()),
+            },
+        ),
+    };
+    let entries = recovered.entries.len();
+    let mut cfg = raft::Config::new(id);
+    cfg.election_tick = config.election_ticks.max(2);
+    cfg.heartbeat_tick = 1;
+    let core = raft::Node::new(
+        cfg,
+        raft::RestartState {
+            hard_state: recovered.hard_state,
+            snapshot,
+            entries: recovered.entries,
+        },
+    )
+    .map_err(|e| ServerError::DataDir {
+        path: member_dir.clone(),
+        reason: format!("the recovered log is inconsistent: {e:?}"),
+    })?;
+    log::info!(
+        "recovered {}: snapshot at index {}, {entries} log entries after it, in {:?}",
+        member_dir.display(),
+        state.applied(),
+        started.elapsed()
+    );
+    Ok((state, core, log))
 }

@@ -1,16 +1,18 @@
 //! A member's identity and the one entry point every call goes through.
 //!
-//! [`Node::handle`] routes a request: writes to [`StateMachine::apply`],
-//! reads to [`StateMachine::read`], membership and status from here, and
-//! stamps the response header. Today writes apply directly under the lock;
-//! the Raft driver will replace the write arm with propose -> commit -> apply
-//! without anything above this file changing.
+//! [`Node::handle`] routes a request: writes are proposed to Raft and
+//! answered once applied; linearizable reads wait for a ReadIndex
+//! confirmation and then read the local state machine; serializable reads
+//! read it at once; membership and status are answered from here. It stamps
+//! the response header (the state machine stamps the revision).
 
-use super::state_machine::{self, Limits, StateMachine};
+use super::raft_loop::RaftHandle;
+use super::state_machine::{self, StateMachine};
 use qed_wire::cluster::{Member, MembersResponse};
 use qed_wire::maintenance::{AlarmType, StatusResponse};
 use qed_wire::{Error, Reply, Request, Response, ResponseHeader};
-use std::sync::RwLock;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 
 /// Who this member is, as etcd derives it.
 #[derive(Debug, Clone)]
@@ -64,18 +66,16 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 
 pub struct Node {
     identity: Identity,
-    state: RwLock<StateMachine>,
+    state: Arc<RwLock<StateMachine>>,
+    raft: RaftHandle,
 }
 
-/// The Raft term reported until the Raft core drives this node: a single
-/// member that is leader of its first term.
-const TERM: u64 = 1;
-
 impl Node {
-    pub fn new(identity: Identity, limits: Limits) -> Self {
+    pub fn new(identity: Identity, state: Arc<RwLock<StateMachine>>, raft: RaftHandle) -> Self {
         Node {
-            state: RwLock::new(StateMachine::new(identity.member_id, limits)),
             identity,
+            state,
+            raft,
         }
     }
 
@@ -84,68 +84,91 @@ impl Node {
     }
 
     pub async fn handle(&self, req: Request) -> Reply {
-        let (mut resp, revision) = match &req {
-            Request::MemberList(_) => (
-                Response::Members(MembersResponse {
-                    header: Default::default(),
-                    members: vec![self.identity.member()],
-                }),
-                self.revision(),
-            ),
+        // etcd refuses malformed requests before they reach the log.
+        validate(&req)?;
+        let mut resp = match &req {
+            Request::MemberList(_) => Response::Members(MembersResponse {
+                header: self.local_header(),
+                members: vec![self.identity.member()],
+            }),
             Request::Status(_) => self.status(),
             Request::Defragment(_) => {
                 // The state lives in memory and is rebuilt compactly at every
                 // snapshot; there is no file to defragment.
-                (Response::Defragment(Default::default()), self.revision())
+                Response::Defragment(Default::default())
             }
             Request::Authenticate(_) => return Err(Error::AuthNotEnabled),
-            Request::AuthStatus => (
-                Response::AuthStatus {
-                    header: Default::default(),
-                    enabled: false,
-                    auth_revision: 0,
-                },
-                self.revision(),
-            ),
-            // The revision is read under the same lock as the request ran,
-            // so a put's header names its own revision.
-            req if state_machine::is_write(req) => {
-                let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-                (state.apply(req)?, state.revision())
+            Request::AuthStatus => Response::AuthStatus {
+                header: self.local_header(),
+                enabled: false,
+                auth_revision: 0,
+            },
+            req if state_machine::is_write(req) => self.raft.propose(req.clone()).await?,
+            Request::Range(r) if !r.serializable => {
+                self.raft.read_index().await?;
+                self.read(&req)?
             }
-            req => {
-                let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-                (state.read(req)?, state.revision())
+            // A read-only txn (is_write said so) is a linearizable read.
+            Request::Txn(_) => {
+                self.raft.read_index().await?;
+                self.read(&req)?
             }
+            req => self.read(req)?,
         };
-        *resp.header_mut() = ResponseHeader {
-            cluster_id: self.identity.cluster_id,
-            member_id: self.identity.member_id,
-            revision,
-            raft_term: TERM,
-        };
+        let header = resp.header_mut();
+        header.cluster_id = self.identity.cluster_id;
+        header.member_id = self.identity.member_id;
+        header.raft_term = self.raft.status.term.load(Ordering::Relaxed);
+        if header.revision == 0 {
+            header.revision = self.local_header().revision;
+        }
         Ok(resp)
     }
 
-    fn revision(&self) -> i64 {
+    /// The whole state as a snapshot file's bytes (`qed snapshot save`,
+    /// etcd's Maintenance/Snapshot): serialized from a clone, off the
+    /// executor, so writes go on meanwhile.
+    pub async fn snapshot_file(&self) -> Result<Vec<u8>, Error> {
+        let view = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        crate::runtime::spawn_blocking(move || view.to_snapshot())
+            .await
+            .map(|image| crate::storage::snapshot::encode(&image))
+            .map_err(|e| Error::Internal(format!("snapshot failed: {e}")))
+    }
+
+    fn read(&self, req: &Request) -> Reply {
         self.state
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .revision()
+            .read(req)
     }
 
-    fn status(&self) -> (Response, i64) {
+    fn local_header(&self) -> ResponseHeader {
+        ResponseHeader {
+            revision: self
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .revision(),
+            ..Default::default()
+        }
+    }
+
+    fn status(&self) -> Response {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let size = i64::try_from(state.size_bytes()).unwrap_or(i64::MAX);
-        let revision = u64::try_from(state.revision()).unwrap_or(0);
-        let resp = Response::Status(StatusResponse {
-            header: Default::default(),
+        let raft = &self.raft.status;
+        Response::Status(StatusResponse {
+            header: ResponseHeader {
+                revision: state.revision(),
+                ..Default::default()
+            },
             version: env!("CARGO_PKG_VERSION").to_string(),
             db_size: size,
-            leader: self.identity.member_id,
-            raft_index: revision,
-            raft_term: TERM,
-            raft_applied_index: revision,
+            leader: raft.leader.load(Ordering::Relaxed),
+            raft_index: raft.commit.load(Ordering::Relaxed),
+            raft_term: raft.term.load(Ordering::Relaxed),
+            raft_applied_index: raft.applied.load(Ordering::Relaxed),
             errors: state
                 .alarms()
                 .iter()
@@ -153,9 +176,20 @@ impl Node {
                 .collect(),
             db_size_in_use: size,
             is_learner: false,
-        });
-        (resp, state.revision())
+        })
     }
+}
+
+fn validate(req: &Request) -> Result<(), Error> {
+    use crate::mvcc;
+    match req {
+        Request::Range(r) => mvcc::validate_range(r),
+        Request::Put(p) => mvcc::validate_put(p),
+        Request::DeleteRange(d) => mvcc::validate_delete_range(d),
+        Request::Txn(t) => mvcc::validate_txn(t, mvcc::DEFAULT_MAX_TXN_OPS),
+        _ => Ok(()),
+    }
+    .map_err(Error::from)
 }
 
 /// etcd's names for alarms, as `etcdctl alarm list` prints them.

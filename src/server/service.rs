@@ -10,7 +10,8 @@ use super::node::Node;
 use crate::runtime;
 use crate::transport::{stream, TransportError};
 use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_REQUEST_BYTES, MAX_SERVER_FRAME};
-use qed_wire::{Call, ClientRequest, Error, Reply, StreamAccept};
+use qed_wire::maintenance::SnapshotResponse;
+use qed_wire::{Call, ClientRequest, Error, Reply, ResponseHeader, StreamAccept};
 use quinn::{RecvStream, SendStream, VarInt};
 use std::sync::Arc;
 
@@ -76,16 +77,54 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, node: Arc<Node
             };
             reply(&mut send, answer).await
         }
-        Call::Watch | Call::LeaseKeepAlive | Call::Snapshot => {
-            let name = match request.call {
-                Call::Watch => "Watch/Watch",
-                Call::LeaseKeepAlive => "Lease/LeaseKeepAlive",
-                _ => "Maintenance/Snapshot",
+        Call::Snapshot => send_snapshot(&mut send, &node).await,
+        Call::Watch | Call::LeaseKeepAlive => {
+            let name = if request.call == Call::Watch {
+                "Watch/Watch"
+            } else {
+                "Lease/LeaseKeepAlive"
             };
             let refusal: StreamAccept = Err(Error::Unimplemented(name.into()));
             send_last(&mut send, &refusal).await
         }
     }
+}
+
+/// Bytes per snapshot chunk (etcd sends 32 KiB).
+const SNAPSHOT_CHUNK: usize = 64 * 1024;
+
+/// Streams the node's state as `Result<SnapshotResponse, Error>` frames; the
+/// last has `remaining_bytes == 0`.
+async fn send_snapshot(send: &mut SendStream, node: &Node) {
+    let accepted: StreamAccept = Ok(());
+    if stream::write(send, &accepted, MAX_SERVER_FRAME)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let bytes = match node.snapshot_file().await {
+        Ok(b) => b,
+        Err(e) => return send_last(send, &Err::<SnapshotResponse, _>(e)).await,
+    };
+    let header = ResponseHeader {
+        cluster_id: node.identity().cluster_id,
+        member_id: node.identity().member_id,
+        ..Default::default()
+    };
+    let mut remaining = bytes.len();
+    for chunk in bytes.chunks(SNAPSHOT_CHUNK) {
+        remaining -= chunk.len();
+        let frame: Result<SnapshotResponse, Error> = Ok(SnapshotResponse {
+            header,
+            remaining_bytes: remaining as u64,
+            blob: chunk.to_vec(),
+        });
+        if let Err(e) = stream::write(send, &frame, MAX_SERVER_FRAME).await {
+            return log::debug!("snapshot stream broken: {e}");
+        }
+    }
+    let _ = send.finish();
 }
 
 /// Sends the reply to a unary call; a reply too large to frame becomes an

@@ -1,19 +1,24 @@
 //! The replicated state machine: what applying a request means.
 //!
-//! Writes go through [`StateMachine::apply`] and reads through
-//! [`StateMachine::read`]. Both are deterministic functions of the state and
-//! the request (no clock, no I/O), because every member must reach the same
-//! state from the same log; the node decides *when* to call them (today
-//! directly, with Raft once entries commit). Alarms live here because they
-//! gate writes: with NOSPACE raised, puts and txns that write are refused
-//! until an operator compacts and disarms, exactly as etcd's capped applier.
+//! Writes go through [`StateMachine::apply`] as their Raft entries commit,
+//! and reads through [`StateMachine::read`]. Both are deterministic
+//! functions of the state and the request (no clock, no I/O), because every
+//! member must reach the same state from the same log. The applied index is
+//! part of the state, and of its snapshots, so replaying the log after a
+//! restart never applies an entry twice. Alarms live here because they gate
+//! writes: with NOSPACE raised, puts and txns that write are refused until
+//! an operator compacts and disarms, exactly as etcd's capped applier.
+//!
+//! Cloning is cheap (the key space is a persistent map), so snapshots are
+//! serialized from a clone while applying goes on.
 
-use crate::mvcc::Store;
+use crate::mvcc::{MvccError, Store};
 use qed_wire::kv::{RequestOp, TxnRequest};
 use qed_wire::maintenance::{
     AlarmAction, AlarmMember, AlarmResponse, AlarmType, HashKvResponse, HashResponse,
 };
 use qed_wire::{Error, Reply, Request, Response};
+use serde::{Deserialize, Serialize};
 
 /// Limits enforced at apply time.
 #[derive(Debug, Clone, Copy)]
@@ -23,12 +28,23 @@ pub struct Limits {
     pub quota_bytes: u64,
 }
 
+#[derive(Clone)]
 pub struct StateMachine {
     kv: Store,
     alarms: Vec<AlarmMember>,
+    /// Index of the last log entry applied.
+    applied: u64,
     limits: Limits,
     /// This member, for alarms raised here.
     member_id: u64,
+}
+
+/// What a snapshot of the state machine holds.
+#[derive(Serialize, Deserialize)]
+struct Image {
+    applied: u64,
+    kv: Vec<u8>,
+    alarms: Vec<AlarmMember>,
 }
 
 /// Whether a request changes state (and so must go through the log).
@@ -36,9 +52,7 @@ pub fn is_write(req: &Request) -> bool {
     match req {
         Request::Range(_) | Request::Hash(_) | Request::HashKv(_) | Request::Status(_) => false,
         Request::Alarm(a) => a.action != AlarmAction::Get,
-        // Txns, even read-only ones, are applied in order with the writes:
-        // simpler than a second read path, and a read-only txn does not
-        // bump the revision.
+        Request::Txn(t) => !crate::mvcc::is_read_only_txn(t),
         _ => true,
     }
 }
@@ -71,9 +85,57 @@ impl StateMachine {
         StateMachine {
             kv: Store::new(),
             alarms: Vec::new(),
+            applied: 0,
             limits,
             member_id,
         }
+    }
+
+    /// Rebuilds a state machine from [`StateMachine::to_snapshot`]'s bytes.
+    pub fn from_snapshot(bytes: &[u8], member_id: u64, limits: Limits) -> Result<Self, MvccError> {
+        let image: Image = postcard::from_bytes(bytes)
+            .map_err(|e| MvccError::Corrupt(format!("state snapshot: {e}")))?;
+        Ok(StateMachine {
+            kv: Store::from_bytes(&image.kv)?,
+            alarms: image.alarms,
+            applied: image.applied,
+            limits,
+            member_id,
+        })
+    }
+
+    /// The whole state, for a snapshot file or a lagging follower.
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, MvccError> {
+        let image = Image {
+            applied: self.applied,
+            kv: self.kv.to_bytes()?,
+            alarms: self.alarms.clone(),
+        };
+        postcard::to_allocvec(&image).map_err(|e| MvccError::Corrupt(e.to_string()))
+    }
+
+    /// What a state machine rebuilt from a snapshot keeps of this one.
+    pub fn identity(&self) -> (u64, Limits) {
+        (self.member_id, self.limits)
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Marks an entry with no command (a leader's no-op) applied.
+    pub fn skip(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
+    }
+
+    /// Applies the command of log entry `index`; `None` if that entry was
+    /// applied already (replay after a restart from a snapshot).
+    pub fn apply_entry(&mut self, index: u64, req: &Request) -> Option<Reply> {
+        if index <= self.applied {
+            return None;
+        }
+        self.applied = index;
+        Some(self.apply(req))
     }
 
     pub fn revision(&self) -> i64 {
@@ -85,12 +147,38 @@ impl StateMachine {
         self.kv.size_bytes()
     }
 
+    /// Keys that exist now (deleted ones with history left do not count).
+    pub fn key_count(&self) -> usize {
+        let all = qed_wire::kv::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            count_only: true,
+            ..Default::default()
+        };
+        self.kv
+            .range(&all)
+            .map(|r| r.count.max(0) as usize)
+            .unwrap_or(0)
+    }
+
+    /// HashKV of the whole history kept, as `etcdctl endpoint hashkv` shows it.
+    pub fn hash(&self) -> Result<u32, MvccError> {
+        self.kv.hash_kv(0).map(|h| h.hash)
+    }
+
     pub fn alarms(&self) -> &[AlarmMember] {
         &self.alarms
     }
 
-    /// Applies a write. Errors leave the state unchanged.
-    pub fn apply(&mut self, req: &Request) -> Reply {
+    /// Applies a write, stamping the header's revision. Errors leave the
+    /// state unchanged.
+    fn apply(&mut self, req: &Request) -> Reply {
+        let mut resp = self.apply_unstamped(req)?;
+        resp.header_mut().revision = self.kv.revision();
+        Ok(resp)
+    }
+
+    fn apply_unstamped(&mut self, req: &Request) -> Reply {
         // No leases exist until the lessor lands, so any lease is unknown,
         // which is etcd's answer for a lease that does not exist.
         let no_leases = |_: i64| false;
@@ -140,10 +228,17 @@ impl StateMachine {
         })
     }
 
-    /// Serves a read from the current state.
+    /// Serves a read from the current state, stamping the header's revision.
     pub fn read(&self, req: &Request) -> Reply {
+        let mut resp = self.read_unstamped(req)?;
+        resp.header_mut().revision = self.kv.revision();
+        Ok(resp)
+    }
+
+    fn read_unstamped(&self, req: &Request) -> Reply {
         Ok(match req {
             Request::Range(r) => Response::Range(self.kv.range(r).map_err(Error::from)?),
+            Request::Txn(t) => Response::Txn(self.kv.txn_read_only(t).map_err(Error::from)?),
             Request::HashKv(h) => {
                 let hash = self.kv.hash_kv(h.revision).map_err(Error::from)?;
                 Response::HashKv(HashKvResponse {

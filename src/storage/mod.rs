@@ -11,6 +11,7 @@
 //! never acknowledged) is truncated; any other damage stops recovery with an
 //! error naming the file and offset. Nothing is ever skipped silently.
 
+pub mod durable_log;
 pub mod snapshot;
 pub mod wal;
 
@@ -38,6 +39,8 @@ pub enum StorageError {
         after: String,
         expected_seq: u64,
     },
+    /// The log does not continue where the snapshot ends.
+    Gap { dir: PathBuf, reason: String },
     /// A record is larger than a segment can hold.
     RecordTooLarge { len: usize, max: u64 },
 }
@@ -66,6 +69,11 @@ impl fmt::Display for StorageError {
                 f,
                 "WAL in {} is missing segment {expected_seq:016x} after {after}; restore this \
                  member from a snapshot or re-add it empty",
+                dir.display()
+            ),
+            StorageError::Gap { dir, reason } => write!(
+                f,
+                "WAL in {} has a gap: {reason}; restore this member from a snapshot or re-add it empty",
                 dir.display()
             ),
             StorageError::RecordTooLarge { len, max } => {

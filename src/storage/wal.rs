@@ -138,14 +138,34 @@ pub fn decode_record(buf: &[u8]) -> Decoded {
 fn valid_record_after(buf: &[u8], from: usize) -> bool {
     let mut off = from.div_ceil(ALIGN) * ALIGN;
     while off + HEADER <= buf.len() {
-        if buf[off..off + HEADER].iter().any(|b| *b != 0)
-            && matches!(decode_record(&buf[off..]), Decoded::Record(..))
-        {
+        match first_nonzero(buf, off) {
+            None => return false,
+            Some(nz) => off = nz / ALIGN * ALIGN,
+        }
+        if off + HEADER <= buf.len() && matches!(decode_record(&buf[off..]), Decoded::Record(..)) {
             return true;
         }
         off += ALIGN;
     }
     false
+}
+
+/// The first non-zero byte at or after `from`. The unused tail of a segment
+/// is megabytes of zeros; comparing whole blocks against a zero block is a
+/// `memcmp`, so skipping it stays cheap even in unoptimized builds.
+fn first_nonzero(buf: &[u8], from: usize) -> Option<usize> {
+    const BLOCK: usize = 4096;
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
+    let mut off = from;
+    while off < buf.len() {
+        let end = (off + BLOCK).min(buf.len());
+        let block = &buf[off..end];
+        if block != &ZEROS[..block.len()] {
+            return block.iter().position(|b| *b != 0).map(|i| off + i);
+        }
+        off = end;
+    }
+    None
 }
 
 /// How a segment's scan ended.

@@ -44,6 +44,7 @@ pub struct TestNode {
     pub child: Child,
     pub dir: TempDir,
     pub url: String,
+    extra: Vec<String>,
 }
 
 impl TestNode {
@@ -51,15 +52,26 @@ impl TestNode {
     pub fn start(extra: &[&str]) -> TestNode {
         let dir = TempDir::new("node");
         let url = format!("https://127.0.0.1:{}", free_udp_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_qed"))
-            .arg("--data-dir")
-            .arg(dir.0.join("data"))
-            .args(["--listen-client-urls", &url, "--log-level", "warn"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn qed");
-        TestNode { child, dir, url }
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn(&dir, &url, &extra);
+        TestNode {
+            child,
+            dir,
+            url,
+            extra,
+        }
+    }
+
+    /// SIGKILL: no chance to flush or clean up anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the node again on the same data directory and port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(&self.dir, &self.url, &self.extra);
     }
 
     pub fn ca_file(&self) -> PathBuf {
@@ -76,7 +88,7 @@ impl TestNode {
                 request_timeout: Duration::from_secs(5),
                 ..Default::default()
             };
-            match Client::connect(&[self.url.clone()], options).await {
+            match Client::connect(std::slice::from_ref(&self.url), options).await {
                 Ok(c) => return c,
                 Err(_) if Instant::now() < deadline => {
                     qed::runtime::sleep(Duration::from_millis(50)).await;
@@ -85,6 +97,17 @@ impl TestNode {
             }
         }
     }
+}
+
+fn spawn(dir: &TempDir, url: &str, extra: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_qed"))
+        .arg("--data-dir")
+        .arg(dir.0.join("data"))
+        .args(["--listen-client-urls", url, "--log-level", "warn"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn qed")
 }
 
 impl Drop for TestNode {

@@ -139,6 +139,40 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_txns_are_refused_not_a_stack_overflow() {
+        use crate::kv::{RequestOp, TxnRequest, MAX_TXN_DEPTH};
+        // Hand-built bytes for 500,000 nested txns, each level being
+        // RequestOp::Txn (tag 3) of a TxnRequest with no compares, one
+        // success op and (after the nest) no failures: what an attacker
+        // can fit in one frame.
+        let levels = 500_000;
+        let mut body = Vec::with_capacity(levels * 4);
+        for _ in 0..levels {
+            body.extend_from_slice(&[3, 0, 1]);
+        }
+        body.extend_from_slice(&[3, 0, 0, 0]);
+        body.extend(std::iter::repeat_n(0u8, levels));
+        // (postcard reports custom errors without their text.)
+        assert!(matches!(
+            decode::<RequestOp>(&body),
+            Err(FrameError::Malformed(_))
+        ));
+        // The bound leaves legitimate nesting alone.
+        let mut txn = TxnRequest::default();
+        for _ in 1..MAX_TXN_DEPTH {
+            txn = TxnRequest {
+                success: vec![RequestOp::Txn(txn)],
+                ..Default::default()
+            };
+        }
+        let buf = encode(&txn, MAX_CLIENT_FRAME).unwrap();
+        assert_eq!(
+            decode_frame::<TxnRequest>(&buf, MAX_CLIENT_FRAME).unwrap(),
+            txn
+        );
+    }
+
+    #[test]
     fn refuses_trailing_and_truncated_bytes() {
         let put = PutRequest::default();
         let mut buf = encode(&put, 1024).unwrap();

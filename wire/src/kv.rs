@@ -165,11 +165,59 @@ pub struct Compare {
     pub range_end: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TxnRequest {
     pub compare: Vec<Compare>,
     pub success: Vec<RequestOp>,
     pub failure: Vec<RequestOp>,
+}
+
+/// How deeply txns may nest in one request. Decoding recurses once per
+/// level, so without a bound a 2 MiB frame of nested txns would overflow the
+/// stack; etcd's 128-op budget caps real nesting well below this anyway.
+pub const MAX_TXN_DEPTH: u32 = 128;
+
+thread_local! {
+    static TXN_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Undoes one level of [`TXN_DEPTH`] however decoding of that level ends.
+struct DepthGuard;
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        TXN_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// The encoded shape of [`TxnRequest`] (postcard is positional, so it is
+/// byte-for-byte the same); decoding goes through it under a depth bound.
+#[derive(Deserialize)]
+struct TxnRequestFields {
+    compare: Vec<Compare>,
+    success: Vec<RequestOp>,
+    failure: Vec<RequestOp>,
+}
+
+impl<'de> Deserialize<'de> for TxnRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let depth = TXN_DEPTH.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
+        });
+        let _guard = DepthGuard;
+        if depth > MAX_TXN_DEPTH {
+            return Err(serde::de::Error::custom(format!(
+                "txn nested more than {MAX_TXN_DEPTH} levels deep"
+            )));
+        }
+        let f = TxnRequestFields::deserialize(d)?;
+        Ok(TxnRequest {
+            compare: f.compare,
+            success: f.success,
+            failure: f.failure,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,11 +18,13 @@
 pub mod auth;
 pub mod call;
 pub mod cluster;
+pub mod command;
 pub mod error;
 pub mod frame;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod raft;
 pub mod watch;
 
 pub use call::{Call, ClientRequest, Reply, Request, Response, StreamAccept};

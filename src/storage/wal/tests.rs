@@ -202,7 +202,7 @@ fn oversized_records_are_refused() {
 #[test]
 fn decoding_arbitrary_bytes_never_panics() {
     let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut buf = vec![0u8; 64];
+    let mut buf = [0u8; 64];
     for round in 0..20_000 {
         for b in buf.iter_mut() {
             x ^= x << 13;

@@ -1,0 +1,352 @@
+//! The in-memory view of the Raft log.
+//!
+//! The core keeps every entry after the last snapshot in memory (qed holds
+//! its whole state in memory anyway); the driver bounds it by taking
+//! snapshots and calling `compact`. Indices partition like this:
+//!
+//! ```text
+//!  snap_index < first_index ..= persisted ..= handed ..= last_index
+//!                 applied <= committed <= last_index
+//! ```
+//!
+//! - `handed`: entries up to here were given to the driver to persist; the
+//!   rest go into the next `Ready`.
+//! - `persisted`: the driver acknowledged these as durable. Only this counts
+//!   toward the leader's own vote in the commit quorum.
+//! - `applied`: committed entries handed to the driver to apply. Entries may
+//!   be applied from memory before they are locally durable: committed means
+//!   a quorum has them durable.
+//!
+//! Invariant: entries are contiguous, terms never decrease, and an entry at
+//! or below `committed` is never truncated (a message asking for that is
+//! rejected, not obeyed).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::wire::raft::{Entry, SnapshotMeta};
+
+/// A snapshot: the meta plus the state machine's opaque bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub data: Arc<[u8]>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RaftLog {
+    pub snap_index: u64,
+    pub snap_term: u64,
+    entries: VecDeque<Entry>,
+    pub committed: u64,
+    pub applied: u64,
+    pub persisted: u64,
+    pub handed: u64,
+    /// The newest snapshot, kept to send to followers behind `first_index`.
+    pub snapshot: Option<Snapshot>,
+    /// A snapshot received from the leader, not yet handed to the driver.
+    pub pending_snapshot: Option<Snapshot>,
+}
+
+pub(crate) fn entry_size(e: &Entry) -> u64 {
+    e.data.len() as u64 + 24
+}
+
+impl RaftLog {
+    /// A log restored from durable state: everything in it is persisted.
+    pub fn restore_from(snapshot: Snapshot, entries: Vec<Entry>, commit: u64) -> Option<Self> {
+        let snap_index = snapshot.meta.index;
+        for (i, e) in entries.iter().enumerate() {
+            if e.index != snap_index + 1 + i as u64 {
+                return None;
+            }
+        }
+        let last = snap_index + entries.len() as u64;
+        let committed = commit.clamp(snap_index, last);
+        Some(RaftLog {
+            snap_index,
+            snap_term: snapshot.meta.term,
+            entries: entries.into(),
+            committed,
+            applied: snap_index,
+            persisted: last,
+            handed: last,
+            snapshot: if snap_index > 0 { Some(snapshot) } else { None },
+            pending_snapshot: None,
+        })
+    }
+
+    pub fn first_index(&self) -> u64 {
+        self.snap_index + 1
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.snap_index + self.entries.len() as u64
+    }
+
+    pub fn last_term(&self) -> u64 {
+        self.entries.back().map_or(self.snap_term, |e| e.term)
+    }
+
+    /// Term of the entry at `i`, or `None` if compacted away or not there.
+    pub fn term(&self, i: u64) -> Option<u64> {
+        if i == self.snap_index {
+            return Some(self.snap_term);
+        }
+        if i < self.snap_index || i > self.last_index() {
+            return None;
+        }
+        self.entries
+            .get((i - self.snap_index - 1) as usize)
+            .map(|e| e.term)
+    }
+
+    pub fn entry(&self, i: u64) -> Option<&Entry> {
+        if i <= self.snap_index {
+            return None;
+        }
+        self.entries.get((i - self.snap_index - 1) as usize)
+    }
+
+    pub fn match_term(&self, i: u64, t: u64) -> bool {
+        self.term(i) == Some(t)
+    }
+
+    /// The election restriction: is a log ending at `(index, term)` at least
+    /// as up to date as ours?
+    pub fn is_up_to_date(&self, index: u64, term: u64) -> bool {
+        term > self.last_term() || (term == self.last_term() && index >= self.last_index())
+    }
+
+    /// Entries from `lo` on, at most `max_bytes` of them (but at least one).
+    /// `None` if `lo` is compacted.
+    pub fn entries_from(&self, lo: u64, max_bytes: u64) -> Option<Vec<Entry>> {
+        if lo <= self.snap_index {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut size = 0;
+        let start = (lo - self.snap_index - 1) as usize;
+        for e in self.entries.iter().skip(start) {
+            size += entry_size(e);
+            if !out.is_empty() && size > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Some(out)
+    }
+
+    /// Follower append: the leader's entries follow `(prev_index,
+    /// prev_term)`. Returns the index of the last new entry on success,
+    /// `None` if the log does not match at `prev_index`, and `Err` if the
+    /// message is malformed or would truncate committed entries.
+    pub fn maybe_append(
+        &mut self,
+        prev_index: u64,
+        prev_term: u64,
+        mut entries: Vec<Entry>,
+    ) -> Result<Option<u64>, ()> {
+        for (i, e) in entries.iter().enumerate() {
+            if e.index != prev_index + 1 + i as u64 || e.term < prev_term {
+                return Err(());
+            }
+            if i > 0 && e.term < entries[i - 1].term {
+                return Err(());
+            }
+        }
+        if !self.match_term(prev_index, prev_term) {
+            // Below the snapshot, prev is committed; the caller handles that.
+            return Ok(None);
+        }
+        let last_new = prev_index + entries.len() as u64;
+        // First entry that is new or conflicts.
+        let mut start = entries.len();
+        for (i, e) in entries.iter().enumerate() {
+            match self.term(e.index) {
+                Some(t) if t == e.term => continue,
+                Some(_) if e.index <= self.committed => return Err(()),
+                _ => {
+                    start = i;
+                    break;
+                }
+            }
+        }
+        if start < entries.len() {
+            self.append(entries.drain(start..));
+        }
+        Ok(Some(last_new))
+    }
+
+    /// Appends entries (moved, not copied), truncating any conflicting
+    /// suffix first. The caller guarantees the first index is in
+    /// `(committed, last_index + 1]` and the rest follow it.
+    pub fn append(&mut self, ents: impl Iterator<Item = Entry>) {
+        let mut ents = ents.peekable();
+        let Some(first) = ents.peek() else { return };
+        let after = first.index - 1;
+        if after < self.last_index() {
+            self.entries.truncate((after - self.snap_index) as usize);
+            self.persisted = self.persisted.min(after);
+            self.handed = self.handed.min(after);
+        }
+        self.entries.extend(ents);
+    }
+
+    pub fn push(&mut self, e: Entry) {
+        self.entries.push_back(e);
+    }
+
+    /// Fast backtracking: the last index at or below `index` whose term is
+    /// at most `term`, with that term.
+    pub fn find_conflict_by_term(&self, index: u64, term: u64) -> (u64, u64) {
+        let mut i = index.min(self.last_index());
+        loop {
+            match self.term(i) {
+                Some(t) if t > term && i > self.snap_index => i -= 1,
+                Some(t) => return (i, t),
+                None => return (i, 0),
+            }
+        }
+    }
+
+    pub fn commit_to(&mut self, i: u64) {
+        let i = i.min(self.last_index());
+        if i > self.committed {
+            self.committed = i;
+        }
+    }
+
+    /// Entries not yet handed to the driver for persistence; marks them
+    /// handed.
+    pub fn take_unpersisted(&mut self) -> Vec<Entry> {
+        let last = self.last_index();
+        if self.handed >= last {
+            return Vec::new();
+        }
+        let from = self.handed.max(self.snap_index);
+        let out = self
+            .entries
+            .iter()
+            .skip((from - self.snap_index) as usize)
+            .cloned()
+            .collect();
+        self.handed = last;
+        out
+    }
+
+    pub fn has_unpersisted(&self) -> bool {
+        self.handed < self.last_index()
+    }
+
+    pub fn has_next_committed(&self) -> bool {
+        self.committed > self.applied && self.pending_snapshot.is_none()
+    }
+
+    /// Committed entries not yet handed out for applying, up to `max_bytes`.
+    pub fn take_committed(&mut self, max_bytes: u64) -> Vec<Entry> {
+        if !self.has_next_committed() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut size = 0;
+        for i in self.applied + 1..=self.committed {
+            let Some(e) = self.entry(i) else { break };
+            size += entry_size(e);
+            if !out.is_empty() && size > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+        }
+        if let Some(e) = out.last() {
+            self.applied = e.index;
+        }
+        out
+    }
+
+    /// The driver made entries up to `(index, term)` durable. Ignored if the
+    /// log changed at `index` since (the write was superseded).
+    pub fn persisted_to(&mut self, index: u64, term: u64) -> bool {
+        if index <= self.persisted || index > self.handed {
+            return false;
+        }
+        if index > self.snap_index && !self.match_term(index, term) {
+            return false;
+        }
+        self.persisted = index;
+        true
+    }
+
+    /// Replace everything with a snapshot received from the leader.
+    pub fn restore(&mut self, snap: Snapshot) {
+        self.snap_index = snap.meta.index;
+        self.snap_term = snap.meta.term;
+        self.entries.clear();
+        self.committed = snap.meta.index;
+        self.applied = snap.meta.index;
+        self.persisted = self.persisted.min(snap.meta.index);
+        self.handed = snap.meta.index;
+        self.snapshot = Some(snap.clone());
+        self.pending_snapshot = Some(snap);
+    }
+
+    /// Drop entries up to `snap.meta.index` (which must be applied), keeping
+    /// the snapshot for followers that fall behind.
+    pub fn compact(&mut self, snap: Snapshot) {
+        let idx = snap.meta.index;
+        if idx <= self.snap_index || idx > self.applied {
+            return;
+        }
+        let n = (idx - self.snap_index) as usize;
+        self.entries.drain(..n.min(self.entries.len()));
+        self.snap_index = idx;
+        self.snap_term = snap.meta.term;
+        self.persisted = self.persisted.max(idx);
+        self.handed = self.handed.max(idx);
+        self.snapshot = Some(snap);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ent(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
+    }
+
+    fn log_with(terms: &[u64]) -> RaftLog {
+        let ents = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| ent(i as u64 + 1, t))
+            .collect();
+        RaftLog::restore_from(Snapshot::default(), ents, 0).unwrap()
+    }
+
+    #[test]
+    fn append_truncates_conflicts_but_never_committed() {
+        let mut l = log_with(&[1, 1, 2, 2]);
+        l.committed = 2;
+        assert_eq!(l.maybe_append(2, 1, vec![ent(3, 3)]), Ok(Some(3)));
+        assert_eq!(l.last_index(), 3);
+        assert_eq!(l.persisted, 2);
+        assert_eq!(l.maybe_append(1, 1, vec![ent(2, 5)]), Err(()));
+        assert_eq!(l.maybe_append(3, 2, vec![]), Ok(None));
+        // Duplicates are no-ops.
+        assert_eq!(l.maybe_append(1, 1, vec![ent(2, 1)]), Ok(Some(2)));
+        assert_eq!(l.last_index(), 3);
+    }
+
+    #[test]
+    fn find_conflict_by_term_skips_higher_terms() {
+        let l = log_with(&[1, 1, 4, 4, 5]);
+        assert_eq!(l.find_conflict_by_term(5, 3), (2, 1));
+        assert_eq!(l.find_conflict_by_term(9, 5), (5, 5));
+        assert_eq!(l.find_conflict_by_term(5, 0), (0, 0));
+    }
+}

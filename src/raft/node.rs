@@ -1,0 +1,308 @@
+//! [`Node`]: the driver's handle on one Raft member, and [`Ready`], the
+//! batch of work it hands out.
+//!
+//! `Node` adds to the role logic only the bookkeeping of what the driver has
+//! already been given (hard state, role), so each `Ready` holds exactly the
+//! news since the previous one.
+
+use super::config::{Config, ConfigError, ProposeError, TransferError};
+use super::log::{RaftLog, Snapshot};
+use super::raft::{Outbound, Raft, ReadState, Role};
+use crate::wire::raft::{ConfChange, ConfState, Entry, HardState, Message, NodeId, SnapshotMeta};
+
+/// What a node restarts from: its durable state. A brand-new node passes a
+/// default hard state, no entries, and a snapshot at index 0 whose
+/// `conf_state` is the initial membership (a member joining an existing
+/// cluster passes that same initial membership, or an empty one and waits
+/// for the leader's snapshot).
+#[derive(Debug, Clone, Default)]
+pub struct RestartState {
+    pub hard_state: HardState,
+    pub snapshot: Snapshot,
+    /// The persisted entries after `snapshot.meta.index`, contiguous.
+    pub entries: Vec<Entry>,
+}
+
+/// Volatile state the driver may want to show (role and known leader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoftState {
+    pub leader: NodeId,
+    pub role: Role,
+}
+
+/// Echo this back through [`Node::on_persisted`] once the writes of the
+/// `Ready` that carried it (snapshot, entries, hard state) are durable.
+/// Opaque to the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersistToken {
+    seq: u64,
+    /// Last entry written (index, term), if any.
+    last: Option<(u64, u64)>,
+}
+
+/// One batch of work for the driver. Handle the fields in this order:
+/// 1. send the messages with `before_persist == true` at once;
+/// 2. install `snapshot` (if any), then write `entries` (replacing any
+///    persisted entries at or after `entries[0].index`) and `hard_state`,
+///    and fsync; the write may complete later, while more `Ready`s are
+///    taken, but writes must complete in order;
+/// 3. when it is durable: send the other messages, and call
+///    [`Node::on_persisted`] with `persist`;
+/// 4. apply `committed_entries` in order (they may be applied before step 3
+///    completes: committed means a quorum already has them durable);
+/// 5. serve each of `read_states` once the applied index reaches its index.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Ready {
+    pub soft_state: Option<SoftState>,
+    pub hard_state: Option<HardState>,
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+    pub persist: Option<PersistToken>,
+    pub messages: Vec<Outbound>,
+    pub committed_entries: Vec<Entry>,
+    /// The membership after applying `committed_entries` (or `snapshot`),
+    /// if it changed.
+    pub conf_state: Option<ConfState>,
+    pub read_states: Vec<ReadState>,
+}
+
+/// The leader's replication state for one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: NodeId,
+    pub state: super::ProgressState,
+    pub matched: u64,
+    pub next: u64,
+    pub paused: bool,
+    pub recent_active: bool,
+    pub is_learner: bool,
+}
+
+/// A snapshot of the node's state, for status reports and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub id: NodeId,
+    pub term: u64,
+    pub vote: NodeId,
+    pub leader: NodeId,
+    pub role: Role,
+    pub commit: u64,
+    /// Highest committed index handed out for applying.
+    pub applied: u64,
+    pub persisted: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    pub lead_transferee: Option<NodeId>,
+}
+
+/// One Raft member. See the module docs of [`crate::raft`] for the driver's
+/// duties.
+pub struct Node {
+    raft: Raft,
+    prev_hard: HardState,
+    prev_soft: SoftState,
+    max_apply_bytes: u64,
+    /// Numbers the `Ready`s that carry writes.
+    seq: u64,
+}
+
+impl Node {
+    /// Starts (or restarts) a member from its durable state.
+    pub fn new(cfg: Config, state: RestartState) -> Result<Node, ConfigError> {
+        cfg.validate()?;
+        let conf = state.snapshot.meta.conf_state.clone();
+        let hs = state.hard_state;
+        let log = RaftLog::restore_from(state.snapshot, state.entries, hs.commit)
+            .ok_or(ConfigError::BadLog)?;
+        let max_apply_bytes = cfg.max_size_per_msg.max(1) * 4;
+        let raft = Raft::new(cfg, log, hs.term, hs.vote, &conf);
+        let prev_hard = HardState {
+            term: raft.term,
+            vote: raft.vote,
+            commit: raft.log.committed,
+        };
+        let prev_soft = SoftState {
+            leader: 0,
+            role: Role::Follower,
+        };
+        Ok(Node {
+            raft,
+            prev_hard,
+            prev_soft,
+            max_apply_bytes,
+            seq: 0,
+        })
+    }
+
+    // ---- inputs ----
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.raft.tick();
+    }
+
+    /// Handles a message from a peer. Never panics, whatever it contains.
+    pub fn step(&mut self, m: Message) {
+        self.raft.step(m);
+    }
+
+    /// Proposes a command. On a follower it is forwarded to the leader.
+    /// `Ok` does not mean it will commit: watch the applied entries.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ProposeError> {
+        self.raft.propose(data)
+    }
+
+    /// Requests a linearizable read; `ctx` comes back in a [`ReadState`].
+    pub fn read_index(&mut self, ctx: Vec<u8>) -> Result<(), ProposeError> {
+        self.raft.read_index(ctx)
+    }
+
+    /// Proposes a membership change (on the leader only).
+    pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<(), ProposeError> {
+        self.raft.propose_conf_change(cc)
+    }
+
+    /// Hands leadership to voter `to` (on the leader only); proposals are
+    /// refused until it completes or an election timeout passes.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), TransferError> {
+        self.raft.transfer_leader(to)
+    }
+
+    /// The writes of the `Ready` that carried `token` are durable.
+    pub fn on_persisted(&mut self, token: PersistToken) {
+        if let Some((index, term)) = token.last {
+            self.raft.persisted(index, term);
+        }
+        self.raft.hard_state_persisted(token.seq);
+    }
+
+    /// The driver durably saved a snapshot of its state machine at the
+    /// applied index (everything handed out in `committed_entries` has been
+    /// applied); the log up to there is dropped and `data` is kept to send to
+    /// lagging followers. Returns the snapshot's meta, or `None` if there is
+    /// nothing new to compact.
+    pub fn compact(&mut self, data: Vec<u8>) -> Option<SnapshotMeta> {
+        self.raft.compact(data)
+    }
+
+    /// Like [`Node::compact`], for a snapshot of the state machine as it was
+    /// at an earlier applied `index` (serialized off the driver's loop while
+    /// applying went on). `None` if `index` is not applied yet or not newer
+    /// than the current snapshot.
+    pub fn compact_at(&mut self, index: u64, data: Vec<u8>) -> Option<SnapshotMeta> {
+        self.raft.compact_at(index, data)
+    }
+
+    // ---- outputs ----
+
+    pub fn has_ready(&self) -> bool {
+        let r = &self.raft;
+        !r.msgs.is_empty()
+            || !r.read_states.is_empty()
+            || r.reads_pending_flush()
+            || r.log.has_unpersisted()
+            || r.log.pending_snapshot.is_some()
+            || r.log.has_next_committed()
+            || self.hard_state() != self.prev_hard
+            || self.soft_state() != self.prev_soft
+    }
+
+    /// Takes everything the driver must do now. See [`Ready`].
+    pub fn ready(&mut self) -> Ready {
+        self.raft.flush_reads();
+        let mut rd = Ready::default();
+        let soft = self.soft_state();
+        if soft != self.prev_soft {
+            rd.soft_state = Some(soft);
+            self.prev_soft = soft;
+        }
+        rd.snapshot = self.raft.log.pending_snapshot.take();
+        rd.entries = self.raft.log.take_unpersisted();
+        let last = match (rd.entries.last(), &rd.snapshot) {
+            (Some(e), _) => Some((e.index, e.term)),
+            (None, Some(s)) => Some((s.meta.index, s.meta.term)),
+            (None, None) => None,
+        };
+        rd.committed_entries = self.raft.log.take_committed(self.max_apply_bytes);
+        self.raft.apply_conf_entries(&rd.committed_entries);
+        let hard = self.hard_state();
+        if hard != self.prev_hard {
+            rd.hard_state = Some(hard);
+            self.prev_hard = hard;
+        }
+        if last.is_some() || rd.hard_state.is_some() {
+            self.seq += 1;
+            rd.persist = Some(PersistToken {
+                seq: self.seq,
+                last,
+            });
+            self.raft.hard_state_handed(self.seq);
+        }
+        if std::mem::take(&mut self.raft.conf_changed) {
+            rd.conf_state = Some(self.raft.conf_state());
+        }
+        rd.messages = std::mem::take(&mut self.raft.msgs);
+        rd.read_states = std::mem::take(&mut self.raft.read_states);
+        // Applying a conf change can change the role (a removed leader).
+        let soft = self.soft_state();
+        if soft != self.prev_soft {
+            rd.soft_state = Some(soft);
+            self.prev_soft = soft;
+        }
+        rd
+    }
+
+    fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.raft.term,
+            vote: self.raft.vote,
+            commit: self.raft.log.committed,
+        }
+    }
+
+    fn soft_state(&self) -> SoftState {
+        SoftState {
+            leader: self.raft.leader,
+            role: self.raft.role,
+        }
+    }
+
+    // ---- getters ----
+
+    pub fn id(&self) -> NodeId {
+        self.raft.id
+    }
+
+    pub fn status(&self) -> Status {
+        let r = &self.raft;
+        Status {
+            id: r.id,
+            term: r.term,
+            vote: r.vote,
+            leader: r.leader,
+            role: r.role,
+            commit: r.log.committed,
+            applied: r.log.applied,
+            persisted: r.log.persisted,
+            first_index: r.log.first_index(),
+            last_index: r.log.last_index(),
+            lead_transferee: r.lead_transferee,
+        }
+    }
+
+    /// The leader's view of each peer (empty on followers).
+    pub fn progress(&self) -> Vec<PeerProgress> {
+        self.raft.progress_view()
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        self.raft.conf_state()
+    }
+
+    /// Term of the entry at `index` if it is in the in-memory log (or is the
+    /// snapshot's last entry).
+    pub fn log_term(&self, index: u64) -> Option<u64> {
+        self.raft.log.term(index)
+    }
+}

@@ -1,0 +1,1390 @@
+//! Role logic: elections, replication, commit, ReadIndex, snapshots,
+//! membership and leader transfer.
+//!
+//! `Raft` is a plain struct; every input is a method call and every output
+//! is queued (`msgs`, `read_states`) for [`super::node::Node::ready`] to
+//! hand out. Rules that carry the safety argument:
+//! - votes: one per term (persisted before the vote response leaves), and
+//!   only for candidates whose log is at least as up to date (election
+//!   restriction);
+//! - commit: the leader commits index `i` only if `i` is in its current term
+//!   and a quorum of voters has it *durable*; the leader's own copy counts
+//!   only once the driver acknowledged persisting it;
+//! - reads: answered at the commit index captured on arrival, after a quorum
+//!   acknowledged a later heartbeat, and only once the leader has committed
+//!   an entry of its own term;
+//! - membership: one change at a time, effective when the entry is applied
+//!   (handed out committed), etcd's rule for single-server changes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::config::{Config, ProposeError, TransferError};
+use super::log::{entry_size, RaftLog, Snapshot};
+use super::progress::{Inflights, Progress, ProgressState};
+use super::read_only::ReadOnly;
+use crate::wire::raft::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageBody, NodeId,
+    SnapshotMeta,
+};
+
+/// A node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// A message to send, tagged with when it may go out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub message: Message,
+    /// `true`: send at once, even while this `Ready`'s entries and hard
+    /// state are still being persisted (the leader's appends, heartbeats,
+    /// snapshot chunks; forwarded requests). `false`: send only after this
+    /// `Ready` is durable (votes, append responses).
+    pub before_persist: bool,
+}
+
+/// A confirmed linearizable read: serve it once the applied index reaches
+/// `index`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadState {
+    pub index: u64,
+    pub ctx: Vec<u8>,
+}
+
+/// How an election starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Campaign {
+    /// Election timeout: a pre-vote round first (if enabled).
+    PreElection,
+    /// The real vote, after a won pre-vote.
+    Election,
+    /// TimeoutNow from the leader: a real vote that voters honour even while
+    /// they hear from that leader.
+    Transfer,
+}
+
+pub(crate) struct Raft {
+    pub id: NodeId,
+    pub term: u64,
+    pub vote: NodeId,
+    pub leader: NodeId,
+    pub role: Role,
+    pub cfg: Config,
+    pub log: RaftLog,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    progress: BTreeMap<NodeId, Progress>,
+    votes: BTreeMap<NodeId, bool>,
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    randomized_timeout: u32,
+    rng: u64,
+    pub lead_transferee: Option<NodeId>,
+    pending_conf_index: u64,
+    /// Conf changes up to here are reflected in `voters`/`learners`.
+    conf_applied: u64,
+    pub conf_changed: bool,
+    read_only: ReadOnly,
+    pub msgs: Vec<Outbound>,
+    pub read_states: Vec<ReadState>,
+    incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// Reused buffer for commit-quorum computation.
+    scratch: Vec<u64>,
+    /// Consecutive leader ticks with our own log behind the commit index.
+    slow_disk_ticks: u32,
+    /// A candidate's vote for itself counts only once durable: the term it
+    /// was cast in, and the write (`Ready` number) that carries it.
+    self_vote: Option<(u64, Option<u64>)>,
+}
+
+/// Terms and indices beyond this are refused outright, so that no
+/// arithmetic on message contents can overflow.
+const MAX_SANE: u64 = 1 << 62;
+
+fn sane(m: &Message) -> bool {
+    let ok = |x: u64| x < MAX_SANE;
+    let entries_ok = |es: &[Entry]| es.iter().all(|e| ok(e.index) && ok(e.term));
+    ok(m.term)
+        && match &m.body {
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => ok(*prev_index) && ok(*prev_term) && ok(*commit) && entries_ok(entries),
+            MessageBody::AppendResponse {
+                index,
+                hint_index,
+                hint_term,
+                ..
+            } => ok(*index) && ok(*hint_index) && ok(*hint_term),
+            MessageBody::Heartbeat { commit, .. } => ok(*commit),
+            MessageBody::Vote {
+                last_index,
+                last_term,
+                ..
+            } => ok(*last_index) && ok(*last_term),
+            MessageBody::Snapshot { meta, offset, .. } => {
+                ok(meta.index) && ok(meta.term) && ok(*offset)
+            }
+            MessageBody::SnapshotResponse { index, offset, .. } => ok(*index) && ok(*offset),
+            MessageBody::Propose { entries } => entries_ok(entries),
+            MessageBody::ReadIndexResponse { index, .. } => ok(*index),
+            MessageBody::HeartbeatResponse { .. }
+            | MessageBody::VoteResponse { .. }
+            | MessageBody::ReadIndex { .. }
+            | MessageBody::TimeoutNow => true,
+        }
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Raft {
+    pub fn new(cfg: Config, log: RaftLog, term: u64, vote: NodeId, conf: &ConfState) -> Self {
+        let mut r = Raft {
+            id: cfg.id,
+            term,
+            vote,
+            leader: 0,
+            role: Role::Follower,
+            rng: cfg.seed ^ cfg.id.rotate_left(32),
+            cfg,
+            conf_applied: log.snap_index,
+            log,
+            voters: Vec::new(),
+            learners: Vec::new(),
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_timeout: 0,
+            lead_transferee: None,
+            pending_conf_index: 0,
+            conf_changed: false,
+            read_only: ReadOnly::default(),
+            msgs: Vec::new(),
+            read_states: Vec::new(),
+            incoming_snapshot: None,
+            scratch: Vec::new(),
+            slow_disk_ticks: 0,
+            self_vote: None,
+        };
+        r.set_conf(conf);
+        // Membership changes committed before the restart are in force now,
+        // not only once the driver re-applies them.
+        let changes: Vec<Entry> = (r.log.first_index()..=r.log.committed)
+            .filter_map(|i| r.log.entry(i))
+            .filter(|e| e.kind == EntryType::ConfChange)
+            .cloned()
+            .collect();
+        r.apply_conf_entries(&changes);
+        r.conf_applied = r.log.committed;
+        r.conf_changed = false;
+        r.reset_randomized_timeout();
+        r
+    }
+
+    fn set_conf(&mut self, conf: &ConfState) {
+        self.voters = conf.voters.clone();
+        self.voters.sort_unstable();
+        self.voters.dedup();
+        self.learners = conf.learners.clone();
+        self.learners.retain(|l| !conf.voters.contains(l));
+        self.learners.sort_unstable();
+        self.learners.dedup();
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        ConfState {
+            voters: self.voters.clone(),
+            learners: self.learners.clone(),
+        }
+    }
+
+    pub fn progress_view(&self) -> Vec<super::node::PeerProgress> {
+        self.progress
+            .iter()
+            .map(|(id, p)| super::node::PeerProgress {
+                id: *id,
+                state: p.state,
+                matched: p.matched,
+                next: p.next,
+                paused: p.is_paused(),
+                recent_active: p.recent_active,
+                is_learner: p.is_learner,
+            })
+            .collect()
+    }
+
+    fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    pub fn promotable(&self) -> bool {
+        self.voters.contains(&self.id)
+    }
+
+    fn reset_randomized_timeout(&mut self) {
+        let e = self.cfg.election_tick;
+        self.randomized_timeout = e + (splitmix(&mut self.rng) % e as u64) as u32;
+    }
+
+    fn new_progress(&self, learner: bool) -> Progress {
+        Progress::new(
+            self.log.last_index() + 1,
+            Inflights::new(self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes),
+            learner,
+        )
+    }
+
+    // ---- sending -------------------------------------------------------
+
+    fn send_with_term(&mut self, to: NodeId, term: u64, body: MessageBody) {
+        if to == self.id || to == 0 {
+            return;
+        }
+        let before_persist = match body {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::Snapshot { .. }
+            | MessageBody::TimeoutNow
+            | MessageBody::ReadIndexResponse { .. } => self.role == Role::Leader,
+            // No state change behind these: a slow disk must not delay
+            // them (heartbeats keep leadership, pre-votes and refusals
+            // promise nothing, chunks are held in memory).
+            MessageBody::Propose { .. }
+            | MessageBody::ReadIndex { .. }
+            | MessageBody::HeartbeatResponse { .. }
+            | MessageBody::SnapshotResponse { .. }
+            // A vote request may leave before the candidate's own vote is
+            // durable: that vote only counts once it is.
+            | MessageBody::Vote { .. } => true,
+            MessageBody::VoteResponse { pre, reject } => pre || reject,
+            // Vote grants (the vote is durable first) and append
+            // acknowledgements (the entries are durable first).
+            _ => false,
+        };
+        self.msgs.push(Outbound {
+            message: Message {
+                from: self.id,
+                to,
+                term,
+                body,
+            },
+            before_persist,
+        });
+    }
+
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        let term = match body {
+            MessageBody::Propose { .. } | MessageBody::ReadIndex { .. } => 0,
+            _ => self.term,
+        };
+        self.send_with_term(to, term, body);
+    }
+
+    /// Sends `to` whatever it needs next: entries, or a snapshot if it is
+    /// behind our first index. Returns whether a message went out.
+    fn send_append(&mut self, to: NodeId, send_if_empty: bool) -> bool {
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return false;
+        };
+        if pr.is_paused() {
+            return false;
+        }
+        if pr.next > last + 1 {
+            pr.next = last + 1;
+        }
+        let next = pr.next;
+        let prev_term = self.log.term(next - 1);
+        let ents = self.log.entries_from(next, self.cfg.max_size_per_msg);
+        let (Some(prev_term), Some(entries)) = (prev_term, ents) else {
+            return self.send_snapshot(to);
+        };
+        if entries.is_empty() && !send_if_empty {
+            return false;
+        }
+        let bytes: u64 = entries.iter().map(entry_size).sum();
+        let last_sent = entries.last().map(|e| e.index);
+        let commit = self.log.committed;
+        if let Some(pr) = self.progress.get_mut(&to) {
+            pr.sent_entries(last_sent, bytes);
+        }
+        self.send(
+            to,
+            MessageBody::Append {
+                prev_index: next - 1,
+                prev_term,
+                entries,
+                commit,
+            },
+        );
+        true
+    }
+
+    fn send_snapshot(&mut self, to: NodeId) -> bool {
+        let Some(index) = self.log.snapshot.as_ref().map(|s| s.meta.index) else {
+            return false;
+        };
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return false;
+        };
+        pr.become_snapshot(index);
+        self.send_snapshot_chunk(to, 0)
+    }
+
+    fn send_snapshot_chunk(&mut self, to: NodeId, offset: u64) -> bool {
+        let Some(snap) = self.log.snapshot.clone() else {
+            return false;
+        };
+        let len = snap.data.len();
+        let start = (offset as usize).min(len);
+        let end = (start + self.cfg.snapshot_chunk_size).min(len);
+        self.send(
+            to,
+            MessageBody::Snapshot {
+                meta: snap.meta.clone(),
+                offset: start as u64,
+                data: snap.data[start..end].to_vec(),
+                done: end == len,
+            },
+        );
+        true
+    }
+
+    fn bcast_append(&mut self, send_if_empty: bool) {
+        // Walk the peers without collecting them (hot path: no allocation).
+        let mut next = self.progress.keys().next().copied();
+        while let Some(p) = next {
+            self.send_append(p, send_if_empty);
+            next = self.progress.range(p + 1..).next().map(|(id, _)| *id);
+        }
+    }
+
+    fn bcast_heartbeat(&mut self, read_round: u64) {
+        let peers: Vec<(NodeId, u64)> = self
+            .progress
+            .iter()
+            .map(|(id, pr)| (*id, pr.matched))
+            .collect();
+        for (p, matched) in peers {
+            let commit = matched.min(self.log.committed);
+            self.send(p, MessageBody::Heartbeat { commit, read_round });
+        }
+    }
+
+    // ---- role changes --------------------------------------------------
+
+    pub fn become_follower(&mut self, term: u64, leader: NodeId) {
+        if term != self.term {
+            self.term = term;
+            self.vote = 0;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.reset_common();
+    }
+
+    fn reset_common(&mut self) {
+        self.slow_disk_ticks = 0;
+        self.self_vote = None;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.reset_randomized_timeout();
+        self.lead_transferee = None;
+        self.votes.clear();
+        self.read_only.reset();
+        self.progress.clear();
+    }
+
+    fn become_pre_candidate(&mut self) {
+        self.role = Role::PreCandidate;
+        self.leader = 0;
+        self.reset_common();
+    }
+
+    fn become_candidate(&mut self) {
+        self.term += 1;
+        self.vote = self.id;
+        self.role = Role::Candidate;
+        self.leader = 0;
+        self.reset_common();
+    }
+
+    fn become_leader(&mut self) {
+        let votes = std::mem::take(&mut self.votes);
+        self.role = Role::Leader;
+        self.leader = self.id;
+        self.reset_common();
+        let members: Vec<(NodeId, bool)> = self
+            .voters
+            .iter()
+            .map(|v| (*v, false))
+            .chain(self.learners.iter().map(|l| (*l, true)))
+            .filter(|(id, _)| *id != self.id)
+            .collect();
+        for (id, learner) in members {
+            let mut pr = self.new_progress(learner);
+            // We just heard from those who voted for us.
+            pr.recent_active = votes.get(&id) == Some(&true);
+            self.progress.insert(id, pr);
+        }
+        self.append_entries(vec![Entry::default()]);
+        // No membership change until our no-op is applied: a leader must
+        // commit in its own term before changing the configuration (the
+        // single-server change bug Ongaro described on raft-dev in 2015).
+        self.pending_conf_index = self.log.last_index();
+        self.bcast_append(true);
+        self.maybe_commit();
+    }
+
+    pub fn campaign(&mut self, kind: Campaign) {
+        if !self.promotable() {
+            return;
+        }
+        let kind = match kind {
+            Campaign::PreElection if !self.cfg.pre_vote => Campaign::Election,
+            k => k,
+        };
+        let pre = kind == Campaign::PreElection;
+        let vote_term = if pre {
+            self.become_pre_candidate();
+            self.term + 1
+        } else {
+            self.become_candidate();
+            self.term
+        };
+        if pre {
+            self.votes.insert(self.id, true);
+            if self.poll() == Some(true) {
+                self.campaign(Campaign::Election);
+                return;
+            }
+        } else {
+            // Ask the others at once, in parallel with our own fsync; our
+            // own vote counts when the driver reports it durable.
+            self.self_vote = Some((self.term, None));
+        }
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        let voters = self.voters.clone();
+        for v in voters {
+            self.send_with_term(
+                v,
+                vote_term,
+                MessageBody::Vote {
+                    pre,
+                    last_index,
+                    last_term,
+                    transfer: kind == Campaign::Transfer,
+                },
+            );
+        }
+    }
+
+    /// `Node::ready` handed out write number `seq`: it carries our vote.
+    pub fn hard_state_handed(&mut self, seq: u64) {
+        if let Some((_, w @ None)) = &mut self.self_vote {
+            *w = Some(seq);
+        }
+    }
+
+    /// Writes up to number `seq` are durable.
+    pub fn hard_state_persisted(&mut self, seq: u64) {
+        let Some((term, Some(w))) = self.self_vote else {
+            return;
+        };
+        if seq < w {
+            return;
+        }
+        self.self_vote = None;
+        if self.role != Role::Candidate || self.term != term {
+            return;
+        }
+        self.votes.insert(self.id, true);
+        if self.poll() == Some(true) {
+            self.become_leader();
+        }
+    }
+
+    /// `Some(true)`: won; `Some(false)`: lost; `None`: undecided.
+    fn poll(&self) -> Option<bool> {
+        let granted = self
+            .voters
+            .iter()
+            .filter(|v| self.votes.get(v) == Some(&true))
+            .count();
+        let rejected = self
+            .voters
+            .iter()
+            .filter(|v| self.votes.get(v) == Some(&false))
+            .count();
+        if granted >= self.quorum() {
+            Some(true)
+        } else if rejected > self.voters.len() - self.quorum() {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    // ---- inputs --------------------------------------------------------
+
+    pub fn tick(&mut self) {
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.election_elapsed += 1;
+            if self.promotable() && self.election_elapsed >= self.randomized_timeout {
+                self.election_elapsed = 0;
+                self.campaign(Campaign::PreElection);
+            }
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.election_elapsed += 1;
+        self.heartbeat_elapsed += 1;
+        self.check_own_disk();
+        if self.election_elapsed >= self.cfg.election_tick {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum {
+                let active = self
+                    .voters
+                    .iter()
+                    .filter(|v| {
+                        **v == self.id || self.progress.get(v).is_some_and(|p| p.recent_active)
+                    })
+                    .count();
+                if active < self.quorum() {
+                    let term = self.term;
+                    self.become_follower(term, 0);
+                    return;
+                }
+                for pr in self.progress.values_mut() {
+                    pr.recent_active = false;
+                }
+            }
+            self.lead_transferee = None;
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_tick {
+            self.heartbeat_elapsed = 0;
+            let round = self.read_only.round;
+            self.bcast_heartbeat(round);
+            // Retransmit stalled snapshot transfers.
+            let stalled: Vec<(NodeId, u64)> = self
+                .progress
+                .iter_mut()
+                .filter(|(_, p)| p.state == ProgressState::Snapshot)
+                .filter_map(|(id, p)| {
+                    p.snap_idle += 1;
+                    (p.snap_idle >= 3).then(|| {
+                        p.snap_idle = 0;
+                        (*id, p.snap_acked)
+                    })
+                })
+                .collect();
+            for (id, offset) in stalled {
+                let current = self.log.snapshot.as_ref().map(|s| s.meta.index);
+                if self.progress.get(&id).map(|p| p.pending_snapshot) != current {
+                    self.send_snapshot(id);
+                } else {
+                    self.send_snapshot_chunk(id, offset);
+                }
+            }
+        }
+    }
+
+    /// A leader whose followers keep committing ahead of its own fsync
+    /// hands leadership to the most up-to-date of them.
+    fn check_own_disk(&mut self) {
+        let limit = self.cfg.slow_disk_transfer_ticks;
+        if limit == 0 || self.lead_transferee.is_some() {
+            return;
+        }
+        if self.log.persisted >= self.log.committed {
+            self.slow_disk_ticks = 0;
+            return;
+        }
+        self.slow_disk_ticks += 1;
+        if self.slow_disk_ticks < limit {
+            return;
+        }
+        self.slow_disk_ticks = 0;
+        let committed = self.log.committed;
+        let target = self
+            .voters
+            .iter()
+            .filter(|v| **v != self.id)
+            .filter_map(|v| self.progress.get(v).map(|p| (*v, p)))
+            .filter(|(_, p)| p.recent_active && p.matched >= committed)
+            .max_by_key(|(v, p)| (p.matched, std::cmp::Reverse(*v)))
+            .map(|(v, _)| v);
+        if let Some(to) = target {
+            let _ = self.transfer_leader(to);
+        }
+    }
+
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ProposeError> {
+        let e = Entry {
+            data,
+            ..Default::default()
+        };
+        match self.role {
+            Role::Leader => {
+                if self.lead_transferee.is_some() {
+                    return Err(ProposeError::TransferInProgress);
+                }
+                self.append_entry(e);
+                self.bcast_append(false);
+                Ok(())
+            }
+            _ if self.leader != 0 => {
+                let l = self.leader;
+                self.send(l, MessageBody::Propose { entries: vec![e] });
+                Ok(())
+            }
+            _ => Err(ProposeError::NoLeader),
+        }
+    }
+
+    pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: (self.leader != 0).then_some(self.leader),
+            });
+        }
+        if self.lead_transferee.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        if self.pending_conf_index > self.conf_applied {
+            return Err(ProposeError::ConfChangePending);
+        }
+        let id = cc.node_id;
+        let valid = id != 0
+            && match cc.change {
+                ConfChangeType::AddVoter => !self.voters.contains(&id),
+                ConfChangeType::AddLearner => {
+                    !self.voters.contains(&id) && !self.learners.contains(&id)
+                }
+                ConfChangeType::Remove => {
+                    (self.voters.contains(&id) && self.voters.len() > 1)
+                        || self.learners.contains(&id)
+                }
+            };
+        if !valid {
+            return Err(ProposeError::InvalidConfChange);
+        }
+        let Ok(data) = postcard::to_allocvec(&cc) else {
+            return Err(ProposeError::InvalidConfChange);
+        };
+        self.append_entries(vec![Entry {
+            kind: EntryType::ConfChange,
+            data,
+            ..Default::default()
+        }]);
+        self.pending_conf_index = self.log.last_index();
+        self.bcast_append(false);
+        Ok(())
+    }
+
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader {
+                leader_hint: (self.leader != 0).then_some(self.leader),
+            });
+        }
+        if to == self.id || !self.voters.contains(&to) {
+            return Err(TransferError::NotVoter);
+        }
+        if self.lead_transferee == Some(to) {
+            return Ok(());
+        }
+        self.lead_transferee = Some(to);
+        self.election_elapsed = 0;
+        let caught_up = self
+            .progress
+            .get(&to)
+            .is_some_and(|p| p.matched == self.log.last_index());
+        if caught_up {
+            self.send(to, MessageBody::TimeoutNow);
+        } else {
+            self.send_append(to, true);
+        }
+        Ok(())
+    }
+
+    pub fn read_index(&mut self, ctx: Vec<u8>) -> Result<(), ProposeError> {
+        match self.role {
+            Role::Leader => {
+                let id = self.id;
+                self.handle_read_index(id, ctx);
+                Ok(())
+            }
+            _ if self.leader != 0 => {
+                let l = self.leader;
+                self.send(l, MessageBody::ReadIndex { ctx });
+                Ok(())
+            }
+            _ => Err(ProposeError::NoLeader),
+        }
+    }
+
+    fn append_entry(&mut self, mut e: Entry) {
+        e.term = self.term;
+        e.index = self.log.last_index() + 1;
+        self.log.push(e);
+    }
+
+    fn append_entries(&mut self, mut ents: Vec<Entry>) {
+        let li = self.log.last_index();
+        for (i, e) in ents.iter_mut().enumerate() {
+            e.term = self.term;
+            e.index = li + 1 + i as u64;
+        }
+        for e in ents {
+            self.log.push(e);
+        }
+    }
+
+    /// The driver made entries up to `(index, term)` durable.
+    pub fn persisted(&mut self, index: u64, term: u64) {
+        if self.log.persisted_to(index, term) && self.maybe_commit() {
+            self.bcast_append(true);
+        }
+    }
+
+    fn maybe_commit(&mut self) -> bool {
+        if self.role != Role::Leader || self.voters.is_empty() {
+            return false;
+        }
+        let mut matches = std::mem::take(&mut self.scratch);
+        matches.clear();
+        matches.extend(self.voters.iter().map(|v| {
+            if *v == self.id && self.cfg.test_knobs.commit_before_own_persist {
+                self.log.last_index()
+            } else if *v == self.id {
+                self.log.persisted.min(self.log.last_index())
+            } else {
+                self.progress.get(v).map_or(0, |p| p.matched)
+            }
+        }));
+        matches.sort_unstable_by(|a, b| b.cmp(a));
+        let q = matches[self.quorum() - 1];
+        self.scratch = matches;
+        if q <= self.log.committed || self.log.term(q) != Some(self.term) {
+            return false;
+        }
+        self.log.commit_to(q);
+        // Reads that waited for a commit in this term can now be indexed.
+        for (from, ctx) in self.read_only.take_deferred() {
+            self.handle_read_index(from, ctx);
+        }
+        true
+    }
+
+    fn handle_read_index(&mut self, from: NodeId, ctx: Vec<u8>) {
+        let committed = self.log.committed;
+        if self.cfg.test_knobs.read_without_quorum {
+            self.respond_read(from, ctx, committed);
+        } else if self.log.term(committed) != Some(self.term) {
+            // Until it commits an entry of its own term, a leader does not
+            // know the true commit index (after a restart it may be stale
+            // even with no other voter), so the read waits for that.
+            self.read_only.defer(from, ctx);
+        } else if self.voters == [self.id] {
+            self.respond_read(from, ctx, committed);
+        } else {
+            self.read_only.add(from, ctx, committed);
+        }
+    }
+
+    fn respond_read(&mut self, from: NodeId, ctx: Vec<u8>, index: u64) {
+        if from == self.id {
+            self.read_states.push(ReadState { index, ctx });
+        } else {
+            self.send(from, MessageBody::ReadIndexResponse { index, ctx });
+        }
+    }
+
+    /// Starts a heartbeat round for reads queued since the last one.
+    pub fn flush_reads(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if let Some(round) = self.read_only.start_round() {
+            self.bcast_heartbeat(round);
+            self.release_reads();
+        }
+    }
+
+    pub fn reads_pending_flush(&self) -> bool {
+        self.read_only.flush_pending
+    }
+
+    fn release_reads(&mut self) {
+        let voters = self.voters.clone();
+        for r in self.read_only.release(self.id, &voters) {
+            self.respond_read(r.from, r.ctx, r.index);
+        }
+    }
+
+    // ---- step ----------------------------------------------------------
+
+    pub fn step(&mut self, m: Message) {
+        if m.from == 0 || m.from == self.id || (m.to != self.id && m.to != 0) || !sane(&m) {
+            return;
+        }
+        let forwarded = matches!(
+            m.body,
+            MessageBody::Propose { .. } | MessageBody::ReadIndex { .. }
+        );
+        if forwarded {
+            // Client requests carry no term.
+        } else if m.term > self.term {
+            match m.body {
+                MessageBody::Vote { pre, transfer, .. } => {
+                    let in_lease = self.cfg.check_quorum
+                        && self.leader != 0
+                        && self.election_elapsed < self.cfg.election_tick;
+                    if in_lease && !transfer {
+                        return;
+                    }
+                    if !pre {
+                        self.become_follower(m.term, 0);
+                    }
+                }
+                MessageBody::VoteResponse { pre: true, reject } if !reject => {}
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::Snapshot { .. }
+                | MessageBody::TimeoutNow => self.become_follower(m.term, m.from),
+                _ => self.become_follower(m.term, 0),
+            }
+        } else if m.term < self.term {
+            match m.body {
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+                    if self.cfg.check_quorum || self.cfg.pre_vote =>
+                {
+                    // Tell a stale leader about the newer term.
+                    self.send(
+                        m.from,
+                        MessageBody::AppendResponse {
+                            index: 0,
+                            reject: true,
+                            hint_index: 0,
+                            hint_term: 0,
+                        },
+                    );
+                }
+                MessageBody::Vote { pre: true, .. } => {
+                    let t = self.term;
+                    self.send_with_term(
+                        m.from,
+                        t,
+                        MessageBody::VoteResponse {
+                            pre: true,
+                            reject: true,
+                        },
+                    );
+                }
+                _ => {}
+            }
+            return;
+        }
+
+        if let MessageBody::Vote {
+            pre,
+            last_index,
+            last_term,
+            ..
+        } = m.body
+        {
+            self.handle_vote(m.from, m.term, pre, last_index, last_term);
+            return;
+        }
+        match self.role {
+            Role::Leader => self.step_leader(m),
+            Role::Candidate | Role::PreCandidate => self.step_candidate(m),
+            Role::Follower => self.step_follower(m),
+        }
+    }
+
+    fn handle_vote(&mut self, from: NodeId, term: u64, pre: bool, last_index: u64, last_term: u64) {
+        let can_vote =
+            self.vote == from || (self.vote == 0 && self.leader == 0) || (pre && term > self.term);
+        let up_to_date = self.cfg.test_knobs.skip_election_restriction
+            || self.log.is_up_to_date(last_index, last_term);
+        if can_vote && up_to_date {
+            self.send_with_term(from, term, MessageBody::VoteResponse { pre, reject: false });
+            if !pre {
+                self.election_elapsed = 0;
+                self.vote = from;
+            }
+        } else {
+            let t = self.term;
+            self.send_with_term(from, t, MessageBody::VoteResponse { pre, reject: true });
+        }
+    }
+
+    fn step_leader(&mut self, m: Message) {
+        let from = m.from;
+        match m.body {
+            MessageBody::Propose { entries } => {
+                if self.lead_transferee.is_some() || entries.is_empty() {
+                    return;
+                }
+                let ents = entries
+                    .into_iter()
+                    .map(|e| Entry {
+                        data: e.data,
+                        ..Default::default()
+                    })
+                    .collect();
+                self.append_entries(ents);
+                self.bcast_append(false);
+            }
+            MessageBody::ReadIndex { ctx } if self.progress.contains_key(&from) => {
+                self.handle_read_index(from, ctx);
+            }
+            MessageBody::AppendResponse {
+                index,
+                reject,
+                hint_index,
+                hint_term,
+            } => self.handle_append_response(from, index, reject, hint_index, hint_term),
+            MessageBody::HeartbeatResponse { read_round } => {
+                let last = self.log.last_index();
+                let Some(pr) = self.progress.get_mut(&from) else {
+                    return;
+                };
+                pr.recent_active = true;
+                pr.probe_sent = false;
+                // A lost append would otherwise pin a full window forever:
+                // free one slot so a new append (or its rejection) flows.
+                if pr.state == ProgressState::Replicate && pr.inflights.full() {
+                    pr.inflights.free_first();
+                }
+                if pr.state != ProgressState::Snapshot && pr.matched < last {
+                    // Even if empty: if appends were lost, the follower
+                    // rejects this one and we fall back to probing.
+                    self.send_append(from, true);
+                }
+                if self.voters.contains(&from) {
+                    self.read_only.ack(from, read_round);
+                    self.release_reads();
+                }
+            }
+            MessageBody::SnapshotResponse {
+                index,
+                offset,
+                reject,
+            } => {
+                let Some(pr) = self.progress.get_mut(&from) else {
+                    return;
+                };
+                pr.recent_active = true;
+                if pr.state != ProgressState::Snapshot || pr.pending_snapshot != index {
+                    return;
+                }
+                let current = self.log.snapshot.as_ref().map(|s| s.meta.index);
+                if current != Some(index) {
+                    // We compacted again mid-transfer: send the new one.
+                    self.send_snapshot(from);
+                    return;
+                }
+                let Some(pr) = self.progress.get_mut(&from) else {
+                    return;
+                };
+                if reject || offset > pr.snap_acked {
+                    pr.snap_acked = offset;
+                    pr.snap_idle = 0;
+                    self.send_snapshot_chunk(from, offset);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        index: u64,
+        reject: bool,
+        hint_index: u64,
+        hint_term: u64,
+    ) {
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        if reject {
+            let mut next_probe = hint_index;
+            if hint_term > 0 {
+                next_probe = self.log.find_conflict_by_term(hint_index, hint_term).0;
+            }
+            let Some(pr) = self.progress.get_mut(&from) else {
+                return;
+            };
+            if pr.maybe_decr_to(index, next_probe) {
+                if pr.state == ProgressState::Replicate {
+                    pr.become_probe();
+                }
+                self.send_append(from, false);
+            }
+            return;
+        }
+        if index > last {
+            return; // a follower cannot hold more than the leader's log
+        }
+        let was_paused = pr.is_paused();
+        if !pr.maybe_update(index) {
+            if pr.state == ProgressState::Replicate {
+                pr.inflights.free_le(index);
+            }
+            return;
+        }
+        match pr.state {
+            ProgressState::Probe => pr.become_replicate(),
+            ProgressState::Snapshot => {
+                if pr.matched >= pr.pending_snapshot {
+                    pr.become_probe();
+                    pr.become_replicate();
+                }
+            }
+            ProgressState::Replicate => pr.inflights.free_le(index),
+        }
+        let matched = pr.matched;
+        if self.maybe_commit() {
+            self.bcast_append(true);
+        } else if was_paused {
+            self.send_append(from, false);
+        }
+        while self.send_append(from, false) {}
+        if self.lead_transferee == Some(from) && matched == self.log.last_index() {
+            self.send(from, MessageBody::TimeoutNow);
+        }
+    }
+
+    fn step_candidate(&mut self, m: Message) {
+        match m.body {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::Snapshot { .. } => {
+                self.become_follower(m.term, m.from);
+                self.step_follower(m);
+            }
+            MessageBody::VoteResponse { pre, reject } => {
+                if pre != (self.role == Role::PreCandidate) || !self.voters.contains(&m.from) {
+                    return;
+                }
+                self.votes.insert(m.from, !reject);
+                match self.poll() {
+                    Some(true) if pre => self.campaign(Campaign::Election),
+                    Some(true) => self.become_leader(),
+                    Some(false) => {
+                        let t = self.term;
+                        self.become_follower(t, 0);
+                    }
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn step_follower(&mut self, m: Message) {
+        let from = m.from;
+        match m.body {
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                self.election_elapsed = 0;
+                self.leader = from;
+                self.handle_append(from, m.term, prev_index, prev_term, entries, commit);
+            }
+            MessageBody::Heartbeat { commit, read_round } => {
+                self.election_elapsed = 0;
+                self.leader = from;
+                self.log.commit_to(commit);
+                self.send(from, MessageBody::HeartbeatResponse { read_round });
+            }
+            MessageBody::Snapshot {
+                meta,
+                offset,
+                data,
+                done,
+            } => {
+                self.election_elapsed = 0;
+                self.leader = from;
+                self.handle_snapshot_chunk(from, meta, offset, data, done);
+            }
+            MessageBody::ReadIndexResponse { index, ctx } => {
+                self.read_states.push(ReadState { index, ctx });
+            }
+            MessageBody::TimeoutNow => self.campaign(Campaign::Transfer),
+            _ => {}
+        }
+    }
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        term: u64,
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<Entry>,
+        commit: u64,
+    ) {
+        if prev_index < self.log.committed {
+            let c = self.log.committed;
+            self.send(
+                from,
+                MessageBody::AppendResponse {
+                    index: c,
+                    reject: false,
+                    hint_index: 0,
+                    hint_term: 0,
+                },
+            );
+            return;
+        }
+        if entries.iter().any(|e| e.term > term) {
+            return;
+        }
+        match self.log.maybe_append(prev_index, prev_term, entries) {
+            Err(()) => {}
+            Ok(Some(last_new)) => {
+                self.log.commit_to(commit.min(last_new));
+                self.send(
+                    from,
+                    MessageBody::AppendResponse {
+                        index: last_new,
+                        reject: false,
+                        hint_index: 0,
+                        hint_term: 0,
+                    },
+                );
+            }
+            Ok(None) => {
+                let (hint_index, hint_term) = self
+                    .log
+                    .find_conflict_by_term(prev_index.min(self.log.last_index()), prev_term);
+                self.send(
+                    from,
+                    MessageBody::AppendResponse {
+                        index: prev_index,
+                        reject: true,
+                        hint_index,
+                        hint_term,
+                    },
+                );
+            }
+        }
+    }
+
+    fn handle_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Vec<u8>,
+        done: bool,
+    ) {
+        if meta.index <= self.log.committed {
+            self.incoming_snapshot = None;
+            let c = self.log.committed;
+            self.send(
+                from,
+                MessageBody::AppendResponse {
+                    index: c,
+                    reject: false,
+                    hint_index: 0,
+                    hint_term: 0,
+                },
+            );
+            return;
+        }
+        let index = meta.index;
+        let have = match &mut self.incoming_snapshot {
+            Some((m, buf)) if *m == meta => {
+                if offset == buf.len() as u64 {
+                    buf.extend_from_slice(&data);
+                    None
+                } else {
+                    Some((buf.len() as u64, offset > buf.len() as u64))
+                }
+            }
+            _ if offset == 0 => {
+                self.incoming_snapshot = Some((meta, data));
+                None
+            }
+            _ => Some((0, true)),
+        };
+        if let Some((want, reject)) = have {
+            self.send(
+                from,
+                MessageBody::SnapshotResponse {
+                    index,
+                    offset: want,
+                    reject,
+                },
+            );
+            return;
+        }
+        if !done {
+            let got = self
+                .incoming_snapshot
+                .as_ref()
+                .map_or(0, |(_, b)| b.len() as u64);
+            self.send(
+                from,
+                MessageBody::SnapshotResponse {
+                    index,
+                    offset: got,
+                    reject: false,
+                },
+            );
+            return;
+        }
+        let Some((meta, buf)) = self.incoming_snapshot.take() else {
+            return;
+        };
+        if self.log.match_term(meta.index, meta.term) {
+            self.log.commit_to(meta.index);
+        } else {
+            self.set_conf(&meta.conf_state);
+            self.conf_applied = meta.index;
+            self.conf_changed = true;
+            self.log.restore(Snapshot {
+                meta,
+                data: Arc::from(buf),
+            });
+        }
+        let c = self.log.committed;
+        self.send(
+            from,
+            MessageBody::AppendResponse {
+                index: c,
+                reject: false,
+                hint_index: 0,
+                hint_term: 0,
+            },
+        );
+    }
+
+    // ---- membership ----------------------------------------------------
+
+    /// Applies the conf changes among `entries` (committed, being handed
+    /// out) that are not in force yet.
+    pub fn apply_conf_entries(&mut self, entries: &[Entry]) {
+        for e in entries {
+            if e.index <= self.conf_applied {
+                continue;
+            }
+            self.conf_applied = e.index;
+            if e.kind != EntryType::ConfChange {
+                continue;
+            }
+            if let Ok(cc) = postcard::from_bytes::<ConfChange>(&e.data) {
+                self.apply_conf_change(&cc);
+            }
+        }
+    }
+
+    fn apply_conf_change(&mut self, cc: &ConfChange) {
+        let id = cc.node_id;
+        let leader = self.role == Role::Leader;
+        match cc.change {
+            ConfChangeType::AddVoter => {
+                self.learners.retain(|l| *l != id);
+                if !self.voters.contains(&id) {
+                    self.voters.push(id);
+                    self.voters.sort_unstable();
+                }
+                if leader && id != self.id {
+                    match self.progress.get_mut(&id) {
+                        Some(p) => p.is_learner = false,
+                        None => {
+                            let p = self.new_progress(false);
+                            self.progress.insert(id, p);
+                        }
+                    }
+                }
+            }
+            ConfChangeType::AddLearner => {
+                if self.voters.contains(&id) || self.learners.contains(&id) {
+                    return;
+                }
+                self.learners.push(id);
+                self.learners.sort_unstable();
+                if leader && id != self.id {
+                    let p = self.new_progress(true);
+                    self.progress.insert(id, p);
+                }
+            }
+            ConfChangeType::Remove => {
+                self.voters.retain(|v| *v != id);
+                self.learners.retain(|l| *l != id);
+                self.progress.remove(&id);
+                if self.lead_transferee == Some(id) {
+                    self.lead_transferee = None;
+                }
+                if leader && id == self.id {
+                    // Let followers learn the commit of our removal, then
+                    // stop leading.
+                    self.bcast_append(true);
+                    let t = self.term;
+                    self.become_follower(t, 0);
+                }
+            }
+        }
+        self.conf_changed = true;
+        if self.role == Role::Leader && self.maybe_commit() {
+            self.bcast_append(true);
+        }
+        if self.role == Role::Leader {
+            self.release_reads();
+        }
+    }
+
+    /// Takes a snapshot of the applied state: `data` is the state machine's
+    /// serialization at the applied index.
+    pub fn compact(&mut self, data: Vec<u8>) -> Option<SnapshotMeta> {
+        self.compact_at(self.log.applied, data)
+    }
+
+    /// Like [`Raft::compact`] for a snapshot cut at an earlier applied
+    /// `index` (the driver serializes off its loop while applying goes on).
+    pub fn compact_at(&mut self, index: u64, data: Vec<u8>) -> Option<SnapshotMeta> {
+        if index > self.log.applied || index <= self.log.snap_index {
+            return None;
+        }
+        let term = self.log.term(index)?;
+        let meta = SnapshotMeta {
+            index,
+            term,
+            conf_state: self.conf_state(),
+        };
+        self.log.compact(Snapshot {
+            meta: meta.clone(),
+            data: Arc::from(data),
+        });
+        Some(meta)
+    }
+}

@@ -1,0 +1,614 @@
+//! Pinned behaviours of the core, driven by hand. The fault simulator in
+//! `tests/raft_sim.rs` covers the rest.
+
+use super::*;
+use crate::wire::raft::{ConfState, Entry, Message, MessageBody, SnapshotMeta};
+
+fn node(id: u64, voters: &[u64]) -> Node {
+    let state = RestartState {
+        snapshot: Snapshot {
+            meta: SnapshotMeta {
+                conf_state: ConfState {
+                    voters: voters.to_vec(),
+                    learners: vec![],
+                },
+                ..Default::default()
+            },
+            data: Vec::new().into(),
+        },
+        ..Default::default()
+    };
+    Node::new(Config::new(id), state).unwrap()
+}
+
+fn elect_single(n: &mut Node) {
+    for _ in 0..30 {
+        n.tick();
+    }
+    assert_eq!(
+        n.status().role,
+        Role::Candidate,
+        "waiting for its vote to be durable"
+    );
+    let rd = n.ready();
+    n.on_persisted(rd.persist.unwrap());
+    assert_eq!(n.status().role, Role::Leader);
+}
+
+#[test]
+fn single_node_commits_only_once_its_log_is_durable() {
+    let mut n = node(1, &[1]);
+    elect_single(&mut n);
+    let rd = n.ready();
+    assert!(rd.committed_entries.is_empty());
+    n.propose(b"x".to_vec()).unwrap();
+    let rd2 = n.ready();
+    assert_eq!(rd2.entries.len(), 1);
+    assert!(rd2.committed_entries.is_empty(), "nothing is durable yet");
+    n.on_persisted(rd.persist.unwrap());
+    let rd3 = n.ready();
+    assert_eq!(rd3.committed_entries.len(), 1, "the no-op commits");
+    n.on_persisted(rd2.persist.unwrap());
+    let rd4 = n.ready();
+    assert_eq!(rd4.committed_entries[0].data, b"x");
+}
+
+#[test]
+fn leader_commits_on_followers_durability_alone() {
+    let mut n = node(1, &[1, 2, 3]);
+    // Become leader: pre-vote then vote, granted by 2.
+    for _ in 0..30 {
+        n.tick();
+    }
+    let rd = n.ready();
+    let pre = rd
+        .messages
+        .iter()
+        .find(|o| o.message.to == 2)
+        .unwrap()
+        .message
+        .clone();
+    n.step(Message {
+        from: 2,
+        to: 1,
+        term: pre.term,
+        body: MessageBody::VoteResponse {
+            pre: true,
+            reject: false,
+        },
+    });
+    let rd = n.ready();
+    let vote = rd.messages.iter().find(|o| o.message.to == 2).unwrap();
+    assert!(
+        vote.before_persist,
+        "vote requests leave in parallel with the candidate's fsync"
+    );
+    let term = vote.message.term;
+    n.step(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::VoteResponse {
+            pre: false,
+            reject: false,
+        },
+    });
+    assert_eq!(
+        n.status().role,
+        Role::Candidate,
+        "its own vote is not durable yet: one grant of three is no quorum"
+    );
+    n.on_persisted(rd.persist.unwrap());
+    assert_eq!(n.status().role, Role::Leader);
+    let rd = n.ready();
+    let app = rd.messages.iter().find(|o| o.message.to == 3).unwrap();
+    assert!(
+        app.before_persist,
+        "appends go out before the leader's fsync"
+    );
+    let noop = rd.entries.last().unwrap().index;
+    // Leader never acknowledges its own write; followers 2 and 3 do.
+    for f in [2, 3] {
+        n.step(Message {
+            from: f,
+            to: 1,
+            term,
+            body: MessageBody::AppendResponse {
+                index: noop,
+                reject: false,
+                hint_index: 0,
+                hint_term: 0,
+            },
+        });
+    }
+    assert_eq!(n.status().commit, noop);
+    // One follower plus the leader's in-flight write is not a quorum.
+    n.propose(b"y".to_vec()).unwrap();
+    n.step(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::AppendResponse {
+            index: noop + 1,
+            reject: false,
+            hint_index: 0,
+            hint_term: 0,
+        },
+    });
+    assert_eq!(n.status().commit, noop);
+}
+
+#[test]
+fn no_leader_means_a_clear_error() {
+    let mut n = node(1, &[1, 2, 3]);
+    assert_eq!(n.propose(b"x".to_vec()), Err(ProposeError::NoLeader));
+    assert_eq!(n.read_index(vec![]), Err(ProposeError::NoLeader));
+    assert!(matches!(
+        n.transfer_leader(2),
+        Err(TransferError::NotLeader { leader_hint: None })
+    ));
+}
+
+/// Hostile input: random messages with random terms, indices and senders.
+#[test]
+fn garbage_messages_never_panic() {
+    let mut s = 42u64;
+    let mut rnd = move |m: u64| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        // Now and then an extreme value, to catch overflows.
+        match s % 97 {
+            0 => u64::MAX,
+            1 => u64::MAX / 2,
+            _ => s % m.max(1),
+        }
+    };
+    for round in 0..20 {
+        let mut n = node(1, &[1, 2, 3]);
+        if round % 2 == 0 {
+            for _ in 0..30 {
+                n.tick();
+            }
+        }
+        for _ in 0..2000 {
+            let entries: Vec<Entry> = (0..rnd(4).min(4))
+                .map(|_| Entry {
+                    term: rnd(6),
+                    index: rnd(12),
+                    data: vec![1],
+                    ..Default::default()
+                })
+                .collect();
+            let body = match rnd(12) % 12 {
+                0 => MessageBody::Append {
+                    prev_index: rnd(12),
+                    prev_term: rnd(6),
+                    entries,
+                    commit: rnd(14),
+                },
+                1 => MessageBody::AppendResponse {
+                    index: rnd(14),
+                    reject: rnd(2) == 0,
+                    hint_index: rnd(14),
+                    hint_term: rnd(6),
+                },
+                2 => MessageBody::Heartbeat {
+                    commit: rnd(14),
+                    read_round: rnd(3),
+                },
+                3 => MessageBody::HeartbeatResponse { read_round: rnd(3) },
+                4 => MessageBody::Vote {
+                    pre: rnd(2) == 0,
+                    last_index: rnd(12),
+                    last_term: rnd(6),
+                    transfer: rnd(2) == 0,
+                },
+                5 => MessageBody::VoteResponse {
+                    pre: rnd(2) == 0,
+                    reject: rnd(2) == 0,
+                },
+                6 => MessageBody::Snapshot {
+                    meta: SnapshotMeta {
+                        index: rnd(14),
+                        term: rnd(6),
+                        conf_state: ConfState {
+                            voters: vec![rnd(5)],
+                            learners: vec![],
+                        },
+                    },
+                    offset: rnd(3),
+                    data: vec![0; rnd(3).min(3) as usize],
+                    done: rnd(2) == 0,
+                },
+                7 => MessageBody::SnapshotResponse {
+                    index: rnd(14),
+                    offset: rnd(5),
+                    reject: rnd(2) == 0,
+                },
+                8 => MessageBody::Propose { entries },
+                9 => MessageBody::ReadIndex { ctx: vec![1] },
+                10 => MessageBody::ReadIndexResponse {
+                    index: rnd(20),
+                    ctx: vec![],
+                },
+                _ => MessageBody::TimeoutNow,
+            };
+            n.step(Message {
+                from: rnd(5),
+                to: if rnd(10) == 0 { rnd(3) } else { 1 },
+                term: rnd(7),
+                body,
+            });
+            if rnd(5) == 0 {
+                n.tick();
+            }
+            if rnd(3) == 0 {
+                let rd = n.ready();
+                if let Some(t) = rd.persist {
+                    n.on_persisted(t);
+                }
+                if rnd(4) == 0 {
+                    let _ = n.compact(vec![7; 3]);
+                }
+            }
+            let st = n.status();
+            assert!(st.commit <= st.last_index);
+            assert!(st.applied <= st.commit);
+        }
+    }
+}
+
+/// A tiny lossless cluster: instant delivery, instant fsync.
+struct Cluster {
+    nodes: std::collections::BTreeMap<u64, Node>,
+    applied: std::collections::BTreeMap<u64, Vec<Entry>>,
+    reads: std::collections::BTreeMap<u64, Vec<ReadState>>,
+    cut: Vec<u64>,
+    /// Nodes whose fsyncs never complete.
+    stalled_disk: Vec<u64>,
+}
+
+impl Cluster {
+    fn new(voters: &[u64], cfg: impl Fn(&mut Config)) -> Self {
+        let mut nodes = std::collections::BTreeMap::new();
+        for &id in voters {
+            let mut c = Config::new(id);
+            cfg(&mut c);
+            let rs = RestartState {
+                snapshot: Snapshot {
+                    meta: SnapshotMeta {
+                        conf_state: ConfState {
+                            voters: voters.to_vec(),
+                            learners: vec![],
+                        },
+                        ..Default::default()
+                    },
+                    data: Vec::new().into(),
+                },
+                ..Default::default()
+            };
+            nodes.insert(id, Node::new(c, rs).unwrap());
+        }
+        Cluster {
+            nodes,
+            applied: Default::default(),
+            reads: Default::default(),
+            cut: vec![],
+            stalled_disk: vec![],
+        }
+    }
+
+    fn pump(&mut self) {
+        for _ in 0..1000 {
+            let mut msgs = Vec::new();
+            for (id, n) in self.nodes.iter_mut() {
+                while n.has_ready() {
+                    let rd = n.ready();
+                    let stalled = self.stalled_disk.contains(id);
+                    if let Some(t) = rd.persist.filter(|_| !stalled) {
+                        n.on_persisted(t);
+                    }
+                    self.applied
+                        .entry(*id)
+                        .or_default()
+                        .extend(rd.committed_entries);
+                    self.reads.entry(*id).or_default().extend(rd.read_states);
+                    msgs.extend(
+                        rd.messages
+                            .into_iter()
+                            .filter(|o| !stalled || o.before_persist)
+                            .map(|o| o.message),
+                    );
+                }
+            }
+            if msgs.is_empty() {
+                return;
+            }
+            for m in msgs {
+                if self.cut.contains(&m.from) || self.cut.contains(&m.to) {
+                    continue;
+                }
+                if let Some(n) = self.nodes.get_mut(&m.to) {
+                    n.step(m);
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, n: usize) {
+        for _ in 0..n {
+            for node in self.nodes.values_mut() {
+                node.tick();
+            }
+            self.pump();
+        }
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.nodes
+            .values()
+            .filter(|n| !self.cut.contains(&n.id()))
+            .find(|n| n.status().role == Role::Leader)
+            .map(|n| n.id())
+    }
+
+    fn elect(&mut self) -> u64 {
+        for _ in 0..100 {
+            self.tick(1);
+            if let Some(l) = self.leader() {
+                return l;
+            }
+        }
+        panic!("no leader");
+    }
+}
+
+#[test]
+fn leader_transfer_hands_over_with_timeout_now() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    let target = if l == 1 { 2 } else { 1 };
+    c.nodes
+        .get_mut(&l)
+        .unwrap()
+        .transfer_leader(target)
+        .unwrap();
+    assert_eq!(
+        c.nodes.get_mut(&l).unwrap().propose(b"x".to_vec()),
+        Err(ProposeError::TransferInProgress)
+    );
+    c.pump();
+    assert_eq!(c.leader(), Some(target));
+    assert_eq!(c.nodes[&l].status().role, Role::Follower);
+}
+
+#[test]
+fn removed_leader_steps_down_and_the_rest_carry_on() {
+    use crate::wire::raft::{ConfChange, ConfChangeType};
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    c.nodes
+        .get_mut(&l)
+        .unwrap()
+        .propose_conf_change(ConfChange {
+            change: ConfChangeType::Remove,
+            node_id: l,
+            context: vec![],
+        })
+        .unwrap();
+    c.pump();
+    assert_eq!(c.nodes[&l].status().role, Role::Follower);
+    assert!(!c.nodes[&l].conf_state().voters.contains(&l));
+    c.cut.push(l);
+    c.tick(60);
+    let l2 = c.leader().expect("the remaining two elect a leader");
+    assert_ne!(l2, l);
+    c.nodes
+        .get_mut(&l2)
+        .unwrap()
+        .propose(b"after".to_vec())
+        .unwrap();
+    c.pump();
+    assert!(c.applied[&l2].iter().any(|e| e.data == b"after"));
+}
+
+#[test]
+fn lagging_follower_catches_up_by_chunked_snapshot() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.snapshot_chunk_size = 7);
+    let l = c.elect();
+    let lagger = if l == 3 { 2 } else { 3 };
+    c.cut.push(lagger);
+    for i in 0..20u8 {
+        c.nodes.get_mut(&l).unwrap().propose(vec![i]).unwrap();
+        c.pump();
+    }
+    let meta = c.nodes.get_mut(&l).unwrap().compact(vec![9; 50]).unwrap();
+    assert!(meta.index >= 20);
+    assert!(c.nodes[&l].status().first_index > 1);
+    c.cut.clear();
+    c.tick(5);
+    let st = c.nodes[&lagger].status();
+    assert!(st.commit >= meta.index, "{st:?}");
+    assert_eq!(st.first_index, meta.index + 1);
+    // And it follows normal replication afterwards.
+    c.nodes.get_mut(&l).unwrap().propose(b"z".to_vec()).unwrap();
+    c.pump();
+    c.tick(1);
+    assert!(c.applied[&lagger].iter().any(|e| e.data == b"z"));
+}
+
+#[test]
+fn reads_are_batched_per_heartbeat_round_and_forwarded() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    let f = if l == 1 { 2 } else { 1 };
+    let leader = c.nodes.get_mut(&l).unwrap();
+    leader.read_index(b"a".to_vec()).unwrap();
+    leader.read_index(b"b".to_vec()).unwrap();
+    let rd = leader.ready();
+    let heartbeats = rd
+        .messages
+        .iter()
+        .filter(|o| matches!(o.message.body, MessageBody::Heartbeat { .. }))
+        .count();
+    assert_eq!(
+        heartbeats, 2,
+        "one round (one heartbeat per follower) for both reads"
+    );
+    assert!(
+        rd.read_states.is_empty(),
+        "not before a quorum acknowledges"
+    );
+    for o in rd.messages {
+        c.nodes.get_mut(&o.message.to).unwrap().step(o.message);
+    }
+    c.nodes
+        .get_mut(&f)
+        .unwrap()
+        .read_index(b"f".to_vec())
+        .unwrap();
+    c.pump();
+    let ctxs = |id: u64| -> Vec<Vec<u8>> { c.reads[&id].iter().map(|r| r.ctx.clone()).collect() };
+    assert_eq!(ctxs(l), vec![b"a".to_vec(), b"b".to_vec()]);
+    assert_eq!(ctxs(f), vec![b"f".to_vec()]);
+    assert!(c.reads[&f][0].index >= c.reads[&l][0].index);
+}
+
+#[test]
+fn a_leader_with_a_stalled_disk_keeps_committing_then_hands_over() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    c.stalled_disk.push(l);
+    let before = c.nodes[&l].status().commit;
+    for i in 0..5u8 {
+        c.nodes.get_mut(&l).unwrap().propose(vec![i]).unwrap();
+        c.pump();
+    }
+    let st = c.nodes[&l].status();
+    assert_eq!(st.commit, before + 5, "followers alone form the quorum");
+    assert!(st.persisted < st.commit);
+    c.tick(25);
+    assert_ne!(c.leader(), Some(l), "leadership moved off the slow disk");
+    assert!(c.leader().is_some());
+}
+
+#[test]
+fn compact_at_an_earlier_applied_index() {
+    let mut cfg = Config::new(1);
+    cfg.election_tick = 3;
+    let state = RestartState {
+        snapshot: Snapshot {
+            meta: SnapshotMeta {
+                index: 0,
+                term: 0,
+                conf_state: ConfState {
+                    voters: vec![1],
+                    learners: vec![],
+                },
+            },
+            data: std::sync::Arc::from(Vec::new()),
+        },
+        ..Default::default()
+    };
+    let mut n = Node::new(cfg, state).unwrap();
+    for _ in 0..20 {
+        n.tick();
+        if n.has_ready() {
+            let rd = n.ready();
+            if let Some(t) = rd.persist {
+                n.on_persisted(t);
+            }
+        }
+    }
+    for round in 1..5 {
+        n.propose(vec![round]).unwrap();
+        for _ in 0..2 {
+            let rd = n.ready();
+            if let Some(t) = rd.persist {
+                n.on_persisted(t);
+            }
+        }
+    }
+    let applied = n.status().applied;
+    assert!(applied >= 3, "single voter commits its own proposals");
+    assert!(
+        n.compact_at(applied + 1, vec![]).is_none(),
+        "cannot compact past applied"
+    );
+    let meta = n
+        .compact_at(2, vec![1])
+        .expect("compacts at an applied index");
+    assert_eq!(meta.index, 2);
+    assert!(
+        n.compact_at(2, vec![]).is_none(),
+        "nothing newer to compact"
+    );
+}
+
+/// Found by the SIGKILL crash test: a restarted lone voter whose persisted
+/// commit index lagged its log answered a read before committing an entry of
+/// its new term, so the read missed acknowledged writes.
+#[test]
+fn restarted_lone_voter_defers_reads_until_it_commits_in_its_term() {
+    let entries: Vec<Entry> = (1..=5)
+        .map(|i| Entry {
+            term: 1,
+            index: i,
+            kind: crate::wire::raft::EntryType::Normal,
+            data: vec![i as u8],
+        })
+        .collect();
+    let state = RestartState {
+        hard_state: crate::wire::raft::HardState {
+            term: 1,
+            vote: 1,
+            commit: 2,
+        },
+        snapshot: Snapshot {
+            meta: SnapshotMeta {
+                index: 0,
+                term: 0,
+                conf_state: ConfState {
+                    voters: vec![1],
+                    learners: vec![],
+                },
+            },
+            data: std::sync::Arc::from(Vec::new()),
+        },
+        entries,
+    };
+    let mut cfg = Config::new(1);
+    cfg.election_tick = 3;
+    let mut n = Node::new(cfg, state).unwrap();
+    // Elect it: its own vote counts once persisted.
+    for _ in 0..20 {
+        n.tick();
+        if n.has_ready() {
+            let rd = n.ready();
+            if let Some(t) = rd.persist {
+                n.on_persisted(t);
+            }
+        }
+        if n.status().role == Role::Leader {
+            break;
+        }
+    }
+    // Its no-op is not persisted yet: nothing of its term is committed.
+    n.read_index(b"r".to_vec()).unwrap();
+    let rd = n.ready();
+    assert!(
+        rd.read_states.is_empty(),
+        "read answered at a stale commit index: {:?}",
+        rd.read_states
+    );
+    let token = rd.persist.expect("the new term's no-op must be persisted");
+    n.on_persisted(token);
+    let rd = n.ready();
+    assert_eq!(rd.read_states.len(), 1);
+    assert!(
+        rd.read_states[0].index >= 5,
+        "read index {} misses committed entries",
+        rd.read_states[0].index
+    );
+}

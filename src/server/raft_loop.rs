@@ -1,0 +1,513 @@
+//! The Raft driver: the one task that owns the Raft core.
+//!
+//! Everything that changes Raft state arrives as an [`Input`] on one
+//! channel (ticks from a ticker task, proposals and reads from callers,
+//! completions from the WAL writer and the snapshotter), so the core is only
+//! ever touched from this loop and its order of events is the channel's.
+//! After each batch of inputs the loop drains [`raft::Ready`]s in the order
+//! the core documents:
+//!
+//! 1. messages that may go before persistence are sent;
+//! 2. entries, hard state and any snapshot go to the WAL writer thread,
+//!    which appends and fsyncs them *off this loop* (group commit: all jobs
+//!    queued during one fsync go into the next), so ticks and heartbeats
+//!    never wait on the disk; the writer reports back with
+//!    [`Input::Persisted`], and only then are the remaining messages sent and
+//!    the core told (the leader counts itself toward commit only once durable);
+//! 3. committed entries are applied to the [`StateMachine`] and their
+//!    callers answered;
+//! 4. confirmed reads are released once the applied index reaches them.
+//!
+//! Every `snapshot_count` applied entries the state machine is cloned (cheap),
+//! serialized on the blocking pool, and handed to the writer, which saves it
+//! and releases the WAL segments it covers.
+//!
+//! A storage failure is fatal: the loop stops, every caller gets
+//! `etcdserver: server stopped`, and the node reports why it stopped.
+
+use super::state_machine::StateMachine;
+use crate::raft::{self, PersistToken, ProposeError, Role};
+use crate::runtime::{self, channel};
+use crate::storage::durable_log::DurableLog;
+use crate::storage::StorageError;
+use crate::wire::command::Command;
+use crate::wire::raft::{Entry, EntryType, HardState, SnapshotMeta};
+use qed_wire::{Error, Reply, Request};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// What the loop reacts to.
+pub enum Input {
+    Tick,
+    Propose {
+        request: Request,
+        reply: channel::Sender<Reply>,
+    },
+    /// A linearizable read wants to know when it may read.
+    ReadIndex {
+        reply: channel::Sender<Result<(), Error>>,
+    },
+    /// The WAL writer made a batch durable (or failed).
+    Persisted {
+        tokens: Vec<PersistToken>,
+        result: Result<(), String>,
+    },
+    /// The snapshotter serialized the state machine as of `index`.
+    SnapshotEncoded {
+        index: u64,
+        data: Result<Vec<u8>, String>,
+    },
+}
+
+/// Raft facts other tasks read without asking the loop.
+#[derive(Default)]
+pub struct RaftStatus {
+    pub term: AtomicU64,
+    pub leader: AtomicU64,
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+    pub last_index: AtomicU64,
+}
+
+/// Timing and snapshot settings for the loop.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopOptions {
+    /// etcd's `--heartbeat-interval`: one Raft tick.
+    pub tick: Duration,
+    /// etcd's `--snapshot-count`.
+    pub snapshot_count: u64,
+}
+
+/// How callers reach the loop.
+#[derive(Clone)]
+pub struct RaftHandle {
+    inbox: channel::Sender<Input>,
+    pub status: Arc<RaftStatus>,
+}
+
+impl RaftHandle {
+    /// Proposes a write and waits until it is applied.
+    pub async fn propose(&self, request: Request) -> Reply {
+        let (reply, answer) = channel::bounded(1);
+        self.inbox
+            .send(Input::Propose { request, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.recv().await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Waits until a read at this moment may be served linearizably from
+    /// the local state machine.
+    pub async fn read_index(&self) -> Result<(), Error> {
+        let (reply, answer) = channel::bounded(1);
+        self.inbox
+            .send(Input::ReadIndex { reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.recv().await.map_err(|_| Error::Stopped)?
+    }
+}
+
+/// A batch for the WAL writer thread.
+enum PersistJob {
+    Append {
+        hard_state: Option<HardState>,
+        entries: Vec<Entry>,
+        token: Option<PersistToken>,
+    },
+    Snapshot {
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    },
+}
+
+/// Starts the loop, its ticker and its WAL writer. The core must already
+/// reflect what `log` recovered and `state` must be restored to match.
+pub fn start(
+    mut core: raft::Node,
+    log: DurableLog,
+    state: Arc<RwLock<StateMachine>>,
+    options: LoopOptions,
+) -> (RaftHandle, channel::Receiver<String>) {
+    let (inbox, inputs) = channel::unbounded();
+    let (stopped_tx, stopped) = channel::bounded(1);
+    let status = Arc::new(RaftStatus::default());
+    let jobs = spawn_writer(log, inbox.clone());
+    let ticker = inbox.clone();
+    runtime::spawn(async move {
+        loop {
+            runtime::sleep(options.tick).await;
+            if ticker.send(Input::Tick).await.is_err() {
+                return;
+            }
+        }
+    });
+    let snapshot_base = core.status().first_index.saturating_sub(1);
+    // A lone voter need not wait out an election timeout: tick until it
+    // campaigns; the loop persists its vote and it leads at once.
+    if core.conf_state().voters == [core.id()] {
+        for _ in 0..1000 {
+            if core.status().role != Role::Follower {
+                break;
+            }
+            core.tick();
+        }
+    }
+    let mut driver = Driver {
+        core,
+        state,
+        status: status.clone(),
+        jobs,
+        inbox: inbox.clone(),
+        proposals: HashMap::new(),
+        reads: HashMap::new(),
+        confirmed_reads: BTreeMap::new(),
+        id_base: boot_nonce() << 24,
+        next_id: 0,
+        options,
+        snapshot_base,
+        snapshotting: false,
+    };
+    runtime::spawn(async move {
+        let why = driver.run(inputs).await;
+        log::error!("raft loop stopped: {why}");
+        let _ = stopped_tx.send(why).await;
+    });
+    (RaftHandle { inbox, status }, stopped)
+}
+
+/// Distinguishes this process's proposal IDs from those of earlier runs
+/// still in the log.
+fn boot_nonce() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (nanos ^ (u64::from(std::process::id()) << 20)) & 0xff_ffff_ffff
+}
+
+struct Driver {
+    core: raft::Node,
+    state: Arc<RwLock<StateMachine>>,
+    status: Arc<RaftStatus>,
+    jobs: std::sync::mpsc::Sender<PersistJob>,
+    inbox: channel::Sender<Input>,
+    /// Callers waiting for their proposal to apply, by command ID.
+    proposals: HashMap<u64, channel::Sender<Reply>>,
+    /// Reads waiting for the core to confirm an index, by context.
+    reads: HashMap<u64, channel::Sender<Result<(), Error>>>,
+    /// Reads confirmed at an index, waiting for apply to reach it.
+    confirmed_reads: BTreeMap<u64, Vec<channel::Sender<Result<(), Error>>>>,
+    id_base: u64,
+    next_id: u64,
+    options: LoopOptions,
+    /// Applied index of the newest snapshot (or where the log starts).
+    snapshot_base: u64,
+    snapshotting: bool,
+}
+
+impl Driver {
+    async fn run(&mut self, inputs: channel::Receiver<Input>) -> String {
+        loop {
+            let Ok(first) = inputs.recv().await else {
+                return "every handle to the node was dropped".into();
+            };
+            let mut input = Some(first);
+            // Take everything already queued before draining Readys, so one
+            // Ready (and one WAL job) carries a whole burst of proposals.
+            while let Some(i) = input {
+                if let Err(why) = self.handle(i) {
+                    self.fail_all(Error::Stopped);
+                    return why;
+                }
+                input = inputs.try_recv().ok();
+            }
+            if let Err(why) = self.drain_ready() {
+                self.fail_all(Error::Stopped);
+                return why;
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) -> Result<(), String> {
+        match input {
+            Input::Tick => self.core.tick(),
+            Input::Propose { request, reply } => {
+                self.next_id += 1;
+                let id = self.id_base | self.next_id;
+                let command = Command { id, request };
+                match postcard::to_allocvec(&command) {
+                    Ok(data) => match self.core.propose(data) {
+                        Ok(()) => {
+                            self.proposals.insert(id, reply);
+                        }
+                        Err(e) => {
+                            let _ = reply.try_send(Err(propose_error(e)));
+                        }
+                    },
+                    Err(e) => {
+                        let _ = reply
+                            .try_send(Err(Error::Internal(format!("cannot encode proposal: {e}"))));
+                    }
+                }
+            }
+            Input::ReadIndex { reply } => {
+                self.next_id += 1;
+                let ctx = self.id_base | self.next_id;
+                match self.core.read_index(ctx.to_be_bytes().to_vec()) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.try_send(Err(propose_error(e)));
+                    }
+                }
+            }
+            Input::Persisted { tokens, result } => {
+                result.map_err(|e| format!("WAL write failed: {e}"))?;
+                for token in tokens {
+                    self.core.on_persisted(token);
+                }
+            }
+            Input::SnapshotEncoded { index, data } => {
+                self.snapshotting = false;
+                let data = data.map_err(|e| format!("snapshot failed: {e}"))?;
+                if let Some(meta) = self.core.compact_at(index, data.clone()) {
+                    log::info!(
+                        "saving snapshot at index {} (term {})",
+                        meta.index,
+                        meta.term
+                    );
+                    self.snapshot_base = meta.index;
+                    self.send_job(PersistJob::Snapshot { meta, data })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_ready(&mut self) -> Result<(), String> {
+        // Bounded: each Ready hands out work; a core that kept producing
+        // Readys without input would be a bug, not a reason to spin forever.
+        for _ in 0..1000 {
+            if !self.core.has_ready() {
+                break;
+            }
+            let rd = self.core.ready();
+            if let Some(soft) = rd.soft_state {
+                self.status.leader.store(soft.leader, Ordering::Relaxed);
+                if soft.role != Role::Leader {
+                    // Proposals in flight may still commit under the new
+                    // leader, but this member can no longer vouch for them.
+                    for (_, reply) in self.proposals.drain() {
+                        let _ = reply.try_send(Err(Error::LeaderChanged));
+                    }
+                }
+            }
+            if let Some(hs) = rd.hard_state {
+                self.status.term.store(hs.term, Ordering::Relaxed);
+                self.status.commit.store(hs.commit, Ordering::Relaxed);
+            }
+            // Peers arrive with the cluster issue; a lone member has no one to talk to.
+            for out in rd.messages {
+                log::debug!(
+                    "no transport to member {:x}; dropping {:?}",
+                    out.message.to,
+                    out.message.body
+                );
+            }
+            if let Some(snapshot) = rd.snapshot {
+                self.install_snapshot(&snapshot)?;
+                self.send_job(PersistJob::Snapshot {
+                    meta: snapshot.meta.clone(),
+                    data: snapshot.data.to_vec(),
+                })?;
+            }
+            if let Some(last) = rd.entries.last() {
+                self.status.last_index.store(last.index, Ordering::Relaxed);
+            }
+            if !rd.entries.is_empty() || rd.hard_state.is_some() || rd.persist.is_some() {
+                self.send_job(PersistJob::Append {
+                    hard_state: rd.hard_state,
+                    entries: rd.entries,
+                    token: rd.persist,
+                })?;
+            }
+            self.apply(rd.committed_entries);
+            for read in rd.read_states {
+                let ctx = read
+                    .ctx
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes);
+                if let Some(reply) = ctx.and_then(|c| self.reads.remove(&c)) {
+                    self.confirmed_reads
+                        .entry(read.index)
+                        .or_default()
+                        .push(reply);
+                }
+            }
+            self.release_reads();
+        }
+        self.maybe_snapshot();
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        for entry in entries {
+            match entry.kind {
+                EntryType::Normal if !entry.data.is_empty() => {
+                    match postcard::from_bytes::<Command>(&entry.data) {
+                        Ok(command) => {
+                            let reply = state.apply_entry(entry.index, &command.request);
+                            if let (Some(reply), Some(waiter)) =
+                                (reply, self.proposals.remove(&command.id))
+                            {
+                                let _ = waiter.try_send(reply);
+                            }
+                        }
+                        Err(e) => {
+                            // Every member decodes the same bytes the same
+                            // way, so skipping keeps them in step; it is
+                            // logged because it means a bug or damage.
+                            log::error!("entry {} does not decode ({e}); skipped", entry.index);
+                            state.skip(entry.index);
+                        }
+                    }
+                }
+                _ => state.skip(entry.index),
+            }
+        }
+        self.status
+            .applied
+            .store(state.applied(), Ordering::Relaxed);
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.status.applied.load(Ordering::Relaxed);
+        let later = self.confirmed_reads.split_off(&(applied + 1));
+        for (_, waiters) in std::mem::replace(&mut self.confirmed_reads, later) {
+            for reply in waiters {
+                let _ = reply.try_send(Ok(()));
+            }
+        }
+    }
+
+    fn install_snapshot(&mut self, snapshot: &raft::Snapshot) -> Result<(), String> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let (member, limits) = state.identity();
+        *state = StateMachine::from_snapshot(&snapshot.data, member, limits)
+            .map_err(|e| format!("snapshot from the leader does not load: {e}"))?;
+        self.snapshot_base = snapshot.meta.index;
+        self.status
+            .applied
+            .store(state.applied(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let applied = self.status.applied.load(Ordering::Relaxed);
+        if self.snapshotting || applied < self.snapshot_base + self.options.snapshot_count {
+            return;
+        }
+        self.snapshotting = true;
+        let view = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let inbox = self.inbox.clone();
+        runtime::spawn(async move {
+            let index = view.applied();
+            let data =
+                runtime::spawn_blocking(move || view.to_snapshot().map_err(|e| e.to_string()))
+                    .await;
+            let _ = inbox.send(Input::SnapshotEncoded { index, data }).await;
+        });
+    }
+
+    fn send_job(&self, job: PersistJob) -> Result<(), String> {
+        self.jobs
+            .send(job)
+            .map_err(|_| "the WAL writer stopped".to_string())
+    }
+
+    fn fail_all(&mut self, error: Error) {
+        for (_, reply) in self.proposals.drain() {
+            let _ = reply.try_send(Err(error.clone()));
+        }
+        for (_, reply) in self.reads.drain() {
+            let _ = reply.try_send(Err(error.clone()));
+        }
+        for (_, waiters) in std::mem::take(&mut self.confirmed_reads) {
+            for reply in waiters {
+                let _ = reply.try_send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn propose_error(e: ProposeError) -> Error {
+    match e {
+        ProposeError::NoLeader => Error::NoLeader,
+        other => Error::Internal(format!("proposal refused: {other:?}")),
+    }
+}
+
+/// The WAL writer: a thread of its own, because fsync blocks. Group commit:
+/// it takes every job queued while the previous fsync ran and makes them
+/// durable with one more.
+fn spawn_writer(
+    mut log: DurableLog,
+    inbox: channel::Sender<Input>,
+) -> std::sync::mpsc::Sender<PersistJob> {
+    let (tx, rx) = std::sync::mpsc::channel::<PersistJob>();
+    let spawned = std::thread::Builder::new()
+        .name("qed-wal".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let batch: Vec<PersistJob> = std::iter::once(first).chain(rx.try_iter()).collect();
+                let mut tokens = Vec::new();
+                let result = write_batch(&mut log, batch, &mut tokens).map_err(|e| e.to_string());
+                let failed = result.is_err();
+                if inbox
+                    .send_blocking(Input::Persisted { tokens, result })
+                    .is_err()
+                    || failed
+                {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the WAL writer thread: {e}");
+    }
+    tx
+}
+
+fn write_batch(
+    log: &mut DurableLog,
+    batch: Vec<PersistJob>,
+    tokens: &mut Vec<PersistToken>,
+) -> Result<(), StorageError> {
+    for job in batch {
+        match job {
+            PersistJob::Append {
+                hard_state,
+                entries,
+                token,
+            } => {
+                log.append(hard_state.as_ref(), &entries)?;
+                tokens.extend(token);
+            }
+            PersistJob::Snapshot { meta, data } => {
+                // Entries queued before it must be durable first.
+                log.sync()?;
+                log.save_snapshot(&meta, data)?;
+            }
+        }
+    }
+    log.sync()
+}

@@ -1,0 +1,108 @@
+//! Measures the store's real heap use per key with a counting allocator,
+//! and checks that `Store::size_bytes` (what the quota is enforced against)
+//! stays close to it. Prints bytes/key for the record (`cargo test --test
+//! mvcc_memory -- --nocapture`); asserts only loose bounds, not figures.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use qed::mvcc::Store;
+use qed::wire::kv::{PutRequest, RangeRequest};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only
+// counts sizes on the side.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const KEYS: usize = 50_000;
+const VALUE: usize = 64;
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+#[test]
+fn bytes_per_key_and_estimate() {
+    let no_lease = |_: i64| false;
+    let key_len = format!("/registry/pods/{:08}", 0).len();
+    let base = live();
+    let mut store = Store::new();
+    let mut req = PutRequest::default();
+    for i in 0..KEYS {
+        req.key = format!("/registry/pods/{i:08}").into_bytes();
+        req.value = vec![b'v'; VALUE];
+        store.put(&req, &no_lease).expect("put");
+    }
+    let heap = (live() - base) as f64;
+    let per_key = heap / KEYS as f64;
+    let estimate = store.size_bytes() as f64;
+    let payload = (key_len + VALUE) as f64;
+    println!(
+        "one revision per key, uncompacted: {per_key:.0} B/key heap ({:.0} over key+value), estimate {:.0} B/key",
+        per_key - payload,
+        estimate / KEYS as f64
+    );
+
+    // Compaction drops the replay log's entries below the compaction point.
+    store.compact(store.revision()).expect("compact");
+    let heap = (live() - base) as f64;
+    let per_key = heap / KEYS as f64;
+    let estimate = store.size_bytes() as f64;
+    println!(
+        "one revision per key, compacted:   {per_key:.0} B/key heap ({:.0} over key+value), estimate {:.0} B/key",
+        per_key - payload,
+        estimate / KEYS as f64
+    );
+    assert!(
+        estimate > heap * 0.5 && estimate < heap * 2.0,
+        "{estimate} vs {heap}"
+    );
+
+    // A second revision of every key, then compaction back to one.
+    for i in 0..KEYS {
+        req.key = format!("/registry/pods/{i:08}").into_bytes();
+        req.value = vec![b'w'; VALUE];
+        store.put(&req, &no_lease).expect("put");
+    }
+    let heap2 = (live() - base) as f64;
+    println!(
+        "two revisions per key, uncompacted: {:.0} B/key heap, estimate {:.0} B/key",
+        heap2 / KEYS as f64,
+        store.size_bytes() as f64 / KEYS as f64
+    );
+    assert!((store.size_bytes() as f64) > heap2 * 0.5 && (store.size_bytes() as f64) < heap2 * 2.0);
+
+    // A clone shares everything: O(1) in time and memory.
+    let before_clone = live();
+    let view = store.clone();
+    assert!(live() - before_clone < 1024);
+    let all = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        count_only: true,
+        ..Default::default()
+    };
+    assert_eq!(view.range(&all).expect("range").count, KEYS as i64);
+}
