@@ -12,7 +12,10 @@
 //!
 //! Skips, with the reason printed, when `etcd` or `etcdctl` is not on PATH
 //! (`make deps-etcd` installs Debian's). `QED_ETCDCTL_DIFF_REPORT_ONLY=1`
-//! prints the report without failing.
+//! prints the report without failing; `QED_ETCDCTL_DIFF_VERBOSE=1` prints
+//! etcd's normalized output of every command.
+
+#![cfg(feature = "grpc")]
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -141,6 +144,22 @@ fn script() -> Vec<Step> {
         txn("\n\nput dup 1\nput dup 2\n\n\n", &["txn"]),
         txn("\n\nget zoo --prefix\ndel nokey\n\n\n", &["txn", "-w", "fields"]),
         cmd(&["get", "", "--prefix", "-w", "json"]),
+        txn(too_many_ops(), &["txn"]),
+        // ---- limits: etcd's 1.5 MiB request and 2 MiB gRPC message caps
+        txn(leak("v".repeat(1024 * 1024)), &["put", "big"]),
+        txn(leak("v".repeat(1600 * 1024)), &["put", "big"]),
+        txn(leak("v".repeat(2200 * 1024)), &["put", "big"]),
+        cmd(&["get", "big", "--keys-only"]),
+        cmd(&["del", "big"]),
+        // ---- more output formats and flags
+        cmd(&["get", "foo", "--hex"]),
+        cmd(&["put", "dash", "--", "-v"]),
+        cmd(&["get", "dash", "-w", "fields"]),
+        cmd(&["get", "", "--prefix", "--keys-only", "--limit", "1", "-w", "json"]),
+        cmd(&["get", "", "--prefix", "--sort-by=KEY", "--order=DESCEND", "--limit", "2"]),
+        cmd(&["put", "foo", "bar", "-w", "json"]),
+        cmd(&["del", "dash", "-w", "fields"]),
+        cmd(&["del", "t", "--from-key", "--prev-kv"]),
         // ---- compaction and revision errors
         cmd(&["compaction", "3"]),
         cmd(&["get", "foo", "--rev=2"]),
@@ -187,6 +206,20 @@ fn script() -> Vec<Step> {
         differs(&["lock", "mylock", "echo", "locked"], LOCK),
         timed(&["elect", "myelection", "proposal"], 2, LOCK),
     ]
+}
+
+/// A txn with 129 puts: one over etcd's --max-txn-ops.
+fn too_many_ops() -> &'static str {
+    let mut text = String::from("\n");
+    for i in 0..129 {
+        text.push_str(&format!("put many{i} v\n"));
+    }
+    text.push_str("\n\n");
+    leak(text)
+}
+
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
 }
 
 // ------------------------------------------------------------ processes
@@ -531,6 +564,7 @@ fn etcdctl_outputs_match_etcd() {
         return;
     }
     let report_only = std::env::var_os("QED_ETCDCTL_DIFF_REPORT_ONLY").is_some();
+    let verbose = std::env::var_os("QED_ETCDCTL_DIFF_VERBOSE").is_some();
 
     // etcd 3.4, fresh.
     let etcd_dir = TempDir::new("etcd");
@@ -577,6 +611,9 @@ fn etcdctl_outputs_match_etcd() {
             &qed_endpoint,
             etcdctl(&qed_endpoint, &step, &qed_dir.0),
         );
+        if verbose {
+            println!("=== {name}\n{want}");
+        }
         match (want == got, step.expect) {
             (true, Expect::Match) => matching += 1,
             (true, Expect::Differs(_)) => {
