@@ -17,7 +17,12 @@ use std::time::{Duration, Instant};
 /// etcd's v3 gRPC API (what etcdctl and etcd clients speak), served in front
 /// of a qed cluster.
 #[derive(Parser, Debug)]
-#[command(name = "qed-grpc", version, about, long_about = None)]
+#[command(
+    name = "qed-grpc",
+    version,
+    about = "etcd's v3 gRPC API (etcdctl, etcd client libraries) in front of a qed cluster",
+    long_about = None
+)]
 struct Flags {
     /// Comma-separated URLs to serve gRPC on (TCP). http:// is cleartext
     /// HTTP/2 (h2c, what `etcdctl` uses without TLS flags); https:// needs
