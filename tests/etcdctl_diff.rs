@@ -38,8 +38,6 @@ const MEMBER_REVISION: &str = "etcd's Cluster responses carry no header revision
 const NO_AUTH: &str = "qed has no auth engine yet (Auth answers Unimplemented)";
 const NO_SNAPSHOT: &str = "qed's snapshot stream lacks etcd's trailing sha256 of the blob \
      (etcdctl: \"sha256 checksum not found\"); the shim forwards what the node sends";
-const HASH: &str =
-    "HashKV hashes etcd's bbolt encoding; qed hashes its own (and may not serve it yet)";
 const LOCK: &str = "etcdctl lock/elect are built on leases and watches, which qed lacks yet";
 
 struct Step {
@@ -393,7 +391,7 @@ fn mask_urls(line: &str) -> String {
                 out.push_str(&rest[..i]);
                 out.push_str("<url>");
                 let end = tail[p.len()..]
-                    .find(|c: char| c == ',' || c == '"' || c == ' ' || c == ']')
+                    .find([',', '"', ' ', ']'])
                     .map(|e| p.len() + e)
                     .unwrap_or(tail.len());
                 rest = &tail[end..];
