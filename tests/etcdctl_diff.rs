@@ -707,7 +707,15 @@ mod bench {
     async fn connect(addr: &str) -> SendRequest<Bytes> {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let _ = tcp.set_nodelay(true);
-        let (client, conn) = h2::client::handshake(tcp.compat()).await.expect("h2");
+        let (client, conn) = h2::client::Builder::new()
+            // A large window also raises h2's budget for buffered small DATA
+            // frames (one per gRPC response), which 200 concurrent calls exceed
+            // at the 64 KiB default.
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake(tcp.compat())
+            .await
+            .expect("h2");
         runtime::spawn(async move {
             let _ = conn.await;
         });

@@ -286,17 +286,27 @@ async fn handle_stream<B: Backend>(
     match Method::from_path(path) {
         None => send_status(&mut respond, &convert::unknown_method(path)),
         Some(Method::Unary(method)) => {
-            let outcome = match deadline {
-                None => unary(method, body, &backend, token, config).await,
-                Some(d) => {
-                    match runtime::timeout(d, unary(method, body, &backend, token, config)).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => Err(Status::new(
-                            Code::DeadlineExceeded,
-                            "context deadline exceeded",
-                        )),
-                    }
+            let call = async {
+                match deadline {
+                    None => unary(method, body, &backend, token, config).await,
+                    Some(d) => runtime::timeout(d, unary(method, body, &backend, token, config))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Status::new(
+                                Code::DeadlineExceeded,
+                                "context deadline exceeded",
+                            ))
+                        }),
                 }
+            };
+            // A client that resets the stream (cancels) stops waiting; the
+            // call to the node is dropped with it.
+            let reset = async {
+                let _ = future::poll_fn(|cx| respond.poll_reset(cx)).await;
+                None
+            };
+            let Some(outcome) = future::or(async { Some(call.await) }, reset).await else {
+                return;
             };
             match outcome {
                 Ok(message) => {

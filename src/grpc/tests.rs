@@ -11,9 +11,11 @@ use crate::runtime::{self, channel, TcpListener, TcpStream};
 use crate::wire;
 use crate::wire::kv as wk;
 use bytes::Bytes;
+use futures_lite::FutureExt;
 use h2::client::SendRequest;
 use http::{HeaderMap, Request};
 use prost::Message;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
@@ -26,6 +28,9 @@ fn header() -> wire::ResponseHeader {
     }
 }
 
+/// Calls for key "cancelled" that ran to the end (a reset must stop them).
+static CANCELLED_FINISHED: AtomicUsize = AtomicUsize::new(0);
+
 #[derive(Clone)]
 struct Stub;
 
@@ -37,8 +42,11 @@ impl Backend for Stub {
     ) -> Result<wire::Response, Status> {
         match request {
             wire::Request::Range(r) => {
-                if r.key == b"slow" {
+                if r.key == b"slow" || r.key == b"cancelled" {
                     runtime::sleep(Duration::from_millis(300)).await;
+                }
+                if r.key == b"cancelled" {
+                    CANCELLED_FINISHED.fetch_add(1, Ordering::SeqCst);
                 }
                 Ok(wire::Response::Range(wk::RangeResponse {
                     header: header(),
@@ -134,7 +142,15 @@ async fn start(config: ServerConfig) -> (String, Shutdown, runtime::JoinHandle<(
 
 async fn connect(addr: &str) -> SendRequest<Bytes> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp.compat()).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        // A large window also raises h2's budget for buffered small DATA
+        // frames (one per gRPC response), which 200 concurrent calls exceed
+        // at the 64 KiB default.
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .handshake(tcp.compat())
+        .await
+        .unwrap();
     runtime::spawn(async move {
         let _ = conn.await;
     });
@@ -346,16 +362,26 @@ fn many_concurrent_streams_on_one_connection() {
         let calls: Vec<_> = (0..200)
             .map(|i| {
                 let client = client.clone();
-                runtime::spawn(async move {
+                let one = async move {
                     let key = format!("k{i}");
                     let reply = call(&client, "/etcdserverpb.KV/Range", vec![range(&key)]).await;
                     let response = pb::RangeResponse::decode(reply.messages[0].clone()).unwrap();
                     assert_eq!(response.kvs[0].key, key.as_bytes());
-                })
+                };
+                // Panics in spawned tasks print on another test's output;
+                // bring them back to this one.
+                runtime::spawn(std::panic::AssertUnwindSafe(one).catch_unwind())
             })
             .collect();
         for c in calls {
-            c.await;
+            if let Err(panic) = c.await {
+                let text = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                panic!("a concurrent call failed: {text}");
+            }
         }
     });
 }
@@ -442,5 +468,29 @@ fn graceful_shutdown_lets_in_flight_calls_finish() {
             .await
             .expect("server stops after draining");
         assert!(TcpStream::connect(&addr).await.is_err());
+    });
+}
+
+#[test]
+fn a_reset_cancels_the_backend_call() {
+    runtime::block_on(async {
+        let (addr, _shutdown, _h) = start(ServerConfig::default()).await;
+        let client = connect(&addr).await;
+        let request = Request::builder()
+            .method("POST")
+            .uri("http://localhost/etcdserverpb.KV/Range")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let mut ready = client.clone().ready().await.unwrap();
+        let (_response, mut send) = ready.send_request(request, false).unwrap();
+        send.send_data(range("cancelled"), true).unwrap();
+        runtime::sleep(Duration::from_millis(50)).await;
+        send.send_reset(h2::Reason::CANCEL);
+        runtime::sleep(Duration::from_millis(500)).await;
+        assert_eq!(CANCELLED_FINISHED.load(Ordering::SeqCst), 0);
+        // The connection is still good.
+        let reply = call(&client, "/etcdserverpb.KV/Range", vec![range("a")]).await;
+        assert_eq!(reply.code, Some(0));
     });
 }
