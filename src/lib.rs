@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod server;
 pub mod storage;
 pub mod transport;
+pub mod watch;
 
 #[cfg(feature = "grpc")]
 pub mod grpc;
