@@ -9,6 +9,7 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod client;
+pub mod lease;
 pub mod log_writer;
 pub mod mvcc;
 pub mod raft;
