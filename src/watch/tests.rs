@@ -491,6 +491,9 @@ struct Model {
     /// Revision of the last complete response's last event.
     last_rev: i64,
     fragmented: usize,
+    /// Progress responses seen: (revision vouched for, events delivered
+    /// by then). No event at or below the revision may arrive later.
+    marks: Vec<(i64, usize)>,
     created: bool,
     /// Set once canceled or compacted: nothing may follow.
     ended: bool,
@@ -550,6 +553,8 @@ impl Model {
             // it may not claim a revision older than what it has seen.
             assert!(self.fragments.is_empty());
             assert!(resp.header.revision >= self.last_rev);
+            self.marks
+                .push((resp.header.revision, self.delivered.len()));
             return;
         }
         if resp.fragment {
@@ -630,6 +635,15 @@ fn check_stream(m: &Model, history: &[(i64, Vec<Event>)], compactions: &BTreeSet
                 m.stream, m.id, m.start
             );
         }
+    }
+    for &(rev, len) in &m.marks {
+        let late = m.delivered[len..].iter().find(|e| e.kv.mod_revision <= rev);
+        assert!(
+            late.is_none(),
+            "watch {}:{}: progress at {rev} came before {late:?}",
+            m.stream,
+            m.id
+        );
     }
     if let Some(compact) = m.compacted {
         // Compacted only if what it still needed was gone.
@@ -773,9 +787,13 @@ fn run_model(seed: u64, steps: usize) {
         for resp in hub.take_pending(stream) {
             if resp.watch_id == -1 {
                 // Stream-wide progress: every watch must be up to date.
-                for m in models.iter().filter(|m| m.stream == stream && !m.ended) {
+                let live = models
+                    .iter_mut()
+                    .filter(|m| m.stream == stream && m.created && !m.ended);
+                for m in live {
                     assert!(m.fragments.is_empty());
                     assert!(resp.header.revision >= m.last_rev);
+                    m.marks.push((resp.header.revision, m.delivered.len()));
                 }
                 continue;
             }
@@ -819,6 +837,7 @@ fn run_model(seed: u64, steps: usize) {
                             fragments: Vec::new(),
                             last_rev: 0,
                             fragmented: 0,
+                            marks: Vec::new(),
                             created: false,
                             ended: false,
                             compacted: None,
@@ -903,15 +922,20 @@ fn run_model(seed: u64, steps: usize) {
     assert!(models.len() > 10, "seed {seed}: too few watches");
     let fragmented: usize = models.iter().map(|m| m.fragmented).sum();
     eprintln!(
-        "seed {seed}: {} watches, {compacted} compacted, {} demotions, {fragmented} fragments, rev {upto}",
+        "seed {seed}: {} watches, {compacted} compacted, {} demotions, {fragmented} fragments, {} progress, rev {upto}",
         models.len(),
-        hub.demotions
+        hub.demotions,
+        models.iter().map(|m| m.marks.len()).sum::<usize>(),
     );
 }
 
 #[test]
 fn model_checker_many_seeds() {
-    for seed in 0..60 {
+    let seeds: u64 = std::env::var("QED_WATCH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    for seed in 0..seeds {
         run_model(seed, 1500);
     }
 }
