@@ -273,3 +273,68 @@ fn restore_raises_ttls_below_the_minimum() {
     let l = Lessor::from_snapshot(config, snap);
     assert_eq!(l.granted_ttl(3), Some(5));
 }
+
+/// The driver's apply path end to end, as the module docs prescribe: a
+/// put attaches through its event, a revoke's keys go in one txn, and a
+/// watcher sees them deleted in one response.
+#[test]
+fn revoke_deletes_keys_in_one_revision_seen_by_a_watcher() {
+    use crate::mvcc::Store;
+    use crate::watch::{WatchConfig, WatchCreateRequest, WatchHub};
+    use qed_wire::kv::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
+
+    let mut store = Store::new();
+    let mut hub = WatchHub::new(WatchConfig::default(), store.revision());
+    let mut lessor = primary();
+    let watch = WatchCreateRequest {
+        key: b"k".to_vec(),
+        range_end: b"l".to_vec(),
+        ..WatchCreateRequest::default()
+    };
+    assert_eq!(hub.create(1, &watch), Ok(0));
+    assert_eq!(lessor.grant(9, 10, 0), Ok(10));
+    for key in [b"k1", b"k2"] {
+        let req = PutRequest {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            lease: 9,
+            ..PutRequest::default()
+        };
+        let Ok((_, events)) = store.put(&req, &|id| lessor.contains(id)) else {
+            panic!("put refused");
+        };
+        lessor.apply_events(&events);
+        hub.on_apply(&events, store.revision());
+    }
+    assert_eq!(lessor.lease_of(b"k2"), Some(9));
+
+    assert_eq!(lessor.expired(10_000, 500), vec![9]);
+    let Ok(keys) = lessor.revoke(9) else {
+        panic!("revoke refused");
+    };
+    let txn = TxnRequest {
+        success: keys
+            .into_iter()
+            .map(|key| {
+                RequestOp::DeleteRange(DeleteRangeRequest {
+                    key,
+                    ..DeleteRangeRequest::default()
+                })
+            })
+            .collect(),
+        ..TxnRequest::default()
+    };
+    let Ok((_, events)) = store.txn(&txn, &|id| lessor.contains(id)) else {
+        panic!("delete txn refused");
+    };
+    lessor.apply_events(&events);
+    hub.on_apply(&events, store.revision());
+
+    let out = hub.take_pending(1);
+    let last = out.last().map(|r| r.events.clone()).unwrap_or_default();
+    assert_eq!(last.len(), 2);
+    assert!(last
+        .iter()
+        .all(|e| e.kind == EventType::Delete && e.kv.mod_revision == 4));
+    assert!(lessor.leases().is_empty());
+}

@@ -18,6 +18,7 @@
 //! 7. After installing a snapshot: `restore(store.revision())`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
 
 use super::interval::{End, IntervalMap};
 use super::WatchError;
@@ -57,6 +58,10 @@ pub struct WatchConfig {
     /// Between progress notifications for `progress_notify` watches (etcd's
     /// default is 10 minutes).
     pub progress_interval_ms: u64,
+    /// Unsynced watchers one `catch_up` call visits, so one call's work is
+    /// bounded however many are behind (etcd's `maxWatchersPerSync`);
+    /// the next call continues where this one stopped.
+    pub max_catch_up_watchers: usize,
 }
 
 impl Default for WatchConfig {
@@ -66,6 +71,7 @@ impl Default for WatchConfig {
             max_pending_bytes: 64 * 1024 * 1024,
             max_response_bytes: 1536 * 1024,
             progress_interval_ms: 10 * 60 * 1000,
+            max_catch_up_watchers: 512,
         }
     }
 }
@@ -178,6 +184,8 @@ pub struct WatchHub {
     /// Streams whose queue gained responses since the last `take_ready`.
     ready: BTreeSet<StreamId>,
     next_progress_ms: Option<u64>,
+    /// The last watcher `catch_up` visited, so turns rotate fairly.
+    catch_up_cursor: Option<WatcherRef>,
     #[cfg(test)]
     pub(crate) demotions: usize,
 }
@@ -195,6 +203,7 @@ impl WatchHub {
             unsynced: BTreeSet::new(),
             ready: BTreeSet::new(),
             next_progress_ms: None,
+            catch_up_cursor: None,
             #[cfg(test)]
             demotions: 0,
         }
@@ -435,7 +444,8 @@ impl WatchHub {
     }
 
     /// Moves unsynced watchers forward through the store's history, one
-    /// batch of at least `batch` events (whole revisions; 0: all) each,
+    /// batch of at least `batch` events (whole revisions; 0: all) each, at
+    /// most `max_catch_up_watchers` of them per call (taking turns),
     /// skipping streams that are full. A watcher that reaches the store's
     /// revision turns synced; one whose next revision was compacted gets
     /// the compacted response and is removed.
@@ -454,7 +464,18 @@ impl WatchHub {
             self.unsync_all();
             self.revision = current;
         }
-        let refs: Vec<WatcherRef> = self.unsynced.iter().copied().collect();
+        let limit = self.config.max_catch_up_watchers.max(1);
+        let refs: Vec<WatcherRef> = match self.catch_up_cursor {
+            Some(cursor) => self
+                .unsynced
+                .range((Bound::Excluded(cursor), Bound::Unbounded))
+                .chain(self.unsynced.range(..=cursor))
+                .take(limit)
+                .copied()
+                .collect(),
+            None => self.unsynced.iter().take(limit).copied().collect(),
+        };
+        self.catch_up_cursor = refs.last().copied();
         let mut touched = BTreeSet::new();
         for wref in refs {
             if self.is_full(wref.0) {

@@ -770,6 +770,7 @@ fn run_model(seed: u64, steps: usize) {
         max_pending_bytes: 2000 + rng.below(4000) as usize,
         max_response_bytes: 400 + rng.below(600) as usize,
         progress_interval_ms: 50,
+        max_catch_up_watchers: 1 + rng.below(6) as usize,
     };
     let mut hub = WatchHub::new(config, store.revision());
     let mut history: Vec<(i64, Vec<Event>)> = Vec::new();
