@@ -69,7 +69,7 @@ impl Default for WatchConfig {
         WatchConfig {
             max_pending_responses: 1024,
             max_pending_bytes: 64 * 1024 * 1024,
-            max_response_bytes: 1536 * 1024,
+            max_response_bytes: qed_wire::frame::MAX_REQUEST_BYTES,
             progress_interval_ms: 10 * 60 * 1000,
             max_catch_up_watchers: 512,
         }
@@ -439,7 +439,7 @@ impl WatchHub {
                 continue;
             }
             w.next_rev = revision.saturating_add(1);
-            self.push_events(wref, shaped, revision, revision);
+            self.push_events(wref, shaped, revision);
         }
     }
 
@@ -509,7 +509,6 @@ impl WatchHub {
                 Ok(evs) => {
                     let done = batch == 0 || evs.len() < batch;
                     let last_rev = evs.last().map(|e| e.kv.mod_revision);
-                    let first_rev = evs.first().map(|e| e.kv.mod_revision);
                     let shaped: Vec<Event> = evs.iter().filter_map(|e| w.shape(e)).collect();
                     let next_rev = if done {
                         w.next_rev.max(current.saturating_add(1))
@@ -530,8 +529,8 @@ impl WatchHub {
                     if done {
                         self.unsynced.remove(&wref);
                     }
-                    if let (false, Some(first)) = (shaped.is_empty(), first_rev) {
-                        self.push_events(wref, shaped, first, header_rev);
+                    if !shaped.is_empty() {
+                        self.push_events(wref, shaped, header_rev);
                     }
                 }
             }
@@ -624,55 +623,80 @@ impl WatchHub {
         self.ready.insert(stream);
     }
 
-    /// Queues events for a watcher, split per etcd's `sendFragments` if the
-    /// watch asked for fragments.
-    fn push_events(
-        &mut self,
-        wref: WatcherRef,
-        events: Vec<Event>,
-        first_rev: i64,
-        header_rev: i64,
-    ) {
-        let (stream, id) = wref;
+    /// Queues events for a watcher: whole revisions per response, starting
+    /// a new response when the next revision would take it past
+    /// `max_response_bytes` (a catch-up batch can span many revisions). A
+    /// single revision larger than that is split per etcd's
+    /// `sendFragments` if the watch asked for fragments, else sent whole.
+    /// The last response carries `header_rev`; earlier ones their last
+    /// event's revision.
+    fn push_events(&mut self, wref: WatcherRef, events: Vec<Event>, header_rev: i64) {
         let fragment = self.watchers.get_mut(&wref).is_some_and(|w| {
             w.quiet = false;
             w.fragment
         });
         let limit = self.config.max_response_bytes;
-        let total = RESPONSE_OVERHEAD + events.iter().map(event_bytes).sum::<usize>();
-        let response = |events: Vec<Event>, more: bool| WatchResponse {
-            header: header(header_rev),
-            watch_id: id,
+        let mut chunks: Vec<(Vec<Event>, usize)> = Vec::new();
+        let mut chunk: Vec<Event> = Vec::new();
+        let mut size = RESPONSE_OVERHEAD;
+        let mut events = events.into_iter().peekable();
+        while let Some(first) = events.next() {
+            let rev = first.kv.mod_revision;
+            let mut group = vec![first];
+            while let Some(ev) = events.next_if(|e| e.kv.mod_revision == rev) {
+                group.push(ev);
+            }
+            let group_size: usize = group.iter().map(event_bytes).sum();
+            if !chunk.is_empty() && size + group_size >= limit {
+                chunks.push((std::mem::take(&mut chunk), size));
+                size = RESPONSE_OVERHEAD;
+            }
+            size += group_size;
+            chunk.extend(group);
+        }
+        if !chunk.is_empty() {
+            chunks.push((chunk, size));
+        }
+        let count = chunks.len();
+        for (i, (chunk, size)) in chunks.into_iter().enumerate() {
+            let last_rev = chunk.last().map_or(header_rev, |e| e.kv.mod_revision);
+            let hdr = if i + 1 == count { header_rev } else { last_rev };
+            if fragment && size >= limit && chunk.len() >= 2 {
+                self.push_fragments(wref, chunk, hdr);
+            } else {
+                self.push_response(wref, chunk, hdr, false);
+            }
+        }
+    }
+
+    fn push_response(&mut self, wref: WatcherRef, events: Vec<Event>, hdr: i64, more: bool) {
+        let first_rev = events.first().map_or(hdr, |e| e.kv.mod_revision);
+        let resp = WatchResponse {
+            header: header(hdr),
+            watch_id: wref.1,
             fragment: more,
             events,
             ..WatchResponse::default()
         };
-        if !fragment || total < limit || events.len() < 2 {
-            self.push(stream, Kind::Events { first_rev }, response(events, false));
-            return;
-        }
+        self.push(wref.0, Kind::Events { first_rev }, resp);
+    }
+
+    /// etcd's `sendFragments`: as many events per part as fit under the
+    /// limit (at least one), `fragment = true` on all parts but the last.
+    fn push_fragments(&mut self, wref: WatcherRef, events: Vec<Event>, hdr: i64) {
+        let limit = self.config.max_response_bytes;
         let mut part: Vec<Event> = Vec::new();
         let mut size = RESPONSE_OVERHEAD;
         for ev in events {
             let bytes = event_bytes(&ev);
             if !part.is_empty() && size + bytes >= limit {
-                let first = part.first().map_or(first_rev, |e| e.kv.mod_revision);
-                self.push(
-                    stream,
-                    Kind::Events { first_rev: first },
-                    response(std::mem::take(&mut part), true),
-                );
+                self.push_response(wref, std::mem::take(&mut part), hdr, true);
                 size = RESPONSE_OVERHEAD;
             }
             size += bytes;
             part.push(ev);
         }
-        let first = part.first().map_or(first_rev, |e| e.kv.mod_revision);
-        self.push(
-            stream,
-            Kind::Events { first_rev: first },
-            response(part, false),
-        );
+        self.push_response(wref, part, hdr, false);
     }
 
     /// Drops a watch's queued events and progress notes; returns the first

@@ -326,6 +326,34 @@ fn fragment_splits_large_revisions_marking_all_but_the_last() {
 }
 
 #[test]
+fn a_large_catch_up_is_cut_at_revision_boundaries() {
+    let (mut store, _) = setup();
+    let config = WatchConfig {
+        max_response_bytes: 600,
+        ..WatchConfig::default()
+    };
+    let mut hub = WatchHub::new(config, store.revision());
+    for i in 0..6u8 {
+        apply(&mut hub, put(&mut store, &[b'k', i], &[i; 200]));
+    }
+    hub.create(1, &watch(b"k", b"l", 2)).unwrap_or(-9);
+    hub.catch_up(&store, 0);
+    let out = hub.take_pending(1);
+    let events: Vec<&WatchResponse> = out.iter().filter(|r| !r.events.is_empty()).collect();
+    assert!(events.len() > 1);
+    let mut last = 0;
+    for r in &events {
+        assert!(!r.fragment);
+        let first = r.events[0].kv.mod_revision;
+        assert!(first > last);
+        last = r.events.last().map_or(0, |e| e.kv.mod_revision);
+        assert!(r.header.revision >= last);
+    }
+    assert_eq!(last, 7);
+    assert_eq!(events.last().map(|r| r.header.revision), Some(7));
+}
+
+#[test]
 fn a_slow_stream_is_demoted_then_resumes_without_gap_or_duplicate() {
     let (mut store, _) = setup();
     let config = WatchConfig {
