@@ -18,6 +18,26 @@
 //! revoke through Raft, and the applied revoke returns the attached keys,
 //! which the driver deletes in the same revision. Semantics are etcd 3.4's
 //! `lease/lessor.go` (without its optional checkpointing).
+//!
+//! Driver duties:
+//! 1. Start from [`Lessor::from_snapshot`] (or [`Lessor::new`]): not
+//!    primary.
+//! 2. Applied LeaseGrant: `grant(id, ttl, now)` (the leader chose a
+//!    non-zero ID before proposing, [`lease_id_from`]). Applied
+//!    LeaseRevoke: `revoke(id)` returns the keys; delete them all in one
+//!    revision and treat the deletes as any other write (step 3).
+//! 3. Every applied write: check puts with `|id| lessor.contains(id)`, then
+//!    `apply_events(&events)` with the events the store returned.
+//! 4. Leadership: `promote(now, election_timeout_ms)` on becoming leader,
+//!    `demote()` on losing it.
+//! 5. Leader, every 500 ms: `expired(now, LEASE_REVOKE_RATE / 2)` and
+//!    propose a revoke for each ID named.
+//! 6. Keepalive and TimeToLive, on the leader once its apply index caught
+//!    up: `renew` / `time_to_live`. `NotPrimary` means forward to the
+//!    leader; `NotFound` / `Expired` mean a keepalive response with TTL 0
+//!    and a TimeToLive response with TTL -1, as etcd's v3rpc answers.
+//! 7. Snapshots: `snapshot()` beside the store; `from_snapshot` on install
+//!    (then `promote` if leading).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
