@@ -24,6 +24,9 @@ enum Workload {
     Range,
     /// Serializable gets of random keys (prefilled).
     RangeSerializable,
+    /// No node: `pwrite` of one put's bytes + `fdatasync` into a
+    /// preallocated file, one at a time: the floor a durable put sits on.
+    FsyncFloor,
 }
 
 #[derive(Parser, Debug)]
@@ -43,6 +46,55 @@ struct Flags {
     /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     key_space: u64,
+    /// Directory for fsync-floor's scratch file (put it on the node's disk).
+    #[arg(long, default_value = ".")]
+    dir: std::path::PathBuf,
+}
+
+/// pwrite + fdatasync, `total` times, in a preallocated scratch file.
+fn fsync_floor(flags: &Flags) -> std::io::Result<Vec<Duration>> {
+    use std::os::unix::fs::FileExt;
+    let path = flags.dir.join("qed-bench-fsync-floor.tmp");
+    let file = std::fs::File::create(&path)?;
+    let record = vec![b'v'; flags.key_size + flags.val_size + 32];
+    file.set_len(record.len() as u64 * flags.total)?;
+    file.sync_all()?;
+    let mut latencies = Vec::new();
+    for i in 0..flags.total {
+        let t = Instant::now();
+        file.write_all_at(&record, i * record.len() as u64)?;
+        file.sync_data()?;
+        latencies.push(t.elapsed());
+    }
+    std::fs::remove_file(&path)?;
+    Ok(latencies)
+}
+
+fn report(
+    workload: Workload,
+    clients: usize,
+    mut all: Vec<Duration>,
+    errors: u64,
+    elapsed: Duration,
+) {
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "{:?} clients={} total={} errors={} throughput={:.0}/s p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms",
+        workload,
+        clients,
+        all.len(),
+        errors,
+        all.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.90).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
 }
 
 fn key(i: u64, size: usize) -> Vec<u8> {
@@ -53,6 +105,12 @@ fn key(i: u64, size: usize) -> Vec<u8> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let flags = Flags::parse();
+    if let Workload::FsyncFloor = flags.workload {
+        let start = Instant::now();
+        let latencies = fsync_floor(&flags)?;
+        report(flags.workload, 1, latencies, 0, start.elapsed());
+        return Ok(());
+    }
     qed::runtime::block_on(async move {
         let client = common::connect().await?;
         let value = vec![b'v'; flags.val_size];
@@ -110,23 +168,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let elapsed = start.elapsed();
         drop(progress);
         eprintln!();
-        all.sort();
-        let pct = |p: f64| {
-            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or_default()
-        };
-        println!(
-            "{:?} clients={} total={} errors={} throughput={:.0}/s p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms",
+        report(
             flags.workload,
             flags.clients,
-            all.len(),
+            all,
             errors.load(Ordering::Relaxed),
-            all.len() as f64 / elapsed.as_secs_f64(),
-            pct(0.50).as_secs_f64() * 1e3,
-            pct(0.90).as_secs_f64() * 1e3,
-            pct(0.99).as_secs_f64() * 1e3,
-            all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            elapsed,
         );
         Ok(())
     })
@@ -140,5 +187,7 @@ async fn run_one(client: &Client, workload: Workload, key: Vec<u8>, value: &[u8]
             .get(key, Some(GetOptions::new().with_serializable()))
             .await
             .is_ok(),
+        // Measured without a node, in main.
+        Workload::FsyncFloor => false,
     }
 }

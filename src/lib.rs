@@ -9,6 +9,7 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod client;
+pub mod lease;
 pub mod log_writer;
 pub mod mvcc;
 pub mod raft;
@@ -16,6 +17,7 @@ pub mod runtime;
 pub mod server;
 pub mod storage;
 pub mod transport;
+pub mod watch;
 
 #[cfg(feature = "grpc")]
 pub mod grpc;

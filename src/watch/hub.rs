@@ -1,0 +1,809 @@
+//! [`WatchHub`]: every watcher of every stream, the indexes that route
+//! applied events to them, and one bounded response queue per stream.
+//!
+//! Driver duties, in order (see the module doc of `watch` for guarantees):
+//! 1. `WatchHub::new(config, store.revision())` at start-up, after the store
+//!    is loaded.
+//! 2. For every applied write that bumped the revision, right after the
+//!    store applied it: `on_apply(&events, store.revision())`.
+//! 3. Client requests: `create`, `cancel`, `request_progress`; on stream end
+//!    `drop_stream`.
+//! 4. Whenever `unsynced_count() > 0`, soon (etcd: every 100 ms):
+//!    `catch_up(&store, batch)`.
+//! 5. Every so often (etcd's sendLoop ticks each second or so):
+//!    `tick_progress(now_ms)`.
+//! 6. After any of the above: `take_ready()` names the streams with new
+//!    responses; each stream's sender calls `take_pending(stream)` and
+//!    sends the responses in order.
+//! 7. After installing a snapshot: `restore(store.revision())`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
+
+use super::interval::{End, IntervalMap};
+use super::WatchError;
+use crate::mvcc::{MvccError, Store};
+use qed_wire::kv::{Event, EventType, KeyValue, ResponseHeader};
+use qed_wire::watch::{WatchCreateRequest, WatchFilter, WatchResponse};
+
+/// The driver's name for one client watch stream.
+pub type StreamId = u64;
+/// A watch's ID within its stream (etcd's `WatchId`).
+pub type WatchId = i64;
+
+type WatcherRef = (StreamId, WatchId);
+
+/// etcd's `clientv3.InvalidWatchID`: the ID of stream-wide progress
+/// responses and of refused creates.
+const INVALID_WATCH_ID: WatchId = -1;
+
+/// Estimated fixed bytes of a response beyond its events (header, flags).
+const RESPONSE_OVERHEAD: usize = 64;
+/// Estimated fixed bytes of one key-value beyond its key and value.
+const KV_OVERHEAD: usize = 48;
+
+/// Limits. Defaults follow etcd where it has one.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// Responses a stream may hold undrained before the next watcher that
+    /// would add one is demoted to catch up from history later (etcd's
+    /// per-watch channel holds 1024, `chanBufLen`).
+    pub max_pending_responses: usize,
+    /// The same bound in estimated bytes, so a few huge values cannot hold
+    /// a stream's memory unbounded.
+    pub max_pending_bytes: usize,
+    /// A `fragment` watch splits a response larger than this (etcd's
+    /// `--max-request-bytes`, 1.5 MiB).
+    pub max_response_bytes: usize,
+    /// Between progress notifications for `progress_notify` watches (etcd's
+    /// default is 10 minutes).
+    pub progress_interval_ms: u64,
+    /// Unsynced watchers one `catch_up` call visits, so one call's work is
+    /// bounded however many are behind (etcd's `maxWatchersPerSync`);
+    /// the next call continues where this one stopped.
+    pub max_catch_up_watchers: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            max_pending_responses: 1024,
+            max_pending_bytes: 64 * 1024 * 1024,
+            max_response_bytes: qed_wire::frame::MAX_REQUEST_BYTES,
+            progress_interval_ms: 10 * 60 * 1000,
+            max_catch_up_watchers: 512,
+        }
+    }
+}
+
+/// How a watch's `range_end` reads (etcd's rules for watch requests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Range {
+    Single,
+    To(End),
+}
+
+#[derive(Debug, Clone)]
+struct Watcher {
+    key: Vec<u8>,
+    range: Range,
+    /// The request's `range_end`, as `Store::events_since` wants it.
+    range_end: Vec<u8>,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    fragment: bool,
+    progress_notify: bool,
+    /// The first revision not yet handed to this watcher.
+    next_rev: i64,
+    synced: bool,
+    /// No events queued since the last progress tick (etcd's
+    /// `sws.progress[id]`).
+    quiet: bool,
+}
+
+impl Watcher {
+    /// Applies filters and `prev_kv` to one event; `None` if filtered out.
+    fn shape(&self, ev: &Event) -> Option<Event> {
+        match ev.kind {
+            EventType::Put if self.no_put => return None,
+            EventType::Delete if self.no_delete => return None,
+            _ => {}
+        }
+        Some(Event {
+            kind: ev.kind,
+            kv: ev.kv.clone(),
+            prev_kv: if self.prev_kv {
+                ev.prev_kv.clone()
+            } else {
+                None
+            },
+        })
+    }
+}
+
+/// What a queued response is, so demotion and cancel know what to purge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Created, canceled or compacted: never dropped.
+    Control,
+    /// Events; `first_rev` is the revision of the first one.
+    Events { first_rev: i64 },
+    /// A progress notification for one watch.
+    Progress,
+    /// A progress response for the whole stream (`watch_id = -1`).
+    StreamProgress,
+}
+
+#[derive(Debug)]
+struct Queued {
+    kind: Kind,
+    bytes: usize,
+    resp: WatchResponse,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    /// etcd's `watchStream.nextID`: server-assigned IDs count up from 0.
+    next_auto_id: WatchId,
+    queue: VecDeque<Queued>,
+    bytes: usize,
+    /// A progress request waits until every watch of the stream is synced,
+    /// so its revision never claims events a watch has not been sent.
+    progress_requested: bool,
+}
+
+fn kv_bytes(kv: &KeyValue) -> usize {
+    KV_OVERHEAD + kv.key.len() + kv.value.len()
+}
+
+fn event_bytes(ev: &Event) -> usize {
+    kv_bytes(&ev.kv) + ev.prev_kv.as_ref().map_or(0, kv_bytes)
+}
+
+fn header(revision: i64) -> ResponseHeader {
+    ResponseHeader {
+        revision,
+        ..ResponseHeader::default()
+    }
+}
+
+/// Every watcher of every stream, with their routing indexes and queues.
+#[derive(Debug)]
+pub struct WatchHub {
+    config: WatchConfig,
+    /// The newest revision the hub has been told about.
+    revision: i64,
+    watchers: BTreeMap<WatcherRef, Watcher>,
+    streams: BTreeMap<StreamId, StreamState>,
+    /// Single-key watchers by key, synced or not.
+    keys: BTreeMap<Vec<u8>, BTreeSet<WatcherRef>>,
+    /// Range watchers, synced or not.
+    ranges: IntervalMap<WatcherRef>,
+    unsynced: BTreeSet<WatcherRef>,
+    /// Streams whose queue gained responses since the last `take_ready`.
+    ready: BTreeSet<StreamId>,
+    next_progress_ms: Option<u64>,
+    /// The last watcher `catch_up` visited, so turns rotate fairly.
+    catch_up_cursor: Option<WatcherRef>,
+    #[cfg(test)]
+    pub(crate) demotions: usize,
+}
+
+impl WatchHub {
+    /// An empty hub at the store's current revision.
+    pub fn new(config: WatchConfig, revision: i64) -> WatchHub {
+        WatchHub {
+            config,
+            revision,
+            watchers: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            ranges: IntervalMap::default(),
+            unsynced: BTreeSet::new(),
+            ready: BTreeSet::new(),
+            next_progress_ms: None,
+            catch_up_cursor: None,
+            #[cfg(test)]
+            demotions: 0,
+        }
+    }
+
+    // ---- getters ----
+
+    /// The newest revision the hub has seen.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Watchers across all streams.
+    pub fn watcher_count(&self) -> usize {
+        self.watchers.len()
+    }
+
+    /// Watchers waiting for `catch_up`.
+    pub fn unsynced_count(&self) -> usize {
+        self.unsynced.len()
+    }
+
+    /// Whether `stream` has responses to send.
+    pub fn has_pending(&self, stream: StreamId) -> bool {
+        self.streams
+            .get(&stream)
+            .is_some_and(|s| !s.queue.is_empty())
+    }
+
+    /// Responses `stream` holds undrained.
+    pub fn pending_len(&self, stream: StreamId) -> usize {
+        self.streams.get(&stream).map_or(0, |s| s.queue.len())
+    }
+
+    // ---- client requests ----
+
+    /// Adds a watch to `stream` and queues its `created` response. A
+    /// `watch_id` of 0 lets the hub pick the stream's next free ID from 0
+    /// up, as etcd does. `start_revision` 0 or above the current revision
+    /// watches from the next revision (or from `start_revision` if later);
+    /// an older one replays history through `catch_up` first (a negative
+    /// one replays all kept history).
+    ///
+    /// On error, etcd's refusal is queued instead (`created` and `canceled`
+    /// set, `watch_id = -1`, the error text as `cancel_reason`), so the
+    /// driver sends the stream's queue either way.
+    pub fn create(
+        &mut self,
+        stream: StreamId,
+        req: &WatchCreateRequest,
+    ) -> Result<WatchId, WatchError> {
+        match self.try_create(stream, req) {
+            Ok(id) => {
+                let resp = WatchResponse {
+                    header: header(self.revision),
+                    watch_id: id,
+                    created: true,
+                    ..WatchResponse::default()
+                };
+                self.push(stream, Kind::Control, resp);
+                Ok(id)
+            }
+            Err(e) => {
+                let resp = WatchResponse {
+                    header: header(self.revision),
+                    watch_id: INVALID_WATCH_ID,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: e.to_string(),
+                    ..WatchResponse::default()
+                };
+                self.push(stream, Kind::Control, resp);
+                Err(e)
+            }
+        }
+    }
+
+    fn try_create(
+        &mut self,
+        stream: StreamId,
+        req: &WatchCreateRequest,
+    ) -> Result<WatchId, WatchError> {
+        // etcd's v3rpc: an empty key is the smallest key.
+        let key = if req.key.is_empty() {
+            vec![0]
+        } else {
+            req.key.clone()
+        };
+        let range = match req.range_end.as_slice() {
+            [] => Range::Single,
+            [0] => Range::To(End::Infinity),
+            end if key.as_slice() >= end => return Err(WatchError::EmptyRange),
+            end => Range::To(End::Key(end.to_vec())),
+        };
+
+        let state = self.streams.entry(stream).or_default();
+        let id = if req.watch_id == 0 {
+            while self.watchers.contains_key(&(stream, state.next_auto_id)) {
+                state.next_auto_id = state.next_auto_id.saturating_add(1);
+            }
+            let id = state.next_auto_id;
+            state.next_auto_id = state.next_auto_id.saturating_add(1);
+            id
+        } else if self.watchers.contains_key(&(stream, req.watch_id)) {
+            return Err(WatchError::IdExists);
+        } else {
+            req.watch_id
+        };
+
+        // etcd's watchableStore.watch: synced when starting now or later.
+        let synced = req.start_revision == 0 || req.start_revision > self.revision;
+        let next_rev = if synced {
+            req.start_revision.max(self.revision.saturating_add(1))
+        } else {
+            req.start_revision.max(1)
+        };
+        let watcher = Watcher {
+            key,
+            range,
+            range_end: req.range_end.clone(),
+            no_put: req.filters.contains(&WatchFilter::NoPut),
+            no_delete: req.filters.contains(&WatchFilter::NoDelete),
+            prev_kv: req.prev_kv,
+            fragment: req.fragment,
+            progress_notify: req.progress_notify,
+            next_rev,
+            synced,
+            quiet: true,
+        };
+        let wref = (stream, id);
+        match &watcher.range {
+            Range::Single => {
+                self.keys
+                    .entry(watcher.key.clone())
+                    .or_default()
+                    .insert(wref);
+            }
+            Range::To(end) => self.ranges.insert(&watcher.key, end, wref),
+        }
+        if !synced {
+            self.unsynced.insert(wref);
+        }
+        self.watchers.insert(wref, watcher);
+        Ok(id)
+    }
+
+    /// Removes a watch, drops its undelivered events and queues etcd's
+    /// `canceled` response.
+    pub fn cancel(&mut self, stream: StreamId, id: WatchId) -> Result<(), WatchError> {
+        if !self.remove_watcher((stream, id)) {
+            return Err(WatchError::NotFound);
+        }
+        self.purge(stream, id);
+        let resp = WatchResponse {
+            header: header(self.revision),
+            watch_id: id,
+            canceled: true,
+            ..WatchResponse::default()
+        };
+        self.push(stream, Kind::Control, resp);
+        self.answer_deferred_progress(stream);
+        Ok(())
+    }
+
+    /// Forgets a stream that ended: its watches and its queue.
+    pub fn drop_stream(&mut self, stream: StreamId) {
+        let refs: Vec<WatcherRef> = self
+            .watchers
+            .range((stream, WatchId::MIN)..=(stream, WatchId::MAX))
+            .map(|(r, _)| *r)
+            .collect();
+        for wref in refs {
+            self.remove_watcher(wref);
+        }
+        self.streams.remove(&stream);
+        self.ready.remove(&stream);
+    }
+
+    /// A client's progress request: one response with `watch_id = -1` and
+    /// the current revision. etcd 3.4 answers at once; we answer once every
+    /// watch of the stream is synced (as etcd 3.5 does), since the revision
+    /// promises the client it has seen everything up to it.
+    pub fn request_progress(&mut self, stream: StreamId) {
+        self.streams.entry(stream).or_default().progress_requested = true;
+        self.answer_deferred_progress(stream);
+    }
+
+    // ---- apply path ----
+
+    /// Routes one revision's events (as the store's write returned them) to
+    /// synced watchers. Never blocks: a watcher whose stream is full is
+    /// demoted to catch up later. A revision at or below the hub's is
+    /// ignored (a replay must not duplicate); one that skips revisions
+    /// demotes every synced watcher, so the skipped ones come from history
+    /// rather than going missing.
+    pub fn on_apply(&mut self, events: &[Event], revision: i64) {
+        if revision <= self.revision {
+            return;
+        }
+        if revision > self.revision.saturating_add(1) {
+            self.unsync_all();
+        }
+        self.revision = revision;
+
+        // Matches in event order, grouped per watcher.
+        let mut matched: BTreeMap<WatcherRef, Vec<&Event>> = BTreeMap::new();
+        for ev in events {
+            if let Some(refs) = self.keys.get(&ev.kv.key) {
+                for wref in refs {
+                    matched.entry(*wref).or_default().push(ev);
+                }
+            }
+            self.ranges.stab(&ev.kv.key, |wref| {
+                matched.entry(*wref).or_default().push(ev);
+            });
+        }
+
+        for (wref, evs) in matched {
+            let full = self.is_full(wref.0);
+            let Some(w) = self.watchers.get_mut(&wref) else {
+                continue;
+            };
+            if !w.synced || w.next_rev > revision {
+                continue;
+            }
+            let shaped: Vec<Event> = evs.into_iter().filter_map(|e| w.shape(e)).collect();
+            if shaped.is_empty() {
+                w.next_rev = revision.saturating_add(1);
+                continue;
+            }
+            if full {
+                self.demote(wref, revision);
+                continue;
+            }
+            w.next_rev = revision.saturating_add(1);
+            self.push_events(wref, shaped, revision);
+        }
+    }
+
+    /// Moves unsynced watchers forward through the store's history, one
+    /// batch of at least `batch` events (whole revisions; 0: all) each, at
+    /// most `max_catch_up_watchers` of them per call (taking turns),
+    /// skipping streams that are full. A watcher that reaches the store's
+    /// revision turns synced; one whose next revision was compacted gets
+    /// the compacted response and is removed.
+    ///
+    /// The store must be the one `on_apply` follows; if it is ahead of the
+    /// hub, the hub takes its revision and every synced watcher catches up
+    /// too.
+    pub fn catch_up(&mut self, store: &Store, batch: usize) {
+        let current = store.revision();
+        if current < self.revision {
+            // Not the store the hub follows (or not yet restored): serving
+            // from it could repeat or skip revisions.
+            return;
+        }
+        if current > self.revision {
+            self.unsync_all();
+            self.revision = current;
+        }
+        let limit = self.config.max_catch_up_watchers.max(1);
+        let refs: Vec<WatcherRef> = match self.catch_up_cursor {
+            Some(cursor) => self
+                .unsynced
+                .range((Bound::Excluded(cursor), Bound::Unbounded))
+                .chain(self.unsynced.range(..=cursor))
+                .take(limit)
+                .copied()
+                .collect(),
+            None => self.unsynced.iter().take(limit).copied().collect(),
+        };
+        self.catch_up_cursor = refs.last().copied();
+        let mut touched = BTreeSet::new();
+        for wref in refs {
+            if self.is_full(wref.0) {
+                continue;
+            }
+            // A copy, so the watcher can be removed or updated below; only
+            // watchers behind pay for it.
+            let Some(w) = self.watchers.get(&wref).cloned() else {
+                self.unsynced.remove(&wref);
+                continue;
+            };
+            touched.insert(wref.0);
+            match store.events_since(w.next_rev, &w.key, &w.range_end, batch) {
+                Err(MvccError::Compacted) => {
+                    self.remove_watcher(wref);
+                    self.purge(wref.0, wref.1);
+                    // etcd sends exactly these fields (and a header with
+                    // revision 0).
+                    let resp = WatchResponse {
+                        header: header(0),
+                        watch_id: wref.1,
+                        canceled: true,
+                        compact_revision: store.compact_revision(),
+                        ..WatchResponse::default()
+                    };
+                    self.push(wref.0, Kind::Control, resp);
+                }
+                // No other error comes from history reads; leave the
+                // watcher for the next round rather than guess.
+                Err(_) => {}
+                Ok(evs) => {
+                    let done = batch == 0 || evs.len() < batch;
+                    let last_rev = evs.last().map(|e| e.kv.mod_revision);
+                    let shaped: Vec<Event> = evs.iter().filter_map(|e| w.shape(e)).collect();
+                    let next_rev = if done {
+                        w.next_rev.max(current.saturating_add(1))
+                    } else {
+                        last_rev.map_or(w.next_rev, |r| r.saturating_add(1))
+                    };
+                    let header_rev = if done {
+                        current
+                    } else {
+                        last_rev.unwrap_or(current)
+                    };
+                    if let Some(w) = self.watchers.get_mut(&wref) {
+                        w.next_rev = next_rev;
+                        if done {
+                            w.synced = true;
+                        }
+                    }
+                    if done {
+                        self.unsynced.remove(&wref);
+                    }
+                    if !shaped.is_empty() {
+                        self.push_events(wref, shaped, header_rev);
+                    }
+                }
+            }
+        }
+        for stream in touched {
+            self.answer_deferred_progress(stream);
+        }
+    }
+
+    /// Periodic progress notifications: each `progress_interval_ms`, every
+    /// synced `progress_notify` watch that had no events queued since the
+    /// last one gets an empty response at the current revision (etcd's
+    /// sendLoop). The first call only starts the clock.
+    pub fn tick_progress(&mut self, now_ms: u64) {
+        let due = match self.next_progress_ms {
+            None => {
+                self.next_progress_ms =
+                    Some(now_ms.saturating_add(self.config.progress_interval_ms));
+                return;
+            }
+            Some(due) => due,
+        };
+        if now_ms < due {
+            return;
+        }
+        self.next_progress_ms = Some(now_ms.saturating_add(self.config.progress_interval_ms));
+        let mut send = Vec::new();
+        for (wref, w) in self.watchers.iter_mut() {
+            if !w.progress_notify {
+                continue;
+            }
+            if w.quiet && w.synced {
+                send.push(*wref);
+            }
+            w.quiet = true;
+        }
+        for (stream, id) in send {
+            let resp = WatchResponse {
+                header: header(self.revision),
+                watch_id: id,
+                ..WatchResponse::default()
+            };
+            self.push(stream, Kind::Progress, resp);
+        }
+    }
+
+    /// After a snapshot install replaced the store: every watcher resumes
+    /// from history at its own next revision (or gets the compacted
+    /// response if the snapshot no longer has it).
+    pub fn restore(&mut self, revision: i64) {
+        self.unsync_all();
+        self.revision = revision;
+    }
+
+    // ---- outputs ----
+
+    /// Streams that gained responses since the last call.
+    pub fn take_ready(&mut self) -> Vec<StreamId> {
+        std::mem::take(&mut self.ready).into_iter().collect()
+    }
+
+    /// Everything `stream` has queued, oldest first. All of it, so the
+    /// fragments of one revision are never split between a drain and a
+    /// later demotion.
+    pub fn take_pending(&mut self, stream: StreamId) -> Vec<WatchResponse> {
+        let Some(state) = self.streams.get_mut(&stream) else {
+            return Vec::new();
+        };
+        state.bytes = 0;
+        std::mem::take(&mut state.queue)
+            .into_iter()
+            .map(|q| q.resp)
+            .collect()
+    }
+
+    // ---- internals ----
+
+    fn is_full(&self, stream: StreamId) -> bool {
+        self.streams.get(&stream).is_some_and(|s| {
+            s.queue.len() >= self.config.max_pending_responses
+                || s.bytes >= self.config.max_pending_bytes
+        })
+    }
+
+    fn push(&mut self, stream: StreamId, kind: Kind, resp: WatchResponse) {
+        let bytes = RESPONSE_OVERHEAD + resp.events.iter().map(event_bytes).sum::<usize>();
+        let state = self.streams.entry(stream).or_default();
+        state.bytes = state.bytes.saturating_add(bytes);
+        state.queue.push_back(Queued { kind, bytes, resp });
+        self.ready.insert(stream);
+    }
+
+    /// Queues events for a watcher: whole revisions per response, starting
+    /// a new response when the next revision would take it past
+    /// `max_response_bytes` (a catch-up batch can span many revisions). A
+    /// single revision larger than that is split per etcd's
+    /// `sendFragments` if the watch asked for fragments, else sent whole.
+    /// The last response carries `header_rev`; earlier ones their last
+    /// event's revision.
+    fn push_events(&mut self, wref: WatcherRef, events: Vec<Event>, header_rev: i64) {
+        let fragment = self.watchers.get_mut(&wref).is_some_and(|w| {
+            w.quiet = false;
+            w.fragment
+        });
+        let limit = self.config.max_response_bytes;
+        let mut chunks: Vec<(Vec<Event>, usize)> = Vec::new();
+        let mut chunk: Vec<Event> = Vec::new();
+        let mut size = RESPONSE_OVERHEAD;
+        let mut events = events.into_iter().peekable();
+        while let Some(first) = events.next() {
+            let rev = first.kv.mod_revision;
+            let mut group = vec![first];
+            while let Some(ev) = events.next_if(|e| e.kv.mod_revision == rev) {
+                group.push(ev);
+            }
+            let group_size: usize = group.iter().map(event_bytes).sum();
+            if !chunk.is_empty() && size + group_size >= limit {
+                chunks.push((std::mem::take(&mut chunk), size));
+                size = RESPONSE_OVERHEAD;
+            }
+            size += group_size;
+            chunk.extend(group);
+        }
+        if !chunk.is_empty() {
+            chunks.push((chunk, size));
+        }
+        let count = chunks.len();
+        for (i, (chunk, size)) in chunks.into_iter().enumerate() {
+            let last_rev = chunk.last().map_or(header_rev, |e| e.kv.mod_revision);
+            let hdr = if i + 1 == count { header_rev } else { last_rev };
+            if fragment && size >= limit && chunk.len() >= 2 {
+                self.push_fragments(wref, chunk, hdr);
+            } else {
+                self.push_response(wref, chunk, hdr, false);
+            }
+        }
+    }
+
+    fn push_response(&mut self, wref: WatcherRef, events: Vec<Event>, hdr: i64, more: bool) {
+        let first_rev = events.first().map_or(hdr, |e| e.kv.mod_revision);
+        let resp = WatchResponse {
+            header: header(hdr),
+            watch_id: wref.1,
+            fragment: more,
+            events,
+            ..WatchResponse::default()
+        };
+        self.push(wref.0, Kind::Events { first_rev }, resp);
+    }
+
+    /// etcd's `sendFragments`: as many events per part as fit under the
+    /// limit (at least one), `fragment = true` on all parts but the last.
+    fn push_fragments(&mut self, wref: WatcherRef, events: Vec<Event>, hdr: i64) {
+        let limit = self.config.max_response_bytes;
+        let mut part: Vec<Event> = Vec::new();
+        let mut size = RESPONSE_OVERHEAD;
+        for ev in events {
+            let bytes = event_bytes(&ev);
+            if !part.is_empty() && size + bytes >= limit {
+                self.push_response(wref, std::mem::take(&mut part), hdr, true);
+                size = RESPONSE_OVERHEAD;
+            }
+            size += bytes;
+            part.push(ev);
+        }
+        self.push_response(wref, part, hdr, false);
+    }
+
+    /// Drops a watch's queued events and progress notes; returns the first
+    /// revision dropped, if any. A queued stream-wide progress response is
+    /// dropped too (it may vouch for events just removed) and re-requested.
+    fn purge(&mut self, stream: StreamId, id: WatchId) -> Option<i64> {
+        let state = self.streams.get_mut(&stream)?;
+        let mut first_dropped: Option<i64> = None;
+        let mut rerequest = false;
+        let mut freed = 0usize;
+        state.queue.retain(|q| {
+            let drop = match q.kind {
+                Kind::Control => false,
+                Kind::Events { first_rev } if q.resp.watch_id == id => {
+                    first_dropped = Some(first_dropped.map_or(first_rev, |r| r.min(first_rev)));
+                    true
+                }
+                Kind::Progress => q.resp.watch_id == id,
+                Kind::StreamProgress => {
+                    rerequest = true;
+                    true
+                }
+                Kind::Events { .. } => false,
+            };
+            if drop {
+                freed += q.bytes;
+            }
+            !drop
+        });
+        state.bytes = state.bytes.saturating_sub(freed);
+        if rerequest {
+            state.progress_requested = true;
+        }
+        first_dropped
+    }
+
+    /// A synced watcher that could not be given revision `missed`: drop
+    /// what it has queued and let it resume from history.
+    fn demote(&mut self, wref: WatcherRef, missed: i64) {
+        #[cfg(test)]
+        {
+            self.demotions += 1;
+        }
+        let first_dropped = self.purge(wref.0, wref.1);
+        if let Some(w) = self.watchers.get_mut(&wref) {
+            w.next_rev = first_dropped.map_or(missed, |r| r.min(missed));
+            w.synced = false;
+            self.unsynced.insert(wref);
+        }
+    }
+
+    fn unsync_all(&mut self) {
+        for (wref, w) in self.watchers.iter_mut() {
+            if w.synced {
+                w.synced = false;
+                self.unsynced.insert(*wref);
+            }
+        }
+    }
+
+    fn remove_watcher(&mut self, wref: WatcherRef) -> bool {
+        let Some(w) = self.watchers.remove(&wref) else {
+            return false;
+        };
+        match &w.range {
+            Range::Single => {
+                if let Some(set) = self.keys.get_mut(&w.key) {
+                    set.remove(&wref);
+                    if set.is_empty() {
+                        self.keys.remove(&w.key);
+                    }
+                }
+            }
+            Range::To(end) => {
+                self.ranges.remove(&w.key, end, &wref);
+            }
+        }
+        self.unsynced.remove(&wref);
+        true
+    }
+
+    /// Sends a deferred stream progress response once nothing on the
+    /// stream is behind.
+    fn answer_deferred_progress(&mut self, stream: StreamId) {
+        let requested = self
+            .streams
+            .get(&stream)
+            .is_some_and(|s| s.progress_requested);
+        if !requested {
+            return;
+        }
+        let behind = self
+            .unsynced
+            .range((stream, WatchId::MIN)..=(stream, WatchId::MAX))
+            .next()
+            .is_some();
+        if behind {
+            return;
+        }
+        if let Some(state) = self.streams.get_mut(&stream) {
+            state.progress_requested = false;
+        }
+        let resp = WatchResponse {
+            header: header(self.revision),
+            watch_id: INVALID_WATCH_ID,
+            ..WatchResponse::default()
+        };
+        self.push(stream, Kind::StreamProgress, resp);
+    }
+}
