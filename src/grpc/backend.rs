@@ -17,8 +17,33 @@ use std::future::Future;
 
 /// One streaming call in flight: requests in, responses (or a final error) out.
 pub struct StreamPair<Req, Resp> {
+    /// Dropping it half-closes the call (the client sent END_STREAM).
     pub tx: Sender<Req>,
     pub rx: Receiver<Result<Resp, Status>>,
+    /// Held by the server for as long as it serves the call; its channel
+    /// closes when the call is over (finished, failed or reset by the
+    /// client), which tells the backend to drop its stream even while
+    /// nothing is flowing (an idle watch).
+    pub alive: Sender<()>,
+}
+
+impl<Req, Resp> StreamPair<Req, Resp> {
+    /// A pair of channels for a backend, plus the receiver that errors out
+    /// once the server lets go of the call (see [`StreamPair::alive`]).
+    #[allow(clippy::type_complexity)]
+    pub fn channels(
+        buffer: usize,
+    ) -> (
+        StreamPair<Req, Resp>,
+        Receiver<Req>,
+        Sender<Result<Resp, Status>>,
+        Receiver<()>,
+    ) {
+        let (tx, requests) = crate::runtime::channel::bounded(buffer);
+        let (responses, rx) = crate::runtime::channel::bounded(buffer);
+        let (alive, gone) = crate::runtime::channel::bounded(1);
+        (StreamPair { tx, rx, alive }, requests, responses, gone)
+    }
 }
 
 pub type WatchStream = StreamPair<wire::watch::WatchRequest, wire::watch::WatchResponse>;

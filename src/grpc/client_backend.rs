@@ -4,15 +4,17 @@
 //! streaming call opens one QUIC stream and runs two small pump tasks
 //! between it and the channel pair the h2 server holds. Invariants: when the
 //! server drops its request sender the QUIC send side is finished (a
-//! half-close, as in gRPC); when the server drops its response receiver the
-//! pumps stop and the QUIC stream is dropped (stopped); every client error
-//! becomes a status through [`Status::from_client`].
+//! half-close, as in gRPC); when the server lets go of the call
+//! ([`StreamPair::alive`]) the pumps stop at once, even on an idle stream,
+//! and the QUIC stream is dropped; every client error becomes a status
+//! through [`Status::from_client`].
 
 use super::backend::{Backend, KeepAliveStream, SnapshotStream, StreamPair, WatchStream};
 use super::status::Status;
 use crate::client::{Client, StreamReceiver, StreamSender};
 use crate::runtime::{self, channel};
 use crate::wire;
+use futures_lite::future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -80,14 +82,24 @@ where
         .open_stream(token, call)
         .await
         .map_err(|e| Status::from_client(&e))?;
-    let (req_tx, req_rx) = channel::bounded::<Req>(STREAM_BUFFER);
-    let (resp_tx, resp_rx) = channel::bounded(STREAM_BUFFER);
-    runtime::spawn(pump_requests(sender, req_rx));
-    runtime::spawn(pump_responses(receiver, resp_tx));
-    Ok(StreamPair {
-        tx: req_tx,
-        rx: resp_rx,
-    })
+    let (pair, requests, responses, gone) = StreamPair::channels(STREAM_BUFFER);
+    runtime::spawn(async move {
+        // Both directions run until the node finishes, the stream breaks,
+        // or the server lets go of the call; then the QUIC stream is dropped
+        // (finished and stopped), which ends the call on the node.
+        let both = async {
+            future::zip(
+                pump_requests(sender, requests),
+                pump_responses(receiver, responses),
+            )
+            .await;
+        };
+        future::or(both, async {
+            let _ = gone.recv().await;
+        })
+        .await;
+    });
+    Ok(pair)
 }
 
 async fn pump_requests<Req: Serialize + Sync>(

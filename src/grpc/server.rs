@@ -443,12 +443,14 @@ async fn streaming<B: Backend>(
                     return;
                 }
             };
-            // No more requests are expected; the sender half stays unused.
+            // No more requests are expected; the sender half stays unused,
+            // and dropping `rx` is what stops the backend.
             let (tx, _unused) = channel::bounded::<()>(1);
+            let (alive, _gone) = channel::bounded(1);
             pump(
                 body,
                 respond,
-                StreamPair { tx, rx },
+                StreamPair { tx, rx, alive },
                 config,
                 |_| Ok(None),
                 |r| codec::encode(&convert::snapshot_response(r)),
@@ -472,7 +474,7 @@ async fn pump<Req, Resp>(
     Req: Send + 'static,
     Resp: Send + 'static,
 {
-    let StreamPair { tx, rx } = pair;
+    let StreamPair { tx, rx, alive } = pair;
     let mut send = match respond.send_response(grpc_response(), false) {
         Ok(send) => send,
         Err(_) => return,
@@ -542,6 +544,7 @@ async fn pump<Req, Resp>(
         }
     };
     drop(rx);
+    drop(alive);
     inbound.cancel().await;
     if let Some(status) = outcome {
         let _ = send.send_trailers(status_trailers(&status));

@@ -31,6 +31,9 @@ fn header() -> wire::ResponseHeader {
 /// Calls for key "cancelled" that ran to the end (a reset must stop them).
 static CANCELLED_FINISHED: AtomicUsize = AtomicUsize::new(0);
 
+/// Watches on key "idle" the server let go of (see `StreamPair::alive`).
+static WATCHES_RELEASED: AtomicUsize = AtomicUsize::new(0);
+
 #[derive(Clone)]
 struct Stub;
 
@@ -74,11 +77,21 @@ impl Backend for Stub {
     }
 
     async fn watch(&self, _token: Option<String>) -> Result<WatchStream, Status> {
-        let (req_tx, req_rx) = channel::bounded(8);
-        let (resp_tx, resp_rx) = channel::bounded(8);
+        let (pair, req_rx, resp_tx, gone) = StreamPair::channels(8);
+        let idle = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen_idle = idle.clone();
+        runtime::spawn(async move {
+            let _ = gone.recv().await;
+            if seen_idle.load(Ordering::SeqCst) {
+                WATCHES_RELEASED.fetch_add(1, Ordering::SeqCst);
+            }
+        });
         runtime::spawn(async move {
             while let Ok(request) = req_rx.recv().await {
                 if let wire::watch::WatchRequest::Create(c) = request {
+                    if c.key == b"idle" {
+                        idle.store(true, Ordering::SeqCst);
+                    }
                     let created = wire::watch::WatchResponse {
                         header: header(),
                         watch_id: c.watch_id,
@@ -104,10 +117,7 @@ impl Backend for Stub {
                 .send(Err(Status::from_wire(&wire::Error::Stopped)))
                 .await;
         });
-        Ok(StreamPair {
-            tx: req_tx,
-            rx: resp_rx,
-        })
+        Ok(pair)
     }
 
     async fn lease_keep_alive(&self, _token: Option<String>) -> Result<KeepAliveStream, Status> {
@@ -492,5 +502,44 @@ fn a_reset_cancels_the_backend_call() {
         // The connection is still good.
         let reply = call(&client, "/etcdserverpb.KV/Range", vec![range("a")]).await;
         assert_eq!(reply.code, Some(0));
+    });
+}
+
+#[test]
+fn a_reset_idle_watch_is_released_to_the_backend() {
+    runtime::block_on(async {
+        let (addr, _shutdown, _h) = start(ServerConfig::default()).await;
+        let client = connect(&addr).await;
+        let request = Request::builder()
+            .method("POST")
+            .uri("http://localhost/etcdserverpb.Watch/Watch")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let mut ready = client.clone().ready().await.unwrap();
+        let (response, mut send) = ready.send_request(request, false).unwrap();
+        let create = codec::encode(&pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: b"idle".to_vec(),
+                    ..Default::default()
+                },
+            )),
+        });
+        send.send_data(create, false).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        // The created response arrives; then the watch sits idle.
+        let first = body.data().await.unwrap().unwrap();
+        assert!(first.len() > codec::PREFIX_LEN);
+        runtime::sleep(Duration::from_millis(100)).await;
+        send.send_reset(h2::Reason::CANCEL);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while WATCHES_RELEASED.load(Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "backend never released"
+            );
+            runtime::sleep(Duration::from_millis(20)).await;
+        }
     });
 }
