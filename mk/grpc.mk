@@ -29,7 +29,7 @@ deps-etcd:
 run-grpc: release
 	./target/release/qed --data-dir $(DATA_DIR) & node=$$!; \
 	trap 'kill $$node 2>/dev/null' EXIT INT TERM; \
-	while [ ! -f $(DATA_DIR)/certs/ca.crt ]; do sleep 0.1; done; \
+	while [ ! -f $(DATA_DIR)/certs/ca.crt ]; do kill -0 $$node 2>/dev/null || exit 1; sleep 0.1; done; \
 	./target/release/qed-grpc --cacert $(DATA_DIR)/certs/ca.crt
 
 fuzz-grpc:
