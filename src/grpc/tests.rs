@@ -120,10 +120,28 @@ impl Backend for Stub {
         Ok(pair)
     }
 
-    async fn lease_keep_alive(&self, _token: Option<String>) -> Result<KeepAliveStream, Status> {
-        Err(Status::from_wire(&wire::Error::Unimplemented(
-            "Lease/LeaseKeepAlive".into(),
-        )))
+    async fn lease_keep_alive(&self, token: Option<String>) -> Result<KeepAliveStream, Status> {
+        if token.as_deref() != Some("secret") {
+            return Err(Status::from_wire(&wire::Error::Unimplemented(
+                "Lease/LeaseKeepAlive".into(),
+            )));
+        }
+        let (pair, requests, responses, _gone): (KeepAliveStream, _, _, _) =
+            StreamPair::channels(8);
+        runtime::spawn(async move {
+            while let Ok(request) = requests.recv().await {
+                let refreshed = wire::lease::LeaseKeepAliveResponse {
+                    header: header(),
+                    id: request.id,
+                    ttl: if request.id == 404 { 0 } else { 60 },
+                };
+                if responses.send(Ok(refreshed)).await.is_err() {
+                    return;
+                }
+            }
+            // Half-closed by the client: the call ends with OK.
+        });
+        Ok(pair)
     }
 
     async fn snapshot(&self, _token: Option<String>) -> Result<SnapshotStream, Status> {
@@ -430,14 +448,24 @@ fn watch_stream_both_ways() {
         assert_eq!(reply.code, Some(Code::Unavailable as u8));
         assert_eq!(reply.message, "etcdserver: server stopped");
 
-        let keep_alive = codec::encode(&pb::LeaseKeepAliveRequest { id: 1 });
+        let keep_alive = |id| codec::encode(&pb::LeaseKeepAliveRequest { id });
         let reply = call(
             &client,
             "/etcdserverpb.Lease/LeaseKeepAlive",
-            vec![keep_alive],
+            vec![keep_alive(7), keep_alive(404)],
         )
         .await;
-        assert_eq!(reply.code, Some(Code::Unimplemented as u8));
+        assert_eq!(reply.code, Some(0));
+        let ttls: Vec<(i64, i64)> = reply
+            .messages
+            .iter()
+            .map(|m| {
+                let r = pb::LeaseKeepAliveResponse::decode(m.clone()).unwrap();
+                assert_eq!(r.header.unwrap().revision, 9);
+                (r.id, r.ttl)
+            })
+            .collect();
+        assert_eq!(ttls, [(7, 60), (404, 0)]);
     });
 }
 
