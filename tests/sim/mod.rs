@@ -297,11 +297,17 @@ impl Sim {
         c
     }
 
-    fn bootstrap_state(&self) -> RestartState {
+    /// Initial members get the initial membership; members that join later
+    /// start empty and learn it from the leader.
+    fn bootstrap_state(&self, initial: bool) -> RestartState {
         RestartState {
             snapshot: Snapshot {
                 meta: SnapshotMeta {
-                    conf_state: self.bootstrap.clone(),
+                    conf_state: if initial {
+                        self.bootstrap.clone()
+                    } else {
+                        ConfState::default()
+                    },
                     ..Default::default()
                 },
                 data: Vec::new().into(),
@@ -310,8 +316,8 @@ impl Sim {
         }
     }
 
-    fn add_node(&mut self, id: u64) {
-        let st = self.bootstrap_state();
+    fn add_node(&mut self, id: u64, initial: bool) {
+        let st = self.bootstrap_state(initial);
         let node = Node::new(self.node_config(id, 0), st.clone()).ok();
         let latency = if self.rng.chance(self.cfg.slow_disks) {
             self.rng.range(6, 16)
@@ -379,7 +385,7 @@ impl Sim {
             report: Report::default(),
         };
         for id in 1..=total {
-            s.add_node(id);
+            s.add_node(id, true);
         }
         s
     }
@@ -923,7 +929,7 @@ impl Sim {
             0 if self.nodes.len() < self.cfg.voters + self.cfg.learners + 3 => {
                 let id = self.next_id;
                 self.next_id += 1;
-                self.add_node(id);
+                self.add_node(id, false);
                 ConfChange {
                     change: ConfChangeType::AddLearner,
                     node_id: id,
