@@ -19,9 +19,11 @@ use crate::wire::raft::{
 /// entries, and a snapshot at index 0 whose `conf_state` is the initial
 /// membership: the node turns it into the first log entries (as etcd does),
 /// and the first `Ready` asks the driver to persist them. A member joining
-/// an existing cluster passes an empty `conf_state` (or the same initial
-/// membership) and learns the membership from the leader's log or snapshot.
-/// On restart, pass what was persisted.
+/// an existing cluster (etcd's `--initial-cluster-state existing`) must pass
+/// an empty `conf_state`: it learns the membership from the leader's log or
+/// snapshot. (Passing anything but the cluster's exact initial membership
+/// would forge conflicting committed entries.) On restart, pass what was
+/// persisted.
 #[derive(Debug, Clone, Default)]
 pub struct RestartState {
     pub hard_state: HardState,
