@@ -17,6 +17,7 @@ fn run_range(base: u64, n: u64) {
             Ok(r) => {
                 total.units += r.units;
                 total.ops_ok += r.ops_ok;
+                total.max_commit = total.max_commit.max(r.max_commit);
                 total.ops_unknown += r.ops_unknown;
                 total.leaders += r.leaders;
                 total.crashes += r.crashes;
@@ -24,6 +25,8 @@ fn run_range(base: u64, n: u64) {
                 total.transfers += r.transfers;
                 total.snapshots_installed += r.snapshots_installed;
                 total.lin_unknown += r.lin_unknown;
+                // For the totals, the worst case.
+                total.liveness_ticks = total.liveness_ticks.max(r.liveness_ticks);
             }
             Err(v) => {
                 eprintln!("{v}");

@@ -154,6 +154,8 @@ pub struct Report {
     pub transfers: usize,
     pub snapshots_installed: usize,
     pub lin_unknown: usize,
+    /// Ticks from healing until every member applied a fresh commit.
+    pub liveness_ticks: u64,
 }
 
 #[derive(Default)]
@@ -1153,6 +1155,7 @@ impl Sim {
         while self.now < start + LIVENESS_UNITS {
             self.unit(false)?;
             if self.marker_done && self.all_members_applied_marker() {
+                self.report.liveness_ticks = (self.now - start) / TICK_UNITS;
                 return Ok(());
             }
             let Some(l) = self.leader() else { continue };
