@@ -102,6 +102,9 @@ pub(crate) struct Raft {
     self_vote: Option<(u64, Option<u64>)>,
 }
 
+/// Snapshot chunks in flight per follower.
+const SNAPSHOT_WINDOW: u64 = 4;
+
 /// Terms and indices beyond this are refused outright, so that no
 /// arithmetic on message contents can overflow.
 const MAX_SANE: u64 = 1 << 62;
@@ -342,26 +345,44 @@ impl Raft {
             return false;
         };
         pr.become_snapshot(index);
-        self.send_snapshot_chunk(to, 0)
+        self.send_snapshot_window(to)
     }
 
-    fn send_snapshot_chunk(&mut self, to: NodeId, offset: u64) -> bool {
+    /// Sends snapshot chunks from the follower's `snap_next` while fewer
+    /// than [`SNAPSHOT_WINDOW`] chunks are unacknowledged (pipelining, so a
+    /// high-latency link is not paced by its round trip).
+    fn send_snapshot_window(&mut self, to: NodeId) -> bool {
         let Some(snap) = self.log.snapshot.clone() else {
             return false;
         };
-        let len = snap.data.len();
-        let start = (offset as usize).min(len);
-        let end = (start + self.cfg.snapshot_chunk_size).min(len);
-        self.send(
-            to,
-            MessageBody::Snapshot {
-                meta: snap.meta.clone(),
-                offset: start as u64,
-                data: snap.data[start..end].to_vec(),
-                done: end == len,
-            },
-        );
-        true
+        let len = snap.data.len() as u64;
+        let chunk = self.cfg.snapshot_chunk_size as u64;
+        let mut sent = false;
+        loop {
+            let Some(pr) = self.progress.get_mut(&to) else {
+                return sent;
+            };
+            if pr.state != ProgressState::Snapshot
+                || pr.snap_done_sent
+                || pr.snap_next.saturating_sub(pr.snap_acked) >= SNAPSHOT_WINDOW * chunk
+            {
+                return sent;
+            }
+            let start = pr.snap_next.min(len);
+            let end = (start + chunk).min(len);
+            pr.snap_next = end;
+            pr.snap_done_sent = end == len;
+            self.send(
+                to,
+                MessageBody::Snapshot {
+                    meta: snap.meta.clone(),
+                    offset: start,
+                    data: snap.data[start as usize..end as usize].to_vec(),
+                    done: end == len,
+                },
+            );
+            sent = true;
+        }
     }
 
     fn bcast_append(&mut self, send_if_empty: bool) {
@@ -582,8 +603,8 @@ impl Raft {
             self.heartbeat_elapsed = 0;
             let round = self.read_only.round;
             self.bcast_heartbeat(round);
-            // Retransmit stalled snapshot transfers.
-            let stalled: Vec<(NodeId, u64)> = self
+            // Retransmit stalled snapshot transfers from the last ack.
+            let stalled: Vec<NodeId> = self
                 .progress
                 .iter_mut()
                 .filter(|(_, p)| p.state == ProgressState::Snapshot)
@@ -591,16 +612,17 @@ impl Raft {
                     p.snap_idle += 1;
                     (p.snap_idle >= 3).then(|| {
                         p.snap_idle = 0;
-                        (*id, p.snap_acked)
+                        p.rewind_snapshot(p.snap_acked);
+                        *id
                     })
                 })
                 .collect();
-            for (id, offset) in stalled {
+            for id in stalled {
                 let current = self.log.snapshot.as_ref().map(|s| s.meta.index);
                 if self.progress.get(&id).map(|p| p.pending_snapshot) != current {
                     self.send_snapshot(id);
                 } else {
-                    self.send_snapshot_chunk(id, offset);
+                    self.send_snapshot_window(id);
                 }
             }
         }
@@ -1002,11 +1024,15 @@ impl Raft {
                 let Some(pr) = self.progress.get_mut(&from) else {
                     return;
                 };
-                if reject || offset > pr.snap_acked {
+                if reject {
+                    // Lost or reordered chunk: resend from what it has.
+                    pr.snap_acked = offset;
+                    pr.rewind_snapshot(offset);
+                } else if offset > pr.snap_acked {
                     pr.snap_acked = offset;
                     pr.snap_idle = 0;
-                    self.send_snapshot_chunk(from, offset);
                 }
+                self.send_snapshot_window(from);
             }
             _ => {}
         }
