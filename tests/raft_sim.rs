@@ -133,6 +133,35 @@ fn checker_catches_a_leader_counting_its_unsynced_log() {
     );
 }
 
+#[test]
+fn checker_catches_followers_acking_unsynced_entries() {
+    let knobs = TestKnobs {
+        ack_before_persist: true,
+        ..TestKnobs::default()
+    };
+    let v = first_violation(
+        knobs,
+        &[
+            Kind::LeaderCompleteness,
+            Kind::StateMachineSafety,
+            Kind::Linearizability,
+        ],
+        300,
+        |cfg| {
+            cfg.voters = 3;
+            cfg.learners = 0;
+            cfg.crashes = true;
+            cfg.crash_rate = 1.0 / 40.0;
+            cfg.slow_disks = 0.9;
+        },
+    );
+    eprintln!("caught: {v:?}");
+    assert!(
+        v.is_some(),
+        "no lost commit detected with acks before fsync"
+    );
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name)
         .ok()

@@ -274,6 +274,7 @@ impl Raft {
             // durable: that vote only counts once it is.
             | MessageBody::Vote { .. } => true,
             MessageBody::VoteResponse { pre, reject } => pre || reject,
+            MessageBody::AppendResponse { .. } => self.cfg.test_knobs.ack_before_persist,
             // Vote grants (the vote is durable first) and append
             // acknowledgements (the entries are durable first).
             _ => false,
