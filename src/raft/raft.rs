@@ -273,11 +273,10 @@ impl Raft {
             // A vote request may leave before the candidate's own vote is
             // durable: that vote only counts once it is.
             | MessageBody::Vote { .. } => true,
+            // A vote grant waits until the vote is durable, an append
+            // acknowledgement until the entries are.
             MessageBody::VoteResponse { pre, reject } => pre || reject,
             MessageBody::AppendResponse { .. } => self.cfg.test_knobs.ack_before_persist,
-            // Vote grants (the vote is durable first) and append
-            // acknowledgements (the entries are durable first).
-            _ => false,
         };
         self.msgs.push(Outbound {
             message: Message {
