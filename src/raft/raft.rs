@@ -6,7 +6,7 @@
 //! hand out. Rules that carry the safety argument:
 //! - votes: one per term (persisted before the vote response leaves), and
 //!   only for candidates whose log is at least as up to date (election
-//!   restriction);
+//!   restriction); a candidate counts its own vote only once durable;
 //! - commit: the leader commits index `i` only if `i` is in its current term
 //!   and a quorum of voters has it *durable*; the leader's own copy counts
 //!   only once the driver acknowledged persisting it;
@@ -43,8 +43,9 @@ pub struct Outbound {
     pub message: Message,
     /// `true`: send at once, even while this `Ready`'s entries and hard
     /// state are still being persisted (the leader's appends, heartbeats,
-    /// snapshot chunks; forwarded requests). `false`: send only after this
-    /// `Ready` is durable (votes, append responses).
+    /// snapshot chunks; vote requests, pre-votes, refusals, heartbeat and
+    /// chunk acknowledgements; forwarded requests). `false`: send only after
+    /// this `Ready` is durable (vote grants, append acknowledgements).
     pub before_persist: bool,
 }
 
