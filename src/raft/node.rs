@@ -262,6 +262,8 @@ impl Node {
     pub fn has_ready(&self) -> bool {
         let r = &self.raft;
         !r.msgs.is_empty()
+            || r.bcast_pending
+            || r.commit_bcast_pending
             || !r.read_states.is_empty()
             || r.reads_pending_flush()
             || r.log.has_unpersisted()
@@ -273,6 +275,7 @@ impl Node {
 
     /// Takes everything the driver must do now. See [`Ready`].
     pub fn ready(&mut self) -> Ready {
+        self.raft.flush_appends();
         self.raft.flush_reads();
         let mut rd = Ready::default();
         let soft = self.soft_state();

@@ -101,6 +101,11 @@ pub(crate) struct Raft {
     /// A candidate's vote for itself counts only once durable: the term it
     /// was cast in, and the write (`Ready` number) that carries it.
     self_vote: Option<(u64, Option<u64>)>,
+    /// New entries to broadcast at the next `Ready`: every proposal made
+    /// between two `Ready`s goes out in one append per follower.
+    pub bcast_pending: bool,
+    /// The commit index advanced: tell followers at the next `Ready`.
+    pub commit_bcast_pending: bool,
 }
 
 /// Snapshot chunks in flight per follower.
@@ -183,6 +188,8 @@ impl Raft {
             scratch: Vec::new(),
             slow_disk_ticks: 0,
             self_vote: None,
+            bcast_pending: false,
+            commit_bcast_pending: false,
         };
         r.set_conf(conf);
         // Membership changes committed before the restart are in force now,
@@ -670,7 +677,7 @@ impl Raft {
                     return Err(ProposeError::TransferInProgress);
                 }
                 self.append_entry(e);
-                self.bcast_append(false);
+                self.bcast_pending = true;
                 Ok(())
             }
             _ if self.leader != 0 => {
@@ -718,7 +725,7 @@ impl Raft {
             ..Default::default()
         }]);
         self.pending_conf_index = self.log.last_index();
-        self.bcast_append(false);
+        self.bcast_pending = true;
         Ok(())
     }
 
@@ -784,7 +791,7 @@ impl Raft {
     /// The driver made entries up to `(index, term)` durable.
     pub fn persisted(&mut self, index: u64, term: u64) {
         if self.log.persisted_to(index, term) && self.maybe_commit() {
-            self.bcast_append(true);
+            self.commit_bcast_pending = true;
         }
     }
 
@@ -833,6 +840,15 @@ impl Raft {
             self.read_states.push(ReadState { index, ctx });
         } else {
             self.send(from, MessageBody::ReadIndexResponse { index, ctx });
+        }
+    }
+
+    /// Sends the appends deferred since the last `Ready` (batching).
+    pub fn flush_appends(&mut self) {
+        let commit = std::mem::take(&mut self.commit_bcast_pending);
+        let entries = std::mem::take(&mut self.bcast_pending);
+        if self.role == Role::Leader && (commit || entries) {
+            self.bcast_append(commit);
         }
     }
 
@@ -971,7 +987,7 @@ impl Raft {
                     })
                     .collect();
                 self.append_entries(ents);
-                self.bcast_append(false);
+                self.bcast_pending = true;
             }
             MessageBody::ReadIndex { ctx } if self.progress.contains_key(&from) => {
                 self.handle_read_index(from, ctx);
@@ -1090,7 +1106,7 @@ impl Raft {
         }
         let matched = pr.matched;
         if self.maybe_commit() {
-            self.bcast_append(true);
+            self.commit_bcast_pending = true;
         } else if was_paused {
             self.send_append(from, false);
         }
@@ -1378,7 +1394,7 @@ impl Raft {
         }
         self.conf_changed = true;
         if self.role == Role::Leader && self.maybe_commit() {
-            self.bcast_append(true);
+            self.commit_bcast_pending = true;
         }
         if self.role == Role::Leader {
             self.release_reads();
