@@ -13,6 +13,14 @@ fn run_range(base: u64, n: u64) {
     let mut failures: Vec<Violation> = Vec::new();
     let mut total = Report::default();
     for seed in base..base + n {
+        if seed > base && (seed - base) % 1000 == 0 {
+            eprintln!(
+                "... {} seeds done, {} units, {} failed",
+                seed - base,
+                total.units,
+                failures.len()
+            );
+        }
         match run(SimConfig::from_seed(seed)) {
             Ok(r) => {
                 total.units += r.units;
