@@ -13,7 +13,9 @@
 //! matching (entries with equal index and term have equal prefixes: a hash
 //! chain per log, compared across all logs ever seen), leader completeness
 //! (a new leader holds every entry committed in earlier terms), state
-//! machine safety (every node applies the same entry at each index). At the
+//! machine safety (every node applies the same entry at each index and
+//! reaches the same state there, whether by entries or by an installed
+//! snapshot), and that applied indices are consecutive. At the
 //! end: liveness after healing, and linearizability of the client history.
 
 pub mod kv;
@@ -267,6 +269,8 @@ struct Sim {
     seen: HashMap<(u64, u64), u64>,
     committed: Vec<Option<(u64, u64)>>,
     applied_log: Vec<Option<(u64, u64)>>,
+    /// State machine fingerprint after applying each index (any node).
+    state_at: HashMap<u64, u64>,
     clients: Vec<Client>,
     hist: Vec<HistOp>,
     next_op: u64,
@@ -379,6 +383,7 @@ impl Sim {
             seen: HashMap::new(),
             committed: Vec::new(),
             applied_log: Vec::new(),
+            state_at: HashMap::new(),
             hist: Vec::new(),
             next_op: 1,
             put_vals: 0,
@@ -553,6 +558,7 @@ impl Sim {
         let Some(kv) = Kv::deserialize(&s.data) else {
             return Err(self.fail(Kind::Internal, "bad snapshot data".into()));
         };
+        self.check_state(id, s.meta.index, kv.digest())?;
         self.report.snapshots_installed += 1;
         let Some(sn) = self.nodes.get_mut(&id) else {
             return Ok(());
@@ -677,6 +683,19 @@ impl Sim {
         Ok(())
     }
 
+    /// Every node's state machine after applying index `i` is the same,
+    /// whether it got there by entries or by a snapshot.
+    fn check_state(&mut self, id: u64, i: u64, digest: u64) -> Res {
+        let known = *self.state_at.entry(i).or_insert(digest);
+        if known != digest {
+            return Err(self.fail(
+                Kind::StateMachineSafety,
+                format!("node {id}'s state after index {i} differs from another node's"),
+            ));
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, id: u64, entries: &[Entry]) -> Res {
         for e in entries {
             let Some(sn) = self.nodes.get_mut(&id) else {
@@ -705,13 +724,15 @@ impl Sim {
                 }
                 _ => {}
             }
-            if e.kind != EntryType::Normal || e.data.is_empty() {
-                continue;
-            }
-            let Some((op, cmd)) = kv::decode(&e.data) else {
+            let decoded = (e.kind == EntryType::Normal)
+                .then(|| kv::decode(&e.data))
+                .flatten();
+            let res = decoded.map(|(op, cmd)| (op, cmd, sn.kv.apply(op, cmd)));
+            let digest = sn.kv.digest();
+            self.check_state(id, e.index, digest)?;
+            let Some((op, cmd, res)) = res else {
                 continue;
             };
-            let res = sn.kv.apply(op, cmd);
             if self.marker.is_some_and(|(m, n)| m == op && n == id) {
                 self.marker_done = true;
             }
