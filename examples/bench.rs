@@ -99,16 +99,30 @@ impl Server {
     async fn connect(flags: &Flags) -> Result<Server, Box<dyn std::error::Error>> {
         match flags.target {
             Target::Native => {
-                let url = flags.endpoints.clone().unwrap_or_else(|| "https://127.0.0.1:2379".into());
+                let url = flags
+                    .endpoints
+                    .clone()
+                    .unwrap_or_else(|| "https://127.0.0.1:2379".into());
                 let options = ConnectOptions {
-                    ca_file: Some(flags.cacert.clone().unwrap_or_else(|| "default.qed/certs/ca.crt".into())),
+                    ca_file: Some(
+                        flags
+                            .cacert
+                            .clone()
+                            .unwrap_or_else(|| "default.qed/certs/ca.crt".into()),
+                    ),
                     ..Default::default()
                 };
                 Ok(Server::Native(Client::connect(&[url], options).await?))
             }
             Target::Grpc => {
-                let url = flags.endpoints.clone().unwrap_or_else(|| "http://127.0.0.1:2379".into());
-                let addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+                let url = flags
+                    .endpoints
+                    .clone()
+                    .unwrap_or_else(|| "http://127.0.0.1:2379".into());
+                let addr = url
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_string();
                 let mut conns = Vec::new();
                 for _ in 0..flags.conns.max(1) {
                     conns.push(h2_connect(&addr).await?);
@@ -124,10 +138,17 @@ impl Server {
             Server::Native(c) => match workload {
                 Workload::Put => c.put(key, value.to_vec(), None).await.is_ok(),
                 Workload::Range => c.get(key, None).await.is_ok(),
-                Workload::RangeSerializable => c.get(key, Some(GetOptions::new().with_serializable())).await.is_ok(),
+                Workload::RangeSerializable => c
+                    .get(key, Some(GetOptions::new().with_serializable()))
+                    .await
+                    .is_ok(),
                 Workload::Txn => {
                     let txn = Txn::new()
-                        .when([Compare::value(key.clone(), CompareOp::Equal, value.to_vec())])
+                        .when([Compare::value(
+                            key.clone(),
+                            CompareOp::Equal,
+                            value.to_vec(),
+                        )])
                         .and_then([TxnOp::put(key.clone(), value.to_vec(), None)])
                         .or_else([TxnOp::get(key, None)]);
                     c.txn(txn).await.is_ok()
@@ -194,7 +215,9 @@ fn grpc_request(workload: Workload, key: Vec<u8>, value: &[u8]) -> (&'static str
     }
 }
 
-async fn h2_connect(addr: &str) -> Result<h2::client::SendRequest<Bytes>, Box<dyn std::error::Error>> {
+async fn h2_connect(
+    addr: &str,
+) -> Result<h2::client::SendRequest<Bytes>, Box<dyn std::error::Error>> {
     let tcp = TcpStream::connect(addr).await?;
     let _ = tcp.set_nodelay(true);
     let (client, conn) = h2::client::Builder::new()
@@ -294,7 +317,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let value = vec![b'v'; flags.val_size];
         if !matches!(flags.workload, Workload::Put) {
             for i in 0..flags.key_space.min(flags.total) {
-                server.run(0, Workload::Put, key(i, flags.key_size), &value).await;
+                server
+                    .run(0, Workload::Put, key(i, flags.key_size), &value)
+                    .await;
             }
         }
         let next = Arc::new(AtomicU64::new(0));
@@ -302,8 +327,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let start = Instant::now();
         let mut workers = Vec::new();
         for w in 0..flags.clients {
-            let (server, next, errors, value, flags) =
-                (server.clone(), next.clone(), errors.clone(), value.clone(), flags.clone());
+            let (server, next, errors, value, flags) = (
+                server.clone(),
+                next.clone(),
+                errors.clone(),
+                value.clone(),
+                flags.clone(),
+            );
             workers.push(runtime::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (w as u64 + 1);
@@ -315,9 +345,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    let i = if flags.sequential { n } else { rng % flags.key_space.max(1) };
+                    let i = if flags.sequential {
+                        n
+                    } else {
+                        rng % flags.key_space.max(1)
+                    };
                     let t = Instant::now();
-                    if !server.run(w, flags.workload, key(i, flags.key_size), &value).await {
+                    if !server
+                        .run(w, flags.workload, key(i, flags.key_size), &value)
+                        .await
+                    {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                     latencies.push(t.elapsed());
@@ -330,7 +367,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             runtime::spawn(async move {
                 loop {
                     runtime::sleep(Duration::from_secs(1)).await;
-                    eprint!("\r{} / {total} requests", next.load(Ordering::Relaxed).min(total));
+                    eprint!(
+                        "\r{} / {total} requests",
+                        next.load(Ordering::Relaxed).min(total)
+                    );
                 }
             })
         };
