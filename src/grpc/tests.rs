@@ -571,3 +571,25 @@ fn a_reset_idle_watch_is_released_to_the_backend() {
         }
     });
 }
+
+#[test]
+fn answers_client_keepalive_pings() {
+    runtime::block_on(async {
+        let (addr, _shutdown, _h) = start(ServerConfig::default()).await;
+        let tcp = TcpStream::connect(&addr).await.unwrap();
+        let (client, mut conn) = h2::client::handshake(tcp.compat()).await.unwrap();
+        let mut ping_pong = conn.ping_pong().expect("ping_pong taken once");
+        runtime::spawn(async move {
+            let _ = conn.await;
+        });
+        // gRPC clients (etcdctl: every 2 s) ping idle connections.
+        for _ in 0..3 {
+            runtime::timeout(Duration::from_secs(5), ping_pong.ping(h2::Ping::opaque()))
+                .await
+                .expect("pong in time")
+                .expect("pong");
+        }
+        let reply = call(&client, "/etcdserverpb.KV/Range", vec![range("a")]).await;
+        assert_eq!(reply.code, Some(0));
+    });
+}
