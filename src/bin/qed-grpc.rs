@@ -99,6 +99,16 @@ struct Flags {
     #[arg(long, env = "QED_GRPC_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
 
+    /// Ping an idle gRPC client after this many seconds to find vanished
+    /// ones (etcd's default: 2 h).
+    #[arg(long, env = "QED_GRPC_GRPC_KEEPALIVE_INTERVAL", default_value_t = 7200)]
+    grpc_keepalive_interval: u64,
+
+    /// Close a gRPC connection whose ping goes unanswered this many seconds
+    /// (etcd's default: 20 s).
+    #[arg(long, env = "QED_GRPC_GRPC_KEEPALIVE_TIMEOUT", default_value_t = 20)]
+    grpc_keepalive_timeout: u64,
+
     /// debug, info, warn or error.
     #[arg(long, env = "QED_GRPC_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -185,6 +195,8 @@ fn main() -> ExitCode {
         max_concurrent_streams: flags.max_concurrent_streams,
         tls: None,
         shutdown_grace: Duration::from_secs(flags.shutdown_grace),
+        keepalive_interval: Duration::from_secs(flags.grpc_keepalive_interval.max(1)),
+        keepalive_timeout: Duration::from_secs(flags.grpc_keepalive_timeout.max(1)),
     };
 
     let shutdown = Shutdown::new();

@@ -15,6 +15,10 @@
 //!   backend stream instead of growing a buffer.
 //! - Every stream ends with a gRPC status (trailers) or an HTTP/2 reset;
 //!   nothing read from the socket can panic a task.
+//! - Keepalive: each connection is pinged after `keepalive_interval` and
+//!   dropped if the pong does not come within `keepalive_timeout` (etcd's
+//!   server keepalive), so vanished clients do not hold watches forever.
+//!   Client pings are answered by `h2` itself.
 //! - Shutdown: when [`Shutdown::trigger`] fires, the listener stops
 //!   accepting, each connection sends GOAWAY and keeps serving the streams
 //!   it already has; [`serve`] returns when they have all finished or the
@@ -48,6 +52,13 @@ pub struct ServerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// How long in-flight calls may run after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Ping a connection after this long (etcd's
+    /// `--grpc-keepalive-interval`, 2 h), to find clients that vanished
+    /// without closing their socket (and their idle watches with them).
+    pub keepalive_interval: Duration,
+    /// Close the connection when a ping is not answered within this
+    /// (etcd's `--grpc-keepalive-timeout`, 20 s).
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +69,8 @@ impl Default for ServerConfig {
             max_concurrent_streams: u32::MAX,
             tls: None,
             shutdown_grace: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(2 * 60 * 60),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -201,26 +214,54 @@ pub async fn serve_connection<IO, B>(
             return;
         }
     };
+    // Keepalive: a task pings the peer every interval; an unanswered ping
+    // closes `dead`, which drops the connection below.
+    let (dead_tx, dead) = channel::bounded::<()>(1);
+    let keepalive = conn.ping_pong().map(|mut ping_pong| {
+        let (interval, timeout) = (config.keepalive_interval, config.keepalive_timeout);
+        let dead_tx = dead_tx.clone();
+        runtime::spawn(async move {
+            loop {
+                runtime::sleep(interval).await;
+                match runtime::timeout(timeout, ping_pong.ping(h2::Ping::opaque())).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        log::debug!("keepalive ping unanswered in {timeout:?}: closing");
+                        dead_tx.close();
+                        return;
+                    }
+                }
+            }
+        })
+    });
     let mut draining = false;
     loop {
         enum Next<T> {
             Stream(Option<Result<T, h2::Error>>),
             Drain,
+            Dead,
         }
+        let accept = async { Next::Stream(conn.accept().await) };
+        let dead = async {
+            let _ = dead.recv().await;
+            Next::Dead
+        };
         let next = if draining {
-            Next::Stream(conn.accept().await)
+            future::or(accept, dead).await
         } else {
-            future::or(async { Next::Stream(conn.accept().await) }, async {
+            let drain = async {
                 shutdown.wait().await;
                 Next::Drain
-            })
-            .await
+            };
+            future::or(accept, future::or(dead, drain)).await
         };
         match next {
             Next::Drain => {
                 conn.graceful_shutdown();
                 draining = true;
             }
+            Next::Dead => break,
             Next::Stream(Some(Ok((request, respond)))) => {
                 let backend = backend.clone();
                 let config = config.clone();
@@ -235,6 +276,10 @@ pub async fn serve_connection<IO, B>(
             Next::Stream(None) => break,
         }
     }
+    if let Some(task) = keepalive {
+        task.cancel().await;
+    }
+    drop(dead_tx);
 }
 
 /// Answers one HTTP/2 stream.

@@ -593,3 +593,36 @@ fn answers_client_keepalive_pings() {
         assert_eq!(reply.code, Some(0));
     });
 }
+
+#[test]
+fn a_client_that_stops_answering_pings_is_dropped() {
+    runtime::block_on(async {
+        use futures_lite::{AsyncReadExt, AsyncWriteExt};
+        let config = ServerConfig {
+            keepalive_interval: Duration::from_millis(100),
+            keepalive_timeout: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let (addr, _shutdown, _h) = start(config).await;
+        // A client that says hello (preface and empty SETTINGS), then
+        // never reads or answers anything.
+        let mut tcp = TcpStream::connect(&addr).await.unwrap();
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        runtime::sleep(Duration::from_millis(500)).await;
+        // The server has closed: reading drains to EOF (or a reset).
+        let drained = runtime::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(drained.is_ok(), "the silent connection was not closed");
+    });
+}
