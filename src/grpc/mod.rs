@@ -13,7 +13,7 @@
 //! - [`client_backend`]: `Backend` for the QUIC [`crate::client::Client`];
 //! - [`tls`]: the listener's rustls configuration;
 //! - [`server`]: the h2 (h2c or TLS) listener, per-stream handlers,
-//!   flow control and graceful shutdown.
+//!   flow control, keepalive and graceful shutdown.
 //!
 //! Invariant: nothing read from a socket can panic the shim; every failure
 //! becomes a gRPC status (or, below gRPC, an HTTP/2 reset).
