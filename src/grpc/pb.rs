@@ -822,6 +822,32 @@ pub struct AuthRoleGetResponse {
     pub perm: Vec<authpb::Permission>,
 }
 
+// ---------------------------------------------------------------- grpc.health.v1
+
+/// `grpc.health.v1.HealthCheckRequest` (etcd registers gRPC's standard
+/// health service next to its own).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    pub service: String,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HealthCheckResponse {
+    #[prost(enumeration = "ServingStatus", tag = "1")]
+    pub status: i32,
+}
+
+/// `grpc.health.v1.HealthCheckResponse.ServingStatus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ServingStatus {
+    Unknown = 0,
+    Serving = 1,
+    NotServing = 2,
+    ServiceUnknown = 3,
+}
+
 // ---------------------------------------------------------------- etcd's names
 // Messages with byte-identical layouts share one struct above; these aliases
 // keep etcd's names greppable and documented.

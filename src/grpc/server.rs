@@ -328,6 +328,15 @@ async fn handle_stream<B: Backend>(
         .get("grpc-timeout")
         .and_then(|v| parse_timeout(v.as_bytes()));
     let path = parts.uri.path();
+    if path == HEALTH_CHECK {
+        match health_check(body, &backend, config).await {
+            Ok(message) => {
+                let _ = send_unary(&mut respond, message).await;
+            }
+            Err(status) => send_status(&mut respond, &status),
+        }
+        return;
+    }
     match Method::from_path(path) {
         None => send_status(&mut respond, &convert::unknown_method(path)),
         Some(Method::Unary(method)) => {
@@ -364,6 +373,38 @@ async fn handle_stream<B: Backend>(
             streaming(kind, body, respond, backend, token, config).await
         }
     }
+}
+
+/// gRPC's standard health check, which etcd serves too.
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// Answers a health check for the whole server (service ""), as etcd
+/// registers it: SERVING when the cluster answers a Status call through
+/// this shim, NOT_SERVING when it does not, so a load balancer in front of
+/// several shims skips one that cannot reach the cluster.
+async fn health_check<B: Backend>(
+    mut body: RecvStream,
+    backend: &B,
+    config: &ServerConfig,
+) -> Result<Bytes, Status> {
+    let mut decoder = Decoder::new(config.max_recv_bytes);
+    let message = next_message(&mut body, &mut decoder)
+        .await?
+        .ok_or_else(|| Status::internal("grpc: unary call ended before its request message"))?;
+    let request: pb::HealthCheckRequest = codec::decode(&message)?;
+    if !request.service.is_empty() {
+        return Err(Status::new(Code::NotFound, "unknown service"));
+    }
+    let status = match backend
+        .unary(None, crate::wire::Request::Status(Default::default()))
+        .await
+    {
+        Ok(_) => pb::ServingStatus::Serving,
+        Err(_) => pb::ServingStatus::NotServing,
+    };
+    Ok(codec::encode(&pb::HealthCheckResponse {
+        status: status as i32,
+    }))
 }
 
 /// Reads the one request message, calls the backend, encodes the answer.

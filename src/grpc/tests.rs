@@ -65,6 +65,9 @@ impl Backend for Stub {
                     count: 1,
                 }))
             }
+            wire::Request::Status(_) if token.is_none() => {
+                Ok(wire::Response::Status(Default::default()))
+            }
             wire::Request::Put(p) if p.key == b"compacted" => {
                 Err(Status::from_wire(&wire::Error::Compacted))
             }
@@ -624,5 +627,24 @@ fn a_client_that_stops_answering_pings_is_dropped() {
         })
         .await;
         assert!(drained.is_ok(), "the silent connection was not closed");
+    });
+}
+
+#[test]
+fn health_check_reflects_the_cluster() {
+    runtime::block_on(async {
+        let (addr, _shutdown, _h) = start(ServerConfig::default()).await;
+        let client = connect(&addr).await;
+        let check = |service: &str| {
+            codec::encode(&pb::HealthCheckRequest {
+                service: service.into(),
+            })
+        };
+        let reply = call(&client, "/grpc.health.v1.Health/Check", vec![check("")]).await;
+        assert_eq!(reply.code, Some(0));
+        let response = pb::HealthCheckResponse::decode(reply.messages[0].clone()).unwrap();
+        assert_eq!(response.status, pb::ServingStatus::Serving as i32);
+        let reply = call(&client, "/grpc.health.v1.Health/Check", vec![check("nope")]).await;
+        assert_eq!(reply.code, Some(Code::NotFound as u8));
     });
 }
