@@ -31,14 +31,15 @@ enum Expect {
     Differs(&'static str),
 }
 
-const NO_WATCH: &str = "qed has no watch engine yet (Watch answers Unimplemented)";
-const NO_LEASE: &str = "qed has no lease engine yet (Lease answers Unimplemented)";
+const NO_WATCH: &str = "the qed node does not serve Watch yet (answers Unimplemented)";
+const NO_LEASE: &str = "the qed node does not serve Lease yet (answers Unimplemented)";
 const MEMBER_REVISION: &str = "etcd's Cluster responses carry no header revision; \
      the qed node sets one (node-side; the shim passes headers through)";
-const NO_AUTH: &str = "qed has no auth engine yet (Auth answers Unimplemented)";
+const NO_AUTH: &str = "the qed node has no auth engine yet (Auth answers Unimplemented)";
 const NO_SNAPSHOT: &str = "qed's snapshot stream lacks etcd's trailing sha256 of the blob \
      (etcdctl: \"sha256 checksum not found\"); the shim forwards what the node sends";
-const LOCK: &str = "etcdctl lock/elect are built on leases and watches, which qed lacks yet";
+const LOCK: &str =
+    "etcdctl lock/elect are built on leases and watches, which the node does not serve yet";
 
 struct Step {
     args: &'static [&'static str],
