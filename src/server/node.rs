@@ -87,15 +87,18 @@ impl Node {
         // etcd refuses malformed requests before they reach the log.
         validate(&req)?;
         let mut resp = match &req {
+            // etcd's Cluster service stamps no revision.
             Request::MemberList(_) => Response::Members(MembersResponse {
-                header: self.local_header(),
+                header: ResponseHeader::default(),
                 members: vec![self.identity.member()],
             }),
             Request::Status(_) => self.status(),
             Request::Defragment(_) => {
                 // The state lives in memory and is rebuilt compactly at every
                 // snapshot; there is no file to defragment.
-                Response::Defragment(Default::default())
+                Response::Defragment(qed_wire::maintenance::DefragmentResponse {
+                    header: self.local_header(),
+                })
             }
             Request::Authenticate(_) => return Err(Error::AuthNotEnabled),
             Request::AuthStatus => Response::AuthStatus {
@@ -119,9 +122,6 @@ impl Node {
         header.cluster_id = self.identity.cluster_id;
         header.member_id = self.identity.member_id;
         header.raft_term = self.raft.status.term.load(Ordering::Relaxed);
-        if header.revision == 0 {
-            header.revision = self.local_header().revision;
-        }
         Ok(resp)
     }
 
