@@ -132,7 +132,7 @@ impl Node {
         let view = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
         crate::runtime::spawn_blocking(move || view.to_snapshot())
             .await
-            .map(|image| crate::storage::snapshot::encode(&image))
+            .map(|image| super::snapshot_file::seal(crate::storage::snapshot::encode(&image)))
             .map_err(|e| Error::Internal(format!("snapshot failed: {e}")))
     }
 
