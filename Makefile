@@ -32,11 +32,11 @@ run: release
 	while [ ! -f $(DATA_DIR)/certs/ca.crt ]; do kill -0 $$node 2>/dev/null || exit 1; sleep 0.1; done; \
 	./target/release/qed-grpc --cacert $(DATA_DIR)/certs/ca.crt
 
-# More SIGKILLs than CI's 30: `make crash-test KILLS=500 SEED=7`.
+# More SIGKILLs than CI's 30: `make crash-test KILLS=500 CRASH_SEED=7`.
 KILLS ?= 200
-SEED ?= 24301
+CRASH_SEED ?= 24301
 crash-test:
-	CRASH_KILLS=$(KILLS) CRASH_SEED=$(SEED) $(CARGO) test --release --test crash -- --nocapture
+	CRASH_KILLS=$(KILLS) CRASH_SEED=$(CRASH_SEED) $(CARGO) test --release --test crash -- --nocapture
 
 # qed against etcd 3.4 on this machine; writes bench/results/latest.md.
 QUICK ?= 0
