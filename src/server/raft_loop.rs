@@ -28,7 +28,7 @@
 use super::state_machine::StateMachine;
 use crate::raft::{self, PersistToken, ProposeError, Role};
 use crate::runtime::{self, channel};
-use crate::storage::durable_log::DurableLog;
+use crate::storage::durable_log::{DurableLog, SnapshotWriter};
 use crate::storage::StorageError;
 use crate::wire::command::Command;
 use crate::wire::raft::{Entry, EntryType, HardState, SnapshotMeta};
@@ -54,9 +54,10 @@ pub enum Input {
         tokens: Vec<PersistToken>,
         result: Result<(), String>,
     },
-    /// The snapshotter serialized the state machine as of `index`.
-    SnapshotEncoded {
-        index: u64,
+    /// The snapshotter wrote the state machine as of `meta.index` to a
+    /// durable snapshot file (and hands back its bytes).
+    SnapshotSaved {
+        meta: SnapshotMeta,
         data: Result<Vec<u8>, String>,
     },
 }
@@ -119,10 +120,10 @@ enum PersistJob {
         /// Needs an fsync before the token is reported.
         sync: bool,
     },
-    Snapshot {
-        meta: SnapshotMeta,
-        data: Vec<u8>,
-    },
+    /// A snapshot from the leader: saved and marked in order with the log.
+    Snapshot { meta: SnapshotMeta, data: Vec<u8> },
+    /// Our own snapshot file is durable: record it and release segments.
+    SnapshotMarker { meta: SnapshotMeta },
 }
 
 /// Starts the loop, its ticker and its WAL writer. The core must already
@@ -136,6 +137,7 @@ pub fn start(
     let (inbox, inputs) = channel::unbounded();
     let (stopped_tx, stopped) = channel::bounded(1);
     let status = Arc::new(RaftStatus::default());
+    let snapshots = log.snapshot_writer();
     let jobs = spawn_writer(log, inbox.clone());
     let ticker = inbox.clone();
     runtime::spawn(async move {
@@ -162,6 +164,7 @@ pub fn start(
         state,
         status: status.clone(),
         jobs,
+        snapshots,
         inbox: inbox.clone(),
         proposals: HashMap::new(),
         reads: HashMap::new(),
@@ -196,6 +199,8 @@ struct Driver {
     state: Arc<RwLock<StateMachine>>,
     status: Arc<RaftStatus>,
     jobs: std::sync::mpsc::Sender<PersistJob>,
+    /// Writes our own snapshot files, off the WAL writer.
+    snapshots: SnapshotWriter,
     inbox: channel::Sender<Input>,
     /// Callers waiting for their proposal to apply, by command ID.
     proposals: HashMap<u64, channel::Sender<Reply>>,
@@ -276,8 +281,9 @@ impl Driver {
                     self.core.on_persisted(token);
                 }
             }
-            Input::SnapshotEncoded { index, data } => {
+            Input::SnapshotSaved { meta, data } => {
                 self.snapshotting = false;
+                let index = meta.index;
                 let data = data.map_err(|e| format!("snapshot failed: {e}"))?;
                 // The core keeps these bytes to send to lagging followers; a
                 // lone voter has none, so it need not hold a second copy of
@@ -288,14 +294,14 @@ impl Driver {
                 } else {
                     data.clone()
                 };
-                if let Some(meta) = self.core.compact_at(index, for_followers) {
+                if self.core.compact_at(index, for_followers).is_some() {
                     log::info!(
-                        "saving snapshot at index {} (term {})",
+                        "saved snapshot at index {} (term {})",
                         meta.index,
                         meta.term
                     );
                     self.snapshot_base = meta.index;
-                    self.send_job(PersistJob::Snapshot { meta, data })?;
+                    self.send_job(PersistJob::SnapshotMarker { meta })?;
                 }
             }
         }
@@ -436,20 +442,35 @@ impl Driver {
         Ok(())
     }
 
+    /// Every `snapshot_count` applied entries: clone the state (O(1)) and
+    /// let a blocking-pool task serialize it and write the file, so neither
+    /// this loop nor the WAL writer waits for a large snapshot.
     fn maybe_snapshot(&mut self) {
         let applied = self.status.applied.load(Ordering::Relaxed);
         if self.snapshotting || applied < self.snapshot_base + self.options.snapshot_count {
             return;
         }
-        self.snapshotting = true;
         let view = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let inbox = self.inbox.clone();
+        let index = view.applied();
+        let Some(term) = self.core.log_term(index) else {
+            return;
+        };
+        let meta = SnapshotMeta {
+            index,
+            term,
+            conf_state: self.core.conf_state(),
+        };
+        self.snapshotting = true;
+        let (inbox, writer) = (self.inbox.clone(), self.snapshots.clone());
         runtime::spawn(async move {
-            let index = view.applied();
-            let data =
-                runtime::spawn_blocking(move || view.to_snapshot().map_err(|e| e.to_string()))
-                    .await;
-            let _ = inbox.send(Input::SnapshotEncoded { index, data }).await;
+            let file_meta = meta.clone();
+            let data = runtime::spawn_blocking(move || {
+                let image = view.to_snapshot().map_err(|e| e.to_string())?;
+                writer.save(&file_meta, &image).map_err(|e| e.to_string())?;
+                Ok(image)
+            })
+            .await;
+            let _ = inbox.send(Input::SnapshotSaved { meta, data }).await;
         });
     }
 
@@ -534,6 +555,10 @@ fn write_batch(
                 // Entries queued before it must be durable first.
                 log.sync()?;
                 log.save_snapshot(&meta, data)?;
+            }
+            PersistJob::SnapshotMarker { meta } => {
+                log.sync()?;
+                log.mark_snapshot(&meta)?;
             }
         }
     }

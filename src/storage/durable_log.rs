@@ -199,12 +199,51 @@ impl DurableLog {
         meta: &SnapshotMeta,
         data: Vec<u8>,
     ) -> Result<(), StorageError> {
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data,
-        };
-        let bytes =
-            postcard::to_allocvec(&file).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
+        self.snapshot_writer().save(meta, &data)?;
+        self.mark_snapshot(meta)
+    }
+
+    /// A handle that writes snapshot files from another thread, so a large
+    /// snapshot never holds up WAL appends; follow it with
+    /// [`DurableLog::mark_snapshot`].
+    pub fn snapshot_writer(&self) -> SnapshotWriter {
+        SnapshotWriter {
+            snapshots: self.snapshots.clone(),
+            wal_dir: self.wal_dir.clone(),
+        }
+    }
+
+    /// Records in the WAL that a durable snapshot file covers the log up to
+    /// `meta.index`, and releases the segments it covers.
+    pub fn mark_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let marker =
+            postcard::to_allocvec(meta).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
+        self.wal.append(RecordKind::Snapshot, &marker, meta.index)?;
+        self.wal.sync()?;
+        self.wal.release_through(meta.index)?;
+        Ok(())
+    }
+}
+
+/// Writes snapshot files; see [`DurableLog::snapshot_writer`].
+#[derive(Clone)]
+pub struct SnapshotWriter {
+    snapshots: SnapshotStore,
+    wal_dir: PathBuf,
+}
+
+/// [`SnapshotFile`] by reference (same encoding), to avoid copying the state.
+#[derive(Serialize)]
+struct SnapshotFileRef<'a> {
+    meta: &'a SnapshotMeta,
+    data: &'a [u8],
+}
+
+impl SnapshotWriter {
+    /// Writes the snapshot file atomically (durable on return).
+    pub fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let bytes = postcard::to_allocvec(&SnapshotFileRef { meta, data })
+            .map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
         self.snapshots.save(
             SnapshotId {
                 term: meta.term,
@@ -212,11 +251,6 @@ impl DurableLog {
             },
             &bytes,
         )?;
-        let marker =
-            postcard::to_allocvec(meta).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
-        self.wal.append(RecordKind::Snapshot, &marker, meta.index)?;
-        self.wal.sync()?;
-        self.wal.release_through(meta.index)?;
         Ok(())
     }
 }

@@ -108,6 +108,7 @@ pub fn decode(bytes: &[u8]) -> Result<&[u8], String> {
 }
 
 /// The snapshot directory.
+#[derive(Debug, Clone)]
 pub struct SnapshotStore {
     dir: PathBuf,
     keep: usize,
