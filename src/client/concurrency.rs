@@ -1,0 +1,1 @@
+//! Sessions, locks and elections (clientv3/concurrency).
