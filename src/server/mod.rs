@@ -160,6 +160,9 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         ));
     }
     let server_config = transport::tls::server_config(&files, qed_wire::CLIENT_ALPN)?;
+    // The private key is stable across restarts and secret: a good seed for
+    // the stateless-reset key (see `transport::endpoint`).
+    let reset_secret = files.key.as_ref().and_then(|k| std::fs::read(k).ok());
     let identity = Identity::new(
         config.name.clone(),
         config.initial_advertise_peer_urls.clone(),
@@ -178,7 +181,8 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     let node = Arc::new(Node::new(identity, state, raft, watchers));
     let mut endpoints = Vec::new();
     for url in &listen {
-        let endpoint = transport::endpoint::server(url.addr, server_config.clone())?;
+        let endpoint =
+            transport::endpoint::server(url.addr, server_config.clone(), reset_secret.as_deref())?;
         log::info!("serving client requests on {} (QUIC)", url.addr);
         crate::runtime::spawn(service::serve(endpoint.clone(), node.clone()));
         endpoints.push(endpoint);
