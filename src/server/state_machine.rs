@@ -66,6 +66,15 @@ struct Image {
     leases: LeaseSnapshot,
 }
 
+/// [`Image`] as written before leases were part of it; still read, so data
+/// directories and snapshot files from then load (with no leases).
+#[derive(Deserialize)]
+struct ImageWithoutLeases {
+    applied: u64,
+    kv: Vec<u8>,
+    alarms: Vec<AlarmMember>,
+}
+
 /// Whether a request changes state (and so must go through the log).
 pub fn is_write(req: &Request) -> bool {
     match req {
@@ -118,8 +127,18 @@ impl StateMachine {
 
     /// Rebuilds a state machine from [`StateMachine::to_snapshot`]'s bytes.
     pub fn from_snapshot(bytes: &[u8], member_id: u64, limits: Limits) -> Result<Self, MvccError> {
-        let image: Image = postcard::from_bytes(bytes)
-            .map_err(|e| MvccError::Corrupt(format!("state snapshot: {e}")))?;
+        let image: Image = match postcard::from_bytes(bytes) {
+            Ok(image) => image,
+            Err(e) => match postcard::from_bytes::<ImageWithoutLeases>(bytes) {
+                Ok(old) => Image {
+                    applied: old.applied,
+                    kv: old.kv,
+                    alarms: old.alarms,
+                    leases: LeaseSnapshot::default(),
+                },
+                Err(_) => return Err(MvccError::Corrupt(format!("state snapshot: {e}"))),
+            },
+        };
         Ok(StateMachine {
             kv: Store::from_bytes(&image.kv)?,
             lessor: Lessor::from_snapshot(limits.lease.clone(), image.leases),
@@ -375,5 +394,110 @@ impl StateMachine {
             log::warn!("alarm raised: {alarm:?} on member {member_id:x}");
             self.alarms.push(AlarmMember { member_id, alarm });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qed_wire::kv::{EventType, PutRequest};
+    use qed_wire::lease::{LeaseGrantRequest, LeaseRevokeRequest};
+
+    fn machine() -> StateMachine {
+        StateMachine::new(
+            1,
+            Limits {
+                quota_bytes: u64::MAX,
+                lease: LeaseConfig::default(),
+            },
+        )
+    }
+
+    fn apply(sm: &mut StateMachine, index: u64, req: Request) -> (Reply, Vec<Event>) {
+        let mut events = Vec::new();
+        let reply = sm
+            .apply_entry(index, &req, 0, &mut events)
+            .expect("a new index applies");
+        (reply, events)
+    }
+
+    fn put(key: &str, lease: i64) -> Request {
+        Request::Put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn revoke_deletes_attached_keys_in_one_revision_and_leases_survive_snapshots() {
+        let mut sm = machine();
+        let grant = Request::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 7 });
+        assert!(apply(&mut sm, 1, grant).0.is_ok());
+        let (reply, _) = apply(&mut sm, 2, put("a", 99));
+        assert_eq!(reply, Err(Error::LeaseNotFound));
+        for (i, k) in ["a", "b", "c"].iter().enumerate() {
+            let (reply, events) = apply(&mut sm, 3 + i as u64, put(k, 7));
+            assert!(reply.is_ok());
+            assert_eq!(events.len(), 1);
+        }
+        // Moving "c" to no lease detaches it.
+        assert!(apply(&mut sm, 6, put("c", 0)).0.is_ok());
+
+        // Leases and attachments come back from a snapshot.
+        let bytes = sm.to_snapshot().unwrap();
+        let (member, limits) = sm.identity();
+        let mut sm = StateMachine::from_snapshot(&bytes, member, limits).unwrap();
+        assert_eq!(
+            sm.read(&Request::LeaseLeases(Default::default())),
+            Ok(Response::LeaseLeases(LeaseLeasesResponse {
+                header: qed_wire::ResponseHeader {
+                    revision: 5,
+                    ..Default::default()
+                },
+                leases: vec![7],
+            }))
+        );
+
+        let before = sm.revision();
+        let (reply, events) = apply(
+            &mut sm,
+            7,
+            Request::LeaseRevoke(LeaseRevokeRequest { id: 7 }),
+        );
+        assert_eq!(reply.unwrap().header().revision, before + 1);
+        let deleted: Vec<(&[u8], EventType, i64)> = events
+            .iter()
+            .map(|e| (e.kv.key.as_slice(), e.kind, e.kv.mod_revision))
+            .collect();
+        assert_eq!(
+            deleted,
+            vec![
+                (&b"a"[..], EventType::Delete, before + 1),
+                (&b"b"[..], EventType::Delete, before + 1)
+            ]
+        );
+        let revoke_again = Request::LeaseRevoke(LeaseRevokeRequest { id: 7 });
+        assert_eq!(apply(&mut sm, 8, revoke_again).0, Err(Error::LeaseNotFound));
+    }
+
+    #[test]
+    fn snapshots_from_before_leases_still_load() {
+        #[derive(Serialize)]
+        struct Old {
+            applied: u64,
+            kv: Vec<u8>,
+            alarms: Vec<AlarmMember>,
+        }
+        let old = Old {
+            applied: 3,
+            kv: Store::new().to_bytes().unwrap(),
+            alarms: Vec::new(),
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let (member, limits) = machine().identity();
+        let sm = StateMachine::from_snapshot(&bytes, member, limits).unwrap();
+        assert_eq!(sm.applied(), 3);
     }
 }
