@@ -1,15 +1,19 @@
-//! Watch fan-out: `watchers` watchers on one key (each on its own stream),
-//! `puts` puts to that key, and the time until every watcher has every
-//! event. Prints delivered events per second.
+//! Watch fan-out: `watchers` watchers spread over `prefixes` key prefixes
+//! (each watcher on its own stream, spread over `connections` client
+//! connections), `puts` puts spread round-robin over the prefixes, and the
+//! time until every watcher has every event. Prints delivered events/s.
 //!
 //! ```sh
+//! # 1,000 watchers on one key, 1,000 puts
 //! cargo run --release --example bench_watch -- --watchers 1000 --puts 1000
+//! # 10,000 watchers across 100 prefixes
+//! cargo run --release --example bench_watch -- --watchers 10000 --prefixes 100 --connections 4
 //! ```
 
 mod common;
 
 use clap::Parser;
-use qed::client::WatchOptions;
+use qed::client::{Client, WatchOptions};
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
@@ -18,6 +22,13 @@ struct Flags {
     watchers: usize,
     #[arg(long, default_value_t = 1000)]
     puts: usize,
+    /// 1: every watcher watches one key; more: prefix watchers, spread.
+    #[arg(long, default_value_t = 1)]
+    prefixes: usize,
+    /// Client connections the watchers are spread over (a connection
+    /// carries at most 4096 streams at once).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
     /// Puts in flight at once.
     #[arg(long, default_value_t = 16)]
     clients: usize,
@@ -25,17 +36,35 @@ struct Flags {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let flags = Flags::parse();
+    let prefixes = flags.prefixes.max(1);
     qed::runtime::block_on(async {
-        let client = common::connect().await?;
-        let key = format!("bench/watch/{}", std::process::id());
+        let mut conns: Vec<Client> = Vec::new();
+        for _ in 0..flags.connections.max(1) {
+            conns.push(common::connect().await?);
+        }
+        let base = format!("bench/watch/{}/", std::process::id());
+        let key_of = |i: usize| {
+            if prefixes == 1 {
+                format!("{base}key")
+            } else {
+                format!("{base}{}/k", i % prefixes)
+            }
+        };
         let mut tasks = Vec::new();
-        for _ in 0..flags.watchers {
-            let mut w = client.watch(key.clone(), WatchOptions::new()).await?;
-            let want = flags.puts;
+        for w in 0..flags.watchers {
+            let client = &conns[w % conns.len()];
+            let p = w % prefixes;
+            let want = (0..flags.puts).filter(|i| i % prefixes == p).count();
+            let mut watcher = if prefixes == 1 {
+                client.watch(key_of(0), WatchOptions::new()).await?
+            } else {
+                let options = WatchOptions::new().with_prefix();
+                client.watch(format!("{base}{p}/"), options).await?
+            };
             tasks.push(qed::runtime::spawn(async move {
                 let mut got = 0;
                 while got < want {
-                    match w.next().await {
+                    match watcher.next().await {
                         Some(Ok(resp)) => got += resp.events.len(),
                         _ => break,
                     }
@@ -44,22 +73,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }));
         }
         let start = Instant::now();
-        let per_client = flags.puts.div_ceil(flags.clients.max(1));
-        let writers: Vec<_> = (0..flags.clients.max(1))
+        let writers = flags.clients.max(1);
+        let handles: Vec<_> = (0..writers)
             .map(|c| {
-                let client = client.clone();
-                let key = key.clone();
-                let n = per_client.min(flags.puts.saturating_sub(c * per_client));
+                let client = conns[c % conns.len()].clone();
+                let keys: Vec<String> = (c..flags.puts).step_by(writers).map(key_of).collect();
                 qed::runtime::spawn(async move {
-                    for i in 0..n {
-                        client.put(key.clone(), i.to_string(), None).await?;
+                    for (i, key) in keys.into_iter().enumerate() {
+                        client.put(key, i.to_string(), None).await?;
                     }
                     Ok::<_, qed::client::ClientError>(())
                 })
             })
             .collect();
-        for w in writers {
-            w.await?;
+        for h in handles {
+            h.await?;
         }
         let puts_done = start.elapsed();
         let mut delivered = 0;
@@ -71,8 +99,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let all = last - start;
         println!(
-            "{} watchers x {} puts: puts done in {puts_done:?}, all {delivered} events delivered \
-             in {all:?} ({:.0} events/s)",
+            "{} watchers over {prefixes} prefix(es), {} puts: puts done in {puts_done:?}, \
+             {delivered} events delivered in {all:?} ({:.0} events/s)",
             flags.watchers,
             flags.puts,
             delivered as f64 / all.as_secs_f64()
