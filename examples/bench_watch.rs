@@ -8,6 +8,8 @@
 //! cargo run --release --example bench_watch -- --watchers 1000 --puts 1000
 //! # 10,000 watchers across 100 prefixes
 //! cargo run --release --example bench_watch -- --watchers 10000 --prefixes 100 --connections 4
+//! # the catch-up path: puts first, then watchers replaying them
+//! cargo run --release --example bench_watch -- --from-history
 //! ```
 
 mod common;
@@ -32,6 +34,10 @@ struct Flags {
     /// Puts in flight at once.
     #[arg(long, default_value_t = 16)]
     clients: usize,
+    /// Write first, then start the watchers from the first put's revision
+    /// (history replay); the clock starts with the first watch.
+    #[arg(long)]
+    from_history: bool,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,15 +56,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 format!("{base}{}/k", i % prefixes)
             }
         };
+        let first_rev = conns[0].get(key_of(0), None).await?.header.revision + 1;
+        let writers = flags.clients.max(1);
+        let write_all = || async {
+            let handles: Vec<_> = (0..writers)
+                .map(|c| {
+                    let client = conns[c % conns.len()].clone();
+                    let keys: Vec<String> = (c..flags.puts).step_by(writers).map(key_of).collect();
+                    qed::runtime::spawn(async move {
+                        for (i, key) in keys.into_iter().enumerate() {
+                            client.put(key, i.to_string(), None).await?;
+                        }
+                        Ok::<_, qed::client::ClientError>(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.await?;
+            }
+            Ok::<_, qed::client::ClientError>(())
+        };
+        if flags.from_history {
+            write_all().await?;
+        }
+        let history_start = Instant::now();
+        let start_rev = if flags.from_history { first_rev } else { 0 };
         let mut tasks = Vec::new();
         for w in 0..flags.watchers {
             let client = &conns[w % conns.len()];
             let p = w % prefixes;
             let want = (0..flags.puts).filter(|i| i % prefixes == p).count();
             let mut watcher = if prefixes == 1 {
-                client.watch(key_of(0), WatchOptions::new()).await?
+                let options = WatchOptions::new().with_start_revision(start_rev);
+                client.watch(key_of(0), options).await?
             } else {
-                let options = WatchOptions::new().with_prefix();
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(start_rev);
                 client.watch(format!("{base}{p}/"), options).await?
             };
             tasks.push(qed::runtime::spawn(async move {
@@ -72,23 +106,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (got, Instant::now())
             }));
         }
-        let start = Instant::now();
-        let writers = flags.clients.max(1);
-        let handles: Vec<_> = (0..writers)
-            .map(|c| {
-                let client = conns[c % conns.len()].clone();
-                let keys: Vec<String> = (c..flags.puts).step_by(writers).map(key_of).collect();
-                qed::runtime::spawn(async move {
-                    for (i, key) in keys.into_iter().enumerate() {
-                        client.put(key, i.to_string(), None).await?;
-                    }
-                    Ok::<_, qed::client::ClientError>(())
-                })
-            })
-            .collect();
-        for h in handles {
-            h.await?;
-        }
+        let start = if flags.from_history {
+            history_start
+        } else {
+            let now = Instant::now();
+            write_all().await?;
+            now
+        };
         let puts_done = start.elapsed();
         let mut delivered = 0;
         let mut last = start;
