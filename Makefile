@@ -4,13 +4,14 @@
 CARGO ?= cargo
 DATA_DIR ?= default.qed
 
-.PHONY: all build release run test test-deps fmt lint fuzz clean help
+.PHONY: all build release run bench test test-deps fmt lint fuzz clean help
 
 all: build
 
 help:
-	@echo "make run    build and start a single node (QUIC on UDP 127.0.0.1:2379)"
+	@echo "make run    build and start a node (QUIC, UDP 127.0.0.1:2379) and the gRPC shim (TCP 127.0.0.1:2379)"
 	@echo "make test   install what the tests need, then run them all"
+	@echo "make bench  qed against etcd 3.4, side by side (QUICK=1 for a short run)"
 	@echo "make build | release | fmt | lint | fuzz | clean"
 	@echo "also: $(EXTRA_HELP)"
 
@@ -20,10 +21,20 @@ build:
 release:
 	$(CARGO) build --release --bins
 
-# A single node on the default ports, its data in ./$(DATA_DIR). The SDK
-# examples (`cargo run --example kv`) find its CA in $(DATA_DIR)/certs.
+# A single node on the default port (QUIC, UDP 127.0.0.1:2379), its data in
+# ./$(DATA_DIR), and the gRPC shim on TCP 127.0.0.1:2379 so that `etcdctl
+# put a b` works at once. The SDK examples (`cargo run --example kv`) find
+# the node's CA in $(DATA_DIR)/certs. Ctrl-C stops both.
 run: release
-	./target/release/qed --data-dir $(DATA_DIR)
+	./target/release/qed --data-dir $(DATA_DIR) & node=$$!; \
+	trap 'kill $$node 2>/dev/null' EXIT INT TERM; \
+	while [ ! -f $(DATA_DIR)/certs/ca.crt ]; do kill -0 $$node 2>/dev/null || exit 1; sleep 0.1; done; \
+	./target/release/qed-grpc --cacert $(DATA_DIR)/certs/ca.crt
+
+# qed against etcd 3.4 on this machine; writes bench/results/latest.md.
+QUICK ?= 0
+bench:
+	QUICK=$(QUICK) bench/compare.sh
 
 # Everything the tests need is installed by test-deps (extended by mk/*.mk).
 test: test-deps

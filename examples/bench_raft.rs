@@ -4,8 +4,8 @@
 //! a wrapping global allocator.
 //!
 //! `make bench-raft` (or `cargo run --release --example bench_raft`).
-//! Optional args: total entries (default 200000), batch size (default 64),
-//! payload bytes (default 128).
+//! Optional args: total entries (default 200000), batch size (default: 64,
+//! then 1 with a quarter of the entries), payload bytes (default 128).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::VecDeque;
@@ -42,9 +42,19 @@ fn main() {
         .filter_map(|a| a.parse().ok())
         .collect();
     let total = args.first().copied().unwrap_or(200_000);
-    let batch = args.get(1).copied().unwrap_or(64);
     let payload = args.get(2).copied().unwrap_or(128) as usize;
+    match args.get(1) {
+        Some(&batch) => run(total, batch, payload),
+        None => {
+            run(total, 64, payload);
+            run(total / 4, 1, payload);
+        }
+    }
+}
 
+/// One cluster, `total` proposals in rounds of `batch` (each round is
+/// pumped to quiescence: replicated, persisted, committed, applied).
+fn run(total: u64, batch: u64, payload: usize) {
     let conf = ConfState {
         voters: vec![1, 2, 3],
         learners: vec![],

@@ -3,6 +3,9 @@
 #   make sim SEED=S                 one seed, verbose (reproduces a failure exactly)
 #   make sim SEEDS=N SEED_BASE=B    seeds B..B+N-1; non-zero exit on any violation
 #   make sim SEEDS=N SIM_FLAGS=--release   the same, optimized (faster for big N)
+#   make sim SEEDS=50 SIM_BREAK=read-index  break a rule on purpose (also:
+#                                   election-restriction, leader-fsync,
+#                                   follower-fsync); must exit non-zero
 #   make bench-raft                 committed entries/s and allocations/entry
 #
 # Plain `cargo test` (make test) already runs 400 seeds plus the tests that
@@ -15,7 +18,7 @@ SIM_FLAGS ?=
 
 .PHONY: sim bench-raft
 sim:
-	SEED="$(SEED)" SEEDS="$(SEEDS)" SEED_BASE="$(SEED_BASE)" \
+	SEED="$(SEED)" SEEDS="$(SEEDS)" SEED_BASE="$(SEED_BASE)" SIM_BREAK="$(SIM_BREAK)" \
 		cargo test $(SIM_FLAGS) --test raft_sim sim_from_env -- --ignored --nocapture
 
 bench-raft:

@@ -2,7 +2,8 @@
 //!
 //! `cargo test --test raft_sim` runs fixed seed ranges and the broken-rule
 //! tests. `make sim` runs the ignored `sim_from_env` with `SEED=S` (one
-//! seed, verbose) or `SEEDS=N SEED_BASE=B` (seeds B..B+N).
+//! seed, verbose) or `SEEDS=N SEED_BASE=B` (seeds B..B+N); `SIM_BREAK=rule`
+//! breaks a rule on purpose to watch the checkers catch it.
 
 mod sim;
 
@@ -10,13 +11,28 @@ use qed::raft::TestKnobs;
 use sim::{run, Kind, Report, SimConfig, Violation};
 
 fn run_range(base: u64, n: u64) {
+    run_range_with(base, n, TestKnobs::default());
+}
+
+fn run_range_with(base: u64, n: u64, knobs: TestKnobs) {
     let mut failures: Vec<Violation> = Vec::new();
     let mut total = Report::default();
     for seed in base..base + n {
-        match run(SimConfig::from_seed(seed)) {
+        if seed > base && (seed - base) % 1000 == 0 {
+            eprintln!(
+                "... {} seeds done, {} units, {} failed",
+                seed - base,
+                total.units,
+                failures.len()
+            );
+        }
+        let mut cfg = SimConfig::from_seed(seed);
+        cfg.knobs = knobs;
+        match run(cfg) {
             Ok(r) => {
                 total.units += r.units;
                 total.ops_ok += r.ops_ok;
+                total.max_commit = total.max_commit.max(r.max_commit);
                 total.ops_unknown += r.ops_unknown;
                 total.leaders += r.leaders;
                 total.crashes += r.crashes;
@@ -24,6 +40,8 @@ fn run_range(base: u64, n: u64) {
                 total.transfers += r.transfers;
                 total.snapshots_installed += r.snapshots_installed;
                 total.lin_unknown += r.lin_unknown;
+                // For the totals, the worst case.
+                total.liveness_ticks = total.liveness_ticks.max(r.liveness_ticks);
             }
             Err(v) => {
                 eprintln!("{v}");
@@ -130,6 +148,35 @@ fn checker_catches_a_leader_counting_its_unsynced_log() {
     );
 }
 
+#[test]
+fn checker_catches_followers_acking_unsynced_entries() {
+    let knobs = TestKnobs {
+        ack_before_persist: true,
+        ..TestKnobs::default()
+    };
+    let v = first_violation(
+        knobs,
+        &[
+            Kind::LeaderCompleteness,
+            Kind::StateMachineSafety,
+            Kind::Linearizability,
+        ],
+        300,
+        |cfg| {
+            cfg.voters = 3;
+            cfg.learners = 0;
+            cfg.crashes = true;
+            cfg.crash_rate = 1.0 / 40.0;
+            cfg.slow_disks = 0.9;
+        },
+    );
+    eprintln!("caught: {v:?}");
+    assert!(
+        v.is_some(),
+        "no lost commit detected with acks before fsync"
+    );
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name)
         .ok()
@@ -137,11 +184,28 @@ fn env_u64(name: &str) -> Option<u64> {
         .and_then(|s| s.parse().ok())
 }
 
+/// `SIM_BREAK=election-restriction|read-index|leader-fsync|follower-fsync`
+/// runs the simulation with that rule deliberately broken.
+fn knobs_from_env() -> TestKnobs {
+    let mut k = TestKnobs::default();
+    match std::env::var("SIM_BREAK").unwrap_or_default().as_str() {
+        "election-restriction" => k.skip_election_restriction = true,
+        "read-index" => k.read_without_quorum = true,
+        "leader-fsync" => k.commit_before_own_persist = true,
+        "follower-fsync" => k.ack_before_persist = true,
+        "" => {}
+        other => panic!("unknown SIM_BREAK={other}"),
+    }
+    k
+}
+
 #[test]
 #[ignore = "driven by `make sim` through SEED / SEEDS / SEED_BASE"]
 fn sim_from_env() {
+    let knobs = knobs_from_env();
     if let Some(seed) = env_u64("SEED") {
-        let cfg = SimConfig::from_seed(seed);
+        let mut cfg = SimConfig::from_seed(seed);
+        cfg.knobs = knobs;
         eprintln!("{cfg:?}");
         match run(cfg) {
             Ok(r) => eprintln!("seed {seed} ok: {r:?}"),
@@ -151,5 +215,5 @@ fn sim_from_env() {
     }
     let n = env_u64("SEEDS").unwrap_or(1000);
     let base = env_u64("SEED_BASE").unwrap_or(0);
-    run_range(base, n);
+    run_range_with(base, n, knobs);
 }

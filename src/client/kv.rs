@@ -55,6 +55,32 @@ impl Span {
     }
 }
 
+/// `with_prefix`, `with_from_key` and `with_range` for every option type
+/// that covers a span of keys (a `span: Span` field).
+macro_rules! span_builders {
+    ($($ty:ty),*) => {$(
+        impl $ty {
+            /// Every key with the given key as prefix.
+            pub fn with_prefix(mut self) -> Self {
+                self.span = Span::Prefix;
+                self
+            }
+            /// Every key greater than or equal to the given key.
+            pub fn with_from_key(mut self) -> Self {
+                self.span = Span::FromKey;
+                self
+            }
+            /// Keys in `[key, end)`.
+            pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
+                self.span = Span::RangeEnd(end.into());
+                self
+            }
+        }
+    )*};
+}
+
+span_builders!(GetOptions, DeleteOptions, Compare);
+
 /// Options of [`Client::get`].
 #[derive(Debug, Clone, Default)]
 pub struct GetOptions {
@@ -65,21 +91,6 @@ pub struct GetOptions {
 impl GetOptions {
     pub fn new() -> Self {
         Self::default()
-    }
-    /// Every key with the given key as prefix.
-    pub fn with_prefix(mut self) -> Self {
-        self.span = Span::Prefix;
-        self
-    }
-    /// Every key greater than or equal to the given key.
-    pub fn with_from_key(mut self) -> Self {
-        self.span = Span::FromKey;
-        self
-    }
-    /// Keys in `[key, end)`.
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.span = Span::RangeEnd(end.into());
-        self
     }
     pub fn with_limit(mut self, limit: i64) -> Self {
         self.req.limit = limit;
@@ -185,18 +196,6 @@ impl DeleteOptions {
     pub fn new() -> Self {
         Self::default()
     }
-    pub fn with_prefix(mut self) -> Self {
-        self.span = Span::Prefix;
-        self
-    }
-    pub fn with_from_key(mut self) -> Self {
-        self.span = Span::FromKey;
-        self
-    }
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.span = Span::RangeEnd(end.into());
-        self
-    }
     /// Return the deleted key-value pairs.
     pub fn with_prev_kv(mut self) -> Self {
         self.prev_kv = true;
@@ -266,16 +265,6 @@ impl Compare {
     }
     pub fn lease(key: impl Into<Vec<u8>>, op: CompareOp, lease: i64) -> Self {
         Self::new(key, op, CompareTarget::Lease(lease))
-    }
-    /// Compare every key with this key as prefix.
-    pub fn with_prefix(mut self) -> Self {
-        self.span = Span::Prefix;
-        self
-    }
-    /// Compare every key in `[key, end)`.
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.span = Span::RangeEnd(end.into());
-        self
     }
 
     fn build(self) -> kv::Compare {

@@ -61,6 +61,8 @@ pub struct TestKnobs {
     pub read_without_quorum: bool,
     /// Count the leader's own copy toward commit before it is durable.
     pub commit_before_own_persist: bool,
+    /// Followers acknowledge appends before the entries are durable.
+    pub ack_before_persist: bool,
 }
 
 impl Config {

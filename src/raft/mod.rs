@@ -49,6 +49,14 @@
 //!   entry is *applied* (handed out in `committed_entries`), as in etcd.
 //!   A leader that applies its own removal steps down. A new leader accepts
 //!   no change until its no-op entry is applied.
+//! - Batching is automatic: all proposals made between two `Ready`s leave
+//!   in one append per follower, so a driver that proposes a burst and then
+//!   drains once gets large batches for free.
+//! - `MessageBody::Snapshot` chunks can be large: send them on their own
+//!   stream so heartbeats and votes never queue behind them.
+//! - Committed entries with empty data are the leader's no-ops; entries of
+//!   kind `ConfChange` carry a postcard [`ConfChange`](crate::wire::raft::ConfChange)
+//!   whose `context` the server defines.
 //! - Proposals on a follower are forwarded to the leader; without a known
 //!   leader they fail with [`ProposeError::NoLeader`]. Forwarded proposals
 //!   and reads may be lost; drivers time them out.

@@ -8,13 +8,22 @@
 use super::config::{Config, ConfigError, ProposeError, TransferError};
 use super::log::{RaftLog, Snapshot};
 use super::raft::{Outbound, Raft, ReadState, Role};
-use crate::wire::raft::{ConfChange, ConfState, Entry, HardState, Message, NodeId, SnapshotMeta};
+use crate::wire::raft::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, NodeId,
+    SnapshotMeta,
+};
 
-/// What a node restarts from: its durable state. A brand-new node passes a
-/// default hard state, no entries, and a snapshot at index 0 whose
-/// `conf_state` is the initial membership (a member joining an existing
-/// cluster passes that same initial membership, or an empty one and waits
-/// for the leader's snapshot).
+/// What a node restarts from: its durable state.
+///
+/// A brand-new member of a brand-new cluster passes a default hard state, no
+/// entries, and a snapshot at index 0 whose `conf_state` is the initial
+/// membership: the node turns it into the first log entries (as etcd does),
+/// and the first `Ready` asks the driver to persist them. A member joining
+/// an existing cluster (etcd's `--initial-cluster-state existing`) must pass
+/// an empty `conf_state`: it learns the membership from the leader's log or
+/// snapshot. (Passing anything but the cluster's exact initial membership
+/// would forge conflicting committed entries.) On restart, pass what was
+/// persisted.
 #[derive(Debug, Clone, Default)]
 pub struct RestartState {
     pub hard_state: HardState,
@@ -79,6 +88,44 @@ pub struct PeerProgress {
     pub is_learner: bool,
 }
 
+/// The initial membership as conf change entries at term 1: voters, then
+/// learners, each in id order.
+fn bootstrap_entries(conf: &ConfState) -> Vec<Entry> {
+    let mut voters = conf.voters.clone();
+    voters.sort_unstable();
+    voters.dedup();
+    let mut learners: Vec<NodeId> = conf
+        .learners
+        .iter()
+        .copied()
+        .filter(|l| !voters.contains(l))
+        .collect();
+    learners.sort_unstable();
+    learners.dedup();
+    let changes = voters
+        .into_iter()
+        .map(|id| (ConfChangeType::AddVoter, id))
+        .chain(
+            learners
+                .into_iter()
+                .map(|id| (ConfChangeType::AddLearner, id)),
+        );
+    changes
+        .enumerate()
+        .map(|(i, (change, node_id))| Entry {
+            term: 1,
+            index: i as u64 + 1,
+            kind: EntryType::ConfChange,
+            data: postcard::to_allocvec(&ConfChange {
+                change,
+                node_id,
+                context: Vec::new(),
+            })
+            .unwrap_or_default(),
+        })
+        .collect()
+}
+
 /// A snapshot of the node's state, for status reports and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -109,19 +156,43 @@ pub struct Node {
 
 impl Node {
     /// Starts (or restarts) a member from its durable state.
-    pub fn new(cfg: Config, state: RestartState) -> Result<Node, ConfigError> {
+    pub fn new(cfg: Config, mut state: RestartState) -> Result<Node, ConfigError> {
         cfg.validate()?;
+        let fresh = state.hard_state == HardState::default()
+            && state.snapshot.meta.index == 0
+            && state.entries.is_empty();
+        let conf = &state.snapshot.meta.conf_state;
+        let bootstrap = fresh && !(conf.voters.is_empty() && conf.learners.is_empty());
+        if bootstrap {
+            // Like etcd: the initial membership becomes the first log
+            // entries (identical on every initial member, committed by
+            // construction), so a member joining later learns it from the
+            // log like any other change.
+            let entries = bootstrap_entries(conf);
+            state.hard_state = HardState {
+                term: 1,
+                vote: 0,
+                commit: entries.len() as u64,
+            };
+            state.entries = entries;
+            state.snapshot.meta.conf_state = ConfState::default();
+        }
         let conf = state.snapshot.meta.conf_state.clone();
         let hs = state.hard_state;
-        let log = RaftLog::restore_from(state.snapshot, state.entries, hs.commit)
+        let mut log = RaftLog::restore_from(state.snapshot, state.entries, hs.commit)
             .ok_or(ConfigError::BadLog)?;
+        let mut prev_hard = hs;
+        if bootstrap {
+            // The driver has not persisted the bootstrap yet: the first
+            // `Ready` carries it.
+            log.persisted = 0;
+            log.handed = 0;
+            prev_hard = HardState::default();
+        }
         let max_apply_bytes = cfg.max_size_per_msg.max(1) * 4;
-        let raft = Raft::new(cfg, log, hs.term, hs.vote, &conf);
-        let prev_hard = HardState {
-            term: raft.term,
-            vote: raft.vote,
-            commit: raft.log.committed,
-        };
+        let mut raft = Raft::new(cfg, log, hs.term, hs.vote, &conf);
+        raft.conf_changed = bootstrap;
+        prev_hard.commit = prev_hard.commit.min(raft.log.committed);
         let prev_soft = SoftState {
             leader: 0,
             role: Role::Follower,
@@ -199,6 +270,8 @@ impl Node {
     pub fn has_ready(&self) -> bool {
         let r = &self.raft;
         !r.msgs.is_empty()
+            || r.bcast_pending
+            || r.commit_bcast_pending
             || !r.read_states.is_empty()
             || r.reads_pending_flush()
             || r.log.has_unpersisted()
@@ -210,6 +283,7 @@ impl Node {
 
     /// Takes everything the driver must do now. See [`Ready`].
     pub fn ready(&mut self) -> Ready {
+        self.raft.flush_appends();
         self.raft.flush_reads();
         let mut rd = Ready::default();
         let soft = self.soft_state();

@@ -83,6 +83,10 @@ pub(crate) struct Progress {
     pub pending_snapshot: u64,
     /// Snapshot: bytes acknowledged by the follower.
     pub snap_acked: u64,
+    /// Snapshot: offset of the next chunk to send.
+    pub snap_next: u64,
+    /// Snapshot: the final chunk has been sent (since the last rewind).
+    pub snap_done_sent: bool,
     /// Snapshot: heartbeats since the last chunk acknowledgement.
     pub snap_idle: u32,
     /// Heard from since the last CheckQuorum round.
@@ -100,6 +104,8 @@ impl Progress {
             probe_sent: false,
             pending_snapshot: 0,
             snap_acked: 0,
+            snap_next: 0,
+            snap_done_sent: false,
             snap_idle: 0,
             recent_active: false,
             is_learner,
@@ -112,6 +118,8 @@ impl Progress {
         self.probe_sent = false;
         self.pending_snapshot = 0;
         self.snap_acked = 0;
+        self.snap_next = 0;
+        self.snap_done_sent = false;
         self.snap_idle = 0;
         self.inflights.reset();
     }
@@ -130,6 +138,12 @@ impl Progress {
     pub fn become_replicate(&mut self) {
         self.reset_state(ProgressState::Replicate);
         self.next = self.matched + 1;
+    }
+
+    /// Resend the snapshot from `offset` on.
+    pub fn rewind_snapshot(&mut self, offset: u64) {
+        self.snap_next = offset;
+        self.snap_done_sent = false;
     }
 
     pub fn become_snapshot(&mut self, index: u64) {

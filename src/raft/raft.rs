@@ -6,7 +6,7 @@
 //! hand out. Rules that carry the safety argument:
 //! - votes: one per term (persisted before the vote response leaves), and
 //!   only for candidates whose log is at least as up to date (election
-//!   restriction);
+//!   restriction); a candidate counts its own vote only once durable;
 //! - commit: the leader commits index `i` only if `i` is in its current term
 //!   and a quorum of voters has it *durable*; the leader's own copy counts
 //!   only once the driver acknowledged persisting it;
@@ -43,8 +43,9 @@ pub struct Outbound {
     pub message: Message,
     /// `true`: send at once, even while this `Ready`'s entries and hard
     /// state are still being persisted (the leader's appends, heartbeats,
-    /// snapshot chunks; forwarded requests). `false`: send only after this
-    /// `Ready` is durable (votes, append responses).
+    /// snapshot chunks; vote requests, pre-votes, refusals, heartbeat and
+    /// chunk acknowledgements; forwarded requests). `false`: send only after
+    /// this `Ready` is durable (vote grants, append acknowledgements).
     pub before_persist: bool,
 }
 
@@ -100,7 +101,15 @@ pub(crate) struct Raft {
     /// A candidate's vote for itself counts only once durable: the term it
     /// was cast in, and the write (`Ready` number) that carries it.
     self_vote: Option<(u64, Option<u64>)>,
+    /// New entries to broadcast at the next `Ready`: every proposal made
+    /// between two `Ready`s goes out in one append per follower.
+    pub bcast_pending: bool,
+    /// The commit index advanced: tell followers at the next `Ready`.
+    pub commit_bcast_pending: bool,
 }
+
+/// Snapshot chunks in flight per follower.
+const SNAPSHOT_WINDOW: u64 = 4;
 
 /// Terms and indices beyond this are refused outright, so that no
 /// arithmetic on message contents can overflow.
@@ -179,6 +188,8 @@ impl Raft {
             scratch: Vec::new(),
             slow_disk_ticks: 0,
             self_vote: None,
+            bcast_pending: false,
+            commit_bcast_pending: false,
         };
         r.set_conf(conf);
         // Membership changes committed before the restart are in force now,
@@ -270,10 +281,10 @@ impl Raft {
             // A vote request may leave before the candidate's own vote is
             // durable: that vote only counts once it is.
             | MessageBody::Vote { .. } => true,
+            // A vote grant waits until the vote is durable, an append
+            // acknowledgement until the entries are.
             MessageBody::VoteResponse { pre, reject } => pre || reject,
-            // Vote grants (the vote is durable first) and append
-            // acknowledgements (the entries are durable first).
-            _ => false,
+            MessageBody::AppendResponse { .. } => self.cfg.test_knobs.ack_before_persist,
         };
         self.msgs.push(Outbound {
             message: Message {
@@ -342,26 +353,44 @@ impl Raft {
             return false;
         };
         pr.become_snapshot(index);
-        self.send_snapshot_chunk(to, 0)
+        self.send_snapshot_window(to)
     }
 
-    fn send_snapshot_chunk(&mut self, to: NodeId, offset: u64) -> bool {
+    /// Sends snapshot chunks from the follower's `snap_next` while fewer
+    /// than [`SNAPSHOT_WINDOW`] chunks are unacknowledged (pipelining, so a
+    /// high-latency link is not paced by its round trip).
+    fn send_snapshot_window(&mut self, to: NodeId) -> bool {
         let Some(snap) = self.log.snapshot.clone() else {
             return false;
         };
-        let len = snap.data.len();
-        let start = (offset as usize).min(len);
-        let end = (start + self.cfg.snapshot_chunk_size).min(len);
-        self.send(
-            to,
-            MessageBody::Snapshot {
-                meta: snap.meta.clone(),
-                offset: start as u64,
-                data: snap.data[start..end].to_vec(),
-                done: end == len,
-            },
-        );
-        true
+        let len = snap.data.len() as u64;
+        let chunk = self.cfg.snapshot_chunk_size as u64;
+        let mut sent = false;
+        loop {
+            let Some(pr) = self.progress.get_mut(&to) else {
+                return sent;
+            };
+            if pr.state != ProgressState::Snapshot
+                || pr.snap_done_sent
+                || pr.snap_next.saturating_sub(pr.snap_acked) >= SNAPSHOT_WINDOW * chunk
+            {
+                return sent;
+            }
+            let start = pr.snap_next.min(len);
+            let end = (start + chunk).min(len);
+            pr.snap_next = end;
+            pr.snap_done_sent = end == len;
+            self.send(
+                to,
+                MessageBody::Snapshot {
+                    meta: snap.meta.clone(),
+                    offset: start,
+                    data: snap.data[start as usize..end as usize].to_vec(),
+                    done: end == len,
+                },
+            );
+            sent = true;
+        }
     }
 
     fn bcast_append(&mut self, send_if_empty: bool) {
@@ -582,8 +611,8 @@ impl Raft {
             self.heartbeat_elapsed = 0;
             let round = self.read_only.round;
             self.bcast_heartbeat(round);
-            // Retransmit stalled snapshot transfers.
-            let stalled: Vec<(NodeId, u64)> = self
+            // Retransmit stalled snapshot transfers from the last ack.
+            let stalled: Vec<NodeId> = self
                 .progress
                 .iter_mut()
                 .filter(|(_, p)| p.state == ProgressState::Snapshot)
@@ -591,16 +620,17 @@ impl Raft {
                     p.snap_idle += 1;
                     (p.snap_idle >= 3).then(|| {
                         p.snap_idle = 0;
-                        (*id, p.snap_acked)
+                        p.rewind_snapshot(p.snap_acked);
+                        *id
                     })
                 })
                 .collect();
-            for (id, offset) in stalled {
+            for id in stalled {
                 let current = self.log.snapshot.as_ref().map(|s| s.meta.index);
                 if self.progress.get(&id).map(|p| p.pending_snapshot) != current {
                     self.send_snapshot(id);
                 } else {
-                    self.send_snapshot_chunk(id, offset);
+                    self.send_snapshot_window(id);
                 }
             }
         }
@@ -647,7 +677,7 @@ impl Raft {
                     return Err(ProposeError::TransferInProgress);
                 }
                 self.append_entry(e);
-                self.bcast_append(false);
+                self.bcast_pending = true;
                 Ok(())
             }
             _ if self.leader != 0 => {
@@ -695,7 +725,7 @@ impl Raft {
             ..Default::default()
         }]);
         self.pending_conf_index = self.log.last_index();
-        self.bcast_append(false);
+        self.bcast_pending = true;
         Ok(())
     }
 
@@ -761,7 +791,7 @@ impl Raft {
     /// The driver made entries up to `(index, term)` durable.
     pub fn persisted(&mut self, index: u64, term: u64) {
         if self.log.persisted_to(index, term) && self.maybe_commit() {
-            self.bcast_append(true);
+            self.commit_bcast_pending = true;
         }
     }
 
@@ -815,6 +845,15 @@ impl Raft {
             self.read_states.push(ReadState { index, ctx });
         } else {
             self.send(from, MessageBody::ReadIndexResponse { index, ctx });
+        }
+    }
+
+    /// Sends the appends deferred since the last `Ready` (batching).
+    pub fn flush_appends(&mut self) {
+        let commit = std::mem::take(&mut self.commit_bcast_pending);
+        let entries = std::mem::take(&mut self.bcast_pending);
+        if self.role == Role::Leader && (commit || entries) {
+            self.bcast_append(commit);
         }
     }
 
@@ -953,7 +992,7 @@ impl Raft {
                     })
                     .collect();
                 self.append_entries(ents);
-                self.bcast_append(false);
+                self.bcast_pending = true;
             }
             MessageBody::ReadIndex { ctx } if self.progress.contains_key(&from) => {
                 self.handle_read_index(from, ctx);
@@ -1007,11 +1046,15 @@ impl Raft {
                 let Some(pr) = self.progress.get_mut(&from) else {
                     return;
                 };
-                if reject || offset > pr.snap_acked {
+                if reject {
+                    // Lost or reordered chunk: resend from what it has.
+                    pr.snap_acked = offset;
+                    pr.rewind_snapshot(offset);
+                } else if offset > pr.snap_acked {
                     pr.snap_acked = offset;
                     pr.snap_idle = 0;
-                    self.send_snapshot_chunk(from, offset);
                 }
+                self.send_snapshot_window(from);
             }
             _ => {}
         }
@@ -1068,7 +1111,7 @@ impl Raft {
         }
         let matched = pr.matched;
         if self.maybe_commit() {
-            self.bcast_append(true);
+            self.commit_bcast_pending = true;
         } else if was_paused {
             self.send_append(from, false);
         }
@@ -1356,7 +1399,7 @@ impl Raft {
         }
         self.conf_changed = true;
         if self.role == Role::Leader && self.maybe_commit() {
-            self.bcast_append(true);
+            self.commit_bcast_pending = true;
         }
         if self.role == Role::Leader {
             self.release_reads();

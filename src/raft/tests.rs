@@ -494,6 +494,40 @@ fn a_leader_with_a_stalled_disk_keeps_committing_then_hands_over() {
 }
 
 #[test]
+fn a_joining_member_learns_the_membership_from_the_log() {
+    use crate::wire::raft::{ConfChange, ConfChangeType};
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    let add = |change, node_id| ConfChange {
+        change,
+        node_id,
+        context: vec![],
+    };
+    c.nodes
+        .get_mut(&l)
+        .unwrap()
+        .propose_conf_change(add(ConfChangeType::AddLearner, 4))
+        .unwrap();
+    c.pump();
+    // Started with nothing: no membership, empty log.
+    let joiner = Node::new(Config::new(4), RestartState::default()).unwrap();
+    c.nodes.insert(4, joiner);
+    c.tick(3);
+    let conf = c.nodes[&4].conf_state();
+    assert_eq!(conf.voters, vec![1, 2, 3]);
+    assert_eq!(conf.learners, vec![4]);
+    c.nodes
+        .get_mut(&l)
+        .unwrap()
+        .propose_conf_change(add(ConfChangeType::AddVoter, 4))
+        .unwrap();
+    c.pump();
+    c.tick(2);
+    assert_eq!(c.nodes[&4].conf_state().voters, vec![1, 2, 3, 4]);
+    assert!(c.nodes[&4].conf_state().learners.is_empty());
+}
+
+#[test]
 fn compact_at_an_earlier_applied_index() {
     let mut cfg = Config::new(1);
     cfg.election_tick = 3;

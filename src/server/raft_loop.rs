@@ -135,6 +135,8 @@ enum PersistJob {
         hard_state: Option<HardState>,
         entries: Vec<Entry>,
         token: Option<PersistToken>,
+        /// Needs an fsync before the token is reported.
+        sync: bool,
     },
     Snapshot {
         meta: SnapshotMeta,
@@ -199,6 +201,7 @@ pub fn start(
         next_id: 0,
         options,
         snapshot_base,
+        synced_vote: (0, 0),
         snapshotting: false,
     };
     runtime::spawn(async move {
@@ -239,6 +242,8 @@ struct Driver {
     options: LoopOptions,
     /// Applied index of the newest snapshot (or where the log starts).
     snapshot_base: u64,
+    /// (term, vote) last handed to the writer: changes must be synced.
+    synced_vote: (u64, u64),
     snapshotting: bool,
 }
 
@@ -410,10 +415,21 @@ impl Driver {
                 self.status.last_index.store(last.index, Ordering::Relaxed);
             }
             if !rd.entries.is_empty() || rd.hard_state.is_some() || rd.persist.is_some() {
+                // etcd's MustSync: entries, a term or a vote must be durable
+                // before anyone relies on them; a commit index alone may be
+                // lost (it is relearned) and rides along with the next fsync.
+                let vote_changed = rd
+                    .hard_state
+                    .is_some_and(|hs| (hs.term, hs.vote) != self.synced_vote);
+                let sync = !rd.entries.is_empty() || vote_changed;
+                if let Some(hs) = rd.hard_state {
+                    self.synced_vote = (hs.term, hs.vote);
+                }
                 self.send_job(PersistJob::Append {
                     hard_state: rd.hard_state,
                     entries: rd.entries,
                     token: rd.persist,
+                    sync,
                 })?;
             }
             self.apply(rd.committed_entries);
@@ -595,15 +611,18 @@ fn write_batch(
     batch: Vec<PersistJob>,
     tokens: &mut Vec<PersistToken>,
 ) -> Result<(), StorageError> {
+    let mut must_sync = false;
     for job in batch {
         match job {
             PersistJob::Append {
                 hard_state,
                 entries,
                 token,
+                sync,
             } => {
                 log.append(hard_state.as_ref(), &entries)?;
                 tokens.extend(token);
+                must_sync |= sync;
             }
             PersistJob::Snapshot { meta, data } => {
                 // Entries queued before it must be durable first.
@@ -612,5 +631,8 @@ fn write_batch(
             }
         }
     }
-    log.sync()
+    if must_sync {
+        log.sync()?;
+    }
+    Ok(())
 }

@@ -101,6 +101,16 @@ impl Kv {
         }
     }
 
+    /// A cheap fingerprint of the state (values and how many ops applied).
+    pub fn digest(&self) -> u64 {
+        let mut h = self.applied_ops.len() as u64;
+        for (k, v) in &self.map {
+            h = (h ^ (*k as u64)).wrapping_mul(0x100_0000_01b3);
+            h = (h ^ v).wrapping_mul(0x100_0000_01b3);
+        }
+        h
+    }
+
     pub fn serialize(&self) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(&(self.map.len() as u64).to_le_bytes());

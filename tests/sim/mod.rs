@@ -13,7 +13,9 @@
 //! matching (entries with equal index and term have equal prefixes: a hash
 //! chain per log, compared across all logs ever seen), leader completeness
 //! (a new leader holds every entry committed in earlier terms), state
-//! machine safety (every node applies the same entry at each index). At the
+//! machine safety (every node applies the same entry at each index and
+//! reaches the same state there, whether by entries or by an installed
+//! snapshot), and that applied indices are consecutive. At the
 //! end: liveness after healing, and linearizability of the client history.
 
 pub mod kv;
@@ -154,6 +156,8 @@ pub struct Report {
     pub transfers: usize,
     pub snapshots_installed: usize,
     pub lin_unknown: usize,
+    /// Ticks from healing until every member applied a fresh commit.
+    pub liveness_ticks: u64,
 }
 
 #[derive(Default)]
@@ -265,6 +269,8 @@ struct Sim {
     seen: HashMap<(u64, u64), u64>,
     committed: Vec<Option<(u64, u64)>>,
     applied_log: Vec<Option<(u64, u64)>>,
+    /// State machine fingerprint after applying each index (any node).
+    state_at: HashMap<u64, u64>,
     clients: Vec<Client>,
     hist: Vec<HistOp>,
     next_op: u64,
@@ -297,11 +303,17 @@ impl Sim {
         c
     }
 
-    fn bootstrap_state(&self) -> RestartState {
+    /// Initial members get the initial membership; members that join later
+    /// start empty and learn it from the leader.
+    fn bootstrap_state(&self, initial: bool) -> RestartState {
         RestartState {
             snapshot: Snapshot {
                 meta: SnapshotMeta {
-                    conf_state: self.bootstrap.clone(),
+                    conf_state: if initial {
+                        self.bootstrap.clone()
+                    } else {
+                        ConfState::default()
+                    },
                     ..Default::default()
                 },
                 data: Vec::new().into(),
@@ -310,8 +322,8 @@ impl Sim {
         }
     }
 
-    fn add_node(&mut self, id: u64) {
-        let st = self.bootstrap_state();
+    fn add_node(&mut self, id: u64, initial: bool) {
+        let st = self.bootstrap_state(initial);
         let node = Node::new(self.node_config(id, 0), st.clone()).ok();
         let latency = if self.rng.chance(self.cfg.slow_disks) {
             self.rng.range(6, 16)
@@ -371,6 +383,7 @@ impl Sim {
             seen: HashMap::new(),
             committed: Vec::new(),
             applied_log: Vec::new(),
+            state_at: HashMap::new(),
             hist: Vec::new(),
             next_op: 1,
             put_vals: 0,
@@ -379,7 +392,7 @@ impl Sim {
             report: Report::default(),
         };
         for id in 1..=total {
-            s.add_node(id);
+            s.add_node(id, true);
         }
         s
     }
@@ -545,6 +558,7 @@ impl Sim {
         let Some(kv) = Kv::deserialize(&s.data) else {
             return Err(self.fail(Kind::Internal, "bad snapshot data".into()));
         };
+        self.check_state(id, s.meta.index, kv.digest())?;
         self.report.snapshots_installed += 1;
         let Some(sn) = self.nodes.get_mut(&id) else {
             return Ok(());
@@ -669,6 +683,19 @@ impl Sim {
         Ok(())
     }
 
+    /// Every node's state machine after applying index `i` is the same,
+    /// whether it got there by entries or by a snapshot.
+    fn check_state(&mut self, id: u64, i: u64, digest: u64) -> Res {
+        let known = *self.state_at.entry(i).or_insert(digest);
+        if known != digest {
+            return Err(self.fail(
+                Kind::StateMachineSafety,
+                format!("node {id}'s state after index {i} differs from another node's"),
+            ));
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, id: u64, entries: &[Entry]) -> Res {
         for e in entries {
             let Some(sn) = self.nodes.get_mut(&id) else {
@@ -697,13 +724,15 @@ impl Sim {
                 }
                 _ => {}
             }
-            if e.kind != EntryType::Normal || e.data.is_empty() {
-                continue;
-            }
-            let Some((op, cmd)) = kv::decode(&e.data) else {
+            let decoded = (e.kind == EntryType::Normal)
+                .then(|| kv::decode(&e.data))
+                .flatten();
+            let res = decoded.map(|(op, cmd)| (op, cmd, sn.kv.apply(op, cmd)));
+            let digest = sn.kv.digest();
+            self.check_state(id, e.index, digest)?;
+            let Some((op, cmd, res)) = res else {
                 continue;
             };
-            let res = sn.kv.apply(op, cmd);
             if self.marker.is_some_and(|(m, n)| m == op && n == id) {
                 self.marker_done = true;
             }
@@ -923,7 +952,7 @@ impl Sim {
             0 if self.nodes.len() < self.cfg.voters + self.cfg.learners + 3 => {
                 let id = self.next_id;
                 self.next_id += 1;
-                self.add_node(id);
+                self.add_node(id, false);
                 ConfChange {
                     change: ConfChangeType::AddLearner,
                     node_id: id,
@@ -1147,6 +1176,7 @@ impl Sim {
         while self.now < start + LIVENESS_UNITS {
             self.unit(false)?;
             if self.marker_done && self.all_members_applied_marker() {
+                self.report.liveness_ticks = (self.now - start) / TICK_UNITS;
                 return Ok(());
             }
             let Some(l) = self.leader() else { continue };

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# make bench: qed against etcd 3.4 on this machine, side by side, one run.
+#
+# For each server it starts a fresh single node on loopback (fresh data
+# directory), drives the same workloads with examples/bench (etcd and
+# qed-grpc over gRPC, qed natively over QUIC), takes the median of RUNS
+# runs of each figure, stops the server by its PID, and finally prints one
+# markdown table with the ratio of each qed figure to etcd's. The table is
+# written to bench/results/latest.md and a dated copy.
+#
+#   make bench            full run (RUNS=3, larger totals)
+#   make bench QUICK=1    a sanity check in a few minutes
+#
+# Every process it starts is stopped by PID on exit, error or Ctrl-C.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then RUNS=${RUNS:-1}; N=${N:-5000}; KEYS=${KEYS:-10000}; else RUNS=${RUNS:-3}; N=${N:-40000}; KEYS=${KEYS:-100000}; fi
+BENCH=target/release/examples/bench
+TMP=$(mktemp -d /tmp/qed-bench.XXXXXX)
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '%s\n' "$*" >&2; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# stop PID: ends one server we started and forgets it.
+stop() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    local keep=()
+    for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+# poll CMD... until it succeeds, for at most 60 s.
+poll() {
+    local deadline=$((SECONDS + 60))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || { say "timed out waiting for: $*"; return 1; }
+        sleep 0.1
+    done
+}
+
+rss_kb() { ps -o rss= -p "$1" | tr -d ' '; }
+
+# median of the numbers on stdin
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print a[int((NR+1)/2)]}'; }
+
+# figure NAME FIELD -- BENCH-ARGS...: runs the bench RUNS times, prints the median FIELD.
+figure() {
+    local field=$1; shift
+    for _ in $(seq "$RUNS"); do
+        "$BENCH" "$@" 2>/dev/null | grep -o "$field=[0-9.]*" | cut -d= -f2
+    done | median
+}
+
+declare -A R   # R[row,column] = value
+
+# measure COLUMN TARGET-ARGS...: the workloads against one running server.
+measure() {
+    local col=$1; shift
+    say "  [$col] put / range / txn workloads"
+    for c in 16 128; do
+        R["put c=$c (req/s)",$col]=$(figure throughput put --clients "$c" --total "$N" "$@")
+        R["put c=$c p99 (ms)",$col]=$(figure p99 put --clients "$c" --total "$N" "$@")
+        R["range linearizable c=$c (req/s)",$col]=$(figure throughput range --clients "$c" --total "$N" --key-space 1000 "$@")
+    done
+    R["range serializable c=128 (req/s)",$col]=$(figure throughput range-serializable --clients 128 --total "$N" --key-space 1000 "$@")
+    R["txn cas c=128 (req/s)",$col]=$(figure throughput txn --clients 128 --total "$N" --key-space 1000 "$@")
+}
+
+# load_and_size COLUMN PID DATADIR TARGET-ARGS...: RSS with KEYS keys of 256 B, data size.
+load_and_size() {
+    local col=$1 pid=$2 dir=$3; shift 3
+    say "  [$col] loading $KEYS keys"
+    "$BENCH" put --sequential --clients 64 --total "$KEYS" --key-space "$KEYS" "$@" >/dev/null 2>&1
+    R["RSS with $KEYS keys (MB)",$col]=$(awk "BEGIN {printf \"%.1f\", $(rss_kb "$pid") / 1024}")
+    R["data dir with $KEYS keys (MB)",$col]=$(du -sm "$dir" | cut -f1)
+}
+
+say "building release binaries"
+cargo build --release --bins --example bench >&2
+command -v etcd >/dev/null || make deps-etcd >&2
+
+# ---------------------------------------------------------------- etcd
+say "etcd $(etcd --version | head -1 | awk '{print $3}')"
+EP=$(free_port); PP=$(free_port)
+start_etcd() {
+    etcd --name bench --data-dir "$TMP/etcd" \
+        --listen-client-urls "http://127.0.0.1:$EP" --advertise-client-urls "http://127.0.0.1:$EP" \
+        --listen-peer-urls "http://127.0.0.1:$PP" --initial-advertise-peer-urls "http://127.0.0.1:$PP" \
+        --initial-cluster "bench=http://127.0.0.1:$PP" >"$TMP/etcd.log" 2>&1 &
+    ETCD=$!; PIDS+=("$ETCD")
+    poll etcdctl --endpoints "127.0.0.1:$EP" endpoint health
+}
+start_etcd
+sleep 1
+R["idle RSS (MB)",etcd]=$(awk "BEGIN {printf \"%.1f\", $(rss_kb "$ETCD") / 1024}")
+measure etcd --target grpc --endpoints "http://127.0.0.1:$EP"
+stop "$ETCD"; rm -rf "$TMP/etcd"
+start_etcd
+load_and_size etcd "$ETCD" "$TMP/etcd" --target grpc --endpoints "http://127.0.0.1:$EP"
+stop "$ETCD"
+t0=$(date +%s.%N); start_etcd; t1=$(date +%s.%N)
+R["restart with $KEYS keys (s)",etcd]=$(awk "BEGIN {printf \"%.2f\", $t1 - $t0}")
+stop "$ETCD"
+
+# ---------------------------------------------------------------- qed
+QP=$(free_port); GP=$(free_port)
+start_qed() {
+    target/release/qed --data-dir "$TMP/qed" --listen-client-urls "https://127.0.0.1:$QP" --log-level warn >"$TMP/qed.log" 2>&1 &
+    QED=$!; PIDS+=("$QED")
+    poll test -f "$TMP/qed/certs/ca.crt"
+    poll "$BENCH" range --clients 1 --total 1 --key-space 1 --target native --endpoints "https://127.0.0.1:$QP" --cacert "$TMP/qed/certs/ca.crt"
+}
+start_shim() {
+    target/release/qed-grpc --listen-client-urls "http://127.0.0.1:$GP" --endpoints "https://127.0.0.1:$QP" \
+        --cacert "$TMP/qed/certs/ca.crt" >"$TMP/grpc.log" 2>&1 &
+    SHIM=$!; PIDS+=("$SHIM")
+    poll etcdctl --endpoints "127.0.0.1:$GP" endpoint health
+}
+say "qed $(target/release/qed --version | awk '{print $2}')"
+start_qed
+sleep 1
+R["idle RSS (MB)",qed-native]=$(awk "BEGIN {printf \"%.1f\", $(rss_kb "$QED") / 1024}")
+NATIVE=(--target native --endpoints "https://127.0.0.1:$QP" --cacert "$TMP/qed/certs/ca.crt")
+measure qed-native "${NATIVE[@]}"
+start_shim
+R["idle RSS (MB)",qed-grpc]=$(awk "BEGIN {printf \"%.1f\", ($(rss_kb "$QED") + $(rss_kb "$SHIM")) / 1024}")
+measure qed-grpc --target grpc --endpoints "http://127.0.0.1:$GP"
+stop "$SHIM"; stop "$QED"; rm -rf "$TMP/qed"
+start_qed
+load_and_size qed-native "$QED" "$TMP/qed" "${NATIVE[@]}"
+stop "$QED"
+t0=$(date +%s.%N); start_qed; t1=$(date +%s.%N)
+R["restart with $KEYS keys (s)",qed-native]=$(awk "BEGIN {printf \"%.2f\", $t1 - $t0}")
+stop "$QED"
+
+strip_size() { cp "$1" "$TMP/s" && strip "$TMP/s" 2>/dev/null; awk "BEGIN {printf \"%.1f\", $(stat -c %s "$TMP/s") / 1e6}"; }
+R["binary, stripped (MB)",etcd]=$(strip_size "$(command -v etcd)")
+R["binary, stripped (MB)",qed-native]=$(strip_size target/release/qed)
+R["binary, stripped (MB)",qed-grpc]=$(strip_size target/release/qed-grpc)
+
+# ---------------------------------------------------------------- table
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "n/a" }'; }
+ROWS=("put c=16 (req/s)" "put c=128 (req/s)" "put c=16 p99 (ms)" "put c=128 p99 (ms)"
+    "range linearizable c=16 (req/s)" "range linearizable c=128 (req/s)" "range serializable c=128 (req/s)"
+    "txn cas c=128 (req/s)" "idle RSS (MB)" "RSS with $KEYS keys (MB)" "data dir with $KEYS keys (MB)"
+    "restart with $KEYS keys (s)" "binary, stripped (MB)")
+{
+    echo "# qed vs etcd $(etcd --version | head -1 | awk '{print $3}'), single node on loopback"
+    echo
+    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, RUNS=$RUNS (median), N=$N requests per figure, qed $(git rev-parse --short HEAD)."
+    echo "Ratios are qed / etcd: above 1 is better for throughput, below 1 is better for latency, memory, size and time."
+    echo
+    echo "| figure | etcd | qed native | qed via gRPC | native / etcd | gRPC / etcd |"
+    echo "|---|---|---|---|---|---|"
+    for row in "${ROWS[@]}"; do
+        e=${R["$row",etcd]:-n/a}; n=${R["$row",qed-native]:-n/a}; g=${R["$row",qed-grpc]:-n/a}
+        echo "| $row | $e | $n | $g | $(ratio "$n" "$e") | $(ratio "$g" "$e") |"
+    done
+    echo
+    echo "Not measured yet: 3-node clusters (qed has no peer transport yet), watch fan-out, lease keep-alive."
+} >"$TMP/table.md"
+mkdir -p bench/results
+cp "$TMP/table.md" bench/results/latest.md
+cp "$TMP/table.md" "bench/results/$(date -u +%Y-%m-%d-%H%M).md"
+cat "$TMP/table.md"

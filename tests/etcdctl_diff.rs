@@ -1,0 +1,882 @@
+//! Differential test: the same script of etcdctl 3.4 commands against a
+//! fresh etcd 3.4 and against a fresh qed node behind `qed-grpc`.
+//!
+//! Each command's stdout, stderr and exit status are compared after
+//! normalizing only what legitimately differs between two clusters: cluster,
+//! member and lease IDs, raft terms and indexes, versions, sizes, hashes,
+//! timings, ports and etcdctl's client-side retry log lines. Commands whose
+//! engine qed does not have yet are listed with [`Expect::Differs`] and the
+//! reason; the test prints counts of matching / known-mismatch / unexpected
+//! commands and fails only on unexpected mismatches (a known mismatch that
+//! starts matching is reported, so the list can shrink).
+//!
+//! Skips, with the reason printed, when `etcd` or `etcdctl` is not on PATH
+//! (`make deps-etcd` installs Debian's). `QED_ETCDCTL_DIFF_REPORT_ONLY=1`
+//! prints the report without failing; `QED_ETCDCTL_DIFF_VERBOSE=1` prints
+//! etcd's normalized output of every command.
+
+#![cfg(feature = "grpc")]
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What the script expects of one command.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// Same normalized output from both.
+    Match,
+    /// Known to differ, with the reason.
+    Differs(&'static str),
+}
+
+const NO_WATCH: &str = "the qed node does not serve Watch yet (answers Unimplemented)";
+const NO_LEASE: &str = "the qed node does not serve Lease yet (answers Unimplemented)";
+const MEMBER_REVISION: &str = "etcd's Cluster responses carry no header revision; \
+     the qed node sets one (node-side; the shim passes headers through)";
+const NO_AUTH: &str = "the qed node has no auth engine yet (Auth answers Unimplemented)";
+const NO_SNAPSHOT: &str = "qed's snapshot stream lacks etcd's trailing sha256 of the blob \
+     (etcdctl: \"sha256 checksum not found\"); the shim forwards what the node sends";
+const LOCK: &str =
+    "etcdctl lock/elect are built on leases and watches, which the node does not serve yet";
+
+struct Step {
+    args: &'static [&'static str],
+    stdin: Option<&'static str>,
+    /// Kill the command after this long (watch, elect run forever).
+    run_for: Option<Duration>,
+    expect: Expect,
+}
+
+const fn cmd(args: &'static [&'static str]) -> Step {
+    Step {
+        args,
+        stdin: None,
+        run_for: None,
+        expect: Expect::Match,
+    }
+}
+
+const fn differs(args: &'static [&'static str], why: &'static str) -> Step {
+    Step {
+        args,
+        stdin: None,
+        run_for: None,
+        expect: Expect::Differs(why),
+    }
+}
+
+const fn txn(stdin: &'static str, args: &'static [&'static str]) -> Step {
+    Step {
+        args,
+        stdin: Some(stdin),
+        run_for: None,
+        expect: Expect::Match,
+    }
+}
+
+const fn timed(args: &'static [&'static str], secs: u64, why: &'static str) -> Step {
+    Step {
+        args,
+        stdin: None,
+        run_for: Some(Duration::from_secs(secs)),
+        expect: Expect::Differs(why),
+    }
+}
+
+fn script() -> Vec<Step> {
+    vec![
+        // ---- put / get and their flags
+        cmd(&["put", "foo", "bar"]),
+        cmd(&["get", "foo"]),
+        cmd(&["get", "foo", "-w", "json"]),
+        cmd(&["get", "foo", "-w", "fields"]),
+        cmd(&["put", "foo", "baz", "--prev-kv"]),
+        cmd(&["put", "foo", "qux", "--prev-kv", "-w", "json"]),
+        cmd(&["put", "foo2", "bar2"]),
+        cmd(&["put", "foo3", "bar3"]),
+        cmd(&["put", "zoo", "animal"]),
+        cmd(&["put", "a", "1"]),
+        cmd(&["get", "foo", "--prefix"]),
+        cmd(&["get", "foo", "--prefix", "--keys-only"]),
+        cmd(&["get", "foo", "--prefix", "--print-value-only"]),
+        cmd(&["get", "foo", "--prefix", "--count-only", "-w", "json"]),
+        cmd(&["get", "foo", "--prefix", "--count-only", "-w", "fields"]),
+        cmd(&["get", "foo", "--prefix", "--limit", "2"]),
+        cmd(&["get", "foo", "--prefix", "--limit", "2", "-w", "json"]),
+        cmd(&["get", "foo", "--from-key"]),
+        cmd(&["get", "b", "--from-key", "--keys-only"]),
+        cmd(&["get", "foo", "foo3"]),
+        cmd(&["get", "", "--prefix"]),
+        cmd(&["get", "foo", "--prefix", "--sort-by=MODIFY", "--order=DESCEND"]),
+        cmd(&["get", "foo", "--prefix", "--sort-by=VALUE", "--order=ASCEND"]),
+        cmd(&["get", "foo", "--prefix", "--sort-by=CREATE", "--order=DESCEND"]),
+        cmd(&["get", "foo", "--prefix", "--sort-by=VERSION", "--order=DESCEND"]),
+        cmd(&["get", "foo", "--prefix", "--order=DESCEND"]),
+        cmd(&["get", "foo", "--rev=2"]),
+        cmd(&["get", "foo", "--rev=3", "-w", "json"]),
+        cmd(&["get", "foo", "--rev=100"]),
+        cmd(&["get", "nosuchkey"]),
+        cmd(&["get", "nosuchkey", "-w", "json"]),
+        cmd(&["get", "foo", "--consistency=s"]),
+        cmd(&["put", "zoo", "--ignore-value"]),
+        cmd(&["put", "newkey", "--ignore-value"]),
+        cmd(&["put", "", "x"]),
+        cmd(&["put", "foo", "x", "--lease=1234"]),
+        // ---- delete
+        cmd(&["del", "foo3", "--prev-kv"]),
+        cmd(&["del", "nothing"]),
+        cmd(&["del", "foo", "--prefix", "-w", "json"]),
+        cmd(&["get", "foo", "--prefix", "-w", "json"]),
+        cmd(&["put", "foo", "again"]),
+        cmd(&["get", "foo", "-w", "json"]),
+        // ---- txn via stdin
+        txn("mod(\"zoo\") > \"0\"\n\nput zoo lion\n\nput zoo tiger\n\n", &["txn"]),
+        txn(
+            "value(\"zoo\") = \"lion\"\n\nget zoo\nput zoo cat\n\ndel zoo\n\n",
+            &["txn", "-w", "json"],
+        ),
+        txn(
+            "version(\"nokey\") = \"0\"\ncreate(\"zoo\") > \"1\"\n\nput nokey v\nget nokey\n\nget zoo\n\n",
+            &["txn"],
+        ),
+        txn("value(\"zoo\") != \"cat\"\n\nput t1 x\n\nput t2 y\n\n", &["txn"]),
+        txn("\n\nput dup 1\nput dup 2\n\n\n", &["txn"]),
+        txn("\n\nget zoo --prefix\ndel nokey\n\n\n", &["txn", "-w", "fields"]),
+        cmd(&["get", "", "--prefix", "-w", "json"]),
+        txn(too_many_ops(), &["txn"]),
+        // ---- limits: etcd's 1.5 MiB request and 2 MiB gRPC message caps
+        txn(leak("v".repeat(1024 * 1024)), &["put", "big"]),
+        txn(leak("v".repeat(1600 * 1024)), &["put", "big"]),
+        txn(leak("v".repeat(2200 * 1024)), &["put", "big"]),
+        cmd(&["get", "big", "--keys-only"]),
+        cmd(&["del", "big"]),
+        // ---- more output formats and flags
+        cmd(&["get", "foo", "--hex"]),
+        cmd(&["put", "dash", "--", "-v"]),
+        cmd(&["get", "dash", "-w", "fields"]),
+        cmd(&["get", "", "--prefix", "--keys-only", "--limit", "1", "-w", "json"]),
+        cmd(&["get", "", "--prefix", "--sort-by=KEY", "--order=DESCEND", "--limit", "2"]),
+        cmd(&["put", "foo", "bar", "-w", "json"]),
+        cmd(&["del", "dash", "-w", "fields"]),
+        cmd(&["del", "t", "--from-key", "--prev-kv"]),
+        // ---- compaction and revision errors
+        cmd(&["compaction", "3"]),
+        cmd(&["get", "foo", "--rev=2"]),
+        cmd(&["compaction", "2"]),
+        cmd(&["compaction", "--physical", "5"]),
+        cmd(&["get", "foo", "--rev=5"]),
+        cmd(&["compaction", "1000"]),
+        cmd(&["get", "zoo", "-w", "json"]),
+        // ---- maintenance
+        cmd(&["endpoint", "health"]),
+        cmd(&["endpoint", "status"]),
+        cmd(&["endpoint", "status", "-w", "json"]),
+        cmd(&["endpoint", "hashkv"]),
+        cmd(&["alarm", "list"]),
+        cmd(&["defrag"]),
+        differs(&["snapshot", "save", "SNAPSHOT"], NO_SNAPSHOT),
+        // ---- watch
+        timed(&["watch", "foo", "--rev=1"], 2, NO_WATCH),
+        timed(&["watch", "--prefix", "foo", "--rev=1", "--prev-kv"], 2, NO_WATCH),
+        // ---- lease
+        differs(&["lease", "grant", "60"], NO_LEASE),
+        differs(&["lease", "list"], NO_LEASE),
+        differs(&["lease", "timetolive", "1234"], NO_LEASE),
+        differs(&["lease", "keep-alive", "--once", "1234"], NO_LEASE),
+        differs(&["lease", "revoke", "1234"], NO_LEASE),
+        // ---- cluster
+        cmd(&["member", "list"]),
+        differs(&["member", "list", "-w", "json"], MEMBER_REVISION),
+        // ---- auth
+        differs(&["user", "add", "alice", "--new-user-password=pw"], NO_AUTH),
+        differs(&["role", "add", "reader"], NO_AUTH),
+        differs(&["role", "grant-permission", "reader", "read", "foo"], NO_AUTH),
+        differs(&["role", "get", "reader"], NO_AUTH),
+        differs(&["user", "grant-role", "alice", "reader"], NO_AUTH),
+        differs(&["user", "get", "alice"], NO_AUTH),
+        differs(&["user", "list"], NO_AUTH),
+        differs(&["role", "list"], NO_AUTH),
+        differs(&["user", "delete", "alice"], NO_AUTH),
+        differs(&["role", "delete", "reader"], NO_AUTH),
+        differs(&["auth", "disable"], NO_AUTH),
+        // ---- still consistent at the end
+        cmd(&["get", "", "--prefix", "-w", "json"]),
+        // ---- concurrency recipes (last: on etcd they write lock keys)
+        differs(&["lock", "mylock", "echo", "locked"], LOCK),
+        timed(&["elect", "myelection", "proposal"], 2, LOCK),
+    ]
+}
+
+/// A txn with 129 puts: one over etcd's --max-txn-ops.
+fn too_many_ops() -> &'static str {
+    let mut text = String::from("\n");
+    for i in 0..129 {
+        text.push_str(&format!("put many{i} v\n"));
+    }
+    text.push_str("\n\n");
+    leak(text)
+}
+
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
+}
+
+// ------------------------------------------------------------ processes
+
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free TCP port")
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free UDP port")
+}
+
+/// A child process killed (by its PID) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("qed-etcdctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> Proc {
+    let log = std::fs::File::create(log).expect("log file");
+    let err = log.try_clone().expect("log file");
+    Proc(
+        cmd.stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("spawn"),
+    )
+}
+
+/// One etcdctl run: (exit code, stdout, stderr).
+fn etcdctl(endpoint: &str, step: &Step, workdir: &Path) -> (i32, String, String) {
+    let limit = step.run_for.unwrap_or(Duration::from_secs(20));
+    let mut command = Command::new("timeout");
+    command
+        .arg(format!("{}", limit.as_secs()))
+        .arg("etcdctl")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(["--dial-timeout=3s", "--command-timeout=5s"])
+        .args(step.args)
+        .env("ETCDCTL_API", "3")
+        .current_dir(workdir)
+        .stdin(if step.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn etcdctl");
+    if let (Some(input), Some(mut stdin)) = (step.stdin, child.stdin.take()) {
+        use std::io::Write;
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().expect("etcdctl output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn wait_ready(endpoint: &str, what: &str, workdir: &Path) {
+    let probe = cmd(&["get", "readiness-probe"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, _, err) = etcdctl(endpoint, &probe, workdir);
+        if code == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not become ready: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ------------------------------------------------------------ normalizing
+
+/// Replaces the digits following each occurrence of `key` with `<n>`.
+fn mask_number_after(text: &str, key: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(key) {
+        out.push_str(&rest[..i + key.len()]);
+        rest = &rest[i + key.len()..];
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+            .unwrap_or(rest.len());
+        if digits > 0 {
+            out.push_str("<n>");
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Masks hex tokens of 12+ characters with a digit in them (member and
+/// lease IDs as etcdctl prints them).
+fn mask_hex_ids(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        let is_id = token.len() >= 12
+            && token.chars().all(|c| c.is_ascii_hexdigit())
+            && token.chars().any(|c| c.is_ascii_digit());
+        out.push_str(if is_id { "<id>" } else { token });
+        token.clear();
+    };
+    for c in line.chars() {
+        if c.is_ascii_alphanumeric() {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    out
+}
+
+/// Masks every `http://` or `https://` URL (member peer and client URLs:
+/// qed's are QUIC, advertised as https, on other ports).
+fn mask_urls(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = rest.find("http") {
+        let tail = &rest[i..];
+        let scheme = ["https://", "http://"]
+            .into_iter()
+            .find(|p| tail.starts_with(p));
+        match scheme {
+            Some(p) => {
+                out.push_str(&rest[..i]);
+                out.push_str("<url>");
+                let end = tail[p.len()..]
+                    .find([',', '"', ' ', ']'])
+                    .map(|e| p.len() + e)
+                    .unwrap_or(tail.len());
+                rest = &tail[end..];
+            }
+            None => {
+                out.push_str(&rest[..i + 4]);
+                rest = &rest[i + 4..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `endpoint status` table rows: keep endpoint, leader and learner flags
+/// and errors; mask id, version, db size, raft term and indexes.
+fn mask_status_row(line: &str) -> String {
+    let cols: Vec<&str> = line.split(", ").collect();
+    if cols.len() < 9 {
+        return line.to_string();
+    }
+    let keep = [0usize, 4, 5];
+    cols.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if keep.contains(&i) || i >= 9 {
+                c.to_string()
+            } else {
+                "<x>".into()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn normalize(step: &Step, endpoint: &str, (code, out, err): (i32, String, String)) -> String {
+    let mut text = format!("exit {code}\n{out}\n--- stderr\n{err}");
+    text = text.replace(endpoint, "<endpoint>");
+    for key in [
+        "\"cluster_id\":",
+        "\"member_id\":",
+        "\"raft_term\":",
+        "\"ClusterID\" : ",
+        "\"MemberID\" : ",
+        "\"RaftTerm\" : ",
+        "\"ID\":",
+        "\"leader\":",
+        "\"raftIndex\":",
+        "\"raftTerm\":",
+        "\"raftAppliedIndex\":",
+        "\"dbSize\":",
+        "\"dbSizeInUse\":",
+        "\"hash\":",
+    ] {
+        text = mask_number_after(&text, key);
+    }
+    let is_status = step.args.starts_with(&["endpoint", "status"]);
+    let is_hash = step.args.starts_with(&["endpoint", "hashkv"]);
+    let is_member = step.args.first() == Some(&"member");
+    text.lines()
+        // etcdctl's client-side retry logs: timestamps and random client ids.
+        .filter(|l| !l.starts_with("{\"level\":"))
+        .map(|l| {
+            let l = mask_hex_ids(l);
+            let l = match l.find("took = ") {
+                Some(i) => format!("{}took = <t>", &l[..i]),
+                None => l,
+            };
+            let l = match l.find("\"version\":\"") {
+                Some(i) if is_status => {
+                    let end = l[i + 11..].find('"').map(|e| i + 11 + e).unwrap_or(l.len());
+                    format!("{}<v>{}", &l[..i + 11], &l[end..])
+                }
+                _ => l,
+            };
+            if is_status {
+                mask_status_row(&l)
+            } else if is_hash {
+                // Each store hashes its own encoding of the same key space.
+                match l.rsplit_once(", ") {
+                    Some((endpoint, _)) => format!("{endpoint}, <hash>"),
+                    None => l,
+                }
+            } else if is_member {
+                mask_urls(&l)
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ------------------------------------------------------------ the tests
+
+/// Starts a qed node and a qed-grpc in front of it serving `listen`; the
+/// node's generated certificates are in `dir/data/certs`.
+fn start_qed(dir: &TempDir, listen: &str, shim_args: &[String]) -> (Proc, Proc) {
+    let quic_url = format!("https://127.0.0.1:{}", free_udp_port());
+    let node = spawn(
+        Command::new(env!("CARGO_BIN_EXE_qed"))
+            .arg("--data-dir")
+            .arg(dir.0.join("data"))
+            .args(["--name", "diff"])
+            .args(["--listen-client-urls", &quic_url, "--log-level", "warn"]),
+        &dir.0.join("qed.log"),
+    );
+    let ca = dir.0.join("data/certs/ca.crt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ca.exists() {
+        assert!(Instant::now() < deadline, "qed did not create its CA");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shim = spawn(
+        Command::new(env!("CARGO_BIN_EXE_qed-grpc"))
+            .args(["--endpoints", &quic_url])
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["--listen-client-urls", listen])
+            .args(["--log-level", "warn"])
+            .args(shim_args),
+        &dir.0.join("qed-grpc.log"),
+    );
+    (node, shim)
+}
+
+fn have_tools() -> bool {
+    for tool in ["etcd", "etcdctl", "timeout"] {
+        if !on_path(tool) {
+            println!("skipping etcdctl test: `{tool}` is not installed (make deps-etcd)");
+            return false;
+        }
+    }
+    true
+}
+
+/// TLS on the gRPC side: server certificate, and client certificates
+/// required by --trusted-ca-file.
+#[test]
+fn etcdctl_over_tls_with_client_certs() {
+    if !have_tools() {
+        return;
+    }
+    let dir = TempDir::new("tls");
+    let port = free_tcp_port();
+    let certs = dir.0.join("data/certs");
+    let path = |f: &str| certs.join(f).display().to_string();
+    let shim_args = [
+        "--cert-file".to_string(),
+        path("node.crt"),
+        "--key-file".into(),
+        path("node.key"),
+        "--trusted-ca-file".into(),
+        path("ca.crt"),
+    ];
+    // The certificates exist only once the node started: start the node,
+    // then the shim reads them (start_qed waits for ca.crt, written last).
+    let _qed = start_qed(&dir, &format!("https://127.0.0.1:{port}"), &shim_args);
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let with_cert = [
+        "--cacert".to_string(),
+        path("ca.crt"),
+        "--cert".into(),
+        path("client.crt"),
+        "--key".into(),
+        path("client.key"),
+    ];
+    let run = |args: &[String]| {
+        let out = Command::new("timeout")
+            .args([
+                "20",
+                "etcdctl",
+                &format!("--endpoints={endpoint}"),
+                "--dial-timeout=3s",
+            ])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut put = with_cert.to_vec();
+    put.extend(["put".to_string(), "tls".into(), "yes".into()]);
+    while !run(&put).0 {
+        assert!(
+            Instant::now() < deadline,
+            "etcdctl over TLS never succeeded"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut get = with_cert.to_vec();
+    get.extend(["get".to_string(), "tls".into()]);
+    assert_eq!(run(&get), (true, "tls\nyes\n".to_string()));
+    // Without a client certificate the handshake is refused.
+    let no_cert = [
+        "--cacert".to_string(),
+        path("ca.crt"),
+        "get".into(),
+        "tls".into(),
+    ];
+    assert!(!run(&no_cert).0);
+}
+
+#[test]
+fn etcdctl_outputs_match_etcd() {
+    if !have_tools() {
+        return;
+    }
+    let report_only = std::env::var_os("QED_ETCDCTL_DIFF_REPORT_ONLY").is_some();
+    let verbose = std::env::var_os("QED_ETCDCTL_DIFF_VERBOSE").is_some();
+
+    // etcd 3.4, fresh.
+    let etcd_dir = TempDir::new("etcd");
+    let (client_port, peer_port) = (free_tcp_port(), free_tcp_port());
+    let etcd_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let _etcd = spawn(
+        Command::new("etcd")
+            .args(["--name", "diff"])
+            .arg("--data-dir")
+            .arg(etcd_dir.0.join("data"))
+            .args(["--listen-client-urls", &etcd_url])
+            .args(["--advertise-client-urls", &etcd_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("diff={peer_url}")]),
+        &etcd_dir.0.join("etcd.log"),
+    );
+    let etcd_endpoint = format!("127.0.0.1:{client_port}");
+
+    // qed + qed-grpc, fresh.
+    let qed_dir = TempDir::new("qed");
+    let shim_port = free_tcp_port();
+    let _qed = start_qed(&qed_dir, &format!("http://127.0.0.1:{shim_port}"), &[]);
+    let qed_endpoint = format!("127.0.0.1:{shim_port}");
+
+    wait_ready(&etcd_endpoint, "etcd", &etcd_dir.0);
+    wait_ready(&qed_endpoint, "qed-grpc", &qed_dir.0);
+
+    let (mut matching, mut known, mut fixed, mut unexpected) = (0, 0, Vec::new(), Vec::new());
+    for step in script() {
+        let name = format!(
+            "etcdctl {}{}",
+            step.args.join(" "),
+            if step.stdin.is_some() { " <<txn" } else { "" }
+        );
+        let want = normalize(
+            &step,
+            &etcd_endpoint,
+            etcdctl(&etcd_endpoint, &step, &etcd_dir.0),
+        );
+        let got = normalize(
+            &step,
+            &qed_endpoint,
+            etcdctl(&qed_endpoint, &step, &qed_dir.0),
+        );
+        if verbose {
+            println!("=== {name}\n{want}");
+        }
+        match (want == got, step.expect) {
+            (true, Expect::Match) => matching += 1,
+            (true, Expect::Differs(_)) => {
+                matching += 1;
+                fixed.push(name);
+            }
+            (false, Expect::Differs(why)) => {
+                known += 1;
+                println!("known mismatch: {name}\n    reason: {why}");
+                if verbose {
+                    println!("--- qed\n{got}");
+                }
+            }
+            (false, Expect::Match) => {
+                println!("UNEXPECTED mismatch: {name}\n--- etcd\n{want}\n--- qed\n{got}\n---");
+                unexpected.push(name);
+            }
+        }
+    }
+    for name in &fixed {
+        println!("now matching (drop it from the known list): {name}");
+    }
+    println!(
+        "etcdctl differential: {matching} matching, {known} known mismatches, {} unexpected",
+        unexpected.len()
+    );
+    if !report_only {
+        assert!(
+            unexpected.is_empty(),
+            "unexpected mismatches: {unexpected:#?}"
+        );
+    }
+}
+
+// ------------------------------------------------------------ throughput
+
+mod bench {
+    //! Put and linearizable-get throughput through the shim against etcd
+    //! 3.4, same machine, same run, same gRPC client (an in-process `h2`
+    //! client speaking etcd's protobuf). Reports; never asserts timings.
+
+    use bytes::Bytes;
+    use h2::client::SendRequest;
+    use prost::Message;
+    use qed::grpc::{codec, pb};
+    use qed::runtime::{self, TcpStream};
+    use std::time::{Duration, Instant};
+    use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+    async fn connect(addr: &str) -> SendRequest<Bytes> {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let _ = tcp.set_nodelay(true);
+        let (client, conn) = h2::client::Builder::new()
+            // A large window also raises h2's budget for buffered small DATA
+            // frames (one per gRPC response), which 200 concurrent calls exceed
+            // at the 64 KiB default.
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake(tcp.compat())
+            .await
+            .expect("h2");
+        runtime::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    async fn unary(client: &SendRequest<Bytes>, path: &str, body: Bytes) -> bool {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://localhost{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let Ok(mut client) = client.clone().ready().await else {
+            return false;
+        };
+        let Ok((response, mut send)) = client.send_request(request, false) else {
+            return false;
+        };
+        if send.send_data(body, true).is_err() {
+            return false;
+        }
+        let Ok(response) = response.await else {
+            return false;
+        };
+        let mut body = response.into_body();
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        matches!(body.trailers().await, Ok(Some(t)) if t.get("grpc-status").is_some_and(|s| s == "0"))
+    }
+
+    pub struct Result {
+        pub ops_per_sec: f64,
+        pub p50: Duration,
+        pub p99: Duration,
+        pub errors: usize,
+    }
+
+    /// `total` calls from `clients` concurrent callers over clients/4 connections.
+    pub fn run(addr: &str, clients: usize, total: usize, put: bool) -> Result {
+        runtime::block_on(async {
+            let conns = (clients / 4).max(1);
+            let mut connections = Vec::new();
+            for _ in 0..conns {
+                connections.push(connect(addr).await);
+            }
+            let per_client = total / clients;
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..clients)
+                .map(|c| {
+                    let client = connections[c % conns].clone();
+                    runtime::spawn(async move {
+                        let mut latencies = Vec::with_capacity(per_client);
+                        let mut errors = 0;
+                        for i in 0..per_client {
+                            let key = format!("bench/{}", (c * per_client + i) % 1000).into_bytes();
+                            let (path, body) = if put {
+                                let m = pb::PutRequest {
+                                    key,
+                                    value: vec![b'v'; 64],
+                                    ..Default::default()
+                                };
+                                ("/etcdserverpb.KV/Put", codec::encode(&m))
+                            } else {
+                                let m = pb::RangeRequest {
+                                    key,
+                                    ..Default::default()
+                                };
+                                ("/etcdserverpb.KV/Range", codec::encode(&m))
+                            };
+                            let t = Instant::now();
+                            if !unary(&client, path, body).await {
+                                errors += 1;
+                            }
+                            latencies.push(t.elapsed());
+                        }
+                        (latencies, errors)
+                    })
+                })
+                .collect();
+            let mut all = Vec::with_capacity(total);
+            let mut errors = 0;
+            for t in tasks {
+                let (l, e) = t.await;
+                all.extend(l);
+                errors += e;
+            }
+            let elapsed = started.elapsed();
+            all.sort();
+            let pick = |q: f64| {
+                all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or_default()
+            };
+            let _ = pb::RangeResponse::default().encode_to_vec();
+            Result {
+                ops_per_sec: all.len() as f64 / elapsed.as_secs_f64(),
+                p50: pick(0.5),
+                p99: pick(0.99),
+                errors,
+            }
+        })
+    }
+}
+
+/// `cargo test --release --test etcdctl_diff -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark: run by hand, reports timings"]
+fn throughput_vs_etcd() {
+    if !have_tools() {
+        return;
+    }
+    let etcd_dir = TempDir::new("bench-etcd");
+    let (client_port, peer_port) = (free_tcp_port(), free_tcp_port());
+    let etcd_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let _etcd = spawn(
+        Command::new("etcd")
+            .args(["--name", "bench"])
+            .arg("--data-dir")
+            .arg(etcd_dir.0.join("data"))
+            .args(["--listen-client-urls", &etcd_url])
+            .args(["--advertise-client-urls", &etcd_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("bench={peer_url}")]),
+        &etcd_dir.0.join("etcd.log"),
+    );
+    let qed_dir = TempDir::new("bench-qed");
+    let shim_port = free_tcp_port();
+    let _qed = start_qed(&qed_dir, &format!("http://127.0.0.1:{shim_port}"), &[]);
+    let etcd = format!("127.0.0.1:{client_port}");
+    let qed = format!("127.0.0.1:{shim_port}");
+    wait_ready(&etcd, "etcd", &etcd_dir.0);
+    wait_ready(&qed, "qed-grpc", &qed_dir.0);
+    let total: usize = std::env::var("QED_BENCH_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    println!("| op | clients | etcd ops/s | qed-grpc ops/s | ratio | etcd p50/p99 | qed p50/p99 | errors |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for put in [true, false] {
+        for clients in [16, 128] {
+            let e = bench::run(&etcd, clients, total, put);
+            let q = bench::run(&qed, clients, total, put);
+            println!(
+                "| {} | {clients} | {:.0} | {:.0} | {:.2} | {:.1?}/{:.1?} | {:.1?}/{:.1?} | {}/{} |",
+                if put { "put" } else { "get (linearizable)" },
+                e.ops_per_sec,
+                q.ops_per_sec,
+                q.ops_per_sec / e.ops_per_sec,
+                e.p50,
+                e.p99,
+                q.p50,
+                q.p99,
+                e.errors,
+                q.errors
+            );
+        }
+    }
+}
