@@ -4,7 +4,7 @@
 CARGO ?= cargo
 DATA_DIR ?= default.qed
 
-.PHONY: all build release run bench test test-deps fmt lint fuzz clean help
+.PHONY: all build release run bench crash-test test test-deps fmt lint fuzz clean help
 
 all: build
 
@@ -12,6 +12,7 @@ help:
 	@echo "make run    build and start a node (QUIC, UDP 127.0.0.1:2379) and the gRPC shim (TCP 127.0.0.1:2379)"
 	@echo "make test   install what the tests need, then run them all"
 	@echo "make bench  qed against etcd 3.4, side by side (QUICK=1 for a short run)"
+	@echo "make crash-test  SIGKILL a node KILLS times under writers (default 200)"
 	@echo "make build | release | fmt | lint | fuzz | clean"
 	@echo "also: $(EXTRA_HELP)"
 
@@ -30,6 +31,12 @@ run: release
 	trap 'kill $$node 2>/dev/null' EXIT INT TERM; \
 	while [ ! -f $(DATA_DIR)/certs/ca.crt ]; do kill -0 $$node 2>/dev/null || exit 1; sleep 0.1; done; \
 	./target/release/qed-grpc --cacert $(DATA_DIR)/certs/ca.crt
+
+# More SIGKILLs than CI's 30: `make crash-test KILLS=500 CRASH_SEED=7`.
+KILLS ?= 200
+CRASH_SEED ?= 24301
+crash-test:
+	CRASH_KILLS=$(KILLS) CRASH_SEED=$(CRASH_SEED) $(CARGO) test --release --test crash -- --nocapture
 
 # qed against etcd 3.4 on this machine; writes bench/results/latest.md.
 QUICK ?= 0

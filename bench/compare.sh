@@ -139,7 +139,8 @@ R["idle RSS (MB)",qed-native]=$(awk "BEGIN {printf \"%.1f\", $(rss_kb "$QED") / 
 NATIVE=(--target native --endpoints "https://127.0.0.1:$QP" --cacert "$TMP/qed/certs/ca.crt")
 measure qed-native "${NATIVE[@]}"
 start_shim
-R["idle RSS (MB)",qed-grpc]=$(awk "BEGIN {printf \"%.1f\", ($(rss_kb "$QED") + $(rss_kb "$SHIM")) / 1024}")
+# Node idle (measured before any load) plus the shim as it starts.
+R["idle RSS (MB)",qed-grpc]=$(awk "BEGIN {printf \"%.1f\", ${R["idle RSS (MB)",qed-native]} + $(rss_kb "$SHIM") / 1024}")
 measure qed-grpc --target grpc --endpoints "http://127.0.0.1:$GP"
 stop "$SHIM"; stop "$QED"; rm -rf "$TMP/qed"
 start_qed

@@ -33,11 +33,7 @@ enum Expect {
 
 const NO_WATCH: &str = "the qed node does not serve Watch yet (answers Unimplemented)";
 const NO_LEASE: &str = "the qed node does not serve Lease yet (answers Unimplemented)";
-const MEMBER_REVISION: &str = "etcd's Cluster responses carry no header revision; \
-     the qed node sets one (node-side; the shim passes headers through)";
 const NO_AUTH: &str = "the qed node has no auth engine yet (Auth answers Unimplemented)";
-const NO_SNAPSHOT: &str = "qed's snapshot stream lacks etcd's trailing sha256 of the blob \
-     (etcdctl: \"sha256 checksum not found\"); the shim forwards what the node sends";
 const LOCK: &str =
     "etcdctl lock/elect are built on leases and watches, which the node does not serve yet";
 
@@ -176,7 +172,7 @@ fn script() -> Vec<Step> {
         cmd(&["endpoint", "hashkv"]),
         cmd(&["alarm", "list"]),
         cmd(&["defrag"]),
-        differs(&["snapshot", "save", "SNAPSHOT"], NO_SNAPSHOT),
+        cmd(&["snapshot", "save", "SNAPSHOT"]),
         // ---- watch
         timed(&["watch", "foo", "--rev=1"], 2, NO_WATCH),
         timed(&["watch", "--prefix", "foo", "--rev=1", "--prev-kv"], 2, NO_WATCH),
@@ -188,7 +184,7 @@ fn script() -> Vec<Step> {
         differs(&["lease", "revoke", "1234"], NO_LEASE),
         // ---- cluster
         cmd(&["member", "list"]),
-        differs(&["member", "list", "-w", "json"], MEMBER_REVISION),
+        cmd(&["member", "list", "-w", "json"]),
         // ---- auth
         differs(&["user", "add", "alice", "--new-user-password=pw"], NO_AUTH),
         differs(&["role", "add", "reader"], NO_AUTH),

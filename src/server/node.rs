@@ -149,15 +149,18 @@ impl Node {
         // etcd refuses malformed requests before they reach the log.
         validate(&req)?;
         let mut resp = match &req {
+            // etcd's Cluster service stamps no revision.
             Request::MemberList(_) => Response::Members(MembersResponse {
-                header: self.local_header(),
+                header: ResponseHeader::default(),
                 members: vec![self.identity.member()],
             }),
             Request::Status(_) => self.status(),
             Request::Defragment(_) => {
                 // The state lives in memory and is rebuilt compactly at every
                 // snapshot; there is no file to defragment.
-                Response::Defragment(Default::default())
+                Response::Defragment(qed_wire::maintenance::DefragmentResponse {
+                    header: self.local_header(),
+                })
             }
             Request::Authenticate(_) => return Err(Error::AuthNotEnabled),
             Request::AuthStatus => Response::AuthStatus {
@@ -188,9 +191,6 @@ impl Node {
         };
         let header = resp.header_mut();
         self.stamp(header);
-        if header.revision == 0 {
-            header.revision = self.local_header().revision;
-        }
         Ok(resp)
     }
 
@@ -201,7 +201,7 @@ impl Node {
         let view = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
         crate::runtime::spawn_blocking(move || view.to_snapshot())
             .await
-            .map(|image| crate::storage::snapshot::encode(&image))
+            .map(|image| super::snapshot_file::seal(crate::storage::snapshot::encode(&image)))
             .map_err(|e| Error::Internal(format!("snapshot failed: {e}")))
     }
 

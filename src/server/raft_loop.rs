@@ -296,7 +296,16 @@ impl Driver {
             Input::SnapshotEncoded { index, data } => {
                 self.snapshotting = false;
                 let data = data.map_err(|e| format!("snapshot failed: {e}"))?;
-                if let Some(meta) = self.core.compact_at(index, data.clone()) {
+                // The core keeps these bytes to send to lagging followers; a
+                // lone voter has none, so it need not hold a second copy of
+                // the whole state.
+                let conf = self.core.conf_state();
+                let for_followers = if conf.voters == [self.core.id()] && conf.learners.is_empty() {
+                    Vec::new()
+                } else {
+                    data.clone()
+                };
+                if let Some(meta) = self.core.compact_at(index, for_followers) {
                     log::info!(
                         "saving snapshot at index {} (term {})",
                         meta.index,

@@ -2,10 +2,13 @@
 //! `qed snapshot restore` (etcdutl's equivalents).
 //!
 //! A saved snapshot is the state machine image in the snapshot file framing
-//! (`storage::snapshot`: magic, CRC, length). Restoring writes a new data
-//! directory whose only member is the one the restore flags describe: like
-//! etcd, a restore starts a new cluster from the data, it does not rejoin
-//! the old one.
+//! (`storage::snapshot`: magic, CRC, length), zero-padded to a multiple of
+//! 512 bytes and followed by the sha256 of all that: the shape etcd streams,
+//! which `etcdctl snapshot save` checks, so a snapshot saved through the gRPC
+//! shim and one saved with `qed snapshot save` are the same file. Restoring
+//! writes a new data directory whose only member is the one the restore
+//! flags describe: like etcd, a restore starts a new cluster from the data,
+//! it does not rejoin the old one.
 
 use super::state_machine::{Limits, StateMachine};
 use crate::storage::durable_log::{DurableLog, LogOptions};
@@ -70,6 +73,32 @@ impl fmt::Display for SnapshotFileError {
 
 impl std::error::Error for SnapshotFileError {}
 
+const SHA256_LEN: usize = 32;
+const PAGE: usize = 512;
+
+/// Pads framed snapshot bytes to a 512-byte multiple and appends their sha256.
+pub fn seal(mut framed: Vec<u8>) -> Vec<u8> {
+    framed.resize(framed.len().div_ceil(PAGE) * PAGE, 0);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &framed);
+    framed.extend_from_slice(digest.as_ref());
+    framed
+}
+
+/// Checks the sha256 trailer and returns the padded framed bytes before it.
+fn unseal(bytes: &[u8]) -> Result<&[u8], String> {
+    if bytes.len() % PAGE != SHA256_LEN {
+        return Err(format!(
+            "sha256 checksum not found (file of {} bytes)",
+            bytes.len()
+        ));
+    }
+    let (body, sha) = bytes.split_at(bytes.len() - SHA256_LEN);
+    if ring::digest::digest(&ring::digest::SHA256, body).as_ref() != sha {
+        return Err("sha256 checksum mismatch".into());
+    }
+    Ok(body)
+}
+
 /// Reads and checks a snapshot file, reporting progress as
 /// `progress(bytes_read, total)`.
 fn load(
@@ -97,7 +126,8 @@ fn load(
         path: path.to_path_buf(),
         reason,
     };
-    let image = crate::storage::snapshot::decode(&bytes).map_err(invalid)?;
+    let framed = unseal(&bytes).map_err(invalid)?;
+    let image = crate::storage::snapshot::decode_padded(framed).map_err(invalid)?;
     // Identity and limits do not matter for reading; restore sets its own.
     StateMachine::from_snapshot(
         image,

@@ -53,6 +53,30 @@ pub fn encode(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Like [`decode`] for bytes that may carry zero padding after the payload
+/// (saved snapshots are padded to etcd's 512-byte multiple).
+pub fn decode_padded(bytes: &[u8]) -> Result<&[u8], String> {
+    let len = bytes
+        .get(12..HEADER)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| format!("file of {} bytes is shorter than the header", bytes.len()))?;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|l| l.checked_add(HEADER))
+        .filter(|end| *end <= bytes.len())
+        .ok_or_else(|| {
+            format!(
+                "header announces {len} payload bytes, file has {}",
+                bytes.len() - HEADER
+            )
+        })?;
+    if bytes[end..].iter().any(|b| *b != 0) {
+        return Err("unexpected bytes after the payload".into());
+    }
+    decode(&bytes[..end])
+}
+
 /// Checks a snapshot file's bytes and returns the payload.
 pub fn decode(bytes: &[u8]) -> Result<&[u8], String> {
     let Some((header, payload)) = bytes.split_first_chunk::<HEADER>() else {
