@@ -114,7 +114,11 @@ fn save_status_restore_round_trip() {
                     ..Default::default()
                 };
                 match qed::client::Client::connect(std::slice::from_ref(&url), options).await {
-                    Ok(c) => break c,
+                    Ok(c) if common::has_leader(&c).await => break c,
+                    Ok(_) => {
+                        assert!(std::time::Instant::now() < deadline, "no leader");
+                        qed::runtime::sleep(std::time::Duration::from_millis(20)).await;
+                    }
                     Err(e) => {
                         assert!(std::time::Instant::now() < deadline, "{e}");
                         qed::runtime::sleep(std::time::Duration::from_millis(50)).await;

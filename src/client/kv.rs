@@ -30,7 +30,7 @@ pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
 
 /// Which keys an operation covers beyond its key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-enum Span {
+pub(super) enum Span {
     #[default]
     Key,
     Prefix,
@@ -41,7 +41,7 @@ enum Span {
 impl Span {
     /// The key and range end to send. As clientv3 does, an empty key with a
     /// prefix or from-key means every key: `["\0", "\0")`.
-    fn resolve(&self, key: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    pub(super) fn resolve(&self, key: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
         match self {
             Span::Prefix | Span::FromKey if key.is_empty() => (vec![0], vec![0]),
             Span::Key => (key, Vec::new()),
@@ -331,7 +331,7 @@ impl Txn {
     }
 }
 
-fn unexpected(what: &str, got: &Response) -> ClientError {
+pub(super) fn unexpected(what: &str, got: &Response) -> ClientError {
     ClientError::Protocol(format!("expected a {what} response, got {got:?}"))
 }
 

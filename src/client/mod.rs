@@ -8,13 +8,24 @@
 //!
 //! [`Client::call`] and [`Client::open_stream`] speak raw `qed_wire` messages
 //! (the gRPC shim uses them); `kv` adds etcd-style typed methods and a txn
-//! builder.
+//! builder; `watch` ([`Client::watch`], resumed across reconnects without
+//! gaps or duplicates) and `lease` (grant, revoke, keepalive in the
+//! background) follow clientv3 too, and `concurrency` builds sessions,
+//! locks and elections on them as clientv3/concurrency does.
 
+pub mod concurrency;
 mod kv;
+mod lease;
+mod watch;
 
+use kv::unexpected;
 pub use kv::{
     Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
 };
+pub use lease::KeepAlive;
+pub use qed_wire::kv::{Event, EventType, KeyValue};
+pub use qed_wire::watch::WatchResponse;
+pub use watch::{WatchOptions, Watcher};
 
 use crate::runtime::{self, Mutex};
 use crate::transport::{self, stream, tls::TlsFiles, url::Endpoint, TransportError};
@@ -174,6 +185,16 @@ impl Client {
             .await
             .map_err(|_| ClientError::Timeout)??;
         Ok(client)
+    }
+
+    /// The token this client sends with its calls.
+    pub fn token(&self) -> Option<String> {
+        self.inner.options.token.clone()
+    }
+
+    /// The per-call deadline from [`ConnectOptions`].
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.options.request_timeout
     }
 
     /// One unary call with the client's own token.

@@ -355,6 +355,22 @@ impl Store {
         }
     }
 
+    /// Deletes every listed key that exists, all in one revision, with no
+    /// limit on how many (a lease revoke deletes all its keys at once,
+    /// beyond the txn op limit). Returns the delete events, in the order of
+    /// `keys`; no existing key means no new revision and no events.
+    pub fn delete_keys(&mut self, keys: &[Vec<u8>]) -> Vec<Event> {
+        let mut pending = self.begin();
+        for key in keys.iter().filter(|k| !k.is_empty()) {
+            let req = DeleteRangeRequest {
+                key: key.clone(),
+                ..DeleteRangeRequest::default()
+            };
+            self.apply_delete(&mut pending, &req);
+        }
+        self.commit(pending)
+    }
+
     /// Runs a read-only txn (only ranges, no nested txns, as etcd's
     /// `isTxnReadonly` defines it) without `&mut`: for serializable reads
     /// from a shared view. Refuses a txn that could write.

@@ -1171,3 +1171,40 @@ fn read_only_txns_run_on_a_shared_view() {
     );
     assert!(!is_read_only_txn(&nested));
 }
+
+#[test]
+fn delete_keys_deletes_many_in_one_revision_beyond_the_txn_limit() {
+    let mut s = Store::new();
+    let keys: Vec<Vec<u8>> = (0..300).map(|i| b(&format!("lease/{i:03}"))).collect();
+    for k in &keys {
+        s.put(
+            &PutRequest {
+                key: k.clone(),
+                value: b("v"),
+                ..Default::default()
+            },
+            &no_lease,
+        )
+        .unwrap();
+    }
+    let before = s.revision();
+    // A missing key is skipped, not an error.
+    let mut asked = keys.clone();
+    asked.push(b("missing"));
+    let events = s.delete_keys(&asked);
+    assert_eq!(events.len(), 300);
+    assert_eq!(s.revision(), before + 1);
+    assert!(events
+        .iter()
+        .all(|e| e.kind == EventType::Delete && e.kv.mod_revision == before + 1));
+    assert!(events.iter().all(|e| e.prev_kv.is_some()));
+    let all = RangeRequest {
+        key: b("lease/"),
+        range_end: b("lease0"),
+        ..Default::default()
+    };
+    assert_eq!(s.range(&all).unwrap().kvs.len(), 0);
+    // Nothing left to delete: no new revision.
+    assert!(s.delete_keys(&keys).is_empty());
+    assert_eq!(s.revision(), before + 1);
+}

@@ -13,7 +13,9 @@ pub mod raft_loop;
 pub mod service;
 pub mod snapshot_file;
 pub mod state_machine;
+pub mod watchers;
 
+use crate::lease::{min_lease_ttl, LeaseConfig};
 use crate::raft;
 use crate::runtime::channel;
 use crate::storage::durable_log::{DurableLog, LogOptions};
@@ -27,7 +29,16 @@ use state_machine::{Limits, StateMachine};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use watchers::Watchers;
+
+/// Milliseconds of the process's monotonic clock: the `now` the pure
+/// lessor and watch hub are given.
+pub(crate) fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Everything a node needs to start; the `qed` binary fills it from flags.
 #[derive(Debug, Clone)]
@@ -149,6 +160,9 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         ));
     }
     let server_config = transport::tls::server_config(&files, qed_wire::CLIENT_ALPN)?;
+    // The private key is stable across restarts and secret: a good seed for
+    // the stateless-reset key (see `transport::endpoint`).
+    let reset_secret = files.key.as_ref().and_then(|k| std::fs::read(k).ok());
     let identity = Identity::new(
         config.name.clone(),
         config.initial_advertise_peer_urls.clone(),
@@ -160,12 +174,15 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     let options = LoopOptions {
         tick: config.heartbeat_interval,
         snapshot_count: config.snapshot_count.max(1),
+        election_timeout: config.heartbeat_interval * config.election_ticks.max(2),
     };
-    let (raft, stopped) = raft_loop::start(core, log, state.clone(), options);
-    let node = Arc::new(Node::new(identity, state, raft));
+    let watchers = Watchers::start(state.clone());
+    let (raft, stopped) = raft_loop::start(core, log, state.clone(), watchers.clone(), options);
+    let node = Arc::new(Node::new(identity, state, raft, watchers));
     let mut endpoints = Vec::new();
     for url in &listen {
-        let endpoint = transport::endpoint::server(url.addr, server_config.clone())?;
+        let endpoint =
+            transport::endpoint::server(url.addr, server_config.clone(), reset_secret.as_deref())?;
         log::info!("serving client requests on {} (QUIC)", url.addr);
         crate::runtime::spawn(service::serve(endpoint.clone(), node.clone()));
         endpoints.push(endpoint);
@@ -183,8 +200,13 @@ fn recover(
     config: &NodeConfig,
     identity: &Identity,
 ) -> Result<(StateMachine, raft::Node, DurableLog), ServerError> {
+    let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(100);
     let limits = Limits {
         quota_bytes: config.quota_backend_bytes,
+        lease: LeaseConfig {
+            min_ttl: min_lease_ttl(u64::from(config.election_ticks.max(2)), heartbeat_ms),
+            ..LeaseConfig::default()
+        },
     };
     let member_dir = config.data_dir.join("member");
     let started = std::time::Instant::now();

@@ -5,10 +5,18 @@
 //! confirmation and then read the local state machine; serializable reads
 //! read it at once; membership and status are answered from here. It stamps
 //! the response header (the state machine stamps the revision).
+//!
+//! Leases: TimeToLive and keepalives are leader-only and go through no log
+//! entry (etcd answers them from the leader's lessor once its apply index
+//! has caught up); a non-leader answers `NotLeader`. Watches are served by
+//! the [`Watchers`] hub this node shares with the Raft loop.
 
 use super::raft_loop::RaftHandle;
 use super::state_machine::{self, StateMachine};
+use super::watchers::Watchers;
+use crate::lease::LeaseError;
 use qed_wire::cluster::{Member, MembersResponse};
+use qed_wire::lease::LeaseKeepAliveResponse;
 use qed_wire::maintenance::{AlarmType, StatusResponse};
 use qed_wire::{Error, Reply, Request, Response, ResponseHeader};
 use std::sync::atomic::Ordering;
@@ -68,15 +76,69 @@ pub struct Node {
     identity: Identity,
     state: Arc<RwLock<StateMachine>>,
     raft: RaftHandle,
+    watchers: Arc<Watchers>,
 }
 
 impl Node {
-    pub fn new(identity: Identity, state: Arc<RwLock<StateMachine>>, raft: RaftHandle) -> Self {
+    pub fn new(
+        identity: Identity,
+        state: Arc<RwLock<StateMachine>>,
+        raft: RaftHandle,
+        watchers: Arc<Watchers>,
+    ) -> Self {
         Node {
             identity,
             state,
             raft,
+            watchers,
         }
+    }
+
+    /// The watch hub, for watch streams.
+    pub fn watchers(&self) -> &Arc<Watchers> {
+        &self.watchers
+    }
+
+    /// Fills in who answered: cluster, member and Raft term (the revision
+    /// is the caller's).
+    pub fn stamp(&self, header: &mut ResponseHeader) {
+        header.cluster_id = self.identity.cluster_id;
+        header.member_id = self.identity.member_id;
+        header.raft_term = self.raft.status.term.load(Ordering::Relaxed);
+    }
+
+    /// One keepalive, answered by the leader without a log entry: a lease
+    /// that is gone (or expired, its revoke on the way) answers TTL 0.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+        self.wait_applied().await?;
+        let renewed = self
+            .state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .lessor_mut()
+            .renew(id, super::now_ms());
+        let ttl = match renewed {
+            Ok(ttl) => ttl,
+            Err(LeaseError::NotFound | LeaseError::Expired) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let mut resp = LeaseKeepAliveResponse {
+            header: self.local_header(),
+            id,
+            ttl,
+        };
+        self.stamp(&mut resp.header);
+        Ok(resp)
+    }
+
+    /// etcd's `waitAppliedIndex`: lease answers need every committed entry
+    /// applied (a grant or revoke still in flight would be missed).
+    async fn wait_applied(&self) -> Result<(), Error> {
+        let status = &self.raft.status;
+        if status.applied.load(Ordering::Relaxed) < status.commit.load(Ordering::Relaxed) {
+            self.raft.read_index().await?;
+        }
+        Ok(())
     }
 
     pub fn identity(&self) -> &Identity {
@@ -107,6 +169,15 @@ impl Node {
                 auth_revision: 0,
             },
             req if state_machine::is_write(req) => self.raft.propose(req.clone()).await?,
+            Request::LeaseTimeToLive(r) => {
+                self.wait_applied().await?;
+                let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+                Response::LeaseTimeToLive(state.lease_time_to_live(
+                    r.id,
+                    r.keys,
+                    super::now_ms(),
+                )?)
+            }
             Request::Range(r) if !r.serializable => {
                 self.raft.read_index().await?;
                 self.read(&req)?
@@ -119,9 +190,7 @@ impl Node {
             req => self.read(req)?,
         };
         let header = resp.header_mut();
-        header.cluster_id = self.identity.cluster_id;
-        header.member_id = self.identity.member_id;
-        header.raft_term = self.raft.status.term.load(Ordering::Relaxed);
+        self.stamp(header);
         Ok(resp)
     }
 

@@ -18,6 +18,15 @@
 //!    callers answered;
 //! 4. confirmed reads are released once the applied index reaches them.
 //!
+//! Leases and watches hang off the apply step: each applied write's events
+//! go to the [`Watchers`] hub in the same critical section (the hub never
+//! blocks: slow watchers are demoted, not waited for), and the loop drives
+//! the lessor's leader-local duties: `promote` when this member becomes
+//! leader, `demote` when it stops, and every 500 ms (an
+//! [`Input::CheckLeases`] from a second ticker) it proposes a revoke for
+//! each lease `expired` names. A `LeaseGrant` without an ID gets one here,
+//! before it is proposed, so every member applies the same ID.
+//!
 //! Every `snapshot_count` applied entries the state machine is cloned (cheap),
 //! serialized on the blocking pool, and handed to the writer, which saves it
 //! and releases the WAL segments it covers.
@@ -26,12 +35,15 @@
 //! `etcdserver: server stopped`, and the node reports why it stopped.
 
 use super::state_machine::StateMachine;
+use super::watchers::Watchers;
+use crate::lease::{lease_id_from, LEASE_REVOKE_RATE};
 use crate::raft::{self, PersistToken, ProposeError, Role};
 use crate::runtime::{self, channel};
 use crate::storage::durable_log::{DurableLog, SnapshotWriter};
 use crate::storage::StorageError;
 use crate::wire::command::Command;
 use crate::wire::raft::{Entry, EntryType, HardState, SnapshotMeta};
+use qed_wire::lease::LeaseRevokeRequest;
 use qed_wire::{Error, Reply, Request};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +53,8 @@ use std::time::Duration;
 /// What the loop reacts to.
 pub enum Input {
     Tick,
+    /// Time for the leader to look for expired leases.
+    CheckLeases,
     Propose {
         request: Request,
         reply: channel::Sender<Reply>,
@@ -79,7 +93,12 @@ pub struct LoopOptions {
     pub tick: Duration,
     /// etcd's `--snapshot-count`.
     pub snapshot_count: u64,
+    /// etcd's `--election-timeout`: a new leader extends every lease by it.
+    pub election_timeout: Duration,
 }
+
+/// How often the leader looks for expired leases (etcd: 500 ms).
+const LEASE_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// How callers reach the loop.
 #[derive(Clone)]
@@ -132,6 +151,7 @@ pub fn start(
     mut core: raft::Node,
     log: DurableLog,
     state: Arc<RwLock<StateMachine>>,
+    watchers: Arc<Watchers>,
     options: LoopOptions,
 ) -> (RaftHandle, channel::Receiver<String>) {
     let (inbox, inputs) = channel::unbounded();
@@ -144,6 +164,15 @@ pub fn start(
         loop {
             runtime::sleep(options.tick).await;
             if ticker.send(Input::Tick).await.is_err() {
+                return;
+            }
+        }
+    });
+    let lease_ticker = inbox.clone();
+    runtime::spawn(async move {
+        loop {
+            runtime::sleep(LEASE_CHECK_EVERY).await;
+            if lease_ticker.send(Input::CheckLeases).await.is_err() {
                 return;
             }
         }
@@ -162,6 +191,8 @@ pub fn start(
     let mut driver = Driver {
         core,
         state,
+        watchers,
+        leading: false,
         status: status.clone(),
         jobs,
         snapshots,
@@ -197,6 +228,9 @@ fn boot_nonce() -> u64 {
 struct Driver {
     core: raft::Node,
     state: Arc<RwLock<StateMachine>>,
+    watchers: Arc<Watchers>,
+    /// Whether the lessor was last promoted (this member leads).
+    leading: bool,
     status: Arc<RaftStatus>,
     jobs: std::sync::mpsc::Sender<PersistJob>,
     /// Writes our own snapshot files, off the WAL writer.
@@ -244,25 +278,8 @@ impl Driver {
     fn handle(&mut self, input: Input) -> Result<(), String> {
         match input {
             Input::Tick => self.core.tick(),
-            Input::Propose { request, reply } => {
-                self.next_id += 1;
-                let id = self.id_base | self.next_id;
-                let command = Command { id, request };
-                match postcard::to_allocvec(&command) {
-                    Ok(data) => match self.core.propose(data) {
-                        Ok(()) => {
-                            self.proposals.insert(id, reply);
-                        }
-                        Err(e) => {
-                            let _ = reply.try_send(Err(propose_error(e)));
-                        }
-                    },
-                    Err(e) => {
-                        let _ = reply
-                            .try_send(Err(Error::Internal(format!("cannot encode proposal: {e}"))));
-                    }
-                }
-            }
+            Input::Propose { request, reply } => self.propose(request, Some(reply)),
+            Input::CheckLeases => self.check_leases(),
             Input::ReadIndex { reply } => {
                 self.next_id += 1;
                 let ctx = self.id_base | self.next_id;
@@ -308,6 +325,69 @@ impl Driver {
         Ok(())
     }
 
+    /// Proposes a command; `reply` (if any) gets the applied result.
+    fn propose(&mut self, mut request: Request, reply: Option<channel::Sender<Reply>>) {
+        self.next_id += 1;
+        let id = self.id_base | self.next_id;
+        if let Request::LeaseGrant(grant) = &mut request {
+            if grant.id == 0 {
+                // Command IDs are unique per member across restarts; mixed
+                // so that IDs do not look sequential (etcd's look random).
+                grant.id = lease_id_from(mix64(id));
+            }
+        }
+        let command = Command { id, request };
+        let answer = |e: Error| {
+            if let Some(reply) = &reply {
+                let _ = reply.try_send(Err(e));
+            }
+        };
+        match postcard::to_allocvec(&command) {
+            Ok(data) => match self.core.propose(data) {
+                Ok(()) => {
+                    if let Some(reply) = reply {
+                        self.proposals.insert(id, reply);
+                    }
+                }
+                Err(e) => answer(propose_error(e)),
+            },
+            Err(e) => answer(Error::Internal(format!("cannot encode proposal: {e}"))),
+        }
+    }
+
+    /// The leader proposes a revoke for each expired lease; the lessor
+    /// names a lease again later if the revoke gets lost.
+    fn check_leases(&mut self) {
+        if !self.leading {
+            return;
+        }
+        let expired = self
+            .state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .lessor_mut()
+            .expired(super::now_ms(), LEASE_REVOKE_RATE / 2);
+        for id in expired {
+            log::debug!("lease {id:x} expired; revoking");
+            self.propose(Request::LeaseRevoke(LeaseRevokeRequest { id }), None);
+        }
+    }
+
+    /// Keeps the lessor's leader-local state in step with the role.
+    fn set_leading(&mut self, leading: bool) {
+        if leading == self.leading {
+            return;
+        }
+        self.leading = leading;
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if leading {
+            let extend = u64::try_from(self.options.election_timeout.as_millis()).unwrap_or(0);
+            state.lessor_mut().promote(super::now_ms(), extend);
+        } else {
+            state.lessor_mut().demote();
+        }
+    }
+
     fn drain_ready(&mut self) -> Result<(), String> {
         // Bounded: each Ready hands out work; a core that kept producing
         // Readys without input would be a bug, not a reason to spin forever.
@@ -318,6 +398,7 @@ impl Driver {
             let rd = self.core.ready();
             if let Some(soft) = rd.soft_state {
                 self.status.leader.store(soft.leader, Ordering::Relaxed);
+                self.set_leading(soft.role == Role::Leader);
                 if soft.role != Role::Leader {
                     // Proposals in flight may still commit under the new
                     // leader, but this member can no longer vouch for them.
@@ -390,13 +471,20 @@ impl Driver {
         if entries.is_empty() {
             return;
         }
+        let now = super::now_ms();
+        let mut applied_events = Vec::new();
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
             match entry.kind {
                 EntryType::Normal if !entry.data.is_empty() => {
                     match postcard::from_bytes::<Command>(&entry.data) {
                         Ok(command) => {
-                            let reply = state.apply_entry(entry.index, &command.request);
+                            let mut events = Vec::new();
+                            let reply =
+                                state.apply_entry(entry.index, &command.request, now, &mut events);
+                            if !events.is_empty() {
+                                applied_events.push((events, state.revision()));
+                            }
                             if let (Some(reply), Some(waiter)) =
                                 (reply, self.proposals.remove(&command.id))
                             {
@@ -415,6 +503,9 @@ impl Driver {
                 _ => state.skip(entry.index),
             }
         }
+        // Still under the state lock, so the catch-up task never sees a
+        // store ahead of the hub (see `watchers`).
+        self.watchers.on_apply(&applied_events);
         self.status
             .applied
             .store(state.applied(), Ordering::Relaxed);
@@ -435,6 +526,11 @@ impl Driver {
         let (member, limits) = state.identity();
         *state = StateMachine::from_snapshot(&snapshot.data, member, limits)
             .map_err(|e| format!("snapshot from the leader does not load: {e}"))?;
+        if self.leading {
+            let extend = u64::try_from(self.options.election_timeout.as_millis()).unwrap_or(0);
+            state.lessor_mut().promote(super::now_ms(), extend);
+        }
+        self.watchers.restore(state.revision());
         self.snapshot_base = snapshot.meta.index;
         self.status
             .applied
@@ -493,6 +589,13 @@ impl Driver {
             }
         }
     }
+}
+
+/// splitmix64's finalizer: a bijection, so distinct inputs stay distinct.
+fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 fn propose_error(e: ProposeError) -> Error {

@@ -5,12 +5,19 @@
 //! refused with `RequestTooLarge` and its stream stopped, a frame that does
 //! not decode gets `InvalidArgument`, and either way only that stream ends;
 //! the connection and every other client carry on.
+//!
+//! Streaming calls: a watch stream has a reader task (requests into the
+//! hub) and a writer (the hub's queued responses out, woken through the
+//! stream's channel); either side ending drops the stream's watches. A
+//! keepalive stream answers each request in turn from the leader's lessor.
 
 use super::node::Node;
 use crate::runtime;
 use crate::transport::{stream, TransportError};
 use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_REQUEST_BYTES, MAX_SERVER_FRAME};
+use qed_wire::lease::LeaseKeepAliveRequest;
 use qed_wire::maintenance::SnapshotResponse;
+use qed_wire::watch::WatchRequest;
 use qed_wire::{Call, ClientRequest, Error, Reply, ResponseHeader, StreamAccept};
 use quinn::{RecvStream, SendStream, VarInt};
 use std::sync::Arc;
@@ -78,16 +85,90 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, node: Arc<Node
             reply(&mut send, answer).await
         }
         Call::Snapshot => send_snapshot(&mut send, &node).await,
-        Call::Watch | Call::LeaseKeepAlive => {
-            let name = if request.call == Call::Watch {
-                "Watch/Watch"
-            } else {
-                "Lease/LeaseKeepAlive"
-            };
-            let refusal: StreamAccept = Err(Error::Unimplemented(name.into()));
-            send_last(&mut send, &refusal).await
+        Call::Watch => serve_watch(send, recv, node).await,
+        Call::LeaseKeepAlive => serve_keep_alive(send, recv, node).await,
+    }
+}
+
+/// A watch stream: requests feed the hub; the hub's responses go out in
+/// queue order, stamped with this member's header fields.
+async fn serve_watch(mut send: SendStream, mut recv: RecvStream, node: Arc<Node>) {
+    let accepted: StreamAccept = Ok(());
+    if stream::write(&mut send, &accepted, MAX_SERVER_FRAME)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let watchers = node.watchers().clone();
+    let slot = watchers.open();
+    let stream_id = slot.id;
+    let reader_watchers = watchers.clone();
+    runtime::spawn(async move {
+        loop {
+            match stream::read::<WatchRequest>(&mut recv, MAX_CLIENT_FRAME).await {
+                Ok(Some(req)) => reader_watchers.request(stream_id, req),
+                Ok(None) => break,
+                Err(e) => {
+                    log::debug!("watch stream {stream_id} read failed: {e}");
+                    let _ = recv.stop(FRAME_VIOLATION);
+                    break;
+                }
+            }
+        }
+        // Dropping the wake-up sender ends the writer below.
+        reader_watchers.close(stream_id);
+    });
+    while slot.wake.recv().await.is_ok() {
+        for mut resp in watchers.take(stream_id) {
+            node.stamp(&mut resp.header);
+            if let Err(e) = stream::write(&mut send, &resp, MAX_SERVER_FRAME).await {
+                log::debug!("watch stream {stream_id} write failed: {e}");
+                watchers.close(stream_id);
+                return;
+            }
         }
     }
+    let _ = send.finish();
+}
+
+/// A keepalive stream: one response per request, from the leader.
+async fn serve_keep_alive(mut send: SendStream, mut recv: RecvStream, node: Arc<Node>) {
+    let accepted: StreamAccept = Ok(());
+    if stream::write(&mut send, &accepted, MAX_SERVER_FRAME)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let req = match stream::read::<LeaseKeepAliveRequest>(&mut recv, MAX_CLIENT_FRAME).await {
+            Ok(Some(req)) => req,
+            Ok(None) => break,
+            Err(e) => {
+                log::debug!("keepalive stream read failed: {e}");
+                let _ = recv.stop(FRAME_VIOLATION);
+                break;
+            }
+        };
+        match node.lease_keep_alive(req.id).await {
+            Ok(resp) => {
+                if stream::write(&mut send, &resp, MAX_SERVER_FRAME)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            // Not the leader (or stopped): end the stream so the client
+            // reconnects, as etcd's keepalive stream errors out.
+            Err(e) => {
+                log::debug!("keepalive refused: {e}");
+                break;
+            }
+        }
+    }
+    let _ = send.finish();
 }
 
 /// Bytes per snapshot chunk (etcd sends 32 KiB).

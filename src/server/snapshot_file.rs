@@ -134,6 +134,7 @@ fn load(
         0,
         Limits {
             quota_bytes: u64::MAX,
+            lease: crate::lease::LeaseConfig::default(),
         },
     )
     .map_err(|e| invalid(e.to_string()))

@@ -9,11 +9,26 @@
 //! writes: with NOSPACE raised, puts and txns that write are refused until
 //! an operator compacts and disarms, exactly as etcd's capped applier.
 //!
+//! Leases live here too: the [`Lessor`]'s replicated part (grants, TTLs,
+//! attached keys) changes only through applied entries and is part of the
+//! snapshot, so leases survive restarts. Its leader-local part (deadlines)
+//! is driven by the Raft loop (`promote`, `demote`, `expired`) and by
+//! keepalives; time enters only as the `now_ms` argument, which affects
+//! deadlines and never the replicated state.
+//!
+//! Every applied write also returns its events (for the watch hub), and the
+//! lessor follows the same events, so a key's lease is always the lease of
+//! its newest version.
+//!
 //! Cloning is cheap (the key space is a persistent map), so snapshots are
 //! serialized from a clone while applying goes on.
 
-use crate::mvcc::{MvccError, Store};
+use crate::lease::{LeaseConfig, LeaseError, LeaseId, LeaseSnapshot, Lessor};
+use crate::mvcc::{Event, MvccError, Store};
 use qed_wire::kv::{RequestOp, TxnRequest};
+use qed_wire::lease::{
+    LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
+};
 use qed_wire::maintenance::{
     AlarmAction, AlarmMember, AlarmResponse, AlarmType, HashKvResponse, HashResponse,
 };
@@ -21,16 +36,19 @@ use qed_wire::{Error, Reply, Request, Response};
 use serde::{Deserialize, Serialize};
 
 /// Limits enforced at apply time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// `--quota-backend-bytes`: in-memory bytes of key space plus history
     /// beyond which NOSPACE is raised.
     pub quota_bytes: u64,
+    /// Lease settings (minimum TTL from the election timeout).
+    pub lease: LeaseConfig,
 }
 
 #[derive(Clone)]
 pub struct StateMachine {
     kv: Store,
+    lessor: Lessor,
     alarms: Vec<AlarmMember>,
     /// Index of the last log entry applied.
     applied: u64,
@@ -45,12 +63,27 @@ struct Image {
     applied: u64,
     kv: Vec<u8>,
     alarms: Vec<AlarmMember>,
+    leases: LeaseSnapshot,
+}
+
+/// [`Image`] as written before leases were part of it; still read, so data
+/// directories and snapshot files from then load (with no leases).
+#[derive(Deserialize)]
+struct ImageWithoutLeases {
+    applied: u64,
+    kv: Vec<u8>,
+    alarms: Vec<AlarmMember>,
 }
 
 /// Whether a request changes state (and so must go through the log).
 pub fn is_write(req: &Request) -> bool {
     match req {
-        Request::Range(_) | Request::Hash(_) | Request::HashKv(_) | Request::Status(_) => false,
+        Request::Range(_)
+        | Request::Hash(_)
+        | Request::HashKv(_)
+        | Request::Status(_)
+        | Request::LeaseTimeToLive(_)
+        | Request::LeaseLeases(_) => false,
         Request::Alarm(a) => a.action != AlarmAction::Get,
         Request::Txn(t) => !crate::mvcc::is_read_only_txn(t),
         _ => true,
@@ -84,6 +117,7 @@ impl StateMachine {
     pub fn new(member_id: u64, limits: Limits) -> Self {
         StateMachine {
             kv: Store::new(),
+            lessor: Lessor::new(limits.lease.clone()),
             alarms: Vec::new(),
             applied: 0,
             limits,
@@ -93,10 +127,21 @@ impl StateMachine {
 
     /// Rebuilds a state machine from [`StateMachine::to_snapshot`]'s bytes.
     pub fn from_snapshot(bytes: &[u8], member_id: u64, limits: Limits) -> Result<Self, MvccError> {
-        let image: Image = postcard::from_bytes(bytes)
-            .map_err(|e| MvccError::Corrupt(format!("state snapshot: {e}")))?;
+        let image: Image = match postcard::from_bytes(bytes) {
+            Ok(image) => image,
+            Err(e) => match postcard::from_bytes::<ImageWithoutLeases>(bytes) {
+                Ok(old) => Image {
+                    applied: old.applied,
+                    kv: old.kv,
+                    alarms: old.alarms,
+                    leases: LeaseSnapshot::default(),
+                },
+                Err(_) => return Err(MvccError::Corrupt(format!("state snapshot: {e}"))),
+            },
+        };
         Ok(StateMachine {
             kv: Store::from_bytes(&image.kv)?,
+            lessor: Lessor::from_snapshot(limits.lease.clone(), image.leases),
             alarms: image.alarms,
             applied: image.applied,
             limits,
@@ -110,13 +155,14 @@ impl StateMachine {
             applied: self.applied,
             kv: self.kv.to_bytes()?,
             alarms: self.alarms.clone(),
+            leases: self.lessor.snapshot(),
         };
         postcard::to_allocvec(&image).map_err(|e| MvccError::Corrupt(e.to_string()))
     }
 
     /// What a state machine rebuilt from a snapshot keeps of this one.
     pub fn identity(&self) -> (u64, Limits) {
-        (self.member_id, self.limits)
+        (self.member_id, self.limits.clone())
     }
 
     pub fn applied(&self) -> u64 {
@@ -129,17 +175,58 @@ impl StateMachine {
     }
 
     /// Applies the command of log entry `index`; `None` if that entry was
-    /// applied already (replay after a restart from a snapshot).
-    pub fn apply_entry(&mut self, index: u64, req: &Request) -> Option<Reply> {
+    /// applied already (replay after a restart from a snapshot). The events
+    /// the write produced (one revision's, in order) are appended to
+    /// `events`. `now_ms` (the driver's monotonic clock) only sets the
+    /// leader's deadline for a granted lease.
+    pub fn apply_entry(
+        &mut self,
+        index: u64,
+        req: &Request,
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Option<Reply> {
         if index <= self.applied {
             return None;
         }
         self.applied = index;
-        Some(self.apply(req))
+        Some(self.apply(req, now_ms, events))
+    }
+
+    /// The lessor, for the driver's leader-local duties (promote, demote,
+    /// expiry, keepalives).
+    pub fn lessor_mut(&mut self) -> &mut Lessor {
+        &mut self.lessor
+    }
+
+    /// etcd's TimeToLive, on the leader: a lease that does not exist (or
+    /// expired) answers TTL -1, as etcd's v3rpc does.
+    pub fn lease_time_to_live(
+        &self,
+        id: LeaseId,
+        keys: bool,
+        now_ms: u64,
+    ) -> Result<LeaseTimeToLiveResponse, Error> {
+        let mut resp = match self.lessor.time_to_live(id, now_ms, keys) {
+            Ok(resp) => resp,
+            Err(LeaseError::NotFound | LeaseError::Expired) => LeaseTimeToLiveResponse {
+                id,
+                ttl: -1,
+                ..LeaseTimeToLiveResponse::default()
+            },
+            Err(e) => return Err(e.into()),
+        };
+        resp.header.revision = self.kv.revision();
+        Ok(resp)
     }
 
     pub fn revision(&self) -> i64 {
         self.kv.revision()
+    }
+
+    /// An O(1) copy of the key space, for watch catch-up off the lock.
+    pub fn store_view(&self) -> Store {
+        self.kv.clone()
     }
 
     /// Bytes the state takes, as `Status` reports and the quota counts.
@@ -172,16 +259,13 @@ impl StateMachine {
 
     /// Applies a write, stamping the header's revision. Errors leave the
     /// state unchanged.
-    fn apply(&mut self, req: &Request) -> Reply {
-        let mut resp = self.apply_unstamped(req)?;
+    fn apply(&mut self, req: &Request, now_ms: u64, events: &mut Vec<Event>) -> Reply {
+        let mut resp = self.apply_unstamped(req, now_ms, events)?;
         resp.header_mut().revision = self.kv.revision();
         Ok(resp)
     }
 
-    fn apply_unstamped(&mut self, req: &Request) -> Reply {
-        // No leases exist until the lessor lands, so any lease is unknown,
-        // which is etcd's answer for a lease that does not exist.
-        let no_leases = |_: i64| false;
+    fn apply_unstamped(&mut self, req: &Request, now_ms: u64, events: &mut Vec<Event>) -> Reply {
         let no_space = self.alarms.iter().any(|a| a.alarm == AlarmType::Nospace);
         if cost(req) > 0 {
             if no_space {
@@ -192,12 +276,46 @@ impl StateMachine {
                 return Err(Error::NoSpace);
             }
         }
-        Ok(match req {
-            Request::Put(p) => Response::Put(self.kv.put(p, &no_leases).map_err(Error::from)?.0),
-            Request::DeleteRange(d) => {
-                Response::DeleteRange(self.kv.delete_range(d).map_err(Error::from)?.0)
+        let lessor = &self.lessor;
+        let lease_exists = |id: i64| lessor.contains(id);
+        let (resp, written) = match req {
+            Request::Put(p) => {
+                let (resp, evs) = self.kv.put(p, &lease_exists).map_err(Error::from)?;
+                (Response::Put(resp), evs)
             }
-            Request::Txn(t) => Response::Txn(self.kv.txn(t, &no_leases).map_err(Error::from)?.0),
+            Request::DeleteRange(d) => {
+                let (resp, evs) = self.kv.delete_range(d).map_err(Error::from)?;
+                (Response::DeleteRange(resp), evs)
+            }
+            Request::Txn(t) => {
+                let (resp, evs) = self.kv.txn(t, &lease_exists).map_err(Error::from)?;
+                (Response::Txn(resp), evs)
+            }
+            Request::LeaseGrant(g) => {
+                let ttl = self.lessor.grant(g.id, g.ttl, now_ms)?;
+                let resp = LeaseGrantResponse {
+                    id: g.id,
+                    ttl,
+                    ..LeaseGrantResponse::default()
+                };
+                (Response::LeaseGrant(resp), Vec::new())
+            }
+            Request::LeaseRevoke(r) => {
+                // The lease's keys go in one revision, however many there
+                // are; watchers see them as ordinary deletes.
+                let keys = self.lessor.revoke(r.id)?;
+                let evs = self.kv.delete_keys(&keys);
+                (Response::LeaseRevoke(LeaseRevokeResponse::default()), evs)
+            }
+            other => (self.apply_other(other)?, Vec::new()),
+        };
+        self.lessor.apply_events(&written);
+        events.extend(written);
+        Ok(resp)
+    }
+
+    fn apply_other(&mut self, req: &Request) -> Reply {
+        Ok(match req {
             Request::Compact(c) => {
                 self.kv.compact(c.revision).map_err(Error::from)?;
                 Response::Compact(Default::default())
@@ -258,6 +376,10 @@ impl StateMachine {
                 header: Default::default(),
                 alarms: self.alarms.clone(),
             }),
+            Request::LeaseLeases(_) => Response::LeaseLeases(LeaseLeasesResponse {
+                header: Default::default(),
+                leases: self.lessor.leases(),
+            }),
             other => return Err(Error::Unimplemented(other.method().to_string())),
         })
     }
@@ -272,5 +394,110 @@ impl StateMachine {
             log::warn!("alarm raised: {alarm:?} on member {member_id:x}");
             self.alarms.push(AlarmMember { member_id, alarm });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qed_wire::kv::{EventType, PutRequest};
+    use qed_wire::lease::{LeaseGrantRequest, LeaseRevokeRequest};
+
+    fn machine() -> StateMachine {
+        StateMachine::new(
+            1,
+            Limits {
+                quota_bytes: u64::MAX,
+                lease: LeaseConfig::default(),
+            },
+        )
+    }
+
+    fn apply(sm: &mut StateMachine, index: u64, req: Request) -> (Reply, Vec<Event>) {
+        let mut events = Vec::new();
+        let reply = sm
+            .apply_entry(index, &req, 0, &mut events)
+            .expect("a new index applies");
+        (reply, events)
+    }
+
+    fn put(key: &str, lease: i64) -> Request {
+        Request::Put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn revoke_deletes_attached_keys_in_one_revision_and_leases_survive_snapshots() {
+        let mut sm = machine();
+        let grant = Request::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 7 });
+        assert!(apply(&mut sm, 1, grant).0.is_ok());
+        let (reply, _) = apply(&mut sm, 2, put("a", 99));
+        assert_eq!(reply, Err(Error::LeaseNotFound));
+        for (i, k) in ["a", "b", "c"].iter().enumerate() {
+            let (reply, events) = apply(&mut sm, 3 + i as u64, put(k, 7));
+            assert!(reply.is_ok());
+            assert_eq!(events.len(), 1);
+        }
+        // Moving "c" to no lease detaches it.
+        assert!(apply(&mut sm, 6, put("c", 0)).0.is_ok());
+
+        // Leases and attachments come back from a snapshot.
+        let bytes = sm.to_snapshot().unwrap();
+        let (member, limits) = sm.identity();
+        let mut sm = StateMachine::from_snapshot(&bytes, member, limits).unwrap();
+        assert_eq!(
+            sm.read(&Request::LeaseLeases(Default::default())),
+            Ok(Response::LeaseLeases(LeaseLeasesResponse {
+                header: qed_wire::ResponseHeader {
+                    revision: 5,
+                    ..Default::default()
+                },
+                leases: vec![7],
+            }))
+        );
+
+        let before = sm.revision();
+        let (reply, events) = apply(
+            &mut sm,
+            7,
+            Request::LeaseRevoke(LeaseRevokeRequest { id: 7 }),
+        );
+        assert_eq!(reply.unwrap().header().revision, before + 1);
+        let deleted: Vec<(&[u8], EventType, i64)> = events
+            .iter()
+            .map(|e| (e.kv.key.as_slice(), e.kind, e.kv.mod_revision))
+            .collect();
+        assert_eq!(
+            deleted,
+            vec![
+                (&b"a"[..], EventType::Delete, before + 1),
+                (&b"b"[..], EventType::Delete, before + 1)
+            ]
+        );
+        let revoke_again = Request::LeaseRevoke(LeaseRevokeRequest { id: 7 });
+        assert_eq!(apply(&mut sm, 8, revoke_again).0, Err(Error::LeaseNotFound));
+    }
+
+    #[test]
+    fn snapshots_from_before_leases_still_load() {
+        #[derive(Serialize)]
+        struct Old {
+            applied: u64,
+            kv: Vec<u8>,
+            alarms: Vec<AlarmMember>,
+        }
+        let old = Old {
+            applied: 3,
+            kv: Store::new().to_bytes().unwrap(),
+            alarms: Vec::new(),
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let (member, limits) = machine().identity();
+        let sm = StateMachine::from_snapshot(&bytes, member, limits).unwrap();
+        assert_eq!(sm.applied(), 3);
     }
 }

@@ -4,6 +4,13 @@
 //! streams (every call is a stream, so 128 in-flight calls need 128 streams),
 //! keep-alives well inside the idle timeout so a quiet client on a lossy link
 //! keeps its connection.
+//!
+//! A node's endpoint derives its stateless-reset key from a stable secret
+//! (its TLS private key) rather than a random one, and its connection IDs
+//! are plain random ones (not signed with a per-run key), so after a restart on
+//! the same port it can reset the connections of clients that were talking
+//! to its previous run: they learn at once that the connection is gone and
+//! reconnect, instead of waiting out the 30 s idle timeout.
 
 use super::TransportError;
 use crate::runtime;
@@ -32,14 +39,61 @@ fn bind_error(addr: SocketAddr, e: impl std::fmt::Display) -> TransportError {
     }
 }
 
-/// A listening endpoint on `addr`.
+/// Random 8-byte connection IDs that any later run accepts as its own, so
+/// it answers them with a stateless reset.
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; CID_LEN];
+        if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+            // The OS RNG does not fail on supported platforms; a counter
+            // keeps IDs distinct if it ever did.
+            static FALLBACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            bytes = FALLBACK
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_le_bytes();
+        }
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+const CID_LEN: usize = 8;
+
+/// A listening endpoint on `addr`; with `reset_secret`, stateless resets
+/// survive restarts (see the module doc).
 pub fn server(
     addr: SocketAddr,
     config: quinn::ServerConfig,
+    reset_secret: Option<&[u8]>,
 ) -> Result<quinn::Endpoint, TransportError> {
     let socket = std::net::UdpSocket::bind(addr).map_err(|e| bind_error(addr, e))?;
+    let endpoint_config = match reset_secret {
+        Some(secret) => {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            ctx.update(b"qed stateless reset key v1");
+            ctx.update(secret);
+            let digest = ctx.finish();
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, digest.as_ref());
+            let mut config = quinn::EndpointConfig::new(Arc::new(key));
+            // quinn's default generator signs connection IDs with a key of
+            // this run and sends no reset for IDs of an earlier run.
+            config.cid_generator(|| Box::new(RandomCids));
+            config
+        }
+        None => quinn::EndpointConfig::default(),
+    };
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config,
         Some(config),
         socket,
         runtime::quinn_runtime(),

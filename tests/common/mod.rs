@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use qed::client::{Client, ConnectOptions};
+use qed::wire::{Request, Response};
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -89,13 +90,29 @@ impl TestNode {
                 ..Default::default()
             };
             match Client::connect(std::slice::from_ref(&self.url), options).await {
-                Ok(c) => return c,
+                // Ready means serving *and* led: a lone member starts
+                // listening before its own vote is durable, and a write in
+                // that window gets `NoLeader`.
+                Ok(c) if has_leader(&c).await => return c,
+                Ok(_) if Instant::now() < deadline => {
+                    qed::runtime::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(_) => panic!("the test node never elected a leader"),
                 Err(_) if Instant::now() < deadline => {
                     qed::runtime::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => panic!("cannot connect to the test node: {e}"),
             }
         }
+    }
+}
+
+/// Whether the node answering `c` knows a leader (so writes and
+/// linearizable reads will not fail with `NoLeader`).
+pub async fn has_leader(c: &Client) -> bool {
+    match c.call(Request::Status(Default::default())).await {
+        Ok(Response::Status(s)) => s.leader != 0,
+        _ => false,
     }
 }
 
