@@ -82,6 +82,11 @@ struct Flags {
     #[arg(long, env = "QED_MAX_SNAPSHOTS", default_value_t = 5)]
     max_snapshots: usize,
 
+    /// WAL files to keep (older ones are removed once a snapshot covers
+    /// them; 0 keeps only what recovery needs).
+    #[arg(long, env = "QED_MAX_WALS", default_value_t = 5)]
+    max_wals: usize,
+
     /// Time of one Raft heartbeat, in milliseconds; etcd's default suits
     /// loopback and LANs, lossy WAN links want more.
     #[arg(long, env = "QED_HEARTBEAT_INTERVAL", default_value_t = 100)]
@@ -374,6 +379,7 @@ fn main() -> ExitCode {
     let config = NodeConfig {
         snapshot_count: flags.snapshot_count,
         max_snapshots: flags.max_snapshots,
+        max_wals: flags.max_wals,
         heartbeat_interval: std::time::Duration::from_millis(flags.heartbeat_interval),
         election_ticks: u32::try_from(flags.election_timeout / flags.heartbeat_interval)
             .unwrap_or(u32::MAX),

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     pub snapshot_count: u64,
     /// Snapshot files kept (etcd's `--max-snapshots`).
     pub max_snapshots: usize,
+    /// WAL files kept even when covered by a snapshot (etcd's `--max-wals`).
+    pub max_wals: usize,
     /// One Raft tick (etcd's `--heartbeat-interval`).
     pub heartbeat_interval: Duration,
     /// Ticks without a leader before an election (etcd's
@@ -215,6 +217,7 @@ fn recover(
         LogOptions {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             max_snapshots: config.max_snapshots,
+            max_wals: config.max_wals,
         },
     )
     .map_err(ServerError::Storage)?;

@@ -184,6 +184,7 @@ pub fn restore(
         LogOptions {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             max_snapshots: 1,
+            max_wals: 0,
         },
     )
     .map_err(|e| write_err(e.to_string()))?;

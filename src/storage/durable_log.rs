@@ -28,6 +28,8 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// Snapshots kept on disk (`--max-snapshots`).
     pub max_snapshots: usize,
+    /// WAL segments kept even when a snapshot covers them (`--max-wals`).
+    pub max_wals: usize,
 }
 
 /// The durable state a member restarts from.
@@ -51,6 +53,7 @@ pub struct DurableLog {
     wal: Wal,
     snapshots: SnapshotStore,
     wal_dir: PathBuf,
+    max_wals: usize,
 }
 
 fn corrupt(path: &Path, reason: String) -> StorageError {
@@ -150,6 +153,7 @@ impl DurableLog {
                 wal,
                 snapshots,
                 wal_dir,
+                max_wals: options.max_wals,
             },
             recovered,
         ))
@@ -220,7 +224,7 @@ impl DurableLog {
             postcard::to_allocvec(meta).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
         self.wal.append(RecordKind::Snapshot, &marker, meta.index)?;
         self.wal.sync()?;
-        self.wal.release_through(meta.index)?;
+        self.wal.release_through(meta.index, self.max_wals)?;
         Ok(())
     }
 }
@@ -273,6 +277,7 @@ mod tests {
         LogOptions {
             segment_bytes: 512,
             max_snapshots: 2,
+            max_wals: 0,
         }
     }
 

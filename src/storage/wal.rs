@@ -445,9 +445,17 @@ impl Wal {
 
     /// Deletes the segments whose every entry is at or below
     /// `snapshot_index`, oldest first; the active segment always stays.
-    pub fn release_through(&mut self, snapshot_index: u64) -> Result<usize, StorageError> {
+    /// `keep` (etcd's `--max-wals`) segments are kept in all, covered or
+    /// not; 0 keeps only what recovery needs.
+    pub fn release_through(
+        &mut self,
+        snapshot_index: u64,
+        keep: usize,
+    ) -> Result<usize, StorageError> {
         let mut released = 0;
-        while self.segments.len() > 1 && self.segments[1].first_index <= snapshot_index + 1 {
+        while self.segments.len() > keep.max(1)
+            && self.segments[1].first_index <= snapshot_index + 1
+        {
             let seg = self.segments.remove(0);
             std::fs::remove_file(&seg.path).map_err(io_error(&seg.path, "remove"))?;
             released += 1;

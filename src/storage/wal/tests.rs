@@ -100,7 +100,12 @@ fn rotation_repeats_the_hard_state_and_release_frees_covered_segments() {
         (1..=40).map(entries).collect::<Vec<_>>()
     );
     let before = wal.segment_count();
-    let released = wal.release_through(20).unwrap();
+    assert_eq!(
+        wal.release_through(20, before).unwrap(),
+        0,
+        "--max-wals keeps covered segments"
+    );
+    let released = wal.release_through(20, 1).unwrap();
     assert!(released > 0 && wal.segment_count() == before - released);
     assert!(
         wal.first_index() <= 21,
