@@ -1195,16 +1195,7 @@ impl Raft {
         commit: u64,
     ) {
         if prev_index < self.log.committed {
-            let c = self.log.committed;
-            self.send(
-                from,
-                MessageBody::AppendResponse {
-                    index: c,
-                    reject: false,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-            );
+            self.ack_committed(from);
             return;
         }
         if entries.iter().any(|e| e.term > term) {
@@ -1251,16 +1242,7 @@ impl Raft {
     ) {
         if meta.index <= self.log.committed {
             self.incoming_snapshot = None;
-            let c = self.log.committed;
-            self.send(
-                from,
-                MessageBody::AppendResponse {
-                    index: c,
-                    reject: false,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-            );
+            self.ack_committed(from);
             return;
         }
         let index = meta.index;
@@ -1319,11 +1301,17 @@ impl Raft {
                 data: Arc::from(buf),
             });
         }
-        let c = self.log.committed;
+        self.ack_committed(from);
+    }
+
+    /// Tells the leader this follower holds everything up to its commit
+    /// index (an append or snapshot at or below it needs nothing more).
+    fn ack_committed(&mut self, to: NodeId) {
+        let index = self.log.committed;
         self.send(
-            from,
+            to,
             MessageBody::AppendResponse {
-                index: c,
+                index,
                 reject: false,
                 hint_index: 0,
                 hint_term: 0,
