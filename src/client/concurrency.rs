@@ -207,117 +207,135 @@ fn with_slash(prefix: &str) -> Vec<u8> {
     p
 }
 
-/// A distributed lock on a key prefix, held through a [`Session`].
-pub struct Mutex {
+/// A session's place in the queue under a prefix, shared by [`Mutex`] and
+/// [`Election`]: its own key (prefix + lease ID, attached to the lease) and
+/// that key's create revision while it is queued (0 when not).
+struct QueueSlot {
     client: Client,
     lease: i64,
     prefix: Vec<u8>,
     key: Vec<u8>,
-    /// Create revision of our key while we hold or wait for the lock.
     rev: i64,
+}
+
+impl QueueSlot {
+    /// A `/` is appended to `prefix` if missing, as clientv3 does.
+    fn new(session: &Session, prefix: &str) -> QueueSlot {
+        let prefix = with_slash(prefix);
+        QueueSlot {
+            client: session.client().clone(),
+            lease: session.lease(),
+            key: own_key(&prefix, session.lease()),
+            prefix,
+            rev: 0,
+        }
+    }
+}
+
+/// A distributed lock on a key prefix, held through a [`Session`].
+pub struct Mutex {
+    slot: QueueSlot,
 }
 
 impl Mutex {
     /// A lock on `prefix` (a `/` is appended if missing, as clientv3 does).
     pub fn new(session: &Session, prefix: &str) -> Mutex {
-        let prefix = with_slash(prefix);
         Mutex {
-            client: session.client().clone(),
-            lease: session.lease(),
-            key: own_key(&prefix, session.lease()),
-            prefix,
-            rev: 0,
+            slot: QueueSlot::new(session, prefix),
         }
     }
 
     /// Waits until this session holds the lock.
     pub async fn lock(&mut self) -> Result<(), ConcurrencyError> {
-        let (rev, _, owner) =
-            enqueue(&self.client, &self.prefix, &self.key, b"", self.lease).await?;
-        self.rev = rev;
+        let (rev, _, owner) = enqueue(
+            &self.slot.client,
+            &self.slot.prefix,
+            &self.slot.key,
+            b"",
+            self.slot.lease,
+        )
+        .await?;
+        self.slot.rev = rev;
         if owner.is_some_and(|o| o.create_revision != rev) {
-            if let Err(e) = wait_deletes(&self.client, &self.prefix, rev - 1).await {
+            if let Err(e) = wait_deletes(&self.slot.client, &self.slot.prefix, rev - 1).await {
                 let _ = self.unlock().await;
                 return Err(e.into());
             }
         }
-        still_held(&self.client, &self.key).await
+        still_held(&self.slot.client, &self.slot.key).await
     }
 
     /// Releases the lock (or leaves the queue).
     pub async fn unlock(&mut self) -> Result<(), ConcurrencyError> {
-        self.client.delete(self.key.clone(), None).await?;
-        self.rev = 0;
+        self.slot.client.delete(self.slot.key.clone(), None).await?;
+        self.slot.rev = 0;
         Ok(())
     }
 
     /// The key that holds our place in line.
     pub fn key(&self) -> &[u8] {
-        &self.key
+        &self.slot.key
     }
 }
 
 /// A leader election on a key prefix, campaigned for through a [`Session`].
 pub struct Election {
-    client: Client,
-    lease: i64,
-    prefix: Vec<u8>,
-    key: Vec<u8>,
-    /// Create revision of our key while we lead.
-    rev: i64,
+    slot: QueueSlot,
 }
 
 impl Election {
     pub fn new(session: &Session, prefix: &str) -> Election {
-        let prefix = with_slash(prefix);
         Election {
-            client: session.client().clone(),
-            lease: session.lease(),
-            key: own_key(&prefix, session.lease()),
-            prefix,
-            rev: 0,
+            slot: QueueSlot::new(session, prefix),
         }
     }
 
     /// Waits until this session leads, then proclaims `value`.
     pub async fn campaign(&mut self, value: impl Into<Vec<u8>>) -> Result<(), ConcurrencyError> {
         let value = value.into();
-        let (rev, current, _) =
-            enqueue(&self.client, &self.prefix, &self.key, &value, self.lease).await?;
-        self.rev = rev;
+        let (rev, current, _) = enqueue(
+            &self.slot.client,
+            &self.slot.prefix,
+            &self.slot.key,
+            &value,
+            self.slot.lease,
+        )
+        .await?;
+        self.slot.rev = rev;
         if current != value {
             self.proclaim(value).await?;
         }
-        if let Err(e) = wait_deletes(&self.client, &self.prefix, rev - 1).await {
+        if let Err(e) = wait_deletes(&self.slot.client, &self.slot.prefix, rev - 1).await {
             let _ = self.resign().await;
             return Err(e.into());
         }
-        still_held(&self.client, &self.key).await
+        still_held(&self.slot.client, &self.slot.key).await
     }
 
     /// Changes the leader's value without an election.
     pub async fn proclaim(&mut self, value: impl Into<Vec<u8>>) -> Result<(), ConcurrencyError> {
-        if self.rev == 0 {
+        if self.slot.rev == 0 {
             return Err(ConcurrencyError::NotLeader);
         }
         let resp = self
+            .slot
             .client
             .txn(
                 Txn::new()
                     .when([Compare::create_revision(
-                        self.key.clone(),
+                        self.slot.key.clone(),
                         CompareOp::Equal,
-                        self.rev,
+                        self.slot.rev,
                     )])
                     .and_then([TxnOp::put(
-                        self.key.clone(),
+                        self.slot.key.clone(),
                         value.into(),
-                        Some(PutOptions::new().with_lease(self.lease)),
+                        Some(PutOptions::new().with_lease(self.slot.lease)),
                     )]),
             )
             .await?;
         if !resp.succeeded {
-            self.rev = 0;
+            self.slot.rev = 0;
             return Err(ConcurrencyError::NotLeader);
         }
         Ok(())
@@ -325,29 +343,31 @@ impl Election {
 
     /// Gives up leadership (or candidacy).
     pub async fn resign(&mut self) -> Result<(), ConcurrencyError> {
-        if self.rev == 0 {
+        if self.slot.rev == 0 {
             return Ok(());
         }
-        self.client
+        self.slot
+            .client
             .txn(
                 Txn::new()
                     .when([Compare::create_revision(
-                        self.key.clone(),
+                        self.slot.key.clone(),
                         CompareOp::Equal,
-                        self.rev,
+                        self.slot.rev,
                     )])
-                    .and_then([TxnOp::delete(self.key.clone(), None)]),
+                    .and_then([TxnOp::delete(self.slot.key.clone(), None)]),
             )
             .await?;
-        self.rev = 0;
+        self.slot.rev = 0;
         Ok(())
     }
 
     /// The current leader's key and value.
     pub async fn leader(&self) -> Result<KeyValue, ConcurrencyError> {
         let resp = self
+            .slot
             .client
-            .get(self.prefix.clone(), Some(first_created()))
+            .get(self.slot.prefix.clone(), Some(first_created()))
             .await?;
         resp.kvs
             .into_iter()
@@ -359,8 +379,8 @@ impl Election {
     /// (key and value) whenever it or its value changes.
     pub fn observe(&self) -> Observer {
         Observer {
-            client: self.client.clone(),
-            prefix: self.prefix.clone(),
+            client: self.slot.client.clone(),
+            prefix: self.slot.prefix.clone(),
             current: None,
         }
     }
