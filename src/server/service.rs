@@ -212,7 +212,12 @@ async fn send_snapshot(send: &mut SendStream, node: &Node) {
 /// error the client can read rather than a dropped stream.
 async fn reply(send: &mut SendStream, answer: Reply) {
     match qed_wire::frame::encode(&answer, MAX_SERVER_FRAME) {
-        Ok(_) => send_last(send, &answer).await,
+        Ok(frame) => {
+            if let Err(e) = send.write_all(&frame).await {
+                log::debug!("reply not delivered: {e}");
+            }
+            let _ = send.finish();
+        }
         Err(e) => {
             let answer: Reply = Err(Error::Internal(format!("response cannot be sent: {e}")));
             send_last(send, &answer).await

@@ -267,11 +267,12 @@ impl StateMachine {
 
     fn apply_unstamped(&mut self, req: &Request, now_ms: u64, events: &mut Vec<Event>) -> Reply {
         let no_space = self.alarms.iter().any(|a| a.alarm == AlarmType::Nospace);
-        if cost(req) > 0 {
+        let cost = cost(req);
+        if cost > 0 {
             if no_space {
                 return Err(Error::NoSpace);
             }
-            if self.kv.size_bytes() + cost(req) > self.limits.quota_bytes {
+            if self.kv.size_bytes() + cost > self.limits.quota_bytes {
                 self.raise(AlarmType::Nospace);
                 return Err(Error::NoSpace);
             }
