@@ -1,12 +1,21 @@
 //! The watch checker: concurrent writers and many watchers (prefix, range,
-//! single key, from-key, from old revisions, a slow consumer), with a
-//! compaction and a node restart (SIGKILL) in the middle. Every watcher's
-//! event stream must equal the key space's history for its range exactly:
-//! no gap, no duplicate, revision order, the right values, versions and
-//! prev_kv. The history is rebuilt independently with `get --rev` at every
-//! revision (revisions up to the compaction are recorded before it).
+//! single key, from-key, a slow consumer), in rounds: each round the node
+//! is SIGKILLed and restarted under the writers (from the second round on),
+//! new watchers join from random old revisions, and the history is
+//! compacted at a random revision. Every watcher's event stream must equal
+//! the key space's history for its range exactly: no gap, no duplicate,
+//! revision order, the right values, versions and prev_kv. The history is
+//! rebuilt independently with `get --rev` at every revision (recorded
+//! before each compaction removes it).
 //!
-//! `QED_WATCH_CHECK_OPS` sets the ops per writer per phase (default 60).
+//! Compactions stay at or below what every watcher has already been
+//! handed, because a watcher still behind a compaction is canceled with a
+//! compacted response (etcd's rule, checked here too) rather than caught up.
+//!
+//! `QED_WATCH_CHECK_OPS` sets the ops per writer per round (default 60),
+//! `QED_WATCH_CHECK_ROUNDS` the rounds (default 6, so 5 restarts),
+//! `QED_WATCH_CHECK_SEED` the seed of the compaction and start revisions
+//! (printed; default from the clock).
 
 mod common;
 
@@ -17,7 +26,7 @@ use qed::client::{
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type State = BTreeMap<Vec<u8>, KeyValue>;
@@ -155,8 +164,14 @@ fn specs() -> Vec<Spec> {
 }
 
 /// A watcher's consumer: collects events until it sees one past `stop_at`
-/// (set just before the sentinel writes). `slow` sleeps between reads.
-async fn consume(mut w: Watcher, stop_at: Arc<AtomicI64>, slow: bool) -> Vec<Event> {
+/// (set just before the sentinel writes) and publishes in `handed` the
+/// last revision it has been handed. `slow` sleeps between reads.
+async fn consume(
+    mut w: Watcher,
+    stop_at: Arc<AtomicI64>,
+    handed: Arc<AtomicI64>,
+    slow: bool,
+) -> Vec<Event> {
     let mut got = Vec::new();
     loop {
         let resp = match w.next().await {
@@ -171,6 +186,7 @@ async fn consume(mut w: Watcher, stop_at: Arc<AtomicI64>, slow: bool) -> Vec<Eve
             stop > 0 && e.kv.mod_revision > stop
         });
         got.extend(resp.events);
+        handed.store(w.next_revision() - 1, Ordering::SeqCst);
         if done {
             return got;
         }
@@ -183,11 +199,35 @@ async fn consume(mut w: Watcher, stop_at: Arc<AtomicI64>, slow: bool) -> Vec<Eve
 /// The key space (under `w/` and beyond) at revision `rev`.
 async fn state_at(c: &Client, rev: i64) -> State {
     let opts = GetOptions::new().with_from_key().with_revision(rev);
-    let resp = c.get("w/", Some(opts)).await.expect("get --rev");
+    let mut result = Err(qed::client::ClientError::Closed);
+    retry_value(|| c.get("w/", Some(opts.clone())), &mut result).await;
+    let resp = result.expect("get --rev");
     resp.kvs
         .into_iter()
         .map(|kv| (kv.key.clone(), kv))
         .collect()
+}
+
+/// Like [`retry`], keeping the answer.
+async fn retry_value<F, Fut, T>(mut f: F, out: &mut Result<T, qed::client::ClientError>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, qed::client::ClientError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        *out = f().await;
+        if out.is_ok() || Instant::now() >= deadline {
+            return;
+        }
+        qed::runtime::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn current_revision(c: &Client) -> i64 {
+    let mut result = Err(qed::client::ClientError::Closed);
+    retry_value(|| c.get("w/", None), &mut result).await;
+    result.expect("get").header.revision
 }
 
 /// Every revision's events, rebuilt from the states before and after it.
@@ -235,127 +275,204 @@ fn expected(spec: &Spec, history: &BTreeMap<i64, Vec<Event>>, from: i64, to: i64
         .collect()
 }
 
+/// The history as rebuilt so far: every revision's events up to `to`.
+struct History {
+    events: BTreeMap<i64, Vec<Event>>,
+    state: State,
+    to: i64,
+}
+
+impl History {
+    async fn new(c: &Client) -> History {
+        History {
+            events: BTreeMap::new(),
+            state: state_at(c, 1).await,
+            to: 1,
+        }
+    }
+
+    async fn record_through(&mut self, c: &Client, rev: i64) {
+        for r in self.to + 1..=rev {
+            let now = state_at(c, r).await;
+            self.events.insert(r, events_between(&self.state, &now, r));
+            self.state = now;
+        }
+        self.to = self.to.max(rev);
+    }
+}
+
+/// A watcher under check: what it watches, where it started, the last
+/// revision it has been handed, and its consumer.
+struct Checked {
+    spec: Spec,
+    start: i64,
+    handed: Arc<AtomicI64>,
+    task: qed::runtime::JoinHandle<Vec<Event>>,
+}
+
+/// Creates a watch, retrying while the node restarts.
+async fn watch_retrying(c: &Client, spec: &Spec, start: i64) -> Watcher {
+    let opts = spec.options.clone().with_start_revision(start);
+    let mut result = Err(qed::client::ClientError::Closed);
+    retry_value(|| c.watch(spec.key, opts.clone()), &mut result).await;
+    result.unwrap_or_else(|e| panic!("watch {} from {start}: {e}", spec.name))
+}
+
+fn spawn_checked(
+    w: Watcher,
+    spec: Spec,
+    start: i64,
+    stop_at: &Arc<AtomicI64>,
+    slow: bool,
+) -> Checked {
+    let handed = Arc::new(AtomicI64::new(start - 1));
+    let task = qed::runtime::spawn(consume(w, stop_at.clone(), handed.clone(), slow));
+    Checked {
+        spec,
+        start,
+        handed,
+        task,
+    }
+}
+
 #[test]
-fn watchers_see_exact_history_across_compaction_and_restart() {
-    let ops: usize = std::env::var("QED_WATCH_CHECK_OPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+fn watchers_see_exact_history_across_compactions_and_restarts() {
+    let env = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let ops = env("QED_WATCH_CHECK_OPS", 60) as usize;
+    let rounds = env("QED_WATCH_CHECK_ROUNDS", 6);
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(1);
+    let seed = env("QED_WATCH_CHECK_SEED", clock);
+    eprintln!("watch checker: QED_WATCH_CHECK_SEED={seed} ops={ops} rounds={rounds}");
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut rand = move |n: i64| -> i64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % (n.max(1) as u64)) as i64
+    };
+
     let mut node = TestNode::start(&["--snapshot-count", "50"]);
     qed::runtime::block_on(async {
         let c = node.client().await;
         let stop_at = Arc::new(AtomicI64::new(0));
-        // (spec, start revision, consumer)
         let mut watchers = Vec::new();
         for (i, spec) in specs().into_iter().enumerate() {
             let w = c.watch(spec.key, spec.options.clone()).await.unwrap();
             let start = w.next_revision();
-            let task = qed::runtime::spawn(consume(w, stop_at.clone(), i == 1));
-            watchers.push((spec, start, task));
+            watchers.push(spawn_checked(w, spec, start, &stop_at, i == 1));
         }
+        let mut history = History::new(&c).await;
+        // Revisions below this are gone.
+        let mut compacted = 1;
+        let mut compactions = 0;
 
-        // Phase 1: writers, and watchers from old revisions joining midway.
-        let writers: Vec<_> = (1..=3)
-            .map(|s| qed::runtime::spawn(writer(c.clone(), s, ops)))
-            .collect();
-        for spec in specs() {
-            let opts = spec.options.clone().with_start_revision(2);
-            let w = c.watch(spec.key, opts).await.unwrap();
-            let task = qed::runtime::spawn(consume(w, stop_at.clone(), false));
-            watchers.push((spec, 2, task));
-        }
-        for w in writers {
-            w.await;
-        }
-
-        // Record history up to here, then compact it away.
-        let r1 = c.get("w/", None).await.unwrap().header.revision;
-        let history: Arc<Mutex<BTreeMap<i64, Vec<Event>>>> = Arc::default();
-        let mut prev = state_at(&c, 1).await;
-        for rev in 2..=r1 {
-            let now = state_at(&c, rev).await;
-            history
-                .lock()
-                .unwrap()
-                .insert(rev, events_between(&prev, &now, rev));
-            prev = now;
-        }
-        c.compact(r1, true).await.unwrap();
-        let mut compacted = c
-            .watch(
-                "w/",
-                WatchOptions::new().with_prefix().with_start_revision(2),
-            )
-            .await
-            .unwrap();
-        let resp = compacted.next().await.unwrap().unwrap();
-        assert!(resp.canceled && resp.compact_revision == r1, "{resp:?}");
-
-        // Phase 2: writers again, the node SIGKILLed and restarted under
-        // them, then watchers replaying from just after the compaction.
-        let writers: Vec<_> = (4..=6)
-            .map(|s| qed::runtime::spawn(writer(c.clone(), s, ops)))
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while c.get("w/", None).await.unwrap().header.revision < r1 + (ops as i64) / 2 {
-            assert!(Instant::now() < deadline, "writers made no progress");
-            qed::runtime::sleep(Duration::from_millis(10)).await;
-        }
-        node.restart();
-        for spec in specs() {
-            let opts = spec.options.clone().with_start_revision(r1 + 1);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let w = loop {
-                match c.watch(spec.key, opts.clone()).await {
-                    Ok(w) => break w,
-                    Err(e) if Instant::now() < deadline => {
-                        let _ = e;
-                        qed::runtime::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(e) => panic!("watch after restart: {e}"),
+        for round in 0..rounds {
+            let writers: Vec<_> = (1..=3)
+                .map(|s| {
+                    qed::runtime::spawn(writer(
+                        c.clone(),
+                        seed.wrapping_mul(64) + round * 3 + s,
+                        ops,
+                    ))
+                })
+                .collect();
+            if round > 0 {
+                // SIGKILL the node in the middle of the writes.
+                let from = current_revision(&c).await;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while current_revision(&c).await < from + (ops as i64) / 2 {
+                    assert!(Instant::now() < deadline, "writers made no progress");
+                    qed::runtime::sleep(Duration::from_millis(10)).await;
                 }
-            };
-            let task = qed::runtime::spawn(consume(w, stop_at.clone(), false));
-            watchers.push((spec, r1 + 1, task));
+                node.restart();
+            }
+            // Watchers joining from random old revisions (the compaction
+            // revision itself is still there).
+            for spec in specs() {
+                let now = current_revision(&c).await;
+                let start = compacted + rand(now - compacted + 1);
+                let w = watch_retrying(&c, &spec, start).await;
+                watchers.push(spawn_checked(w, spec, start, &stop_at, false));
+            }
+            for w in writers {
+                w.await;
+            }
+
+            // Record the history, then compact at a random revision no
+            // watcher still needs.
+            let now = current_revision(&c).await;
+            history.record_through(&c, now).await;
+            let handed = watchers
+                .iter()
+                .map(|w| w.handed.load(Ordering::SeqCst))
+                .min()
+                .unwrap_or(0);
+            if handed > compacted {
+                let rev = compacted + 1 + rand(handed - compacted);
+                let mut result = Err(qed::client::ClientError::Closed);
+                retry_value(|| c.compact(rev, true), &mut result).await;
+                result.unwrap_or_else(|e| panic!("compact {rev}: {e}"));
+                compacted = rev;
+                compactions += 1;
+                // A watch from before the compaction is told so, and canceled.
+                let spec = &specs()[0];
+                let mut late = watch_retrying(&c, spec, compacted - 1).await;
+                let resp = late.next().await.unwrap().unwrap();
+                assert!(
+                    resp.canceled && resp.compact_revision == compacted,
+                    "watch from {} after compacting at {compacted}: {resp:?}",
+                    compacted - 1
+                );
+            }
         }
-        for w in writers {
-            w.await;
-        }
+        assert!(compactions > 0, "no compaction happened (seed {seed})");
 
         // The end: record the rest of history, then sentinel writes that
         // every watcher's range sees, to tell consumers to stop.
-        let f = c.get("w/", None).await.unwrap().header.revision;
-        for rev in r1 + 1..=f {
-            let now = state_at(&c, rev).await;
-            history
-                .lock()
-                .unwrap()
-                .insert(rev, events_between(&prev, &now, rev));
-            prev = now;
-        }
+        let f = current_revision(&c).await;
+        history.record_through(&c, f).await;
         stop_at.store(f, Ordering::SeqCst);
         c.put("w/07", "sentinel", None).await.unwrap();
         c.put("w/15", "sentinel", None).await.unwrap();
 
-        let history = history.lock().unwrap().clone();
-        let total: usize = history.values().map(Vec::len).sum();
+        let total: usize = history.events.values().map(Vec::len).sum();
         assert!(total > ops, "too little history to check: {total} events");
-        for (spec, start, task) in watchers {
+        eprintln!(
+            "watch checker: {} watchers, {total} events in {f} revisions, {compactions} compactions, {} restarts",
+            watchers.len(),
+            rounds.saturating_sub(1)
+        );
+        for Checked {
+            spec, start, task, ..
+        } in watchers
+        {
             let got: Vec<Event> = qed::runtime::timeout(Duration::from_secs(60), task)
                 .await
-                .unwrap_or_else(|_| panic!("watcher {} did not finish", spec.name))
+                .unwrap_or_else(|_| panic!("watcher {} from {start} did not finish", spec.name))
                 .into_iter()
                 .filter(|e| e.kv.mod_revision <= f)
                 .collect();
-            let want = expected(&spec, &history, start, f);
+            let want = expected(&spec, &history.events, start, f);
             assert_eq!(
                 got.len(),
                 want.len(),
-                "watcher {} from {start}: event count",
+                "watcher {} from {start}: event count (seed {seed})",
                 spec.name
             );
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(g, w, "watcher {} from {start}: event {i}", spec.name);
+                assert_eq!(
+                    g, w,
+                    "watcher {} from {start}: event {i} (seed {seed})",
+                    spec.name
+                );
             }
         }
     });
