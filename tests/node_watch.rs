@@ -202,3 +202,71 @@ fn one_stream_multiplexes_watches() {
         assert_eq!(r.watch_id, 0, "the canceled watch gets nothing more");
     });
 }
+
+/// The SDK puts a client's watches on a few shared streams: one client
+/// holds more watches than a connection has streams (4,096), and a watch
+/// dropped by its user is canceled on the node.
+#[test]
+fn one_client_holds_more_watches_than_streams() {
+    let node = TestNode::start(&[]);
+    qed::runtime::block_on(async {
+        let c = node.client().await;
+        let n = 5000;
+        let mut watchers = Vec::with_capacity(n);
+        for i in 0..n {
+            let w = c
+                .watch(format!("many/{}", i % 10), WatchOptions::new())
+                .await
+                .expect("watch");
+            watchers.push(w);
+        }
+        // Drop half: their routes go, the rest still get their events.
+        watchers.truncate(n / 2);
+        for k in 0..10 {
+            c.put(format!("many/{k}"), "v", None).await.unwrap();
+        }
+        for (i, w) in watchers.iter_mut().enumerate() {
+            let got = events(w, 1).await;
+            assert_eq!(got[0].kv.key, format!("many/{}", i % 10).into_bytes());
+        }
+    });
+}
+
+/// A watch whose consumer stops reading does not hold up another watch on
+/// the same shared stream; once it reads again it gets every revision in
+/// order (detached and re-created from where it stopped).
+#[test]
+fn a_slow_watch_does_not_stall_its_stream() {
+    let node = TestNode::start(&[]);
+    qed::runtime::block_on(async {
+        let c = node.client().await;
+        let mut slow = c
+            .watch("s/", WatchOptions::new().with_prefix())
+            .await
+            .unwrap();
+        let mut fast = c
+            .watch("s/", WatchOptions::new().with_prefix())
+            .await
+            .unwrap();
+        let first = fast.next_revision();
+        let puts = 2000;
+        let writer = {
+            let c = c.clone();
+            qed::runtime::spawn(async move {
+                for i in 0..puts {
+                    c.put(format!("s/{}", i % 7), format!("{i}"), None)
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        // The fast consumer keeps up while the slow one reads nothing.
+        let got = events(&mut fast, puts).await;
+        writer.await;
+        let revs: Vec<i64> = got.iter().map(|e| e.kv.mod_revision).collect();
+        assert_eq!(revs, (first..first + puts as i64).collect::<Vec<_>>());
+        let got = events(&mut slow, puts).await;
+        let revs: Vec<i64> = got.iter().map(|e| e.kv.mod_revision).collect();
+        assert_eq!(revs, (first..first + puts as i64).collect::<Vec<_>>());
+    });
+}

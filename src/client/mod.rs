@@ -17,6 +17,7 @@ pub mod concurrency;
 mod kv;
 mod lease;
 mod watch;
+mod watch_stream;
 
 use kv::unexpected;
 pub use kv::{
@@ -139,6 +140,7 @@ struct Inner {
     connections: Vec<Mutex<Slot>>,
     next: AtomicUsize,
     options: ConnectOptions,
+    watch_streams: watch_stream::WatchStreams,
 }
 
 impl Client {
@@ -178,6 +180,7 @@ impl Client {
                 quic,
                 next: AtomicUsize::new(0),
                 options,
+                watch_streams: Default::default(),
             }),
         };
         let timeout = client.inner.options.request_timeout;
@@ -190,6 +193,10 @@ impl Client {
     /// The token this client sends with its calls.
     pub fn token(&self) -> Option<String> {
         self.inner.options.token.clone()
+    }
+
+    fn watch_streams(&self) -> &watch_stream::WatchStreams {
+        &self.inner.watch_streams
     }
 
     /// The per-call deadline from [`ConnectOptions`].

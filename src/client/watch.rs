@@ -11,15 +11,17 @@
 //! joined before delivery (as clientv3 does), so a break in the middle of a
 //! fragmented revision replays that whole revision, never half of it.
 //!
-//! Each watcher has its own QUIC stream (streams are cheap); the node's
-//! hub multiplexes many watches per stream for clients that want that (the
-//! gRPC shim).
+//! Watches share a few long streams ([`super::watch_stream`]); a watch whose
+//! consumer falls behind is detached there and re-created from `next_rev`
+//! the same way, so a slow consumer costs bounded memory and never stalls
+//! the other watches. A watch whose ID the user chose gets a stream of its
+//! own, so the ID is exactly the user's.
 
 use super::kv::Span;
-use super::{Client, ClientError, StreamReceiver, StreamSender};
+use super::watch_stream::Attached;
+use super::{Client, ClientError};
 use crate::runtime;
-use qed_wire::watch::{WatchCreateRequest, WatchFilter, WatchRequest, WatchResponse};
-use qed_wire::Call;
+use qed_wire::watch::{WatchCreateRequest, WatchFilter, WatchResponse};
 use std::time::{Duration, Instant};
 
 /// How long a watcher keeps trying to re-open a broken stream before
@@ -109,17 +111,13 @@ impl WatchOptions {
     }
 }
 
-struct Open {
-    send: StreamSender,
-    recv: StreamReceiver,
-}
-
 /// One watch: call [`Watcher::next`] until it returns `None`.
 pub struct Watcher {
     client: Client,
     request: WatchCreateRequest,
-    stream: Option<Open>,
-    watch_id: i64,
+    /// The ID the user chose (the watch then has a stream of its own).
+    own_id: Option<i64>,
+    feed: Option<Attached>,
     /// First revision not yet delivered.
     next_rev: i64,
     /// Fragments of the revision being received.
@@ -136,7 +134,8 @@ impl Client {
         options: WatchOptions,
     ) -> Result<Watcher, ClientError> {
         let request = options.build(key.into());
-        let (open, created) = create(self, &request).await?;
+        let own_id = (request.watch_id != 0).then_some(request.watch_id);
+        let (feed, created) = create(self, &request, own_id).await?;
         let next_rev = if request.start_revision > 0 {
             request.start_revision
         } else {
@@ -144,9 +143,9 @@ impl Client {
         };
         Ok(Watcher {
             client: self.clone(),
-            watch_id: created.watch_id,
             request,
-            stream: Some(open),
+            own_id,
+            feed: Some(feed),
             next_rev,
             partial: None,
             done: false,
@@ -154,17 +153,17 @@ impl Client {
     }
 }
 
-/// Opens a stream and creates the watch on it.
+/// Attaches the watch to a stream and waits for the node's `created`.
 async fn create(
     client: &Client,
     request: &WatchCreateRequest,
-) -> Result<(Open, WatchResponse), ClientError> {
-    let (mut send, mut recv) = client.open_stream(client.token(), Call::Watch).await?;
-    send.send(&WatchRequest::Create(request.clone())).await?;
+    own_id: Option<i64>,
+) -> Result<(Attached, WatchResponse), ClientError> {
+    let mut feed = Attached::new(client, request.clone(), own_id).await?;
     let timeout = client.request_timeout();
-    let created: WatchResponse = runtime::timeout(timeout, recv.recv())
+    let created: WatchResponse = runtime::timeout(timeout, feed.queue.recv())
         .await
-        .map_err(|_| ClientError::Timeout)??
+        .map_err(|_| ClientError::Timeout)?
         .ok_or(ClientError::Closed)?;
     if !created.created {
         return Err(ClientError::Protocol(
@@ -172,6 +171,7 @@ async fn create(
         ));
     }
     if created.canceled {
+        feed.ended();
         let error = if created.cancel_reason.contains("duplicate watch ID") {
             qed_wire::Error::WatchIdExists
         } else {
@@ -179,13 +179,14 @@ async fn create(
         };
         return Err(ClientError::Server(error));
     }
-    Ok((Open { send, recv }, created))
+    Ok((feed, created))
 }
 
 impl Watcher {
-    /// The watch's ID on its stream.
+    /// The watch's ID on its current stream (a watch re-created after a
+    /// reconnect or a slow spell gets a new one unless the user chose it).
     pub fn id(&self) -> i64 {
-        self.watch_id
+        self.feed.as_ref().map_or(self.request.watch_id, |f| f.id)
     }
 
     /// The first revision this watcher has not delivered yet.
@@ -196,15 +197,16 @@ impl Watcher {
     /// The next response: events (one or more whole revisions), a progress
     /// notification, or the final `canceled` one (compacted, or after
     /// [`Watcher::cancel`]). `None` after the final one. A broken stream
-    /// is resumed transparently; an error means resuming failed for a
-    /// while (calling again tries again).
+    /// (or a watch detached because its consumer fell behind) is resumed
+    /// transparently; an error means resuming failed for a while (calling
+    /// again tries again).
     pub async fn next(&mut self) -> Option<Result<WatchResponse, ClientError>> {
         loop {
             if self.done {
                 return None;
             }
-            let open = match self.stream.as_mut() {
-                Some(open) => open,
+            let feed = match self.feed.as_mut() {
+                Some(feed) => feed,
                 None => {
                     if let Err(e) = self.resume().await {
                         return Some(Err(e));
@@ -212,21 +214,17 @@ impl Watcher {
                     continue;
                 }
             };
-            let resp = match open.recv.recv::<WatchResponse>().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) | Err(ClientError::Closed) => {
-                    self.stream = None;
-                    self.partial = None;
-                    continue;
+            match feed.queue.recv().await {
+                Some(resp) => {
+                    if let Some(resp) = self.absorb(resp) {
+                        return Some(Ok(resp));
+                    }
                 }
-                Err(e) => {
-                    self.stream = None;
+                // Detached or the stream broke: re-create from `next_rev`.
+                None => {
+                    self.feed = None;
                     self.partial = None;
-                    return Some(Err(e));
                 }
-            };
-            if let Some(resp) = self.absorb(resp) {
-                return Some(Ok(resp));
             }
         }
     }
@@ -239,7 +237,9 @@ impl Watcher {
         }
         if resp.canceled {
             self.done = true;
-            self.stream = None;
+            if let Some(mut feed) = self.feed.take() {
+                feed.ended();
+            }
             return Some(resp);
         }
         if resp.fragment {
@@ -267,18 +267,17 @@ impl Watcher {
         Some(resp)
     }
 
-    /// Re-creates the watch from `next_rev` on a new stream, retrying with
-    /// back-off for up to [`RESUME_FOR`].
+    /// Re-creates the watch from `next_rev`, retrying with back-off for up
+    /// to [`RESUME_FOR`].
     async fn resume(&mut self) -> Result<(), ClientError> {
         let mut request = self.request.clone();
         request.start_revision = self.next_rev;
-        request.watch_id = self.watch_id;
         let deadline = Instant::now() + RESUME_FOR;
         let mut pause = Duration::from_millis(50);
         loop {
-            match create(&self.client, &request).await {
-                Ok((open, _)) => {
-                    self.stream = Some(open);
+            match create(&self.client, &request, self.own_id).await {
+                Ok((feed, _)) => {
+                    self.feed = Some(feed);
                     return Ok(());
                 }
                 // A refusal will not change by retrying.
@@ -296,9 +295,10 @@ impl Watcher {
     }
 
     /// Asks the node for a progress notification (delivered by `next`).
+    /// As with clientv3, every watch sharing this watch's stream gets one.
     pub async fn request_progress(&mut self) -> Result<(), ClientError> {
-        match self.stream.as_mut() {
-            Some(open) => open.send.send(&WatchRequest::Progress).await,
+        match self.feed.as_ref() {
+            Some(feed) => feed.request_progress().await,
             None => Err(ClientError::Closed),
         }
     }
@@ -307,28 +307,20 @@ impl Watcher {
     /// `next` returns `None` afterwards.
     pub async fn cancel(&mut self) -> Result<(), ClientError> {
         self.done = true;
-        let Some(mut open) = self.stream.take() else {
+        let Some(mut feed) = self.feed.take() else {
             return Ok(());
         };
-        open.send
-            .send(&WatchRequest::Cancel {
-                watch_id: self.watch_id,
-            })
-            .await?;
+        feed.cancel().await?;
         let timeout = self.client.request_timeout();
         let wait = async {
-            loop {
-                match open.recv.recv::<WatchResponse>().await? {
-                    Some(resp) if resp.canceled && resp.watch_id == self.watch_id => return Ok(()),
-                    Some(_) => continue,
-                    None => return Ok(()),
+            while let Some(resp) = feed.queue.recv().await {
+                if resp.canceled {
+                    return;
                 }
             }
         };
-        let result = runtime::timeout(timeout, wait)
+        runtime::timeout(timeout, wait)
             .await
-            .map_err(|_| ClientError::Timeout)?;
-        let _ = open.send.finish().await;
-        result
+            .map_err(|_| ClientError::Timeout)
     }
 }
