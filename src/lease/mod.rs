@@ -148,6 +148,7 @@ pub struct LeaseRecord {
     /// Granted TTL in seconds (after rounding up to the minimum).
     pub ttl: i64,
     /// Attached keys, sorted.
+    #[serde(with = "qed_wire::bytes::list")]
     pub keys: Vec<Vec<u8>>,
 }
 

@@ -61,6 +61,7 @@ pub struct StateMachine {
 #[derive(Serialize, Deserialize)]
 struct Image {
     applied: u64,
+    #[serde(with = "qed_wire::bytes")]
     kv: Vec<u8>,
     alarms: Vec<AlarmMember>,
     leases: LeaseSnapshot,
@@ -71,6 +72,7 @@ struct Image {
 #[derive(Deserialize)]
 struct ImageWithoutLeases {
     applied: u64,
+    #[serde(with = "qed_wire::bytes")]
     kv: Vec<u8>,
     alarms: Vec<AlarmMember>,
 }

@@ -46,6 +46,7 @@ pub struct Recovered {
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     meta: SnapshotMeta,
+    #[serde(with = "qed_wire::bytes")]
     data: Vec<u8>,
 }
 
@@ -240,6 +241,7 @@ pub struct SnapshotWriter {
 #[derive(Serialize)]
 struct SnapshotFileRef<'a> {
     meta: &'a SnapshotMeta,
+    #[serde(serialize_with = "qed_wire::bytes::serialize")]
     data: &'a [u8],
 }
 

@@ -15,7 +15,9 @@ pub enum PermissionType {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Permission {
     pub perm_type: PermissionType,
+    #[serde(with = "crate::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::bytes")]
     pub range_end: Vec<u8>,
 }
 
@@ -84,6 +86,8 @@ pub struct RoleGrantPermissionRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleRevokePermissionRequest {
     pub role: String,
+    #[serde(with = "crate::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::bytes")]
     pub range_end: Vec<u8>,
 }

@@ -20,6 +20,7 @@ pub struct ResponseHeader {
 /// One version of one key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "crate::bytes")]
     pub key: Vec<u8>,
     /// Revision of the put that created the key's current generation.
     pub create_revision: i64,
@@ -27,6 +28,7 @@ pub struct KeyValue {
     pub mod_revision: i64,
     /// Modifications since creation; 1 for a fresh key, reset on delete.
     pub version: i64,
+    #[serde(with = "crate::bytes")]
     pub value: Vec<u8>,
     /// Attached lease ID, 0 for none.
     pub lease: i64,
@@ -54,7 +56,9 @@ pub enum SortTarget {
 /// of `[0]` means every key `>= key`; prefix reads use `key` + 1 as the end.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeRequest {
+    #[serde(with = "crate::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::bytes")]
     pub range_end: Vec<u8>,
     /// At most this many keys; 0 is no limit.
     pub limit: i64,
@@ -84,7 +88,9 @@ pub struct RangeResponse {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutRequest {
+    #[serde(with = "crate::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::bytes")]
     pub value: Vec<u8>,
     pub lease: i64,
     pub prev_kv: bool,
@@ -102,7 +108,9 @@ pub struct PutResponse {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteRangeRequest {
+    #[serde(with = "crate::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::bytes")]
     pub range_end: Vec<u8>,
     pub prev_kv: bool,
 }
@@ -145,7 +153,7 @@ pub enum CompareTarget {
     Version(i64),
     Create(i64),
     Mod(i64),
-    Value(Vec<u8>),
+    Value(#[serde(with = "crate::bytes")] Vec<u8>),
     Lease(i64),
 }
 
@@ -161,7 +169,9 @@ impl Default for CompareTarget {
 pub struct Compare {
     pub result: CompareResult,
     pub target: CompareTarget,
+    #[serde(with = "crate::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::bytes")]
     pub range_end: Vec<u8>,
 }
 

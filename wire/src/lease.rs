@@ -56,6 +56,7 @@ pub struct LeaseTimeToLiveResponse {
     /// Remaining seconds; -1 when the lease has expired or does not exist.
     pub ttl: i64,
     pub granted_ttl: i64,
+    #[serde(with = "crate::bytes::list")]
     pub keys: Vec<Vec<u8>>,
 }
 

@@ -16,6 +16,7 @@
 //! error instead of misreading each other's bytes.
 
 pub mod auth;
+pub mod bytes;
 pub mod call;
 pub mod cluster;
 pub mod command;

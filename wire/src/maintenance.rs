@@ -95,6 +95,7 @@ pub struct SnapshotRequest {}
 pub struct SnapshotResponse {
     pub header: ResponseHeader,
     pub remaining_bytes: u64,
+    #[serde(with = "crate::bytes")]
     pub blob: Vec<u8>,
 }
 

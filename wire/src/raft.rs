@@ -28,6 +28,7 @@ pub struct Entry {
     pub term: u64,
     pub index: u64,
     pub kind: EntryType,
+    #[serde(with = "crate::bytes")]
     pub data: Vec<u8>,
 }
 
@@ -65,6 +66,7 @@ pub enum ConfChangeType {
 pub struct ConfChange {
     pub change: ConfChangeType,
     pub node_id: NodeId,
+    #[serde(with = "crate::bytes")]
     pub context: Vec<u8>,
 }
 
@@ -132,6 +134,7 @@ pub enum MessageBody {
     Snapshot {
         meta: SnapshotMeta,
         offset: u64,
+        #[serde(with = "crate::bytes")]
         data: Vec<u8>,
         done: bool,
     },
@@ -148,11 +151,13 @@ pub enum MessageBody {
     },
     /// Follower -> leader: forwarded linearizable read request.
     ReadIndex {
+        #[serde(with = "crate::bytes")]
         ctx: Vec<u8>,
     },
     /// Leader -> follower: the read may be served once `index` is applied.
     ReadIndexResponse {
         index: u64,
+        #[serde(with = "crate::bytes")]
         ctx: Vec<u8>,
     },
     /// Leader -> transferee: campaign now.

@@ -25,7 +25,9 @@ pub enum WatchFilter {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchCreateRequest {
+    #[serde(with = "crate::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::bytes")]
     pub range_end: Vec<u8>,
     /// Replay history from here; 0 watches from the next revision.
     pub start_revision: i64,
