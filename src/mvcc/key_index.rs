@@ -34,6 +34,7 @@ pub(crate) struct Change {
     pub(crate) version: i64,
     pub(crate) lease: i64,
     pub(crate) sub: u32,
+    #[serde(with = "qed_wire::bytes")]
     pub(crate) value: Box<[u8]>,
 }
 

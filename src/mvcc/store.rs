@@ -688,7 +688,7 @@ impl Store {
         store.compacted = image.compact_revision;
         let mut log: Vec<LogEntry> = Vec::new();
         let mut last: Option<Vec<u8>> = None;
-        for (key, changes) in image.keys {
+        for (KeyBytes(key), changes) in image.keys {
             if key.is_empty() {
                 return Err("empty key".into());
             }
@@ -781,14 +781,27 @@ fn sort_kvs(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
 struct Image {
     revision: i64,
     compact_revision: i64,
-    keys: Vec<(Vec<u8>, Vec<Change>)>,
+    keys: Vec<(KeyBytes, Vec<Change>)>,
+}
+
+/// A key as one byte string (see `qed_wire::bytes`: same encoding as a
+/// sequence of bytes, one copy instead of a loop).
+#[derive(Deserialize)]
+struct KeyBytes(#[serde(with = "qed_wire::bytes")] Vec<u8>);
+
+struct KeyRef<'a>(&'a [u8]);
+
+impl Serialize for KeyRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
 }
 
 struct KeysRef<'a>(&'a OrdMap<Key, Arc<KeyIndex>>);
 
 impl Serialize for KeysRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(k, index)| (&**k, index.changes())))
+        s.collect_seq(self.0.iter().map(|(k, index)| (KeyRef(k), index.changes())))
     }
 }
 

@@ -15,8 +15,9 @@ pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_bytes(bytes)
 }
 
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-    d.deserialize_byte_buf(ByteBuf)
+/// Into a `Vec<u8>` or a `Box<[u8]>` (whatever the field is).
+pub fn deserialize<'de, D: Deserializer<'de>, T: From<Vec<u8>>>(d: D) -> Result<T, D::Error> {
+    d.deserialize_byte_buf(ByteBuf).map(T::from)
 }
 
 struct ByteBuf;
