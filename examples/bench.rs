@@ -99,6 +99,7 @@ struct Flags {
     #[arg(long, default_value_t = 0.0)]
     duration: f64,
     /// At most this many requests/s across all clients; 0: unlimited.
+    /// Latency is timed from when a request is sent, not from its slot.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
     #[arg(long, default_value_t = 8)]
@@ -555,7 +556,8 @@ impl Plan {
                 let ok = async {
                     send.send(&LeaseKeepAliveRequest { id }).await.ok()?;
                     let resp: LeaseKeepAliveResponse = recv.recv().await.ok()??;
-                    Some(resp.ttl > 0)
+                    // Another lease's answer: a timed-out request's, late.
+                    Some(resp.id == id && resp.ttl > 0)
                 };
                 return (Kind::Write, ok.await.unwrap_or(false));
             }
@@ -564,19 +566,20 @@ impl Plan {
                 let ok = async {
                     stream.send(codec::encode(&pb::LeaseKeepAliveRequest { id }), false)?;
                     let resp: pb::LeaseKeepAliveResponse = stream.recv().await.ok()?;
-                    Some(resp.ttl > 0)
+                    // Another lease's answer: a timed-out request's, late.
+                    Some(resp.id == id && resp.ttl > 0)
                 };
                 return (Kind::Write, ok.await.unwrap_or(false));
             }
         };
         let (kind, op, key, value) = match flags.workload {
-            Workload::Put => (Kind::Write, Unary::Put, random_key(), self.value.clone()),
+            Workload::Put => (Kind::Write, Unary::Put, random_key(), &self.value[..]),
             Workload::Range | Workload::RangeSerializable => {
                 let serializable = flags.workload == Workload::RangeSerializable;
                 let op = Unary::Get { serializable };
-                (Kind::Read, op, random_key(), Vec::new())
+                (Kind::Read, op, random_key(), &[][..])
             }
-            Workload::Txn => (Kind::Write, Unary::Cas, random_key(), self.value.clone()),
+            Workload::Txn => (Kind::Write, Unary::Cas, random_key(), &self.value[..]),
             Workload::Mixed => {
                 // The top bits: the low ones also pick the key.
                 let read = ((rng >> 40) as f64 / (1u64 << 24) as f64) < flags.read_ratio;
@@ -584,9 +587,9 @@ impl Plan {
                     let op = Unary::Get {
                         serializable: false,
                     };
-                    (Kind::Read, op, random_key(), Vec::new())
+                    (Kind::Read, op, random_key(), &[][..])
                 } else {
-                    (Kind::Write, Unary::Put, random_key(), self.value.clone())
+                    (Kind::Write, Unary::Put, random_key(), &self.value[..])
                 }
             }
             Workload::Watch => {
@@ -600,9 +603,10 @@ impl Plan {
                 }
                 return (Kind::Write, ok);
             }
+            // Keepalives have their own sessions; the fsync floor has no server.
             Workload::LeaseKeepalive | Workload::FsyncFloor => return (Kind::Write, false),
         };
-        (kind, server.unary(worker, op, key, &value).await)
+        (kind, server.unary(worker, op, key, value).await)
     }
 
     fn lease(&self, n: u64) -> i64 {
