@@ -127,7 +127,8 @@ struct Flags {
     #[arg(long, default_value_t = 10)]
     streams: usize,
     /// watch: put first, then create the watchers from the first put's
-    /// revision (history replay); the clock starts with the first watch.
+    /// revision (history replay); the clock starts with the first watch,
+    /// and delivery latency includes the wait before the watch existed.
     #[arg(long)]
     from_history: bool,
     /// lease-keepalive: leases granted before the clock starts.
