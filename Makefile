@@ -38,7 +38,8 @@ CRASH_SEED ?= 24301
 crash-test:
 	CRASH_KILLS=$(KILLS) CRASH_SEED=$(CRASH_SEED) $(CARGO) test --release --test crash -- --nocapture
 
-# qed against etcd 3.4 on this machine; writes bench/results/latest.md.
+# qed against etcd 3.4 on this machine; writes bench/results/latest.md
+# (QUICK=1: bench/results/quick.md, so a sanity check never replaces a full run).
 QUICK ?= 0
 bench:
 	QUICK=$(QUICK) bench/compare.sh

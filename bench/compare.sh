@@ -5,8 +5,9 @@
 # directory), drives the same workloads with examples/bench (etcd and
 # qed-grpc over gRPC, qed natively over QUIC), takes the median of RUNS
 # runs of each figure, stops the server by its PID, and finally prints one
-# markdown table with the ratio of each qed figure to etcd's. The table is
-# written to bench/results/latest.md and a dated copy.
+# markdown table with the ratio of each qed figure to etcd's. A full run's
+# table is written to bench/results/latest.md and a dated copy; a QUICK
+# run's to bench/results/quick.md only, so it never replaces a full one.
 #
 #   make bench            full run (RUNS=3, larger totals)
 #   make bench QUICK=1    a sanity check in a few minutes
@@ -17,7 +18,15 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 QUICK=${QUICK:-0}
-if [ "$QUICK" = 1 ]; then RUNS=${RUNS:-1}; N=${N:-5000}; KEYS=${KEYS:-10000}; else RUNS=${RUNS:-3}; N=${N:-40000}; KEYS=${KEYS:-100000}; fi
+# W1 watchers on one key x P1 puts; W2 watchers over 100 prefixes x P2 puts;
+# LEASES leases kept alive (N keepalives).
+if [ "$QUICK" = 1 ]; then
+    RUNS=${RUNS:-1}; N=${N:-5000}; KEYS=${KEYS:-10000}
+    W1=${W1:-200}; P1=${P1:-200}; W2=${W2:-1000}; P2=${P2:-200}; LEASES=${LEASES:-1000}
+else
+    RUNS=${RUNS:-3}; N=${N:-40000}; KEYS=${KEYS:-100000}
+    W1=${W1:-1000}; P1=${P1:-1000}; W2=${W2:-10000}; P2=${P2:-2000}; LEASES=${LEASES:-10000}
+fi
 BENCH=target/release/examples/bench
 TMP=$(mktemp -d /tmp/qed-bench.XXXXXX)
 PIDS=()
@@ -59,28 +68,55 @@ rss_kb() { ps -o rss= -p "$1" | tr -d ' '; }
 # median of the numbers on stdin
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print a[int((NR+1)/2)]}'; }
 
-# figure NAME FIELD -- BENCH-ARGS...: runs the bench RUNS times, prints the median FIELD.
-figure() {
-    local field=$1; shift
+# runs BENCH-ARGS...: runs the bench RUNS times, keeping the result lines
+# for `med` (a failed run leaves no line and so no figure).
+runs() {
     for _ in $(seq "$RUNS"); do
-        "$BENCH" "$@" 2>/dev/null | grep -o "$field=[0-9.]*" | cut -d= -f2
-    done | median
+        "$BENCH" "$@" 2>/dev/null || say "    run failed: $*"
+    done >"$TMP/runs"
+    grep -o 'errors=[1-9][0-9]*' "$TMP/runs" | sed "s|^|    $1: |" >&2 || true
 }
+
+# med FIELD: the median of FIELD (a whole field: p99, not read_p99) over the last runs.
+med() { { grep -oE "(^| )$1=[0-9.]+" "$TMP/runs" || true; } | cut -d= -f2 | median; }
 
 declare -A R   # R[row,column] = value
 
 # measure COLUMN TARGET-ARGS...: the workloads against one running server.
 measure() {
     local col=$1; shift
-    say "  [$col] put / range / txn workloads"
+    say "  [$col] put / range / txn / mixed workloads"
     for c in 16 128; do
-        R["put c=$c (req/s)",$col]=$(figure throughput put --clients "$c" --total "$N" "$@")
-        R["put c=$c p99 (ms)",$col]=$(figure p99 put --clients "$c" --total "$N" "$@")
-        R["range linearizable c=$c (req/s)",$col]=$(figure throughput range --clients "$c" --total "$N" --key-space 1000 "$@")
+        runs put --clients "$c" --total "$N" "$@"
+        R["put c=$c (req/s)",$col]=$(med throughput)
+        R["put c=$c p99 (ms)",$col]=$(med p99)
+        runs range --clients "$c" --total "$N" --key-space 1000 "$@"
+        R["range linearizable c=$c (req/s)",$col]=$(med throughput)
     done
-    R["range serializable c=128 (req/s)",$col]=$(figure throughput range-serializable --clients 128 --total "$N" --key-space 1000 "$@")
-    R["txn cas c=128 (req/s)",$col]=$(figure throughput txn --clients 128 --total "$N" --key-space 1000 "$@")
+    runs range-serializable --clients 128 --total "$N" --key-space 1000 "$@"
+    R["range serializable c=128 (req/s)",$col]=$(med throughput)
+    runs txn --clients 128 --total "$N" --key-space 1000 "$@"
+    R["txn cas c=128 (req/s)",$col]=$(med throughput)
+    runs mixed --read-ratio 0.9 --clients 128 --total "$N" --key-space 1000 "$@"
+    R["mixed 90% reads c=128 (req/s)",$col]=$(med throughput)
+    R["mixed 90% reads c=128 p99 (ms)",$col]=$(med p99)
+    say "  [$col] watch fan-out"
+    # 4 connections: a QUIC connection carries at most 4096 streams, and the
+    # SDK gives each watcher one; gRPC spreads 10 Watch streams over them.
+    runs watch --watchers "$W1" --total "$P1" --clients 16 --conns 4 --streams 10 "$@"
+    R["$WATCH1 (events/s)",$col]=$(med throughput)
+    R["$WATCH1 p99 delivery (ms)",$col]=$(med p99)
+    runs watch --watchers "$W2" --prefixes 100 --total "$P2" --clients 16 --conns 4 --streams 10 "$@"
+    R["$WATCH2 (events/s)",$col]=$(med throughput)
+    R["$WATCH2 p99 delivery (ms)",$col]=$(med p99)
+    say "  [$col] lease keepalive"
+    runs lease-keepalive --leases "$LEASES" --clients 16 --total "$N" "$@"
+    R["$LEASE (keepalives/s)",$col]=$(med throughput)
+    R["$LEASE p99 (ms)",$col]=$(med p99)
 }
+WATCH1="watch $W1 watchers x $P1 puts, one key"
+WATCH2="watch $W2 watchers over 100 prefixes x $P2 puts"
+LEASE="lease keepalive, $LEASES leases, 16 streams"
 
 # load_and_size COLUMN PID DATADIR TARGET-ARGS...: RSS with KEYS keys of 256 B, data size.
 load_and_size() {
@@ -159,7 +195,9 @@ R["binary, stripped (MB)",qed-grpc]=$(strip_size target/release/qed-grpc)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a+0 > 0 && b+0 > 0) printf "%.2f", a / b; else print "n/a" }'; }
 ROWS=("put c=16 (req/s)" "put c=128 (req/s)" "put c=16 p99 (ms)" "put c=128 p99 (ms)"
     "range linearizable c=16 (req/s)" "range linearizable c=128 (req/s)" "range serializable c=128 (req/s)"
-    "txn cas c=128 (req/s)" "idle RSS (MB)" "RSS with $KEYS keys (MB)" "data dir with $KEYS keys (MB)"
+    "txn cas c=128 (req/s)" "mixed 90% reads c=128 (req/s)" "mixed 90% reads c=128 p99 (ms)"
+    "$WATCH1 (events/s)" "$WATCH1 p99 delivery (ms)" "$WATCH2 (events/s)" "$WATCH2 p99 delivery (ms)"
+    "$LEASE (keepalives/s)" "$LEASE p99 (ms)" "idle RSS (MB)" "RSS with $KEYS keys (MB)" "data dir with $KEYS keys (MB)"
     "restart with $KEYS keys (s)" "binary, stripped (MB)")
 {
     echo "# qed vs etcd $(etcd --version | head -1 | awk '{print $3}'), single node on loopback"
@@ -174,9 +212,16 @@ ROWS=("put c=16 (req/s)" "put c=128 (req/s)" "put c=16 p99 (ms)" "put c=128 p99 
         echo "| $row | $e | $n | $g | $(ratio "$n" "$e") | $(ratio "$g" "$e") |"
     done
     echo
-    echo "Not measured yet: 3-node clusters (qed has no peer transport yet), watch fan-out, lease keep-alive."
+    echo "Watch: events/s from the first put until every watcher has every event; delivery = put sent to event received."
+    echo "Lease: keepalives one at a time per stream, round-robin over the leases."
+    echo
+    echo "Not measured yet: 3-node clusters (qed has no peer transport yet)."
 } >"$TMP/table.md"
 mkdir -p bench/results
-cp "$TMP/table.md" bench/results/latest.md
-cp "$TMP/table.md" "bench/results/$(date -u +%Y-%m-%d-%H%M).md"
+if [ "$QUICK" = 1 ]; then
+    cp "$TMP/table.md" bench/results/quick.md
+else
+    cp "$TMP/table.md" bench/results/latest.md
+    cp "$TMP/table.md" "bench/results/$(date -u +%Y-%m-%d-%H%M).md"
+fi
 cat "$TMP/table.md"
