@@ -330,7 +330,7 @@ fn revoke_deletes_keys_in_one_revision_seen_by_a_watcher() {
     lessor.apply_events(&events);
     hub.on_apply(&events, store.revision());
 
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     let last = out.last().map(|r| r.events.clone()).unwrap_or_default();
     assert_eq!(last.len(), 2);
     assert!(last

@@ -120,13 +120,14 @@ async fn serve_watch(mut send: SendStream, mut recv: RecvStream, node: Arc<Node>
         reader_watchers.close(stream_id);
     });
     while slot.wake.recv().await.is_ok() {
-        for mut resp in watchers.take(stream_id) {
-            node.stamp(&mut resp.header);
-            if let Err(e) = stream::write(&mut send, &resp, MAX_SERVER_FRAME).await {
-                log::debug!("watch stream {stream_id} write failed: {e}");
-                watchers.close(stream_id);
-                return;
-            }
+        let mut batch = watchers.take(stream_id);
+        for resp in &mut batch {
+            node.stamp(resp.header_mut());
+        }
+        if let Err(e) = stream::write_all_of(&mut send, &batch, MAX_SERVER_FRAME).await {
+            log::debug!("watch stream {stream_id} write failed: {e}");
+            watchers.close(stream_id);
+            return;
         }
     }
     let _ = send.finish();

@@ -19,7 +19,7 @@
 use super::state_machine::StateMachine;
 use crate::mvcc::Event;
 use crate::runtime::{self, channel};
-use crate::watch::{StreamId, WatchConfig, WatchHub, WatchResponse};
+use crate::watch::{PendingResponse, StreamId, WatchConfig, WatchHub};
 use qed_wire::watch::WatchRequest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,7 +183,7 @@ impl Watchers {
     }
 
     /// What a stream has queued, oldest first.
-    pub fn take(&self, stream: StreamId) -> Vec<WatchResponse> {
+    pub fn take(&self, stream: StreamId) -> Vec<PendingResponse> {
         self.lock().take_pending(stream)
     }
 

@@ -56,8 +56,33 @@ pub async fn write<T: Serialize>(
     msg: &T,
     max: usize,
 ) -> Result<(), TransportError> {
-    let buf = frame::encode(msg, max)?;
-    send.write_all(&buf)
+    write_bytes(send, &frame::encode(msg, max)?).await
+}
+
+/// Encodes several messages and writes them in as few writes as fit in
+/// [`BATCH_BYTES`]: one pass through QUIC's stream state per batch instead
+/// of one per message.
+pub async fn write_all_of<T: Serialize>(
+    send: &mut SendStream,
+    msgs: &[T],
+    max: usize,
+) -> Result<(), TransportError> {
+    let mut buf = Vec::new();
+    for msg in msgs {
+        buf = frame::encode_into(msg, max, buf)?;
+        if buf.len() >= BATCH_BYTES {
+            write_bytes(send, &buf).await?;
+            buf.clear();
+        }
+    }
+    write_bytes(send, &buf).await
+}
+
+/// What [`write_all_of`] gathers before writing.
+const BATCH_BYTES: usize = 256 * 1024;
+
+async fn write_bytes(send: &mut SendStream, buf: &[u8]) -> Result<(), TransportError> {
+    send.write_all(buf)
         .await
         .map_err(|e| TransportError::Stream(e.to_string()))
 }

@@ -17,10 +17,13 @@
 //!    sends the responses in order.
 //! 7. After installing a snapshot: `restore(store.revision())`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
+use std::rc::Rc;
+use std::sync::Arc;
 
 use super::interval::{End, IntervalMap};
+use super::pending::{PendingResponse, SharedEvent};
 use super::WatchError;
 use crate::mvcc::{MvccError, Store};
 use qed_wire::kv::{Event, EventType, KeyValue, ResponseHeader};
@@ -104,31 +107,35 @@ struct Watcher {
 
 impl Watcher {
     /// Applies filters and `prev_kv` to one event; `None` if filtered out.
-    fn shape(&self, ev: &Event) -> Option<Event> {
+    fn shape(&self, ev: &Arc<Event>) -> Option<SharedEvent> {
         match ev.kind {
             EventType::Put if self.no_put => return None,
             EventType::Delete if self.no_delete => return None,
             _ => {}
         }
-        Some(Event {
-            kind: ev.kind,
-            kv: ev.kv.clone(),
-            prev_kv: if self.prev_kv {
-                ev.prev_kv.clone()
-            } else {
-                None
-            },
+        Some(SharedEvent {
+            event: ev.clone(),
+            prev_kv: self.prev_kv,
         })
     }
 }
 
-/// What a queued response is, so demotion and cancel know what to purge.
+/// One history read of a `catch_up` round, shared by the watchers that
+/// want the same one.
+#[derive(Clone)]
+enum History {
+    Events(Rc<Vec<Arc<Event>>>),
+    Compacted,
+    Unreadable,
+}
+
+/// What a queued response is, so cancel knows what to purge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// Created, canceled or compacted: never dropped.
     Control,
-    /// Events; `first_rev` is the revision of the first one.
-    Events { first_rev: i64 },
+    /// Events.
+    Events,
     /// A progress notification for one watch.
     Progress,
     /// A progress response for the whole stream (`watch_id = -1`).
@@ -139,7 +146,7 @@ enum Kind {
 struct Queued {
     kind: Kind,
     bytes: usize,
-    resp: WatchResponse,
+    resp: PendingResponse,
 }
 
 #[derive(Debug, Default)]
@@ -157,8 +164,8 @@ fn kv_bytes(kv: &KeyValue) -> usize {
     KV_OVERHEAD + kv.key.len() + kv.value.len()
 }
 
-fn event_bytes(ev: &Event) -> usize {
-    kv_bytes(&ev.kv) + ev.prev_kv.as_ref().map_or(0, kv_bytes)
+fn event_bytes(ev: &SharedEvent) -> usize {
+    kv_bytes(&ev.event.kv) + ev.prev_kv().map_or(0, kv_bytes)
 }
 
 fn header(revision: i64) -> ResponseHeader {
@@ -408,17 +415,20 @@ impl WatchHub {
         }
         self.revision = revision;
 
-        // Matches in event order, grouped per watcher.
-        let mut matched: BTreeMap<WatcherRef, Vec<&Event>> = BTreeMap::new();
+        // Matches in event order, grouped per watcher; an event that
+        // matches anyone is copied once, into one allocation all its
+        // watchers share.
+        let mut matched: BTreeMap<WatcherRef, Vec<Arc<Event>>> = BTreeMap::new();
         for ev in events {
+            let mut shared: Option<Arc<Event>> = None;
+            let mut add = |wref: WatcherRef| {
+                let ev = shared.get_or_insert_with(|| Arc::new(ev.clone()));
+                matched.entry(wref).or_default().push(ev.clone());
+            };
             if let Some(refs) = self.keys.get(&ev.kv.key) {
-                for wref in refs {
-                    matched.entry(*wref).or_default().push(ev);
-                }
+                refs.iter().for_each(|wref| add(*wref));
             }
-            self.ranges.stab(&ev.kv.key, |wref| {
-                matched.entry(*wref).or_default().push(ev);
-            });
+            self.ranges.stab(&ev.kv.key, |wref| add(*wref));
         }
 
         for (wref, evs) in matched {
@@ -429,7 +439,7 @@ impl WatchHub {
             if !w.synced || w.next_rev > revision {
                 continue;
             }
-            let shaped: Vec<Event> = evs.into_iter().filter_map(|e| w.shape(e)).collect();
+            let shaped: Vec<SharedEvent> = evs.iter().filter_map(|e| w.shape(e)).collect();
             if shaped.is_empty() {
                 w.next_rev = revision.saturating_add(1);
                 continue;
@@ -477,19 +487,34 @@ impl WatchHub {
         };
         self.catch_up_cursor = refs.last().copied();
         let mut touched = BTreeSet::new();
+        // Watchers demoted together want the same history: read it once
+        // per round for each (key, range end, start) and share the events.
+        let mut history: HashMap<(Vec<u8>, Vec<u8>, i64), History> = HashMap::new();
         for wref in refs {
             if self.is_full(wref.0) {
                 continue;
             }
-            // A copy, so the watcher can be removed or updated below; only
-            // watchers behind pay for it.
-            let Some(w) = self.watchers.get(&wref).cloned() else {
+            let Some(w) = self.watchers.get(&wref) else {
                 self.unsynced.remove(&wref);
                 continue;
             };
             touched.insert(wref.0);
-            match store.events_since(w.next_rev, &w.key, &w.range_end, batch) {
-                Err(MvccError::Compacted) => {
+            let read = history
+                .entry((w.key.clone(), w.range_end.clone(), w.next_rev))
+                .or_insert_with(|| {
+                    match store.events_since(w.next_rev, &w.key, &w.range_end, batch) {
+                        Ok(evs) => {
+                            History::Events(Rc::new(evs.into_iter().map(Arc::new).collect()))
+                        }
+                        Err(MvccError::Compacted) => History::Compacted,
+                        // No other error comes from history reads; leave the
+                        // watcher for the next round rather than guess.
+                        Err(_) => History::Unreadable,
+                    }
+                })
+                .clone();
+            match read {
+                History::Compacted => {
                     self.remove_watcher(wref);
                     self.purge(wref.0, wref.1);
                     // etcd sends exactly these fields (and a header with
@@ -503,13 +528,11 @@ impl WatchHub {
                     };
                     self.push(wref.0, Kind::Control, resp);
                 }
-                // No other error comes from history reads; leave the
-                // watcher for the next round rather than guess.
-                Err(_) => {}
-                Ok(evs) => {
+                History::Unreadable => {}
+                History::Events(evs) => {
                     let done = batch == 0 || evs.len() < batch;
                     let last_rev = evs.last().map(|e| e.kv.mod_revision);
-                    let shaped: Vec<Event> = evs.iter().filter_map(|e| w.shape(e)).collect();
+                    let shaped: Vec<SharedEvent> = evs.iter().filter_map(|e| w.shape(e)).collect();
                     let next_rev = if done {
                         w.next_rev.max(current.saturating_add(1))
                     } else {
@@ -595,7 +618,7 @@ impl WatchHub {
     /// Everything `stream` has queued, oldest first. All of it, so the
     /// fragments of one revision are never split between a drain and a
     /// later demotion.
-    pub fn take_pending(&mut self, stream: StreamId) -> Vec<WatchResponse> {
+    pub fn take_pending(&mut self, stream: StreamId) -> Vec<PendingResponse> {
         let Some(state) = self.streams.get_mut(&stream) else {
             return Vec::new();
         };
@@ -603,6 +626,15 @@ impl WatchHub {
         std::mem::take(&mut state.queue)
             .into_iter()
             .map(|q| q.resp)
+            .collect()
+    }
+
+    /// [`WatchHub::take_pending`] as owned responses.
+    #[cfg(test)]
+    pub fn take_responses(&mut self, stream: StreamId) -> Vec<WatchResponse> {
+        self.take_pending(stream)
+            .into_iter()
+            .map(PendingResponse::into_response)
             .collect()
     }
 
@@ -615,7 +647,12 @@ impl WatchHub {
         })
     }
 
+    /// Queues a response without events.
     fn push(&mut self, stream: StreamId, kind: Kind, resp: WatchResponse) {
+        self.push_pending(stream, kind, PendingResponse::control(resp));
+    }
+
+    fn push_pending(&mut self, stream: StreamId, kind: Kind, resp: PendingResponse) {
         let bytes = RESPONSE_OVERHEAD + resp.events.iter().map(event_bytes).sum::<usize>();
         let state = self.streams.entry(stream).or_default();
         state.bytes = state.bytes.saturating_add(bytes);
@@ -630,20 +667,20 @@ impl WatchHub {
     /// `sendFragments` if the watch asked for fragments, else sent whole.
     /// The last response carries `header_rev`; earlier ones their last
     /// event's revision.
-    fn push_events(&mut self, wref: WatcherRef, events: Vec<Event>, header_rev: i64) {
+    fn push_events(&mut self, wref: WatcherRef, events: Vec<SharedEvent>, header_rev: i64) {
         let fragment = self.watchers.get_mut(&wref).is_some_and(|w| {
             w.quiet = false;
             w.fragment
         });
         let limit = self.config.max_response_bytes;
-        let mut chunks: Vec<(Vec<Event>, usize)> = Vec::new();
-        let mut chunk: Vec<Event> = Vec::new();
+        let mut chunks: Vec<(Vec<SharedEvent>, usize)> = Vec::new();
+        let mut chunk: Vec<SharedEvent> = Vec::new();
         let mut size = RESPONSE_OVERHEAD;
         let mut events = events.into_iter().peekable();
         while let Some(first) = events.next() {
-            let rev = first.kv.mod_revision;
+            let rev = first.revision();
             let mut group = vec![first];
-            while let Some(ev) = events.next_if(|e| e.kv.mod_revision == rev) {
+            while let Some(ev) = events.next_if(|e| e.revision() == rev) {
                 group.push(ev);
             }
             let group_size: usize = group.iter().map(event_bytes).sum();
@@ -659,7 +696,7 @@ impl WatchHub {
         }
         let count = chunks.len();
         for (i, (chunk, size)) in chunks.into_iter().enumerate() {
-            let last_rev = chunk.last().map_or(header_rev, |e| e.kv.mod_revision);
+            let last_rev = chunk.last().map_or(header_rev, SharedEvent::revision);
             let hdr = if i + 1 == count { header_rev } else { last_rev };
             if fragment && size >= limit && chunk.len() >= 2 {
                 self.push_fragments(wref, chunk, hdr);
@@ -669,23 +706,22 @@ impl WatchHub {
         }
     }
 
-    fn push_response(&mut self, wref: WatcherRef, events: Vec<Event>, hdr: i64, more: bool) {
-        let first_rev = events.first().map_or(hdr, |e| e.kv.mod_revision);
-        let resp = WatchResponse {
+    fn push_response(&mut self, wref: WatcherRef, events: Vec<SharedEvent>, hdr: i64, more: bool) {
+        let head = WatchResponse {
             header: header(hdr),
             watch_id: wref.1,
             fragment: more,
-            events,
             ..WatchResponse::default()
         };
-        self.push(wref.0, Kind::Events { first_rev }, resp);
+        let resp = PendingResponse { head, events };
+        self.push_pending(wref.0, Kind::Events, resp);
     }
 
     /// etcd's `sendFragments`: as many events per part as fit under the
     /// limit (at least one), `fragment = true` on all parts but the last.
-    fn push_fragments(&mut self, wref: WatcherRef, events: Vec<Event>, hdr: i64) {
+    fn push_fragments(&mut self, wref: WatcherRef, events: Vec<SharedEvent>, hdr: i64) {
         let limit = self.config.max_response_bytes;
-        let mut part: Vec<Event> = Vec::new();
+        let mut part: Vec<SharedEvent> = Vec::new();
         let mut size = RESPONSE_OVERHEAD;
         for ev in events {
             let bytes = event_bytes(&ev);
@@ -699,27 +735,23 @@ impl WatchHub {
         self.push_response(wref, part, hdr, false);
     }
 
-    /// Drops a watch's queued events and progress notes; returns the first
-    /// revision dropped, if any. A queued stream-wide progress response is
-    /// dropped too (it may vouch for events just removed) and re-requested.
-    fn purge(&mut self, stream: StreamId, id: WatchId) -> Option<i64> {
-        let state = self.streams.get_mut(&stream)?;
-        let mut first_dropped: Option<i64> = None;
+    /// Drops a watch's queued events and progress notes. A queued
+    /// stream-wide progress response is dropped too (it may vouch for
+    /// events just removed) and re-requested.
+    fn purge(&mut self, stream: StreamId, id: WatchId) {
+        let Some(state) = self.streams.get_mut(&stream) else {
+            return;
+        };
         let mut rerequest = false;
         let mut freed = 0usize;
         state.queue.retain(|q| {
             let drop = match q.kind {
                 Kind::Control => false,
-                Kind::Events { first_rev } if q.resp.watch_id == id => {
-                    first_dropped = Some(first_dropped.map_or(first_rev, |r| r.min(first_rev)));
-                    true
-                }
-                Kind::Progress => q.resp.watch_id == id,
+                Kind::Events | Kind::Progress => q.resp.watch_id() == id,
                 Kind::StreamProgress => {
                     rerequest = true;
                     true
                 }
-                Kind::Events { .. } => false,
             };
             if drop {
                 freed += q.bytes;
@@ -730,19 +762,19 @@ impl WatchHub {
         if rerequest {
             state.progress_requested = true;
         }
-        first_dropped
     }
 
-    /// A synced watcher that could not be given revision `missed`: drop
-    /// what it has queued and let it resume from history.
+    /// A synced watcher that could not be given revision `missed` resumes
+    /// from history there. What it already has queued stays queued (whole
+    /// revisions, all before `missed`, and the queue is bounded): dropping
+    /// it would only mean reading the same revisions from history again.
     fn demote(&mut self, wref: WatcherRef, missed: i64) {
         #[cfg(test)]
         {
             self.demotions += 1;
         }
-        let first_dropped = self.purge(wref.0, wref.1);
         if let Some(w) = self.watchers.get_mut(&wref) {
-            w.next_rev = first_dropped.map_or(missed, |r| r.min(missed));
+            w.next_rev = missed;
             w.synced = false;
             self.unsynced.insert(wref);
         }

@@ -36,6 +36,7 @@
 
 mod hub;
 mod interval;
+mod pending;
 
 #[cfg(test)]
 mod tests;
@@ -43,6 +44,7 @@ mod tests;
 use std::fmt;
 
 pub use hub::{StreamId, WatchConfig, WatchHub, WatchId};
+pub use pending::PendingResponse;
 pub use qed_wire::watch::{WatchCreateRequest, WatchResponse};
 
 /// Why a watch request was refused. `Display` is etcd's text, which is also

@@ -73,7 +73,7 @@ fn auto_ids_count_from_zero_and_skip_client_ids() {
     assert_eq!(hub.create(7, &req), Ok(2));
     // Another stream has its own IDs.
     assert_eq!(hub.create(8, &req), Ok(0));
-    let out = hub.take_pending(7);
+    let out = hub.take_responses(7);
     assert_eq!(out.len(), 3);
     assert!(out
         .iter()
@@ -95,7 +95,7 @@ fn duplicate_id_and_empty_range_are_refused_as_etcd_does() {
         hub.create(1, &watch(b"b", b"a", 0)),
         Err(WatchError::EmptyRange)
     );
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     assert_eq!(out.len(), 3);
     for refused in &out[1..] {
         assert!(refused.created && refused.canceled);
@@ -119,12 +119,12 @@ fn events_route_to_single_prefix_and_from_key_watchers() {
     let single = hub.create(1, &watch(b"foo", b"", 0)).unwrap_or(-9);
     let prefix = hub.create(1, &watch(b"fo", b"fp", 0)).unwrap_or(-9);
     let from = hub.create(1, &watch(b"g", &[0], 0)).unwrap_or(-9);
-    hub.take_pending(1);
+    hub.take_responses(1);
     apply(&mut hub, put(&mut store, b"foo", b"1"));
     apply(&mut hub, put(&mut store, b"fox", b"2"));
     apply(&mut hub, put(&mut store, b"zzz", b"3"));
     apply(&mut hub, put(&mut store, b"a", b"4"));
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     let by_id = |id| -> Vec<(Vec<u8>, i64)> {
         out.iter()
             .filter(|r| r.watch_id == id)
@@ -153,11 +153,11 @@ fn filters_and_prev_kv() {
     no_del.prev_kv = true;
     let a = hub.create(1, &no_put).unwrap_or(-9);
     let b = hub.create(1, &no_del).unwrap_or(-9);
-    hub.take_pending(1);
+    hub.take_responses(1);
     apply(&mut hub, put(&mut store, b"k", b"1"));
     apply(&mut hub, put(&mut store, b"k", b"2"));
     apply(&mut hub, delete(&mut store, b"k", b""));
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     let of = |id| out.iter().filter(|r| r.watch_id == id).collect::<Vec<_>>();
     let deletes = of(a);
     assert_eq!(deletes.len(), 1);
@@ -181,11 +181,11 @@ fn filters_and_prev_kv() {
 fn a_future_start_revision_skips_earlier_events() {
     let (mut store, mut hub) = setup();
     let id = hub.create(1, &watch(b"k", b"", 4)).unwrap_or(-9);
-    hub.take_pending(1);
+    hub.take_responses(1);
     for v in [b"1", b"2", b"3", b"4"] {
         apply(&mut hub, put(&mut store, b"k", v));
     }
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     assert_eq!(out.len(), 2);
     assert!(out.iter().all(|r| r.watch_id == id));
     assert_eq!(keys_of(&out[0]), vec![(b"k".to_vec(), 4)]);
@@ -210,7 +210,7 @@ fn old_start_revision_catches_up_then_follows_in_order() {
     }
     assert_eq!(hub.unsynced_count(), 0);
     apply(&mut hub, put(&mut store, b"a", b"z"));
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     assert!(out[0].created);
     let revs: Vec<i64> = out[1..]
         .iter()
@@ -233,9 +233,9 @@ fn a_compacted_start_gets_etcds_compacted_response_and_is_removed() {
     let old = hub.create(1, &watch(b"k", b"", 2)).unwrap_or(-9);
     // Exactly at the compaction point is still served (etcd's rule).
     let at = hub.create(1, &watch(b"k", b"", 4)).unwrap_or(-9);
-    hub.take_pending(1);
+    hub.take_responses(1);
     hub.catch_up(&store, 0);
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     let compacted: Vec<_> = out.iter().filter(|r| r.watch_id == old).collect();
     assert_eq!(compacted.len(), 1);
     let r = compacted[0];
@@ -260,7 +260,7 @@ fn one_revision_is_one_response_without_fragment() {
     };
     hub = WatchHub::new(config, hub.revision());
     let id = hub.create(1, &watch(b"a", &[0], 0)).unwrap_or(-9);
-    hub.take_pending(1);
+    hub.take_responses(1);
     let ops = (0..5u8)
         .map(|i| {
             RequestOp::Put(PutRequest {
@@ -278,7 +278,7 @@ fn one_revision_is_one_response_without_fragment() {
         panic!("txn failed");
     };
     hub.on_apply(&evs, store.revision());
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].watch_id, id);
     assert_eq!(out[0].events.len(), 5);
@@ -296,7 +296,7 @@ fn fragment_splits_large_revisions_marking_all_but_the_last() {
     let mut req = watch(b"a", &[0], 0);
     req.fragment = true;
     let id = hub.create(1, &req).unwrap_or(-9);
-    hub.take_pending(1);
+    hub.take_responses(1);
     let ops = (0..5u8)
         .map(|i| {
             RequestOp::Put(PutRequest {
@@ -314,7 +314,7 @@ fn fragment_splits_large_revisions_marking_all_but_the_last() {
         panic!("txn failed");
     };
     hub.on_apply(&evs, store.revision());
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     assert!(out.len() > 1);
     let last = out.len() - 1;
     for (i, r) in out.iter().enumerate() {
@@ -338,7 +338,7 @@ fn a_large_catch_up_is_cut_at_revision_boundaries() {
     }
     hub.create(1, &watch(b"k", b"l", 2)).unwrap_or(-9);
     hub.catch_up(&store, 0);
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     let events: Vec<&WatchResponse> = out.iter().filter(|r| !r.events.is_empty()).collect();
     assert!(events.len() > 1);
     let mut last = 0;
@@ -366,19 +366,19 @@ fn a_slow_stream_is_demoted_then_resumes_without_gap_or_duplicate() {
     let mut got_fast = Vec::new();
     for i in 0..10u8 {
         apply(&mut hub, put(&mut store, b"k", &[i]));
-        got_fast.extend(hub.take_pending(2).iter().flat_map(keys_of));
+        got_fast.extend(hub.take_responses(2).iter().flat_map(keys_of));
     }
     assert_eq!(hub.unsynced_count(), 1);
     // Queue bounded: created plus at most two events.
     assert!(hub.pending_len(1) <= 3);
     let mut got_slow = Vec::new();
     while hub.unsynced_count() > 0 {
-        got_slow.extend(hub.take_pending(1).iter().flat_map(keys_of));
+        got_slow.extend(hub.take_responses(1).iter().flat_map(keys_of));
         hub.catch_up(&store, 1);
     }
     apply(&mut hub, put(&mut store, b"k", b"last"));
-    got_slow.extend(hub.take_pending(1).iter().flat_map(keys_of));
-    got_fast.extend(hub.take_pending(2).iter().flat_map(keys_of));
+    got_slow.extend(hub.take_responses(1).iter().flat_map(keys_of));
+    got_fast.extend(hub.take_responses(2).iter().flat_map(keys_of));
     let want: Vec<(Vec<u8>, i64)> = (2..=12).map(|r| (b"k".to_vec(), r)).collect();
     assert_eq!(got_slow, want);
     assert_eq!(got_fast, want);
@@ -391,7 +391,7 @@ fn cancel_drops_queued_events_and_answers_canceled() {
     let id = hub.create(1, &watch(b"k", b"", 0)).unwrap_or(-9);
     apply(&mut hub, put(&mut store, b"k", b"1"));
     assert_eq!(hub.cancel(1, id), Ok(()));
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     assert_eq!(out.len(), 2);
     assert!(out[0].created);
     assert!(out[1].canceled && out[1].watch_id == id && out[1].compact_revision == 0);
@@ -411,24 +411,24 @@ fn progress_notify_only_when_quiet_and_synced() {
     let mut req = watch(b"k", b"", 0);
     req.progress_notify = true;
     let id = hub.create(1, &req).unwrap_or(-9);
-    hub.take_pending(1);
+    hub.take_responses(1);
     hub.tick_progress(0);
     apply(&mut hub, put(&mut store, b"other", b"1"));
     hub.tick_progress(50);
     assert!(!hub.has_pending(1));
     hub.tick_progress(100);
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].watch_id, id);
     assert!(out[0].events.is_empty() && !out[0].canceled);
     assert_eq!(out[0].header.revision, 2);
     // Events in the interval suppress the next one.
     apply(&mut hub, put(&mut store, b"k", b"1"));
-    hub.take_pending(1);
+    hub.take_responses(1);
     hub.tick_progress(200);
     assert!(!hub.has_pending(1));
     hub.tick_progress(300);
-    assert_eq!(hub.take_pending(1).len(), 1);
+    assert_eq!(hub.take_responses(1).len(), 1);
 }
 
 #[test]
@@ -438,25 +438,25 @@ fn a_progress_request_waits_for_catch_up() {
         apply(&mut hub, put(&mut store, b"k", v));
     }
     hub.create(1, &watch(b"k", b"", 2)).unwrap_or(-9);
-    hub.take_pending(1);
+    hub.take_responses(1);
     hub.request_progress(1);
     assert!(!hub.has_pending(1));
     hub.catch_up(&store, 0);
-    let out = hub.take_pending(1);
+    let out = hub.take_responses(1);
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].events.len(), 3);
     assert_eq!(out[1].watch_id, -1);
     assert_eq!(out[1].header.revision, 4);
     // With every watch synced it is answered at once.
     hub.request_progress(1);
-    assert_eq!(hub.take_pending(1).len(), 1);
+    assert_eq!(hub.take_responses(1).len(), 1);
 }
 
 #[test]
 fn replayed_revisions_are_ignored_and_skipped_ones_come_from_history() {
     let (mut store, mut hub) = setup();
     hub.create(1, &watch(b"k", b"", 0)).unwrap_or(-9);
-    hub.take_pending(1);
+    hub.take_responses(1);
     let first = put(&mut store, b"k", b"1");
     apply(&mut hub, first.clone());
     apply(&mut hub, first);
@@ -465,7 +465,7 @@ fn replayed_revisions_are_ignored_and_skipped_ones_come_from_history() {
     apply(&mut hub, put(&mut store, b"k", b"3"));
     hub.catch_up(&store, 0);
     let revs: Vec<i64> = hub
-        .take_pending(1)
+        .take_responses(1)
         .iter()
         .flat_map(|r| r.events.iter().map(|e| e.kv.mod_revision))
         .collect();
@@ -813,7 +813,7 @@ fn run_model(seed: u64, steps: usize) {
                    models: &mut Vec<Model>,
                    index: &BTreeMap<(StreamId, WatchId), usize>,
                    stream: StreamId| {
-        for resp in hub.take_pending(stream) {
+        for resp in hub.take_responses(stream) {
             if resp.watch_id == -1 {
                 // Stream-wide progress: every watch must be up to date.
                 let live = models

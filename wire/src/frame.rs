@@ -52,14 +52,25 @@ impl std::error::Error for FrameError {}
 
 /// Encodes `msg` as a complete frame (prefix + body), refusing bodies over `max`.
 pub fn encode<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; PREFIX_LEN];
+    encode_into(msg, max, Vec::new())
+}
+
+/// Appends one frame to `out` (so many frames can leave in one write).
+/// On error `out` is lost; callers drop the whole batch anyway.
+pub fn encode_into<T: Serialize>(
+    msg: &T,
+    max: usize,
+    mut out: Vec<u8>,
+) -> Result<Vec<u8>, FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; PREFIX_LEN]);
     out = postcard::to_extend(msg, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let len = out.len() - PREFIX_LEN;
+    let len = out.len() - start - PREFIX_LEN;
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
     let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })?;
-    out[..PREFIX_LEN].copy_from_slice(&len32.to_be_bytes());
+    out[start..start + PREFIX_LEN].copy_from_slice(&len32.to_be_bytes());
     Ok(out)
 }
 

@@ -1,0 +1,185 @@
+//! Responses as the hub queues them: a [`WatchResponse`] whose events are
+//! shared, not copied, between the watchers they go to.
+//!
+//! One applied event matched by a thousand watchers is one allocation
+//! referenced a thousand times; each watcher only records whether it wants
+//! the previous value. A [`PendingResponse`] serializes to exactly the
+//! bytes of the [`WatchResponse`] it stands for (field order is the wire
+//! struct's), so the stream writer encodes it without building the owned
+//! response first.
+
+use qed_wire::kv::{Event, EventType, KeyValue, ResponseHeader};
+use qed_wire::watch::WatchResponse;
+use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::{Serialize, Serializer};
+use std::sync::Arc;
+
+/// One event as one watcher gets it.
+#[derive(Debug, Clone)]
+pub struct SharedEvent {
+    pub(super) event: Arc<Event>,
+    /// The watcher asked for `prev_kv`.
+    pub(super) prev_kv: bool,
+}
+
+impl SharedEvent {
+    pub(super) fn prev_kv(&self) -> Option<&KeyValue> {
+        self.event.prev_kv.as_ref().filter(|_| self.prev_kv)
+    }
+
+    pub(super) fn revision(&self) -> i64 {
+        self.event.kv.mod_revision
+    }
+
+    fn to_event(&self) -> Event {
+        Event {
+            kind: self.event.kind,
+            kv: self.event.kv.clone(),
+            prev_kv: self.prev_kv().cloned(),
+        }
+    }
+}
+
+/// A queued response: `head` with its `events` left empty, plus the
+/// shared events that go in it.
+#[derive(Debug, Clone, Default)]
+pub struct PendingResponse {
+    pub head: WatchResponse,
+    pub(super) events: Vec<SharedEvent>,
+}
+
+impl PendingResponse {
+    pub(super) fn control(head: WatchResponse) -> PendingResponse {
+        PendingResponse {
+            head,
+            events: Vec::new(),
+        }
+    }
+
+    pub fn watch_id(&self) -> i64 {
+        self.head.watch_id
+    }
+
+    /// The header the driver stamps (cluster, member, term) before sending.
+    pub fn header_mut(&mut self) -> &mut ResponseHeader {
+        &mut self.head.header
+    }
+
+    /// The owned response (copies the events).
+    pub fn into_response(self) -> WatchResponse {
+        let mut resp = self.head;
+        resp.events
+            .extend(self.events.iter().map(SharedEvent::to_event));
+        resp
+    }
+}
+
+/// Serializes like `Event`.
+struct EventRef<'a> {
+    kind: EventType,
+    kv: &'a KeyValue,
+    prev_kv: Option<&'a KeyValue>,
+}
+
+impl Serialize for EventRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Event", 3)?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("kv", self.kv)?;
+        st.serialize_field("prev_kv", &self.prev_kv)?;
+        st.end()
+    }
+}
+
+struct EventsRef<'a>(&'a [Event], &'a [SharedEvent]);
+
+impl Serialize for EventsRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len() + self.1.len()))?;
+        for ev in self.0 {
+            seq.serialize_element(ev)?;
+        }
+        for ev in self.1 {
+            seq.serialize_element(&EventRef {
+                kind: ev.event.kind,
+                kv: &ev.event.kv,
+                prev_kv: ev.prev_kv(),
+            })?;
+        }
+        seq.end()
+    }
+}
+
+impl Serialize for PendingResponse {
+    /// `WatchResponse`'s fields in its order, the events from both parts.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let h = &self.head;
+        let mut st = s.serialize_struct("WatchResponse", 8)?;
+        st.serialize_field("header", &h.header)?;
+        st.serialize_field("watch_id", &h.watch_id)?;
+        st.serialize_field("created", &h.created)?;
+        st.serialize_field("canceled", &h.canceled)?;
+        st.serialize_field("compact_revision", &h.compact_revision)?;
+        st.serialize_field("cancel_reason", &h.cancel_reason)?;
+        st.serialize_field("fragment", &h.fragment)?;
+        st.serialize_field("events", &EventsRef(&h.events, &self.events))?;
+        st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, rev: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: format!("v{rev}").into_bytes(),
+            create_revision: 2,
+            mod_revision: rev,
+            version: rev - 1,
+            lease: 7,
+        }
+    }
+
+    /// The stream writer sends a pending response as is: it must be the
+    /// same bytes as the owned response a client decodes.
+    #[test]
+    fn encodes_exactly_as_the_owned_response() {
+        let event = Arc::new(Event {
+            kind: EventType::Put,
+            kv: kv("a", 5),
+            prev_kv: Some(kv("a", 4)),
+        });
+        for prev_kv in [false, true] {
+            let pending = PendingResponse {
+                head: WatchResponse {
+                    header: ResponseHeader {
+                        cluster_id: 1,
+                        member_id: 2,
+                        revision: 5,
+                        raft_term: 3,
+                    },
+                    watch_id: 9,
+                    fragment: true,
+                    cancel_reason: "x".into(),
+                    ..WatchResponse::default()
+                },
+                events: vec![
+                    SharedEvent {
+                        event: event.clone(),
+                        prev_kv,
+                    };
+                    2
+                ],
+            };
+            let ours = postcard::to_stdvec(&pending).unwrap();
+            let owned = pending.clone().into_response();
+            assert_eq!(owned.events.len(), 2);
+            assert_eq!(owned.events[0].prev_kv.is_some(), prev_kv);
+            assert_eq!(ours, postcard::to_stdvec(&owned).unwrap());
+            let back: WatchResponse = postcard::from_bytes(&ours).unwrap();
+            assert_eq!(back, owned);
+        }
+    }
+}
