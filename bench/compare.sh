@@ -2,7 +2,7 @@
 # make bench: qed against etcd 3.4 on this machine, side by side, one run.
 #
 # For each server it starts a fresh single node on loopback (fresh data
-# directory), drives the same workloads with examples/bench (etcd and
+# directory), then a fresh 3-node cluster, drives the same workloads with examples/bench (etcd and
 # qed-grpc over gRPC, qed natively over QUIC), takes the median of RUNS
 # runs of each figure, stops the server by its PID, and finally prints one
 # markdown table with the ratio of each qed figure to etcd's. A full run's
@@ -101,8 +101,8 @@ measure() {
     R["mixed 90% reads c=128 (req/s)",$col]=$(med throughput)
     R["mixed 90% reads c=128 p99 (ms)",$col]=$(med p99)
     say "  [$col] watch fan-out"
-    # 4 connections: a QUIC connection carries at most 4096 streams, and the
-    # SDK gives each watcher one; gRPC spreads 10 Watch streams over them.
+    # 4 connections; the SDK puts up to 256 watches on each of its watch
+    # streams, gRPC spreads 10 Watch streams over the connections.
     runs watch --watchers "$W1" --total "$P1" --clients 16 --conns 4 --streams 10 "$@"
     R["$WATCH1 (events/s)",$col]=$(med throughput)
     R["$WATCH1 p99 delivery (ms)",$col]=$(med p99)
@@ -186,6 +186,73 @@ t0=$(date +%s.%N); start_qed; t1=$(date +%s.%N)
 R["restart with $KEYS keys (s)",qed-native]=$(awk "BEGIN {printf \"%.2f\", $t1 - $t0}")
 stop "$QED"
 
+# ---------------------------------------------------------------- 3 nodes
+# Three members on loopback, for each server; the clients spread over all
+# three members (as etcd's own benchmark does with --endpoints), so writes
+# reaching a follower are forwarded to the leader.
+CLUSTER_ROWS=("3 nodes: put c=16 (req/s)" "3 nodes: put c=128 (req/s)" "3 nodes: put c=128 p99 (ms)"
+    "3 nodes: range linearizable c=128 (req/s)" "3 nodes: range serializable c=128 (req/s)")
+measure_cluster() {
+    local col=$1; shift
+    say "  [$col] 3 nodes: put / range"
+    runs put --clients 16 --total "$N" "$@"
+    R["3 nodes: put c=16 (req/s)",$col]=$(med throughput)
+    runs put --clients 128 --total "$N" "$@"
+    R["3 nodes: put c=128 (req/s)",$col]=$(med throughput)
+    R["3 nodes: put c=128 p99 (ms)",$col]=$(med p99)
+    runs range --clients 128 --total "$N" --key-space 1000 "$@"
+    R["3 nodes: range linearizable c=128 (req/s)",$col]=$(med throughput)
+    runs range-serializable --clients 128 --total "$N" --key-space 1000 "$@"
+    R["3 nodes: range serializable c=128 (req/s)",$col]=$(med throughput)
+}
+CLUSTER_PIDS=()
+stop_cluster() {
+    for pid in "${CLUSTER_PIDS[@]}"; do stop "$pid"; done
+    CLUSTER_PIDS=()
+}
+declare -a CP PP3
+for i in 1 2 3; do CP[$i]=$(free_port); PP3[$i]=$(free_port); done
+INITIAL=$(for i in 1 2 3; do printf 'm%s=http://127.0.0.1:%s,' "$i" "${PP3[$i]}"; done); INITIAL=${INITIAL%,}
+say "etcd, 3 nodes"
+ETCD3=""
+for i in 1 2 3; do
+    etcd --name "m$i" --data-dir "$TMP/etcd3-$i" \
+        --listen-client-urls "http://127.0.0.1:${CP[$i]}" --advertise-client-urls "http://127.0.0.1:${CP[$i]}" \
+        --listen-peer-urls "http://127.0.0.1:${PP3[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${PP3[$i]}" \
+        --initial-cluster "$INITIAL" --initial-cluster-token bench3 --initial-cluster-state new \
+        >"$TMP/etcd3-$i.log" 2>&1 &
+    PIDS+=($!); CLUSTER_PIDS+=($!)
+    ETCD3+="http://127.0.0.1:${CP[$i]},"
+done
+ETCD3=${ETCD3%,}
+poll etcdctl --endpoints "$ETCD3" endpoint health
+measure_cluster etcd --target grpc --endpoints "$ETCD3"
+stop_cluster
+
+say "qed, 3 nodes"
+QED3=""
+for i in 1 2 3; do
+    target/release/qed --name "m$i" --data-dir "$TMP/qed3-$i" --log-level warn \
+        --listen-client-urls "https://127.0.0.1:${CP[$i]}" \
+        --listen-peer-urls "http://127.0.0.1:${PP3[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${PP3[$i]}" \
+        --initial-cluster "$INITIAL" --initial-cluster-token bench3 >"$TMP/qed3-$i.log" 2>&1 &
+    PIDS+=($!); CLUSTER_PIDS+=($!)
+    QED3+="https://127.0.0.1:${CP[$i]},"
+done
+QED3=${QED3%,}
+for i in 1 2 3; do poll test -f "$TMP/qed3-$i/certs/ca.crt"; done
+# Each member generated its own CA: clients trust all three.
+cat "$TMP"/qed3-{1,2,3}/certs/ca.crt >"$TMP/qed3-ca.crt"
+NATIVE3=(--target native --endpoints "$QED3" --cacert "$TMP/qed3-ca.crt")
+poll "$BENCH" range --clients 1 --total 1 --key-space 1 "${NATIVE3[@]}"
+measure_cluster qed-native "${NATIVE3[@]}"
+target/release/qed-grpc --listen-client-urls "http://127.0.0.1:$GP" --endpoints "$QED3" \
+    --cacert "$TMP/qed3-ca.crt" >"$TMP/grpc3.log" 2>&1 &
+SHIM=$!; PIDS+=("$SHIM")
+poll etcdctl --endpoints "127.0.0.1:$GP" endpoint health
+measure_cluster qed-grpc --target grpc --endpoints "http://127.0.0.1:$GP"
+stop "$SHIM"; stop_cluster
+
 strip_size() { cp "$1" "$TMP/s" && strip "$TMP/s" 2>/dev/null; awk "BEGIN {printf \"%.1f\", $(stat -c %s "$TMP/s") / 1e6}"; }
 R["binary, stripped (MB)",etcd]=$(strip_size "$(command -v etcd)")
 R["binary, stripped (MB)",qed-native]=$(strip_size target/release/qed)
@@ -198,9 +265,9 @@ ROWS=("put c=16 (req/s)" "put c=128 (req/s)" "put c=16 p99 (ms)" "put c=128 p99 
     "txn cas c=128 (req/s)" "mixed 90% reads c=128 (req/s)" "mixed 90% reads c=128 p99 (ms)"
     "$WATCH1 (events/s)" "$WATCH1 p99 delivery (ms)" "$WATCH2 (events/s)" "$WATCH2 p99 delivery (ms)"
     "$LEASE (keepalives/s)" "$LEASE p99 (ms)" "idle RSS (MB)" "RSS with $KEYS keys (MB)" "data dir with $KEYS keys (MB)"
-    "restart with $KEYS keys (s)" "binary, stripped (MB)")
+    "restart with $KEYS keys (s)" "binary, stripped (MB)" "${CLUSTER_ROWS[@]}")
 {
-    echo "# qed vs etcd $(etcd --version | head -1 | awk '{print $3}'), single node on loopback"
+    echo "# qed vs etcd $(etcd --version | head -1 | awk '{print $3}'), single node and 3 nodes on loopback"
     echo
     echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, RUNS=$RUNS (median), N=$N requests per figure, qed $(git rev-parse --short HEAD)."
     echo "Ratios are qed / etcd: above 1 is better for throughput, below 1 is better for latency, memory, size and time."
@@ -214,8 +281,7 @@ ROWS=("put c=16 (req/s)" "put c=128 (req/s)" "put c=16 p99 (ms)" "put c=128 p99 
     echo
     echo "Watch: events/s from the first put until every watcher has every event; delivery = put sent to event received."
     echo "Lease: keepalives one at a time per stream, round-robin over the leases."
-    echo
-    echo "Not measured yet: 3-node clusters (qed has no peer transport yet)."
+    echo "3 nodes: the clients spread over the three members (etcd: gRPC connections round-robin; qed native: the SDK's round-robin; qed-grpc: one shim in front of all three)."
 } >"$TMP/table.md"
 mkdir -p bench/results
 if [ "$QUICK" = 1 ]; then

@@ -77,7 +77,9 @@ struct Flags {
     workload: Workload,
     #[arg(long, value_enum, default_value = "native")]
     target: Target,
-    /// Server URL [native: https://127.0.0.1:2379; grpc: http://127.0.0.1:2379].
+    /// Server URLs, comma-separated [native: https://127.0.0.1:2379; grpc:
+    /// http://127.0.0.1:2379]. The SDK spreads calls over them; gRPC connections
+    /// go round-robin over them.
     #[arg(long)]
     endpoints: Option<String>,
     /// CA for --target native [default: default.qed/certs/ca.crt].
@@ -166,6 +168,11 @@ fn key(i: u64, size: usize) -> Vec<u8> {
 }
 
 /// A connected server, either way.
+/// Comma-separated endpoints (at least one entry).
+fn split(endpoints: &str) -> Vec<String> {
+    endpoints.split(',').map(str::to_string).collect()
+}
+
 #[derive(Clone)]
 enum Server {
     Native(Arc<Vec<Client>>),
@@ -176,10 +183,12 @@ impl Server {
     async fn connect(flags: &Flags) -> Result<Server, BoxError> {
         match flags.target {
             Target::Native => {
-                let url = flags
-                    .endpoints
-                    .clone()
-                    .unwrap_or_else(|| "https://127.0.0.1:2379".into());
+                let urls = split(
+                    flags
+                        .endpoints
+                        .as_deref()
+                        .unwrap_or("https://127.0.0.1:2379"),
+                );
                 let options = ConnectOptions {
                     ca_file: Some(
                         flags
@@ -189,7 +198,7 @@ impl Server {
                     ),
                     ..Default::default()
                 };
-                // Only watchers need more than one connection (one stream each).
+                // Only watchers need more than one connection.
                 let n = if flags.workload == Workload::Watch {
                     flags.conns.max(1)
                 } else {
@@ -197,23 +206,24 @@ impl Server {
                 };
                 let mut clients = Vec::new();
                 for _ in 0..n {
-                    clients
-                        .push(Client::connect(std::slice::from_ref(&url), options.clone()).await?);
+                    clients.push(Client::connect(&urls, options.clone()).await?);
                 }
                 Ok(Server::Native(Arc::new(clients)))
             }
             Target::Grpc => {
-                let url = flags
-                    .endpoints
-                    .clone()
-                    .unwrap_or_else(|| "http://127.0.0.1:2379".into());
-                let addr = url
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .to_string();
+                // Connections go round-robin over the endpoints.
+                let urls = split(
+                    flags
+                        .endpoints
+                        .as_deref()
+                        .unwrap_or("http://127.0.0.1:2379"),
+                );
                 let mut conns = Vec::new();
-                for _ in 0..flags.conns.max(1) {
-                    conns.push(h2_connect(&addr).await?);
+                for i in 0..flags.conns.max(1) {
+                    let addr = urls[i % urls.len()]
+                        .trim_start_matches("http://")
+                        .trim_end_matches('/');
+                    conns.push(h2_connect(addr).await?);
                 }
                 Ok(Server::Grpc(Arc::new(conns)))
             }
