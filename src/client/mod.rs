@@ -262,7 +262,12 @@ impl Client {
                 .map_err(after_send)?
                 .ok_or(ClientError::Closed)?;
             accepted?;
-            Ok((StreamSender { send }, StreamReceiver { recv }))
+            Ok((
+                StreamSender { send },
+                StreamReceiver {
+                    frames: stream::FrameReader::new(recv),
+                },
+            ))
         };
         runtime::timeout(timeout, open)
             .await
@@ -438,14 +443,12 @@ impl StreamSender {
 
 /// The receiving half of a streaming call.
 pub struct StreamReceiver {
-    recv: quinn::RecvStream,
+    frames: stream::FrameReader,
 }
 
 impl StreamReceiver {
     /// The next message; `None` once the node finished the stream.
     pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ClientError> {
-        stream::read(&mut self.recv, MAX_SERVER_FRAME)
-            .await
-            .map_err(after_send)
+        self.frames.read(MAX_SERVER_FRAME).await.map_err(after_send)
     }
 }

@@ -50,6 +50,61 @@ pub async fn read<T: DeserializeOwned>(
     }
 }
 
+/// Reads frames through a buffer, for streams that carry many: one read
+/// from QUIC yields every frame that has arrived (a watch stream's
+/// responses come in bursts), instead of two reads per frame. A frame's
+/// length is checked against the limit before its body is buffered.
+pub struct FrameReader {
+    recv: RecvStream,
+    buf: Vec<u8>,
+    /// Where the unread bytes of `buf` start.
+    start: usize,
+}
+
+impl FrameReader {
+    pub fn new(recv: RecvStream) -> FrameReader {
+        FrameReader {
+            recv,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
+    /// The next frame, decoded; `None` when the peer finished the stream
+    /// between frames.
+    pub async fn read<T: DeserializeOwned>(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<T>, TransportError> {
+        loop {
+            let unread = &self.buf[self.start..];
+            if let Some(prefix) = unread.first_chunk::<PREFIX_LEN>() {
+                let len = frame::body_len(*prefix, max)?;
+                if let Some(body) = unread.get(PREFIX_LEN..PREFIX_LEN + len) {
+                    let msg = frame::decode(body)?;
+                    self.start += PREFIX_LEN + len;
+                    return Ok(Some(msg));
+                }
+            }
+            if self.start == self.buf.len() {
+                self.buf.clear();
+                self.start = 0;
+            } else if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            match self.recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) => {
+                    return Err(TransportError::Stream("stream ended inside a frame".into()))
+                }
+                Err(e) => return Err(TransportError::Stream(e.to_string())),
+            }
+        }
+    }
+}
+
 /// Encodes and writes one frame.
 pub async fn write<T: Serialize>(
     send: &mut SendStream,
