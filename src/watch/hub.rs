@@ -415,23 +415,25 @@ impl WatchHub {
         }
         self.revision = revision;
 
-        // Matches in event order, grouped per watcher; an event that
-        // matches anyone is copied once, into one allocation all its
-        // watchers share.
-        let mut matched: BTreeMap<WatcherRef, Vec<Arc<Event>>> = BTreeMap::new();
+        // Matches in event order; an event that matches anyone is copied
+        // once, into one allocation all its watchers share. A stable sort
+        // groups them per watcher, keeping each watcher's events in order.
+        let mut matched: Vec<(WatcherRef, Arc<Event>)> = Vec::new();
         for ev in events {
             let mut shared: Option<Arc<Event>> = None;
             let mut add = |wref: WatcherRef| {
                 let ev = shared.get_or_insert_with(|| Arc::new(ev.clone()));
-                matched.entry(wref).or_default().push(ev.clone());
+                matched.push((wref, ev.clone()));
             };
             if let Some(refs) = self.keys.get(&ev.kv.key) {
                 refs.iter().for_each(|wref| add(*wref));
             }
             self.ranges.stab(&ev.kv.key, |wref| add(*wref));
         }
+        matched.sort_by_key(|(wref, _)| *wref);
 
-        for (wref, evs) in matched {
+        for group in matched.chunk_by(|a, b| a.0 == b.0) {
+            let wref = group[0].0;
             let full = self.is_full(wref.0);
             let Some(w) = self.watchers.get_mut(&wref) else {
                 continue;
@@ -439,7 +441,7 @@ impl WatchHub {
             if !w.synced || w.next_rev > revision {
                 continue;
             }
-            let shaped: Vec<SharedEvent> = evs.iter().filter_map(|e| w.shape(e)).collect();
+            let shaped: Vec<SharedEvent> = group.iter().filter_map(|(_, e)| w.shape(e)).collect();
             if shaped.is_empty() {
                 w.next_rev = revision.saturating_add(1);
                 continue;
@@ -673,6 +675,12 @@ impl WatchHub {
             w.fragment
         });
         let limit = self.config.max_response_bytes;
+        // The common case: everything fits in one response.
+        let total = RESPONSE_OVERHEAD + events.iter().map(event_bytes).sum::<usize>();
+        if total < limit {
+            self.push_response(wref, events, header_rev, false);
+            return;
+        }
         let mut chunks: Vec<(Vec<SharedEvent>, usize)> = Vec::new();
         let mut chunk: Vec<SharedEvent> = Vec::new();
         let mut size = RESPONSE_OVERHEAD;
