@@ -168,6 +168,21 @@ fn key(i: u64, size: usize) -> Vec<u8> {
 }
 
 /// A connected server, either way.
+/// `true` on success; the first few errors are printed, so a run full of
+/// errors says what they were.
+fn succeeded<T>(result: Result<T, qed::client::ClientError>) -> bool {
+    static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    match result {
+        Ok(_) => true,
+        Err(e) => {
+            if SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3 {
+                eprintln!("error: {e}");
+            }
+            false
+        }
+    }
+}
+
 /// Comma-separated endpoints (at least one entry).
 fn split(endpoints: &str) -> Vec<String> {
     endpoints.split(',').map(str::to_string).collect()
@@ -252,10 +267,10 @@ impl Server {
                     return false;
                 };
                 match op {
-                    Unary::Put => c.put(key, value.to_vec(), None).await.is_ok(),
+                    Unary::Put => succeeded(c.put(key, value.to_vec(), None).await),
                     Unary::Get { serializable } => {
                         let options = serializable.then(|| GetOptions::new().with_serializable());
-                        c.get(key, options).await.is_ok()
+                        succeeded(c.get(key, options).await)
                     }
                     Unary::Cas => {
                         let txn = Txn::new()
@@ -266,7 +281,7 @@ impl Server {
                             )])
                             .and_then([TxnOp::put(key.clone(), value.to_vec(), None)])
                             .or_else([TxnOp::get(key, None)]);
-                        c.txn(txn).await.is_ok()
+                        succeeded(c.txn(txn).await)
                     }
                 }
             }
@@ -1175,6 +1190,9 @@ fn report(
     elapsed: Duration,
     extra: &str,
 ) {
+    if errors > 0 {
+        FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut by_kind = String::new();
     if flags.workload == Workload::Mixed {
         for (kind, name) in [(Kind::Read, "read"), (Kind::Write, "write")] {
@@ -1237,5 +1255,13 @@ fn main() -> Result<(), BoxError> {
         let n = samples.len() as u64;
         report(&flags, samples, errors, n, elapsed, "");
         Ok(())
-    })
+    })?;
+    if FAILED.load(std::sync::atomic::Ordering::Relaxed) {
+        // After the report line: scripts (and readiness polls) see it.
+        return Err("some requests failed (errors= above)".into());
+    }
+    Ok(())
 }
+
+/// Set when a report counted errors, so the exit status says so.
+static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
