@@ -8,7 +8,9 @@
 //! [`state_machine`] is what applying a request means; [`service`] turns
 //! QUIC streams into calls.
 
+pub mod members;
 pub mod node;
+pub mod peer;
 pub mod raft_loop;
 pub mod service;
 pub mod snapshot_file;
@@ -48,7 +50,18 @@ pub struct NodeConfig {
     pub listen_client_urls: Vec<String>,
     pub advertise_client_urls: Vec<String>,
     pub initial_advertise_peer_urls: Vec<String>,
+    /// etcd's `--initial-cluster` (`name=url,...`); empty means this member
+    /// alone (`<name>=<initial-advertise-peer-urls>`).
+    pub initial_cluster: String,
     pub initial_cluster_token: String,
+    /// Where to listen for peers (used only when there are peers).
+    pub listen_peer_urls: Vec<String>,
+    /// Peer TLS (etcd's `--peer-*` flags); without them the member's client
+    /// certificate is used and peers are not verified (`--peer-auto-tls`).
+    pub peer_cert_file: Option<PathBuf>,
+    pub peer_key_file: Option<PathBuf>,
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    pub peer_client_cert_auth: bool,
     /// Certificate and key for the client listener; generated when unset.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -165,13 +178,15 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     // The private key is stable across restarts and secret: a good seed for
     // the stateless-reset key (see `transport::endpoint`).
     let reset_secret = files.key.as_ref().and_then(|k| std::fs::read(k).ok());
-    let identity = Identity::new(
-        config.name.clone(),
-        config.initial_advertise_peer_urls.clone(),
-        config.advertise_client_urls.clone(),
-        &config.initial_cluster_token,
-    );
-    let (state, core, log) = recover(config, &identity)?;
+    let members = Arc::new(initial_members(config)?);
+    let identity = Identity {
+        name: config.name.clone(),
+        peer_urls: config.initial_advertise_peer_urls.clone(),
+        client_urls: config.advertise_client_urls.clone(),
+        member_id: members.local,
+        cluster_id: members.cluster_id,
+    };
+    let (state, core, log) = recover(config, &identity, &members.ids())?;
     let state = Arc::new(RwLock::new(state));
     let options = LoopOptions {
         tick: config.heartbeat_interval,
@@ -179,8 +194,32 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         election_timeout: config.heartbeat_interval * config.election_ticks.max(2),
     };
     let watchers = Watchers::start(state.clone());
-    let (raft, stopped) = raft_loop::start(core, log, state.clone(), watchers.clone(), options);
-    let node = Arc::new(Node::new(identity, state, raft, watchers));
+    // A cluster of one opens no peer port: nobody would connect, and
+    // single nodes on one machine need not pick distinct peer ports.
+    let peers = if members.ids().len() > 1 {
+        Some(start_peers(config, &members, &files)?)
+    } else {
+        None
+    };
+    let (raft, stopped) = raft_loop::start(
+        core,
+        log,
+        state.clone(),
+        watchers.clone(),
+        peers.clone(),
+        options,
+    );
+    let node = Arc::new(Node::new(
+        identity,
+        members,
+        peers.clone(),
+        state,
+        raft,
+        watchers,
+    ));
+    if let Some(peers) = peers {
+        crate::runtime::spawn(peer::serve(peers, node.clone()));
+    }
     let mut endpoints = Vec::new();
     for url in &listen {
         let endpoint =
@@ -197,10 +236,95 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     })
 }
 
+/// The member table from `--initial-cluster` (this member alone when empty).
+fn initial_members(config: &NodeConfig) -> Result<members::Members, ServerError> {
+    let initial = if config.initial_cluster.trim().is_empty() {
+        vec![(
+            config.name.clone(),
+            config.initial_advertise_peer_urls.clone(),
+        )]
+    } else {
+        members::parse_initial_cluster(&config.initial_cluster)
+            .map_err(|e| ServerError::Config(e.to_string()))?
+    };
+    members::Members::from_initial_cluster(
+        &initial,
+        &config.name,
+        &config.initial_advertise_peer_urls,
+        &config.advertise_client_urls,
+        &config.initial_cluster_token,
+    )
+    .map_err(|e| ServerError::Config(e.to_string()))
+}
+
+/// Binds the peer port and starts the lanes to the other members.
+fn start_peers(
+    config: &NodeConfig,
+    members: &Arc<members::Members>,
+    client_files: &TlsFiles,
+) -> Result<Arc<peer::Peers>, ServerError> {
+    let listen = transport::url::parse_list(&config.listen_peer_urls.join(","))?;
+    let Some(first) = listen.first() else {
+        return Err(ServerError::Config("--listen-peer-urls is empty".into()));
+    };
+    if listen.len() > 1 {
+        log::warn!(
+            "only the first --listen-peer-urls address ({}) is served",
+            first.addr
+        );
+    }
+    let files = match (&config.peer_cert_file, &config.peer_key_file) {
+        (Some(cert), Some(key)) => TlsFiles {
+            cert: Some(cert.clone()),
+            key: Some(key.clone()),
+            ca: config.peer_trusted_ca_file.clone(),
+        },
+        (None, None) => {
+            log::warn!(
+                "no --peer-cert-file: peer connections are encrypted with this member's \
+                 certificate but peers are not verified (as etcd's --peer-auto-tls); give \
+                 --peer-cert-file, --peer-key-file and --peer-trusted-ca-file to verify them"
+            );
+            TlsFiles {
+                ca: None,
+                ..client_files.clone()
+            }
+        }
+        _ => {
+            return Err(ServerError::Config(
+                "--peer-cert-file and --peer-key-file must be given together".into(),
+            ))
+        }
+    };
+    if config.peer_client_cert_auth && files.ca.is_none() {
+        return Err(ServerError::Config(
+            "--peer-client-cert-auth needs --peer-trusted-ca-file".into(),
+        ));
+    }
+    // The listener checks peers' certificates only with --peer-client-cert-auth;
+    // the connecting side verifies whenever a CA is given.
+    let server_files = TlsFiles {
+        ca: files.ca.clone().filter(|_| config.peer_client_cert_auth),
+        ..files.clone()
+    };
+    let server = transport::tls::peer_server_config(&server_files)?;
+    let client = transport::tls::peer_client_config(&files)?;
+    Ok(peer::Peers::start(
+        members.clone(),
+        first.addr,
+        server,
+        client,
+        config.initial_advertise_peer_urls.clone(),
+        config.advertise_client_urls.clone(),
+        config.name.clone(),
+    )?)
+}
+
 /// Rebuilds the state machine and the Raft core from the durable log.
 fn recover(
     config: &NodeConfig,
     identity: &Identity,
+    initial_voters: &[u64],
 ) -> Result<(StateMachine, raft::Node, DurableLog), ServerError> {
     let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(100);
     let limits = Limits {
@@ -222,8 +346,10 @@ fn recover(
     )
     .map_err(ServerError::Storage)?;
     let id = identity.member_id;
-    let lone_member = ConfState {
-        voters: vec![id],
+    // A new data directory starts with every initial member as a voter
+    // (the core turns it into the first log entries, the same on all).
+    let initial_conf = ConfState {
+        voters: initial_voters.to_vec(),
         learners: Vec::new(),
     };
     let (state, snapshot) = match recovered.snapshot {
@@ -257,7 +383,7 @@ fn recover(
                 meta: SnapshotMeta {
                     index: 0,
                     term: 0,
-                    conf_state: lone_member,
+                    conf_state: initial_conf,
                 },
                 data: Arc::from(Vec::new()),
             },

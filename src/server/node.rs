@@ -8,21 +8,26 @@
 //!
 //! Leases: TimeToLive and keepalives are leader-only and go through no log
 //! entry (etcd answers them from the leader's lessor once its apply index
-//! has caught up); a non-leader answers `NotLeader`. Watches are served by
+//! has caught up); a follower forwards them to the leader over the peer
+//! transport, as etcd does, so clients may talk to any member. Watches are served by
 //! the [`Watchers`] hub this node shares with the Raft loop.
 
+use super::members::Members;
+use super::peer::Peers;
 use super::raft_loop::RaftHandle;
 use super::state_machine::{self, StateMachine};
 use super::watchers::Watchers;
 use crate::lease::LeaseError;
-use qed_wire::cluster::{Member, MembersResponse};
-use qed_wire::lease::LeaseKeepAliveResponse;
+use qed_wire::cluster::MembersResponse;
+use qed_wire::lease::{LeaseKeepAliveResponse, LeaseTimeToLiveRequest};
 use qed_wire::maintenance::{AlarmType, StatusResponse};
+use qed_wire::peer::{PeerAnswer, PeerCall, PeerReply};
+use qed_wire::raft::{Message, NodeId};
 use qed_wire::{Error, Reply, Request, Response, ResponseHeader};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
-/// Who this member is, as etcd derives it.
+/// Who this member is, as etcd derives it (see [`super::members`]).
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub name: String,
@@ -33,47 +38,31 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Member ID from the member's peer URLs and the cluster token, cluster
-    /// ID from the member IDs: stable across restarts with the same flags,
-    /// different for different clusters (etcd hashes the same inputs).
+    /// The identity of the only member of a cluster: member ID from the
+    /// member's peer URLs and the cluster token, cluster ID from the member
+    /// ID (stable across restarts with the same flags).
     pub fn new(
         name: String,
         peer_urls: Vec<String>,
         client_urls: Vec<String>,
         token: &str,
     ) -> Self {
-        let mut urls = peer_urls.clone();
-        urls.sort();
-        let member_id = fnv1a64(format!("{}|{token}", urls.join(",")).as_bytes());
-        let cluster_id = fnv1a64(format!("{member_id:x}|{token}").as_bytes());
+        let member_id = super::members::member_id(&peer_urls, token);
         Identity {
             name,
             peer_urls,
             client_urls,
             member_id,
-            cluster_id,
+            cluster_id: super::members::cluster_id(&[member_id], token),
         }
     }
-
-    fn member(&self) -> Member {
-        Member {
-            id: self.member_id,
-            name: self.name.clone(),
-            peer_urls: self.peer_urls.clone(),
-            client_urls: self.client_urls.clone(),
-            is_learner: false,
-        }
-    }
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 pub struct Node {
     identity: Identity,
+    members: Arc<Members>,
+    /// The other members; `None` for a cluster of one.
+    peers: Option<Arc<Peers>>,
     state: Arc<RwLock<StateMachine>>,
     raft: RaftHandle,
     watchers: Arc<Watchers>,
@@ -82,12 +71,16 @@ pub struct Node {
 impl Node {
     pub fn new(
         identity: Identity,
+        members: Arc<Members>,
+        peers: Option<Arc<Peers>>,
         state: Arc<RwLock<StateMachine>>,
         raft: RaftHandle,
         watchers: Arc<Watchers>,
     ) -> Self {
         Node {
             identity,
+            members,
+            peers,
             state,
             raft,
             watchers,
@@ -107,9 +100,72 @@ impl Node {
         header.raft_term = self.raft.status.term.load(Ordering::Relaxed);
     }
 
+    /// A Raft message from a peer, for the Raft loop.
+    pub fn step(&self, message: Message) {
+        self.raft.step(message);
+    }
+
+    /// The leader to forward leader-only work to, when it is another
+    /// member; `None` when this member leads (or is alone).
+    fn remote_leader(&self) -> Result<Option<(NodeId, &Peers)>, Error> {
+        let Some(peers) = &self.peers else {
+            return Ok(None);
+        };
+        match self.raft.status.leader.load(Ordering::Relaxed) {
+            0 => Err(Error::NoLeader),
+            leader if leader == self.identity.member_id => Ok(None),
+            leader => Ok(Some((leader, peers))),
+        }
+    }
+
+    /// A keepalive: answered here when this member leads, else forwarded
+    /// to the leader over the peer transport (as etcd's followers do), so
+    /// a client's keepalive stream to any member works.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+        if let Some((leader, peers)) = self.remote_leader()? {
+            return match peers.call(leader, PeerCall::LeaseKeepAlive(id)).await? {
+                PeerAnswer::LeaseKeepAlive(resp) => Ok(resp),
+                PeerAnswer::Response(_) => Err(Error::Internal(
+                    "the leader answered a keepalive with something else".into(),
+                )),
+            };
+        }
+        self.local_lease_keep_alive(id).await
+    }
+
+    /// A call forwarded by another member: answered from this member's
+    /// state only (never forwarded again, so two members that each think
+    /// the other leads cannot bounce a call forever).
+    pub async fn serve_peer_call(&self, call: PeerCall) -> PeerReply {
+        match call {
+            PeerCall::LeaseKeepAlive(id) => self
+                .local_lease_keep_alive(id)
+                .await
+                .map(PeerAnswer::LeaseKeepAlive),
+            PeerCall::Request(Request::LeaseTimeToLive(r)) => {
+                let mut resp = self.local_time_to_live(&r).await?;
+                self.stamp(resp.header_mut());
+                Ok(PeerAnswer::Response(resp))
+            }
+            PeerCall::Request(_) => Err(Error::InvalidArgument(
+                "only lease calls are forwarded between members".into(),
+            )),
+        }
+    }
+
+    async fn local_time_to_live(&self, r: &LeaseTimeToLiveRequest) -> Result<Response, Error> {
+        self.wait_applied().await?;
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        Ok(Response::LeaseTimeToLive(state.lease_time_to_live(
+            r.id,
+            r.keys,
+            super::now_ms(),
+        )?))
+    }
+
     /// One keepalive, answered by the leader without a log entry: a lease
     /// that is gone (or expired, its revoke on the way) answers TTL 0.
-    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+    async fn local_lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
         self.wait_applied().await?;
         let renewed = self
             .state
@@ -152,7 +208,7 @@ impl Node {
             // etcd's Cluster service stamps no revision.
             Request::MemberList(_) => Response::Members(MembersResponse {
                 header: ResponseHeader::default(),
-                members: vec![self.identity.member()],
+                members: self.members.list(),
             }),
             Request::Status(_) => self.status(),
             Request::Defragment(_) => {
@@ -169,15 +225,18 @@ impl Node {
                 auth_revision: 0,
             },
             req if state_machine::is_write(req) => self.raft.propose(req.clone()).await?,
-            Request::LeaseTimeToLive(r) => {
-                self.wait_applied().await?;
-                let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-                Response::LeaseTimeToLive(state.lease_time_to_live(
-                    r.id,
-                    r.keys,
-                    super::now_ms(),
-                )?)
-            }
+            Request::LeaseTimeToLive(r) => match self.remote_leader()? {
+                // The leader's header stays: it answered.
+                Some((leader, peers)) => {
+                    return match peers.call(leader, PeerCall::Request(req.clone())).await? {
+                        PeerAnswer::Response(resp) => Ok(resp),
+                        PeerAnswer::LeaseKeepAlive(_) => Err(Error::Internal(
+                            "the leader answered TimeToLive with something else".into(),
+                        )),
+                    };
+                }
+                None => self.local_time_to_live(r).await?,
+            },
             Request::Range(r) if !r.serializable => {
                 self.raft.read_index().await?;
                 self.read(&req)?

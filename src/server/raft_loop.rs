@@ -34,6 +34,7 @@
 //! A storage failure is fatal: the loop stops, every caller gets
 //! `etcdserver: server stopped`, and the node reports why it stopped.
 
+use super::peer::Peers;
 use super::state_machine::StateMachine;
 use super::watchers::Watchers;
 use crate::lease::{lease_id_from, LEASE_REVOKE_RATE};
@@ -42,10 +43,10 @@ use crate::runtime::{self, channel};
 use crate::storage::durable_log::{DurableLog, SnapshotWriter};
 use crate::storage::StorageError;
 use crate::wire::command::Command;
-use crate::wire::raft::{Entry, EntryType, HardState, SnapshotMeta};
+use crate::wire::raft::{Entry, EntryType, HardState, Message, SnapshotMeta};
 use qed_wire::lease::LeaseRevokeRequest;
 use qed_wire::{Error, Reply, Request};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -53,6 +54,8 @@ use std::time::Duration;
 /// What the loop reacts to.
 pub enum Input {
     Tick,
+    /// A Raft message from a peer.
+    Step(Message),
     /// Time for the leader to look for expired leases.
     CheckLeases,
     Propose {
@@ -63,9 +66,11 @@ pub enum Input {
     ReadIndex {
         reply: channel::Sender<Result<(), Error>>,
     },
-    /// The WAL writer made a batch durable (or failed).
+    /// The WAL writer made a batch durable (or failed): every append job
+    /// numbered up to `through`.
     Persisted {
         tokens: Vec<PersistToken>,
+        through: u64,
         result: Result<(), String>,
     },
     /// The snapshotter wrote the state machine as of `meta.index` to a
@@ -97,6 +102,9 @@ pub struct LoopOptions {
     pub election_timeout: Duration,
 }
 
+/// Ticks between sweeps for callers that gave up waiting.
+const FORGET_LEFT_CALLERS_EVERY: u64 = 50;
+
 /// How often the leader looks for expired leases (etcd: 500 ms).
 const LEASE_CHECK_EVERY: Duration = Duration::from_millis(500);
 
@@ -105,6 +113,9 @@ const LEASE_CHECK_EVERY: Duration = Duration::from_millis(500);
 pub struct RaftHandle {
     inbox: channel::Sender<Input>,
     pub status: Arc<RaftStatus>,
+    /// How long a caller waits for a proposal or read (`None`: a lone
+    /// member loses nothing on the way, so it waits as long as it takes).
+    answer_timeout: Option<Duration>,
 }
 
 impl RaftHandle {
@@ -115,7 +126,7 @@ impl RaftHandle {
             .send(Input::Propose { request, reply })
             .await
             .map_err(|_| Error::Stopped)?;
-        answer.recv().await.map_err(|_| Error::Stopped)?
+        wait_answer(&answer, self.answer_timeout).await
     }
 
     /// Waits until a read at this moment may be served linearizably from
@@ -126,7 +137,29 @@ impl RaftHandle {
             .send(Input::ReadIndex { reply })
             .await
             .map_err(|_| Error::Stopped)?;
-        answer.recv().await.map_err(|_| Error::Stopped)?
+        wait_answer(&answer, self.answer_timeout).await
+    }
+
+    /// Hands a peer's message to the loop (the inbox is unbounded, so this
+    /// never blocks a peer stream's reader).
+    pub fn step(&self, message: Message) {
+        let _ = self.inbox.try_send(Input::Step(message));
+    }
+}
+
+/// Waits for the loop's answer. With peers, a forwarded proposal or read may
+/// be lost on the way to the leader; the caller gets etcd's timeout instead
+/// of waiting forever (the loop forgets waiters whose caller left).
+async fn wait_answer<T>(
+    answer: &channel::Receiver<Result<T, Error>>,
+    limit: Option<Duration>,
+) -> Result<T, Error> {
+    match limit {
+        None => answer.recv().await.map_err(|_| Error::Stopped)?,
+        Some(limit) => match runtime::timeout(limit, answer.recv()).await {
+            Ok(answer) => answer.map_err(|_| Error::Stopped)?,
+            Err(_) => Err(Error::Timeout),
+        },
     }
 }
 
@@ -138,6 +171,8 @@ enum PersistJob {
         token: Option<PersistToken>,
         /// Needs an fsync before the token is reported.
         sync: bool,
+        /// Numbers append jobs, so the loop knows which messages may go.
+        seq: u64,
     },
     /// A snapshot from the leader: saved and marked in order with the log.
     Snapshot { meta: SnapshotMeta, data: Vec<u8> },
@@ -152,6 +187,7 @@ pub fn start(
     log: DurableLog,
     state: Arc<RwLock<StateMachine>>,
     watchers: Arc<Watchers>,
+    peers: Option<Arc<Peers>>,
     options: LoopOptions,
 ) -> (RaftHandle, channel::Receiver<String>) {
     let (inbox, inputs) = channel::unbounded();
@@ -178,6 +214,12 @@ pub fn start(
         }
     });
     let snapshot_base = core.status().first_index.saturating_sub(1);
+    let core_id = core.id();
+    // A forwarded proposal may be lost; etcd gives up after its request
+    // timeout (5 s) plus two election timeouts.
+    let answer_timeout = peers
+        .is_some()
+        .then(|| Duration::from_secs(5) + 2 * options.election_timeout);
     // A lone voter need not wait out an election timeout: tick until it
     // campaigns; the loop persists its vote and it leads at once.
     if core.conf_state().voters == [core.id()] {
@@ -200,8 +242,12 @@ pub fn start(
         proposals: HashMap::new(),
         reads: HashMap::new(),
         confirmed_reads: BTreeMap::new(),
-        id_base: boot_nonce() << 24,
-        next_id: 0,
+        ids: CommandIds::new(core_id),
+        peers,
+        after_persist: VecDeque::new(),
+        write_seq: 0,
+        durable_seq: 0,
+        ticks: 0,
         options,
         snapshot_base,
         synced_vote: (0, 0),
@@ -212,17 +258,48 @@ pub fn start(
         log::error!("raft loop stopped: {why}");
         let _ = stopped_tx.send(why).await;
     });
-    (RaftHandle { inbox, status }, stopped)
+    (
+        RaftHandle {
+            inbox,
+            status,
+            answer_timeout,
+        },
+        stopped,
+    )
 }
 
-/// Distinguishes this process's proposal IDs from those of earlier runs
-/// still in the log.
-fn boot_nonce() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    (nanos ^ (u64::from(std::process::id()) << 20)) & 0xff_ffff_ffff
+/// Command IDs and read contexts, etcd's way (`idutil.Generator`): 16 bits
+/// from the member ID, then 48 bits that start at the boot time in
+/// milliseconds (shifted left 8) and count up. Unique per member across
+/// restarts (as long as a run does not issue more than 256 IDs per
+/// millisecond of downtime), and across members whose IDs differ in those
+/// 16 bits. A collision could only hand a caller another member's result,
+/// so the prefix folds all 64 bits of the member ID.
+struct CommandIds {
+    prefix: u64,
+    suffix: u64,
+}
+
+impl CommandIds {
+    const SUFFIX_BITS: u32 = 48;
+    const SUFFIX_MASK: u64 = (1 << Self::SUFFIX_BITS) - 1;
+
+    fn new(member: u64) -> Self {
+        let folded = (member ^ (member >> 16) ^ (member >> 32) ^ (member >> 48)) & 0xffff;
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        CommandIds {
+            prefix: folded << Self::SUFFIX_BITS,
+            suffix: (millis << 8) & Self::SUFFIX_MASK,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.suffix = (self.suffix + 1) & Self::SUFFIX_MASK;
+        self.prefix | self.suffix
+    }
 }
 
 struct Driver {
@@ -242,8 +319,15 @@ struct Driver {
     reads: HashMap<u64, channel::Sender<Result<(), Error>>>,
     /// Reads confirmed at an index, waiting for apply to reach it.
     confirmed_reads: BTreeMap<u64, Vec<channel::Sender<Result<(), Error>>>>,
-    id_base: u64,
-    next_id: u64,
+    ids: CommandIds,
+    /// The other members (`None` alone: a lone voter sends nothing).
+    peers: Option<Arc<Peers>>,
+    /// Messages that may leave once append job `seq` is durable.
+    after_persist: VecDeque<(u64, Vec<Message>)>,
+    /// Last append job handed to the WAL writer, and last one durable.
+    write_seq: u64,
+    durable_seq: u64,
+    ticks: u64,
     options: LoopOptions,
     /// Applied index of the newest snapshot (or where the log starts).
     snapshot_base: u64,
@@ -277,12 +361,18 @@ impl Driver {
 
     fn handle(&mut self, input: Input) -> Result<(), String> {
         match input {
-            Input::Tick => self.core.tick(),
+            Input::Tick => {
+                self.core.tick();
+                self.ticks += 1;
+                if self.ticks % FORGET_LEFT_CALLERS_EVERY == 0 {
+                    self.forget_left_callers();
+                }
+            }
+            Input::Step(message) => self.core.step(message),
             Input::Propose { request, reply } => self.propose(request, Some(reply)),
             Input::CheckLeases => self.check_leases(),
             Input::ReadIndex { reply } => {
-                self.next_id += 1;
-                let ctx = self.id_base | self.next_id;
+                let ctx = self.ids.next();
                 match self.core.read_index(ctx.to_be_bytes().to_vec()) {
                     Ok(()) => {
                         self.reads.insert(ctx, reply);
@@ -292,8 +382,22 @@ impl Driver {
                     }
                 }
             }
-            Input::Persisted { tokens, result } => {
+            Input::Persisted {
+                tokens,
+                through,
+                result,
+            } => {
                 result.map_err(|e| format!("WAL write failed: {e}"))?;
+                self.durable_seq = self.durable_seq.max(through);
+                while self
+                    .after_persist
+                    .front()
+                    .is_some_and(|(seq, _)| *seq <= self.durable_seq)
+                {
+                    if let Some((_, messages)) = self.after_persist.pop_front() {
+                        self.send_messages(messages);
+                    }
+                }
                 for token in tokens {
                     self.core.on_persisted(token);
                 }
@@ -327,8 +431,7 @@ impl Driver {
 
     /// Proposes a command; `reply` (if any) gets the applied result.
     fn propose(&mut self, mut request: Request, reply: Option<channel::Sender<Reply>>) {
-        self.next_id += 1;
-        let id = self.id_base | self.next_id;
+        let id = self.ids.next();
         if let Request::LeaseGrant(grant) = &mut request {
             if grant.id == 0 {
                 // Command IDs are unique per member across restarts; mixed
@@ -397,7 +500,17 @@ impl Driver {
             }
             let rd = self.core.ready();
             if let Some(soft) = rd.soft_state {
-                self.status.leader.store(soft.leader, Ordering::Relaxed);
+                let before = self.status.leader.swap(soft.leader, Ordering::Relaxed);
+                if before != soft.leader && self.peers.is_some() {
+                    match soft.leader {
+                        0 => log::info!("lost the leader {before:x}"),
+                        l if l == self.core.id() => log::info!(
+                            "this member ({l:x}) leads at term {}",
+                            self.core.status().term
+                        ),
+                        l => log::info!("member {l:x} leads at term {}", self.core.status().term),
+                    }
+                }
                 self.set_leading(soft.role == Role::Leader);
                 if soft.role != Role::Leader {
                     // Proposals in flight may still commit under the new
@@ -411,14 +524,13 @@ impl Driver {
                 self.status.term.store(hs.term, Ordering::Relaxed);
                 self.status.commit.store(hs.commit, Ordering::Relaxed);
             }
-            // Peers arrive with the cluster issue; a lone member has no one to talk to.
-            for out in rd.messages {
-                log::debug!(
-                    "no transport to member {:x}; dropping {:?}",
-                    out.message.to,
-                    out.message.body
-                );
-            }
+            // Step 1: what may leave before persistence leaves now; the
+            // rest waits for the WAL writer (queued after this Ready's own
+            // write, below, or after the last one still in flight).
+            let (now, later): (Vec<_>, Vec<_>) =
+                rd.messages.into_iter().partition(|o| o.before_persist);
+            self.send_messages(now.into_iter().map(|o| o.message).collect());
+            let later: Vec<Message> = later.into_iter().map(|o| o.message).collect();
             if let Some(snapshot) = rd.snapshot {
                 self.install_snapshot(&snapshot)?;
                 self.send_job(PersistJob::Snapshot {
@@ -440,12 +552,21 @@ impl Driver {
                 if let Some(hs) = rd.hard_state {
                     self.synced_vote = (hs.term, hs.vote);
                 }
+                self.write_seq += 1;
                 self.send_job(PersistJob::Append {
                     hard_state: rd.hard_state,
                     entries: rd.entries,
                     token: rd.persist,
                     sync,
+                    seq: self.write_seq,
                 })?;
+            }
+            if !later.is_empty() {
+                if self.write_seq > self.durable_seq {
+                    self.after_persist.push_back((self.write_seq, later));
+                } else {
+                    self.send_messages(later);
+                }
             }
             self.apply(rd.committed_entries);
             for read in rd.read_states {
@@ -465,6 +586,28 @@ impl Driver {
         }
         self.maybe_snapshot();
         Ok(())
+    }
+
+    fn send_messages(&self, messages: Vec<Message>) {
+        match &self.peers {
+            Some(peers) => {
+                for message in messages {
+                    peers.send(message);
+                }
+            }
+            None => {
+                for message in messages {
+                    log::debug!("no peer {:x} to send to; dropped", message.to);
+                }
+            }
+        }
+    }
+
+    /// Drops waiters whose caller timed out and left (a forwarded proposal
+    /// or read lost on the way to the leader would otherwise stay forever).
+    fn forget_left_callers(&mut self) {
+        self.proposals.retain(|_, reply| !reply.is_closed());
+        self.reads.retain(|_, reply| !reply.is_closed());
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {
@@ -532,6 +675,12 @@ impl Driver {
         }
         self.watchers.restore(state.revision());
         self.snapshot_base = snapshot.meta.index;
+        log::info!(
+            "installed the leader's snapshot at index {} (term {}, {} bytes)",
+            snapshot.meta.index,
+            snapshot.meta.term,
+            snapshot.data.len()
+        );
         self.status
             .applied
             .store(state.applied(), Ordering::Relaxed);
@@ -619,10 +768,22 @@ fn spawn_writer(
             while let Ok(first) = rx.recv() {
                 let batch: Vec<PersistJob> = std::iter::once(first).chain(rx.try_iter()).collect();
                 let mut tokens = Vec::new();
+                let through = batch
+                    .iter()
+                    .filter_map(|job| match job {
+                        PersistJob::Append { seq, .. } => Some(*seq),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(0);
                 let result = write_batch(&mut log, batch, &mut tokens).map_err(|e| e.to_string());
                 let failed = result.is_err();
                 if inbox
-                    .send_blocking(Input::Persisted { tokens, result })
+                    .send_blocking(Input::Persisted {
+                        tokens,
+                        through,
+                        result,
+                    })
                     .is_err()
                     || failed
                 {
@@ -649,6 +810,7 @@ fn write_batch(
                 entries,
                 token,
                 sync,
+                ..
             } => {
                 log.append(hard_state.as_ref(), &entries)?;
                 tokens.extend(token);

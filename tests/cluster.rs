@@ -1,0 +1,400 @@
+//! Three real `qed` processes on loopback as one cluster.
+//!
+//! - `three_members_serve_as_one`: one leader is elected; a put through a
+//!   follower is readable (linearizable) on every member and serializable
+//!   reads on followers converge; member list names every member with its
+//!   client URL; a lease granted, kept alive and inspected through a
+//!   follower (forwarded to the leader); a member started with another
+//!   `--initial-cluster-token` is refused by the others, with a log line.
+//! - `leader_kill_loses_no_acknowledged_write`: 4 writers through one SDK
+//!   client of all three members; the leader is SIGKILLed mid-writes; a new
+//!   leader is elected, every acknowledged write is on both survivors with
+//!   its value, the client keeps writing; the killed member is restarted
+//!   after the log was compacted past it and catches up by snapshot.
+//!
+//! Every wait polls with a deadline; processes are killed by their PID.
+
+mod common;
+
+use common::{free_udp_port, TestCluster};
+use qed::client::{Client, GetOptions};
+use qed::wire::{Request, Response};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+async fn clients(cluster: &TestCluster) -> Vec<Option<Client>> {
+    let mut out = Vec::new();
+    for i in 0..cluster.members.len() {
+        out.push(Some(cluster.client(i).await));
+    }
+    out
+}
+
+/// Polls `check` until it holds or `within` passes; the message says what
+/// never happened.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        qed::runtime::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn value_of(client: &Client, key: &str, serializable: bool) -> Option<String> {
+    let options = if serializable {
+        GetOptions::new().with_serializable()
+    } else {
+        GetOptions::new()
+    };
+    let resp = client.get(key, Some(options)).await.ok()?;
+    resp.kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+}
+
+#[test]
+fn three_members_serve_as_one() {
+    let cluster = TestCluster::start(3, &[]);
+    qed::runtime::block_on(async {
+        let started = Instant::now();
+        let clients = clients(&cluster).await;
+        let leader = cluster
+            .wait_for_leader(&clients, Duration::from_secs(30))
+            .await;
+        println!(
+            "leader n{} elected {:?} after start",
+            leader + 1,
+            started.elapsed()
+        );
+        let follower = (leader + 1) % 3;
+        let other = (leader + 2) % 3;
+        let c = |i: usize| clients[i].as_ref().expect("client");
+
+        // A write through a follower, read linearizably everywhere.
+        let put = c(follower)
+            .put("k", "v1", None)
+            .await
+            .expect("put through a follower");
+        let ids: Vec<u64> = {
+            let mut ids = Vec::new();
+            for i in 0..3 {
+                let got = c(i).get("k", None).await.expect("linearizable get");
+                assert_eq!(
+                    got.kvs.first().map(|kv| kv.value.clone()),
+                    Some(b"v1".to_vec()),
+                    "n{} does not see the write linearizably",
+                    i + 1
+                );
+                assert!(got.header.revision >= put.header.revision);
+                assert!(got.header.raft_term >= 2);
+                ids.push(got.header.member_id);
+            }
+            ids
+        };
+        ids.iter().for_each(|id| assert_ne!(*id, 0));
+        assert!(
+            ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+            "every member answers with its own member ID: {ids:x?}"
+        );
+
+        // Serializable reads on the followers converge.
+        c(leader).put("s", "v2", None).await.expect("put on leader");
+        for i in [follower, other] {
+            eventually(
+                Duration::from_secs(10),
+                "serializable read converges",
+                || {
+                    let client = c(i);
+                    async move { value_of(client, "s", true).await.as_deref() == Some("v2") }
+                },
+            )
+            .await;
+        }
+
+        // Member list: every member, with peer and client URLs (learned
+        // from each other's hellos).
+        for i in 0..3 {
+            eventually(Duration::from_secs(10), "member list is complete", || {
+                let client = c(i);
+                let cluster = &cluster;
+                async move {
+                    let Ok(Response::Members(list)) =
+                        client.call(Request::MemberList(Default::default())).await
+                    else {
+                        return false;
+                    };
+                    list.members.len() == 3
+                        && cluster.members.iter().all(|m| {
+                            list.members.iter().any(|l| {
+                                l.name == m.name
+                                    && l.peer_urls == [m.peer_url.clone()]
+                                    && l.client_urls == [m.client_url.clone()]
+                            })
+                        })
+                }
+            })
+            .await;
+        }
+
+        // Status names the leader everywhere.
+        for i in 0..3 {
+            match c(i).call(Request::Status(Default::default())).await {
+                Ok(Response::Status(s)) => {
+                    assert_eq!(s.leader, ids[leader]);
+                    assert!(s.raft_index >= put.header.revision as u64);
+                }
+                other => panic!("status: {other:?}"),
+            }
+        }
+
+        // Leases through a follower: keepalives and TimeToLive are
+        // forwarded to the leader.
+        let lease = c(follower).lease_grant(30).await.expect("grant").id;
+        let ttl = c(follower)
+            .lease_keep_alive_once(lease)
+            .await
+            .expect("keepalive via follower");
+        assert_eq!(ttl.ttl, 30);
+        let keep = c(other)
+            .lease_keep_alive(lease)
+            .await
+            .expect("keepalive stream via follower");
+        assert_eq!(keep.ttl(), 30);
+        assert!(!keep.is_lost());
+        drop(keep);
+        let ttl = c(other)
+            .lease_time_to_live(lease, false)
+            .await
+            .expect("time to live via follower");
+        assert_eq!(ttl.granted_ttl, 30);
+        assert!(ttl.ttl > 0);
+
+        // A member of another cluster (other token) is refused.
+        let stranger_dir = common::TempDir::new("stranger");
+        let stranger_peer = format!("http://127.0.0.1:{}", free_udp_port());
+        let mut initial: Vec<String> = cluster
+            .initial_cluster
+            .split(',')
+            .map(String::from)
+            .collect();
+        initial[other] = format!("n{}={stranger_peer}", other + 1);
+        let log_path = stranger_dir.0.join("stranger.log");
+        let log = std::fs::File::create(&log_path).expect("stranger log");
+        let mut stranger = std::process::Command::new(env!("CARGO_BIN_EXE_qed"))
+            .args(["--name", &format!("n{}", other + 1)])
+            .arg("--data-dir")
+            .arg(stranger_dir.0.join("data"))
+            .args([
+                "--listen-client-urls",
+                &format!("https://127.0.0.1:{}", free_udp_port()),
+                "--listen-peer-urls",
+                &stranger_peer,
+                "--initial-advertise-peer-urls",
+                &stranger_peer,
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-token",
+                "some-other-token",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the stranger");
+        let refused_line = |log: &str| {
+            log.lines()
+                .any(|l| l.contains("refused peer") && l.contains("belongs to cluster"))
+        };
+        let told = |log: &str| log.contains("refused this member");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (refused, learned) = loop {
+            let refused = [leader, follower]
+                .iter()
+                .any(|i| refused_line(&cluster.members[*i].log()));
+            let learned = told(&std::fs::read_to_string(&log_path).unwrap_or_default());
+            if (refused && learned) || Instant::now() > deadline {
+                break (refused, learned);
+            }
+            qed::runtime::sleep(Duration::from_millis(50)).await;
+        };
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+        assert!(
+            refused,
+            "no member logged refusing the stranger; logs:\n{}\n{}",
+            cluster.members[leader].log(),
+            cluster.members[follower].log()
+        );
+        assert!(
+            learned,
+            "the stranger did not log why it was refused:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        // And the cluster is unharmed.
+        c(follower).put("after", "x", None).await.expect("put");
+    });
+}
+
+const WRITERS: usize = 4;
+
+#[test]
+fn leader_kill_loses_no_acknowledged_write() {
+    let mut cluster = TestCluster::start(3, &["--snapshot-count", "20"]);
+    qed::runtime::block_on(async {
+        let mut clients = clients(&cluster).await;
+        let leader = cluster
+            .wait_for_leader(&clients, Duration::from_secs(30))
+            .await;
+        let all = cluster.client_of_all().await;
+        let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicUsize::new(0));
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let (client, stop, count, acked) =
+                (all.clone(), stop.clone(), count.clone(), acked.clone());
+            writers.push(qed::runtime::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) && i < 100_000 {
+                    let key = format!("w{w}-{i:06}");
+                    let value = format!("v{w}-{i}");
+                    if client.put(key.clone(), value.clone(), None).await.is_ok() {
+                        acked.lock().unwrap().insert(key, value);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        let wait_for_count = |target: usize, what: &'static str| {
+            let count = count.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while count.load(Ordering::Relaxed) < target {
+                    assert!(Instant::now() < deadline, "writes stalled {what}");
+                    qed::runtime::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        wait_for_count(150, "before the kill").await;
+        let killed_at = Instant::now();
+        cluster.kill(leader);
+        clients[leader] = None;
+        let new_leader = cluster
+            .wait_for_leader(&clients, Duration::from_secs(30))
+            .await;
+        assert_ne!(new_leader, leader);
+        println!(
+            "n{} took over {:?} after n{} was killed",
+            new_leader + 1,
+            killed_at.elapsed(),
+            leader + 1
+        );
+        // The same client goes on writing through the survivors, long
+        // enough for the survivors' logs to be compacted past the killed
+        // member (snapshot every 20 entries).
+        let before = count.load(Ordering::Relaxed);
+        wait_for_count(before + 200, "after the leader was killed").await;
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.await;
+        }
+        let acked = acked.lock().unwrap().clone();
+        println!("{} writes acknowledged", acked.len());
+
+        // Every acknowledged write is on both survivors.
+        for i in (0..3).filter(|i| *i != leader) {
+            let c = clients[i].as_ref().expect("survivor client");
+            let got = c
+                .get("w", Some(GetOptions::new().with_prefix()))
+                .await
+                .expect("read from a survivor");
+            let present: BTreeMap<String, String> = got
+                .kvs
+                .iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(&kv.key).into_owned(),
+                        String::from_utf8_lossy(&kv.value).into_owned(),
+                    )
+                })
+                .collect();
+            for (key, value) in &acked {
+                assert_eq!(
+                    present.get(key),
+                    Some(value),
+                    "n{}: acknowledged write {key} lost or changed",
+                    i + 1
+                );
+            }
+        }
+
+        // The killed member comes back and catches up, by snapshot: the
+        // survivors compacted their logs past what it has.
+        cluster.restart(leader);
+        let back = cluster.client(leader).await;
+        let last = acked.keys().last().cloned().expect("some writes");
+        eventually(
+            Duration::from_secs(60),
+            "the restarted member catches up",
+            || {
+                let (back, last, want) = (&back, &last, acked.len());
+                async move {
+                    value_of(back, last, true).await.is_some()
+                        && back
+                            .get(
+                                "w",
+                                Some(
+                                    GetOptions::new()
+                                        .with_prefix()
+                                        .with_count_only()
+                                        .with_serializable(),
+                                ),
+                            )
+                            .await
+                            .is_ok_and(|r| r.count as usize >= want)
+                }
+            },
+        )
+        .await;
+        let got = back
+            .get(
+                "w",
+                Some(GetOptions::new().with_prefix().with_serializable()),
+            )
+            .await
+            .expect("read from the restarted member");
+        let present: BTreeMap<String, Vec<u8>> = got
+            .kvs
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                    kv.value.clone(),
+                )
+            })
+            .collect();
+        for (key, value) in &acked {
+            assert_eq!(
+                present.get(key).map(Vec::as_slice),
+                Some(value.as_bytes()),
+                "restarted member: acknowledged write {key} missing or changed"
+            );
+        }
+        let log = cluster.members[leader].log();
+        assert!(
+            log.contains("installed the leader's snapshot"),
+            "the restarted member did not catch up by snapshot:\n{log}"
+        );
+        // A linearizable read through it works too.
+        back.get("w", None).await.expect("linearizable get");
+    });
+}
