@@ -308,15 +308,19 @@ fn start_peers(
         ..files.clone()
     };
     let server = transport::tls::peer_server_config(&server_files)?;
+    let reset_secret = files.key.as_ref().and_then(|k| std::fs::read(k).ok());
     let client = transport::tls::peer_client_config(&files)?;
     Ok(peer::Peers::start(
         members.clone(),
         first.addr,
         server,
         client,
-        config.initial_advertise_peer_urls.clone(),
-        config.advertise_client_urls.clone(),
-        config.name.clone(),
+        peer::LocalMember {
+            name: config.name.clone(),
+            peer_urls: config.initial_advertise_peer_urls.clone(),
+            client_urls: config.advertise_client_urls.clone(),
+        },
+        reset_secret.as_deref(),
     )?)
 }
 

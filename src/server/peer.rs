@@ -98,6 +98,14 @@ impl Lane {
         }
     }
 
+    fn priority(self) -> i32 {
+        match self {
+            Lane::Control => 2,
+            Lane::Append => 1,
+            Lane::Snapshot => 0,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Lane::Control => "control",
@@ -158,6 +166,14 @@ pub fn check_hello(hello: &PeerHello, members: &Members) -> Result<(), Refusal> 
     Ok(())
 }
 
+/// What this member tells the others about itself in every hello.
+#[derive(Debug, Clone)]
+pub struct LocalMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
 /// This member's side of the peer transport.
 pub struct Peers {
     members: Arc<Members>,
@@ -182,11 +198,14 @@ impl Peers {
         listen: std::net::SocketAddr,
         server_config: quinn::ServerConfig,
         client_config: quinn::ClientConfig,
-        peer_urls: Vec<String>,
-        client_urls: Vec<String>,
-        name: String,
+        local: LocalMember,
+        reset_secret: Option<&[u8]>,
     ) -> Result<Arc<Peers>, TransportError> {
-        let endpoint = transport::endpoint::server(listen, server_config, None)?;
+        // With a stable reset secret, a restarted member resets the other
+        // members' connections to its previous run at once (see
+        // `transport::endpoint`), so their lanes reconnect without waiting
+        // for the idle timeout.
+        let endpoint = transport::endpoint::server(listen, server_config, reset_secret)?;
         let mut lanes = HashMap::new();
         let mut receivers = Vec::new();
         let mut connections = HashMap::new();
@@ -204,9 +223,9 @@ impl Peers {
                 cluster_id: members.cluster_id,
                 from: members.local,
                 to: 0,
-                name,
-                peer_urls,
-                client_urls,
+                name: local.name,
+                peer_urls: local.peer_urls,
+                client_urls: local.client_urls,
             },
             members,
             endpoint,
@@ -326,12 +345,15 @@ impl Peers {
     }
 
     /// Opens a lane's stream: a new unidirectional stream and our hello.
-    async fn open_lane(&self, to: NodeId) -> Result<quinn::SendStream, TransportError> {
+    async fn open_lane(&self, to: NodeId, lane: Lane) -> Result<quinn::SendStream, TransportError> {
         let conn = self.connection(to).await?;
         let mut send = runtime::timeout(CONNECT_TIMEOUT, conn.open_uni())
             .await
             .map_err(|_| TransportError::Stream("no stream credit from the peer".into()))?
             .map_err(|e| TransportError::Stream(e.to_string()))?;
+        // QUIC sends higher-priority streams' data first: votes and
+        // heartbeats overtake appends, which overtake snapshot chunks.
+        let _ = send.set_priority(lane.priority());
         let hello = PeerHello {
             to,
             ..self.hello.clone()
@@ -404,7 +426,7 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
                 Ok(received) => received.ok(),
                 Err(_) => {
                     if Instant::now() >= retry_at {
-                        if let Ok(s) = peers.open_lane(to).await {
+                        if let Ok(s) = peers.open_lane(to, lane).await {
                             stream = Some(s);
                             backoff = MIN_BACKOFF;
                         }
@@ -423,7 +445,7 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
                 peers.count_drop(to, "reconnecting");
                 continue;
             }
-            match peers.open_lane(to).await {
+            match peers.open_lane(to, lane).await {
                 Ok(s) => {
                     if reported {
                         log::info!("reconnected to member {to:x} ({} lane)", lane.name());
