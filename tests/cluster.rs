@@ -12,6 +12,11 @@
 //!   its value, the client keeps writing; the killed member is restarted
 //!   after the log was compacted past it and catches up by snapshot.
 //!
+//! - `peers_verify_each_other_with_a_shared_ca`: with `--peer-cert-file`,
+//!   `--peer-trusted-ca-file` and `--peer-client-cert-auth`, two members
+//!   with certificates of one CA form a quorum; a third with a certificate
+//!   of another CA cannot talk to them, and both sides log the TLS failure.
+//!
 //! Every wait polls with a deadline; processes are killed by their PID.
 
 mod common;
@@ -396,5 +401,78 @@ fn leader_kill_loses_no_acknowledged_write() {
         );
         // A linearizable read through it works too.
         back.get("w", None).await.expect("linearizable get");
+    });
+}
+
+/// `qed certs --dir <dir>`: a CA and a node certificate for loopback.
+fn make_certs(dir: &std::path::Path) {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_qed"))
+        .args(["certs", "--dir"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run qed certs");
+    assert!(status.success(), "qed certs failed");
+}
+
+#[test]
+fn peers_verify_each_other_with_a_shared_ca() {
+    let certs = common::TempDir::new("peer-ca");
+    let other = common::TempDir::new("other-ca");
+    make_certs(&certs.0.join("ca"));
+    make_certs(&other.0.join("ca"));
+    let flags = |dir: &std::path::Path| -> Vec<String> {
+        let f = |name: &str| dir.join("ca").join(name).display().to_string();
+        vec![
+            "--peer-cert-file".into(),
+            f("node.crt"),
+            "--peer-key-file".into(),
+            f("node.key"),
+            "--peer-trusted-ca-file".into(),
+            f("ca.crt"),
+            "--peer-client-cert-auth".into(),
+        ]
+    };
+    let cluster = TestCluster::start_each(3, |i| {
+        if i < 2 {
+            flags(&certs.0)
+        } else {
+            flags(&other.0)
+        }
+    });
+    qed::runtime::block_on(async {
+        let clients = vec![
+            Some(cluster.client(0).await),
+            Some(cluster.client(1).await),
+            None,
+        ];
+        cluster
+            .wait_for_leader(&clients, Duration::from_secs(30))
+            .await;
+        let c = |i: usize| clients[i].as_ref().expect("client");
+        c(0).put("tls", "yes", None).await.expect("put");
+        assert_eq!(value_of(c(1), "tls", false).await.as_deref(), Some("yes"));
+        for m in &cluster.members {
+            assert!(
+                !m.log().contains("peers are not verified"),
+                "{} runs unverified peers",
+                m.name
+            );
+        }
+        // The member with the other CA is kept out, and says why.
+        eventually(
+            Duration::from_secs(20),
+            "both sides log the TLS failure",
+            || {
+                let cluster = &cluster;
+                async move {
+                    let outsider = cluster.members[2].log();
+                    let insiders = cluster.members[0].log() + &cluster.members[1].log();
+                    outsider.contains("cannot reach member")
+                        && insiders.contains("rejected a peer connection")
+                }
+            },
+        )
+        .await;
     });
 }

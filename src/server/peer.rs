@@ -188,6 +188,8 @@ pub struct Peers {
     refusals_logged: std::sync::Mutex<HashMap<NodeId, Instant>>,
     /// When each member's refusal of us was last logged.
     refused_by: std::sync::Mutex<HashMap<NodeId, Instant>>,
+    /// When a failed inbound handshake was last logged.
+    handshake_logged: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Peers {
@@ -235,6 +237,7 @@ impl Peers {
             dropped: AtomicU64::new(0),
             refusals_logged: std::sync::Mutex::new(HashMap::new()),
             refused_by: std::sync::Mutex::new(HashMap::new()),
+            handshake_logged: std::sync::Mutex::new(None),
         });
         for (id, lane, rx) in receivers {
             runtime::spawn(run_lane(peers.clone(), id, lane, rx));
@@ -362,6 +365,20 @@ impl Peers {
         Ok(send)
     }
 
+    /// Whether nothing was logged through here for `period` (and if so,
+    /// starts a new period).
+    fn quiet_for(&self, period: Duration) -> bool {
+        let mut last = self
+            .handshake_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| at.elapsed() < period) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
     /// Whether `e` is member `to` refusing us; if so, says why (at most
     /// every [`REFUSAL_LOG_EVERY`] per member).
     fn note_refusal(&self, to: NodeId, e: &quinn::ConnectionError) -> bool {
@@ -398,6 +415,10 @@ impl Peers {
             .is_some_and(|at| now.duration_since(*at) < REFUSAL_LOG_EVERY)
         {
             return;
+        }
+        // Senders pick their claimed IDs; keep the map small.
+        if logged.len() >= 1024 {
+            logged.clear();
         }
         logged.insert(hello.from, now);
         log::warn!(
@@ -500,9 +521,15 @@ pub async fn serve(peers: Arc<Peers>, node: Arc<Node>) {
     while let Some(incoming) = peers.endpoint.accept().await {
         let (peers, node) = (peers.clone(), node.clone());
         runtime::spawn(async move {
+            let from = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => serve_connection(conn, peers, node).await,
-                Err(e) => log::debug!("peer handshake failed: {e}"),
+                // Most likely a certificate that does not chain to
+                // --peer-trusted-ca-file; worth a line, but not one per retry.
+                Err(e) if peers.quiet_for(REFUSAL_LOG_EVERY) => {
+                    log::warn!("rejected a peer connection from {from}: {e}");
+                }
+                Err(e) => log::debug!("rejected a peer connection from {from}: {e}"),
             }
         });
     }

@@ -832,3 +832,22 @@ fn write_batch(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CommandIds;
+
+    #[test]
+    fn command_ids_of_members_differ_and_count_up() {
+        let (mut a, mut b) = (CommandIds::new(0x1234_5678_9abc_def0), CommandIds::new(7));
+        let (a1, a2, b1) = (a.next(), a.next(), b.next());
+        assert_eq!(a2, a1 + 1);
+        assert_ne!(a1 >> CommandIds::SUFFIX_BITS, b1 >> CommandIds::SUFFIX_BITS);
+        // The suffix wraps inside its 48 bits, never into the prefix.
+        a.suffix = CommandIds::SUFFIX_MASK;
+        assert_eq!(
+            a.next() >> CommandIds::SUFFIX_BITS,
+            a1 >> CommandIds::SUFFIX_BITS
+        );
+    }
+}

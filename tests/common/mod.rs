@@ -193,6 +193,12 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn start(n: usize, extra: &[&str]) -> TestCluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_each(n, |_| extra.clone())
+    }
+
+    /// Like [`TestCluster::start`], with flags per member (by index).
+    pub fn start_each(n: usize, extra: impl Fn(usize) -> Vec<String>) -> TestCluster {
         let dir = TempDir::new("cluster");
         let token = format!("test-{}", std::process::id());
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_udp_port(), free_udp_port())).collect();
@@ -226,7 +232,7 @@ impl TestCluster {
                 "--log-level".into(),
                 "info".into(),
             ];
-            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend(extra(i));
             members.push(ClusterMember {
                 log_file: dir.0.join(format!("{name}.log")),
                 name,
