@@ -51,10 +51,6 @@ const MAX_HELLO_FRAME: usize = 64 * 1024;
 /// dead member costs its lanes little.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Giving up on one frame write: the peer stopped reading (or vanished
-/// without a reset); the lane starts over on a new stream.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// Reconnect back-off bounds.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -103,6 +99,17 @@ impl Lane {
             Lane::Control => 2,
             Lane::Append => 1,
             Lane::Snapshot => 0,
+        }
+    }
+
+    /// Giving up on one frame write: the peer stopped reading (or vanished
+    /// without a reset); the lane starts over on a new stream. Big frames
+    /// on slow links get longer.
+    fn write_timeout(self) -> Duration {
+        match self {
+            Lane::Control => Duration::from_secs(3),
+            Lane::Append => Duration::from_secs(10),
+            Lane::Snapshot => Duration::from_secs(30),
         }
     }
 
@@ -500,7 +507,7 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
                 continue;
             }
         };
-        let written = runtime::timeout(WRITE_TIMEOUT, send.write_all(&frame)).await;
+        let written = runtime::timeout(lane.write_timeout(), send.write_all(&frame)).await;
         if !matches!(written, Ok(Ok(()))) {
             match written {
                 Ok(Err(quinn::WriteError::ConnectionLost(e))) if peers.note_refusal(to, &e) => {

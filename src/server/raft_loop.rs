@@ -43,7 +43,7 @@ use crate::runtime::{self, channel};
 use crate::storage::durable_log::{DurableLog, SnapshotWriter};
 use crate::storage::StorageError;
 use crate::wire::command::Command;
-use crate::wire::raft::{Entry, EntryType, HardState, Message, SnapshotMeta};
+use crate::wire::raft::{Entry, EntryType, HardState, Message, MessageBody, SnapshotMeta};
 use qed_wire::lease::LeaseRevokeRequest;
 use qed_wire::{Error, Reply, Request};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -591,7 +591,7 @@ impl Driver {
     fn send_messages(&self, messages: Vec<Message>) {
         match &self.peers {
             Some(peers) => {
-                for message in messages {
+                for message in coalesce_proposals(messages) {
                     peers.send(message);
                 }
             }
@@ -740,6 +740,36 @@ impl Driver {
     }
 }
 
+/// A follower's core forwards each proposal in a message of its own; a
+/// burst of them (many clients writing through a follower) goes to the
+/// leader as one message per destination, in order, so it takes one slot of
+/// the peer lane, not hundreds.
+fn coalesce_proposals(messages: Vec<Message>) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::with_capacity(messages.len());
+    // Where each destination's merged proposal sits in `out`.
+    let mut merged: HashMap<u64, usize> = HashMap::new();
+    for message in messages {
+        let MessageBody::Propose { entries } = message.body else {
+            out.push(message);
+            continue;
+        };
+        if let Some(Message {
+            body: MessageBody::Propose { entries: into },
+            ..
+        }) = merged.get(&message.to).and_then(|i| out.get_mut(*i))
+        {
+            into.extend(entries);
+            continue;
+        }
+        merged.insert(message.to, out.len());
+        out.push(Message {
+            body: MessageBody::Propose { entries },
+            ..message
+        });
+    }
+    out
+}
+
 /// splitmix64's finalizer: a bijection, so distinct inputs stay distinct.
 fn mix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -835,7 +865,47 @@ fn write_batch(
 
 #[cfg(test)]
 mod tests {
-    use super::CommandIds;
+    use super::{coalesce_proposals, CommandIds};
+    use crate::wire::raft::{Entry, Message, MessageBody};
+
+    fn propose(to: u64, data: u8) -> Message {
+        Message {
+            from: 1,
+            to,
+            term: 0,
+            body: MessageBody::Propose {
+                entries: vec![Entry {
+                    data: vec![data],
+                    ..Default::default()
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn proposals_to_one_leader_leave_as_one_message_in_order() {
+        let heartbeat = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::HeartbeatResponse { read_round: 0 },
+        };
+        let out = coalesce_proposals(vec![
+            propose(2, 1),
+            heartbeat.clone(),
+            propose(2, 2),
+            propose(3, 9),
+            propose(2, 3),
+        ]);
+        assert_eq!(out.len(), 3);
+        let MessageBody::Propose { entries } = &out[0].body else {
+            panic!("first is the merged proposal: {out:?}");
+        };
+        let data: Vec<u8> = entries.iter().map(|e| e.data[0]).collect();
+        assert_eq!(data, [1, 2, 3]);
+        assert_eq!(out[1], heartbeat);
+        assert_eq!(out[2], propose(3, 9));
+    }
 
     #[test]
     fn command_ids_of_members_differ_and_count_up() {
