@@ -476,3 +476,102 @@ fn peers_verify_each_other_with_a_shared_ca() {
         .await;
     });
 }
+
+/// Talks to a member's peer port directly, as a forged or broken peer would.
+#[test]
+fn peer_port_refuses_strangers_and_survives_bad_frames() {
+    use qed::server::members::{parse_initial_cluster, Members};
+    use qed::transport::{endpoint, stream, tls, url};
+    use qed::wire::peer::PeerHello;
+
+    let cluster = TestCluster::start(3, &[]);
+    qed::runtime::block_on(async {
+        let clients = clients(&cluster).await;
+        cluster
+            .wait_for_leader(&clients, Duration::from_secs(30))
+            .await;
+        let initial = parse_initial_cluster(&cluster.initial_cluster).expect("initial cluster");
+        let table = |i: usize| {
+            Members::from_initial_cluster(
+                &initial,
+                &cluster.members[i].name,
+                &[cluster.members[i].peer_url.clone()],
+                &[],
+                &cluster.token,
+            )
+            .expect("member table")
+        };
+        let (n1, n2) = (table(0), table(1));
+        let target = url::parse(&cluster.members[0].peer_url).expect("peer url");
+        let config = tls::peer_client_config(&tls::TlsFiles::default()).expect("tls");
+        let ep = endpoint::client(target.addr, config).expect("endpoint");
+        let connect = || async {
+            ep.connect(target.addr, &target.host)
+                .expect("connect")
+                .await
+                .expect("handshake with the peer port")
+        };
+        let hello = PeerHello {
+            cluster_id: n1.cluster_id,
+            from: n2.local,
+            to: n1.local,
+            ..Default::default()
+        };
+
+        // A frame that does not decode, then one over the size limit: each
+        // ends its own stream, the connection stays.
+        let conn = connect().await;
+        for bad in [
+            vec![0, 0, 0, 3, 0xff, 0xff, 0xff],
+            u32::MAX.to_be_bytes().to_vec(),
+        ] {
+            let mut send = conn.open_uni().await.expect("open stream");
+            stream::write(&mut send, &hello, 1024).await.expect("hello");
+            send.write_all(&bad).await.expect("bad frame");
+            let stopped = qed::runtime::timeout(Duration::from_secs(10), send.stopped())
+                .await
+                .expect("the member stops the stream");
+            assert!(
+                stopped.is_ok(),
+                "stream stopped, not the connection: {stopped:?}"
+            );
+        }
+        assert!(
+            conn.close_reason().is_none(),
+            "the connection survives bad frames"
+        );
+        eventually(Duration::from_secs(10), "the bad frames are logged", || {
+            let log = cluster.members[0].log();
+            async move { log.matches("sent a bad frame").count() >= 2 }
+        })
+        .await;
+
+        // An unknown member ID: the connection is closed, with the reason.
+        let conn = connect().await;
+        let mut send = conn.open_uni().await.expect("open stream");
+        let stranger = PeerHello { from: 42, ..hello };
+        stream::write(&mut send, &stranger, 1024)
+            .await
+            .expect("hello");
+        let closed = qed::runtime::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("the member closes the connection");
+        let reason = closed.to_string();
+        assert!(
+            reason.contains("is not in this cluster's member table"),
+            "closed with: {reason}"
+        );
+
+        // The cluster is unharmed.
+        let c = clients[1].as_ref().expect("client");
+        c.put("still", "fine", None)
+            .await
+            .expect("put after the abuse");
+        assert_eq!(
+            value_of(clients[0].as_ref().expect("client"), "still", false)
+                .await
+                .as_deref(),
+            Some("fine")
+        );
+    });
+}
