@@ -111,8 +111,22 @@ fn three_members_serve_as_one() {
             "every member answers with its own member ID: {ids:x?}"
         );
 
-        // Serializable reads on the followers converge.
+        // Serializable reads on the followers converge, and a watch on a
+        // follower sees a write made through the leader.
+        let mut watcher = c(other)
+            .watch("s", qed::client::WatchOptions::new())
+            .await
+            .expect("watch on a follower");
         c(leader).put("s", "v2", None).await.expect("put on leader");
+        let event = qed::runtime::timeout(Duration::from_secs(10), watcher.next())
+            .await
+            .expect("the follower's watch fires")
+            .expect("watch stream open")
+            .expect("watch response");
+        assert_eq!(
+            event.events.first().map(|e| e.kv.value.clone()),
+            Some(b"v2".to_vec())
+        );
         for i in [follower, other] {
             eventually(
                 Duration::from_secs(10),

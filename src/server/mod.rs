@@ -3,7 +3,9 @@
 //! [`start`] recovers the durable log (`<data-dir>/member/{wal,snap}`),
 //! rebuilds the state machine from the newest snapshot, starts the Raft
 //! driver ([`raft_loop`]), sets up TLS (generating a CA and certificates in
-//! the data directory when none are given) and serves the client URLs.
+//! the data directory when none are given) and serves the client URLs; with
+//! other members in `--initial-cluster` ([`members`]) it also serves the
+//! peer URL ([`peer`]), through which the Raft driver talks to them.
 //! [`node::Node`] is the single entry point for every call;
 //! [`state_machine`] is what applying a request means; [`service`] turns
 //! QUIC streams into calls.
