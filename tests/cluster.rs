@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-async fn clients(cluster: &TestCluster) -> Vec<Option<Client>> {
+async fn clients_of(cluster: &TestCluster) -> Vec<Option<Client>> {
     let mut out = Vec::new();
     for i in 0..cluster.members.len() {
         out.push(Some(cluster.client(i).await));
@@ -71,7 +71,7 @@ fn three_members_serve_as_one() {
     let cluster = TestCluster::start(3, &[]);
     qed::runtime::block_on(async {
         let started = Instant::now();
-        let clients = clients(&cluster).await;
+        let clients = clients_of(&cluster).await;
         let leader = cluster
             .wait_for_leader(&clients, Duration::from_secs(30))
             .await;
@@ -197,6 +197,29 @@ fn three_members_serve_as_one() {
         assert_eq!(ttl.granted_ttl, 30);
         assert!(ttl.ttl > 0);
 
+        // A lease left to expire: the leader revokes it, and its key is
+        // gone on every member.
+        let short = c(follower).lease_grant(3).await.expect("grant").id;
+        c(follower)
+            .put(
+                "ephemeral",
+                "x",
+                Some(qed::client::PutOptions::new().with_lease(short)),
+            )
+            .await
+            .expect("put with lease");
+        for i in 0..3 {
+            eventually(
+                Duration::from_secs(30),
+                "the expired lease's key is deleted",
+                || {
+                    let client = c(i);
+                    async move { value_of(client, "ephemeral", true).await.is_none() }
+                },
+            )
+            .await;
+        }
+
         // A member of another cluster (other token) is refused.
         let stranger_dir = common::TempDir::new("stranger");
         let stranger_peer = format!("http://127.0.0.1:{}", free_udp_port());
@@ -268,7 +291,7 @@ const WRITERS: usize = 4;
 fn leader_kill_loses_no_acknowledged_write() {
     let mut cluster = TestCluster::start(3, &["--snapshot-count", "20"]);
     qed::runtime::block_on(async {
-        let mut clients = clients(&cluster).await;
+        let mut clients = clients_of(&cluster).await;
         let leader = cluster
             .wait_for_leader(&clients, Duration::from_secs(30))
             .await;
@@ -415,6 +438,27 @@ fn leader_kill_loses_no_acknowledged_write() {
         );
         // A linearizable read through it works too.
         back.get("w", None).await.expect("linearizable get");
+        drop(back);
+
+        // The whole cluster stopped and started again with the same flags:
+        // a leader, and the data is all there.
+        for i in 0..3 {
+            cluster.kill(i);
+        }
+        for i in 0..3 {
+            cluster.restart(i);
+        }
+        let restarted = clients_of(&cluster).await;
+        cluster
+            .wait_for_leader(&restarted, Duration::from_secs(30))
+            .await;
+        let got = restarted[0]
+            .as_ref()
+            .expect("client")
+            .get("w", Some(GetOptions::new().with_prefix().with_count_only()))
+            .await
+            .expect("read after a full restart");
+        assert!(got.count as usize >= acked.len());
     });
 }
 
@@ -500,7 +544,7 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
 
     let cluster = TestCluster::start(3, &[]);
     qed::runtime::block_on(async {
-        let clients = clients(&cluster).await;
+        let clients = clients_of(&cluster).await;
         cluster
             .wait_for_leader(&clients, Duration::from_secs(30))
             .await;

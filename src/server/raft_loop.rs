@@ -89,6 +89,8 @@ pub struct RaftStatus {
     pub commit: AtomicU64,
     pub applied: AtomicU64,
     pub last_index: AtomicU64,
+    /// Peer messages in the inbox, not yet stepped.
+    pub queued_steps: AtomicU64,
 }
 
 /// Timing and snapshot settings for the loop.
@@ -101,6 +103,10 @@ pub struct LoopOptions {
     /// etcd's `--election-timeout`: a new leader extends every lease by it.
     pub election_timeout: Duration,
 }
+
+/// Peer messages the inbox may hold (each at most a peer frame; appends
+/// are ~1 MiB at most, most messages are tiny).
+const MAX_QUEUED_STEPS: u64 = 4096;
 
 /// Ticks between sweeps for callers that gave up waiting.
 const FORGET_LEFT_CALLERS_EVERY: u64 = 50;
@@ -140,10 +146,23 @@ impl RaftHandle {
         wait_answer(&answer, self.answer_timeout).await
     }
 
-    /// Hands a peer's message to the loop (the inbox is unbounded, so this
-    /// never blocks a peer stream's reader).
+    /// Hands a peer's message to the loop without blocking the peer
+    /// stream's reader. Peer messages in the inbox are bounded: past
+    /// [`MAX_QUEUED_STEPS`] (a loop far behind its peers) they are dropped,
+    /// which Raft tolerates, rather than piling up in memory.
     pub fn step(&self, message: Message) {
-        let _ = self.inbox.try_send(Input::Step(message));
+        let queued = &self.status.queued_steps;
+        if queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_STEPS {
+            queued.fetch_sub(1, Ordering::Relaxed);
+            log::debug!(
+                "raft loop behind; dropped a message from {:x}",
+                message.from
+            );
+            return;
+        }
+        if self.inbox.try_send(Input::Step(message)).is_err() {
+            queued.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -368,7 +387,10 @@ impl Driver {
                     self.forget_left_callers();
                 }
             }
-            Input::Step(message) => self.core.step(message),
+            Input::Step(message) => {
+                self.status.queued_steps.fetch_sub(1, Ordering::Relaxed);
+                self.core.step(message);
+            }
             Input::Propose { request, reply } => self.propose(request, Some(reply)),
             Input::CheckLeases => self.check_leases(),
             Input::ReadIndex { reply } => {
