@@ -17,6 +17,10 @@
 //!   with certificates of one CA form a quorum; a third with a certificate
 //!   of another CA cannot talk to them, and both sides log the TLS failure.
 //!
+//! - `member_remove_through_a_follower`: removing a member (asked of a
+//!   follower, forwarded to the leader) shrinks the member list everywhere,
+//!   the removed member stops, and the other two go on serving.
+//!
 //! Every wait polls with a deadline; processes are killed by their PID.
 
 mod common;
@@ -631,5 +635,80 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
                 .as_deref(),
             Some("fine")
         );
+    });
+}
+
+#[test]
+fn member_remove_through_a_follower() {
+    let mut cluster = TestCluster::start(3, &[]);
+    qed::runtime::block_on(async {
+        let clients = clients_of(&cluster).await;
+        let leader = cluster
+            .wait_for_leader(&clients, Duration::from_secs(30))
+            .await;
+        let (asker, gone) = ((leader + 1) % 3, (leader + 2) % 3);
+        let c = |i: usize| clients[i].as_ref().expect("client");
+        let member_id = |i: usize| async move {
+            match c(i).call(Request::Status(Default::default())).await {
+                Ok(Response::Status(s)) => s.header.member_id,
+                other => panic!("status: {other:?}"),
+            }
+        };
+        let gone_id = member_id(gone).await;
+        let removed = c(asker)
+            .call(Request::MemberRemove(
+                qed::wire::cluster::MemberRemoveRequest { id: gone_id },
+            ))
+            .await
+            .expect("member remove via a follower");
+        let Response::Members(after) = removed else {
+            panic!("member remove answered {removed:?}");
+        };
+        assert_eq!(after.members.len(), 2, "{after:?}");
+        assert!(after.members.iter().all(|m| m.id != gone_id));
+        // Again: that member is not there any more.
+        let again = c(asker)
+            .call(Request::MemberRemove(
+                qed::wire::cluster::MemberRemoveRequest { id: gone_id },
+            ))
+            .await;
+        assert!(again.is_err(), "removed twice: {again:?}");
+
+        // The removed member stops, saying why.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let exited = cluster.members[gone]
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if exited.is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the removed member kept running");
+            qed::runtime::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(cluster.members[gone]
+            .log()
+            .contains("was removed from the cluster"));
+
+        // The two left agree on the membership and still take writes.
+        for i in [leader, asker] {
+            eventually(Duration::from_secs(10), "member list shrinks", || {
+                let client = c(i);
+                async move {
+                    matches!(
+                        client.call(Request::MemberList(Default::default())).await,
+                        Ok(Response::Members(list)) if list.members.len() == 2
+                    )
+                }
+            })
+            .await;
+        }
+        c(asker).put("two", "left", None).await.expect("put");
+        assert_eq!(
+            value_of(c(leader), "two", false).await.as_deref(),
+            Some("left")
+        );
+        cluster.kill(gone);
     });
 }

@@ -7,9 +7,12 @@
 //! a member started with another token or another member list has another
 //! cluster ID and is refused by the others (see [`super::peer`]).
 //!
-//! Invariants: the set of members is fixed at start (membership changes are
-//! not implemented); only a member's client URLs change, learned from its
-//! peer hello. A cluster of one member has exactly today's single-node IDs.
+//! Invariants: members come from `--initial-cluster` at start and leave
+//! only by being removed from the Raft configuration (`retain`, driven by
+//! the Raft loop; after a restart the replayed configuration removes them
+//! again); adding members is not implemented. Only a member's client URLs
+//! change, learned from its peer hello. A cluster of one member has exactly
+//! today's single-node IDs.
 
 use qed_wire::cluster::Member;
 use qed_wire::raft::NodeId;
@@ -196,6 +199,21 @@ impl Members {
                 m.client_urls = client_urls.to_vec();
             }
         }
+    }
+
+    /// Keeps only the members in `ids` (the Raft configuration); returns
+    /// the IDs dropped.
+    pub fn retain(&self, ids: &[NodeId]) -> Vec<NodeId> {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<NodeId> = table
+            .keys()
+            .filter(|id| !ids.contains(id))
+            .copied()
+            .collect();
+        for id in &gone {
+            table.remove(id);
+        }
+        gone
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NodeId, Member>> {

@@ -209,6 +209,7 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         state.clone(),
         watchers.clone(),
         peers.clone(),
+        members.clone(),
         options,
     );
     let node = Arc::new(Node::new(

@@ -22,7 +22,7 @@ use qed_wire::cluster::MembersResponse;
 use qed_wire::lease::{LeaseKeepAliveResponse, LeaseTimeToLiveRequest};
 use qed_wire::maintenance::{AlarmType, StatusResponse};
 use qed_wire::peer::{PeerAnswer, PeerCall, PeerReply};
-use qed_wire::raft::{Message, NodeId};
+use qed_wire::raft::{ConfChange, ConfChangeType, Message, NodeId};
 use qed_wire::{Error, Reply, Request, Response, ResponseHeader};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -147,10 +147,38 @@ impl Node {
                 self.stamp(resp.header_mut());
                 Ok(PeerAnswer::Response(resp))
             }
+            PeerCall::Request(Request::MemberRemove(r)) => {
+                let mut resp = self.remove_member(r.id).await?;
+                self.stamp(resp.header_mut());
+                Ok(PeerAnswer::Response(resp))
+            }
             PeerCall::Request(_) => Err(Error::InvalidArgument(
-                "only lease calls are forwarded between members".into(),
+                "only lease calls and member removal are forwarded between members".into(),
             )),
         }
+    }
+
+    /// Removes a member through a Raft configuration change (on the
+    /// leader); answers with the members left once it is applied.
+    async fn remove_member(&self, id: u64) -> Result<Response, Error> {
+        if !self.members.contains(id) {
+            return Err(Error::MemberNotFound);
+        }
+        if self.members.ids().len() == 1 {
+            // Raft keeps at least one voter.
+            return Err(Error::MemberNotEnoughStarted);
+        }
+        self.raft
+            .propose_conf_change(ConfChange {
+                change: ConfChangeType::Remove,
+                node_id: id,
+                context: Vec::new(),
+            })
+            .await?;
+        Ok(Response::Members(MembersResponse {
+            header: ResponseHeader::default(),
+            members: self.members.list(),
+        }))
     }
 
     async fn local_time_to_live(&self, r: &LeaseTimeToLiveRequest) -> Result<Response, Error> {
@@ -210,6 +238,18 @@ impl Node {
                 header: ResponseHeader::default(),
                 members: self.members.list(),
             }),
+            Request::MemberRemove(r) => match self.remote_leader()? {
+                // Membership changes are proposed by the leader.
+                Some((leader, peers)) => {
+                    return match peers.call(leader, PeerCall::Request(req.clone())).await? {
+                        PeerAnswer::Response(resp) => Ok(resp),
+                        PeerAnswer::LeaseKeepAlive(_) => Err(Error::Internal(
+                            "the leader answered MemberRemove with something else".into(),
+                        )),
+                    };
+                }
+                None => self.remove_member(r.id).await?,
+            },
             Request::Status(_) => self.status(),
             Request::Defragment(_) => {
                 // The state lives in memory and is rebuilt compactly at every

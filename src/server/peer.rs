@@ -23,7 +23,9 @@
 //! message goes to the Raft loop as is (the core checks terms and indices).
 //!
 //! Bidirectional streams carry one [`PeerCall`] each: a follower forwarding
-//! leader-only lease work to the leader.
+//! leader-only work (lease keepalive and TimeToLive, member removal) to the
+//! leader. A member removed from the configuration leaves the member table,
+//! so its lanes end and its streams are refused.
 //!
 //! TLS: the member's certificate on both sides. With a trusted CA
 //! (`--peer-trusted-ca-file`) peers are verified; without one (certificates
@@ -445,6 +447,10 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
     // Whether the current outage was logged (once per outage, not per try).
     let mut reported = false;
     loop {
+        if !peers.members.contains(to) {
+            log::debug!("member {to:x} left; its {} lane ends", lane.name());
+            return;
+        }
         // The control lane connects even with nothing to send, every
         // MAX_BACKOFF while it has no stream: members that never exchange
         // Raft messages (two followers) still learn each other's client

@@ -34,6 +34,7 @@
 //! A storage failure is fatal: the loop stops, every caller gets
 //! `etcdserver: server stopped`, and the node reports why it stopped.
 
+use super::members::Members;
 use super::peer::Peers;
 use super::state_machine::StateMachine;
 use super::watchers::Watchers;
@@ -43,7 +44,9 @@ use crate::runtime::{self, channel};
 use crate::storage::durable_log::{DurableLog, SnapshotWriter};
 use crate::storage::StorageError;
 use crate::wire::command::Command;
-use crate::wire::raft::{Entry, EntryType, HardState, Message, MessageBody, SnapshotMeta};
+use crate::wire::raft::{
+    ConfChange, ConfState, Entry, EntryType, HardState, Message, MessageBody, SnapshotMeta,
+};
 use qed_wire::lease::LeaseRevokeRequest;
 use qed_wire::{Error, Reply, Request};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -61,6 +64,11 @@ pub enum Input {
     Propose {
         request: Request,
         reply: channel::Sender<Reply>,
+    },
+    /// A membership change (on the leader); answered once it is applied.
+    ProposeConfChange {
+        change: ConfChange,
+        reply: channel::Sender<Result<(), Error>>,
     },
     /// A linearizable read wants to know when it may read.
     ReadIndex {
@@ -146,6 +154,17 @@ impl RaftHandle {
         wait_answer(&answer, self.answer_timeout).await
     }
 
+    /// Proposes a membership change and waits until it is applied (the
+    /// member table is updated by then).
+    pub async fn propose_conf_change(&self, change: ConfChange) -> Result<(), Error> {
+        let (reply, answer) = channel::bounded(1);
+        self.inbox
+            .send(Input::ProposeConfChange { change, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        wait_answer(&answer, self.answer_timeout).await
+    }
+
     /// Hands a peer's message to the loop without blocking the peer
     /// stream's reader. Peer messages in the inbox are bounded: past
     /// [`MAX_QUEUED_STEPS`] (a loop far behind its peers) they are dropped,
@@ -207,6 +226,7 @@ pub fn start(
     state: Arc<RwLock<StateMachine>>,
     watchers: Arc<Watchers>,
     peers: Option<Arc<Peers>>,
+    members: Arc<Members>,
     options: LoopOptions,
 ) -> (RaftHandle, channel::Receiver<String>) {
     let (inbox, inputs) = channel::unbounded();
@@ -259,6 +279,8 @@ pub fn start(
         snapshots,
         inbox: inbox.clone(),
         proposals: HashMap::new(),
+        conf_waiters: HashMap::new(),
+        members,
         reads: HashMap::new(),
         confirmed_reads: BTreeMap::new(),
         ids: CommandIds::new(core_id),
@@ -334,6 +356,10 @@ struct Driver {
     inbox: channel::Sender<Input>,
     /// Callers waiting for their proposal to apply, by command ID.
     proposals: HashMap<u64, channel::Sender<Reply>>,
+    /// Membership changes waiting to apply, by the ID in their context.
+    conf_waiters: HashMap<u64, channel::Sender<Result<(), Error>>>,
+    /// The member table, kept in step with the configuration.
+    members: Arc<Members>,
     /// Reads waiting for the core to confirm an index, by context.
     reads: HashMap<u64, channel::Sender<Result<(), Error>>>,
     /// Reads confirmed at an index, waiting for apply to reach it.
@@ -392,6 +418,19 @@ impl Driver {
                 self.core.step(message);
             }
             Input::Propose { request, reply } => self.propose(request, Some(reply)),
+            Input::ProposeConfChange { mut change, reply } => {
+                // The context names the waiter, as a command ID does.
+                let id = self.ids.next();
+                change.context = id.to_be_bytes().to_vec();
+                match self.core.propose_conf_change(change) {
+                    Ok(()) => {
+                        self.conf_waiters.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.try_send(Err(propose_error(e)));
+                    }
+                }
+            }
             Input::CheckLeases => self.check_leases(),
             Input::ReadIndex { reply } => {
                 let ctx = self.ids.next();
@@ -513,7 +552,22 @@ impl Driver {
         }
     }
 
+    /// The membership changed: the member table follows it (members removed
+    /// from the configuration are forgotten, so the transport refuses them).
+    /// Returns whether this member itself was removed.
+    fn on_conf_state(&mut self, conf: &ConfState) -> bool {
+        if conf.voters.is_empty() && conf.learners.is_empty() {
+            return false;
+        }
+        let ids: Vec<u64> = conf.voters.iter().chain(&conf.learners).copied().collect();
+        for gone in self.members.retain(&ids) {
+            log::info!("member {gone:x} left the cluster");
+        }
+        !ids.contains(&self.core.id())
+    }
+
     fn drain_ready(&mut self) -> Result<(), String> {
+        let mut removed = false;
         // Bounded: each Ready hands out work; a core that kept producing
         // Readys without input would be a bug, not a reason to spin forever.
         for _ in 0..1000 {
@@ -553,6 +607,9 @@ impl Driver {
                 rd.messages.into_iter().partition(|o| o.before_persist);
             self.send_messages(now.into_iter().map(|o| o.message).collect());
             let later: Vec<Message> = later.into_iter().map(|o| o.message).collect();
+            if let Some(conf) = &rd.conf_state {
+                removed |= self.on_conf_state(conf);
+            }
             if let Some(snapshot) = rd.snapshot {
                 self.install_snapshot(&snapshot)?;
                 self.send_job(PersistJob::Snapshot {
@@ -606,6 +663,13 @@ impl Driver {
             }
             self.release_reads();
         }
+        if removed {
+            // etcd's removed member stops too: nobody sends it anything now.
+            return Err(format!(
+                "this member ({:x}) was removed from the cluster",
+                self.core.id()
+            ));
+        }
         self.maybe_snapshot();
         Ok(())
     }
@@ -629,6 +693,7 @@ impl Driver {
     /// or read lost on the way to the leader would otherwise stay forever).
     fn forget_left_callers(&mut self) {
         self.proposals.retain(|_, reply| !reply.is_closed());
+        self.conf_waiters.retain(|_, reply| !reply.is_closed());
         self.reads.retain(|_, reply| !reply.is_closed());
     }
 
@@ -664,6 +729,16 @@ impl Driver {
                             state.skip(entry.index);
                         }
                     }
+                }
+                EntryType::ConfChange => {
+                    let waiter = postcard::from_bytes::<ConfChange>(&entry.data)
+                        .ok()
+                        .and_then(|cc| <[u8; 8]>::try_from(cc.context.as_slice()).ok())
+                        .and_then(|id| self.conf_waiters.remove(&u64::from_be_bytes(id)));
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.try_send(Ok(()));
+                    }
+                    state.skip(entry.index);
                 }
                 _ => state.skip(entry.index),
             }
@@ -802,6 +877,11 @@ fn mix64(mut x: u64) -> u64 {
 fn propose_error(e: ProposeError) -> Error {
     match e {
         ProposeError::NoLeader => Error::NoLeader,
+        ProposeError::NotLeader { .. } => Error::NotLeader,
+        // etcd: a change while another is in flight, or one that would
+        // leave no voter.
+        ProposeError::ConfChangePending => Error::Unhealthy,
+        ProposeError::InvalidConfChange => Error::MemberNotFound,
         other => Error::Internal(format!("proposal refused: {other:?}")),
     }
 }

@@ -5,7 +5,7 @@
 //! other's client URLs without a log entry). Unidirectional streams then
 //! carry [`crate::raft::Message`] frames, one after another, for as long as
 //! the connection lives. A bidirectional stream carries one [`PeerCall`]
-//! and its [`PeerReply`]: a follower forwarding leader-only lease work.
+//! and its [`PeerReply`]: a follower forwarding leader-only work.
 //!
 //! Everything here is untrusted on receipt: the receiver checks the
 //! cluster ID and that the sender is a member before it reads further.
@@ -36,7 +36,8 @@ pub struct PeerHello {
 pub enum PeerCall {
     /// One keepalive of the lease with this ID.
     LeaseKeepAlive(i64),
-    /// A unary request only the leader answers (lease TimeToLive).
+    /// A unary request only the leader answers (lease TimeToLive, member
+    /// removal).
     Request(Request),
 }
 
