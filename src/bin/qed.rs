@@ -53,15 +53,17 @@ struct Flags {
     initial_cluster_token: String,
 
     /// Every initial member as name=peer-url, comma-separated, the same on
-    /// every member (e.g. n1=http://10.0.0.1:2380,n2=http://10.0.0.2:2380,
-    /// n3=http://10.0.0.3:2380) [default: ${name}=${initial-advertise-peer-urls},
-    /// a cluster of one]. Member and cluster IDs are derived from it and the
-    /// token, so every member computes the same ones.
+    /// every member, e.g. n1=http://10.0.0.1:2380,n2=http://10.0.0.2:2380
+    /// [default: ${name}=${initial-advertise-peer-urls}, a cluster of one].
+    /// Member and cluster IDs are derived from it and the token, so every
+    /// member computes the same ones.
     #[arg(long, env = "QED_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
 
-    /// new: bootstrap the cluster from --initial-cluster. (existing, for a
-    /// member added with member add, is not supported yet.)
+    /// new: bootstrap the cluster from --initial-cluster. existing: only
+    /// for a member restarting on its data directory (the flag is then
+    /// ignored, as etcd does); joining a running cluster (after member add)
+    /// is not supported yet.
     #[arg(long, env = "QED_INITIAL_CLUSTER_STATE", default_value = "new")]
     initial_cluster_state: String,
 
@@ -417,13 +419,26 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if flags.initial_cluster_state != "new" {
-        eprintln!(
-            "qed: --initial-cluster-state {:?}: only \"new\" is supported (members cannot \
-             be added to a running cluster yet)",
-            flags.initial_cluster_state
-        );
-        return ExitCode::from(2);
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.qed", flags.name)));
+    match flags.initial_cluster_state.as_str() {
+        "new" => {}
+        // A restart: the data directory says who the member is.
+        "existing" if data_dir.join("member/wal").is_dir() => {}
+        "existing" => {
+            eprintln!(
+                "qed: --initial-cluster-state existing: {} holds no member, and joining a \
+                 running cluster (after member add) is not supported yet",
+                data_dir.display()
+            );
+            return ExitCode::from(2);
+        }
+        other => {
+            eprintln!("qed: --initial-cluster-state {other:?}: use new or existing");
+            return ExitCode::from(2);
+        }
     }
     let listen = split(&flags.listen_client_urls);
     let config = NodeConfig {
@@ -433,9 +448,7 @@ fn main() -> ExitCode {
         heartbeat_interval: std::time::Duration::from_millis(flags.heartbeat_interval),
         election_ticks: u32::try_from(flags.election_timeout / flags.heartbeat_interval)
             .unwrap_or(u32::MAX),
-        data_dir: flags
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from(format!("{}.qed", flags.name))),
+        data_dir,
         name: flags.name,
         advertise_client_urls: flags
             .advertise_client_urls
