@@ -2,18 +2,22 @@
 //!
 //! Everything that changes Raft state arrives as an [`Input`] on one
 //! channel (ticks from a ticker task, proposals and reads from callers,
-//! completions from the WAL writer and the snapshotter), so the core is only
+//! peer messages from the peer transport, completions from the WAL writer
+//! and the snapshotter), so the core is only
 //! ever touched from this loop and its order of events is the channel's.
 //! After each batch of inputs the loop drains [`raft::Ready`]s in the order
 //! the core documents:
 //!
-//! 1. messages that may go before persistence are sent;
+//! 1. messages that may go before persistence are handed to the peer
+//!    transport ([`Peers::send`] never blocks; a lone voter sends none);
 //! 2. entries, hard state and any snapshot go to the WAL writer thread,
 //!    which appends and fsyncs them *off this loop* (group commit: all jobs
 //!    queued during one fsync go into the next), so ticks and heartbeats
 //!    never wait on the disk; the writer reports back with
-//!    [`Input::Persisted`], and only then are the remaining messages sent and
-//!    the core told (the leader counts itself toward commit only once durable);
+//!    [`Input::Persisted`] naming the last append job durable, and only then
+//!    are the remaining messages (vote grants, append acknowledgements) of
+//!    the `Ready`s up to that job sent and the core told (the leader counts
+//!    itself toward commit only once durable);
 //! 3. committed entries are applied to the [`StateMachine`] and their
 //!    callers answered;
 //! 4. confirmed reads are released once the applied index reaches them.
@@ -843,22 +847,30 @@ impl Driver {
 /// the peer lane, not hundreds.
 fn coalesce_proposals(messages: Vec<Message>) -> Vec<Message> {
     let mut out: Vec<Message> = Vec::with_capacity(messages.len());
-    // Where each destination's merged proposal sits in `out`.
-    let mut merged: HashMap<u64, usize> = HashMap::new();
+    // Where each destination's open merged proposal sits in `out`, and its
+    // bytes so far: a merged message stays near one append's size.
+    let mut merged: HashMap<u64, (usize, usize)> = HashMap::new();
     for message in messages {
         let MessageBody::Propose { entries } = message.body else {
             out.push(message);
             continue;
         };
-        if let Some(Message {
-            body: MessageBody::Propose { entries: into },
-            ..
-        }) = merged.get(&message.to).and_then(|i| out.get_mut(*i))
+        let bytes: usize = entries.iter().map(|e| e.data.len()).sum();
+        if let Some((at, size)) = merged
+            .get_mut(&message.to)
+            .filter(|(_, size)| *size + bytes <= PROPOSE_BATCH_BYTES)
         {
-            into.extend(entries);
-            continue;
+            if let Some(Message {
+                body: MessageBody::Propose { entries: into },
+                ..
+            }) = out.get_mut(*at)
+            {
+                into.extend(entries);
+                *size += bytes;
+                continue;
+            }
         }
-        merged.insert(message.to, out.len());
+        merged.insert(message.to, (out.len(), bytes));
         out.push(Message {
             body: MessageBody::Propose { entries },
             ..message
@@ -866,6 +878,10 @@ fn coalesce_proposals(messages: Vec<Message>) -> Vec<Message> {
     }
     out
 }
+
+/// Payload bytes one merged forwarded proposal carries at most (the core's
+/// `max_size_per_msg`); a single larger proposal still goes alone.
+const PROPOSE_BATCH_BYTES: usize = 1024 * 1024;
 
 /// splitmix64's finalizer: a bijection, so distinct inputs stay distinct.
 fn mix64(mut x: u64) -> u64 {
@@ -1007,6 +1023,23 @@ mod tests {
         assert_eq!(data, [1, 2, 3]);
         assert_eq!(out[1], heartbeat);
         assert_eq!(out[2], propose(3, 9));
+    }
+
+    #[test]
+    fn merged_proposals_stay_near_one_append() {
+        let big = |data: u8| {
+            let mut m = propose(2, data);
+            if let MessageBody::Propose { entries } = &mut m.body {
+                entries[0].data = vec![data; 700 * 1024];
+            }
+            m
+        };
+        let out = coalesce_proposals(vec![big(1), big(2), propose(2, 3)]);
+        assert_eq!(out.len(), 2, "two big ones do not share a message");
+        let MessageBody::Propose { entries } = &out[1].body else {
+            panic!("{out:?}");
+        };
+        assert_eq!(entries.len(), 2);
     }
 
     #[test]
