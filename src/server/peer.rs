@@ -193,7 +193,10 @@ pub struct Peers {
     lanes: HashMap<NodeId, [channel::Sender<Message>; 3]>,
     /// One connection per member, shared by its lanes and calls.
     connections: HashMap<NodeId, runtime::Mutex<Option<quinn::Connection>>>,
+    /// Messages dropped so far (full queues, lanes without a connection);
+    /// logged at every power of two.
     dropped: AtomicU64,
+    /// When each refused sender was last logged.
     refusals_logged: std::sync::Mutex<HashMap<NodeId, Instant>>,
     /// When each member's refusal of us was last logged.
     refused_by: std::sync::Mutex<HashMap<NodeId, Instant>>,
@@ -267,11 +270,6 @@ impl Peers {
         if lanes[lane as usize].try_send(message).is_err() {
             self.count_drop(to, lane.name());
         }
-    }
-
-    /// Messages dropped so far (full queues, lanes without a connection).
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 
     fn count_drop(&self, to: NodeId, why: &str) {
