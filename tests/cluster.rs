@@ -17,6 +17,9 @@
 //!   with certificates of one CA form a quorum; a third with a certificate
 //!   of another CA cannot talk to them, and both sides log the TLS failure.
 //!
+//! - `member_add_learner_promote`: a member added (through a follower) as a
+//!   learner and started with `--initial-cluster-state existing` joins,
+//!   catches up, is promoted to voter, serves, and survives a restart.
 //! - `member_remove_through_a_follower`: removing a member (asked of a
 //!   follower, forwarded to the leader) shrinks the member list everywhere,
 //!   the removed member stops, and the other two go on serving.
@@ -574,7 +577,7 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
                 .expect("handshake with the peer port")
         };
         let hello = PeerHello {
-            cluster_id: n1.cluster_id,
+            cluster_id: n1.cluster_id(),
             from: n2.local,
             to: n1.local,
             ..Default::default()
@@ -710,5 +713,99 @@ fn member_remove_through_a_follower() {
             Some("left")
         );
         cluster.kill(gone);
+    });
+}
+
+#[test]
+fn member_add_learner_promote() {
+    use qed::wire::cluster::{MemberAddRequest, MemberPromoteRequest};
+    let mut cluster = TestCluster::start(3, &[]);
+    qed::runtime::block_on(async {
+        let clients = clients_of(&cluster).await;
+        let leader = cluster
+            .wait_for_leader(&clients, Duration::from_secs(30))
+            .await;
+        let follower = (leader + 1) % 3;
+        let c = |i: usize| clients[i].as_ref().expect("client");
+        c(leader).put("before", "join", None).await.expect("put");
+
+        let peer_url = format!("http://127.0.0.1:{}", free_udp_port());
+        let added = c(follower)
+            .call(Request::MemberAdd(MemberAddRequest {
+                peer_urls: vec![peer_url.clone()],
+                is_learner: true,
+            }))
+            .await
+            .expect("member add via a follower");
+        let Response::MemberAdd(added) = added else {
+            panic!("member add answered {added:?}");
+        };
+        assert_eq!(added.members.len(), 4);
+        assert!(added.member.is_learner);
+        assert_eq!(added.member.peer_urls, std::slice::from_ref(&peer_url));
+        let new_id = added.member.id;
+
+        let n4 = cluster.start_joining(&peer_url, &[]);
+        let joined = cluster.client(n4).await;
+        eventually(Duration::from_secs(30), "the new member catches up", || {
+            let joined = &joined;
+            async move { value_of(joined, "before", true).await.as_deref() == Some("join") }
+        })
+        .await;
+        let promoted = c(follower)
+            .call(Request::MemberPromote(MemberPromoteRequest { id: new_id }))
+            .await
+            .expect("promote");
+        let Response::Members(list) = promoted else {
+            panic!("promote answered {promoted:?}");
+        };
+        assert!(list.members.iter().all(|m| !m.is_learner), "{list:?}");
+
+        // Every member lists the new one with its name and client URL, and
+        // it serves linearizable reads and writes.
+        for i in 0..3 {
+            let n4_client_url = cluster.members[n4].client_url.clone();
+            eventually(Duration::from_secs(15), "the new member is listed", || {
+                let client = c(i);
+                let url = n4_client_url.clone();
+                async move {
+                    matches!(
+                        client.call(Request::MemberList(Default::default())).await,
+                        Ok(Response::Members(list)) if list.members.len() == 4
+                            && list.members.iter().any(|m| m.id == new_id
+                                && m.name == "n4"
+                                && m.client_urls == [url.clone()])
+                    )
+                }
+            })
+            .await;
+        }
+        joined
+            .put("from", "n4", None)
+            .await
+            .expect("put through the new member");
+        assert_eq!(
+            value_of(c(leader), "from", false).await.as_deref(),
+            Some("n4")
+        );
+        assert_eq!(
+            value_of(&joined, "before", false).await.as_deref(),
+            Some("join")
+        );
+
+        // It restarts on its data directory (same flags) and is still in.
+        drop(joined);
+        cluster.restart(n4);
+        let again = cluster.client(n4).await;
+        eventually(
+            Duration::from_secs(30),
+            "the restarted new member serves",
+            || {
+                let again = &again;
+                async move { again.get("from", None).await.is_ok() }
+            },
+        )
+        .await;
+        assert_eq!(value_of(&again, "from", false).await.as_deref(), Some("n4"));
     });
 }

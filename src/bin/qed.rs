@@ -60,10 +60,9 @@ struct Flags {
     #[arg(long, env = "QED_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
 
-    /// new: bootstrap the cluster from --initial-cluster. existing: only
-    /// for a member restarting on its data directory (the flag is then
-    /// ignored, as etcd does); joining a running cluster (after member add)
-    /// is not supported yet.
+    /// new: bootstrap the cluster from --initial-cluster. existing: join a
+    /// running cluster that added this member with member add (give
+    /// --initial-cluster as member add printed it); ignored on a restart.
     #[arg(long, env = "QED_INITIAL_CLUSTER_STATE", default_value = "new")]
     initial_cluster_state: String,
 
@@ -423,23 +422,14 @@ fn main() -> ExitCode {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.qed", flags.name)));
-    match flags.initial_cluster_state.as_str() {
-        "new" => {}
-        // A restart: the data directory says who the member is.
-        "existing" if data_dir.join("member/wal").is_dir() => {}
-        "existing" => {
-            eprintln!(
-                "qed: --initial-cluster-state existing: {} holds no member, and joining a \
-                 running cluster (after member add) is not supported yet",
-                data_dir.display()
-            );
-            return ExitCode::from(2);
-        }
+    let join_existing = match flags.initial_cluster_state.as_str() {
+        "new" => false,
+        "existing" => true,
         other => {
             eprintln!("qed: --initial-cluster-state {other:?}: use new or existing");
             return ExitCode::from(2);
         }
-    }
+    };
     let listen = split(&flags.listen_client_urls);
     let config = NodeConfig {
         snapshot_count: flags.snapshot_count,
@@ -459,6 +449,7 @@ fn main() -> ExitCode {
         initial_advertise_peer_urls: split(&flags.initial_advertise_peer_urls),
         initial_cluster_token: flags.initial_cluster_token,
         initial_cluster: flags.initial_cluster.unwrap_or_default(),
+        join_existing,
         listen_peer_urls: split(&flags.listen_peer_urls),
         peer_cert_file: flags.peer_cert_file,
         peer_key_file: flags.peer_key_file,
@@ -487,7 +478,7 @@ fn main() -> ExitCode {
             "member {:x} ({}) of cluster {:x} ready to serve client requests; clients trust {}",
             id.member_id,
             id.name,
-            id.cluster_id,
+            running.node.cluster_id(),
             running
                 .ca_file
                 .as_ref()

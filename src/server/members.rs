@@ -7,17 +7,17 @@
 //! a member started with another token or another member list has another
 //! cluster ID and is refused by the others (see [`super::peer`]).
 //!
-//! Invariants: members come from `--initial-cluster` at start and leave
-//! only by being removed from the Raft configuration (`retain`, driven by
-//! the Raft loop; after a restart the replayed configuration removes them
-//! again); adding members is not implemented. Only a member's client URLs
-//! change, learned from its peer hello. A cluster of one member has exactly
-//! today's single-node IDs.
+//! Invariants: the table follows the Raft configuration (`sync`, driven by
+//! the Raft loop), so membership is durable through the log and snapshots;
+//! URLs come from `--initial-cluster`, from a member-add entry's context, or
+//! from the member's own hello (peer URLs only if they hash to its ID). A
+//! cluster of one member has exactly today's single-node IDs.
 
 use qed_wire::cluster::Member;
-use qed_wire::raft::NodeId;
+use qed_wire::raft::{ConfState, NodeId};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 /// Why `--initial-cluster` cannot be used.
@@ -111,9 +111,14 @@ pub fn parse_initial_cluster(text: &str) -> Result<Vec<(String, Vec<String>)>, M
 /// the peer transport (addresses, refusing strangers).
 #[derive(Debug)]
 pub struct Members {
-    pub cluster_id: u64,
+    /// 0 while unknown: a member joining a running cluster learns it from
+    /// the first member that contacts it ([`Members::adopt_cluster_id`]).
+    cluster_id: AtomicU64,
     /// This member's ID.
     pub local: NodeId,
+    /// `--initial-cluster-token`: an added member's ID hashes its peer URLs
+    /// with it, as the member itself does when it starts.
+    pub token: String,
     table: RwLock<BTreeMap<NodeId, Member>>,
 }
 
@@ -162,10 +167,22 @@ impl Members {
         }
         let ids: Vec<NodeId> = table.keys().copied().collect();
         Ok(Members {
-            cluster_id: cluster_id(&ids, token),
+            cluster_id: AtomicU64::new(cluster_id(&ids, token)),
             local,
+            token: token.to_string(),
             table: RwLock::new(table),
         })
+    }
+
+    /// The cluster's ID; 0 while a joining member has not learned it.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::Relaxed)
+    }
+
+    /// Sets the cluster ID: a joining member's, once known, or one saved
+    /// in the data directory.
+    pub fn adopt_cluster_id(&self, id: u64) {
+        self.cluster_id.store(id, Ordering::Relaxed);
     }
 
     /// Every member ID, ascending.
@@ -186,34 +203,62 @@ impl Members {
         self.read().values().cloned().collect()
     }
 
-    /// What a member told us about itself in its hello; only the client
-    /// URLs are taken (peer URLs define its ID and cannot change here).
-    pub fn learn_client_urls(&self, id: NodeId, client_urls: &[String]) {
-        let known = self
-            .read()
-            .get(&id)
-            .is_some_and(|m| m.client_urls == client_urls);
-        if !known {
-            let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(m) = table.get_mut(&id) {
-                m.client_urls = client_urls.to_vec();
+    /// What a member told us about itself in its hello: its client URLs,
+    /// and its name and peer URLs if we did not know them (a member added
+    /// while we were behind; its ID is its peer URLs' hash, so they cannot
+    /// be replaced by others).
+    pub fn learn(&self, id: NodeId, name: &str, peer_urls: &[String], client_urls: &[String]) {
+        let known = self.read().get(&id).is_some_and(|m| {
+            m.client_urls == client_urls && !m.peer_urls.is_empty() && !m.name.is_empty()
+        });
+        if known {
+            return;
+        }
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = table.get_mut(&id) {
+            m.client_urls = client_urls.to_vec();
+            if m.name.is_empty() {
+                m.name = name.to_string();
+            }
+            if m.peer_urls.is_empty() && member_id(peer_urls, &self.token) == id {
+                m.peer_urls = peer_urls.to_vec();
             }
         }
     }
 
-    /// Keeps only the members in `ids` (the Raft configuration); returns
-    /// the IDs dropped.
-    pub fn retain(&self, ids: &[NodeId]) -> Vec<NodeId> {
+    /// Where an added member listens (from its membership change).
+    pub fn set_peer_urls(&self, id: NodeId, peer_urls: &[String]) {
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
-        let gone: Vec<NodeId> = table
-            .keys()
-            .filter(|id| !ids.contains(id))
-            .copied()
-            .collect();
+        if let Some(m) = table.get_mut(&id) {
+            if m.peer_urls.is_empty() {
+                m.peer_urls = peer_urls.to_vec();
+            }
+        }
+    }
+
+    /// Makes the table follow the Raft configuration: members not in it
+    /// are dropped, new ones added (without URLs until their membership
+    /// change applies or they say hello), learner flags updated. Returns
+    /// the IDs dropped and the IDs added.
+    pub fn sync(&self, conf: &ConfState) -> (Vec<NodeId>, Vec<NodeId>) {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let in_conf = |id: &NodeId| conf.voters.contains(id) || conf.learners.contains(id);
+        let gone: Vec<NodeId> = table.keys().filter(|id| !in_conf(id)).copied().collect();
         for id in &gone {
             table.remove(id);
         }
-        gone
+        let mut added = Vec::new();
+        for id in conf.voters.iter().chain(&conf.learners) {
+            let member = table.entry(*id).or_insert_with(|| {
+                added.push(*id);
+                Member {
+                    id: *id,
+                    ..Default::default()
+                }
+            });
+            member.is_learner = !conf.voters.contains(id);
+        }
+        (gone, added)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NodeId, Member>> {
@@ -236,13 +281,13 @@ mod tests {
             Members::from_initial_cluster(&initial, "n1", &urls("http://a:1"), &[], "t").unwrap();
         let m3 =
             Members::from_initial_cluster(&initial, "n3", &urls("http://c:3"), &[], "t").unwrap();
-        assert_eq!(m1.cluster_id, m3.cluster_id);
+        assert_eq!(m1.cluster_id(), m3.cluster_id());
         assert_eq!(m1.ids(), m3.ids());
         assert_eq!(m1.ids().len(), 3);
         assert_ne!(m1.local, m3.local);
         let other =
             Members::from_initial_cluster(&initial, "n1", &urls("http://a:1"), &[], "u").unwrap();
-        assert_ne!(other.cluster_id, m1.cluster_id);
+        assert_ne!(other.cluster_id(), m1.cluster_id());
         assert!(!other.ids().iter().any(|id| m1.contains(*id)));
     }
 
@@ -256,7 +301,7 @@ mod tests {
         assert_eq!(m.local, id);
         // The formula single-node qed used before clusters existed.
         assert_eq!(
-            m.cluster_id,
+            m.cluster_id(),
             fnv1a64(format!("{id:x}|qed-cluster").as_bytes())
         );
     }
@@ -287,9 +332,38 @@ mod tests {
         let m =
             Members::from_initial_cluster(&initial, "n1", &urls("http://a:1"), &[], "t").unwrap();
         let n2 = member_id(&urls("http://b:2"), "t");
-        m.learn_client_urls(n2, &urls("https://b:3"));
-        m.learn_client_urls(12345, &urls("https://evil:3"));
+        m.learn(n2, "n2", &urls("http://b:2"), &urls("https://b:3"));
+        m.learn(12345, "evil", &urls("http://e:1"), &urls("https://evil:3"));
         assert_eq!(m.get(n2).unwrap().client_urls, urls("https://b:3"));
         assert_eq!(m.list().len(), 2);
+    }
+
+    #[test]
+    fn follows_the_configuration() {
+        let initial = parse_initial_cluster("n1=http://a:1,n2=http://b:2").unwrap();
+        let m =
+            Members::from_initial_cluster(&initial, "n1", &urls("http://a:1"), &[], "t").unwrap();
+        let n2 = member_id(&urls("http://b:2"), "t");
+        let n3 = member_id(&urls("http://c:3"), "t");
+        let (gone, added) = m.sync(&ConfState {
+            voters: vec![m.local],
+            learners: vec![n3],
+        });
+        assert_eq!((gone, added), (vec![n2], vec![n3]));
+        assert!(m.get(n3).unwrap().is_learner);
+        // Its hello may not claim URLs that do not hash to its ID.
+        m.learn(n3, "n3", &urls("http://evil:3"), &[]);
+        assert!(m.get(n3).unwrap().peer_urls.is_empty());
+        m.learn(n3, "n3", &urls("http://c:3"), &urls("https://c:4"));
+        let n3m = m.get(n3).unwrap();
+        assert_eq!(
+            (n3m.name.as_str(), n3m.peer_urls.clone()),
+            ("n3", urls("http://c:3"))
+        );
+        m.sync(&ConfState {
+            voters: vec![m.local, n3],
+            learners: vec![],
+        });
+        assert!(!m.get(n3).unwrap().is_learner);
     }
 }

@@ -56,6 +56,9 @@ pub struct NodeConfig {
     /// alone (`<name>=<initial-advertise-peer-urls>`).
     pub initial_cluster: String,
     pub initial_cluster_token: String,
+    /// etcd's `--initial-cluster-state existing`: with an empty data
+    /// directory, join a running cluster that added this member.
+    pub join_existing: bool,
     /// Where to listen for peers (used only when there are peers).
     pub listen_peer_urls: Vec<String>,
     /// Peer TLS (etcd's `--peer-*` flags); without them the member's client
@@ -186,9 +189,25 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         peer_urls: config.initial_advertise_peer_urls.clone(),
         client_urls: config.advertise_client_urls.clone(),
         member_id: members.local,
-        cluster_id: members.cluster_id,
     };
-    let (state, core, log) = recover(config, &identity, &members.ids())?;
+    // A member joining a running cluster starts with no configuration (it
+    // learns it from the leader) and no cluster ID (it learns it from the
+    // first member that contacts it, and saves it for its restarts).
+    let cluster_id_file = config.data_dir.join("member").join("cluster_id");
+    let saved_cluster_id = peer::load_cluster_id(&cluster_id_file);
+    let join = config.join_existing && saved_cluster_id.is_none();
+    let initial_voters = if join { Vec::new() } else { members.ids() };
+    let (state, core, log, fresh) = recover(config, &identity, &initial_voters)?;
+    match saved_cluster_id {
+        Some(id) => members.adopt_cluster_id(id),
+        // An initial member restarting with `existing` keeps the ID its
+        // flags give; only a member with no data yet waits to learn it.
+        None if join && fresh => {
+            members.adopt_cluster_id(0);
+            log::info!("joining a running cluster: waiting for its leader to contact this member");
+        }
+        None => {}
+    }
     let state = Arc::new(RwLock::new(state));
     let options = LoopOptions {
         tick: config.heartbeat_interval,
@@ -199,7 +218,7 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     // A cluster of one opens no peer port: nobody would connect, and
     // single nodes on one machine need not pick distinct peer ports.
     let peers = if members.ids().len() > 1 {
-        Some(start_peers(config, &members, &files)?)
+        Some(start_peers(config, &members, &files, cluster_id_file)?)
     } else {
         None
     };
@@ -265,6 +284,7 @@ fn start_peers(
     config: &NodeConfig,
     members: &Arc<members::Members>,
     client_files: &TlsFiles,
+    cluster_id_file: PathBuf,
 ) -> Result<Arc<peer::Peers>, ServerError> {
     let listen = transport::url::parse_list(&config.listen_peer_urls.join(","))?;
     let Some(first) = listen.first() else {
@@ -322,6 +342,7 @@ fn start_peers(
             name: config.name.clone(),
             peer_urls: config.initial_advertise_peer_urls.clone(),
             client_urls: config.advertise_client_urls.clone(),
+            cluster_id_file,
         },
         reset_secret.as_deref(),
     )?)
@@ -332,7 +353,7 @@ fn recover(
     config: &NodeConfig,
     identity: &Identity,
     initial_voters: &[u64],
-) -> Result<(StateMachine, raft::Node, DurableLog), ServerError> {
+) -> Result<(StateMachine, raft::Node, DurableLog, bool), ServerError> {
     let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(100);
     let limits = Limits {
         quota_bytes: config.quota_backend_bytes,
@@ -359,6 +380,10 @@ fn recover(
         voters: initial_voters.to_vec(),
         learners: Vec::new(),
     };
+    // Nothing durable yet: a new member (it bootstraps, or waits to join).
+    let fresh = recovered.snapshot.is_none()
+        && recovered.entries.is_empty()
+        && recovered.hard_state == Default::default();
     let (state, snapshot) = match recovered.snapshot {
         Some((meta, _)) if !meta.conf_state.voters.contains(&id) => {
             return Err(ServerError::Config(format!(
@@ -418,5 +443,5 @@ fn recover(
         state.applied(),
         started.elapsed()
     );
-    Ok((state, core, log))
+    Ok((state, core, log, fresh))
 }

@@ -18,7 +18,7 @@ use super::raft_loop::RaftHandle;
 use super::state_machine::{self, StateMachine};
 use super::watchers::Watchers;
 use crate::lease::LeaseError;
-use qed_wire::cluster::MembersResponse;
+use qed_wire::cluster::{MemberAddResponse, MembersResponse};
 use qed_wire::lease::{LeaseKeepAliveResponse, LeaseTimeToLiveRequest};
 use qed_wire::maintenance::{AlarmType, StatusResponse};
 use qed_wire::peer::{PeerAnswer, PeerCall, PeerReply};
@@ -34,26 +34,22 @@ pub struct Identity {
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
     pub member_id: u64,
-    pub cluster_id: u64,
 }
 
 impl Identity {
-    /// The identity of the only member of a cluster: member ID from the
-    /// member's peer URLs and the cluster token, cluster ID from the member
-    /// ID (stable across restarts with the same flags).
+    /// A member's identity: its ID from its peer URLs and the cluster
+    /// token (stable across restarts with the same flags).
     pub fn new(
         name: String,
         peer_urls: Vec<String>,
         client_urls: Vec<String>,
         token: &str,
     ) -> Self {
-        let member_id = super::members::member_id(&peer_urls, token);
         Identity {
+            member_id: super::members::member_id(&peer_urls, token),
             name,
             peer_urls,
             client_urls,
-            member_id,
-            cluster_id: super::members::cluster_id(&[member_id], token),
         }
     }
 }
@@ -95,7 +91,7 @@ impl Node {
     /// Fills in who answered: cluster, member and Raft term (the revision
     /// is the caller's).
     pub fn stamp(&self, header: &mut ResponseHeader) {
-        header.cluster_id = self.identity.cluster_id;
+        header.cluster_id = self.members.cluster_id();
         header.member_id = self.identity.member_id;
         header.raft_term = self.raft.status.term.load(Ordering::Relaxed);
     }
@@ -147,38 +143,106 @@ impl Node {
                 self.stamp(resp.header_mut());
                 Ok(PeerAnswer::Response(resp))
             }
-            PeerCall::Request(Request::MemberRemove(r)) => {
-                let mut resp = self.remove_member(r.id).await?;
+            PeerCall::Request(
+                req
+                @ (Request::MemberAdd(_) | Request::MemberRemove(_) | Request::MemberPromote(_)),
+            ) => {
+                let mut resp = self.change_members(&req).await?;
                 self.stamp(resp.header_mut());
                 Ok(PeerAnswer::Response(resp))
             }
             PeerCall::Request(_) => Err(Error::InvalidArgument(
-                "only lease calls and member removal are forwarded between members".into(),
+                "only lease calls and membership changes are forwarded between members".into(),
             )),
         }
     }
 
-    /// Removes a member through a Raft configuration change (on the
-    /// leader); answers with the members left once it is applied.
-    async fn remove_member(&self, id: u64) -> Result<Response, Error> {
-        if !self.members.contains(id) {
-            return Err(Error::MemberNotFound);
-        }
-        if self.members.ids().len() == 1 {
-            // Raft keeps at least one voter.
-            return Err(Error::MemberNotEnoughStarted);
-        }
+    /// MemberAdd, MemberRemove, MemberPromote on the leader: one Raft
+    /// configuration change each, answered with the membership once it is
+    /// applied (the member table follows the configuration).
+    async fn change_members(&self, req: &Request) -> Result<Response, Error> {
+        let (change, node_id, peer_urls) = match req {
+            Request::MemberAdd(r) => {
+                if self.peers.is_none() {
+                    return Err(Error::Unimplemented(
+                        "member add: this member runs as a cluster of one, with no peer port; \
+                         start the first members with --initial-cluster"
+                            .into(),
+                    ));
+                }
+                if r.peer_urls.is_empty()
+                    || r.peer_urls
+                        .iter()
+                        .any(|u| crate::transport::url::parse(u).is_err())
+                {
+                    return Err(Error::MemberBadUrls);
+                }
+                // The ID the new member computes for itself from the same
+                // URLs and token.
+                let id = super::members::member_id(&r.peer_urls, &self.members.token);
+                if self.members.contains(id) {
+                    return Err(Error::MemberExist);
+                }
+                let taken = self
+                    .members
+                    .list()
+                    .into_iter()
+                    .any(|m| m.peer_urls.iter().any(|u| r.peer_urls.contains(u)));
+                if taken {
+                    return Err(Error::PeerUrlExist);
+                }
+                let change = if r.is_learner {
+                    ConfChangeType::AddLearner
+                } else {
+                    ConfChangeType::AddVoter
+                };
+                (change, id, r.peer_urls.clone())
+            }
+            Request::MemberPromote(r) => match self.members.get(r.id) {
+                None => return Err(Error::MemberNotFound),
+                Some(m) if !m.is_learner => return Err(Error::MemberNotLearner),
+                Some(_) => (ConfChangeType::AddVoter, r.id, Vec::new()),
+            },
+            Request::MemberRemove(r) => {
+                if !self.members.contains(r.id) {
+                    return Err(Error::MemberNotFound);
+                }
+                if self.members.ids().len() == 1 {
+                    // Raft keeps at least one voter.
+                    return Err(Error::MemberNotEnoughStarted);
+                }
+                (ConfChangeType::Remove, r.id, Vec::new())
+            }
+            other => {
+                return Err(Error::Unimplemented(other.method().to_string()));
+            }
+        };
         self.raft
-            .propose_conf_change(ConfChange {
-                change: ConfChangeType::Remove,
-                node_id: id,
-                context: Vec::new(),
-            })
+            .propose_conf_change(
+                ConfChange {
+                    change,
+                    node_id,
+                    context: Vec::new(),
+                },
+                peer_urls,
+            )
             .await?;
-        Ok(Response::Members(MembersResponse {
-            header: ResponseHeader::default(),
-            members: self.members.list(),
-        }))
+        let members = self.members.list();
+        Ok(match req {
+            Request::MemberAdd(_) => Response::MemberAdd(MemberAddResponse {
+                header: ResponseHeader::default(),
+                member: members
+                    .iter()
+                    .find(|m| m.id == node_id)
+                    .cloned()
+                    .unwrap_or_default(),
+                members,
+            }),
+            _ => Response::Members(MembersResponse {
+                header: ResponseHeader::default(),
+                members,
+            }),
+        })
     }
 
     async fn local_time_to_live(&self, r: &LeaseTimeToLiveRequest) -> Result<Response, Error> {
@@ -225,6 +289,11 @@ impl Node {
         Ok(())
     }
 
+    /// The cluster's ID (0 while a joining member has not learned it).
+    pub fn cluster_id(&self) -> u64 {
+        self.members.cluster_id()
+    }
+
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
@@ -238,18 +307,21 @@ impl Node {
                 header: ResponseHeader::default(),
                 members: self.members.list(),
             }),
-            Request::MemberRemove(r) => match self.remote_leader()? {
-                // Membership changes are proposed by the leader.
-                Some((leader, peers)) => {
-                    return match peers.call(leader, PeerCall::Request(req.clone())).await? {
-                        PeerAnswer::Response(resp) => Ok(resp),
-                        PeerAnswer::LeaseKeepAlive(_) => Err(Error::Internal(
-                            "the leader answered MemberRemove with something else".into(),
-                        )),
-                    };
+            Request::MemberAdd(_) | Request::MemberRemove(_) | Request::MemberPromote(_) => {
+                match self.remote_leader()? {
+                    // Membership changes are proposed by the leader.
+                    Some((leader, peers)) => {
+                        return match peers.call(leader, PeerCall::Request(req.clone())).await? {
+                            PeerAnswer::Response(resp) => Ok(resp),
+                            PeerAnswer::LeaseKeepAlive(_) => Err(Error::Internal(
+                                "the leader answered a membership change with something else"
+                                    .into(),
+                            )),
+                        };
+                    }
+                    None => self.change_members(&req).await?,
                 }
-                None => self.remove_member(r.id).await?,
-            },
+            }
             Request::Status(_) => self.status(),
             Request::Defragment(_) => {
                 // The state lives in memory and is rebuilt compactly at every

@@ -42,8 +42,9 @@ use qed_wire::{Error, MAX_PEER_FRAME};
 use quinn::VarInt;
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Bound on a hello frame (names and URL lists).
@@ -159,18 +160,26 @@ impl fmt::Display for Refusal {
 }
 
 /// Whether a hello may open a stream to this member.
+/// A member joining a running cluster does not know the cluster ID yet
+/// (it is 0): it takes the one of the first member of its table that
+/// contacts it (the leader, once the member-add entry applied).
 pub fn check_hello(hello: &PeerHello, members: &Members) -> Result<(), Refusal> {
-    if hello.cluster_id != members.cluster_id {
-        return Err(Refusal::OtherCluster {
-            theirs: hello.cluster_id,
-            ours: members.cluster_id,
-        });
+    let ours = members.cluster_id();
+    let other_cluster = Refusal::OtherCluster {
+        theirs: hello.cluster_id,
+        ours,
+    };
+    if ours != 0 && hello.cluster_id != ours {
+        return Err(other_cluster);
     }
     if hello.from == members.local || !members.contains(hello.from) {
         return Err(Refusal::UnknownMember(hello.from));
     }
     if hello.to != members.local {
         return Err(Refusal::NotForUs(hello.to));
+    }
+    if hello.cluster_id == 0 {
+        return Err(other_cluster);
     }
     Ok(())
 }
@@ -181,18 +190,21 @@ pub struct LocalMember {
     pub name: String,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
+    /// Where a joining member saves the cluster ID it learns.
+    pub cluster_id_file: PathBuf,
 }
 
 /// This member's side of the peer transport.
 pub struct Peers {
     members: Arc<Members>,
-    /// This member's hello, `to` filled in per stream.
+    /// This member's hello, `to` and `cluster_id` filled in per stream.
     hello: PeerHello,
+    cluster_id_file: PathBuf,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
-    lanes: HashMap<NodeId, [channel::Sender<Message>; 3]>,
+    lanes: RwLock<HashMap<NodeId, [channel::Sender<Message>; 3]>>,
     /// One connection per member, shared by its lanes and calls.
-    connections: HashMap<NodeId, runtime::Mutex<Option<quinn::Connection>>>,
+    connections: RwLock<HashMap<NodeId, Arc<runtime::Mutex<Option<quinn::Connection>>>>>,
     /// Messages dropped so far (full queues, lanes without a connection);
     /// logged at every power of two.
     dropped: AtomicU64,
@@ -220,54 +232,85 @@ impl Peers {
         // `transport::endpoint`), so their lanes reconnect without waiting
         // for the idle timeout.
         let endpoint = transport::endpoint::server(listen, server_config, reset_secret)?;
-        let mut lanes = HashMap::new();
-        let mut receivers = Vec::new();
-        let mut connections = HashMap::new();
-        for id in members.ids().into_iter().filter(|id| *id != members.local) {
-            let queues = LANES.map(|lane| channel::bounded(lane.capacity()));
-            let senders = queues.clone().map(|(tx, _)| tx);
-            for (lane, (_, rx)) in LANES.into_iter().zip(queues) {
-                receivers.push((id, lane, rx));
-            }
-            lanes.insert(id, senders);
-            connections.insert(id, runtime::Mutex::new(None));
-        }
         let peers = Arc::new(Peers {
             hello: PeerHello {
-                cluster_id: members.cluster_id,
+                cluster_id: 0,
                 from: members.local,
                 to: 0,
                 name: local.name,
                 peer_urls: local.peer_urls,
                 client_urls: local.client_urls,
             },
+            cluster_id_file: local.cluster_id_file,
             members,
             endpoint,
             client_config,
-            lanes,
-            connections,
+            lanes: RwLock::new(HashMap::new()),
+            connections: RwLock::new(HashMap::new()),
             dropped: AtomicU64::new(0),
             refusals_logged: std::sync::Mutex::new(HashMap::new()),
             refused_by: std::sync::Mutex::new(HashMap::new()),
             handshake_logged: std::sync::Mutex::new(None),
         });
-        for (id, lane, rx) in receivers {
-            runtime::spawn(run_lane(peers.clone(), id, lane, rx));
+        for id in peers.members.ids() {
+            peers.add_member(id);
         }
         log::info!("serving peers on {listen} (QUIC)");
         Ok(peers)
     }
 
+    /// Starts the lanes to a member (one that joined the configuration, or
+    /// one of the initial members); nothing if it has them or is us.
+    pub fn add_member(self: &Arc<Self>, id: NodeId) {
+        if id == self.members.local {
+            return;
+        }
+        let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
+        if lanes.contains_key(&id) {
+            return;
+        }
+        let queues = LANES.map(|lane| channel::bounded(lane.capacity()));
+        lanes.insert(id, queues.clone().map(|(tx, _)| tx));
+        self.connections
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::new(runtime::Mutex::new(None)));
+        for (lane, (_, rx)) in LANES.into_iter().zip(queues) {
+            runtime::spawn(run_lane(self.clone(), id, lane, rx));
+        }
+    }
+
+    /// Our hello to member `to`.
+    fn hello_to(&self, to: NodeId) -> Result<PeerHello, TransportError> {
+        match self.members.cluster_id() {
+            0 => Err(TransportError::Stream(
+                "the cluster ID is not known yet: this member joins a running cluster and \
+                 waits for its leader to contact it"
+                    .into(),
+            )),
+            cluster_id => Ok(PeerHello {
+                cluster_id,
+                to,
+                ..self.hello.clone()
+            }),
+        }
+    }
+
     /// Queues a Raft message for its member; never blocks. A message that
     /// does not fit (or is for no known member) is dropped and counted.
     pub fn send(&self, message: Message) {
-        let Some(lanes) = self.lanes.get(&message.to) else {
-            self.count_drop(message.to, "not a member");
-            return;
-        };
         let lane = Lane::of(&message.body);
         let to = message.to;
-        if lanes[lane as usize].try_send(message).is_err() {
+        let queued = match self
+            .lanes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&to)
+        {
+            Some(lanes) => lanes[lane as usize].try_send(message).is_ok(),
+            None => false,
+        };
+        if !queued {
             self.count_drop(to, lane.name());
         }
     }
@@ -293,10 +336,7 @@ impl Peers {
                 .open_bi()
                 .await
                 .map_err(|e| TransportError::Stream(e.to_string()))?;
-            let hello = PeerHello {
-                to,
-                ..self.hello.clone()
-            };
+            let hello = self.hello_to(to)?;
             stream::write(&mut send, &hello, MAX_HELLO_FRAME).await?;
             stream::write(&mut send, &call, MAX_PEER_FRAME).await?;
             let _ = send.finish();
@@ -315,7 +355,10 @@ impl Peers {
     async fn connection(&self, to: NodeId) -> Result<quinn::Connection, TransportError> {
         let slot = self
             .connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .get(&to)
+            .cloned()
             .ok_or_else(|| TransportError::Connect {
                 addr: format!("member {to:x}"),
                 reason: "not a member of this cluster".into(),
@@ -356,6 +399,7 @@ impl Peers {
 
     /// Opens a lane's stream: a new unidirectional stream and our hello.
     async fn open_lane(&self, to: NodeId, lane: Lane) -> Result<quinn::SendStream, TransportError> {
+        let hello = self.hello_to(to)?;
         let conn = self.connection(to).await?;
         let mut send = runtime::timeout(CONNECT_TIMEOUT, conn.open_uni())
             .await
@@ -364,12 +408,26 @@ impl Peers {
         // QUIC sends higher-priority streams' data first: votes and
         // heartbeats overtake appends, which overtake snapshot chunks.
         let _ = send.set_priority(lane.priority());
-        let hello = PeerHello {
-            to,
-            ..self.hello.clone()
-        };
         stream::write(&mut send, &hello, MAX_HELLO_FRAME).await?;
         Ok(send)
+    }
+
+    /// A joining member learns its cluster's ID from the first member that
+    /// contacts it, and keeps it in the data directory for its restarts.
+    fn adopt_cluster_id(&self, hello: &PeerHello) {
+        self.members.adopt_cluster_id(hello.cluster_id);
+        log::info!(
+            "joined cluster {:x} (contacted by member {:x})",
+            hello.cluster_id,
+            hello.from
+        );
+        if let Err(e) = save_cluster_id(&self.cluster_id_file, hello.cluster_id) {
+            log::error!(
+                "cannot save the cluster ID in {}: {e}; start this member again with \
+                 --initial-cluster-state existing to learn it again",
+                self.cluster_id_file.display()
+            );
+        }
     }
 
     /// Whether nothing was logged through here for `period` (and if so,
@@ -434,6 +492,27 @@ impl Peers {
             hello.name
         );
     }
+}
+
+/// Writes the cluster ID file (temp file, fsync, rename).
+fn save_cluster_id(path: &std::path::Path, id: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{id:x}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The cluster ID a joining member saved, if any.
+pub fn load_cluster_id(path: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    u64::from_str_radix(text.trim(), 16)
+        .ok()
+        .filter(|id| *id != 0)
 }
 
 /// One lane to one member: takes messages off its queue and writes them to
@@ -587,9 +666,15 @@ async fn accept_hello(
         conn.close(REFUSED, why.to_string().as_bytes());
         return None;
     }
-    peers
-        .members
-        .learn_client_urls(hello.from, &hello.client_urls);
+    if peers.members.cluster_id() == 0 {
+        peers.adopt_cluster_id(&hello);
+    }
+    peers.members.learn(
+        hello.from,
+        &hello.name,
+        &hello.peer_urls,
+        &hello.client_urls,
+    );
     Some(hello)
 }
 
@@ -675,7 +760,7 @@ mod tests {
         let n1 = members("n1", "http://a:1", "t");
         let n2 = members("n2", "http://b:2", "t");
         let hello = PeerHello {
-            cluster_id: n2.cluster_id,
+            cluster_id: n2.cluster_id(),
             from: n2.local,
             to: n1.local,
             ..Default::default()
@@ -683,7 +768,7 @@ mod tests {
         assert_eq!(check_hello(&hello, &n1), Ok(()));
         let other_token = members("n2", "http://b:2", "u");
         let stranger = PeerHello {
-            cluster_id: other_token.cluster_id,
+            cluster_id: other_token.cluster_id(),
             from: other_token.local,
             ..hello.clone()
         };
@@ -701,8 +786,20 @@ mod tests {
             ..hello.clone()
         };
         assert!(check_hello(&itself, &n1).is_err());
-        let misaddressed = PeerHello { to: 7, ..hello };
+        let misaddressed = PeerHello {
+            to: 7,
+            ..hello.clone()
+        };
         assert_eq!(check_hello(&misaddressed, &n1), Err(Refusal::NotForUs(7)));
+        // A joining member (cluster ID not known yet) takes a member's
+        // hello, but not one that has no cluster ID either.
+        n1.adopt_cluster_id(0);
+        assert_eq!(check_hello(&hello, &n1), Ok(()));
+        let joiner = PeerHello {
+            cluster_id: 0,
+            ..hello
+        };
+        assert!(check_hello(&joiner, &n1).is_err());
     }
 
     #[test]

@@ -52,6 +52,7 @@ use crate::wire::raft::{
     ConfChange, ConfState, Entry, EntryType, HardState, Message, MessageBody, SnapshotMeta,
 };
 use qed_wire::lease::LeaseRevokeRequest;
+use qed_wire::peer::ConfContext;
 use qed_wire::{Error, Reply, Request};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,8 +71,10 @@ pub enum Input {
         reply: channel::Sender<Reply>,
     },
     /// A membership change (on the leader); answered once it is applied.
+    /// `peer_urls`: where an added member listens.
     ProposeConfChange {
         change: ConfChange,
+        peer_urls: Vec<String>,
         reply: channel::Sender<Result<(), Error>>,
     },
     /// A linearizable read wants to know when it may read.
@@ -160,10 +163,18 @@ impl RaftHandle {
 
     /// Proposes a membership change and waits until it is applied (the
     /// member table is updated by then).
-    pub async fn propose_conf_change(&self, change: ConfChange) -> Result<(), Error> {
+    pub async fn propose_conf_change(
+        &self,
+        change: ConfChange,
+        peer_urls: Vec<String>,
+    ) -> Result<(), Error> {
         let (reply, answer) = channel::bounded(1);
         self.inbox
-            .send(Input::ProposeConfChange { change, reply })
+            .send(Input::ProposeConfChange {
+                change,
+                peer_urls,
+                reply,
+            })
             .await
             .map_err(|_| Error::Stopped)?;
         wait_answer(&answer, self.answer_timeout).await
@@ -422,10 +433,27 @@ impl Driver {
                 self.core.step(message);
             }
             Input::Propose { request, reply } => self.propose(request, Some(reply)),
-            Input::ProposeConfChange { mut change, reply } => {
-                // The context names the waiter, as a command ID does.
+            Input::ProposeConfChange {
+                mut change,
+                peer_urls,
+                reply,
+            } => {
+                // The context names the waiter, as a command ID does, and
+                // tells every member where an added one listens.
                 let id = self.ids.next();
-                change.context = id.to_be_bytes().to_vec();
+                let context = ConfContext {
+                    waiter: id,
+                    peer_urls,
+                };
+                change.context = match postcard::to_allocvec(&context) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        let _ = reply.try_send(Err(Error::Internal(format!(
+                            "cannot encode a membership change: {e}"
+                        ))));
+                        return Ok(());
+                    }
+                };
                 match self.core.propose_conf_change(change) {
                     Ok(()) => {
                         self.conf_waiters.insert(id, reply);
@@ -563,11 +591,18 @@ impl Driver {
         if conf.voters.is_empty() && conf.learners.is_empty() {
             return false;
         }
-        let ids: Vec<u64> = conf.voters.iter().chain(&conf.learners).copied().collect();
-        for gone in self.members.retain(&ids) {
-            log::info!("member {gone:x} left the cluster");
+        let (gone, added) = self.members.sync(conf);
+        for id in gone {
+            log::info!("member {id:x} left the cluster");
         }
-        !ids.contains(&self.core.id())
+        for id in added {
+            log::info!("member {id:x} joined the cluster");
+            if let Some(peers) = &self.peers {
+                peers.add_member(id);
+            }
+        }
+        let me = self.core.id();
+        !conf.voters.contains(&me) && !conf.learners.contains(&me)
     }
 
     fn drain_ready(&mut self) -> Result<(), String> {
@@ -735,12 +770,19 @@ impl Driver {
                     }
                 }
                 EntryType::ConfChange => {
-                    let waiter = postcard::from_bytes::<ConfChange>(&entry.data)
-                        .ok()
-                        .and_then(|cc| <[u8; 8]>::try_from(cc.context.as_slice()).ok())
-                        .and_then(|id| self.conf_waiters.remove(&u64::from_be_bytes(id)));
-                    if let Some(waiter) = waiter {
-                        let _ = waiter.try_send(Ok(()));
+                    // The configuration itself is in force already (the
+                    // core applied it; `on_conf_state` synced the table).
+                    let change = postcard::from_bytes::<ConfChange>(&entry.data).ok();
+                    let context = change
+                        .as_ref()
+                        .and_then(|cc| postcard::from_bytes::<ConfContext>(&cc.context).ok());
+                    if let (Some(cc), Some(ctx)) = (&change, &context) {
+                        if !ctx.peer_urls.is_empty() {
+                            self.members.set_peer_urls(cc.node_id, &ctx.peer_urls);
+                        }
+                        if let Some(waiter) = self.conf_waiters.remove(&ctx.waiter) {
+                            let _ = waiter.try_send(Ok(()));
+                        }
                     }
                     state.skip(entry.index);
                 }

@@ -254,6 +254,53 @@ impl TestCluster {
         }
     }
 
+    /// Starts a new member that joins the running cluster (after a member
+    /// add for `peer_url`), as etcd users do: `--initial-cluster` with every
+    /// member and `--initial-cluster-state existing`. Returns its index.
+    pub fn start_joining(&mut self, peer_url: &str, extra: &[&str]) -> usize {
+        let i = self.members.len();
+        let name = format!("n{}", i + 1);
+        let client_url = format!("https://127.0.0.1:{}", free_udp_port());
+        let data_dir = self.dir.0.join(&name);
+        let initial_cluster = format!("{},{name}={peer_url}", self.initial_cluster);
+        let mut args: Vec<String> = [
+            "--name",
+            &name,
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--listen-client-urls",
+            &client_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            &initial_cluster,
+            "--initial-cluster-token",
+            &self.token,
+            "--initial-cluster-state",
+            "existing",
+            "--log-level",
+            "info",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut member = ClusterMember {
+            log_file: self.dir.0.join(format!("{name}.log")),
+            name,
+            child: None,
+            data_dir,
+            client_url,
+            peer_url: peer_url.to_string(),
+            args,
+        };
+        member.spawn();
+        self.members.push(member);
+        i
+    }
+
     pub fn kill(&mut self, i: usize) {
         self.members[i].kill();
     }

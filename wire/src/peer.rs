@@ -49,3 +49,12 @@ pub enum PeerAnswer {
 }
 
 pub type PeerReply = Result<PeerAnswer, Error>;
+
+/// The `context` of a membership change in the Raft log: which caller on
+/// the proposing member waits for it, and an added member's peer URLs (so
+/// every member learns where to reach it when the change applies).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfContext {
+    pub waiter: u64,
+    pub peer_urls: Vec<String>,
+}
