@@ -719,9 +719,11 @@ fn member_remove_through_a_follower() {
 #[test]
 fn member_add_learner_promote() {
     use qed::wire::cluster::{MemberAddRequest, MemberPromoteRequest};
-    let mut cluster = TestCluster::start(3, &[]);
+    // Snapshots every few entries, so the member-add entry ends up inside
+    // one and a restarted member must take the membership from there.
+    let mut cluster = TestCluster::start(3, &["--snapshot-count", "5"]);
     qed::runtime::block_on(async {
-        let clients = clients_of(&cluster).await;
+        let mut clients = clients_of(&cluster).await;
         let leader = cluster
             .wait_for_leader(&clients, Duration::from_secs(30))
             .await;
@@ -745,13 +747,18 @@ fn member_add_learner_promote() {
         assert_eq!(added.member.peer_urls, std::slice::from_ref(&peer_url));
         let new_id = added.member.id;
 
-        let n4 = cluster.start_joining(&peer_url, &[]);
+        let n4 = cluster.start_joining(&peer_url, &["--snapshot-count", "5"]);
         let joined = cluster.client(n4).await;
-        eventually(Duration::from_secs(30), "the new member catches up", || {
-            let joined = &joined;
-            async move { value_of(joined, "before", true).await.as_deref() == Some("join") }
-        })
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while value_of(&joined, "before", true).await.as_deref() != Some("join") {
+            assert!(
+                Instant::now() < deadline,
+                "the new member never caught up; its log:\n{}\nthe leader's:\n{}",
+                cluster.members[n4].log(),
+                cluster.members[leader].log()
+            );
+            qed::runtime::sleep(Duration::from_millis(20)).await;
+        }
         let promoted = c(follower)
             .call(Request::MemberPromote(MemberPromoteRequest { id: new_id }))
             .await
@@ -807,5 +814,47 @@ fn member_add_learner_promote() {
         )
         .await;
         assert_eq!(value_of(&again, "from", false).await.as_deref(), Some("n4"));
+
+        // An initial member restarted after the add was compacted into a
+        // snapshot still counts the new member in (from the snapshot's
+        // configuration; its URLs come back with its hello).
+        for i in 0..10 {
+            again
+                .put(format!("fill{i}"), "x", None)
+                .await
+                .expect("fill");
+        }
+        let other = (leader + 2) % 3;
+        clients[other] = None;
+        cluster.restart(other);
+        let back = cluster.client(other).await;
+        eventually(
+            Duration::from_secs(30),
+            "the restarted member lists n4",
+            || {
+                let (back, url) = (&back, &peer_url);
+                async move {
+                    matches!(
+                        back.call(Request::MemberList(Default::default())).await,
+                        Ok(Response::Members(list)) if list.members.len() == 4
+                            && list.members.iter().any(|m| m.id == new_id
+                                && m.peer_urls == std::slice::from_ref(url))
+                    )
+                }
+            },
+        )
+        .await;
+        let log = cluster.members[other].log();
+        assert!(log.contains("recovered") && log.contains("snapshot at index"));
+        back.put("after", "restart", None).await.expect("put");
+        eventually(
+            Duration::from_secs(10),
+            "n4 sees writes after the restart",
+            || {
+                let again = &again;
+                async move { value_of(again, "after", true).await.as_deref() == Some("restart") }
+            },
+        )
+        .await;
     });
 }

@@ -197,7 +197,8 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     let saved_cluster_id = peer::load_cluster_id(&cluster_id_file);
     let join = config.join_existing && saved_cluster_id.is_none();
     let initial_voters = if join { Vec::new() } else { members.ids() };
-    let (state, core, log, fresh) = recover(config, &identity, &initial_voters)?;
+    let joined = join || saved_cluster_id.is_some();
+    let (state, core, log, fresh) = recover(config, &identity, &initial_voters, joined)?;
     match saved_cluster_id {
         Some(id) => members.adopt_cluster_id(id),
         // An initial member restarting with `existing` keeps the ID its
@@ -207,6 +208,13 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
             log::info!("joining a running cluster: waiting for its leader to contact this member");
         }
         None => {}
+    }
+    // The recovered configuration decides who is a member (a snapshot may
+    // hold members added or removed since `--initial-cluster`); a fresh
+    // log's configuration arrives with the first `Ready`.
+    let conf = core.conf_state();
+    if !conf.voters.is_empty() {
+        members.sync(&conf);
     }
     let state = Arc::new(RwLock::new(state));
     let options = LoopOptions {
@@ -353,6 +361,7 @@ fn recover(
     config: &NodeConfig,
     identity: &Identity,
     initial_voters: &[u64],
+    joined: bool,
 ) -> Result<(StateMachine, raft::Node, DurableLog, bool), ServerError> {
     let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(100);
     let limits = Limits {
@@ -385,7 +394,13 @@ fn recover(
         && recovered.entries.is_empty()
         && recovered.hard_state == Default::default();
     let (state, snapshot) = match recovered.snapshot {
-        Some((meta, _)) if !meta.conf_state.voters.contains(&id) => {
+        // A member that joined a running cluster may hold a snapshot from
+        // before it was added; any other must be in its newest snapshot.
+        Some((meta, _))
+            if !joined
+                && !meta.conf_state.voters.contains(&id)
+                && !meta.conf_state.learners.contains(&id) =>
+        {
             return Err(ServerError::Config(format!(
                 "{} belongs to member(s) {:x?}, not to this member ({id:x}); start with the \
                  --name, --initial-advertise-peer-urls and --initial-cluster-token it was created \

@@ -49,7 +49,8 @@ use crate::storage::durable_log::{DurableLog, SnapshotWriter};
 use crate::storage::StorageError;
 use crate::wire::command::Command;
 use crate::wire::raft::{
-    ConfChange, ConfState, Entry, EntryType, HardState, Message, MessageBody, SnapshotMeta,
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageBody,
+    SnapshotMeta,
 };
 use qed_wire::lease::LeaseRevokeRequest;
 use qed_wire::peer::ConfContext;
@@ -296,6 +297,7 @@ pub fn start(
         proposals: HashMap::new(),
         conf_waiters: HashMap::new(),
         members,
+        removed: false,
         reads: HashMap::new(),
         confirmed_reads: BTreeMap::new(),
         ids: CommandIds::new(core_id),
@@ -375,6 +377,8 @@ struct Driver {
     conf_waiters: HashMap<u64, channel::Sender<Result<(), Error>>>,
     /// The member table, kept in step with the configuration.
     members: Arc<Members>,
+    /// This member applied its own removal.
+    removed: bool,
     /// Reads waiting for the core to confirm an index, by context.
     reads: HashMap<u64, channel::Sender<Result<(), Error>>>,
     /// Reads confirmed at an index, waiting for apply to reach it.
@@ -585,11 +589,11 @@ impl Driver {
     }
 
     /// The membership changed: the member table follows it (members removed
-    /// from the configuration are forgotten, so the transport refuses them).
-    /// Returns whether this member itself was removed.
-    fn on_conf_state(&mut self, conf: &ConfState) -> bool {
+    /// from the configuration are forgotten, so the transport refuses them;
+    /// new ones get lanes).
+    fn on_conf_state(&mut self, conf: &ConfState) {
         if conf.voters.is_empty() && conf.learners.is_empty() {
-            return false;
+            return;
         }
         let (gone, added) = self.members.sync(conf);
         for id in gone {
@@ -601,12 +605,9 @@ impl Driver {
                 peers.add_member(id);
             }
         }
-        let me = self.core.id();
-        !conf.voters.contains(&me) && !conf.learners.contains(&me)
     }
 
     fn drain_ready(&mut self) -> Result<(), String> {
-        let mut removed = false;
         // Bounded: each Ready hands out work; a core that kept producing
         // Readys without input would be a bug, not a reason to spin forever.
         for _ in 0..1000 {
@@ -647,7 +648,7 @@ impl Driver {
             self.send_messages(now.into_iter().map(|o| o.message).collect());
             let later: Vec<Message> = later.into_iter().map(|o| o.message).collect();
             if let Some(conf) = &rd.conf_state {
-                removed |= self.on_conf_state(conf);
+                self.on_conf_state(conf);
             }
             if let Some(snapshot) = rd.snapshot {
                 self.install_snapshot(&snapshot)?;
@@ -702,8 +703,10 @@ impl Driver {
             }
             self.release_reads();
         }
-        if removed {
+        if self.removed {
             // etcd's removed member stops too: nobody sends it anything now.
+            // (Only applying its own removal counts: a joining member may
+            // first install a snapshot from before it was added.)
             return Err(format!(
                 "this member ({:x}) was removed from the cluster",
                 self.core.id()
@@ -776,6 +779,10 @@ impl Driver {
                     let context = change
                         .as_ref()
                         .and_then(|cc| postcard::from_bytes::<ConfContext>(&cc.context).ok());
+                    if let Some(cc) = &change {
+                        self.removed |=
+                            cc.change == ConfChangeType::Remove && cc.node_id == self.core.id();
+                    }
                     if let (Some(cc), Some(ctx)) = (&change, &context) {
                         if !ctx.peer_urls.is_empty() {
                             self.members.set_peer_urls(cc.node_id, &ctx.peer_urls);
