@@ -487,6 +487,10 @@ fn main() -> ExitCode {
         );
         let why = running.stopped.recv().await.unwrap_or_default();
         log::error!("stopping: {why}");
+        // Answers already on their way (say, to the member remove that
+        // removed this member, asked of this member) get a moment to leave;
+        // everything new fails with "server stopped" meanwhile.
+        qed::runtime::sleep(std::time::Duration::from_millis(500)).await;
         ExitCode::FAILURE
     })
 }
