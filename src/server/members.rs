@@ -120,6 +120,9 @@ pub struct Members {
     /// with it, as the member itself does when it starts.
     pub token: String,
     table: RwLock<BTreeMap<NodeId, Member>>,
+    /// Members this one saw leave the configuration (in this run): their
+    /// streams are refused with "removed", so they stop.
+    removed: RwLock<Vec<NodeId>>,
 }
 
 impl Members {
@@ -171,6 +174,7 @@ impl Members {
             local,
             token: token.to_string(),
             table: RwLock::new(table),
+            removed: RwLock::new(Vec::new()),
         })
     }
 
@@ -226,6 +230,14 @@ impl Members {
         }
     }
 
+    /// Whether `id` left the configuration while this member watched.
+    pub fn was_removed(&self, id: NodeId) -> bool {
+        self.removed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
+
     /// Where an added member listens (from its membership change).
     pub fn set_peer_urls(&self, id: NodeId, peer_urls: &[String]) {
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
@@ -242,11 +254,20 @@ impl Members {
     /// the IDs dropped and the IDs added.
     pub fn sync(&self, conf: &ConfState) -> (Vec<NodeId>, Vec<NodeId>) {
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
-        let in_conf = |id: &NodeId| conf.voters.contains(id) || conf.learners.contains(id);
+        // This member stays (with its name and URLs): a joining member may
+        // first see a configuration from before it was added, and one that
+        // applied its own removal stops.
+        let in_conf = |id: &NodeId| {
+            *id == self.local || conf.voters.contains(id) || conf.learners.contains(id)
+        };
         let gone: Vec<NodeId> = table.keys().filter(|id| !in_conf(id)).copied().collect();
         for id in &gone {
             table.remove(id);
         }
+        self.removed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(&gone);
         let mut added = Vec::new();
         for id in conf.voters.iter().chain(&conf.learners) {
             let member = table.entry(*id).or_insert_with(|| {

@@ -43,7 +43,7 @@ use quinn::VarInt;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,10 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(5);
 /// QUIC application codes.
 const FRAME_VIOLATION: VarInt = VarInt::from_u32(1);
 const REFUSED: VarInt = VarInt::from_u32(2);
+/// The peer is no longer a member: it should stop (etcd answers a removed
+/// member's messages with "410 Gone" for the same reason: the leader stops
+/// talking to it once the removal applies, so it may never see that entry).
+const REMOVED: VarInt = VarInt::from_u32(3);
 
 /// The streams to one member, so that small messages never wait for big ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +138,8 @@ pub enum Refusal {
     UnknownMember(NodeId),
     /// The stream is addressed to another member.
     NotForUs(NodeId),
+    /// The sender was removed from the cluster.
+    Removed(NodeId),
 }
 
 impl fmt::Display for Refusal {
@@ -150,6 +156,7 @@ impl fmt::Display for Refusal {
                 "member {id:x} is not in this cluster's member table: check its \
                  --initial-advertise-peer-urls against --initial-cluster"
             ),
+            Refusal::Removed(id) => write!(f, "member {id:x} was removed from the cluster"),
             Refusal::NotForUs(id) => write!(
                 f,
                 "it is addressed to member {id:x}, not to this member: check the peer URLs \
@@ -171,6 +178,9 @@ pub fn check_hello(hello: &PeerHello, members: &Members) -> Result<(), Refusal> 
     };
     if ours != 0 && hello.cluster_id != ours {
         return Err(other_cluster);
+    }
+    if members.was_removed(hello.from) {
+        return Err(Refusal::Removed(hello.from));
     }
     if hello.from == members.local || !members.contains(hello.from) {
         return Err(Refusal::UnknownMember(hello.from));
@@ -214,6 +224,8 @@ pub struct Peers {
     refused_by: std::sync::Mutex<HashMap<NodeId, Instant>>,
     /// When a failed inbound handshake was last logged.
     handshake_logged: std::sync::Mutex<Option<Instant>>,
+    /// Another member closed a connection saying this one was removed.
+    told_removed: AtomicBool,
 }
 
 impl Peers {
@@ -251,6 +263,7 @@ impl Peers {
             refusals_logged: std::sync::Mutex::new(HashMap::new()),
             refused_by: std::sync::Mutex::new(HashMap::new()),
             handshake_logged: std::sync::Mutex::new(None),
+            told_removed: AtomicBool::new(false),
         });
         for id in peers.members.ids() {
             peers.add_member(id);
@@ -277,6 +290,23 @@ impl Peers {
             .insert(id, Arc::new(runtime::Mutex::new(None)));
         for (lane, (_, rx)) in LANES.into_iter().zip(queues) {
             runtime::spawn(run_lane(self.clone(), id, lane, rx));
+        }
+    }
+
+    /// Ends the lanes to a member that left the configuration (their tasks
+    /// see their queues close) and closes its connection.
+    pub fn remove_member(&self, id: NodeId) {
+        self.lanes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let slot = self
+            .connections
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(conn) = slot.and_then(|s| s.try_lock().and_then(|c| c.clone())) {
+            conn.close(REMOVED, b"removed from the cluster");
         }
     }
 
@@ -444,13 +474,29 @@ impl Peers {
         true
     }
 
+    /// Whether another member told this one it was removed from the
+    /// cluster (the Raft loop then stops).
+    pub fn told_removed(&self) -> bool {
+        self.told_removed.load(Ordering::Relaxed)
+    }
+
+    /// Notes a connection closed because this member was removed.
+    fn note_removed(&self, e: &quinn::ConnectionError) {
+        if let quinn::ConnectionError::ApplicationClosed(closed) = e {
+            if closed.error_code == REMOVED && !self.told_removed.swap(true, Ordering::Relaxed) {
+                log::warn!("a member says this member was removed from the cluster");
+            }
+        }
+    }
+
     /// Whether `e` is member `to` refusing us; if so, says why (at most
     /// every [`REFUSAL_LOG_EVERY`] per member).
     fn note_refusal(&self, to: NodeId, e: &quinn::ConnectionError) -> bool {
+        self.note_removed(e);
         let quinn::ConnectionError::ApplicationClosed(closed) = e else {
             return false;
         };
-        if closed.error_code != REFUSED {
+        if closed.error_code != REFUSED && closed.error_code != REMOVED {
             return false;
         }
         let mut logged = self.refused_by.lock().unwrap_or_else(|p| p.into_inner());
@@ -640,8 +686,17 @@ async fn serve_connection(conn: quinn::Connection, peers: Arc<Peers>, node: Arc<
             }
         })
     };
-    while let Ok(recv) = conn.accept_uni().await {
-        runtime::spawn(serve_lane(conn.clone(), recv, peers.clone(), node.clone()));
+    loop {
+        match conn.accept_uni().await {
+            Ok(recv) => {
+                runtime::spawn(serve_lane(conn.clone(), recv, peers.clone(), node.clone()));
+            }
+            Err(e) => {
+                // The leader closes its connection to a member it removed.
+                peers.note_removed(&e);
+                break;
+            }
+        }
     }
     calls.await;
 }
@@ -663,7 +718,11 @@ async fn accept_hello(
     };
     if let Err(why) = check_hello(&hello, &peers.members) {
         peers.log_refusal(&hello, conn.remote_address(), &why);
-        conn.close(REFUSED, why.to_string().as_bytes());
+        let code = match why {
+            Refusal::Removed(_) => REMOVED,
+            _ => REFUSED,
+        };
+        conn.close(code, why.to_string().as_bytes());
         return None;
     }
     if peers.members.cluster_id() == 0 {
@@ -791,6 +850,17 @@ mod tests {
             ..hello.clone()
         };
         assert_eq!(check_hello(&misaddressed, &n1), Err(Refusal::NotForUs(7)));
+        // A member removed from the configuration is told so.
+        let n3 = members("n3", "http://c:3", "t");
+        n1.sync(&qed_wire::raft::ConfState {
+            voters: vec![n1.local, n2.local],
+            learners: vec![],
+        });
+        let removed = PeerHello {
+            from: n3.local,
+            ..hello.clone()
+        };
+        assert_eq!(check_hello(&removed, &n1), Err(Refusal::Removed(n3.local)));
         // A joining member (cluster ID not known yet) takes a member's
         // hello, but not one that has no cluster ID either.
         n1.adopt_cluster_id(0);

@@ -427,6 +427,10 @@ impl Driver {
         match input {
             Input::Tick => {
                 self.core.tick();
+                // The leader stops talking to a member once its removal
+                // applies, so a removed member may never apply it: the
+                // others' refusal is the word it gets.
+                self.removed |= self.peers.as_ref().is_some_and(|p| p.told_removed());
                 self.ticks += 1;
                 if self.ticks % FORGET_LEFT_CALLERS_EVERY == 0 {
                     self.forget_left_callers();
@@ -598,6 +602,9 @@ impl Driver {
         let (gone, added) = self.members.sync(conf);
         for id in gone {
             log::info!("member {id:x} left the cluster");
+            if let Some(peers) = &self.peers {
+                peers.remove_member(id);
+            }
         }
         for id in added {
             log::info!("member {id:x} joined the cluster");
