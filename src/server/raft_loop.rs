@@ -446,6 +446,10 @@ impl Driver {
                 peer_urls,
                 reply,
             } => {
+                if !self.learner_ready(&change) {
+                    let _ = reply.try_send(Err(Error::LearnerNotReady));
+                    return Ok(());
+                }
                 // The context names the waiter, as a command ID does, and
                 // tells every member where an added one listens.
                 let id = self.ids.next();
@@ -590,6 +594,22 @@ impl Driver {
         } else {
             state.lessor_mut().demote();
         }
+    }
+
+    /// etcd promotes a learner only once its log is within 90% of the
+    /// leader's, so a new voter does not stall commits while it catches up.
+    fn learner_ready(&self, change: &ConfChange) -> bool {
+        let promotes = change.change == ConfChangeType::AddVoter
+            && self.core.conf_state().learners.contains(&change.node_id);
+        if !promotes {
+            return true;
+        }
+        let last = self.core.status().last_index;
+        self.core
+            .progress()
+            .iter()
+            .find(|p| p.id == change.node_id)
+            .is_some_and(|p| p.matched.saturating_mul(10) >= last.saturating_mul(9))
     }
 
     /// The membership changed: the member table follows it (members removed
