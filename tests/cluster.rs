@@ -759,6 +759,16 @@ fn member_add_learner_promote() {
             );
             qed::runtime::sleep(Duration::from_millis(20)).await;
         }
+        let learner_status = |client: &Client| {
+            let client = client.clone();
+            async move {
+                match client.call(Request::Status(Default::default())).await {
+                    Ok(Response::Status(s)) => Some(s.is_learner),
+                    _ => None,
+                }
+            }
+        };
+        assert_eq!(learner_status(&joined).await, Some(true));
         let promoted = c(follower)
             .call(Request::MemberPromote(MemberPromoteRequest { id: new_id }))
             .await
@@ -767,6 +777,15 @@ fn member_add_learner_promote() {
             panic!("promote answered {promoted:?}");
         };
         assert!(list.members.iter().all(|m| !m.is_learner), "{list:?}");
+        eventually(
+            Duration::from_secs(10),
+            "the promoted member is a voter",
+            || {
+                let status = learner_status(&joined);
+                async move { status.await == Some(false) }
+            },
+        )
+        .await;
 
         // Every member lists the new one with its name and client URL, and
         // it serves linearizable reads and writes.

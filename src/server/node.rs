@@ -415,7 +415,10 @@ impl Node {
                 .map(|a| format!("memberID:{} alarm:{}", a.member_id, alarm_name(a.alarm)))
                 .collect(),
             db_size_in_use: size,
-            is_learner: false,
+            is_learner: self
+                .members
+                .get(self.identity.member_id)
+                .is_some_and(|m| m.is_learner),
         })
     }
 }
