@@ -4,12 +4,13 @@
 CARGO ?= cargo
 DATA_DIR ?= default.qed
 
-.PHONY: all build release run bench crash-test test test-deps fmt lint fuzz clean help
+.PHONY: all build release run run-cluster bench crash-test test test-deps fmt lint fuzz clean help
 
 all: build
 
 help:
 	@echo "make run    build and start a node (QUIC, UDP 127.0.0.1:2379) and the gRPC shim (TCP 127.0.0.1:2379)"
+	@echo "make run-cluster  3 members on loopback (QUIC, UDP 127.0.0.1:12379/22379/32379) and the gRPC shim (TCP 127.0.0.1:2379)"
 	@echo "make test   install what the tests need, then run them all"
 	@echo "make bench  qed against etcd 3.4, side by side (QUICK=1 for a short run)"
 	@echo "make crash-test  SIGKILL a node KILLS times under writers (default 200)"
@@ -31,6 +32,29 @@ run: release
 	trap 'kill $$node 2>/dev/null' EXIT INT TERM; \
 	while [ ! -f $(DATA_DIR)/certs/ca.crt ]; do kill -0 $$node 2>/dev/null || exit 1; sleep 0.1; done; \
 	./target/release/qed-grpc --cacert $(DATA_DIR)/certs/ca.crt
+
+# Three members on loopback: client URLs UDP 127.0.0.1:{1,2,3}2379, peers on
+# UDP 127.0.0.1:{1,2,3}2380, data in ./$(CLUSTER_DIR)/n{1,2,3}, and the gRPC
+# shim on TCP 127.0.0.1:2379 in front of all three (trusting every member's
+# generated CA). Ctrl-C stops all four. BIN=target/debug skips the release build.
+CLUSTER_DIR ?= cluster.qed
+BIN ?= target/release
+run-cluster: $(if $(filter target/release,$(BIN)),release)
+	@ic=n1=http://127.0.0.1:12380,n2=http://127.0.0.1:22380,n3=http://127.0.0.1:32380; pids=; \
+	trap 'kill $$pids 2>/dev/null' EXIT INT TERM; \
+	for i in 1 2 3; do \
+	  ./$(BIN)/qed --name n$$i --data-dir $(CLUSTER_DIR)/n$$i \
+	    --listen-client-urls http://127.0.0.1:$${i}2379 \
+	    --listen-peer-urls http://127.0.0.1:$${i}2380 \
+	    --initial-advertise-peer-urls http://127.0.0.1:$${i}2380 \
+	    --initial-cluster $$ic --initial-cluster-token qed-run-cluster & pids="$$pids $$!"; \
+	done; \
+	for i in 1 2 3; do \
+	  while [ ! -f $(CLUSTER_DIR)/n$$i/certs/ca.crt ]; do kill -0 $$pids 2>/dev/null || exit 1; sleep 0.1; done; \
+	done; \
+	cat $(CLUSTER_DIR)/n1/certs/ca.crt $(CLUSTER_DIR)/n2/certs/ca.crt $(CLUSTER_DIR)/n3/certs/ca.crt > $(CLUSTER_DIR)/ca-bundle.crt; \
+	./$(BIN)/qed-grpc --endpoints http://127.0.0.1:12379,http://127.0.0.1:22379,http://127.0.0.1:32379 \
+	  --cacert $(CLUSTER_DIR)/ca-bundle.crt
 
 # More SIGKILLs than CI's 30: `make crash-test KILLS=500 CRASH_SEED=7`.
 KILLS ?= 200

@@ -48,8 +48,51 @@ struct Flags {
     initial_advertise_peer_urls: String,
 
     /// Initial cluster token, so that distinct clusters get distinct IDs.
+    /// Every member of a cluster must be given the same one.
     #[arg(long, env = "QED_INITIAL_CLUSTER_TOKEN", default_value = "qed-cluster")]
     initial_cluster_token: String,
+
+    /// Every initial member as name=peer-url, comma-separated, the same on
+    /// every member, e.g. n1=http://10.0.0.1:2380,n2=http://10.0.0.2:2380
+    /// [default: ${name}=${initial-advertise-peer-urls}, a cluster of one].
+    /// Member and cluster IDs are derived from it and the token, so every
+    /// member computes the same ones.
+    #[arg(long, env = "QED_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+
+    /// new: bootstrap the cluster from --initial-cluster. existing: join a
+    /// running cluster that added this member with member add (give
+    /// --initial-cluster as member add printed it); ignored on a restart.
+    #[arg(long, env = "QED_INITIAL_CLUSTER_STATE", default_value = "new")]
+    initial_cluster_state: String,
+
+    /// Comma-separated URLs to listen on for the other members (QUIC on
+    /// that UDP port). A cluster of one opens no peer port.
+    #[arg(
+        long,
+        env = "QED_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    listen_peer_urls: String,
+
+    /// Certificate for peer connections (both directions). Without it, the
+    /// member's client certificate is used and peers are not verified, as
+    /// etcd's --peer-auto-tls.
+    #[arg(long, env = "QED_PEER_CERT_FILE", requires = "peer_key_file")]
+    peer_cert_file: Option<PathBuf>,
+
+    /// Key for --peer-cert-file.
+    #[arg(long, env = "QED_PEER_KEY_FILE", requires = "peer_cert_file")]
+    peer_key_file: Option<PathBuf>,
+
+    /// CA the other members' peer certificates must chain to.
+    #[arg(long, env = "QED_PEER_TRUSTED_CA_FILE")]
+    peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Require connecting members to present a certificate signed by
+    /// --peer-trusted-ca-file.
+    #[arg(long, env = "QED_PEER_CLIENT_CERT_AUTH")]
+    peer_client_cert_auth: bool,
 
     /// Certificate for the client listener. With neither this nor
     /// --key-file, a CA and certificate are generated in ${data-dir}/certs.
@@ -375,6 +418,18 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.qed", flags.name)));
+    let join_existing = match flags.initial_cluster_state.as_str() {
+        "new" => false,
+        "existing" => true,
+        other => {
+            eprintln!("qed: --initial-cluster-state {other:?}: use new or existing");
+            return ExitCode::from(2);
+        }
+    };
     let listen = split(&flags.listen_client_urls);
     let config = NodeConfig {
         snapshot_count: flags.snapshot_count,
@@ -383,9 +438,7 @@ fn main() -> ExitCode {
         heartbeat_interval: std::time::Duration::from_millis(flags.heartbeat_interval),
         election_ticks: u32::try_from(flags.election_timeout / flags.heartbeat_interval)
             .unwrap_or(u32::MAX),
-        data_dir: flags
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from(format!("{}.qed", flags.name))),
+        data_dir,
         name: flags.name,
         advertise_client_urls: flags
             .advertise_client_urls
@@ -395,6 +448,13 @@ fn main() -> ExitCode {
         listen_client_urls: listen,
         initial_advertise_peer_urls: split(&flags.initial_advertise_peer_urls),
         initial_cluster_token: flags.initial_cluster_token,
+        initial_cluster: flags.initial_cluster.unwrap_or_default(),
+        join_existing,
+        listen_peer_urls: split(&flags.listen_peer_urls),
+        peer_cert_file: flags.peer_cert_file,
+        peer_key_file: flags.peer_key_file,
+        peer_trusted_ca_file: flags.peer_trusted_ca_file,
+        peer_client_cert_auth: flags.peer_client_cert_auth,
         cert_file: flags.cert_file,
         key_file: flags.key_file,
         trusted_ca_file: flags.trusted_ca_file,
@@ -418,7 +478,7 @@ fn main() -> ExitCode {
             "member {:x} ({}) of cluster {:x} ready to serve client requests; clients trust {}",
             id.member_id,
             id.name,
-            id.cluster_id,
+            running.node.cluster_id(),
             running
                 .ca_file
                 .as_ref()
@@ -427,6 +487,10 @@ fn main() -> ExitCode {
         );
         let why = running.stopped.recv().await.unwrap_or_default();
         log::error!("stopping: {why}");
+        // Answers already on their way (say, to the member remove that
+        // removed this member, asked of this member) get a moment to leave;
+        // everything new fails with "server stopped" meanwhile.
+        qed::runtime::sleep(std::time::Duration::from_millis(500)).await;
         ExitCode::FAILURE
     })
 }

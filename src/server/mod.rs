@@ -3,12 +3,16 @@
 //! [`start`] recovers the durable log (`<data-dir>/member/{wal,snap}`),
 //! rebuilds the state machine from the newest snapshot, starts the Raft
 //! driver ([`raft_loop`]), sets up TLS (generating a CA and certificates in
-//! the data directory when none are given) and serves the client URLs.
+//! the data directory when none are given) and serves the client URLs; with
+//! other members in `--initial-cluster` ([`members`]) it also serves the
+//! peer URL ([`peer`]), through which the Raft driver talks to them.
 //! [`node::Node`] is the single entry point for every call;
 //! [`state_machine`] is what applying a request means; [`service`] turns
 //! QUIC streams into calls.
 
+pub mod members;
 pub mod node;
+pub mod peer;
 pub mod raft_loop;
 pub mod service;
 pub mod snapshot_file;
@@ -48,7 +52,21 @@ pub struct NodeConfig {
     pub listen_client_urls: Vec<String>,
     pub advertise_client_urls: Vec<String>,
     pub initial_advertise_peer_urls: Vec<String>,
+    /// etcd's `--initial-cluster` (`name=url,...`); empty means this member
+    /// alone (`<name>=<initial-advertise-peer-urls>`).
+    pub initial_cluster: String,
     pub initial_cluster_token: String,
+    /// etcd's `--initial-cluster-state existing`: with an empty data
+    /// directory, join a running cluster that added this member.
+    pub join_existing: bool,
+    /// Where to listen for peers (used only when there are peers).
+    pub listen_peer_urls: Vec<String>,
+    /// Peer TLS (etcd's `--peer-*` flags); without them the member's client
+    /// certificate is used and peers are not verified (`--peer-auto-tls`).
+    pub peer_cert_file: Option<PathBuf>,
+    pub peer_key_file: Option<PathBuf>,
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    pub peer_client_cert_auth: bool,
     /// Certificate and key for the client listener; generated when unset.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -165,13 +183,39 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     // The private key is stable across restarts and secret: a good seed for
     // the stateless-reset key (see `transport::endpoint`).
     let reset_secret = files.key.as_ref().and_then(|k| std::fs::read(k).ok());
-    let identity = Identity::new(
-        config.name.clone(),
-        config.initial_advertise_peer_urls.clone(),
-        config.advertise_client_urls.clone(),
-        &config.initial_cluster_token,
-    );
-    let (state, core, log) = recover(config, &identity)?;
+    let members = Arc::new(initial_members(config)?);
+    let identity = Identity {
+        name: config.name.clone(),
+        peer_urls: config.initial_advertise_peer_urls.clone(),
+        client_urls: config.advertise_client_urls.clone(),
+        member_id: members.local,
+    };
+    // A member joining a running cluster starts with no configuration (it
+    // learns it from the leader) and no cluster ID (it learns it from the
+    // first member that contacts it, and saves it for its restarts).
+    let cluster_id_file = config.data_dir.join("member").join("cluster_id");
+    let saved_cluster_id = peer::load_cluster_id(&cluster_id_file);
+    let join = config.join_existing && saved_cluster_id.is_none();
+    let initial_voters = if join { Vec::new() } else { members.ids() };
+    let joined = join || saved_cluster_id.is_some();
+    let (state, core, log, fresh) = recover(config, &identity, &initial_voters, joined)?;
+    match saved_cluster_id {
+        Some(id) => members.adopt_cluster_id(id),
+        // An initial member restarting with `existing` keeps the ID its
+        // flags give; only a member with no data yet waits to learn it.
+        None if join && fresh => {
+            members.adopt_cluster_id(0);
+            log::info!("joining a running cluster: waiting for its leader to contact this member");
+        }
+        None => {}
+    }
+    // The recovered configuration decides who is a member (a snapshot may
+    // hold members added or removed since `--initial-cluster`); a fresh
+    // log's configuration arrives with the first `Ready`.
+    let conf = core.conf_state();
+    if !conf.voters.is_empty() {
+        members.sync(&conf);
+    }
     let state = Arc::new(RwLock::new(state));
     let options = LoopOptions {
         tick: config.heartbeat_interval,
@@ -179,8 +223,33 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         election_timeout: config.heartbeat_interval * config.election_ticks.max(2),
     };
     let watchers = Watchers::start(state.clone());
-    let (raft, stopped) = raft_loop::start(core, log, state.clone(), watchers.clone(), options);
-    let node = Arc::new(Node::new(identity, state, raft, watchers));
+    // A cluster of one opens no peer port: nobody would connect, and
+    // single nodes on one machine need not pick distinct peer ports.
+    let peers = if members.ids().len() > 1 {
+        Some(start_peers(config, &members, &files, cluster_id_file)?)
+    } else {
+        None
+    };
+    let (raft, stopped) = raft_loop::start(
+        core,
+        log,
+        state.clone(),
+        watchers.clone(),
+        peers.clone(),
+        members.clone(),
+        options,
+    );
+    let node = Arc::new(Node::new(
+        identity,
+        members,
+        peers.clone(),
+        state,
+        raft,
+        watchers,
+    ));
+    if let Some(peers) = peers {
+        crate::runtime::spawn(peer::serve(peers, node.clone()));
+    }
     let mut endpoints = Vec::new();
     for url in &listen {
         let endpoint =
@@ -197,11 +266,103 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     })
 }
 
+/// The member table from `--initial-cluster` (this member alone when empty).
+fn initial_members(config: &NodeConfig) -> Result<members::Members, ServerError> {
+    let initial = if config.initial_cluster.trim().is_empty() {
+        vec![(
+            config.name.clone(),
+            config.initial_advertise_peer_urls.clone(),
+        )]
+    } else {
+        members::parse_initial_cluster(&config.initial_cluster)
+            .map_err(|e| ServerError::Config(e.to_string()))?
+    };
+    members::Members::from_initial_cluster(
+        &initial,
+        &config.name,
+        &config.initial_advertise_peer_urls,
+        &config.advertise_client_urls,
+        &config.initial_cluster_token,
+    )
+    .map_err(|e| ServerError::Config(e.to_string()))
+}
+
+/// Binds the peer port and starts the lanes to the other members.
+fn start_peers(
+    config: &NodeConfig,
+    members: &Arc<members::Members>,
+    client_files: &TlsFiles,
+    cluster_id_file: PathBuf,
+) -> Result<Arc<peer::Peers>, ServerError> {
+    let listen = transport::url::parse_list(&config.listen_peer_urls.join(","))?;
+    let Some(first) = listen.first() else {
+        return Err(ServerError::Config("--listen-peer-urls is empty".into()));
+    };
+    if listen.len() > 1 {
+        log::warn!(
+            "only the first --listen-peer-urls address ({}) is served",
+            first.addr
+        );
+    }
+    let files = match (&config.peer_cert_file, &config.peer_key_file) {
+        (Some(cert), Some(key)) => TlsFiles {
+            cert: Some(cert.clone()),
+            key: Some(key.clone()),
+            ca: config.peer_trusted_ca_file.clone(),
+        },
+        (None, None) => {
+            log::warn!(
+                "no --peer-cert-file: peer connections are encrypted with this member's \
+                 certificate but peers are not verified (as etcd's --peer-auto-tls); give \
+                 --peer-cert-file, --peer-key-file and --peer-trusted-ca-file to verify them"
+            );
+            TlsFiles {
+                ca: None,
+                ..client_files.clone()
+            }
+        }
+        _ => {
+            return Err(ServerError::Config(
+                "--peer-cert-file and --peer-key-file must be given together".into(),
+            ))
+        }
+    };
+    if config.peer_client_cert_auth && files.ca.is_none() {
+        return Err(ServerError::Config(
+            "--peer-client-cert-auth needs --peer-trusted-ca-file".into(),
+        ));
+    }
+    // The listener checks peers' certificates only with --peer-client-cert-auth;
+    // the connecting side verifies whenever a CA is given.
+    let server_files = TlsFiles {
+        ca: files.ca.clone().filter(|_| config.peer_client_cert_auth),
+        ..files.clone()
+    };
+    let server = transport::tls::peer_server_config(&server_files)?;
+    let reset_secret = files.key.as_ref().and_then(|k| std::fs::read(k).ok());
+    let client = transport::tls::peer_client_config(&files)?;
+    Ok(peer::Peers::start(
+        members.clone(),
+        first.addr,
+        server,
+        client,
+        peer::LocalMember {
+            name: config.name.clone(),
+            peer_urls: config.initial_advertise_peer_urls.clone(),
+            client_urls: config.advertise_client_urls.clone(),
+            cluster_id_file,
+        },
+        reset_secret.as_deref(),
+    )?)
+}
+
 /// Rebuilds the state machine and the Raft core from the durable log.
 fn recover(
     config: &NodeConfig,
     identity: &Identity,
-) -> Result<(StateMachine, raft::Node, DurableLog), ServerError> {
+    initial_voters: &[u64],
+    joined: bool,
+) -> Result<(StateMachine, raft::Node, DurableLog, bool), ServerError> {
     let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(100);
     let limits = Limits {
         quota_bytes: config.quota_backend_bytes,
@@ -222,12 +383,24 @@ fn recover(
     )
     .map_err(ServerError::Storage)?;
     let id = identity.member_id;
-    let lone_member = ConfState {
-        voters: vec![id],
+    // A new data directory starts with every initial member as a voter
+    // (the core turns it into the first log entries, the same on all).
+    let initial_conf = ConfState {
+        voters: initial_voters.to_vec(),
         learners: Vec::new(),
     };
+    // Nothing durable yet: a new member (it bootstraps, or waits to join).
+    let fresh = recovered.snapshot.is_none()
+        && recovered.entries.is_empty()
+        && recovered.hard_state == Default::default();
     let (state, snapshot) = match recovered.snapshot {
-        Some((meta, _)) if !meta.conf_state.voters.contains(&id) => {
+        // A member that joined a running cluster may hold a snapshot from
+        // before it was added; any other must be in its newest snapshot.
+        Some((meta, _))
+            if !joined
+                && !meta.conf_state.voters.contains(&id)
+                && !meta.conf_state.learners.contains(&id) =>
+        {
             return Err(ServerError::Config(format!(
                 "{} belongs to member(s) {:x?}, not to this member ({id:x}); start with the \
                  --name, --initial-advertise-peer-urls and --initial-cluster-token it was created \
@@ -257,7 +430,7 @@ fn recover(
                 meta: SnapshotMeta {
                     index: 0,
                     term: 0,
-                    conf_state: lone_member,
+                    conf_state: initial_conf,
                 },
                 data: Arc::from(Vec::new()),
             },
@@ -285,5 +458,5 @@ fn recover(
         state.applied(),
         started.elapsed()
     );
-    Ok((state, core, log))
+    Ok((state, core, log, fresh))
 }

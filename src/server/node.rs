@@ -8,72 +8,57 @@
 //!
 //! Leases: TimeToLive and keepalives are leader-only and go through no log
 //! entry (etcd answers them from the leader's lessor once its apply index
-//! has caught up); a non-leader answers `NotLeader`. Watches are served by
+//! has caught up); a follower forwards them to the leader over the peer
+//! transport, as etcd does, so clients may talk to any member. Watches are served by
 //! the [`Watchers`] hub this node shares with the Raft loop.
 
+use super::members::Members;
+use super::peer::Peers;
 use super::raft_loop::RaftHandle;
 use super::state_machine::{self, StateMachine};
 use super::watchers::Watchers;
 use crate::lease::LeaseError;
-use qed_wire::cluster::{Member, MembersResponse};
-use qed_wire::lease::LeaseKeepAliveResponse;
+use qed_wire::cluster::{MemberAddResponse, MembersResponse};
+use qed_wire::lease::{LeaseKeepAliveResponse, LeaseTimeToLiveRequest};
 use qed_wire::maintenance::{AlarmType, StatusResponse};
+use qed_wire::peer::{PeerAnswer, PeerCall, PeerReply};
+use qed_wire::raft::{ConfChange, ConfChangeType, Message, NodeId};
 use qed_wire::{Error, Reply, Request, Response, ResponseHeader};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
-/// Who this member is, as etcd derives it.
+/// Who this member is, as etcd derives it (see [`super::members`]).
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub name: String,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
     pub member_id: u64,
-    pub cluster_id: u64,
 }
 
 impl Identity {
-    /// Member ID from the member's peer URLs and the cluster token, cluster
-    /// ID from the member IDs: stable across restarts with the same flags,
-    /// different for different clusters (etcd hashes the same inputs).
+    /// A member's identity: its ID from its peer URLs and the cluster
+    /// token (stable across restarts with the same flags).
     pub fn new(
         name: String,
         peer_urls: Vec<String>,
         client_urls: Vec<String>,
         token: &str,
     ) -> Self {
-        let mut urls = peer_urls.clone();
-        urls.sort();
-        let member_id = fnv1a64(format!("{}|{token}", urls.join(",")).as_bytes());
-        let cluster_id = fnv1a64(format!("{member_id:x}|{token}").as_bytes());
         Identity {
+            member_id: super::members::member_id(&peer_urls, token),
             name,
             peer_urls,
             client_urls,
-            member_id,
-            cluster_id,
         }
     }
-
-    fn member(&self) -> Member {
-        Member {
-            id: self.member_id,
-            name: self.name.clone(),
-            peer_urls: self.peer_urls.clone(),
-            client_urls: self.client_urls.clone(),
-            is_learner: false,
-        }
-    }
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 pub struct Node {
     identity: Identity,
+    members: Arc<Members>,
+    /// The other members; `None` for a cluster of one.
+    peers: Option<Arc<Peers>>,
     state: Arc<RwLock<StateMachine>>,
     raft: RaftHandle,
     watchers: Arc<Watchers>,
@@ -82,12 +67,16 @@ pub struct Node {
 impl Node {
     pub fn new(
         identity: Identity,
+        members: Arc<Members>,
+        peers: Option<Arc<Peers>>,
         state: Arc<RwLock<StateMachine>>,
         raft: RaftHandle,
         watchers: Arc<Watchers>,
     ) -> Self {
         Node {
             identity,
+            members,
+            peers,
             state,
             raft,
             watchers,
@@ -102,14 +91,173 @@ impl Node {
     /// Fills in who answered: cluster, member and Raft term (the revision
     /// is the caller's).
     pub fn stamp(&self, header: &mut ResponseHeader) {
-        header.cluster_id = self.identity.cluster_id;
+        header.cluster_id = self.members.cluster_id();
         header.member_id = self.identity.member_id;
         header.raft_term = self.raft.status.term.load(Ordering::Relaxed);
     }
 
+    /// A Raft message from a peer, for the Raft loop.
+    pub fn step(&self, message: Message) {
+        self.raft.step(message);
+    }
+
+    /// The leader to forward leader-only work to, when it is another
+    /// member; `None` when this member leads (or is alone).
+    fn remote_leader(&self) -> Result<Option<(NodeId, &Peers)>, Error> {
+        let Some(peers) = &self.peers else {
+            return Ok(None);
+        };
+        match self.raft.status.leader.load(Ordering::Relaxed) {
+            0 => Err(Error::NoLeader),
+            leader if leader == self.identity.member_id => Ok(None),
+            leader => Ok(Some((leader, peers))),
+        }
+    }
+
+    /// A keepalive: answered here when this member leads, else forwarded
+    /// to the leader over the peer transport (as etcd's followers do), so
+    /// a client's keepalive stream to any member works.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+        if let Some((leader, peers)) = self.remote_leader()? {
+            return match peers.call(leader, PeerCall::LeaseKeepAlive(id)).await? {
+                PeerAnswer::LeaseKeepAlive(resp) => Ok(resp),
+                PeerAnswer::Response(_) => Err(Error::Internal(
+                    "the leader answered a keepalive with something else".into(),
+                )),
+            };
+        }
+        self.local_lease_keep_alive(id).await
+    }
+
+    /// A call forwarded by another member: answered from this member's
+    /// state only (never forwarded again, so two members that each think
+    /// the other leads cannot bounce a call forever).
+    pub async fn serve_peer_call(&self, call: PeerCall) -> PeerReply {
+        match call {
+            PeerCall::LeaseKeepAlive(id) => self
+                .local_lease_keep_alive(id)
+                .await
+                .map(PeerAnswer::LeaseKeepAlive),
+            PeerCall::Request(Request::LeaseTimeToLive(r)) => {
+                let mut resp = self.local_time_to_live(&r).await?;
+                self.stamp(resp.header_mut());
+                Ok(PeerAnswer::Response(resp))
+            }
+            PeerCall::Request(
+                req
+                @ (Request::MemberAdd(_) | Request::MemberRemove(_) | Request::MemberPromote(_)),
+            ) => {
+                let mut resp = self.change_members(&req).await?;
+                self.stamp(resp.header_mut());
+                Ok(PeerAnswer::Response(resp))
+            }
+            PeerCall::Request(_) => Err(Error::InvalidArgument(
+                "only lease calls and membership changes are forwarded between members".into(),
+            )),
+        }
+    }
+
+    /// MemberAdd, MemberRemove, MemberPromote on the leader: one Raft
+    /// configuration change each, answered with the membership once it is
+    /// applied (the member table follows the configuration).
+    async fn change_members(&self, req: &Request) -> Result<Response, Error> {
+        let (change, node_id, peer_urls) = match req {
+            Request::MemberAdd(r) => {
+                if self.peers.is_none() {
+                    return Err(Error::Unimplemented(
+                        "member add: this member runs as a cluster of one, with no peer port; \
+                         start the first members with --initial-cluster"
+                            .into(),
+                    ));
+                }
+                if r.peer_urls.is_empty()
+                    || r.peer_urls
+                        .iter()
+                        .any(|u| crate::transport::url::parse(u).is_err())
+                {
+                    return Err(Error::MemberBadUrls);
+                }
+                // The ID the new member computes for itself from the same
+                // URLs and token.
+                let id = super::members::member_id(&r.peer_urls, &self.members.token);
+                if self.members.contains(id) {
+                    return Err(Error::MemberExist);
+                }
+                let taken = self
+                    .members
+                    .list()
+                    .into_iter()
+                    .any(|m| m.peer_urls.iter().any(|u| r.peer_urls.contains(u)));
+                if taken {
+                    return Err(Error::PeerUrlExist);
+                }
+                let change = if r.is_learner {
+                    ConfChangeType::AddLearner
+                } else {
+                    ConfChangeType::AddVoter
+                };
+                (change, id, r.peer_urls.clone())
+            }
+            Request::MemberPromote(r) => match self.members.get(r.id) {
+                None => return Err(Error::MemberNotFound),
+                Some(m) if !m.is_learner => return Err(Error::MemberNotLearner),
+                Some(_) => (ConfChangeType::AddVoter, r.id, Vec::new()),
+            },
+            Request::MemberRemove(r) => {
+                if !self.members.contains(r.id) {
+                    return Err(Error::MemberNotFound);
+                }
+                if self.members.ids().len() == 1 {
+                    // Raft keeps at least one voter.
+                    return Err(Error::MemberNotEnoughStarted);
+                }
+                (ConfChangeType::Remove, r.id, Vec::new())
+            }
+            other => {
+                return Err(Error::Unimplemented(other.method().to_string()));
+            }
+        };
+        self.raft
+            .propose_conf_change(
+                ConfChange {
+                    change,
+                    node_id,
+                    context: Vec::new(),
+                },
+                peer_urls,
+            )
+            .await?;
+        let members = self.members.list();
+        Ok(match req {
+            Request::MemberAdd(_) => Response::MemberAdd(MemberAddResponse {
+                header: ResponseHeader::default(),
+                member: members
+                    .iter()
+                    .find(|m| m.id == node_id)
+                    .cloned()
+                    .unwrap_or_default(),
+                members,
+            }),
+            _ => Response::Members(MembersResponse {
+                header: ResponseHeader::default(),
+                members,
+            }),
+        })
+    }
+
+    async fn local_time_to_live(&self, r: &LeaseTimeToLiveRequest) -> Result<Response, Error> {
+        self.wait_applied().await?;
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        Ok(Response::LeaseTimeToLive(state.lease_time_to_live(
+            r.id,
+            r.keys,
+            super::now_ms(),
+        )?))
+    }
+
     /// One keepalive, answered by the leader without a log entry: a lease
     /// that is gone (or expired, its revoke on the way) answers TTL 0.
-    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+    async fn local_lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
         self.wait_applied().await?;
         let renewed = self
             .state
@@ -141,6 +289,11 @@ impl Node {
         Ok(())
     }
 
+    /// The cluster's ID (0 while a joining member has not learned it).
+    pub fn cluster_id(&self) -> u64 {
+        self.members.cluster_id()
+    }
+
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
@@ -152,8 +305,23 @@ impl Node {
             // etcd's Cluster service stamps no revision.
             Request::MemberList(_) => Response::Members(MembersResponse {
                 header: ResponseHeader::default(),
-                members: vec![self.identity.member()],
+                members: self.members.list(),
             }),
+            Request::MemberAdd(_) | Request::MemberRemove(_) | Request::MemberPromote(_) => {
+                match self.remote_leader()? {
+                    // Membership changes are proposed by the leader.
+                    Some((leader, peers)) => {
+                        return match peers.call(leader, PeerCall::Request(req.clone())).await? {
+                            PeerAnswer::Response(resp) => Ok(resp),
+                            PeerAnswer::LeaseKeepAlive(_) => Err(Error::Internal(
+                                "the leader answered a membership change with something else"
+                                    .into(),
+                            )),
+                        };
+                    }
+                    None => self.change_members(&req).await?,
+                }
+            }
             Request::Status(_) => self.status(),
             Request::Defragment(_) => {
                 // The state lives in memory and is rebuilt compactly at every
@@ -169,15 +337,18 @@ impl Node {
                 auth_revision: 0,
             },
             req if state_machine::is_write(req) => self.raft.propose(req.clone()).await?,
-            Request::LeaseTimeToLive(r) => {
-                self.wait_applied().await?;
-                let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-                Response::LeaseTimeToLive(state.lease_time_to_live(
-                    r.id,
-                    r.keys,
-                    super::now_ms(),
-                )?)
-            }
+            Request::LeaseTimeToLive(r) => match self.remote_leader()? {
+                // The leader's header stays: it answered.
+                Some((leader, peers)) => {
+                    return match peers.call(leader, PeerCall::Request(req.clone())).await? {
+                        PeerAnswer::Response(resp) => Ok(resp),
+                        PeerAnswer::LeaseKeepAlive(_) => Err(Error::Internal(
+                            "the leader answered TimeToLive with something else".into(),
+                        )),
+                    };
+                }
+                None => self.local_time_to_live(r).await?,
+            },
             Request::Range(r) if !r.serializable => {
                 self.raft.read_index().await?;
                 self.read(&req)?
@@ -244,7 +415,10 @@ impl Node {
                 .map(|a| format!("memberID:{} alarm:{}", a.member_id, alarm_name(a.alarm)))
                 .collect(),
             db_size_in_use: size,
-            is_learner: false,
+            is_learner: self
+                .members
+                .get(self.identity.member_id)
+                .is_some_and(|m| m.is_learner),
         })
     }
 }

@@ -2,18 +2,22 @@
 //!
 //! Everything that changes Raft state arrives as an [`Input`] on one
 //! channel (ticks from a ticker task, proposals and reads from callers,
-//! completions from the WAL writer and the snapshotter), so the core is only
+//! peer messages from the peer transport, completions from the WAL writer
+//! and the snapshotter), so the core is only
 //! ever touched from this loop and its order of events is the channel's.
 //! After each batch of inputs the loop drains [`raft::Ready`]s in the order
 //! the core documents:
 //!
-//! 1. messages that may go before persistence are sent;
+//! 1. messages that may go before persistence are handed to the peer
+//!    transport ([`Peers::send`] never blocks; a lone voter sends none);
 //! 2. entries, hard state and any snapshot go to the WAL writer thread,
 //!    which appends and fsyncs them *off this loop* (group commit: all jobs
 //!    queued during one fsync go into the next), so ticks and heartbeats
 //!    never wait on the disk; the writer reports back with
-//!    [`Input::Persisted`], and only then are the remaining messages sent and
-//!    the core told (the leader counts itself toward commit only once durable);
+//!    [`Input::Persisted`] naming the last append job durable, and only then
+//!    are the remaining messages (vote grants, append acknowledgements) of
+//!    the `Ready`s up to that job sent and the core told (the leader counts
+//!    itself toward commit only once durable);
 //! 3. committed entries are applied to the [`StateMachine`] and their
 //!    callers answered;
 //! 4. confirmed reads are released once the applied index reaches them.
@@ -34,6 +38,8 @@
 //! A storage failure is fatal: the loop stops, every caller gets
 //! `etcdserver: server stopped`, and the node reports why it stopped.
 
+use super::members::Members;
+use super::peer::Peers;
 use super::state_machine::StateMachine;
 use super::watchers::Watchers;
 use crate::lease::{lease_id_from, LEASE_REVOKE_RATE};
@@ -42,10 +48,14 @@ use crate::runtime::{self, channel};
 use crate::storage::durable_log::{DurableLog, SnapshotWriter};
 use crate::storage::StorageError;
 use crate::wire::command::Command;
-use crate::wire::raft::{Entry, EntryType, HardState, SnapshotMeta};
+use crate::wire::raft::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageBody,
+    SnapshotMeta,
+};
 use qed_wire::lease::LeaseRevokeRequest;
+use qed_wire::peer::ConfContext;
 use qed_wire::{Error, Reply, Request};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -53,19 +63,30 @@ use std::time::Duration;
 /// What the loop reacts to.
 pub enum Input {
     Tick,
+    /// A Raft message from a peer.
+    Step(Message),
     /// Time for the leader to look for expired leases.
     CheckLeases,
     Propose {
         request: Request,
         reply: channel::Sender<Reply>,
     },
+    /// A membership change (on the leader); answered once it is applied.
+    /// `peer_urls`: where an added member listens.
+    ProposeConfChange {
+        change: ConfChange,
+        peer_urls: Vec<String>,
+        reply: channel::Sender<Result<(), Error>>,
+    },
     /// A linearizable read wants to know when it may read.
     ReadIndex {
         reply: channel::Sender<Result<(), Error>>,
     },
-    /// The WAL writer made a batch durable (or failed).
+    /// The WAL writer made a batch durable (or failed): every append job
+    /// numbered up to `through`.
     Persisted {
         tokens: Vec<PersistToken>,
+        through: u64,
         result: Result<(), String>,
     },
     /// The snapshotter wrote the state machine as of `meta.index` to a
@@ -84,6 +105,8 @@ pub struct RaftStatus {
     pub commit: AtomicU64,
     pub applied: AtomicU64,
     pub last_index: AtomicU64,
+    /// Peer messages in the inbox, not yet stepped.
+    pub queued_steps: AtomicU64,
 }
 
 /// Timing and snapshot settings for the loop.
@@ -97,6 +120,13 @@ pub struct LoopOptions {
     pub election_timeout: Duration,
 }
 
+/// Peer messages the inbox may hold (each at most a peer frame; appends
+/// are ~1 MiB at most, most messages are tiny).
+const MAX_QUEUED_STEPS: u64 = 4096;
+
+/// Ticks between sweeps for callers that gave up waiting.
+const FORGET_LEFT_CALLERS_EVERY: u64 = 50;
+
 /// How often the leader looks for expired leases (etcd: 500 ms).
 const LEASE_CHECK_EVERY: Duration = Duration::from_millis(500);
 
@@ -105,6 +135,9 @@ const LEASE_CHECK_EVERY: Duration = Duration::from_millis(500);
 pub struct RaftHandle {
     inbox: channel::Sender<Input>,
     pub status: Arc<RaftStatus>,
+    /// How long a caller waits for a proposal or read (`None`: a lone
+    /// member loses nothing on the way, so it waits as long as it takes).
+    answer_timeout: Option<Duration>,
 }
 
 impl RaftHandle {
@@ -115,7 +148,7 @@ impl RaftHandle {
             .send(Input::Propose { request, reply })
             .await
             .map_err(|_| Error::Stopped)?;
-        answer.recv().await.map_err(|_| Error::Stopped)?
+        wait_answer(&answer, self.answer_timeout).await
     }
 
     /// Waits until a read at this moment may be served linearizably from
@@ -126,7 +159,61 @@ impl RaftHandle {
             .send(Input::ReadIndex { reply })
             .await
             .map_err(|_| Error::Stopped)?;
-        answer.recv().await.map_err(|_| Error::Stopped)?
+        wait_answer(&answer, self.answer_timeout).await
+    }
+
+    /// Proposes a membership change and waits until it is applied (the
+    /// member table is updated by then).
+    pub async fn propose_conf_change(
+        &self,
+        change: ConfChange,
+        peer_urls: Vec<String>,
+    ) -> Result<(), Error> {
+        let (reply, answer) = channel::bounded(1);
+        self.inbox
+            .send(Input::ProposeConfChange {
+                change,
+                peer_urls,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        wait_answer(&answer, self.answer_timeout).await
+    }
+
+    /// Hands a peer's message to the loop without blocking the peer
+    /// stream's reader. Peer messages in the inbox are bounded: past
+    /// [`MAX_QUEUED_STEPS`] (a loop far behind its peers) they are dropped,
+    /// which Raft tolerates, rather than piling up in memory.
+    pub fn step(&self, message: Message) {
+        let queued = &self.status.queued_steps;
+        if queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_STEPS {
+            queued.fetch_sub(1, Ordering::Relaxed);
+            log::debug!(
+                "raft loop behind; dropped a message from {:x}",
+                message.from
+            );
+            return;
+        }
+        if self.inbox.try_send(Input::Step(message)).is_err() {
+            queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Waits for the loop's answer. With peers, a forwarded proposal or read may
+/// be lost on the way to the leader; the caller gets etcd's timeout instead
+/// of waiting forever (the loop forgets waiters whose caller left).
+async fn wait_answer<T>(
+    answer: &channel::Receiver<Result<T, Error>>,
+    limit: Option<Duration>,
+) -> Result<T, Error> {
+    match limit {
+        None => answer.recv().await.map_err(|_| Error::Stopped)?,
+        Some(limit) => match runtime::timeout(limit, answer.recv()).await {
+            Ok(answer) => answer.map_err(|_| Error::Stopped)?,
+            Err(_) => Err(Error::Timeout),
+        },
     }
 }
 
@@ -138,6 +225,8 @@ enum PersistJob {
         token: Option<PersistToken>,
         /// Needs an fsync before the token is reported.
         sync: bool,
+        /// Numbers append jobs, so the loop knows which messages may go.
+        seq: u64,
     },
     /// A snapshot from the leader: saved and marked in order with the log.
     Snapshot { meta: SnapshotMeta, data: Vec<u8> },
@@ -152,6 +241,8 @@ pub fn start(
     log: DurableLog,
     state: Arc<RwLock<StateMachine>>,
     watchers: Arc<Watchers>,
+    peers: Option<Arc<Peers>>,
+    members: Arc<Members>,
     options: LoopOptions,
 ) -> (RaftHandle, channel::Receiver<String>) {
     let (inbox, inputs) = channel::unbounded();
@@ -178,6 +269,12 @@ pub fn start(
         }
     });
     let snapshot_base = core.status().first_index.saturating_sub(1);
+    let core_id = core.id();
+    // A forwarded proposal may be lost; etcd gives up after its request
+    // timeout (5 s) plus two election timeouts.
+    let answer_timeout = peers
+        .is_some()
+        .then(|| Duration::from_secs(5) + 2 * options.election_timeout);
     // A lone voter need not wait out an election timeout: tick until it
     // campaigns; the loop persists its vote and it leads at once.
     if core.conf_state().voters == [core.id()] {
@@ -198,10 +295,17 @@ pub fn start(
         snapshots,
         inbox: inbox.clone(),
         proposals: HashMap::new(),
+        conf_waiters: HashMap::new(),
+        members,
+        removed: false,
         reads: HashMap::new(),
         confirmed_reads: BTreeMap::new(),
-        id_base: boot_nonce() << 24,
-        next_id: 0,
+        ids: CommandIds::new(core_id),
+        peers,
+        after_persist: VecDeque::new(),
+        write_seq: 0,
+        durable_seq: 0,
+        ticks: 0,
         options,
         snapshot_base,
         synced_vote: (0, 0),
@@ -212,17 +316,48 @@ pub fn start(
         log::error!("raft loop stopped: {why}");
         let _ = stopped_tx.send(why).await;
     });
-    (RaftHandle { inbox, status }, stopped)
+    (
+        RaftHandle {
+            inbox,
+            status,
+            answer_timeout,
+        },
+        stopped,
+    )
 }
 
-/// Distinguishes this process's proposal IDs from those of earlier runs
-/// still in the log.
-fn boot_nonce() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    (nanos ^ (u64::from(std::process::id()) << 20)) & 0xff_ffff_ffff
+/// Command IDs and read contexts, etcd's way (`idutil.Generator`): 16 bits
+/// from the member ID, then 48 bits that start at the boot time in
+/// milliseconds (shifted left 8) and count up. Unique per member across
+/// restarts (as long as a run does not issue more than 256 IDs per
+/// millisecond of downtime), and across members whose IDs differ in those
+/// 16 bits. A collision could only hand a caller another member's result,
+/// so the prefix folds all 64 bits of the member ID.
+struct CommandIds {
+    prefix: u64,
+    suffix: u64,
+}
+
+impl CommandIds {
+    const SUFFIX_BITS: u32 = 48;
+    const SUFFIX_MASK: u64 = (1 << Self::SUFFIX_BITS) - 1;
+
+    fn new(member: u64) -> Self {
+        let folded = (member ^ (member >> 16) ^ (member >> 32) ^ (member >> 48)) & 0xffff;
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        CommandIds {
+            prefix: folded << Self::SUFFIX_BITS,
+            suffix: (millis << 8) & Self::SUFFIX_MASK,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.suffix = (self.suffix + 1) & Self::SUFFIX_MASK;
+        self.prefix | self.suffix
+    }
 }
 
 struct Driver {
@@ -238,12 +373,25 @@ struct Driver {
     inbox: channel::Sender<Input>,
     /// Callers waiting for their proposal to apply, by command ID.
     proposals: HashMap<u64, channel::Sender<Reply>>,
+    /// Membership changes waiting to apply, by the ID in their context.
+    conf_waiters: HashMap<u64, channel::Sender<Result<(), Error>>>,
+    /// The member table, kept in step with the configuration.
+    members: Arc<Members>,
+    /// This member applied its own removal.
+    removed: bool,
     /// Reads waiting for the core to confirm an index, by context.
     reads: HashMap<u64, channel::Sender<Result<(), Error>>>,
     /// Reads confirmed at an index, waiting for apply to reach it.
     confirmed_reads: BTreeMap<u64, Vec<channel::Sender<Result<(), Error>>>>,
-    id_base: u64,
-    next_id: u64,
+    ids: CommandIds,
+    /// The other members (`None` alone: a lone voter sends nothing).
+    peers: Option<Arc<Peers>>,
+    /// Messages that may leave once append job `seq` is durable.
+    after_persist: VecDeque<(u64, Vec<Message>)>,
+    /// Last append job handed to the WAL writer, and last one durable.
+    write_seq: u64,
+    durable_seq: u64,
+    ticks: u64,
     options: LoopOptions,
     /// Applied index of the newest snapshot (or where the log starts).
     snapshot_base: u64,
@@ -277,12 +425,59 @@ impl Driver {
 
     fn handle(&mut self, input: Input) -> Result<(), String> {
         match input {
-            Input::Tick => self.core.tick(),
+            Input::Tick => {
+                self.core.tick();
+                // The leader stops talking to a member once its removal
+                // applies, so a removed member may never apply it: the
+                // others' refusal is the word it gets.
+                self.removed |= self.peers.as_ref().is_some_and(|p| p.told_removed());
+                self.ticks += 1;
+                if self.ticks % FORGET_LEFT_CALLERS_EVERY == 0 {
+                    self.forget_left_callers();
+                }
+            }
+            Input::Step(message) => {
+                self.status.queued_steps.fetch_sub(1, Ordering::Relaxed);
+                self.core.step(message);
+            }
             Input::Propose { request, reply } => self.propose(request, Some(reply)),
+            Input::ProposeConfChange {
+                mut change,
+                peer_urls,
+                reply,
+            } => {
+                if !self.learner_ready(&change) {
+                    let _ = reply.try_send(Err(Error::LearnerNotReady));
+                    return Ok(());
+                }
+                // The context names the waiter, as a command ID does, and
+                // tells every member where an added one listens.
+                let id = self.ids.next();
+                let context = ConfContext {
+                    waiter: id,
+                    peer_urls,
+                };
+                change.context = match postcard::to_allocvec(&context) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        let _ = reply.try_send(Err(Error::Internal(format!(
+                            "cannot encode a membership change: {e}"
+                        ))));
+                        return Ok(());
+                    }
+                };
+                match self.core.propose_conf_change(change) {
+                    Ok(()) => {
+                        self.conf_waiters.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.try_send(Err(propose_error(e)));
+                    }
+                }
+            }
             Input::CheckLeases => self.check_leases(),
             Input::ReadIndex { reply } => {
-                self.next_id += 1;
-                let ctx = self.id_base | self.next_id;
+                let ctx = self.ids.next();
                 match self.core.read_index(ctx.to_be_bytes().to_vec()) {
                     Ok(()) => {
                         self.reads.insert(ctx, reply);
@@ -292,8 +487,22 @@ impl Driver {
                     }
                 }
             }
-            Input::Persisted { tokens, result } => {
+            Input::Persisted {
+                tokens,
+                through,
+                result,
+            } => {
                 result.map_err(|e| format!("WAL write failed: {e}"))?;
+                self.durable_seq = self.durable_seq.max(through);
+                while self
+                    .after_persist
+                    .front()
+                    .is_some_and(|(seq, _)| *seq <= self.durable_seq)
+                {
+                    if let Some((_, messages)) = self.after_persist.pop_front() {
+                        self.send_messages(messages);
+                    }
+                }
                 for token in tokens {
                     self.core.on_persisted(token);
                 }
@@ -327,8 +536,7 @@ impl Driver {
 
     /// Proposes a command; `reply` (if any) gets the applied result.
     fn propose(&mut self, mut request: Request, reply: Option<channel::Sender<Reply>>) {
-        self.next_id += 1;
-        let id = self.id_base | self.next_id;
+        let id = self.ids.next();
         if let Request::LeaseGrant(grant) = &mut request {
             if grant.id == 0 {
                 // Command IDs are unique per member across restarts; mixed
@@ -388,6 +596,44 @@ impl Driver {
         }
     }
 
+    /// etcd promotes a learner only once its log is within 90% of the
+    /// leader's, so a new voter does not stall commits while it catches up.
+    fn learner_ready(&self, change: &ConfChange) -> bool {
+        let promotes = change.change == ConfChangeType::AddVoter
+            && self.core.conf_state().learners.contains(&change.node_id);
+        if !promotes {
+            return true;
+        }
+        let last = self.core.status().last_index;
+        self.core
+            .progress()
+            .iter()
+            .find(|p| p.id == change.node_id)
+            .is_some_and(|p| p.matched.saturating_mul(10) >= last.saturating_mul(9))
+    }
+
+    /// The membership changed: the member table follows it (members removed
+    /// from the configuration are forgotten, so the transport refuses them;
+    /// new ones get lanes).
+    fn on_conf_state(&mut self, conf: &ConfState) {
+        if conf.voters.is_empty() && conf.learners.is_empty() {
+            return;
+        }
+        let (gone, added) = self.members.sync(conf);
+        for id in gone {
+            log::info!("member {id:x} left the cluster");
+            if let Some(peers) = &self.peers {
+                peers.remove_member(id);
+            }
+        }
+        for id in added {
+            log::info!("member {id:x} joined the cluster");
+            if let Some(peers) = &self.peers {
+                peers.add_member(id);
+            }
+        }
+    }
+
     fn drain_ready(&mut self) -> Result<(), String> {
         // Bounded: each Ready hands out work; a core that kept producing
         // Readys without input would be a bug, not a reason to spin forever.
@@ -397,7 +643,17 @@ impl Driver {
             }
             let rd = self.core.ready();
             if let Some(soft) = rd.soft_state {
-                self.status.leader.store(soft.leader, Ordering::Relaxed);
+                let before = self.status.leader.swap(soft.leader, Ordering::Relaxed);
+                if before != soft.leader && self.peers.is_some() {
+                    match soft.leader {
+                        0 => log::info!("lost the leader {before:x}"),
+                        l if l == self.core.id() => log::info!(
+                            "this member ({l:x}) leads at term {}",
+                            self.core.status().term
+                        ),
+                        l => log::info!("member {l:x} leads at term {}", self.core.status().term),
+                    }
+                }
                 self.set_leading(soft.role == Role::Leader);
                 if soft.role != Role::Leader {
                     // Proposals in flight may still commit under the new
@@ -411,13 +667,15 @@ impl Driver {
                 self.status.term.store(hs.term, Ordering::Relaxed);
                 self.status.commit.store(hs.commit, Ordering::Relaxed);
             }
-            // Peers arrive with the cluster issue; a lone member has no one to talk to.
-            for out in rd.messages {
-                log::debug!(
-                    "no transport to member {:x}; dropping {:?}",
-                    out.message.to,
-                    out.message.body
-                );
+            // Step 1: what may leave before persistence leaves now; the
+            // rest waits for the WAL writer (queued after this Ready's own
+            // write, below, or after the last one still in flight).
+            let (now, later): (Vec<_>, Vec<_>) =
+                rd.messages.into_iter().partition(|o| o.before_persist);
+            self.send_messages(now.into_iter().map(|o| o.message).collect());
+            let later: Vec<Message> = later.into_iter().map(|o| o.message).collect();
+            if let Some(conf) = &rd.conf_state {
+                self.on_conf_state(conf);
             }
             if let Some(snapshot) = rd.snapshot {
                 self.install_snapshot(&snapshot)?;
@@ -440,12 +698,21 @@ impl Driver {
                 if let Some(hs) = rd.hard_state {
                     self.synced_vote = (hs.term, hs.vote);
                 }
+                self.write_seq += 1;
                 self.send_job(PersistJob::Append {
                     hard_state: rd.hard_state,
                     entries: rd.entries,
                     token: rd.persist,
                     sync,
+                    seq: self.write_seq,
                 })?;
+            }
+            if !later.is_empty() {
+                if self.write_seq > self.durable_seq {
+                    self.after_persist.push_back((self.write_seq, later));
+                } else {
+                    self.send_messages(later);
+                }
             }
             self.apply(rd.committed_entries);
             for read in rd.read_states {
@@ -463,8 +730,40 @@ impl Driver {
             }
             self.release_reads();
         }
+        if self.removed {
+            // etcd's removed member stops too: nobody sends it anything now.
+            // (Only applying its own removal counts: a joining member may
+            // first install a snapshot from before it was added.)
+            return Err(format!(
+                "this member ({:x}) was removed from the cluster",
+                self.core.id()
+            ));
+        }
         self.maybe_snapshot();
         Ok(())
+    }
+
+    fn send_messages(&self, messages: Vec<Message>) {
+        match &self.peers {
+            Some(peers) => {
+                for message in coalesce_proposals(messages) {
+                    peers.send(message);
+                }
+            }
+            None => {
+                for message in messages {
+                    log::debug!("no peer {:x} to send to; dropped", message.to);
+                }
+            }
+        }
+    }
+
+    /// Drops waiters whose caller timed out and left (a forwarded proposal
+    /// or read lost on the way to the leader would otherwise stay forever).
+    fn forget_left_callers(&mut self) {
+        self.proposals.retain(|_, reply| !reply.is_closed());
+        self.conf_waiters.retain(|_, reply| !reply.is_closed());
+        self.reads.retain(|_, reply| !reply.is_closed());
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {
@@ -500,6 +799,27 @@ impl Driver {
                         }
                     }
                 }
+                EntryType::ConfChange => {
+                    // The configuration itself is in force already (the
+                    // core applied it; `on_conf_state` synced the table).
+                    let change = postcard::from_bytes::<ConfChange>(&entry.data).ok();
+                    let context = change
+                        .as_ref()
+                        .and_then(|cc| postcard::from_bytes::<ConfContext>(&cc.context).ok());
+                    if let Some(cc) = &change {
+                        self.removed |=
+                            cc.change == ConfChangeType::Remove && cc.node_id == self.core.id();
+                    }
+                    if let (Some(cc), Some(ctx)) = (&change, &context) {
+                        if !ctx.peer_urls.is_empty() {
+                            self.members.set_peer_urls(cc.node_id, &ctx.peer_urls);
+                        }
+                        if let Some(waiter) = self.conf_waiters.remove(&ctx.waiter) {
+                            let _ = waiter.try_send(Ok(()));
+                        }
+                    }
+                    state.skip(entry.index);
+                }
                 _ => state.skip(entry.index),
             }
         }
@@ -532,6 +852,12 @@ impl Driver {
         }
         self.watchers.restore(state.revision());
         self.snapshot_base = snapshot.meta.index;
+        log::info!(
+            "installed the leader's snapshot at index {} (term {}, {} bytes)",
+            snapshot.meta.index,
+            snapshot.meta.term,
+            snapshot.data.len()
+        );
         self.status
             .applied
             .store(state.applied(), Ordering::Relaxed);
@@ -591,6 +917,48 @@ impl Driver {
     }
 }
 
+/// A follower's core forwards each proposal in a message of its own; a
+/// burst of them (many clients writing through a follower) goes to the
+/// leader as one message per destination, in order, so it takes one slot of
+/// the peer lane, not hundreds.
+fn coalesce_proposals(messages: Vec<Message>) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::with_capacity(messages.len());
+    // Where each destination's open merged proposal sits in `out`, and its
+    // bytes so far: a merged message stays near one append's size.
+    let mut merged: HashMap<u64, (usize, usize)> = HashMap::new();
+    for message in messages {
+        let MessageBody::Propose { entries } = message.body else {
+            out.push(message);
+            continue;
+        };
+        let bytes: usize = entries.iter().map(|e| e.data.len()).sum();
+        if let Some((at, size)) = merged
+            .get_mut(&message.to)
+            .filter(|(_, size)| *size + bytes <= PROPOSE_BATCH_BYTES)
+        {
+            if let Some(Message {
+                body: MessageBody::Propose { entries: into },
+                ..
+            }) = out.get_mut(*at)
+            {
+                into.extend(entries);
+                *size += bytes;
+                continue;
+            }
+        }
+        merged.insert(message.to, (out.len(), bytes));
+        out.push(Message {
+            body: MessageBody::Propose { entries },
+            ..message
+        });
+    }
+    out
+}
+
+/// Payload bytes one merged forwarded proposal carries at most (the core's
+/// `max_size_per_msg`); a single larger proposal still goes alone.
+const PROPOSE_BATCH_BYTES: usize = 1024 * 1024;
+
 /// splitmix64's finalizer: a bijection, so distinct inputs stay distinct.
 fn mix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -601,6 +969,11 @@ fn mix64(mut x: u64) -> u64 {
 fn propose_error(e: ProposeError) -> Error {
     match e {
         ProposeError::NoLeader => Error::NoLeader,
+        ProposeError::NotLeader { .. } => Error::NotLeader,
+        // etcd: a change while another is in flight, or one that would
+        // leave no voter.
+        ProposeError::ConfChangePending => Error::Unhealthy,
+        ProposeError::InvalidConfChange => Error::MemberNotFound,
         other => Error::Internal(format!("proposal refused: {other:?}")),
     }
 }
@@ -619,10 +992,22 @@ fn spawn_writer(
             while let Ok(first) = rx.recv() {
                 let batch: Vec<PersistJob> = std::iter::once(first).chain(rx.try_iter()).collect();
                 let mut tokens = Vec::new();
+                let through = batch
+                    .iter()
+                    .filter_map(|job| match job {
+                        PersistJob::Append { seq, .. } => Some(*seq),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(0);
                 let result = write_batch(&mut log, batch, &mut tokens).map_err(|e| e.to_string());
                 let failed = result.is_err();
                 if inbox
-                    .send_blocking(Input::Persisted { tokens, result })
+                    .send_blocking(Input::Persisted {
+                        tokens,
+                        through,
+                        result,
+                    })
                     .is_err()
                     || failed
                 {
@@ -649,6 +1034,7 @@ fn write_batch(
                 entries,
                 token,
                 sync,
+                ..
             } => {
                 log.append(hard_state.as_ref(), &entries)?;
                 tokens.extend(token);
@@ -669,4 +1055,80 @@ fn write_batch(
         log.sync()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{coalesce_proposals, CommandIds};
+    use crate::wire::raft::{Entry, Message, MessageBody};
+
+    fn propose(to: u64, data: u8) -> Message {
+        Message {
+            from: 1,
+            to,
+            term: 0,
+            body: MessageBody::Propose {
+                entries: vec![Entry {
+                    data: vec![data],
+                    ..Default::default()
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn proposals_to_one_leader_leave_as_one_message_in_order() {
+        let heartbeat = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::HeartbeatResponse { read_round: 0 },
+        };
+        let out = coalesce_proposals(vec![
+            propose(2, 1),
+            heartbeat.clone(),
+            propose(2, 2),
+            propose(3, 9),
+            propose(2, 3),
+        ]);
+        assert_eq!(out.len(), 3);
+        let MessageBody::Propose { entries } = &out[0].body else {
+            panic!("first is the merged proposal: {out:?}");
+        };
+        let data: Vec<u8> = entries.iter().map(|e| e.data[0]).collect();
+        assert_eq!(data, [1, 2, 3]);
+        assert_eq!(out[1], heartbeat);
+        assert_eq!(out[2], propose(3, 9));
+    }
+
+    #[test]
+    fn merged_proposals_stay_near_one_append() {
+        let big = |data: u8| {
+            let mut m = propose(2, data);
+            if let MessageBody::Propose { entries } = &mut m.body {
+                entries[0].data = vec![data; 700 * 1024];
+            }
+            m
+        };
+        let out = coalesce_proposals(vec![big(1), big(2), propose(2, 3)]);
+        assert_eq!(out.len(), 2, "two big ones do not share a message");
+        let MessageBody::Propose { entries } = &out[1].body else {
+            panic!("{out:?}");
+        };
+        assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn command_ids_of_members_differ_and_count_up() {
+        let (mut a, mut b) = (CommandIds::new(0x1234_5678_9abc_def0), CommandIds::new(7));
+        let (a1, a2, b1) = (a.next(), a.next(), b.next());
+        assert_eq!(a2, a1 + 1);
+        assert_ne!(a1 >> CommandIds::SUFFIX_BITS, b1 >> CommandIds::SUFFIX_BITS);
+        // The suffix wraps inside its 48 bits, never into the prefix.
+        a.suffix = CommandIds::SUFFIX_MASK;
+        assert_eq!(
+            a.next() >> CommandIds::SUFFIX_BITS,
+            a1 >> CommandIds::SUFFIX_BITS
+        );
+    }
 }

@@ -190,7 +190,7 @@ async fn send_snapshot(send: &mut SendStream, node: &Node) {
         Err(e) => return send_last(send, &Err::<SnapshotResponse, _>(e)).await,
     };
     let header = ResponseHeader {
-        cluster_id: node.identity().cluster_id,
+        cluster_id: node.cluster_id(),
         member_id: node.identity().member_id,
         ..Default::default()
     };

@@ -32,6 +32,22 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// Peer connections: Raft's lanes are long-lived unidirectional streams and
+/// forwarded calls are bidirectional ones. The idle timeout is short so that
+/// a member that vanished (killed, partitioned) is noticed within a few
+/// election timeouts and its lanes reconnect, instead of writing into a dead
+/// connection for 30 s.
+pub fn peer_transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(256u32.into());
+    t.max_concurrent_uni_streams(64u32.into());
+    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(3)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
 fn bind_error(addr: SocketAddr, e: impl std::fmt::Display) -> TransportError {
     TransportError::Bind {
         addr: addr.to_string(),

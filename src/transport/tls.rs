@@ -211,6 +211,91 @@ pub fn server_config(files: &TlsFiles, alpn: &[u8]) -> Result<quinn::ServerConfi
     Ok(config)
 }
 
+/// TLS for the peer port: like [`server_config`] (with `files.ca`, peers
+/// must present a certificate signed by it), with the peer transport tuning.
+pub fn peer_server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TransportError> {
+    let mut config = server_config(files, qed_wire::PEER_ALPN)?;
+    config.transport_config(super::endpoint::peer_transport_config());
+    Ok(config)
+}
+
+/// TLS for connecting to peers. With `files.ca`, the peer's certificate must
+/// chain to it; without, the connection is encrypted but the peer's
+/// certificate is not verified (etcd's `--peer-auto-tls`: each member made
+/// its own CA). The member's own certificate is presented either way.
+pub fn peer_client_config(files: &TlsFiles) -> Result<quinn::ClientConfig, TransportError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?;
+    let builder = match &files.ca {
+        Some(ca) => builder.with_root_certificates(roots(ca)?),
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(UnverifiedPeer(provider()))),
+    };
+    let mut tls = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(config_error)?,
+        _ => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![qed_wire::PEER_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(config_error)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(super::endpoint::peer_transport_config());
+    Ok(config)
+}
+
+/// Accepts any peer certificate (auto TLS), but still checks the handshake
+/// signatures, so the session keys belong to whoever holds that certificate.
+#[derive(Debug)]
+struct UnverifiedPeer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for UnverifiedPeer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// TLS for a connecting endpoint: trusts `files.ca` and presents
 /// `files.cert`/`files.key` when both are set.
 pub fn client_config(files: &TlsFiles, alpn: &[u8]) -> Result<quinn::ClientConfig, TransportError> {

@@ -133,3 +133,295 @@ impl Drop for TestNode {
         let _ = self.child.wait();
     }
 }
+
+/// One member of a [`TestCluster`]: its own data directory, client and peer
+/// ports, and a log file (stderr, appended across restarts).
+pub struct ClusterMember {
+    pub name: String,
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub client_url: String,
+    pub peer_url: String,
+    pub log_file: PathBuf,
+    args: Vec<String>,
+}
+
+impl ClusterMember {
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("certs/ca.crt")
+    }
+
+    /// Everything the member logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .expect("open member log");
+        let child = Command::new(env!("CARGO_BIN_EXE_qed"))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn qed");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, by this child's PID.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `n` real `qed` processes on loopback forming one cluster, killed by PID
+/// when dropped.
+pub struct TestCluster {
+    pub dir: TempDir,
+    pub members: Vec<ClusterMember>,
+    pub token: String,
+    /// `--initial-cluster`, as every member was given it.
+    pub initial_cluster: String,
+}
+
+impl TestCluster {
+    pub fn start(n: usize, extra: &[&str]) -> TestCluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_each(n, |_| extra.clone())
+    }
+
+    /// Like [`TestCluster::start`], with flags per member (by index).
+    pub fn start_each(n: usize, extra: impl Fn(usize) -> Vec<String>) -> TestCluster {
+        let dir = TempDir::new("cluster");
+        let token = format!("test-{}", std::process::id());
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_udp_port(), free_udp_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("n{}=http://127.0.0.1:{peer}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let client_url = format!("https://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let data_dir = dir.0.join(&name);
+            let mut args: Vec<String> = vec![
+                "--name".into(),
+                name.clone(),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+                "--listen-client-urls".into(),
+                client_url.clone(),
+                "--listen-peer-urls".into(),
+                peer_url.clone(),
+                "--initial-advertise-peer-urls".into(),
+                peer_url.clone(),
+                "--initial-cluster".into(),
+                initial_cluster.clone(),
+                "--initial-cluster-token".into(),
+                token.clone(),
+                "--log-level".into(),
+                "info".into(),
+            ];
+            args.extend(extra(i));
+            members.push(ClusterMember {
+                log_file: dir.0.join(format!("{name}.log")),
+                name,
+                child: None,
+                data_dir,
+                client_url,
+                peer_url,
+                args,
+            });
+        }
+        for m in &mut members {
+            m.spawn();
+        }
+        TestCluster {
+            dir,
+            members,
+            token,
+            initial_cluster,
+        }
+    }
+
+    /// Starts a new member that joins the running cluster (after a member
+    /// add for `peer_url`), as etcd users do: `--initial-cluster` with every
+    /// member and `--initial-cluster-state existing`. Returns its index.
+    pub fn start_joining(&mut self, peer_url: &str, extra: &[&str]) -> usize {
+        let i = self.members.len();
+        let name = format!("n{}", i + 1);
+        let client_url = format!("https://127.0.0.1:{}", free_udp_port());
+        let data_dir = self.dir.0.join(&name);
+        let initial_cluster = format!("{},{name}={peer_url}", self.initial_cluster);
+        let mut args: Vec<String> = [
+            "--name",
+            &name,
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--listen-client-urls",
+            &client_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            &initial_cluster,
+            "--initial-cluster-token",
+            &self.token,
+            "--initial-cluster-state",
+            "existing",
+            "--log-level",
+            "info",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut member = ClusterMember {
+            log_file: self.dir.0.join(format!("{name}.log")),
+            name,
+            child: None,
+            data_dir,
+            client_url,
+            peer_url: peer_url.to_string(),
+            args,
+        };
+        member.spawn();
+        self.members.push(member);
+        i
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// Starts member `i` again with the same flags and data directory.
+    pub fn restart(&mut self, i: usize) {
+        self.members[i].kill();
+        self.members[i].spawn();
+    }
+
+    /// Every member's CA in one PEM file (each member generated its own),
+    /// for a client that talks to several members.
+    pub fn ca_bundle(&self) -> PathBuf {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let path = self.dir.0.join("ca-bundle.crt");
+        loop {
+            let pems: Vec<String> = self
+                .members
+                .iter()
+                .filter_map(|m| std::fs::read_to_string(m.ca_file()).ok())
+                .collect();
+            if pems.len() == self.members.len() {
+                std::fs::write(&path, pems.concat()).expect("write CA bundle");
+                return path;
+            }
+            assert!(Instant::now() < deadline, "members never wrote their CAs");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A client of member `i` alone, retried until the member answers.
+    pub async fn client(&self, i: usize) -> Client {
+        let member = &self.members[i];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let options = ConnectOptions {
+                ca_file: Some(member.ca_file()),
+                request_timeout: Duration::from_secs(5),
+                dial_timeout: Duration::from_secs(1),
+                ..Default::default()
+            };
+            match Client::connect(std::slice::from_ref(&member.client_url), options).await {
+                Ok(c) => return c,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot connect to {}: {e}",
+                        member.name
+                    );
+                    qed::runtime::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// A client of every member (round-robin, failover before send).
+    pub async fn client_of_all(&self) -> Client {
+        let urls: Vec<String> = self.members.iter().map(|m| m.client_url.clone()).collect();
+        let options = ConnectOptions {
+            ca_file: Some(self.ca_bundle()),
+            request_timeout: Duration::from_secs(5),
+            dial_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(&urls, options.clone()).await {
+                Ok(c) => return c,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot connect to the cluster: {e}"
+                    );
+                    qed::runtime::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// The index of the member that every running member names as leader,
+    /// once they agree (polled until `within`).
+    pub async fn wait_for_leader(&self, clients: &[Option<Client>], within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut seen = Vec::new();
+            let mut ids = Vec::new();
+            for c in clients.iter().flatten() {
+                if let Ok(Response::Status(s)) = c.call(Request::Status(Default::default())).await {
+                    seen.push(s.leader);
+                    ids.push(s.header.member_id);
+                } else {
+                    seen.push(0);
+                    ids.push(0);
+                }
+            }
+            let first = seen.first().copied().unwrap_or(0);
+            if first != 0 && seen.iter().all(|l| *l == first) {
+                if let Some(i) = ids.iter().position(|id| *id == first) {
+                    // Map the position among running members back to an index.
+                    let running: Vec<usize> = clients
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.is_some())
+                        .map(|(i, _)| i)
+                        .collect();
+                    return running[i];
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members never agreed on a leader they can reach (saw {seen:x?})"
+            );
+            qed::runtime::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.kill();
+        }
+    }
+}

@@ -25,6 +25,7 @@ pub mod frame;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod peer;
 pub mod raft;
 pub mod watch;
 
@@ -40,3 +41,9 @@ pub const CLIENT_ALPN: &[u8] = b"qed-client/1";
 
 /// ALPN a node offers when it connects to a peer's Raft port.
 pub const PEER_ALPN: &[u8] = b"qed-peer/1";
+
+/// The largest frame a member accepts from a peer: an append of
+/// `max_size_per_msg` (1 MiB) can carry one entry of up to a maximal client
+/// request over that, and a snapshot chunk is 1 MiB; the slack is for
+/// forwarded proposal bursts.
+pub const MAX_PEER_FRAME: usize = 64 * 1024 * 1024;

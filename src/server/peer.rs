@@ -1,0 +1,898 @@
+//! The peer transport: Raft messages and forwarded calls between members.
+//!
+//! One QUIC endpoint listens on the `--listen-peer-urls` address (ALPN
+//! `qed-peer/1`) and also makes this member's outbound connections.
+//!
+//! Outbound, each other member has three *lanes*, each a task with a bounded
+//! queue and one long-lived unidirectional stream of length-prefixed postcard
+//! [`Message`] frames: `control` (heartbeats, votes, responses, ReadIndex,
+//! TimeoutNow), `append` (appends and forwarded proposals) and `snapshot`
+//! (snapshot chunks). Separate streams keep heartbeats and votes from
+//! queueing behind a large append or a snapshot chunk. The Raft loop only
+//! ever calls [`Peers::send`], which never blocks: a full queue drops the
+//! message (Raft retransmits what matters), and so does a lane that is not
+//! connected; a lane that fails reconnects with exponential back-off, and
+//! drops what arrives meanwhile. Dropped messages are counted.
+//!
+//! Inbound, every stream starts with a [`PeerHello`]; a stream from another
+//! cluster (other token or member list) or from a member ID not in the
+//! table is refused: the connection is closed with the reason, and the
+//! refusal logged (at most every few seconds per sender). Frames are read
+//! with the length checked against [`MAX_PEER_FRAME`] before allocation; a
+//! frame that is too large or does not decode ends that stream only. Each
+//! message goes to the Raft loop as is (the core checks terms and indices).
+//!
+//! Bidirectional streams carry one [`PeerCall`] each: a follower forwarding
+//! leader-only work (lease keepalive and TimeToLive, member removal) to the
+//! leader. A member removed from the configuration leaves the member table,
+//! so its lanes end and its streams are refused.
+//!
+//! TLS: the member's certificate on both sides. With a trusted CA
+//! (`--peer-trusted-ca-file`) peers are verified; without one (certificates
+//! generated per member) connections are encrypted but not verified, as
+//! etcd's `--peer-auto-tls`.
+
+use super::members::Members;
+use super::node::Node;
+use crate::runtime::{self, channel};
+use crate::transport::{self, stream, TransportError};
+use qed_wire::peer::{PeerCall, PeerHello, PeerReply};
+use qed_wire::raft::{Message, MessageBody, NodeId};
+use qed_wire::{Error, MAX_PEER_FRAME};
+use quinn::VarInt;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// Bound on a hello frame (names and URL lists).
+const MAX_HELLO_FRAME: usize = 64 * 1024;
+
+/// Giving up on a connection attempt: well under an election timeout, so a
+/// dead member costs its lanes little.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Reconnect back-off bounds.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How long a forwarded call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the same refused sender is logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// QUIC application codes.
+const FRAME_VIOLATION: VarInt = VarInt::from_u32(1);
+const REFUSED: VarInt = VarInt::from_u32(2);
+/// The peer is no longer a member: it should stop (etcd answers a removed
+/// member's messages with "410 Gone" for the same reason: the leader stops
+/// talking to it once the removal applies, so it may never see that entry).
+const REMOVED: VarInt = VarInt::from_u32(3);
+
+/// The streams to one member, so that small messages never wait for big ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Control = 0,
+    Append = 1,
+    Snapshot = 2,
+}
+
+const LANES: [Lane; 3] = [Lane::Control, Lane::Append, Lane::Snapshot];
+
+impl Lane {
+    fn of(body: &MessageBody) -> Lane {
+        match body {
+            MessageBody::Append { .. } | MessageBody::Propose { .. } => Lane::Append,
+            MessageBody::Snapshot { .. } => Lane::Snapshot,
+            _ => Lane::Control,
+        }
+    }
+
+    /// Messages a lane may hold while its stream is busy: many small ones,
+    /// a few appends (each up to ~1 MiB), a couple of snapshot chunks.
+    fn capacity(self) -> usize {
+        match self {
+            Lane::Control => 1024,
+            Lane::Append => 64,
+            Lane::Snapshot => 4,
+        }
+    }
+
+    fn priority(self) -> i32 {
+        match self {
+            Lane::Control => 2,
+            Lane::Append => 1,
+            Lane::Snapshot => 0,
+        }
+    }
+
+    /// Giving up on one frame write: the peer stopped reading (or vanished
+    /// without a reset); the lane starts over on a new stream. Big frames
+    /// on slow links get longer.
+    fn write_timeout(self) -> Duration {
+        match self {
+            Lane::Control => Duration::from_secs(3),
+            Lane::Append => Duration::from_secs(10),
+            Lane::Snapshot => Duration::from_secs(30),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Lane::Control => "control",
+            Lane::Append => "append",
+            Lane::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// Why a peer stream was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The sender computed another cluster ID: another token or member list.
+    OtherCluster { theirs: u64, ours: u64 },
+    /// The sender's member ID is not in our table.
+    UnknownMember(NodeId),
+    /// The stream is addressed to another member.
+    NotForUs(NodeId),
+    /// The sender was removed from the cluster.
+    Removed(NodeId),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::OtherCluster { theirs, ours } => write!(
+                f,
+                "it belongs to cluster {theirs:x}, this member to cluster {ours:x}: \
+                 check that --initial-cluster and --initial-cluster-token are the same on \
+                 every member"
+            ),
+            Refusal::UnknownMember(id) => write!(
+                f,
+                "member {id:x} is not in this cluster's member table: check its \
+                 --initial-advertise-peer-urls against --initial-cluster"
+            ),
+            Refusal::Removed(id) => write!(f, "member {id:x} was removed from the cluster"),
+            Refusal::NotForUs(id) => write!(
+                f,
+                "it is addressed to member {id:x}, not to this member: check the peer URLs \
+                 in --initial-cluster"
+            ),
+        }
+    }
+}
+
+/// Whether a hello may open a stream to this member.
+/// A member joining a running cluster does not know the cluster ID yet
+/// (it is 0): it takes the one of the first member of its table that
+/// contacts it (the leader, once the member-add entry applied).
+pub fn check_hello(hello: &PeerHello, members: &Members) -> Result<(), Refusal> {
+    let ours = members.cluster_id();
+    let other_cluster = Refusal::OtherCluster {
+        theirs: hello.cluster_id,
+        ours,
+    };
+    if ours != 0 && hello.cluster_id != ours {
+        return Err(other_cluster);
+    }
+    if members.was_removed(hello.from) {
+        return Err(Refusal::Removed(hello.from));
+    }
+    if hello.from == members.local || !members.contains(hello.from) {
+        return Err(Refusal::UnknownMember(hello.from));
+    }
+    if hello.to != members.local {
+        return Err(Refusal::NotForUs(hello.to));
+    }
+    if hello.cluster_id == 0 {
+        return Err(other_cluster);
+    }
+    Ok(())
+}
+
+/// What this member tells the others about itself in every hello.
+#[derive(Debug, Clone)]
+pub struct LocalMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    /// Where a joining member saves the cluster ID it learns.
+    pub cluster_id_file: PathBuf,
+}
+
+/// This member's side of the peer transport.
+pub struct Peers {
+    members: Arc<Members>,
+    /// This member's hello, `to` and `cluster_id` filled in per stream.
+    hello: PeerHello,
+    cluster_id_file: PathBuf,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    lanes: RwLock<HashMap<NodeId, [channel::Sender<Message>; 3]>>,
+    /// One connection per member, shared by its lanes and calls.
+    connections: RwLock<HashMap<NodeId, Arc<runtime::Mutex<Option<quinn::Connection>>>>>,
+    /// Messages dropped so far (full queues, lanes without a connection);
+    /// logged at every power of two.
+    dropped: AtomicU64,
+    /// When each refused sender was last logged.
+    refusals_logged: std::sync::Mutex<HashMap<NodeId, Instant>>,
+    /// When each member's refusal of us was last logged.
+    refused_by: std::sync::Mutex<HashMap<NodeId, Instant>>,
+    /// When a failed inbound handshake was last logged.
+    handshake_logged: std::sync::Mutex<Option<Instant>>,
+    /// Another member closed a connection saying this one was removed.
+    told_removed: AtomicBool,
+}
+
+impl Peers {
+    /// Binds the peer endpoint and starts a lane task per lane per member.
+    /// Serving inbound streams starts with [`serve`], once the node exists.
+    pub fn start(
+        members: Arc<Members>,
+        listen: std::net::SocketAddr,
+        server_config: quinn::ServerConfig,
+        client_config: quinn::ClientConfig,
+        local: LocalMember,
+        reset_secret: Option<&[u8]>,
+    ) -> Result<Arc<Peers>, TransportError> {
+        // With a stable reset secret, a restarted member resets the other
+        // members' connections to its previous run at once (see
+        // `transport::endpoint`), so their lanes reconnect without waiting
+        // for the idle timeout.
+        let endpoint = transport::endpoint::server(listen, server_config, reset_secret)?;
+        let peers = Arc::new(Peers {
+            hello: PeerHello {
+                cluster_id: 0,
+                from: members.local,
+                to: 0,
+                name: local.name,
+                peer_urls: local.peer_urls,
+                client_urls: local.client_urls,
+            },
+            cluster_id_file: local.cluster_id_file,
+            members,
+            endpoint,
+            client_config,
+            lanes: RwLock::new(HashMap::new()),
+            connections: RwLock::new(HashMap::new()),
+            dropped: AtomicU64::new(0),
+            refusals_logged: std::sync::Mutex::new(HashMap::new()),
+            refused_by: std::sync::Mutex::new(HashMap::new()),
+            handshake_logged: std::sync::Mutex::new(None),
+            told_removed: AtomicBool::new(false),
+        });
+        for id in peers.members.ids() {
+            peers.add_member(id);
+        }
+        log::info!("serving peers on {listen} (QUIC)");
+        Ok(peers)
+    }
+
+    /// Starts the lanes to a member (one that joined the configuration, or
+    /// one of the initial members); nothing if it has them or is us.
+    pub fn add_member(self: &Arc<Self>, id: NodeId) {
+        if id == self.members.local {
+            return;
+        }
+        let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
+        if lanes.contains_key(&id) {
+            return;
+        }
+        let queues = LANES.map(|lane| channel::bounded(lane.capacity()));
+        lanes.insert(id, queues.clone().map(|(tx, _)| tx));
+        self.connections
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::new(runtime::Mutex::new(None)));
+        for (lane, (_, rx)) in LANES.into_iter().zip(queues) {
+            runtime::spawn(run_lane(self.clone(), id, lane, rx));
+        }
+    }
+
+    /// Ends the lanes to a member that left the configuration (their tasks
+    /// see their queues close) and closes its connection.
+    pub fn remove_member(&self, id: NodeId) {
+        self.lanes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let slot = self
+            .connections
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(conn) = slot.and_then(|s| s.try_lock().and_then(|c| c.clone())) {
+            conn.close(REMOVED, b"removed from the cluster");
+        }
+    }
+
+    /// Our hello to member `to`.
+    fn hello_to(&self, to: NodeId) -> Result<PeerHello, TransportError> {
+        match self.members.cluster_id() {
+            0 => Err(TransportError::Stream(
+                "the cluster ID is not known yet: this member joins a running cluster and \
+                 waits for its leader to contact it"
+                    .into(),
+            )),
+            cluster_id => Ok(PeerHello {
+                cluster_id,
+                to,
+                ..self.hello.clone()
+            }),
+        }
+    }
+
+    /// Queues a Raft message for its member; never blocks. A message that
+    /// does not fit (or is for no known member) is dropped and counted.
+    pub fn send(&self, message: Message) {
+        let lane = Lane::of(&message.body);
+        let to = message.to;
+        let queued = match self
+            .lanes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&to)
+        {
+            Some(lanes) => lanes[lane as usize].try_send(message).is_ok(),
+            None => false,
+        };
+        if !queued {
+            self.count_drop(to, lane.name());
+        }
+    }
+
+    fn count_drop(&self, to: NodeId, why: &str) {
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() && n >= 64 {
+            log::info!("{n} peer messages dropped so far (latest: to {to:x}, {why})");
+        } else {
+            log::debug!("dropped a peer message to {to:x} ({why})");
+        }
+    }
+
+    /// Forwards a call to member `to` (the leader) and waits for its answer.
+    pub async fn call(&self, to: NodeId, call: PeerCall) -> PeerReply {
+        let unavailable = |e: TransportError| {
+            log::debug!("forwarding to member {to:x} failed: {e}");
+            Error::TimeoutDueToConnectionLost
+        };
+        let exchange = async {
+            let conn = self.connection(to).await?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| TransportError::Stream(e.to_string()))?;
+            let hello = self.hello_to(to)?;
+            stream::write(&mut send, &hello, MAX_HELLO_FRAME).await?;
+            stream::write(&mut send, &call, MAX_PEER_FRAME).await?;
+            let _ = send.finish();
+            stream::read::<PeerReply>(&mut recv, MAX_PEER_FRAME)
+                .await?
+                .ok_or_else(|| TransportError::Stream("the leader sent no answer".into()))
+        };
+        match runtime::timeout(CALL_TIMEOUT, exchange).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// The connection to `to`, made if there is none (or it closed).
+    async fn connection(&self, to: NodeId) -> Result<quinn::Connection, TransportError> {
+        let slot = self
+            .connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&to)
+            .cloned()
+            .ok_or_else(|| TransportError::Connect {
+                addr: format!("member {to:x}"),
+                reason: "not a member of this cluster".into(),
+            })?;
+        let mut current = slot.lock().await;
+        if let Some(conn) = current.as_ref() {
+            match conn.close_reason() {
+                None => return Ok(conn.clone()),
+                Some(e) => {
+                    self.note_refusal(to, &e);
+                }
+            }
+        }
+        let member = self.members.get(to);
+        let url = member
+            .as_ref()
+            .and_then(|m| m.peer_urls.first())
+            .ok_or_else(|| TransportError::Connect {
+                addr: format!("member {to:x}"),
+                reason: "no peer URL known".into(),
+            })?;
+        let target = transport::url::parse(url)?;
+        let fail = |reason: String| TransportError::Connect {
+            addr: url.clone(),
+            reason,
+        };
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), target.addr, &target.host)
+            .map_err(|e| fail(e.to_string()))?;
+        let conn = runtime::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| fail(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| fail(e.to_string()))?;
+        *current = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Opens a lane's stream: a new unidirectional stream and our hello.
+    async fn open_lane(&self, to: NodeId, lane: Lane) -> Result<quinn::SendStream, TransportError> {
+        let hello = self.hello_to(to)?;
+        let conn = self.connection(to).await?;
+        let mut send = runtime::timeout(CONNECT_TIMEOUT, conn.open_uni())
+            .await
+            .map_err(|_| TransportError::Stream("no stream credit from the peer".into()))?
+            .map_err(|e| TransportError::Stream(e.to_string()))?;
+        // QUIC sends higher-priority streams' data first: votes and
+        // heartbeats overtake appends, which overtake snapshot chunks.
+        let _ = send.set_priority(lane.priority());
+        stream::write(&mut send, &hello, MAX_HELLO_FRAME).await?;
+        Ok(send)
+    }
+
+    /// A joining member learns its cluster's ID from the first member that
+    /// contacts it, and keeps it in the data directory for its restarts.
+    fn adopt_cluster_id(&self, hello: &PeerHello) {
+        self.members.adopt_cluster_id(hello.cluster_id);
+        log::info!(
+            "joined cluster {:x} (contacted by member {:x})",
+            hello.cluster_id,
+            hello.from
+        );
+        if let Err(e) = save_cluster_id(&self.cluster_id_file, hello.cluster_id) {
+            log::error!(
+                "cannot save the cluster ID in {}: {e}; start this member again with \
+                 --initial-cluster-state existing to learn it again",
+                self.cluster_id_file.display()
+            );
+        }
+    }
+
+    /// Whether nothing was logged through here for `period` (and if so,
+    /// starts a new period).
+    fn quiet_for(&self, period: Duration) -> bool {
+        let mut last = self
+            .handshake_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| at.elapsed() < period) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// Whether another member told this one it was removed from the
+    /// cluster (the Raft loop then stops).
+    pub fn told_removed(&self) -> bool {
+        self.told_removed.load(Ordering::Relaxed)
+    }
+
+    /// Notes a connection closed because this member was removed.
+    fn note_removed(&self, e: &quinn::ConnectionError) {
+        if let quinn::ConnectionError::ApplicationClosed(closed) = e {
+            if closed.error_code == REMOVED && !self.told_removed.swap(true, Ordering::Relaxed) {
+                log::warn!("a member says this member was removed from the cluster");
+            }
+        }
+    }
+
+    /// Whether `e` is member `to` refusing us; if so, says why (at most
+    /// every [`REFUSAL_LOG_EVERY`] per member).
+    fn note_refusal(&self, to: NodeId, e: &quinn::ConnectionError) -> bool {
+        self.note_removed(e);
+        let quinn::ConnectionError::ApplicationClosed(closed) = e else {
+            return false;
+        };
+        if closed.error_code != REFUSED && closed.error_code != REMOVED {
+            return false;
+        }
+        let mut logged = self.refused_by.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if logged
+            .get(&to)
+            .is_none_or(|at| now.duration_since(*at) >= REFUSAL_LOG_EVERY)
+        {
+            logged.insert(to, now);
+            log::warn!(
+                "member {to:x} refused this member: {}",
+                String::from_utf8_lossy(&closed.reason)
+            );
+        }
+        true
+    }
+
+    /// Logs a refusal, at most every [`REFUSAL_LOG_EVERY`] per sender.
+    fn log_refusal(&self, hello: &PeerHello, from: std::net::SocketAddr, why: &Refusal) {
+        let mut logged = self
+            .refusals_logged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if logged
+            .get(&hello.from)
+            .is_some_and(|at| now.duration_since(*at) < REFUSAL_LOG_EVERY)
+        {
+            return;
+        }
+        // Senders pick their claimed IDs; keep the map small.
+        if logged.len() >= 1024 {
+            logged.clear();
+        }
+        logged.insert(hello.from, now);
+        log::warn!(
+            "refused peer {from} (member {:x}, name {:?}): {why}",
+            hello.from,
+            hello.name
+        );
+    }
+}
+
+/// Writes the cluster ID file (temp file, fsync, rename).
+fn save_cluster_id(path: &std::path::Path, id: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{id:x}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The cluster ID a joining member saved, if any.
+pub fn load_cluster_id(path: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    u64::from_str_radix(text.trim(), 16)
+        .ok()
+        .filter(|id| *id != 0)
+}
+
+/// One lane to one member: takes messages off its queue and writes them to
+/// its stream, (re)connecting as needed. Ends when the queue is dropped.
+async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Receiver<Message>) {
+    let mut stream: Option<quinn::SendStream> = None;
+    let mut retry_at = Instant::now();
+    let mut backoff = MIN_BACKOFF;
+    // Whether the current outage was logged (once per outage, not per try).
+    let mut reported = false;
+    loop {
+        if !peers.members.contains(to) {
+            log::debug!("member {to:x} left; its {} lane ends", lane.name());
+            return;
+        }
+        // The control lane connects even with nothing to send, every
+        // MAX_BACKOFF while it has no stream: members that never exchange
+        // Raft messages (two followers) still learn each other's client
+        // URLs from the hello, and a leader is reachable for forwarding.
+        let next = if stream.is_none() && lane == Lane::Control {
+            match runtime::timeout(MAX_BACKOFF, queue.recv()).await {
+                Ok(received) => received.ok(),
+                Err(_) => {
+                    if Instant::now() >= retry_at {
+                        if let Ok(s) = peers.open_lane(to, lane).await {
+                            stream = Some(s);
+                            backoff = MIN_BACKOFF;
+                        }
+                    }
+                    continue;
+                }
+            }
+        } else {
+            queue.recv().await.ok()
+        };
+        let Some(message) = next else {
+            return;
+        };
+        if stream.is_none() {
+            if Instant::now() < retry_at {
+                peers.count_drop(to, "reconnecting");
+                continue;
+            }
+            match peers.open_lane(to, lane).await {
+                Ok(s) => {
+                    if reported {
+                        log::info!("reconnected to member {to:x} ({} lane)", lane.name());
+                    }
+                    stream = Some(s);
+                    backoff = MIN_BACKOFF;
+                    reported = false;
+                }
+                Err(e) => {
+                    if !reported && lane == Lane::Control {
+                        log::warn!("cannot reach member {to:x}: {e}; retrying");
+                        reported = true;
+                    } else {
+                        log::debug!("member {to:x} ({} lane): {e}", lane.name());
+                    }
+                    retry_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    peers.count_drop(to, "no connection");
+                    continue;
+                }
+            }
+        }
+        let Some(send) = stream.as_mut() else {
+            continue;
+        };
+        let frame = match qed_wire::frame::encode(&message, MAX_PEER_FRAME) {
+            Ok(frame) => frame,
+            Err(e) => {
+                log::warn!("a Raft message to {to:x} does not encode ({e}); dropped");
+                peers.count_drop(to, "encode");
+                continue;
+            }
+        };
+        let written = runtime::timeout(lane.write_timeout(), send.write_all(&frame)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            match written {
+                Ok(Err(quinn::WriteError::ConnectionLost(e))) if peers.note_refusal(to, &e) => {
+                    retry_at = Instant::now() + MAX_BACKOFF;
+                }
+                _ => log::debug!("member {to:x} ({} lane): write failed", lane.name()),
+            }
+            // A partial frame may have left: the receiver must not read on.
+            let _ = send.reset(FRAME_VIOLATION);
+            stream = None;
+            peers.count_drop(to, "write failed");
+        }
+    }
+}
+
+/// Accepts peer connections until the endpoint closes.
+pub async fn serve(peers: Arc<Peers>, node: Arc<Node>) {
+    while let Some(incoming) = peers.endpoint.accept().await {
+        let (peers, node) = (peers.clone(), node.clone());
+        runtime::spawn(async move {
+            let from = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, peers, node).await,
+                // Most likely a certificate that does not chain to
+                // --peer-trusted-ca-file; worth a line, but not one per retry.
+                Err(e) if peers.quiet_for(REFUSAL_LOG_EVERY) => {
+                    log::warn!("rejected a peer connection from {from}: {e}");
+                }
+                Err(e) => log::debug!("rejected a peer connection from {from}: {e}"),
+            }
+        });
+    }
+}
+
+async fn serve_connection(conn: quinn::Connection, peers: Arc<Peers>, node: Arc<Node>) {
+    let calls = {
+        let (conn, peers, node) = (conn.clone(), peers.clone(), node.clone());
+        runtime::spawn(async move {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                runtime::spawn(serve_call(
+                    conn.clone(),
+                    send,
+                    recv,
+                    peers.clone(),
+                    node.clone(),
+                ));
+            }
+        })
+    };
+    loop {
+        match conn.accept_uni().await {
+            Ok(recv) => {
+                runtime::spawn(serve_lane(conn.clone(), recv, peers.clone(), node.clone()));
+            }
+            Err(e) => {
+                // The leader closes its connection to a member it removed.
+                peers.note_removed(&e);
+                break;
+            }
+        }
+    }
+    calls.await;
+}
+
+/// Reads and checks a stream's hello; a refused one closes the connection.
+async fn accept_hello(
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+    peers: &Peers,
+) -> Option<PeerHello> {
+    let hello = match stream::read::<PeerHello>(recv, MAX_HELLO_FRAME).await {
+        Ok(Some(hello)) => hello,
+        Ok(None) => return None,
+        Err(e) => {
+            log::debug!("peer {}: bad hello: {e}", conn.remote_address());
+            let _ = recv.stop(FRAME_VIOLATION);
+            return None;
+        }
+    };
+    if let Err(why) = check_hello(&hello, &peers.members) {
+        peers.log_refusal(&hello, conn.remote_address(), &why);
+        let code = match why {
+            Refusal::Removed(_) => REMOVED,
+            _ => REFUSED,
+        };
+        conn.close(code, why.to_string().as_bytes());
+        return None;
+    }
+    if peers.members.cluster_id() == 0 {
+        peers.adopt_cluster_id(&hello);
+    }
+    peers.members.learn(
+        hello.from,
+        &hello.name,
+        &hello.peer_urls,
+        &hello.client_urls,
+    );
+    Some(hello)
+}
+
+/// One inbound lane: Raft messages from one member, handed to the Raft loop.
+async fn serve_lane(
+    conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+    peers: Arc<Peers>,
+    node: Arc<Node>,
+) {
+    let Some(hello) = accept_hello(&conn, &mut recv, &peers).await else {
+        return;
+    };
+    loop {
+        match stream::read::<Message>(&mut recv, MAX_PEER_FRAME).await {
+            // A member speaks only for itself.
+            Ok(Some(message)) if message.from == hello.from => node.step(message),
+            Ok(Some(message)) => {
+                log::warn!(
+                    "member {:x} sent a message claiming to be from {:x}; stream dropped",
+                    hello.from,
+                    message.from
+                );
+                let _ = recv.stop(FRAME_VIOLATION);
+                return;
+            }
+            Ok(None) => return,
+            Err(TransportError::Frame(e)) => {
+                log::warn!(
+                    "member {:x} sent a bad frame ({e}); stream dropped",
+                    hello.from
+                );
+                let _ = recv.stop(FRAME_VIOLATION);
+                return;
+            }
+            Err(e) => {
+                log::debug!("lane from member {:x} ended: {e}", hello.from);
+                return;
+            }
+        }
+    }
+}
+
+/// One forwarded call: hello, call, answer.
+async fn serve_call(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    peers: Arc<Peers>,
+    node: Arc<Node>,
+) {
+    if accept_hello(&conn, &mut recv, &peers).await.is_none() {
+        return;
+    }
+    let reply = match stream::read::<PeerCall>(&mut recv, MAX_PEER_FRAME).await {
+        Ok(Some(call)) => node.serve_peer_call(call).await,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = recv.stop(FRAME_VIOLATION);
+            Err(Error::InvalidArgument(format!("malformed peer call: {e}")))
+        }
+    };
+    if stream::write(&mut send, &reply, MAX_PEER_FRAME)
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::members::parse_initial_cluster;
+
+    fn members(name: &str, url: &str, token: &str) -> Members {
+        let initial = parse_initial_cluster("n1=http://a:1,n2=http://b:2,n3=http://c:3").unwrap();
+        Members::from_initial_cluster(&initial, name, &[url.to_string()], &[], token).unwrap()
+    }
+
+    #[test]
+    fn refuses_strangers() {
+        let n1 = members("n1", "http://a:1", "t");
+        let n2 = members("n2", "http://b:2", "t");
+        let hello = PeerHello {
+            cluster_id: n2.cluster_id(),
+            from: n2.local,
+            to: n1.local,
+            ..Default::default()
+        };
+        assert_eq!(check_hello(&hello, &n1), Ok(()));
+        let other_token = members("n2", "http://b:2", "u");
+        let stranger = PeerHello {
+            cluster_id: other_token.cluster_id(),
+            from: other_token.local,
+            ..hello.clone()
+        };
+        assert!(matches!(
+            check_hello(&stranger, &n1),
+            Err(Refusal::OtherCluster { .. })
+        ));
+        let unknown = PeerHello {
+            from: 42,
+            ..hello.clone()
+        };
+        assert_eq!(check_hello(&unknown, &n1), Err(Refusal::UnknownMember(42)));
+        let itself = PeerHello {
+            from: n1.local,
+            ..hello.clone()
+        };
+        assert!(check_hello(&itself, &n1).is_err());
+        let misaddressed = PeerHello {
+            to: 7,
+            ..hello.clone()
+        };
+        assert_eq!(check_hello(&misaddressed, &n1), Err(Refusal::NotForUs(7)));
+        // A member removed from the configuration is told so.
+        let n3 = members("n3", "http://c:3", "t");
+        n1.sync(&qed_wire::raft::ConfState {
+            voters: vec![n1.local, n2.local],
+            learners: vec![],
+        });
+        let removed = PeerHello {
+            from: n3.local,
+            ..hello.clone()
+        };
+        assert_eq!(check_hello(&removed, &n1), Err(Refusal::Removed(n3.local)));
+        // A joining member (cluster ID not known yet) takes a member's
+        // hello, but not one that has no cluster ID either.
+        n1.adopt_cluster_id(0);
+        assert_eq!(check_hello(&hello, &n1), Ok(()));
+        let joiner = PeerHello {
+            cluster_id: 0,
+            ..hello
+        };
+        assert!(check_hello(&joiner, &n1).is_err());
+    }
+
+    #[test]
+    fn small_messages_do_not_share_a_lane_with_big_ones() {
+        assert_eq!(
+            Lane::of(&MessageBody::Heartbeat {
+                commit: 1,
+                read_round: 0
+            }),
+            Lane::Control
+        );
+        assert_eq!(
+            Lane::of(&MessageBody::Propose { entries: vec![] }),
+            Lane::Append
+        );
+        assert_eq!(
+            Lane::of(&MessageBody::Snapshot {
+                meta: Default::default(),
+                offset: 0,
+                data: vec![],
+                done: false
+            }),
+            Lane::Snapshot
+        );
+    }
+}
