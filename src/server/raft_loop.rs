@@ -550,7 +550,7 @@ impl Driver {
                 let _ = reply.try_send(Err(e));
             }
         };
-        match postcard::to_allocvec(&command) {
+        match qed_wire::frame::encode_exact(&command) {
             Ok(data) => match self.core.propose(data) {
                 Ok(()) => {
                     if let Some(reply) = reply {

@@ -58,13 +58,37 @@ pub struct StateMachine {
 }
 
 /// What a snapshot of the state machine holds.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Image {
     applied: u64,
     #[serde(with = "qed_wire::bytes")]
     kv: Vec<u8>,
     alarms: Vec<AlarmMember>,
     leases: LeaseSnapshot,
+}
+
+/// [`Image`] as written: the store's encoding goes straight into `kv`, with
+/// no copy of it made first. Postcard writes a byte string as its length
+/// (a varint) followed by the bytes, which is exactly what the tuple
+/// `(length, store)` writes, so readers of [`Image`] see the same bytes.
+struct ImageRef<'a> {
+    applied: u64,
+    kv: &'a Store,
+    kv_len: usize,
+    alarms: &'a [AlarmMember],
+    leases: LeaseSnapshot,
+}
+
+impl Serialize for ImageRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Image", 4)?;
+        st.serialize_field("applied", &self.applied)?;
+        st.serialize_field("kv", &(self.kv_len, self.kv))?;
+        st.serialize_field("alarms", self.alarms)?;
+        st.serialize_field("leases", &self.leases)?;
+        st.end()
+    }
 }
 
 /// [`Image`] as written before leases were part of it; still read, so data
@@ -152,14 +176,21 @@ impl StateMachine {
     }
 
     /// The whole state, for a snapshot file or a lagging follower.
+    /// One allocation of exactly its size: the store is walked to measure
+    /// it, then written in place (see [`ImageRef`]).
     pub fn to_snapshot(&self) -> Result<Vec<u8>, MvccError> {
-        let image = Image {
+        let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
+        let kv_len =
+            postcard::serialize_with_flavor(&self.kv, postcard::ser_flavors::Size::default())
+                .map_err(corrupt)?;
+        let image = ImageRef {
             applied: self.applied,
-            kv: self.kv.to_bytes()?,
-            alarms: self.alarms.clone(),
+            kv: &self.kv,
+            kv_len,
+            alarms: &self.alarms,
             leases: self.lessor.snapshot(),
         };
-        postcard::to_allocvec(&image).map_err(|e| MvccError::Corrupt(e.to_string()))
+        qed_wire::frame::encode_exact(&image).map_err(corrupt)
     }
 
     /// What a state machine rebuilt from a snapshot keeps of this one.
@@ -502,5 +533,39 @@ mod tests {
         let (member, limits) = machine().identity();
         let sm = StateMachine::from_snapshot(&bytes, member, limits).unwrap();
         assert_eq!(sm.applied(), 3);
+    }
+
+    /// The image is written without copying the store first; it must be
+    /// the very bytes the plain struct with `kv` as a byte string gives.
+    #[test]
+    fn snapshot_image_is_the_plain_encoding() {
+        #[derive(Serialize)]
+        struct Plain {
+            applied: u64,
+            kv: Vec<u8>,
+            alarms: Vec<AlarmMember>,
+            leases: LeaseSnapshot,
+        }
+        let mut sm = machine();
+        for i in 0..50u64 {
+            let put = Request::Put(qed_wire::kv::PutRequest {
+                key: format!("k{i}").into_bytes(),
+                value: vec![b'v'; i as usize * 7],
+                ..Default::default()
+            });
+            apply(&mut sm, i + 1, put).0.expect("put");
+        }
+        let plain = Plain {
+            applied: sm.applied(),
+            kv: sm.kv.to_bytes().unwrap(),
+            alarms: sm.alarms.clone(),
+            leases: sm.lessor.snapshot(),
+        };
+        let bytes = sm.to_snapshot().unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
+        assert_eq!(bytes.capacity(), bytes.len());
+        let (member, limits) = machine().identity();
+        let back = StateMachine::from_snapshot(&bytes, member, limits).unwrap();
+        assert_eq!(back.to_snapshot().unwrap(), bytes);
     }
 }

@@ -237,25 +237,22 @@ pub struct SnapshotWriter {
     wal_dir: PathBuf,
 }
 
-/// [`SnapshotFile`] by reference (same encoding), to avoid copying the state.
-#[derive(Serialize)]
-struct SnapshotFileRef<'a> {
-    meta: &'a SnapshotMeta,
-    #[serde(serialize_with = "qed_wire::bytes::serialize")]
-    data: &'a [u8],
-}
-
 impl SnapshotWriter {
     /// Writes the snapshot file atomically (durable on return).
     pub fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let bytes = postcard::to_allocvec(&SnapshotFileRef { meta, data })
+        // A `SnapshotFile` written in place: its meta, then `data` as a
+        // byte string (postcard: varint length, then the bytes), without
+        // copying the state into one buffer first.
+        let mut head =
+            postcard::to_allocvec(meta).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
+        head = postcard::to_extend(&data.len(), head)
             .map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
         self.snapshots.save(
             SnapshotId {
                 term: meta.term,
                 index: meta.index,
             },
-            &bytes,
+            &[&head, data],
         )?;
         Ok(())
     }

@@ -46,10 +46,19 @@ fn parse_name(name: &str) -> Option<SnapshotId> {
 /// Frames a payload as a snapshot file's bytes.
 pub fn encode(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header(&[payload]));
     out.extend_from_slice(payload);
+    out
+}
+
+/// The header of a payload given as consecutive parts.
+fn header(parts: &[&[u8]]) -> Vec<u8> {
+    let crc = parts.iter().fold(0, |crc, p| crc32c::crc32c_append(crc, p));
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(HEADER);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&(len as u64).to_le_bytes());
     out
 }
 
@@ -147,13 +156,16 @@ impl SnapshotStore {
     }
 
     /// Writes a snapshot atomically, then drops the oldest beyond `keep`.
-    pub fn save(&self, id: SnapshotId, payload: &[u8]) -> Result<PathBuf, StorageError> {
+    /// The payload comes in parts written one after another, so a caller
+    /// never has to copy a large state into one buffer with its framing.
+    pub fn save(&self, id: SnapshotId, payload: &[&[u8]]) -> Result<PathBuf, StorageError> {
         use std::io::Write;
         let path = self.path(id);
         let tmp = self.dir.join(format!("{}.tmp", file_name(id)));
         let mut file = std::fs::File::create(&tmp).map_err(io_error(&tmp, "create"))?;
-        file.write_all(&encode(payload))
-            .map_err(io_error(&tmp, "write"))?;
+        for part in std::iter::once(&header(payload)[..]).chain(payload.iter().copied()) {
+            file.write_all(part).map_err(io_error(&tmp, "write"))?;
+        }
         file.sync_all().map_err(io_error(&tmp, "fsync"))?;
         drop(file);
         std::fs::rename(&tmp, &path).map_err(io_error(&path, "rename into place"))?;
@@ -204,7 +216,8 @@ mod tests {
                         term: 1,
                         index: i * 10,
                     },
-                    format!("state {i}").as_bytes(),
+                    // In two parts: the file holds them as one payload.
+                    &[b"state ", format!("{i}").as_bytes()],
                 )
                 .unwrap();
         }
@@ -219,7 +232,7 @@ mod tests {
         let d = dir("bad");
         let store = SnapshotStore::open(&d, 5).unwrap();
         let path = store
-            .save(SnapshotId { term: 2, index: 7 }, &[7u8; 1000])
+            .save(SnapshotId { term: 2, index: 7 }, &[&[7u8; 1000]])
             .unwrap();
         let good = std::fs::read(&path).unwrap();
         for damaged in [good[..500].to_vec(), {
