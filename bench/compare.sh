@@ -43,6 +43,9 @@ trap 'exit 130' INT TERM
 
 say() { printf '%s\n' "$*" >&2; }
 
+# udp_bound PORT: succeeds once something listens on UDP 127.0.0.1:PORT.
+udp_bound() { ! python3 -c 'import socket,sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # stop PID: ends one server we started and forgets it.
@@ -160,6 +163,10 @@ start_qed() {
     target/release/qed --data-dir "$TMP/qed" --listen-client-urls "https://127.0.0.1:$QP" --log-level warn >"$TMP/qed.log" 2>&1 &
     QED=$!; PIDS+=("$QED")
     poll test -f "$TMP/qed/certs/ca.crt"
+    # Wait for the UDP port to be bound before the first QUIC handshake: an
+    # Initial sent to a closed port is retried only after QUIC's 1 s probe
+    # timeout, which would be measured as restart time.
+    poll udp_bound "$QP"
     poll "$BENCH" range --clients 1 --total 1 --key-space 1 --target native --endpoints "https://127.0.0.1:$QP" --cacert "$TMP/qed/certs/ca.crt"
 }
 start_shim() {
