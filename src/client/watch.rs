@@ -200,6 +200,10 @@ impl Watcher {
     /// (or a watch detached because its consumer fell behind) is resumed
     /// transparently; an error means resuming failed for a while (calling
     /// again tries again).
+    ///
+    /// Cancel-safe: dropping the future (a timeout, a `select`) loses
+    /// nothing; a response is taken off the watch's queue only when it is
+    /// returned, and an interrupted resume is started again by the next call.
     pub async fn next(&mut self) -> Option<Result<WatchResponse, ClientError>> {
         loop {
             if self.done {
