@@ -270,3 +270,44 @@ fn a_slow_watch_does_not_stall_its_stream() {
         assert_eq!(revs, (first..first + puts as i64).collect::<Vec<_>>());
     });
 }
+
+/// `Watcher::next` under a timeout that keeps firing (as in a `select`)
+/// loses and repeats nothing.
+#[test]
+fn next_is_cancel_safe() {
+    let node = TestNode::start(&[]);
+    qed::runtime::block_on(async {
+        let c = node.client().await;
+        let mut w = c
+            .watch("cs/", WatchOptions::new().with_prefix())
+            .await
+            .unwrap();
+        let first = w.next_revision();
+        let puts = 300;
+        let writer = {
+            let c = c.clone();
+            qed::runtime::spawn(async move {
+                for i in 0..puts {
+                    c.put(format!("cs/{}", i % 5), "v", None).await.unwrap();
+                }
+            })
+        };
+        let mut revs = Vec::new();
+        let (mut timeouts, deadline) = (0u64, std::time::Instant::now() + Duration::from_secs(60));
+        while revs.len() < puts {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "got {} of {puts}",
+                revs.len()
+            );
+            match qed::runtime::timeout(Duration::from_micros(200), w.next()).await {
+                Ok(Some(Ok(resp))) => revs.extend(resp.events.iter().map(|e| e.kv.mod_revision)),
+                Ok(other) => panic!("watch ended: {other:?}"),
+                Err(_) => timeouts += 1,
+            }
+        }
+        writer.await;
+        assert!(timeouts > 0, "the timeout never interrupted a wait");
+        assert_eq!(revs, (first..first + puts as i64).collect::<Vec<_>>());
+    });
+}
