@@ -618,8 +618,14 @@ async fn pump<Req, Resp>(
         };
         match next {
             Next::Response(Ok(Ok(response))) => {
-                if send_data(&mut send, encode(response)).await.is_err() {
+                // Responses already waiting leave in the same DATA frames
+                // (a watch fan-out delivers them in bursts).
+                let (data, end) = gather(encode(response), &rx, &encode);
+                if send_data(&mut send, data).await.is_err() {
                     break None;
+                }
+                if let Some(status) = end {
+                    break Some(status);
                 }
             }
             Next::Response(Ok(Err(status))) => break Some(status),
@@ -635,6 +641,38 @@ async fn pump<Req, Resp>(
     if let Some(status) = outcome {
         let _ = send.send_trailers(status_trailers(&status));
     }
+}
+
+/// What [`gather`] puts in one write at most.
+const GATHER_BYTES: usize = 256 * 1024;
+
+/// `first` followed by the encodings of the responses already queued on
+/// `rx`, up to [`GATHER_BYTES`]; and how the call ends, if the queue said
+/// so.
+fn gather<R>(
+    first: Bytes,
+    rx: &channel::Receiver<Result<R, Status>>,
+    encode: &impl Fn(R) -> Bytes,
+) -> (Bytes, Option<Status>) {
+    let mut batch: Option<bytes::BytesMut> = None;
+    let mut end = None;
+    while batch.as_ref().map_or(first.len(), |b| b.len()) < GATHER_BYTES {
+        match rx.try_recv() {
+            Ok(Ok(next)) => batch
+                .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                .extend_from_slice(&encode(next)),
+            Ok(Err(status)) => {
+                end = Some(status);
+                break;
+            }
+            Err(channel::TryRecvError::Empty) => break,
+            Err(channel::TryRecvError::Closed) => {
+                end = Some(Status::new(Code::Ok, ""));
+                break;
+            }
+        }
+    }
+    (batch.map_or(first, bytes::BytesMut::freeze), end)
 }
 
 /// Writes `data` as the peer grants send capacity.
