@@ -768,7 +768,17 @@ fn member_add_learner_promote() {
                 }
             }
         };
-        assert_eq!(learner_status(&joined).await, Some(true));
+        // Seeing the data does not mean it has applied its own add yet (a
+        // snapshot from before the add can carry it): wait for that.
+        eventually(
+            Duration::from_secs(10),
+            "the joined member reports itself a learner",
+            || {
+                let status = learner_status(&joined);
+                async move { status.await == Some(true) }
+            },
+        )
+        .await;
         let promoted = c(follower)
             .call(Request::MemberPromote(MemberPromoteRequest { id: new_id }))
             .await
