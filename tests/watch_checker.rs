@@ -35,9 +35,10 @@ fn key(n: u64) -> String {
     format!("w/{n:02}")
 }
 
-/// Retries a write across the restart; an ambiguous failure may or may not
-/// have applied, which the history replay accounts for.
-async fn retry<F, Fut, T>(what: &str, mut f: F)
+/// Retries a call across a restart for up to 60 s; an ambiguous write may
+/// or may not have applied, which the history replay accounts for. Panics
+/// with `what` and the last error if it never succeeds.
+async fn retry<F, Fut, T>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, qed::client::ClientError>>,
@@ -45,7 +46,7 @@ where
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match f().await {
-            Ok(_) => return,
+            Ok(v) => return v,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
                 qed::runtime::sleep(Duration::from_millis(20)).await;
@@ -70,11 +71,11 @@ async fn writer(c: Client, seed: u64, ops: usize) {
         match rand(10) {
             0..=4 => {
                 let k = key(rand(20));
-                retry("put", || c.put(k.clone(), value.clone(), None)).await
+                retry("put", || c.put(k.clone(), value.clone(), None)).await;
             }
             5 | 6 => {
                 let k = key(rand(20));
-                retry("delete", || c.delete(k.clone(), None)).await
+                retry("delete", || c.delete(k.clone(), None)).await;
             }
             7 => {
                 let a = rand(18);
@@ -85,7 +86,7 @@ async fn writer(c: Client, seed: u64, ops: usize) {
                         TxnOp::put(k2.clone(), value.clone(), None),
                     ]))
                 };
-                retry("txn", txn).await
+                retry("txn", txn).await;
             }
             8 => {
                 let a = rand(16);
@@ -94,11 +95,11 @@ async fn writer(c: Client, seed: u64, ops: usize) {
                 retry("delete range", || {
                     c.delete(from.clone(), Some(opts.clone()))
                 })
-                .await
+                .await;
             }
             _ => {
                 let k = format!("z/{}", rand(5));
-                retry("put outside", || c.put(k.clone(), value.clone(), None)).await
+                retry("put outside", || c.put(k.clone(), value.clone(), None)).await;
             }
         }
     }
@@ -199,35 +200,15 @@ async fn consume(
 /// The key space (under `w/` and beyond) at revision `rev`.
 async fn state_at(c: &Client, rev: i64) -> State {
     let opts = GetOptions::new().with_from_key().with_revision(rev);
-    let mut result = Err(qed::client::ClientError::Closed);
-    retry_value(|| c.get("w/", Some(opts.clone())), &mut result).await;
-    let resp = result.expect("get --rev");
+    let resp = retry("get --rev", || c.get("w/", Some(opts.clone()))).await;
     resp.kvs
         .into_iter()
         .map(|kv| (kv.key.clone(), kv))
         .collect()
 }
 
-/// Like [`retry`], keeping the answer.
-async fn retry_value<F, Fut, T>(mut f: F, out: &mut Result<T, qed::client::ClientError>)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, qed::client::ClientError>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        *out = f().await;
-        if out.is_ok() || Instant::now() >= deadline {
-            return;
-        }
-        qed::runtime::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn current_revision(c: &Client) -> i64 {
-    let mut result = Err(qed::client::ClientError::Closed);
-    retry_value(|| c.get("w/", None), &mut result).await;
-    result.expect("get").header.revision
+    retry("get", || c.get("w/", None)).await.header.revision
 }
 
 /// Every revision's events, rebuilt from the states before and after it.
@@ -313,9 +294,8 @@ struct Checked {
 /// Creates a watch, retrying while the node restarts.
 async fn watch_retrying(c: &Client, spec: &Spec, start: i64) -> Watcher {
     let opts = spec.options.clone().with_start_revision(start);
-    let mut result = Err(qed::client::ClientError::Closed);
-    retry_value(|| c.watch(spec.key, opts.clone()), &mut result).await;
-    result.unwrap_or_else(|e| panic!("watch {} from {start}: {e}", spec.name))
+    let what = format!("watch {} from {start}", spec.name);
+    retry(&what, || c.watch(spec.key, opts.clone())).await
 }
 
 fn spawn_checked(
@@ -417,9 +397,7 @@ fn watchers_see_exact_history_across_compactions_and_restarts() {
                 .unwrap_or(0);
             if handed > compacted {
                 let rev = compacted + 1 + rand(handed - compacted);
-                let mut result = Err(qed::client::ClientError::Closed);
-                retry_value(|| c.compact(rev, true), &mut result).await;
-                result.unwrap_or_else(|e| panic!("compact {rev}: {e}"));
+                retry(&format!("compact {rev}"), || c.compact(rev, true)).await;
                 compacted = rev;
                 compactions += 1;
                 // A watch from before the compaction is told so, and canceled.

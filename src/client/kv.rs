@@ -80,6 +80,7 @@ macro_rules! span_builders {
 }
 
 span_builders!(GetOptions, DeleteOptions, Compare);
+pub(super) use span_builders;
 
 /// Options of [`Client::get`].
 #[derive(Debug, Clone, Default)]

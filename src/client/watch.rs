@@ -40,24 +40,11 @@ pub struct WatchOptions {
     watch_id: i64,
 }
 
+super::kv::span_builders!(WatchOptions);
+
 impl WatchOptions {
     pub fn new() -> Self {
         Self::default()
-    }
-    /// Every key starting with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.span = Span::Prefix;
-        self
-    }
-    /// Every key at or after the key.
-    pub fn with_from_key(mut self) -> Self {
-        self.span = Span::FromKey;
-        self
-    }
-    /// Keys in `[key, end)`.
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.span = Span::RangeEnd(end.into());
-        self
     }
     /// Replay history from this revision (0: from the next write).
     pub fn with_start_revision(mut self, revision: i64) -> Self {
