@@ -25,6 +25,7 @@
 
 use crate::lease::{LeaseConfig, LeaseError, LeaseId, LeaseSnapshot, Lessor};
 use crate::mvcc::{Event, MvccError, Store};
+use qed_wire::frame::encoded_len;
 use qed_wire::kv::{RequestOp, TxnRequest};
 use qed_wire::lease::{
     LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
@@ -176,13 +177,11 @@ impl StateMachine {
     }
 
     /// The whole state, for a snapshot file or a lagging follower.
-    /// One allocation of exactly its size: the store is walked to measure
-    /// it, then written in place (see [`ImageRef`]).
+    /// One allocation of exactly its size: the store is walked once to
+    /// measure it and once to write it in place (see [`ImageRef`]).
     pub fn to_snapshot(&self) -> Result<Vec<u8>, MvccError> {
         let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
-        let kv_len =
-            postcard::serialize_with_flavor(&self.kv, postcard::ser_flavors::Size::default())
-                .map_err(corrupt)?;
+        let kv_len = encoded_len(&self.kv).map_err(corrupt)?;
         let image = ImageRef {
             applied: self.applied,
             kv: &self.kv,
@@ -190,7 +189,10 @@ impl StateMachine {
             alarms: &self.alarms,
             leases: self.lessor.snapshot(),
         };
-        qed_wire::frame::encode_exact(&image).map_err(corrupt)
+        // Everything but the store's own bytes, which are `kv_len`.
+        let rest =
+            encoded_len(&(image.applied, kv_len, image.alarms, &image.leases)).map_err(corrupt)?;
+        postcard::to_extend(&image, Vec::with_capacity(rest + kv_len)).map_err(corrupt)
     }
 
     /// What a state machine rebuilt from a snapshot keeps of this one.

@@ -651,11 +651,17 @@ impl WatchHub {
 
     /// Queues a response without events.
     fn push(&mut self, stream: StreamId, kind: Kind, resp: WatchResponse) {
-        self.push_pending(stream, kind, PendingResponse::control(resp));
+        self.push_pending(
+            stream,
+            kind,
+            PendingResponse::control(resp),
+            RESPONSE_OVERHEAD,
+        );
     }
 
-    fn push_pending(&mut self, stream: StreamId, kind: Kind, resp: PendingResponse) {
-        let bytes = RESPONSE_OVERHEAD + resp.events.iter().map(event_bytes).sum::<usize>();
+    /// Queues `resp`, which its caller has sized (`bytes`: the estimate the
+    /// stream's byte bound counts).
+    fn push_pending(&mut self, stream: StreamId, kind: Kind, resp: PendingResponse, bytes: usize) {
         let state = self.streams.entry(stream).or_default();
         state.bytes = state.bytes.saturating_add(bytes);
         state.queue.push_back(Queued { kind, bytes, resp });
@@ -678,7 +684,7 @@ impl WatchHub {
         // The common case: everything fits in one response.
         let total = RESPONSE_OVERHEAD + events.iter().map(event_bytes).sum::<usize>();
         if total < limit {
-            self.push_response(wref, events, header_rev, false);
+            self.push_response(wref, events, total, header_rev, false);
             return;
         }
         let mut chunks: Vec<(Vec<SharedEvent>, usize)> = Vec::new();
@@ -709,12 +715,19 @@ impl WatchHub {
             if fragment && size >= limit && chunk.len() >= 2 {
                 self.push_fragments(wref, chunk, hdr);
             } else {
-                self.push_response(wref, chunk, hdr, false);
+                self.push_response(wref, chunk, size, hdr, false);
             }
         }
     }
 
-    fn push_response(&mut self, wref: WatcherRef, events: Vec<SharedEvent>, hdr: i64, more: bool) {
+    fn push_response(
+        &mut self,
+        wref: WatcherRef,
+        events: Vec<SharedEvent>,
+        bytes: usize,
+        hdr: i64,
+        more: bool,
+    ) {
         let head = WatchResponse {
             header: header(hdr),
             watch_id: wref.1,
@@ -722,7 +735,7 @@ impl WatchHub {
             ..WatchResponse::default()
         };
         let resp = PendingResponse { head, events };
-        self.push_pending(wref.0, Kind::Events, resp);
+        self.push_pending(wref.0, Kind::Events, resp, bytes);
     }
 
     /// etcd's `sendFragments`: as many events per part as fit under the
@@ -734,13 +747,13 @@ impl WatchHub {
         for ev in events {
             let bytes = event_bytes(&ev);
             if !part.is_empty() && size + bytes >= limit {
-                self.push_response(wref, std::mem::take(&mut part), hdr, true);
+                self.push_response(wref, std::mem::take(&mut part), size, hdr, true);
                 size = RESPONSE_OVERHEAD;
             }
             size += bytes;
             part.push(ev);
         }
-        self.push_response(wref, part, hdr, false);
+        self.push_response(wref, part, size, hdr, false);
     }
 
     /// Drops a watch's queued events and progress notes. A queued

@@ -78,8 +78,12 @@ pub fn encode_into<T: Serialize>(
 /// grows by doubling, which for encodings that stay in memory (Raft
 /// entries, snapshot images) wastes up to half of what they hold.
 pub fn encode_exact<T: Serialize + ?Sized>(msg: &T) -> postcard::Result<Vec<u8>> {
-    let size = postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())?;
-    postcard::to_extend(msg, Vec::with_capacity(size))
+    postcard::to_extend(msg, Vec::with_capacity(encoded_len(msg)?))
+}
+
+/// The length of `msg`'s encoding, measured without writing it.
+pub fn encoded_len<T: Serialize + ?Sized>(msg: &T) -> postcard::Result<usize> {
+    postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())
 }
 
 /// Reads the body length from a prefix, refusing lengths over `max`.
