@@ -117,6 +117,23 @@ fn checker_catches_reads_without_read_index() {
     assert!(v.is_some(), "no stale read detected with ReadIndex skipped");
 }
 
+/// What losing an acknowledged or committed entry breaks.
+const DURABILITY: [Kind; 3] = [
+    Kind::LeaderCompleteness,
+    Kind::StateMachineSafety,
+    Kind::Linearizability,
+];
+
+/// Three voters, slow disks and frequent crashes: where unsynced writes
+/// get lost.
+fn crash_prone_three_voters(cfg: &mut SimConfig) {
+    cfg.voters = 3;
+    cfg.learners = 0;
+    cfg.crashes = true;
+    cfg.crash_rate = 1.0 / 40.0;
+    cfg.slow_disks = 0.9;
+}
+
 #[test]
 fn checker_catches_a_leader_counting_its_unsynced_log() {
     let knobs = TestKnobs {
@@ -125,21 +142,11 @@ fn checker_catches_a_leader_counting_its_unsynced_log() {
     };
     let v = first_violation(
         knobs,
-        &[
-            Kind::LeaderCompleteness,
-            Kind::StateMachineSafety,
-            Kind::Linearizability,
-        ],
+        &DURABILITY,
         300,
-        // Three voters, slow disks and frequent crashes: a leader commits on
-        // one follower plus its own unsynced copy, then loses that copy.
-        |cfg| {
-            cfg.voters = 3;
-            cfg.learners = 0;
-            cfg.crashes = true;
-            cfg.crash_rate = 1.0 / 40.0;
-            cfg.slow_disks = 0.9;
-        },
+        // A leader commits on one follower plus its own unsynced copy, then
+        // loses that copy.
+        crash_prone_three_voters,
     );
     eprintln!("caught: {v:?}");
     assert!(
@@ -154,22 +161,7 @@ fn checker_catches_followers_acking_unsynced_entries() {
         ack_before_persist: true,
         ..TestKnobs::default()
     };
-    let v = first_violation(
-        knobs,
-        &[
-            Kind::LeaderCompleteness,
-            Kind::StateMachineSafety,
-            Kind::Linearizability,
-        ],
-        300,
-        |cfg| {
-            cfg.voters = 3;
-            cfg.learners = 0;
-            cfg.crashes = true;
-            cfg.crash_rate = 1.0 / 40.0;
-            cfg.slow_disks = 0.9;
-        },
-    );
+    let v = first_violation(knobs, &DURABILITY, 300, crash_prone_three_voters);
     eprintln!("caught: {v:?}");
     assert!(
         v.is_some(),
