@@ -251,16 +251,9 @@ fn a_compacted_start_gets_etcds_compacted_response_and_is_removed() {
     assert_eq!(hub.cancel(1, old), Err(WatchError::NotFound));
 }
 
-#[test]
-fn one_revision_is_one_response_without_fragment() {
-    let (mut store, mut hub) = setup();
-    let config = WatchConfig {
-        max_response_bytes: 100,
-        ..WatchConfig::default()
-    };
-    hub = WatchHub::new(config, hub.revision());
-    let id = hub.create(1, &watch(b"a", &[0], 0)).unwrap_or(-9);
-    hub.take_responses(1);
+/// One txn putting `a\0`..`a\4` with 200-byte values: one revision of
+/// about 1 KB of events.
+fn five_large_puts_in_one_revision(store: &mut Store) -> Vec<Event> {
     let ops = (0..5u8)
         .map(|i| {
             RequestOp::Put(PutRequest {
@@ -277,6 +270,20 @@ fn one_revision_is_one_response_without_fragment() {
     let Ok((_, evs)) = store.txn(&txn, &|_| true) else {
         panic!("txn failed");
     };
+    evs
+}
+
+#[test]
+fn one_revision_is_one_response_without_fragment() {
+    let (mut store, mut hub) = setup();
+    let config = WatchConfig {
+        max_response_bytes: 100,
+        ..WatchConfig::default()
+    };
+    hub = WatchHub::new(config, hub.revision());
+    let id = hub.create(1, &watch(b"a", &[0], 0)).unwrap_or(-9);
+    hub.take_responses(1);
+    let evs = five_large_puts_in_one_revision(&mut store);
     hub.on_apply(&evs, store.revision());
     let out = hub.take_responses(1);
     assert_eq!(out.len(), 1);
@@ -297,22 +304,7 @@ fn fragment_splits_large_revisions_marking_all_but_the_last() {
     req.fragment = true;
     let id = hub.create(1, &req).unwrap_or(-9);
     hub.take_responses(1);
-    let ops = (0..5u8)
-        .map(|i| {
-            RequestOp::Put(PutRequest {
-                key: vec![b'a', i],
-                value: vec![i; 200],
-                ..PutRequest::default()
-            })
-        })
-        .collect();
-    let txn = TxnRequest {
-        success: ops,
-        ..TxnRequest::default()
-    };
-    let Ok((_, evs)) = store.txn(&txn, &|_| true) else {
-        panic!("txn failed");
-    };
+    let evs = five_large_puts_in_one_revision(&mut store);
     hub.on_apply(&evs, store.revision());
     let out = hub.take_responses(1);
     assert!(out.len() > 1);
