@@ -8,6 +8,7 @@
 //! clocks and tasks, and only `runtime` names the async runtime.
 //! See ARCHITECTURE.md for the map.
 
+pub mod bbolt;
 pub mod client;
 pub mod lease;
 pub mod log_writer;
