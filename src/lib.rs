@@ -10,6 +10,7 @@
 
 pub mod bbolt;
 pub mod client;
+pub mod etcd_db;
 pub mod lease;
 pub mod log_writer;
 pub mod mvcc;

@@ -180,15 +180,16 @@ enum SnapshotCommand {
         #[arg(long, env = "QED_KEY")]
         key: Option<PathBuf>,
     },
-    /// Print a snapshot file's hash, revision, key count and size.
+    /// Print a snapshot file's hash, revision, key count and size (qed's
+    /// own snapshots and etcd v3 ones, `etcdctl snapshot save`'s bbolt file).
     Status {
         file: PathBuf,
         /// simple or table.
         #[arg(long = "write-out", short = 'w', default_value = "simple")]
         write_out: String,
     },
-    /// Create a new data directory holding FILE's state, as the only member
-    /// of a new cluster.
+    /// Create a new data directory holding FILE's state (a qed snapshot or
+    /// an etcd v3 one), as the only member of a new cluster.
     Restore {
         file: PathBuf,
         /// Directory to create [default: ${name}.qed].
@@ -334,10 +335,14 @@ fn snapshot(command: SnapshotCommand) -> ExitCode {
             ) {
                 Ok(s) => {
                     println!(
-                        "restored snapshot {} (revision {}, {} keys) into {} as member {:x}",
+                        "restored {} snapshot {} (revision {}, {} keys, {} revisions, {} leases, {} users) into {} as member {:x}",
+                        s.format,
                         file.display(),
                         s.revision,
                         s.total_keys,
+                        s.revisions,
+                        s.leases,
+                        s.users,
                         data_dir.display(),
                         identity.member_id
                     );

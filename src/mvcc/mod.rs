@@ -81,6 +81,8 @@ mod tests;
 use std::fmt;
 
 pub use hash::HashKv;
+/// One kept change of one key, for `crate::etcd_db`'s import and export.
+pub(crate) use key_index::Change;
 pub use revision::Revision;
 pub use store::Store;
 pub use txn::DEFAULT_MAX_TXN_OPS;

@@ -673,6 +673,31 @@ impl Store {
         postcard::from_bytes(bytes).map_err(|e| MvccError::Corrupt(e.to_string()))
     }
 
+    /// A store from each key's kept changes (keys in increasing order),
+    /// checked as a snapshot is: what an imported etcd backend becomes.
+    pub(crate) fn from_history(
+        revision: i64,
+        compact_revision: i64,
+        keys: Vec<(Vec<u8>, Vec<Change>)>,
+    ) -> Result<Store, String> {
+        Store::from_image(Image {
+            revision,
+            compact_revision,
+            keys: keys.into_iter().map(|(k, c)| (KeyBytes(k), c)).collect(),
+        })
+    }
+
+    /// Number of kept changes over all keys.
+    pub fn history_len(&self) -> usize {
+        self.keys.values().map(|index| index.changes().len()).sum()
+    }
+
+    /// Every key with its kept changes, in key order: what an etcd backend
+    /// export writes.
+    pub(crate) fn histories(&self) -> impl Iterator<Item = (&[u8], &[Change])> {
+        self.keys.iter().map(|(k, index)| (&**k, index.changes()))
+    }
+
     fn from_image(image: Image) -> Result<Store, String> {
         if image.revision < 1 {
             return Err(format!("revision {} below 1", image.revision));

@@ -365,14 +365,13 @@ impl Node {
         Ok(resp)
     }
 
-    /// The whole state as a snapshot file's bytes (`qed snapshot save`,
-    /// etcd's Maintenance/Snapshot): serialized from a clone, off the
+    /// The whole state as an etcd backend file (`qed snapshot save`,
+    /// etcd's Maintenance/Snapshot; see `snapshot_file::etcd_file`): serialized from a clone, off the
     /// executor, so writes go on meanwhile.
     pub async fn snapshot_file(&self) -> Result<Vec<u8>, Error> {
         let view = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
-        crate::runtime::spawn_blocking(move || view.to_snapshot())
+        crate::runtime::spawn_blocking(move || super::snapshot_file::etcd_file(&view))
             .await
-            .map(|image| super::snapshot_file::seal(crate::storage::snapshot::encode(&image)))
             .map_err(|e| Error::Internal(format!("snapshot failed: {e}")))
     }
 

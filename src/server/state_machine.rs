@@ -176,6 +176,30 @@ impl StateMachine {
         })
     }
 
+    /// A state machine holding an imported key space and leases (an etcd
+    /// backend, `crate::etcd_db`), at applied index `applied`.
+    pub fn from_parts(
+        kv: Store,
+        leases: LeaseSnapshot,
+        applied: u64,
+        member_id: u64,
+        limits: Limits,
+    ) -> Self {
+        StateMachine {
+            kv,
+            lessor: Lessor::from_snapshot(limits.lease.clone(), leases),
+            alarms: Vec::new(),
+            applied,
+            limits,
+            member_id,
+        }
+    }
+
+    /// The replicated lease state (IDs, TTLs, attached keys).
+    pub fn lease_snapshot(&self) -> LeaseSnapshot {
+        self.lessor.snapshot()
+    }
+
     /// The whole state, for a snapshot file or a lagging follower.
     /// One allocation of exactly its size: the store is walked once to
     /// measure it and once to write it in place (see [`ImageRef`]).

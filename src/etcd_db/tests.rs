@@ -1,0 +1,238 @@
+//! Export then import gives back the same store and leases; the layout
+//! details etcd depends on; damaged files are refused without panics.
+
+use super::*;
+use qed_wire::kv::{DeleteRangeRequest, PutRequest, RangeRequest};
+
+fn put(s: &mut Store, k: &str, v: &str, lease: i64) {
+    let req = PutRequest {
+        key: k.as_bytes().to_vec(),
+        value: v.as_bytes().to_vec(),
+        lease,
+        ..Default::default()
+    };
+    s.put(&req, &|_| true).unwrap();
+}
+
+fn delete(s: &mut Store, k: &str) {
+    let req = DeleteRangeRequest {
+        key: k.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    s.delete_range(&req).unwrap();
+}
+
+fn sample() -> (Store, LeaseSnapshot) {
+    let mut s = Store::new();
+    for i in 0..300 {
+        put(&mut s, &format!("k{:03}", i % 120), &format!("v{i}"), 0);
+    }
+    delete(&mut s, "k005");
+    delete(&mut s, "k006");
+    put(&mut s, "k006", "again", 0);
+    s.compact(200).unwrap();
+    put(&mut s, "leased", "x", 7);
+    put(&mut s, "big", &"b".repeat(20_000), 0);
+    delete(&mut s, "k007");
+    let leases = LeaseSnapshot {
+        leases: vec![
+            LeaseRecord {
+                id: 7,
+                ttl: 60,
+                keys: vec![b"leased".to_vec()],
+            },
+            LeaseRecord {
+                id: 9,
+                ttl: 30,
+                keys: Vec::new(),
+            },
+        ],
+    };
+    (s, leases)
+}
+
+fn all_history(s: &Store) -> Vec<(Vec<u8>, Vec<Change>)> {
+    s.histories()
+        .map(|(k, c)| (k.to_vec(), c.to_vec()))
+        .collect()
+}
+
+#[test]
+fn export_import_round_trip() {
+    let (store, leases) = sample();
+    let bytes = export(&store, &leases, 42).unwrap();
+    assert!(looks_like_bbolt(&bytes));
+    let imported = import(&bytes).unwrap();
+    assert_eq!(all_history(&imported.store), all_history(&store));
+    assert_eq!(imported.store.revision(), store.revision());
+    assert_eq!(imported.store.compact_revision(), 200);
+    assert_eq!(imported.leases, leases);
+    assert_eq!(imported.consistent_index, 42);
+    assert!(!imported.auth.enabled);
+    let live = store
+        .range(&RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            count_only: true,
+            ..Default::default()
+        })
+        .unwrap()
+        .count as usize;
+    assert_eq!(imported.counts.keys, live);
+    assert_eq!(
+        imported.counts.revisions,
+        all_history(&store)
+            .iter()
+            .map(|(_, c)| c.len())
+            .sum::<usize>()
+    );
+    assert_eq!(imported.counts.leases, 2);
+    // With the sha256 trailer too; a wrong trailer is refused.
+    let mut sealed = crate::server::snapshot_file::seal(bytes.clone());
+    assert_eq!(
+        all_history(&import(&sealed).unwrap().store),
+        all_history(&store)
+    );
+    let last = sealed.len() - 1;
+    sealed[last] ^= 1;
+    assert_eq!(import(&sealed).unwrap_err(), ImportError::Checksum);
+}
+
+#[test]
+fn layout_matches_etcd() {
+    let (store, leases) = sample();
+    let bytes = export(&store, &leases, 1).unwrap();
+    let db = Db::open(&bytes).unwrap();
+    let mut names = Vec::new();
+    db.for_each(db.root(), &mut |k, _| {
+        names.push(String::from_utf8_lossy(k).into_owned());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        names,
+        [
+            "alarm",
+            "auth",
+            "authRoles",
+            "authUsers",
+            "cluster",
+            "key",
+            "lease",
+            "members",
+            "members_removed",
+            "meta"
+        ]
+    );
+    let mut keys = Vec::new();
+    each_value(&db, KEY, |k, v| {
+        keys.push((k.to_vec(), v.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    // The delete of k007 is last: 18 bytes ending in 't', value only the key.
+    let (k, v) = keys.last().unwrap();
+    assert_eq!(k.len(), 18);
+    assert_eq!(k[17], b't');
+    assert_eq!(k[8], b'_');
+    assert_eq!(v, &[0x0a, 4, b'k', b'0', b'0', b'7']);
+    assert!(keys.windows(2).all(|p| p[0].0 < p[1].0));
+}
+
+#[test]
+fn unfinished_compaction_is_finished_on_import() {
+    // A backend saved between scheduling and finishing a compaction still
+    // holds the old revisions.
+    let mut s = Store::new();
+    for i in 0..10 {
+        put(&mut s, "a", &format!("{i}"), 0);
+    }
+    delete(&mut s, "a");
+    put(&mut s, "b", "1", 0);
+    let mut bytes_store = s.clone();
+    bytes_store.compact(12).unwrap();
+    let bytes = export(&s, &LeaseSnapshot::default(), 1).unwrap();
+    // Rewrite meta by hand: scheduled 12, not finished.
+    let imported = {
+        let mut db = DbWriter::default();
+        let src = Db::open(&bytes).unwrap();
+        let mut k = db.bucket(KEY).unwrap();
+        each_value(&src, KEY, |key, v| {
+            k.put(key, v).unwrap();
+            Ok(())
+        })
+        .unwrap();
+        k.finish().unwrap();
+        let mut m = db.bucket(META).unwrap();
+        m.put(
+            SCHEDULED_COMPACT,
+            &revision_key(Revision::new(12, 0), false),
+        )
+        .unwrap();
+        m.finish().unwrap();
+        import(&db.finish().unwrap()).unwrap()
+    };
+    assert_eq!(all_history(&imported.store), all_history(&bytes_store));
+    assert_eq!(imported.store.compact_revision(), 12);
+}
+
+#[test]
+fn damaged_exports_are_refused_without_panics() {
+    let (store, leases) = sample();
+    let good = export(&store, &leases, 1).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..2000 {
+        let mut bytes = good.clone();
+        for _ in 0..1 + next() % 6 {
+            let at = (next() % bytes.len() as u64) as usize;
+            bytes[at] = next() as u8;
+        }
+        if round % 2 == 0 {
+            for meta in 0..2 {
+                let m = meta * bbolt::DEFAULT_PAGE_SIZE + bbolt::PAGE_HEADER;
+                let sum = bbolt::fnv64a(&bytes[m..m + bbolt::META_SUMMED]);
+                bytes[m + bbolt::META_SUMMED..m + bbolt::META_LEN]
+                    .copy_from_slice(&sum.to_le_bytes());
+            }
+        }
+        let _ = import(&bytes);
+    }
+    assert!(matches!(
+        import(b"not a database"),
+        Err(ImportError::Bbolt(_))
+    ));
+}
+
+#[test]
+#[ignore]
+fn dump_file() {
+    let bytes = std::fs::read(std::env::var("DUMP").unwrap()).unwrap();
+    let bytes = strip_trailer(&bytes).unwrap();
+    let db = Db::open(bytes).unwrap();
+    let mut names = Vec::new();
+    db.for_each(db.root(), &mut |k, e| {
+        names.push((k.to_vec(), e));
+        Ok(())
+    })
+    .unwrap();
+    for (n, e) in names {
+        println!(
+            "bucket {} {:?}",
+            String::from_utf8_lossy(&n),
+            matches!(e, Entry::Bucket(_))
+        );
+        if let Entry::Bucket(b) = e {
+            db.for_each(b, &mut |k, v| {
+                println!("  {:x?} {:x?}", k, v);
+                Ok(())
+            })
+            .unwrap();
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Migration both ways against Debian's etcd 3.4, as an operator does it.
+//!
+//! etcd → qed: fill etcd (puts, overwrites, deletes, a compaction, leases
+//! with keys, a user and a role), `etcdctl snapshot save`, `qed snapshot
+//! restore`, start qed behind `qed-grpc`: every read etcdctl makes of both
+//! matches (all keys at every revision since the compaction, with values,
+//! create/mod revisions, versions and leases; the compacted revisions
+//! refused alike; lease IDs, granted TTLs and attached keys).
+//!
+//! qed → etcd: fill qed, `etcdctl snapshot save` through the shim,
+//! `etcdctl snapshot status` (revision and key count), `etcdctl snapshot
+//! restore`, start etcd on it: the same comparison.
+//!
+//! Skips, with the reason printed, when `etcd` or `etcdctl` is missing.
+
+#![cfg(feature = "grpc")]
+
+mod common;
+
+use common::{free_udp_port, TempDir};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+fn have_tools() -> bool {
+    for tool in ["etcd", "etcdctl"] {
+        if !on_path(tool) {
+            println!("skipping etcd migration test: `{tool}` is not installed (make deps-etcd)");
+            return false;
+        }
+    }
+    true
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free TCP port")
+}
+
+/// A child process killed (by its PID) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> Proc {
+    let log = std::fs::File::create(log).expect("log file");
+    let err = log.try_clone().expect("log file");
+    Proc(
+        cmd.stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("spawn"),
+    )
+}
+
+/// One etcdctl run: (success, stdout, stderr).
+fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("etcdctl")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(["--dial-timeout=3s", "--command-timeout=20s"])
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run etcdctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(endpoint: &str, args: &[&str]) -> String {
+    let (success, out, err) = etcdctl(endpoint, args);
+    assert!(success, "etcdctl {args:?} at {endpoint}: {err}");
+    out
+}
+
+fn wait_ready(endpoint: &str, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (success, _, err) = etcdctl(endpoint, &["get", "readiness-probe"]);
+        if success {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not become ready: {err}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_etcd(data_dir: &Path, log: &Path) -> (Proc, String) {
+    let (client, peer) = (free_tcp_port(), free_tcp_port());
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let proc = spawn(
+        Command::new("etcd")
+            .args(["--name", "mig"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("mig={peer_url}")]),
+        log,
+    );
+    let endpoint = format!("127.0.0.1:{client}");
+    wait_ready(&endpoint, "etcd", log);
+    (proc, endpoint)
+}
+
+/// A qed node on `data_dir` and its gRPC shim: (node, shim, endpoint).
+fn start_qed(data_dir: &Path, logs: &Path) -> (Proc, Proc, String) {
+    let quic_url = format!("https://127.0.0.1:{}", free_udp_port());
+    let node_log = logs.join("qed.log");
+    let node = spawn(
+        Command::new(env!("CARGO_BIN_EXE_qed"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen-client-urls", &quic_url, "--log-level", "warn"]),
+        &node_log,
+    );
+    let ca = data_dir.join("certs/ca.crt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ca.exists() {
+        assert!(Instant::now() < deadline, "qed did not create its CA");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let port = free_tcp_port();
+    let shim = spawn(
+        Command::new(env!("CARGO_BIN_EXE_qed-grpc"))
+            .args(["--endpoints", &quic_url])
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{port}")])
+            .args(["--log-level", "warn"]),
+        &logs.join("qed-grpc.log"),
+    );
+    let endpoint = format!("127.0.0.1:{port}");
+    wait_ready(&endpoint, "qed", &node_log);
+    (node, shim, endpoint)
+}
+
+/// The same history on either store: overwrites, deletes, a compaction,
+/// more history after it, two leases (one with keys, one without).
+/// Returns the compaction revision.
+fn fill(endpoint: &str) -> i64 {
+    for i in 0..12 {
+        ok(endpoint, &["put", &format!("key{i:02}"), &format!("v{i}")]);
+    }
+    ok(endpoint, &["put", "key01", "v1-second"]);
+    ok(endpoint, &["put", "key02", "v2-second"]);
+    ok(endpoint, &["del", "key03"]);
+    ok(endpoint, &["del", "key04"]);
+    ok(endpoint, &["put", "key04", "reborn"]);
+    let compact_at = revision(endpoint) - 2;
+    ok(endpoint, &["compact", &compact_at.to_string()]);
+    ok(endpoint, &["put", "key01", "v1-third"]);
+    ok(endpoint, &["del", "key05", "key07"]);
+    ok(endpoint, &["put", "big", &"x".repeat(10_000)]);
+    let lease = lease_id(&ok(endpoint, &["lease", "grant", "600"]));
+    ok(
+        endpoint,
+        &["put", "leased/a", "1", &format!("--lease={lease}")],
+    );
+    ok(
+        endpoint,
+        &["put", "leased/b", "2", &format!("--lease={lease}")],
+    );
+    ok(
+        endpoint,
+        &["put", "leased/a", "1b", &format!("--lease={lease}")],
+    );
+    lease_id(&ok(endpoint, &["lease", "grant", "900"]));
+    compact_at
+}
+
+/// "lease 694d77aa9d6e8d0b granted with TTL(600s)" → the hex ID.
+fn lease_id(grant: &str) -> String {
+    grant
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("lease grant said {grant:?}"))
+        .to_string()
+}
+
+/// The integer after `"name":` in etcdctl's JSON.
+fn json_int(json: &str, name: &str) -> i64 {
+    let pat = format!("\"{name}\":");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {name} in {json}"))
+        + pat.len();
+    json[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("bad {name} in {json}"))
+}
+
+fn revision(endpoint: &str) -> i64 {
+    json_int(&ok(endpoint, &["get", "x", "-w", "json"]), "revision")
+}
+
+/// A range answer without its header (cluster and member IDs, raft term).
+fn body(json: &str) -> String {
+    let header_end = json.find("},").map(|i| i + 2).unwrap_or(json.len());
+    let mut out = json[header_end..].trim().to_string();
+    out.insert_str(0, &format!("revision={} ", json_int(json, "revision")));
+    out
+}
+
+/// What etcdctl says about every lease: ID, granted TTL, attached keys.
+fn leases(endpoint: &str) -> Vec<String> {
+    let list = ok(endpoint, &["lease", "list"]);
+    let mut ids: Vec<String> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    ids.sort();
+    ids.iter()
+        .map(|id| {
+            let ttl = ok(
+                endpoint,
+                &["lease", "timetolive", id, "--keys", "-w", "json"],
+            );
+            // etcd lists attached keys in map order: compare them sorted.
+            let mut keys: Vec<&str> = ttl
+                .split("\"keys\":[")
+                .nth(1)
+                .and_then(|rest| rest.split(']').next())
+                .map(|list| list.split(',').collect())
+                .unwrap_or_default();
+            keys.sort();
+            format!(
+                "{id} granted {} keys {keys:?}",
+                json_int(&ttl, "granted-ttl")
+            )
+        })
+        .collect()
+}
+
+/// Asserts that `got` answers every read as `want` does.
+fn compare(want: &str, got: &str, compact_at: i64, what: &str) {
+    let current = revision(want);
+    assert_eq!(revision(got), current, "{what}: current revision");
+    for rev in compact_at..=current {
+        let args = ["get", "", "--prefix", "-w", "json", &format!("--rev={rev}")];
+        let (w, g) = (ok(want, &args), ok(got, &args));
+        assert_eq!(body(&g), body(&w), "{what}: everything at revision {rev}");
+    }
+    let below = format!("--rev={}", compact_at - 1);
+    let (w_ok, _, w_err) = etcdctl(want, &["get", "", "--prefix", &below]);
+    let (g_ok, _, g_err) = etcdctl(got, &["get", "", "--prefix", &below]);
+    assert!(
+        !w_ok && !g_ok,
+        "{what}: revision below the compaction served"
+    );
+    assert_eq!(
+        g_err.lines().last(),
+        w_err.lines().last(),
+        "{what}: compacted read"
+    );
+    assert_eq!(leases(got), leases(want), "{what}: leases");
+}
+
+#[test]
+fn etcd_snapshot_restores_into_qed() {
+    if !have_tools() {
+        return;
+    }
+    let work = TempDir::new("etcd-to-qed");
+    let (_etcd, etcd) = start_etcd(&work.0.join("etcd"), &work.0.join("etcd.log"));
+    let compact_at = fill(&etcd);
+    ok(&etcd, &["user", "add", "alice:secret"]);
+    ok(&etcd, &["role", "add", "readers"]);
+    ok(
+        &etcd,
+        &[
+            "role",
+            "grant-permission",
+            "readers",
+            "read",
+            "key",
+            "--prefix",
+        ],
+    );
+    ok(&etcd, &["user", "grant-role", "alice", "readers"]);
+    let snap = work.0.join("etcd.snap");
+    ok(&etcd, &["snapshot", "save", &snap.display().to_string()]);
+
+    let data = work.0.join("qed");
+    let out = Command::new(env!("CARGO_BIN_EXE_qed"))
+        .args(["snapshot", "restore"])
+        .arg(&snap)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("run qed snapshot restore");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("etcd v3") && stdout.contains("2 leases, 1 users"),
+        "restore summary: {stdout}"
+    );
+    let (_node, _shim, qed) = start_qed(&data, &work.0);
+    compare(&etcd, &qed, compact_at, "qed restored from etcd");
+}
+
+#[test]
+fn qed_snapshot_restores_into_etcd() {
+    if !have_tools() {
+        return;
+    }
+    let work = TempDir::new("qed-to-etcd");
+    let (_node, _shim, qed) = start_qed(&work.0.join("qed"), &work.0);
+    let compact_at = fill(&qed);
+    let snap = work.0.join("qed.snap");
+    let snap_s = snap.display().to_string();
+    ok(&qed, &["snapshot", "save", &snap_s]);
+
+    let status = ok(&qed, &["snapshot", "status", &snap_s, "-w", "json"]);
+    assert_eq!(json_int(&status, "revision"), revision(&qed), "{status}");
+    let bytes = std::fs::read(&snap).unwrap();
+    let imported = qed::etcd_db::import(&bytes).unwrap();
+    // Every entry of every bucket: the key bucket's changes, the leases,
+    // three meta entries (consistent index, finished and scheduled
+    // compaction) and two auth entries (enabled flag, revision).
+    let entries = imported.counts.revisions + imported.counts.leases + 3 + 2;
+    assert_eq!(json_int(&status, "totalKey"), entries as i64, "{status}");
+
+    let etcd_data = work.0.join("etcd");
+    let peer = format!("http://127.0.0.1:{}", free_tcp_port());
+    ok(
+        &qed,
+        &[
+            "snapshot",
+            "restore",
+            &snap_s,
+            "--data-dir",
+            &etcd_data.display().to_string(),
+            "--name",
+            "mig",
+            "--initial-cluster",
+            &format!("mig={peer}"),
+            "--initial-advertise-peer-urls",
+            &peer,
+        ],
+    );
+    let client = format!("http://127.0.0.1:{}", free_tcp_port());
+    let log = work.0.join("etcd.log");
+    let _etcd = spawn(
+        Command::new("etcd")
+            .args(["--name", "mig"])
+            .arg("--data-dir")
+            .arg(&etcd_data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("mig={peer}")]),
+        &log,
+    );
+    let etcd = client.trim_start_matches("http://").to_string();
+    wait_ready(&etcd, "etcd restored from qed", &log);
+    compare(&qed, &etcd, compact_at, "etcd restored from qed");
+}
