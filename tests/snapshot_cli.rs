@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TempDir, TestNode};
+use common::{TempDir, TestCluster, TestNode};
 use qed::client::GetOptions;
 use std::process::Command;
 
@@ -142,4 +142,93 @@ fn save_status_restore_round_trip() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// A snapshot restored into every member of a new three-member cluster
+/// (`--initial-cluster`, as etcd's restore): they elect a leader among
+/// themselves and all serve the data and take writes.
+#[test]
+fn restore_into_a_three_member_cluster() {
+    let node = TestNode::start(&[]);
+    let work = TempDir::new("snapcluster");
+    let file = work.0.join("backup.snap");
+    let file_s = file.display().to_string();
+    let revision = qed::runtime::block_on(async {
+        let c = node.client().await;
+        for i in 0..20 {
+            c.put(format!("key{i:02}"), "v", None).await.unwrap();
+        }
+        c.get("key00", None).await.unwrap().header.revision
+    });
+    let ca = node.ca_file().display().to_string();
+    let (ok, _, stderr) = qed(&[
+        "snapshot",
+        "save",
+        &file_s,
+        "--endpoints",
+        &node.url,
+        "--cacert",
+        &ca,
+    ]);
+    assert!(ok, "save failed: {stderr}");
+    drop(node);
+
+    let cluster = TestCluster::start_prepared(
+        3,
+        |_| Vec::new(),
+        |member, initial_cluster, token| {
+            let dir = member.data_dir.display().to_string();
+            let (ok, stdout, stderr) = qed(&[
+                "snapshot",
+                "restore",
+                &file_s,
+                "--data-dir",
+                &dir,
+                "--name",
+                &member.name,
+                "--initial-advertise-peer-urls",
+                &member.peer_url,
+                "--initial-cluster",
+                initial_cluster,
+                "--initial-cluster-token",
+                token,
+            ]);
+            assert!(ok, "restore of {}: {stderr}", member.name);
+            assert!(stdout.contains("20 keys"), "{stdout}");
+        },
+    );
+    qed::runtime::block_on(async {
+        let clients = vec![
+            Some(cluster.client(0).await),
+            Some(cluster.client(1).await),
+            Some(cluster.client(2).await),
+        ];
+        cluster
+            .wait_for_leader(&clients, std::time::Duration::from_secs(30))
+            .await;
+        for c in clients.iter().flatten() {
+            let all = c
+                .get("key", Some(GetOptions::new().with_prefix()))
+                .await
+                .unwrap();
+            assert_eq!(all.count, 20);
+            assert_eq!(all.header.revision, revision);
+        }
+        let c = cluster.client_of_all().await;
+        let put = c.put("after-restore", "ok", None).await.unwrap();
+        assert_eq!(put.header.revision, revision + 1);
+    });
+    // A member whose name is not in --initial-cluster is refused.
+    let (ok, _, stderr) = qed(&[
+        "snapshot",
+        "restore",
+        &file_s,
+        "--data-dir",
+        &work.0.join("stray").display().to_string(),
+        "--name",
+        "stray",
+        "--initial-cluster",
+        "n1=http://127.0.0.1:1",
+    ]);
+    assert!(!ok && stderr.contains("stray"), "{stderr}");
 }

@@ -201,6 +201,11 @@ enum SnapshotCommand {
         /// The restored member's peer URLs, as it will be started.
         #[arg(long, default_value = "http://localhost:2380")]
         initial_advertise_peer_urls: String,
+        /// Every member of the new cluster (`name=url,...`), as they will be
+        /// started; restore each member's directory from the same file.
+        /// [default: ${name}=${initial-advertise-peer-urls}]
+        #[arg(long)]
+        initial_cluster: Option<String>,
         #[arg(long, default_value = "qed-cluster")]
         initial_cluster_token: String,
     },
@@ -318,19 +323,44 @@ fn snapshot(command: SnapshotCommand) -> ExitCode {
             data_dir,
             name,
             initial_advertise_peer_urls,
+            initial_cluster,
             initial_cluster_token,
         } => {
             let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.qed")));
+            let peer_urls = split(&initial_advertise_peer_urls);
+            let initial_cluster = initial_cluster.unwrap_or_else(|| {
+                peer_urls
+                    .iter()
+                    .map(|u| format!("{name}={u}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            let members = match qed::server::members::parse_initial_cluster(&initial_cluster)
+                .and_then(|initial| {
+                    qed::server::members::Members::from_initial_cluster(
+                        &initial,
+                        &name,
+                        &peer_urls,
+                        &[],
+                        &initial_cluster_token,
+                    )
+                }) {
+                Ok(members) => members,
+                Err(e) => {
+                    eprintln!("qed snapshot restore: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let identity = qed::server::node::Identity::new(
                 name,
-                split(&initial_advertise_peer_urls),
+                peer_urls,
                 Vec::new(),
                 &initial_cluster_token,
             );
             match snapshot_file::restore(
                 &file,
                 &data_dir,
-                identity.member_id,
+                &members.ids(),
                 &mut progress_line("restoring"),
             ) {
                 Ok(s) => {

@@ -209,30 +209,3 @@ fn damaged_exports_are_refused_without_panics() {
     ));
 }
 
-#[test]
-#[ignore]
-fn dump_file() {
-    let bytes = std::fs::read(std::env::var("DUMP").unwrap()).unwrap();
-    let bytes = strip_trailer(&bytes).unwrap();
-    let db = Db::open(bytes).unwrap();
-    let mut names = Vec::new();
-    db.for_each(db.root(), &mut |k, e| {
-        names.push((k.to_vec(), e));
-        Ok(())
-    })
-    .unwrap();
-    for (n, e) in names {
-        println!(
-            "bucket {} {:?}",
-            String::from_utf8_lossy(&n),
-            matches!(e, Entry::Bucket(_))
-        );
-        if let Entry::Bucket(b) = e {
-            db.for_each(b, &mut |k, v| {
-                println!("  {:x?} {:x?}", k, v);
-                Ok(())
-            })
-            .unwrap();
-        }
-    }
-}

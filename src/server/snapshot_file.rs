@@ -229,11 +229,13 @@ pub fn status(path: &Path) -> Result<SnapshotSummary, SnapshotFileError> {
 }
 
 /// `qed snapshot restore FILE --data-dir DIR`: a data directory holding the
-/// snapshot as the state of a one-member cluster whose member is `member_id`.
+/// snapshot as the state of a new cluster whose voters are `voters` (from
+/// `--initial-cluster`; each member is restored from the same file into its
+/// own directory, as with etcd).
 pub fn restore(
     path: &Path,
     data_dir: &Path,
-    member_id: u64,
+    voters: &[u64],
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<SnapshotSummary, SnapshotFileError> {
     let member_dir = data_dir.join("member");
@@ -261,13 +263,13 @@ pub fn restore(
     )
     .map_err(|e| write_err(e.to_string()))?;
     // The restored state sits at its applied index, in term 1 of a cluster
-    // whose only voter is this member.
+    // whose voters are the restored members.
     let index = state.applied().max(1);
     let meta = SnapshotMeta {
         index,
         term: 1,
         conf_state: ConfState {
-            voters: vec![member_id],
+            voters: voters.to_vec(),
             learners: Vec::new(),
         },
     };

@@ -199,6 +199,17 @@ impl TestCluster {
 
     /// Like [`TestCluster::start`], with flags per member (by index).
     pub fn start_each(n: usize, extra: impl Fn(usize) -> Vec<String>) -> TestCluster {
+        Self::start_prepared(n, extra, |_, _, _| {})
+    }
+
+    /// Like [`TestCluster::start_each`], calling `prepare(member,
+    /// initial_cluster, token)` on each member before it first starts (to
+    /// fill its data directory, say by a snapshot restore).
+    pub fn start_prepared(
+        n: usize,
+        extra: impl Fn(usize) -> Vec<String>,
+        prepare: impl Fn(&ClusterMember, &str, &str),
+    ) -> TestCluster {
         let dir = TempDir::new("cluster");
         let token = format!("test-{}", std::process::id());
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_udp_port(), free_udp_port())).collect();
@@ -244,6 +255,7 @@ impl TestCluster {
             });
         }
         for m in &mut members {
+            prepare(m, &initial_cluster, &token);
             m.spawn();
         }
         TestCluster {
