@@ -1,0 +1,11 @@
+# Migration from and to etcd: etcd v3 snapshots (bbolt files) in and out.
+# Included by the main Makefile. tests/etcd_migrate.rs runs in `make test`
+# (it skips without etcd/etcdctl; deps-etcd in mk/grpc.mk installs them).
+
+.PHONY: fuzz-etcd-snapshot
+
+EXTRA_HELP += fuzz-etcd-snapshot
+
+# Fuzz the bbolt reader and the etcd layout import (nightly + cargo-fuzz).
+fuzz-etcd-snapshot:
+	cd fuzz && $(CARGO) +nightly fuzz run etcd_snapshot -- -max_total_time=$(FUZZ_SECONDS)
