@@ -232,3 +232,40 @@ fn restore_into_a_three_member_cluster() {
     ]);
     assert!(!ok && stderr.contains("stray"), "{stderr}");
 }
+
+/// Snapshots saved before saves became etcd backends (qed's own framing
+/// plus the sha256 trailer) are still read by status and restore.
+#[test]
+fn qed_format_snapshots_still_read() {
+    use qed::server::state_machine::{Limits, StateMachine};
+    let work = TempDir::new("snapold");
+    let mut state = StateMachine::new(
+        1,
+        Limits {
+            quota_bytes: u64::MAX,
+            lease: Default::default(),
+        },
+    );
+    let put = qed::wire::Request::Put(qed::wire::kv::PutRequest {
+        key: b"old".to_vec(),
+        value: b"format".to_vec(),
+        ..Default::default()
+    });
+    let _ = state.apply_entry(1, &put, 0, &mut Vec::new());
+    let image = state.to_snapshot().unwrap();
+    let file = work.0.join("old.snap");
+    std::fs::write(
+        &file,
+        qed::server::snapshot_file::seal(qed::storage::snapshot::encode(&image)),
+    )
+    .unwrap();
+    let file_s = file.display().to_string();
+    let (ok, stdout, stderr) = qed(&["snapshot", "status", &file_s]);
+    assert!(ok, "status failed: {stderr}");
+    let fields: Vec<&str> = stdout.trim().split(", ").collect();
+    assert_eq!(&fields[1..3], ["2", "1"], "{stdout}");
+    let restored = work.0.join("restored").display().to_string();
+    let (ok, stdout, stderr) = qed(&["snapshot", "restore", &file_s, "--data-dir", &restored]);
+    assert!(ok, "restore failed: {stderr}");
+    assert!(stdout.contains("restored qed snapshot"), "{stdout}");
+}
