@@ -1,15 +1,16 @@
 //! Migration both ways against Debian's etcd 3.4, as an operator does it.
 //!
 //! etcd → qed: fill etcd (puts, overwrites, deletes, a compaction, leases
-//! with keys, a user and a role), `etcdctl snapshot save`, `qed snapshot
-//! restore`, start qed behind `qed-grpc`: every read etcdctl makes of both
-//! matches (all keys at every revision since the compaction, with values,
-//! create/mod revisions, versions and leases; the compacted revisions
-//! refused alike; lease IDs, granted TTLs and attached keys).
+//! with keys, users and roles, auth enabled), `etcdctl snapshot save`, `qed
+//! snapshot restore`, start qed behind `qed-grpc`: every read etcdctl makes
+//! of both matches (all keys at every revision since the compaction, with
+//! values, create/mod revisions, versions and leases; the compacted
+//! revisions refused alike; lease IDs, granted TTLs and attached keys; users
+//! and roles; a user's password and permissions work the same).
 //!
-//! qed → etcd: fill qed, `etcdctl snapshot save` through the shim,
-//! `etcdctl snapshot status` (revision and key count), `etcdctl snapshot
-//! restore`, start etcd on it: the same comparison.
+//! qed → etcd: the same fill of qed, `etcdctl snapshot save` through the
+//! shim, `etcdctl snapshot status` (revision and key count), `etcdctl
+//! snapshot restore`, start etcd on it: the same comparison.
 //!
 //! Skips, with the reason printed, when `etcd` or `etcdctl` is missing.
 
@@ -68,33 +69,70 @@ fn spawn(cmd: &mut Command, log: &Path) -> Proc {
     )
 }
 
-/// One etcdctl run: (success, stdout, stderr).
-fn etcdctl(endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("etcdctl")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(["--dial-timeout=3s", "--command-timeout=20s"])
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run etcdctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// etcdctl aimed at one endpoint, as one user (once auth is on).
+#[derive(Clone)]
+struct Ctl {
+    endpoint: String,
+    user: Option<String>,
 }
 
-fn ok(endpoint: &str, args: &[&str]) -> String {
-    let (success, out, err) = etcdctl(endpoint, args);
-    assert!(success, "etcdctl {args:?} at {endpoint}: {err}");
-    out
+impl Ctl {
+    fn new(endpoint: String) -> Ctl {
+        Ctl {
+            endpoint,
+            user: None,
+        }
+    }
+
+    fn as_user(&self, user: &str) -> Ctl {
+        Ctl {
+            endpoint: self.endpoint.clone(),
+            user: Some(user.to_string()),
+        }
+    }
+
+    /// One etcdctl run: (success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = Command::new("etcdctl");
+        cmd.arg(format!("--endpoints={}", self.endpoint))
+            .args(["--dial-timeout=3s", "--command-timeout=20s"]);
+        if let Some(user) = &self.user {
+            cmd.arg(format!("--user={user}"));
+        }
+        let out = cmd
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run etcdctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (success, out, err) = self.run(args);
+        assert!(success, "etcdctl {args:?} at {}: {err}", self.endpoint);
+        out
+    }
+
+    /// The last line etcdctl wrote to stderr for a call that must fail.
+    fn fails(&self, args: &[&str]) -> String {
+        let (success, _, err) = self.run(args);
+        assert!(!success, "etcdctl {args:?} at {} succeeded", self.endpoint);
+        err.lines().last().unwrap_or_default().to_string()
+    }
 }
 
 fn wait_ready(endpoint: &str, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (success, _, err) = etcdctl(endpoint, &["get", "readiness-probe"]);
+        // Any answer from the server counts: with auth on, an anonymous
+        // get is refused, but by a server that is up.
+        let (success, _, err) = Ctl::new(endpoint.to_string()).run(&["get", "readiness-probe"]);
+        let success = success || err.contains("user name is empty");
         if success {
             return;
         }
@@ -161,37 +199,49 @@ fn start_qed(data_dir: &Path, logs: &Path) -> (Proc, Proc, String) {
 }
 
 /// The same history on either store: overwrites, deletes, a compaction,
-/// more history after it, two leases (one with keys, one without).
-/// Returns the compaction revision.
-fn fill(endpoint: &str) -> i64 {
+/// more history after it, two leases (one with keys, one without), users
+/// and roles, then auth enabled. Returns the compaction revision and the
+/// root user's etcdctl.
+fn fill(c: &Ctl) -> (i64, Ctl) {
     for i in 0..12 {
-        ok(endpoint, &["put", &format!("key{i:02}"), &format!("v{i}")]);
+        c.ok(&["put", &format!("key{i:02}"), &format!("v{i}")]);
     }
-    ok(endpoint, &["put", "key01", "v1-second"]);
-    ok(endpoint, &["put", "key02", "v2-second"]);
-    ok(endpoint, &["del", "key03"]);
-    ok(endpoint, &["del", "key04"]);
-    ok(endpoint, &["put", "key04", "reborn"]);
-    let compact_at = revision(endpoint) - 2;
-    ok(endpoint, &["compact", &compact_at.to_string()]);
-    ok(endpoint, &["put", "key01", "v1-third"]);
-    ok(endpoint, &["del", "key05", "key07"]);
-    ok(endpoint, &["put", "big", &"x".repeat(10_000)]);
-    let lease = lease_id(&ok(endpoint, &["lease", "grant", "600"]));
-    ok(
-        endpoint,
-        &["put", "leased/a", "1", &format!("--lease={lease}")],
-    );
-    ok(
-        endpoint,
-        &["put", "leased/b", "2", &format!("--lease={lease}")],
-    );
-    ok(
-        endpoint,
-        &["put", "leased/a", "1b", &format!("--lease={lease}")],
-    );
-    lease_id(&ok(endpoint, &["lease", "grant", "900"]));
-    compact_at
+    c.ok(&["put", "key01", "v1-second"]);
+    c.ok(&["put", "key02", "v2-second"]);
+    c.ok(&["del", "key03"]);
+    c.ok(&["del", "key04"]);
+    c.ok(&["put", "key04", "reborn"]);
+    let compact_at = revision(c) - 2;
+    c.ok(&["compact", &compact_at.to_string()]);
+    c.ok(&["put", "key01", "v1-third"]);
+    c.ok(&["del", "key05", "key07"]);
+    c.ok(&["put", "big", &"x".repeat(10_000)]);
+    let lease = lease_id(&c.ok(&["lease", "grant", "600"]));
+    c.ok(&["put", "leased/a", "1", &format!("--lease={lease}")]);
+    c.ok(&["put", "leased/b", "2", &format!("--lease={lease}")]);
+    c.ok(&["put", "leased/a", "1b", &format!("--lease={lease}")]);
+    lease_id(&c.ok(&["lease", "grant", "900"]));
+    c.ok(&["user", "add", "root:rootpw"]);
+    c.ok(&["user", "add", "alice:secret"]);
+    c.ok(&["role", "add", "readers"]);
+    c.ok(&[
+        "role",
+        "grant-permission",
+        "readers",
+        "read",
+        "key",
+        "--prefix",
+    ]);
+    c.ok(&[
+        "role",
+        "grant-permission",
+        "readers",
+        "readwrite",
+        "leased/a",
+    ]);
+    c.ok(&["user", "grant-role", "alice", "readers"]);
+    c.ok(&["auth", "enable"]);
+    (compact_at, c.as_user("root:rootpw"))
 }
 
 /// "lease 694d77aa9d6e8d0b granted with TTL(600s)" → the hex ID.
@@ -218,8 +268,8 @@ fn json_int(json: &str, name: &str) -> i64 {
         .unwrap_or_else(|_| panic!("bad {name} in {json}"))
 }
 
-fn revision(endpoint: &str) -> i64 {
-    json_int(&ok(endpoint, &["get", "x", "-w", "json"]), "revision")
+fn revision(c: &Ctl) -> i64 {
+    json_int(&c.ok(&["get", "x", "-w", "json"]), "revision")
 }
 
 /// A range answer without its header (cluster and member IDs, raft term).
@@ -231,8 +281,8 @@ fn body(json: &str) -> String {
 }
 
 /// What etcdctl says about every lease: ID, granted TTL, attached keys.
-fn leases(endpoint: &str) -> Vec<String> {
-    let list = ok(endpoint, &["lease", "list"]);
+fn leases(c: &Ctl) -> Vec<String> {
+    let list = c.ok(&["lease", "list"]);
     let mut ids: Vec<String> = list
         .lines()
         .skip(1)
@@ -242,10 +292,7 @@ fn leases(endpoint: &str) -> Vec<String> {
     ids.sort();
     ids.iter()
         .map(|id| {
-            let ttl = ok(
-                endpoint,
-                &["lease", "timetolive", id, "--keys", "-w", "json"],
-            );
+            let ttl = c.ok(&["lease", "timetolive", id, "--keys", "-w", "json"]);
             // etcd lists attached keys in map order: compare them sorted.
             let mut keys: Vec<&str> = ttl
                 .split("\"keys\":[")
@@ -262,28 +309,48 @@ fn leases(endpoint: &str) -> Vec<String> {
         .collect()
 }
 
-/// Asserts that `got` answers every read as `want` does.
-fn compare(want: &str, got: &str, compact_at: i64, what: &str) {
+/// Asserts that `got` answers every read as `want` does (both as root).
+fn compare(want: &Ctl, got: &Ctl, compact_at: i64, what: &str) {
     let current = revision(want);
     assert_eq!(revision(got), current, "{what}: current revision");
     for rev in compact_at..=current {
         let args = ["get", "", "--prefix", "-w", "json", &format!("--rev={rev}")];
-        let (w, g) = (ok(want, &args), ok(got, &args));
+        let (w, g) = (want.ok(&args), got.ok(&args));
         assert_eq!(body(&g), body(&w), "{what}: everything at revision {rev}");
     }
-    let below = format!("--rev={}", compact_at - 1);
-    let (w_ok, _, w_err) = etcdctl(want, &["get", "", "--prefix", &below]);
-    let (g_ok, _, g_err) = etcdctl(got, &["get", "", "--prefix", &below]);
-    assert!(
-        !w_ok && !g_ok,
-        "{what}: revision below the compaction served"
-    );
+    let below = ["get", "", "--prefix", &format!("--rev={}", compact_at - 1)];
     assert_eq!(
-        g_err.lines().last(),
-        w_err.lines().last(),
+        got.fails(&below),
+        want.fails(&below),
         "{what}: compacted read"
     );
     assert_eq!(leases(got), leases(want), "{what}: leases");
+    for args in [
+        &["user", "list"][..],
+        &["role", "list"],
+        &["user", "get", "alice"],
+        &["user", "get", "root"],
+        &["role", "get", "readers"],
+        &["auth", "status"],
+    ] {
+        assert_eq!(got.ok(args), want.ok(args), "{what}: etcdctl {args:?}");
+    }
+    // alice's password and permissions came along.
+    let (w, g) = (want.as_user("alice:secret"), got.as_user("alice:secret"));
+    let read = ["get", "key", "--prefix", "--keys-only"];
+    assert_eq!(g.ok(&read), w.ok(&read), "{what}: alice reads");
+    let write = ["put", "key01", "nope"];
+    assert_eq!(
+        g.fails(&write),
+        w.fails(&write),
+        "{what}: alice may not write"
+    );
+    let wrong = want.as_user("alice:wrong");
+    assert_eq!(
+        got.as_user("alice:wrong").fails(&read),
+        wrong.fails(&read),
+        "{what}: wrong password"
+    );
 }
 
 #[test]
@@ -293,23 +360,9 @@ fn etcd_snapshot_restores_into_qed() {
     }
     let work = TempDir::new("etcd-to-qed");
     let (_etcd, etcd) = start_etcd(&work.0.join("etcd"), &work.0.join("etcd.log"));
-    let compact_at = fill(&etcd);
-    ok(&etcd, &["user", "add", "alice:secret"]);
-    ok(&etcd, &["role", "add", "readers"]);
-    ok(
-        &etcd,
-        &[
-            "role",
-            "grant-permission",
-            "readers",
-            "read",
-            "key",
-            "--prefix",
-        ],
-    );
-    ok(&etcd, &["user", "grant-role", "alice", "readers"]);
+    let (compact_at, etcd) = fill(&Ctl::new(etcd));
     let snap = work.0.join("etcd.snap");
-    ok(&etcd, &["snapshot", "save", &snap.display().to_string()]);
+    etcd.ok(&["snapshot", "save", &snap.display().to_string()]);
 
     let data = work.0.join("qed");
     let out = Command::new(env!("CARGO_BIN_EXE_qed"))
@@ -326,11 +379,16 @@ fn etcd_snapshot_restores_into_qed() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("etcd v3") && stdout.contains("2 leases, 1 users"),
+        stdout.contains("etcd v3") && stdout.contains("2 leases, 2 users"),
         "restore summary: {stdout}"
     );
     let (_node, _shim, qed) = start_qed(&data, &work.0);
-    compare(&etcd, &qed, compact_at, "qed restored from etcd");
+    compare(
+        &etcd,
+        &Ctl::new(qed).as_user("root:rootpw"),
+        compact_at,
+        "qed restored from etcd",
+    );
 }
 
 #[test]
@@ -340,39 +398,37 @@ fn qed_snapshot_restores_into_etcd() {
     }
     let work = TempDir::new("qed-to-etcd");
     let (_node, _shim, qed) = start_qed(&work.0.join("qed"), &work.0);
-    let compact_at = fill(&qed);
+    let (compact_at, qed) = fill(&Ctl::new(qed));
     let snap = work.0.join("qed.snap");
     let snap_s = snap.display().to_string();
-    ok(&qed, &["snapshot", "save", &snap_s]);
+    qed.ok(&["snapshot", "save", &snap_s]);
 
-    let status = ok(&qed, &["snapshot", "status", &snap_s, "-w", "json"]);
+    let status = qed.ok(&["snapshot", "status", &snap_s, "-w", "json"]);
     assert_eq!(json_int(&status, "revision"), revision(&qed), "{status}");
     let bytes = std::fs::read(&snap).unwrap();
     let imported = qed::etcd_db::import(&bytes).unwrap();
     // Every entry of every bucket: the key bucket's changes, the leases,
-    // three meta entries (consistent index, finished and scheduled
-    // compaction) and two auth entries (enabled flag, revision).
-    let entries = imported.counts.revisions + imported.counts.leases + 3 + 2;
+    // users and roles, three meta entries (consistent index, finished and
+    // scheduled compaction) and two auth entries (enabled flag, revision).
+    let c = imported.counts;
+    let entries = c.revisions + c.leases + c.users + c.roles + 3 + 2;
     assert_eq!(json_int(&status, "totalKey"), entries as i64, "{status}");
 
     let etcd_data = work.0.join("etcd");
     let peer = format!("http://127.0.0.1:{}", free_tcp_port());
-    ok(
-        &qed,
-        &[
-            "snapshot",
-            "restore",
-            &snap_s,
-            "--data-dir",
-            &etcd_data.display().to_string(),
-            "--name",
-            "mig",
-            "--initial-cluster",
-            &format!("mig={peer}"),
-            "--initial-advertise-peer-urls",
-            &peer,
-        ],
-    );
+    qed.ok(&[
+        "snapshot",
+        "restore",
+        &snap_s,
+        "--data-dir",
+        &etcd_data.display().to_string(),
+        "--name",
+        "mig",
+        "--initial-cluster",
+        &format!("mig={peer}"),
+        "--initial-advertise-peer-urls",
+        &peer,
+    ]);
     let client = format!("http://127.0.0.1:{}", free_tcp_port());
     let log = work.0.join("etcd.log");
     let _etcd = spawn(
@@ -389,5 +445,10 @@ fn qed_snapshot_restores_into_etcd() {
     );
     let etcd = client.trim_start_matches("http://").to_string();
     wait_ready(&etcd, "etcd restored from qed", &log);
-    compare(&qed, &etcd, compact_at, "etcd restored from qed");
+    compare(
+        &qed,
+        &Ctl::new(etcd).as_user("root:rootpw"),
+        compact_at,
+        "etcd restored from qed",
+    );
 }

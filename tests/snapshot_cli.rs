@@ -245,13 +245,14 @@ fn qed_format_snapshots_still_read() {
             quota_bytes: u64::MAX,
             lease: Default::default(),
         },
+        Default::default(),
     );
     let put = qed::wire::Request::Put(qed::wire::kv::PutRequest {
         key: b"old".to_vec(),
         value: b"format".to_vec(),
         ..Default::default()
     });
-    let _ = state.apply_entry(1, &put, 0, &mut Vec::new());
+    let _ = state.apply_entry(1, &put, None, 0, &mut Vec::new());
     let image = state.to_snapshot().unwrap();
     let file = work.0.join("old.snap");
     std::fs::write(

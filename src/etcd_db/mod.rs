@@ -33,9 +33,12 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::auth::store::{Role, User};
+use crate::auth::AuthSnapshot;
 use crate::bbolt::{self, Db, DbWriter, Entry, ReadError, WriteError};
 use crate::lease::{LeaseRecord, LeaseSnapshot};
 use crate::mvcc::{Change, Revision, Store};
+use qed_wire::auth::{Permission, PermissionType};
 
 const KEY: &[u8] = b"key";
 const META: &[u8] = b"meta";
@@ -57,18 +60,6 @@ const REV_LEN: usize = 17;
 const TOMBSTONE_MARK: u8 = b't';
 const SHA256_LEN: usize = 32;
 
-/// etcd's auth state as its backend holds it. qed's auth engine is not
-/// wired to it yet; see `snapshot_file::hand_over_auth`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuthImage {
-    pub enabled: bool,
-    pub revision: u64,
-    /// In name order.
-    pub users: Vec<proto::User>,
-    /// In name order.
-    pub roles: Vec<proto::Role>,
-}
-
 /// Counts for the restore summary, as etcdutl prints them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ImportCounts {
@@ -86,7 +77,9 @@ pub struct ImportCounts {
 pub struct Imported {
     pub store: Store,
     pub leases: LeaseSnapshot,
-    pub auth: AuthImage,
+    /// Users (with etcd's bcrypt hashes), roles, the enabled flag and the
+    /// auth revision.
+    pub auth: AuthSnapshot,
     /// etcd's applied index when the snapshot was taken.
     pub consistent_index: u64,
     pub counts: ImportCounts,
@@ -335,8 +328,14 @@ fn compact_history(changes: &mut Vec<Change>, at: i64) {
     changes.drain(..if keep_last { below - 1 } else { below });
 }
 
-fn import_auth(db: &Db<'_>) -> Result<AuthImage, ImportError> {
-    let mut auth = AuthImage::default();
+fn import_auth(db: &Db<'_>) -> Result<AuthSnapshot, ImportError> {
+    let mut auth = AuthSnapshot {
+        enabled: false,
+        // etcd commits auth revision 1 when it creates the buckets.
+        revision: 1,
+        users: Vec::new(),
+        roles: Vec::new(),
+    };
     each_value(db, AUTH, |k, v| {
         match k {
             AUTH_ENABLED => auth.enabled = v == [1],
@@ -345,46 +344,81 @@ fn import_auth(db: &Db<'_>) -> Result<AuthImage, ImportError> {
                     v.try_into()
                         .map_err(|_| format!("authRevision of {} bytes", v.len()))?,
                 )
+                .max(1)
             }
             _ => {}
         }
         Ok(())
     })?;
+    let text =
+        |what: &str, b: Vec<u8>| String::from_utf8(b).map_err(|_| format!("{what} is not UTF-8"));
     each_value(db, AUTH_USERS, |k, v| {
-        let user = proto::User::decode(v)
-            .map_err(|e| format!("user {}: {e}", String::from_utf8_lossy(k)))?;
-        auth.users.push(user);
+        let name = String::from_utf8_lossy(k).into_owned();
+        let user = proto::User::decode(v).map_err(|e| format!("user {name}: {e}"))?;
+        let mut roles = user.roles;
+        roles.sort();
+        roles.dedup();
+        auth.users.push(User {
+            name: text("user name", user.name)?,
+            password_hash: if user.no_password || user.password.is_empty() {
+                None
+            } else {
+                Some(text("password hash", user.password)?)
+            },
+            roles,
+        });
         Ok(())
     })?;
     each_value(db, AUTH_ROLES, |k, v| {
-        let role = proto::Role::decode(v)
-            .map_err(|e| format!("role {}: {e}", String::from_utf8_lossy(k)))?;
-        auth.roles.push(role);
+        let name = String::from_utf8_lossy(k).into_owned();
+        let role = proto::Role::decode(v).map_err(|e| format!("role {name}: {e}"))?;
+        let mut perms = role
+            .permissions
+            .into_iter()
+            .map(|p| {
+                let perm_type = match p.perm_type {
+                    0 => PermissionType::Read,
+                    1 => PermissionType::Write,
+                    2 => PermissionType::ReadWrite,
+                    t => return Err(format!("role {name}: permission type {t}")),
+                };
+                Ok(Permission {
+                    perm_type,
+                    key: p.key,
+                    range_end: p.range_end,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        perms.sort_by(|a, b| (&a.key, &a.range_end).cmp(&(&b.key, &b.range_end)));
+        auth.roles.push(Role {
+            name: text("role name", role.name)?,
+            perms,
+        });
         Ok(())
     })?;
+    auth.users.sort_by(|a, b| a.name.cmp(&b.name));
+    auth.users.dedup_by(|a, b| a.name == b.name);
+    auth.roles.sort_by(|a, b| a.name.cmp(&b.name));
+    auth.roles.dedup_by(|a, b| a.name == b.name);
     Ok(auth)
 }
 
 /// qed's state as an etcd 3.4 backend file (no trailer): every kept change
-/// of `store`, its compaction point, `leases`, `consistent_index` as the
-/// applied index, auth disabled with no users or roles, and the membership
-/// and alarm buckets empty.
+/// of `store`, its compaction point, `leases`, the auth state (users with
+/// their bcrypt hashes, roles, enabled flag, auth revision),
+/// `consistent_index` as the applied index, and the membership and alarm
+/// buckets empty.
 pub fn export(
     store: &Store,
     leases: &LeaseSnapshot,
+    auth: &AuthSnapshot,
     consistent_index: u64,
 ) -> Result<Vec<u8>, WriteError> {
     let mut db = DbWriter::default();
     for name in EMPTY_BUCKETS {
         db.bucket(name)?.finish()?;
     }
-    for name in [AUTH_USERS, AUTH_ROLES] {
-        db.bucket(name)?.finish()?;
-    }
-    let mut auth = db.bucket(AUTH)?;
-    auth.put(AUTH_ENABLED, &[0])?;
-    auth.put(AUTH_REVISION, &1u64.to_be_bytes())?;
-    auth.finish()?;
+    export_auth(&mut db, auth)?;
 
     let mut changes: Vec<(&[u8], &Change)> = store
         .histories()
@@ -432,4 +466,59 @@ pub fn export(
     }
     meta.finish()?;
     db.finish()
+}
+
+fn export_auth(db: &mut DbWriter, auth: &AuthSnapshot) -> Result<(), WriteError> {
+    let mut flags = db.bucket(AUTH)?;
+    flags.put(AUTH_ENABLED, &[u8::from(auth.enabled)])?;
+    flags.put(AUTH_REVISION, &auth.revision.to_be_bytes())?;
+    flags.finish()?;
+
+    let mut users: Vec<&User> = auth.users.iter().collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut bucket = db.bucket(AUTH_USERS)?;
+    let mut value = Vec::new();
+    for u in users {
+        value.clear();
+        proto::User {
+            name: u.name.as_bytes().to_vec(),
+            password: u
+                .password_hash
+                .as_deref()
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec(),
+            roles: u.roles.clone(),
+            no_password: u.password_hash.is_none(),
+        }
+        .encode(&mut value);
+        bucket.put(u.name.as_bytes(), &value)?;
+    }
+    bucket.finish()?;
+
+    let mut roles: Vec<&Role> = auth.roles.iter().collect();
+    roles.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut bucket = db.bucket(AUTH_ROLES)?;
+    for r in roles {
+        value.clear();
+        proto::Role {
+            name: r.name.as_bytes().to_vec(),
+            permissions: r
+                .perms
+                .iter()
+                .map(|p| proto::Permission {
+                    perm_type: match p.perm_type {
+                        PermissionType::Read => 0,
+                        PermissionType::Write => 1,
+                        PermissionType::ReadWrite => 2,
+                    },
+                    key: p.key.clone(),
+                    range_end: p.range_end.clone(),
+                })
+                .collect(),
+        }
+        .encode(&mut value);
+        bucket.put(r.name.as_bytes(), &value)?;
+    }
+    bucket.finish()
 }

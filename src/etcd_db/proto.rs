@@ -244,6 +244,38 @@ fn put_bytes(out: &mut Vec<u8>, number: u64, b: &[u8]) {
     }
 }
 
+fn put_message(out: &mut Vec<u8>, number: u64, body: &[u8]) {
+    put_varint(out, (number << 3) | 2);
+    put_varint(out, body.len() as u64);
+    out.extend_from_slice(body);
+}
+
+impl User {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_bytes(out, 1, &self.name);
+        put_bytes(out, 2, &self.password);
+        for role in &self.roles {
+            put_message(out, 3, role.as_bytes());
+        }
+        if self.no_password {
+            put_message(out, 4, &[0x08, 1]);
+        }
+    }
+}
+
+impl Role {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_bytes(out, 1, &self.name);
+        for p in &self.permissions {
+            let mut body = Vec::new();
+            put_int(&mut body, 1, i64::from(p.perm_type));
+            put_bytes(&mut body, 2, &p.key);
+            put_bytes(&mut body, 3, &p.range_end);
+            put_message(out, 2, &body);
+        }
+    }
+}
+
 /// Encodes an `mvccpb.KeyValue` from its parts, as etcd's marshaller
 /// does (fields in number order, defaults omitted).
 pub fn encode_key_value(

@@ -4,6 +4,46 @@
 use super::*;
 use qed_wire::kv::{DeleteRangeRequest, PutRequest, RangeRequest};
 
+fn auth_sample() -> AuthSnapshot {
+    AuthSnapshot {
+        enabled: true,
+        revision: 7,
+        users: vec![
+            User {
+                name: "alice".into(),
+                password_hash: Some("$2a$10$abcdefghijklmnopqrstuv".into()),
+                roles: vec!["readers".into(), "root".into()],
+            },
+            User {
+                name: "cert-only".into(),
+                password_hash: None,
+                roles: Vec::new(),
+            },
+        ],
+        roles: vec![
+            Role {
+                name: "readers".into(),
+                perms: vec![
+                    Permission {
+                        perm_type: PermissionType::Read,
+                        key: b"a".to_vec(),
+                        range_end: b"b".to_vec(),
+                    },
+                    Permission {
+                        perm_type: PermissionType::ReadWrite,
+                        key: b"k".to_vec(),
+                        range_end: Vec::new(),
+                    },
+                ],
+            },
+            Role {
+                name: "root".into(),
+                perms: Vec::new(),
+            },
+        ],
+    }
+}
+
 fn put(s: &mut Store, k: &str, v: &str, lease: i64) {
     let req = PutRequest {
         key: k.as_bytes().to_vec(),
@@ -60,7 +100,7 @@ fn all_history(s: &Store) -> Vec<(Vec<u8>, Vec<Change>)> {
 #[test]
 fn export_import_round_trip() {
     let (store, leases) = sample();
-    let bytes = export(&store, &leases, 42).unwrap();
+    let bytes = export(&store, &leases, &auth_sample(), 42).unwrap();
     assert!(looks_like_bbolt(&bytes));
     let imported = import(&bytes).unwrap();
     assert_eq!(all_history(&imported.store), all_history(&store));
@@ -68,7 +108,7 @@ fn export_import_round_trip() {
     assert_eq!(imported.store.compact_revision(), 200);
     assert_eq!(imported.leases, leases);
     assert_eq!(imported.consistent_index, 42);
-    assert!(!imported.auth.enabled);
+    assert_eq!(imported.auth, auth_sample());
     let live = store
         .range(&RangeRequest {
             key: vec![0],
@@ -87,6 +127,7 @@ fn export_import_round_trip() {
             .sum::<usize>()
     );
     assert_eq!(imported.counts.leases, 2);
+    assert_eq!((imported.counts.users, imported.counts.roles), (2, 2));
     // With the sha256 trailer too; a wrong trailer is refused.
     let mut sealed = crate::server::snapshot_file::seal(bytes.clone());
     assert_eq!(
@@ -101,7 +142,7 @@ fn export_import_round_trip() {
 #[test]
 fn layout_matches_etcd() {
     let (store, leases) = sample();
-    let bytes = export(&store, &leases, 1).unwrap();
+    let bytes = export(&store, &leases, &auth_sample(), 1).unwrap();
     let db = Db::open(&bytes).unwrap();
     let mut names = Vec::new();
     db.for_each(db.root(), &mut |k, _| {
@@ -151,7 +192,7 @@ fn unfinished_compaction_is_finished_on_import() {
     put(&mut s, "b", "1", 0);
     let mut bytes_store = s.clone();
     bytes_store.compact(12).unwrap();
-    let bytes = export(&s, &LeaseSnapshot::default(), 1).unwrap();
+    let bytes = export(&s, &LeaseSnapshot::default(), &AuthSnapshot::default(), 1).unwrap();
     // Rewrite meta by hand: scheduled 12, not finished.
     let imported = {
         let mut db = DbWriter::default();
@@ -179,7 +220,7 @@ fn unfinished_compaction_is_finished_on_import() {
 #[test]
 fn damaged_exports_are_refused_without_panics() {
     let (store, leases) = sample();
-    let good = export(&store, &leases, 1).unwrap();
+    let good = export(&store, &leases, &auth_sample(), 1).unwrap();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         x ^= x << 13;

@@ -35,7 +35,7 @@ pub struct SnapshotSummary {
     /// Kept changes (the history since the last compaction).
     pub revisions: usize,
     pub leases: usize,
-    /// Auth users in the file (etcd backends; qed's own format has none).
+    /// Auth users.
     pub users: usize,
     pub format: SnapshotFormat,
 }
@@ -55,11 +55,10 @@ impl fmt::Display for SnapshotFormat {
     }
 }
 
-/// A loaded snapshot: the state, plus what only an etcd backend carries.
+/// A loaded snapshot and the format it was in.
 struct Loaded {
     state: StateMachine,
     format: SnapshotFormat,
-    auth: crate::etcd_db::AuthImage,
 }
 
 #[derive(Debug)]
@@ -136,6 +135,7 @@ pub fn etcd_file(state: &StateMachine) -> Result<Vec<u8>, String> {
     crate::etcd_db::export(
         &state.store_view(),
         &state.lease_snapshot(),
+        &state.auth().snapshot(),
         state.applied(),
     )
     .map(seal)
@@ -150,11 +150,6 @@ fn reading_limits() -> Limits {
         lease: crate::lease::LeaseConfig::default(),
     }
 }
-
-/// TODO(auth): hand an imported etcd backend's users, roles and enabled
-/// flag to the state machine once `src/auth/` exists; until then they are
-/// parsed, counted in the summary and dropped here.
-fn hand_over_auth(_state: &mut StateMachine, _auth: &crate::etcd_db::AuthImage) {}
 
 /// Reads and checks a snapshot file, reporting progress as
 /// `progress(bytes_read, total)`.
@@ -184,22 +179,26 @@ fn load(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Loaded, Snaps
         let imported = crate::etcd_db::import(&bytes).map_err(|e| invalid(e.to_string()))?;
         drop(bytes);
         // Applied index 1: the restored snapshot's index (see `restore`).
-        let state =
-            StateMachine::from_parts(imported.store, imported.leases, 1, 0, reading_limits());
+        let state = StateMachine::from_parts(
+            imported.store,
+            imported.leases,
+            imported.auth,
+            1,
+            reading_limits(),
+            Default::default(),
+        );
         return Ok(Loaded {
             state,
             format: SnapshotFormat::Etcd,
-            auth: imported.auth,
         });
     }
     let framed = unseal(&bytes).map_err(invalid)?;
     let image = crate::storage::snapshot::decode_padded(framed).map_err(invalid)?;
-    let state = StateMachine::from_snapshot(image, 0, reading_limits())
+    let state = StateMachine::from_snapshot(image, 0, reading_limits(), Default::default())
         .map_err(|e| invalid(e.to_string()))?;
     Ok(Loaded {
         state,
         format: SnapshotFormat::Qed,
-        auth: Default::default(),
     })
 }
 
@@ -212,7 +211,7 @@ fn summarize(loaded: &Loaded, size: u64) -> SnapshotSummary {
         total_size: size,
         revisions: state.store_view().history_len(),
         leases: state.lease_snapshot().leases.len(),
-        users: loaded.auth.users.len(),
+        users: state.auth().snapshot().users.len(),
         format: loaded.format,
     }
 }
@@ -242,11 +241,9 @@ pub fn restore(
     if member_dir.exists() {
         return Err(SnapshotFileError::Exists(data_dir.to_path_buf()));
     }
-    let mut loaded = load(path, progress)?;
+    let loaded = load(path, progress)?;
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let summary = summarize(&loaded, size);
-    let auth = std::mem::take(&mut loaded.auth);
-    hand_over_auth(&mut loaded.state, &auth);
     let state = loaded.state;
     let write_err = |reason: String| SnapshotFileError::Write {
         path: member_dir.clone(),
