@@ -315,7 +315,10 @@ fn snapshot(command: SnapshotCommand) -> ExitCode {
                 println!("+----------+----------+------------+------------+");
                 println!(
                     "| {:08x} | {:>8} | {:>10} | {:<10} |",
-                    s.hash, s.revision, s.total_keys, size
+                    s.hash.unwrap_or(0),
+                    s.revision,
+                    s.total_keys,
+                    size
                 );
                 println!("+----------+----------+------------+------------+");
                 ExitCode::SUCCESS
@@ -323,7 +326,7 @@ fn snapshot(command: SnapshotCommand) -> ExitCode {
             Ok(s) => {
                 println!(
                     "{:x}, {}, {}, {}",
-                    s.hash,
+                    s.hash.unwrap_or(0),
                     s.revision,
                     s.total_keys,
                     human_bytes(s.total_size)

@@ -5,12 +5,12 @@
 //! Decoding is total: any bytes give a message or an error; unknown fields
 //! are skipped as protobuf requires.
 
-/// `mvccpb.KeyValue`.
+/// What the import keeps of an `mvccpb.KeyValue`: the key is returned
+/// borrowed beside it, and `mod_revision` is the revision it is stored
+/// under.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyValue {
-    pub key: Vec<u8>,
     pub create_revision: i64,
-    pub mod_revision: i64,
     pub version: i64,
     pub value: Vec<u8>,
     pub lease: i64,
@@ -121,13 +121,16 @@ fn wrong(number: u64) -> String {
 }
 
 impl KeyValue {
-    pub fn decode(bytes: &[u8]) -> Result<KeyValue, String> {
+    /// The key (borrowed from `bytes`, so the import groups changes by key
+    /// without copying it) and the rest.
+    pub fn decode(bytes: &[u8]) -> Result<(&[u8], KeyValue), String> {
+        let mut key: &[u8] = &[];
         let mut kv = KeyValue::default();
         each_field(bytes, |n, f| {
             match (n, f) {
-                (1, Field::Bytes(b)) => kv.key = b.to_vec(),
+                (1, Field::Bytes(b)) => key = b,
                 (2, Field::Varint(v)) => kv.create_revision = v as i64,
-                (3, Field::Varint(v)) => kv.mod_revision = v as i64,
+                (3, Field::Varint(_)) => {}
                 (4, Field::Varint(v)) => kv.version = v as i64,
                 (5, Field::Bytes(b)) => kv.value = b.to_vec(),
                 (6, Field::Varint(v)) => kv.lease = v as i64,
@@ -136,7 +139,7 @@ impl KeyValue {
             }
             Ok(())
         })?;
-        Ok(kv)
+        Ok((key, kv))
     }
 }
 

@@ -675,16 +675,12 @@ impl Store {
 
     /// A store from each key's kept changes (keys in increasing order),
     /// checked as a snapshot is: what an imported etcd backend becomes.
-    pub(crate) fn from_history(
+    pub(crate) fn from_history<K: AsRef<[u8]>>(
         revision: i64,
         compact_revision: i64,
-        keys: Vec<(Vec<u8>, Vec<Change>)>,
+        keys: impl IntoIterator<Item = (K, Vec<Change>)>,
     ) -> Result<Store, String> {
-        Store::from_image(Image {
-            revision,
-            compact_revision,
-            keys: keys.into_iter().map(|(k, c)| (KeyBytes(k), c)).collect(),
-        })
+        Store::build(revision, compact_revision, keys)
     }
 
     /// Number of kept changes over all keys.
@@ -699,43 +695,57 @@ impl Store {
     }
 
     fn from_image(image: Image) -> Result<Store, String> {
-        if image.revision < 1 {
-            return Err(format!("revision {} below 1", image.revision));
+        Store::build(
+            image.revision,
+            image.compact_revision,
+            image.keys.into_iter().map(|(KeyBytes(k), c)| (k, c)),
+        )
+    }
+
+    /// A store from each key's kept changes, keys in increasing order,
+    /// checking every invariant (the input may come from a damaged file).
+    fn build<K: AsRef<[u8]>>(
+        revision: i64,
+        compact_revision: i64,
+        keys: impl IntoIterator<Item = (K, Vec<Change>)>,
+    ) -> Result<Store, String> {
+        if revision < 1 {
+            return Err(format!("revision {revision} below 1"));
         }
-        if image.compact_revision < -1 || image.compact_revision > image.revision {
+        if compact_revision < -1 || compact_revision > revision {
             return Err(format!(
-                "compact revision {} outside [-1, {}]",
-                image.compact_revision, image.revision
+                "compact revision {compact_revision} outside [-1, {revision}]"
             ));
         }
         let mut store = Store::new();
-        store.current = image.revision;
-        store.compacted = image.compact_revision;
+        store.current = revision;
+        store.compacted = compact_revision;
         let mut log: Vec<LogEntry> = Vec::new();
-        let mut last: Option<Vec<u8>> = None;
-        for (KeyBytes(key), changes) in image.keys {
+        let mut last: Option<Key> = None;
+        for (key, changes) in keys {
+            let key = key.as_ref();
             if key.is_empty() {
                 return Err("empty key".into());
             }
-            if last.as_ref().is_some_and(|l| *l >= key) {
+            if last.as_ref().is_some_and(|l| **l >= *key) {
                 return Err("keys out of order".into());
             }
             let index = KeyIndex::from_changes(changes)
                 .map_err(|e| format!("key {key:?}: bad history: {e:?}"))?;
-            if index.changes().iter().any(|c| c.main > image.revision) {
+            if index.changes().iter().any(|c| c.main > revision) {
                 return Err(format!("key {key:?}: change above revision"));
             }
             // Compaction leaves at most one change at or below its point,
             // and never a tombstone.
-            if image.compact_revision >= 0 {
+            if compact_revision >= 0 {
                 let below = index
                     .changes()
-                    .partition_point(|c| c.main <= image.compact_revision);
+                    .partition_point(|c| c.main <= compact_revision);
                 if below > 1 || (below == 1 && index.changes()[0].is_tombstone()) {
                     return Err(format!("key {key:?}: history below the compaction point"));
                 }
             }
-            let shared: Key = Arc::from(key.as_slice());
+            let shared: Key = Arc::from(key);
             store.size += KEY_OVERHEAD + key.len() as u64;
             for change in index.changes() {
                 store.size += change.footprint();
@@ -748,8 +758,8 @@ impl Store {
                     });
                 }
             }
-            store.keys.insert(shared, Arc::new(index));
-            last = Some(key);
+            store.keys.insert(shared.clone(), Arc::new(index));
+            last = Some(shared);
         }
         log.sort_by_key(|e| (e.main, e.sub));
         if log

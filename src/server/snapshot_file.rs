@@ -27,8 +27,9 @@ use std::path::{Path, PathBuf};
 /// What `qed snapshot status` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotSummary {
-    /// HashKV of the state, comparable with `etcdctl endpoint hashkv`.
-    pub hash: u32,
+    /// HashKV of the state, comparable with `etcdctl endpoint hashkv`
+    /// (computed for `status` only; a restore does not need it).
+    pub hash: Option<u32>,
     pub revision: i64,
     pub total_keys: usize,
     pub total_size: u64,
@@ -205,7 +206,7 @@ fn load(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Loaded, Snaps
 fn summarize(loaded: &Loaded, size: u64) -> SnapshotSummary {
     let state = &loaded.state;
     SnapshotSummary {
-        hash: state.hash().unwrap_or(0),
+        hash: None,
         revision: state.revision(),
         total_keys: state.key_count(),
         total_size: size,
@@ -224,7 +225,11 @@ pub fn status(path: &Path) -> Result<SnapshotSummary, SnapshotFileError> {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    Ok(summarize(&load(path, &mut |_, _| {})?, size))
+    let loaded = load(path, &mut |_, _| {})?;
+    Ok(SnapshotSummary {
+        hash: Some(loaded.state.hash().unwrap_or(0)),
+        ..summarize(&loaded, size)
+    })
 }
 
 /// `qed snapshot restore FILE --data-dir DIR`: a data directory holding the
