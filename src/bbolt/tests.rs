@@ -158,7 +158,13 @@ fn damaged_files_give_errors_not_panics() {
                 bytes[m + META_SUMMED..m + META_LEN].copy_from_slice(&sum.to_le_bytes());
             }
         }
-        let _ = read_all(&bytes);
+        if let Err(e) = read_all(&bytes) {
+            let text = e.to_string();
+            assert!(
+                text.starts_with("bbolt page ") || text.starts_with("not a bbolt database: "),
+                "{text}"
+            );
+        }
     }
 }
 

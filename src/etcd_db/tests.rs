@@ -242,7 +242,15 @@ fn damaged_exports_are_refused_without_panics() {
                     .copy_from_slice(&sum.to_le_bytes());
             }
         }
-        let _ = import(&bytes);
+        if let Err(e) = import(&bytes) {
+            let text = e.to_string();
+            assert!(
+                text.starts_with("bbolt page ")
+                    || text.starts_with("not a bbolt database: ")
+                    || text.starts_with("not an etcd backend: "),
+                "{text}"
+            );
+        }
     }
     assert!(matches!(
         import(b"not a database"),
