@@ -11,12 +11,14 @@
 //! contiguous from the snapshot; a hole means a lost segment and stops
 //! recovery with an error.
 
+use super::fs::{Fs, OsFs};
 use super::snapshot::{SnapshotId, SnapshotStore};
 use super::wal::{RecordKind, Wal};
 use super::StorageError;
 use crate::wire::raft::{Entry, HardState, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Entries are grouped into WAL records of about this size (one entry may
 /// exceed it; requests are capped far below a segment).
@@ -66,10 +68,21 @@ fn corrupt(path: &Path, reason: String) -> StorageError {
 }
 
 impl DurableLog {
-    /// Opens `<dir>/wal` and `<dir>/snap`, creating them if needed.
+    /// Opens `<dir>/wal` and `<dir>/snap` on the operating system's files,
+    /// creating them if needed.
     pub fn open(dir: &Path, options: LogOptions) -> Result<(DurableLog, Recovered), StorageError> {
+        DurableLog::open_in(Arc::new(OsFs), dir, options)
+    }
+
+    /// [`DurableLog::open`] on the given file layer.
+    pub fn open_in(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        options: LogOptions,
+    ) -> Result<(DurableLog, Recovered), StorageError> {
         let wal_dir = dir.join("wal");
-        let snapshots = SnapshotStore::open(&dir.join("snap"), options.max_snapshots)?;
+        let snapshots =
+            SnapshotStore::open_in(fs.clone(), &dir.join("snap"), options.max_snapshots)?;
         let snapshot = match snapshots.load_newest()? {
             Some((id, bytes)) => {
                 let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(|e| {
@@ -88,7 +101,7 @@ impl DurableLog {
             }
             None => None,
         };
-        let (wal, records) = Wal::open(&wal_dir, options.segment_bytes)?;
+        let (wal, records) = Wal::open_in(fs, &wal_dir, options.segment_bytes)?;
         let snap_index = snapshot.as_ref().map(|(m, _)| m.index).unwrap_or(0);
         if wal.first_index() > snap_index + 1 {
             return Err(StorageError::Gap {
@@ -122,7 +135,7 @@ impl DurableLog {
                         recovered.entries.push(e);
                     }
                 }
-                RecordKind::Snapshot => {}
+                RecordKind::Snapshot | RecordKind::Batch => {}
             }
         }
         if let Some(first) = recovered.entries.first() {
