@@ -169,6 +169,20 @@ impl SimFs {
         for op in st.pending.drain(..).take(keep) {
             op.apply(&mut st.durable_names);
         }
+        // An entry whose directory's own entry was lost is lost with it.
+        let orphans: Vec<PathBuf> = st
+            .durable_names
+            .keys()
+            .filter(|p| {
+                p.ancestors()
+                    .skip(1)
+                    .any(|a| st.durable_names.get(a) != Some(&Node::Dir))
+            })
+            .cloned()
+            .collect();
+        for p in orphans {
+            st.durable_names.remove(&p);
+        }
         st.names = st.durable_names.clone();
         for inode in st.inodes.values_mut() {
             let len = if inode.data.len() != inode.durable.len() && rng.below(2) == 0 {

@@ -590,6 +590,14 @@ impl Wal {
         Ok(released)
     }
 
+    /// Tells the WAL the log's last index after recovery (the highest index
+    /// any record or the snapshot holds), so the next segment is named
+    /// after it: [`Wal::release_through`] relies on every entry before a
+    /// segment being below that segment's first index.
+    pub fn recovered_through(&mut self, index: u64) {
+        self.last_index = self.last_index.max(index);
+    }
+
     /// The first log index the oldest segment may hold: entries below it
     /// must come from a snapshot.
     pub fn first_index(&self) -> u64 {
