@@ -49,6 +49,24 @@ pub trait FsFile: Send {
     fn sync_all(&self) -> io::Result<()>;
 }
 
+/// Replaces `path` (creating its directory if needed) atomically and
+/// durably: a temp file written and synced, renamed over it, the directory
+/// synced (a rename is durable only once its directory is).
+pub fn write_atomic(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    fs.create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let file = fs.create(&tmp)?;
+    file.write_at(bytes, 0)?;
+    file.sync_all()?;
+    drop(file);
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(dir)
+}
+
 /// The operating system's files.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OsFs;
