@@ -407,10 +407,15 @@ impl Wal {
 
         let mut records = Vec::new();
         let mut tail = None;
+        let mut last_has_hard_state = false;
         let count = segments.len();
         for (i, seg) in segments.iter().enumerate() {
             let buf = fs.read(&seg.path).map_err(io_error(&seg.path, "read"))?;
             let scanned = scan(&buf, i + 1 == count, &seg.path)?;
+            last_has_hard_state = scanned
+                .records
+                .iter()
+                .any(|r| r.kind == RecordKind::HardState);
             records.extend(scanned.records);
             if i + 1 == count {
                 let dirty_end = if scanned.torn {
@@ -451,6 +456,12 @@ impl Wal {
         };
         for r in &records {
             wal.remember(r.kind, &r.payload);
+        }
+        if !last_has_hard_state && wal.segments.len() > 1 {
+            // The power failed before the head of the newest segment was
+            // synced: write it again, or releasing the older segments
+            // would take the latest hard state with them.
+            wal.write_head();
         }
         Ok((wal, records))
     }
@@ -555,6 +566,13 @@ impl Wal {
             path,
         });
         self.offset = 0;
+        self.write_head();
+        Ok(())
+    }
+
+    /// Queues a new segment's head: the latest hard state and snapshot
+    /// marker.
+    fn write_head(&mut self) {
         self.begin_batch();
         if let Some(hs) = self.last_hard_state.clone() {
             encode_record(RecordKind::HardState, &hs, &mut self.pending);
@@ -562,7 +580,6 @@ impl Wal {
         if let Some(snap) = self.last_snapshot.clone() {
             encode_record(RecordKind::Snapshot, &snap, &mut self.pending);
         }
-        Ok(())
     }
 
     /// Deletes the segments whose every entry is at or below

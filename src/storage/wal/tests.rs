@@ -356,3 +356,33 @@ fn decoding_arbitrary_bytes_never_panics() {
         assert!(!matches!(decode_record(&rec[..cut]), Decoded::Record(..)) || cut >= 8 + 8);
     }
 }
+
+/// A rotation created the next segment, then the power failed before its
+/// head (the repeated hard state) was synced. Reopened, the WAL must write
+/// that head again, or releasing the older segments loses the hard state.
+/// (Found by the power-cut test.)
+#[test]
+fn an_empty_newest_segment_gets_its_head_again() {
+    let d = Dir::new("head");
+    drop(fill(&d.0, 256, 30));
+    let paths = segment_paths(&d.0);
+    let name = paths[paths.len() - 1]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let (seq, _) = parse_segment_name(name).unwrap();
+    std::fs::write(d.0.join(segment_name(seq + 1, 31)), [0u8; 256]).unwrap();
+    let (mut wal, _) = Wal::open(&d.0, 256).unwrap();
+    wal.sync().unwrap();
+    wal.release_through(30, 1).unwrap();
+    assert_eq!(wal.segment_count(), 1);
+    drop(wal);
+    let (_, records) = Wal::open(&d.0, 256).unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == RecordKind::HardState && r.payload == b"hs"),
+        "the hard state went with the released segments: {records:?}"
+    );
+}
