@@ -7,9 +7,12 @@
 //!
 //! Recovery: the newest snapshot, then every WAL entry after it, with later
 //! records overwriting earlier ones at the same index (a new leader's
-//! entries replace an old leader's uncommitted tail). The result must be
-//! contiguous from the snapshot; a hole means a lost segment and stops
-//! recovery with an error.
+//! entries replace an old leader's uncommitted tail, everything from their
+//! first index on, even when the snapshot covers that index). The result
+//! must be contiguous from the snapshot; a hole means a lost segment and
+//! stops recovery with an error. The WAL is told the highest index
+//! recovered, so the next segment's name never understates what the
+//! segments before it hold.
 
 use super::fs::{Fs, OsFs};
 use super::snapshot::{SnapshotId, SnapshotStore};

@@ -596,9 +596,11 @@ impl Wal {
             && self.segments[1].first_index <= snapshot_index + 1
         {
             let seg = self.segments.remove(0);
-            self.fs
-                .remove(&seg.path)
-                .map_err(io_error(&seg.path, "remove"))?;
+            match self.fs.remove(&seg.path) {
+                // Already gone (an operator cleaned up): what we wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other.map_err(io_error(&seg.path, "remove"))?,
+            }
             released += 1;
         }
         if released > 0 {
