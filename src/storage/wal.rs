@@ -457,7 +457,7 @@ impl Wal {
         for r in &records {
             wal.remember(r.kind, &r.payload);
         }
-        if !last_has_hard_state && wal.segments.len() > 1 {
+        if wal.segments.len() > 1 && !last_has_hard_state && wal.last_hard_state.is_some() {
             // The power failed before the head of the newest segment was
             // synced: write it again, or releasing the older segments
             // would take the latest hard state with them.
