@@ -117,7 +117,7 @@ pub(crate) fn sync_dir(fs: &dyn fs::Fs, dir: &Path) -> Result<(), StorageError> 
 
 /// Creates `dir` (and missing parents) and makes each new entry durable in
 /// its parent, so files synced into it later cannot vanish with it.
-pub(crate) fn create_dir_durable(fs: &dyn fs::Fs, dir: &Path) -> Result<(), StorageError> {
+pub fn create_dir_durable(fs: &dyn fs::Fs, dir: &Path) -> Result<(), StorageError> {
     let missing: Vec<&Path> = dir
         .ancestors()
         .take_while(|a| !a.as_os_str().is_empty() && !fs.exists(a))
@@ -129,8 +129,10 @@ pub(crate) fn create_dir_durable(fs: &dyn fs::Fs, dir: &Path) -> Result<(), Stor
         .map_err(io_error(dir, "create directory"))?;
     for created in missing.iter().rev() {
         match created.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(fs, parent)?,
-            _ => {}
+            // A relative path's first component lives in the working directory.
+            Some(parent) if parent.as_os_str().is_empty() => sync_dir(fs, Path::new("."))?,
+            Some(parent) => sync_dir(fs, parent)?,
+            None => {}
         }
     }
     Ok(())
