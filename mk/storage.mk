@@ -10,7 +10,7 @@
 _storage_mk_prev_goal := $(.DEFAULT_GOAL)
 
 POWER_CUT_FLAGS ?=
-EXTRA_HELP += power-cut
+EXTRA_HELP := $(EXTRA_HELP), power-cut (SEEDS=N or SEED=S)
 
 .PHONY: power-cut
 power-cut:
