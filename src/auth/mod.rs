@@ -48,6 +48,21 @@ pub enum AuthError {
     Hash(String),
 }
 
+impl AuthError {
+    /// etcd's own text of the error before its gRPC layer translates it;
+    /// the maintenance calls send it as it is (see `qed_wire::Error::Unknown`).
+    pub fn untranslated(&self) -> qed_wire::Error {
+        let text = match self {
+            AuthError::UserEmpty => "auth: user name is empty",
+            AuthError::UserNotFound => "auth: user not found",
+            AuthError::PermissionDenied => "auth: permission denied",
+            AuthError::InvalidAuthToken => "auth: invalid auth token",
+            other => return other.clone().into(),
+        };
+        qed_wire::Error::Unknown(text.into())
+    }
+}
+
 impl From<AuthError> for qed_wire::Error {
     fn from(e: AuthError) -> Self {
         use qed_wire::Error as W;

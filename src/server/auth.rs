@@ -7,10 +7,12 @@
 //! - Hashes passwords (bcrypt, `--bcrypt-cost`) and checks them on the
 //!   blocking pool, before anything is proposed: no plaintext password
 //!   reaches the log, a snapshot, a log line or a peer.
-//! - Slows down guessing: failed `Authenticate` calls for one user wait a
-//!   doubling delay (capped at [`MAX_FAILURE_DELAY`]) before the next attempt
-//!   for that user is answered; failures are logged with the user, never
-//!   the password. The table of users with failures is bounded.
+//! - Slows down guessing: a failed `Authenticate` for a user is answered
+//!   only after a delay that doubles with each failure in a row for that
+//!   user (100 ms, capped at [`MAX_FAILURE_DELAY`], well inside a client's
+//!   request timeout); a success is never delayed and clears the count.
+//!   Failures are logged with the user, never the password. The table of
+//!   users with failures is bounded.
 //!
 //! [`LocalAuth`] is what the state machine and the node share: the simple
 //! token table (filled as `Authenticate` entries apply) and whether auth is
@@ -28,7 +30,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The longest a guesser waits between two attempts for one user.
-pub const MAX_FAILURE_DELAY: Duration = Duration::from_secs(5);
+pub const MAX_FAILURE_DELAY: Duration = Duration::from_secs(1);
 
 /// Users whose failures are remembered at most (the oldest are forgotten).
 const MAX_TRACKED_USERS: usize = 4096;
@@ -225,44 +227,31 @@ impl Authenticator {
             .map_err(Error::from)
     }
 
-    /// Checks `password` against `hash` on the blocking pool, after this
-    /// user's back-off; records the outcome for the next attempt.
+    /// Checks `password` against `hash` on the blocking pool; a failure is
+    /// answered after this user's back-off.
     pub async fn check_password(&self, user: &str, password: String, hash: String) -> bool {
-        let wait = self.backoff(user);
-        if !wait.is_zero() {
-            runtime::sleep(wait).await;
-        }
         let ok = runtime::spawn_blocking(move || password::verify(&password, &hash)).await;
-        self.record(user, ok);
+        if ok {
+            self.record(user, true);
+        } else {
+            self.refuse(user).await;
+        }
         ok
     }
 
-    /// A failed attempt for a user that does not exist (or has no
-    /// password) is slowed and logged the same way.
+    /// A failed attempt (wrong password, no such user, a user without a
+    /// password): counted, logged and answered after the back-off.
     pub async fn refuse(&self, user: &str) {
-        let wait = self.backoff(user);
-        if !wait.is_zero() {
-            runtime::sleep(wait).await;
-        }
-        self.record(user, false);
+        let wait = self.record(user, false);
+        runtime::sleep(wait).await;
     }
 
-    fn backoff(&self, user: &str) -> Duration {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match failures.get(user) {
-            Some(f) if f.count > 0 => {
-                let delay = failure_delay(f.count);
-                delay.saturating_sub(f.last.elapsed())
-            }
-            _ => Duration::ZERO,
-        }
-    }
-
-    fn record(&self, user: &str, ok: bool) {
+    /// Records an attempt; returns how long its failure answer waits.
+    fn record(&self, user: &str, ok: bool) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if ok {
             failures.remove(user);
-            return;
+            return Duration::ZERO;
         }
         if failures.len() >= MAX_TRACKED_USERS && !failures.contains_key(user) {
             if let Some(oldest) = failures
@@ -279,12 +268,13 @@ impl Authenticator {
         });
         entry.count = entry.count.saturating_add(1);
         entry.last = Instant::now();
+        let wait = failure_delay(entry.count);
         log::warn!(
-            "invalid authentication was requested: user {user:?}, {} failure(s) in a row; next \
-             attempt answered after {:?}",
+            "invalid authentication was requested: user {user:?}, {} failure(s) in a row; \
+             answered after {wait:?}",
             entry.count,
-            failure_delay(entry.count)
         );
+        wait
     }
 }
 
@@ -374,8 +364,8 @@ mod tests {
     fn failure_delay_doubles_and_is_bounded() {
         assert_eq!(failure_delay(1), Duration::from_millis(100));
         assert_eq!(failure_delay(2), Duration::from_millis(200));
-        assert_eq!(failure_delay(6), Duration::from_millis(3200));
-        assert_eq!(failure_delay(7), MAX_FAILURE_DELAY);
+        assert_eq!(failure_delay(4), Duration::from_millis(800));
+        assert_eq!(failure_delay(5), MAX_FAILURE_DELAY);
         assert_eq!(failure_delay(u32::MAX), MAX_FAILURE_DELAY);
     }
 }

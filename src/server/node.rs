@@ -125,10 +125,8 @@ impl Node {
         if !self.local_auth.is_enabled() {
             return Ok(());
         }
-        self.state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .check_auth(info, req)
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        state.check_auth(info, req).map_err(|e| auth_error(req, e))
     }
 
     /// The admin check of calls that are not requests (the snapshot stream).
@@ -137,7 +135,7 @@ impl Node {
             return Ok(());
         }
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        state.auth().check_admin(info).map_err(Error::from)
+        state.auth().check_admin(info).map_err(|e| e.untranslated())
     }
 
     /// etcd's `Authenticate`: the password is checked here (after a
@@ -159,10 +157,20 @@ impl Node {
             if !enabled {
                 return Err(Error::AuthNotEnabled);
             }
-            let Some(Some(hash)) = hash else {
-                // No such user, or one without a password.
-                self.authenticator.refuse(&r.name).await;
-                return Err(Error::AuthFailed);
+            let hash = match hash {
+                Some(Some(hash)) => hash,
+                Some(None) => {
+                    // etcd sends this one untranslated.
+                    self.authenticator.refuse(&r.name).await;
+                    return Err(Error::Unknown(
+                        "auth: authentication failed, password was given for no password user"
+                            .into(),
+                    ));
+                }
+                None => {
+                    self.authenticator.refuse(&r.name).await;
+                    return Err(Error::AuthFailed);
+                }
             };
             if !self
                 .authenticator
@@ -540,7 +548,9 @@ impl Node {
     fn read(&self, req: &Request, info: &AuthInfo) -> Reply {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         if self.local_auth.is_enabled() {
-            state.check_auth(info, req)?;
+            state
+                .check_auth(info, req)
+                .map_err(|e| auth_error(req, e))?;
         }
         state.read(req)
     }
@@ -582,6 +592,16 @@ impl Node {
                 .get(self.identity.member_id)
                 .is_some_and(|m| m.is_learner),
         })
+    }
+}
+
+/// A refused call's error as etcd words it: its maintenance calls pass the
+/// auth error through untranslated (gRPC code Unknown), every other call
+/// sends etcd's translated error.
+fn auth_error(req: &Request, e: crate::auth::AuthError) -> Error {
+    match req {
+        Request::Hash(_) | Request::HashKv(_) | Request::Defragment(_) => e.untranslated(),
+        _ => e.into(),
     }
 }
 

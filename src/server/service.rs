@@ -139,7 +139,7 @@ async fn serve_watch(
                 Ok(Some(WatchRequest::Create(create))) => {
                     match watch_permitted(&reader_node, &creds, &create) {
                         Ok(()) => reader_watchers.request(stream_id, WatchRequest::Create(create)),
-                        Err(e) => reader_watchers.refuse(stream_id, e.to_string()),
+                        Err(e) => reader_watchers.refuse(stream_id, watch_cancel_reason(&e)),
                     }
                 }
                 Ok(Some(req)) => reader_watchers.request(stream_id, req),
@@ -187,6 +187,22 @@ fn watch_permitted(
         ..Default::default()
     });
     node.check(&info, &range)
+}
+
+/// etcd's cancel reason for a refused watch: the gRPC error's own text
+/// (`rpc error: code = ... desc = ...`), as its v3rpc layer writes it.
+fn watch_cancel_reason(e: &Error) -> String {
+    let code = match e {
+        Error::InvalidAuthToken => "Unauthenticated",
+        Error::AuthOldRevision | Error::UserEmpty => "InvalidArgument",
+        _ => {
+            return format!(
+                "rpc error: code = PermissionDenied desc = {}",
+                Error::PermissionDenied
+            )
+        }
+    };
+    format!("rpc error: code = {code} desc = {e}")
 }
 
 /// A keepalive stream: one response per request, from the leader.

@@ -34,7 +34,7 @@
 
 use super::auth::LocalAuth;
 use crate::auth::request::check_request;
-use crate::auth::{AuthInfo, AuthSnapshot, AuthStore};
+use crate::auth::{AuthError, AuthInfo, AuthSnapshot, AuthStore};
 use crate::lease::{LeaseConfig, LeaseError, LeaseId, LeaseSnapshot, Lessor};
 use crate::mvcc::{Event, MvccError, Store};
 use qed_wire::auth::{
@@ -306,9 +306,9 @@ impl StateMachine {
 
     /// etcd's auth check for `req` from `info`, as of now (lease keys from
     /// this state).
-    pub fn check_auth(&self, info: &AuthInfo, req: &Request) -> Result<(), Error> {
+    pub fn check_auth(&self, info: &AuthInfo, req: &Request) -> Result<(), AuthError> {
         let lessor = &self.lessor;
-        check_request(&self.auth, info, req, &|id| lessor.keys_of(id)).map_err(Error::from)
+        check_request(&self.auth, info, req, &|id| lessor.keys_of(id))
     }
 
     pub fn applied(&self) -> u64 {
@@ -426,7 +426,7 @@ impl StateMachine {
                     user: h.user.clone(),
                     revision: h.revision,
                 };
-                self.check_auth(&info, req)?;
+                self.check_auth(&info, req).map_err(Error::from)?;
             }
         }
         if is_auth_call(req) {
