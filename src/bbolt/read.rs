@@ -182,6 +182,30 @@ impl<'a> Db<'a> {
         Ok(found)
     }
 
+    /// How many entries `bucket` holds, from its leaf page headers alone
+    /// (no entry is decoded): for sizing what the entries will go into.
+    pub fn entry_count(&self, bucket: BucketRef<'a>) -> Result<usize, ReadError> {
+        match bucket {
+            BucketRef::Inline(page) => Ok(usize::from(u16_at(page, 10).unwrap_or(0))),
+            BucketRef::Paged(root) => {
+                let mut walk = self.walk();
+                walk.count_only = true;
+                walk.page(root, 0, &mut |_, _| Ok(()))?;
+                Ok(walk.counted)
+            }
+        }
+    }
+
+    fn walk(&self) -> Walk<'_, 'a> {
+        let words = usize::try_from(self.pages_in_file() / 64 + 1).unwrap_or(usize::MAX);
+        Walk {
+            db: self,
+            visited: vec![0u64; words],
+            count_only: false,
+            counted: 0,
+        }
+    }
+
     /// Calls `f` on every entry of `bucket`, in the order of its pages
     /// (key order in a well-formed file). An error from `f` stops the walk
     /// and is returned.
@@ -202,15 +226,7 @@ impl<'a> Db<'a> {
                 let count = u16_at(page, 10).unwrap_or(0);
                 leaf_entries(page, count, 0, f)
             }
-            BucketRef::Paged(root) => {
-                let pages = self.pages_in_file();
-                let words = usize::try_from(pages / 64 + 1).unwrap_or(usize::MAX);
-                let mut walk = Walk {
-                    db: self,
-                    visited: vec![0u64; words],
-                };
-                walk.page(root, 0, f)
-            }
+            BucketRef::Paged(root) => self.walk().page(root, 0, f),
         }
     }
 }
@@ -219,6 +235,9 @@ impl<'a> Db<'a> {
 struct Walk<'d, 'a> {
     db: &'d Db<'a>,
     visited: Vec<u64>,
+    /// Only add up leaf page counts into `counted`.
+    count_only: bool,
+    counted: usize,
 }
 
 impl<'a> Walk<'_, 'a> {
@@ -269,6 +288,14 @@ impl<'a> Walk<'_, 'a> {
                     .ok_or_else(|| corrupt(format!("branch element {i} past the page")))?;
                 self.page(child, depth + 1, f)?;
             }
+            Ok(())
+        } else if flags & LEAF_PAGE != 0 && self.count_only {
+            // Every element takes 16 bytes of the page, so the total is
+            // bounded by the file's size.
+            if PAGE_HEADER + usize::from(count) * ELEMENT > page.len() {
+                return Err(corrupt(format!("{count} elements do not fit the page")));
+            }
+            self.counted += usize::from(count);
             Ok(())
         } else if flags & LEAF_PAGE != 0 {
             leaf_entries(page, count, id, f)

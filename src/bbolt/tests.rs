@@ -201,3 +201,14 @@ fn cycles_and_shared_pages_are_refused() {
         .copy_from_slice(&(root as u64).to_le_bytes());
     assert!(read_all(&bytes).is_err());
 }
+
+#[test]
+fn entry_count_reads_page_headers_only() {
+    let buckets = sample(&mut Rng(5), 3000);
+    let bytes = write(&buckets);
+    let db = Db::open(&bytes).unwrap();
+    for (name, entries) in &buckets {
+        let b = db.bucket(db.root(), name).unwrap().unwrap();
+        assert_eq!(db.entry_count(b).unwrap(), entries.len());
+    }
+}

@@ -224,7 +224,14 @@ pub fn import(file: &[u8]) -> Result<Imported, ImportError> {
     let compacted = finished.max(scheduled);
 
     // Keys borrow from the file; the map hashes them with `WordHasher`.
-    let mut histories: HashMap<&[u8], Vec<Change>, BuildWordHasher> = HashMap::default();
+    // Sized for one change per key (the usual shape after compaction); the
+    // count comes from page headers, so it is bounded by the file's size.
+    let changes = match db.bucket(db.root(), KEY)? {
+        Some(b) => db.entry_count(b)?,
+        None => 0,
+    };
+    let mut histories: HashMap<&[u8], Vec<Change>, BuildWordHasher> =
+        HashMap::with_capacity_and_hasher(changes, BuildWordHasher::default());
     let mut newest = 0i64;
     each_value(&db, KEY, |k, v| {
         let (rev, tombstone) = parse_revision(k)?;
