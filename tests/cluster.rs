@@ -552,9 +552,12 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
     let cluster = TestCluster::start(3, &[]);
     qed::runtime::block_on(async {
         let clients = clients_of(&cluster).await;
-        cluster
+        let leader = cluster
             .wait_for_leader(&clients, Duration::from_secs(30))
             .await;
+        // The forged peer talks to member 0 claiming to be a member that
+        // does not lead (so it cannot vouch for a removal).
+        let claimed = if leader == 1 { 2 } else { 1 };
         let initial = parse_initial_cluster(&cluster.initial_cluster).expect("initial cluster");
         let table = |i: usize| {
             Members::from_initial_cluster(
@@ -566,7 +569,7 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
             )
             .expect("member table")
         };
-        let (n1, n2) = (table(0), table(1));
+        let (n1, n2) = (table(0), table(claimed));
         let target = url::parse(&cluster.members[0].peer_url).expect("peer url");
         let config = tls::peer_client_config(&tls::TlsFiles::default()).expect("tls");
         let ep = endpoint::client(target.addr, config).expect("endpoint");
@@ -614,7 +617,10 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
         // An unknown member ID: the connection is closed, with the reason.
         let conn = connect().await;
         let mut send = conn.open_uni().await.expect("open stream");
-        let stranger = PeerHello { from: 42, ..hello };
+        let stranger = PeerHello {
+            from: 42,
+            ..hello.clone()
+        };
         stream::write(&mut send, &stranger, 1024)
             .await
             .expect("hello");
@@ -625,6 +631,47 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
         assert!(
             reason.contains("is not in this cluster's member table"),
             "closed with: {reason}"
+        );
+
+        // A peer that passes the hello and then closes its connection with
+        // the "removed" code: it does not lead, so the member does not
+        // believe it and keeps running.
+        let conn = connect().await;
+        let (mut send, mut recv) = conn.open_bi().await.expect("open call stream");
+        stream::write(&mut send, &hello, 1024).await.expect("hello");
+        let call = qed::wire::peer::PeerCall::Request(Request::MemberList(Default::default()));
+        stream::write(&mut send, &call, 1024).await.expect("call");
+        // An answer means the hello was accepted.
+        let answer = stream::read::<qed::wire::peer::PeerReply>(&mut recv, 1 << 20)
+            .await
+            .expect("the member answers the call");
+        assert!(answer.is_some(), "the hello was accepted");
+        conn.close(3u32.into(), b"removed from the cluster");
+        eventually(
+            Duration::from_secs(10),
+            "the forged removal is logged as ignored",
+            || {
+                let log = cluster.members[0].log();
+                assert!(
+                    !log.contains("raft loop stopped"),
+                    "the member stopped on a forged removal:\n{log}"
+                );
+                async move { log.contains("removal not confirmed; ignored") }
+            },
+        )
+        .await;
+        for _ in 0..3 {
+            clients[0]
+                .as_ref()
+                .expect("client")
+                .put("alive", "yes", None)
+                .await
+                .expect("the member still serves after a forged removal");
+        }
+        assert!(
+            !cluster.members[0].log().contains("raft loop stopped"),
+            "the member stopped on a forged removal:\n{}",
+            cluster.members[0].log()
         );
 
         // The cluster is unharmed.

@@ -43,7 +43,7 @@ use quinn::VarInt;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -224,8 +224,10 @@ pub struct Peers {
     refused_by: std::sync::Mutex<HashMap<NodeId, Instant>>,
     /// When a failed inbound handshake was last logged.
     handshake_logged: std::sync::Mutex<Option<Instant>>,
-    /// Another member closed a connection saying this one was removed.
-    told_removed: AtomicBool,
+    /// The member that last closed a connection saying this one was
+    /// removed (only members that proved who they are: see
+    /// [`Peers::take_removal_claim`]).
+    removal_claim: std::sync::Mutex<Option<NodeId>>,
 }
 
 impl Peers {
@@ -263,7 +265,7 @@ impl Peers {
             refusals_logged: std::sync::Mutex::new(HashMap::new()),
             refused_by: std::sync::Mutex::new(HashMap::new()),
             handshake_logged: std::sync::Mutex::new(None),
-            told_removed: AtomicBool::new(false),
+            removal_claim: std::sync::Mutex::new(None),
         });
         for id in peers.members.ids() {
             peers.add_member(id);
@@ -474,17 +476,24 @@ impl Peers {
         true
     }
 
-    /// Whether another member told this one it was removed from the
-    /// cluster (the Raft loop then stops).
-    pub fn told_removed(&self) -> bool {
-        self.told_removed.load(Ordering::Relaxed)
+    /// The member that said this one was removed from the cluster, if one
+    /// did since the last call. It is a member that proved who it is (it
+    /// passed the hello on the connection it closed, or it is the member we
+    /// connected to), but any member may say so: the Raft loop believes it
+    /// only from the leader it follows.
+    pub fn take_removal_claim(&self) -> Option<NodeId> {
+        self.removal_claim
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
-    /// Notes a connection closed because this member was removed.
-    fn note_removed(&self, e: &quinn::ConnectionError) {
+    /// Notes a connection from or to member `by` closed with the "removed"
+    /// code.
+    fn note_removed(&self, e: &quinn::ConnectionError, by: NodeId) {
         if let quinn::ConnectionError::ApplicationClosed(closed) = e {
-            if closed.error_code == REMOVED && !self.told_removed.swap(true, Ordering::Relaxed) {
-                log::warn!("a member says this member was removed from the cluster");
+            if closed.error_code == REMOVED {
+                *self.removal_claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(by);
             }
         }
     }
@@ -492,7 +501,7 @@ impl Peers {
     /// Whether `e` is member `to` refusing us; if so, says why (at most
     /// every [`REFUSAL_LOG_EVERY`] per member).
     fn note_refusal(&self, to: NodeId, e: &quinn::ConnectionError) -> bool {
-        self.note_removed(e);
+        self.note_removed(e, to);
         let quinn::ConnectionError::ApplicationClosed(closed) = e else {
             return false;
         };
@@ -671,9 +680,14 @@ pub async fn serve(peers: Arc<Peers>, node: Arc<Node>) {
     }
 }
 
+/// One inbound connection. `sender` is the member whose hello some stream
+/// of it passed (0 until one did): only such a connection's close code is
+/// heard at all.
 async fn serve_connection(conn: quinn::Connection, peers: Arc<Peers>, node: Arc<Node>) {
+    let sender = Arc::new(AtomicU64::new(0));
     let calls = {
-        let (conn, peers, node) = (conn.clone(), peers.clone(), node.clone());
+        let (conn, peers, node, sender) =
+            (conn.clone(), peers.clone(), node.clone(), sender.clone());
         runtime::spawn(async move {
             while let Ok((send, recv)) = conn.accept_bi().await {
                 runtime::spawn(serve_call(
@@ -682,6 +696,7 @@ async fn serve_connection(conn: quinn::Connection, peers: Arc<Peers>, node: Arc<
                     recv,
                     peers.clone(),
                     node.clone(),
+                    sender.clone(),
                 ));
             }
         })
@@ -689,11 +704,20 @@ async fn serve_connection(conn: quinn::Connection, peers: Arc<Peers>, node: Arc<
     loop {
         match conn.accept_uni().await {
             Ok(recv) => {
-                runtime::spawn(serve_lane(conn.clone(), recv, peers.clone(), node.clone()));
+                runtime::spawn(serve_lane(
+                    conn.clone(),
+                    recv,
+                    peers.clone(),
+                    node.clone(),
+                    sender.clone(),
+                ));
             }
             Err(e) => {
                 // The leader closes its connection to a member it removed.
-                peers.note_removed(&e);
+                match sender.load(Ordering::Relaxed) {
+                    0 => {}
+                    by => peers.note_removed(&e, by),
+                }
                 break;
             }
         }
@@ -702,10 +726,12 @@ async fn serve_connection(conn: quinn::Connection, peers: Arc<Peers>, node: Arc<
 }
 
 /// Reads and checks a stream's hello; a refused one closes the connection.
+/// An accepted one names the connection's `sender`.
 async fn accept_hello(
     conn: &quinn::Connection,
     recv: &mut quinn::RecvStream,
     peers: &Peers,
+    sender: &AtomicU64,
 ) -> Option<PeerHello> {
     let hello = match stream::read::<PeerHello>(recv, MAX_HELLO_FRAME).await {
         Ok(Some(hello)) => hello,
@@ -734,6 +760,7 @@ async fn accept_hello(
         &hello.peer_urls,
         &hello.client_urls,
     );
+    sender.store(hello.from, Ordering::Relaxed);
     Some(hello)
 }
 
@@ -743,8 +770,9 @@ async fn serve_lane(
     mut recv: quinn::RecvStream,
     peers: Arc<Peers>,
     node: Arc<Node>,
+    sender: Arc<AtomicU64>,
 ) {
-    let Some(hello) = accept_hello(&conn, &mut recv, &peers).await else {
+    let Some(hello) = accept_hello(&conn, &mut recv, &peers, &sender).await else {
         return;
     };
     loop {
@@ -784,8 +812,12 @@ async fn serve_call(
     mut recv: quinn::RecvStream,
     peers: Arc<Peers>,
     node: Arc<Node>,
+    sender: Arc<AtomicU64>,
 ) {
-    if accept_hello(&conn, &mut recv, &peers).await.is_none() {
+    if accept_hello(&conn, &mut recv, &peers, &sender)
+        .await
+        .is_none()
+    {
         return;
     }
     let reply = match stream::read::<PeerCall>(&mut recv, MAX_PEER_FRAME).await {

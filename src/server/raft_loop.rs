@@ -50,7 +50,7 @@ use crate::storage::StorageError;
 use crate::wire::command::Command;
 use crate::wire::raft::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageBody,
-    SnapshotMeta,
+    NodeId, SnapshotMeta,
 };
 use qed_wire::lease::LeaseRevokeRequest;
 use qed_wire::peer::ConfContext;
@@ -310,6 +310,7 @@ pub fn start(
         snapshot_base,
         synced_vote: (0, 0),
         snapshotting: false,
+        followed: (0, 0),
     };
     runtime::spawn(async move {
         let why = driver.run(inputs).await;
@@ -398,6 +399,8 @@ struct Driver {
     /// (term, vote) last handed to the writer: changes must be synced.
     synced_vote: (u64, u64),
     snapshotting: bool,
+    /// The newest (term, leader) this member followed (or was).
+    followed: (u64, NodeId),
 }
 
 impl Driver {
@@ -429,8 +432,10 @@ impl Driver {
                 self.core.tick();
                 // The leader stops talking to a member once its removal
                 // applies, so a removed member may never apply it: the
-                // others' refusal is the word it gets.
-                self.removed |= self.peers.as_ref().is_some_and(|p| p.told_removed());
+                // leader's "removed" close is the word it gets.
+                if let Some(by) = self.peers.as_ref().and_then(|p| p.take_removal_claim()) {
+                    self.on_removal_claim(by);
+                }
                 self.ticks += 1;
                 if self.ticks % FORGET_LEFT_CALLERS_EVERY == 0 {
                     self.forget_left_callers();
@@ -612,6 +617,23 @@ impl Driver {
             .is_some_and(|p| p.matched.saturating_mul(10) >= last.saturating_mul(9))
     }
 
+    /// Member `by` closed a connection saying this member was removed.
+    /// Believed only from the leader of the current term this member
+    /// followed (it is the one that removes members and then stops talking
+    /// to them); anyone else, even a member, cannot know it first.
+    fn on_removal_claim(&mut self, by: NodeId) {
+        let term = self.core.status().term;
+        if self.followed == (term, by) {
+            log::warn!("the leader ({by:x}) says this member was removed from the cluster");
+            self.removed = true;
+        } else {
+            log::warn!(
+                "member {by:x} says this member was removed, but it is not the leader of \
+                 term {term}: removal not confirmed; ignored"
+            );
+        }
+    }
+
     /// The membership changed: the member table follows it (members removed
     /// from the configuration are forgotten, so the transport refuses them;
     /// new ones get lanes).
@@ -643,6 +665,9 @@ impl Driver {
             }
             let rd = self.core.ready();
             if let Some(soft) = rd.soft_state {
+                if soft.leader != 0 {
+                    self.followed = (self.core.status().term, soft.leader);
+                }
                 let before = self.status.leader.swap(soft.leader, Ordering::Relaxed);
                 if before != soft.leader && self.peers.is_some() {
                     match soft.leader {
