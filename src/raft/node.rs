@@ -265,6 +265,12 @@ impl Node {
         self.raft.compact_at(index, data)
     }
 
+    /// Bytes of a snapshot transfer received but not installed yet.
+    #[cfg(test)]
+    pub(crate) fn incoming_snapshot_bytes(&self) -> usize {
+        self.raft.incoming_snapshot_bytes()
+    }
+
     // ---- outputs ----
 
     pub fn has_ready(&self) -> bool {

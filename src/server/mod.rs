@@ -356,6 +356,10 @@ fn start_peers(
     )?)
 }
 
+/// The smallest bound on a snapshot received from the leader (see
+/// `raft::Config::max_snapshot_bytes`), whatever the quota.
+const MIN_SNAPSHOT_BOUND: u64 = 1 << 30;
+
 /// Rebuilds the state machine and the Raft core from the durable log.
 fn recover(
     config: &NodeConfig,
@@ -440,6 +444,12 @@ fn recover(
     let mut cfg = raft::Config::new(id);
     cfg.election_tick = config.election_ticks.max(2);
     cfg.heartbeat_tick = 1;
+    // The leader's image is about the size of its state, which its quota
+    // bounds; quotas may differ between members, hence the slack.
+    cfg.max_snapshot_bytes = config
+        .quota_backend_bytes
+        .saturating_mul(4)
+        .max(MIN_SNAPSHOT_BOUND);
     let core = raft::Node::new(
         cfg,
         raft::RestartState {

@@ -922,7 +922,8 @@ mod tests {
                 meta: Default::default(),
                 offset: 0,
                 data: vec![],
-                done: false
+                done: false,
+                checksum: 0,
             }),
             Lane::Snapshot
         );
