@@ -934,3 +934,94 @@ fn member_add_learner_promote() {
         .await;
     });
 }
+
+/// A cluster shrunk to one voter takes snapshots as a lone voter; a voter
+/// added afterwards needs a real image of them to join (it got an empty
+/// one and stopped). A removed member's URLs cannot be added back under its
+/// old ID.
+#[test]
+fn shrunk_to_one_voter_grows_again() {
+    use qed::wire::cluster::{MemberAddRequest, MemberRemoveRequest};
+    let mut cluster = TestCluster::start(3, &["--snapshot-count", "5"]);
+    qed::runtime::block_on(async {
+        let clients = clients_of(&cluster).await;
+        let leader = cluster
+            .wait_for_leader(&clients, Duration::from_secs(30))
+            .await;
+        let c = |i: usize| clients[i].as_ref().expect("client");
+        c(leader).put("before", "shrink", None).await.expect("put");
+        let member_id = |i: usize| async move {
+            match c(i).call(Request::Status(Default::default())).await {
+                Ok(Response::Status(s)) => s.header.member_id,
+                other => panic!("status: {other:?}"),
+            }
+        };
+        for gone in [(leader + 1) % 3, (leader + 2) % 3] {
+            let id = member_id(gone).await;
+            c(leader)
+                .call(Request::MemberRemove(MemberRemoveRequest { id }))
+                .await
+                .expect("member remove");
+        }
+        // Alone now: enough writes for a few snapshots of its own.
+        for i in 0..20 {
+            c(leader)
+                .put(format!("alone{i}"), "x", None)
+                .await
+                .expect("put as the lone voter");
+        }
+        eventually(Duration::from_secs(20), "the lone voter snapshots", || {
+            let log = cluster.members[leader].log();
+            async move { log.matches("saved snapshot at index").count() >= 2 }
+        })
+        .await;
+
+        // A removed member cannot come back under its old ID.
+        let removed_url = cluster.members[(leader + 1) % 3].peer_url.clone();
+        let again = c(leader)
+            .call(Request::MemberAdd(MemberAddRequest {
+                peer_urls: vec![removed_url],
+                is_learner: false,
+            }))
+            .await;
+        let refused = format!("{again:?}");
+        assert!(
+            refused.contains("was removed from the cluster"),
+            "re-adding a removed member's URLs answered {refused}"
+        );
+
+        let peer_url = format!("http://127.0.0.1:{}", free_udp_port());
+        c(leader)
+            .call(Request::MemberAdd(MemberAddRequest {
+                peer_urls: vec![peer_url.clone()],
+                is_learner: false,
+            }))
+            .await
+            .expect("member add to a cluster of one");
+        let n4 = cluster.start_joining(&peer_url, &["--snapshot-count", "5"]);
+        let joined = cluster.client(n4).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while value_of(&joined, "before", true).await.as_deref() != Some("shrink") {
+            assert!(
+                Instant::now() < deadline,
+                "the new member never caught up; its log:\n{}\nthe leader's:\n{}",
+                cluster.members[n4].log(),
+                cluster.members[leader].log()
+            );
+            qed::runtime::sleep(Duration::from_millis(50)).await;
+        }
+        // Two voters now: writes need both.
+        c(leader).put("after", "grow", None).await.expect("put");
+        assert_eq!(
+            value_of(&joined, "after", false).await.as_deref(),
+            Some("grow")
+        );
+        assert_eq!(
+            value_of(&joined, "alone19", false).await.as_deref(),
+            Some("x")
+        );
+        for i in 0..3 {
+            cluster.kill(i);
+        }
+    });
+}

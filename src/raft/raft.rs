@@ -99,6 +99,11 @@ pub(crate) struct Raft {
     /// CRC32C of our own snapshot's image, once computed: (index, term,
     /// checksum).
     snapshot_checksum: Option<(u64, u64, u32)>,
+    /// The newest snapshot was taken without its image (a lone voter has
+    /// nobody to send it to); a follower that needs one sets
+    /// `image_wanted`, and the driver takes a new snapshot with its image.
+    image_missing: bool,
+    pub image_wanted: bool,
     /// Reused buffer for commit-quorum computation.
     scratch: Vec<u64>,
     /// Consecutive leader ticks with our own log behind the commit index.
@@ -210,6 +215,8 @@ impl Raft {
             read_states: Vec::new(),
             incoming_snapshot: None,
             snapshot_checksum: None,
+            image_missing: false,
+            image_wanted: false,
             scratch: Vec::new(),
             slow_disk_ticks: 0,
             self_vote: None,
@@ -374,6 +381,10 @@ impl Raft {
         let Some(index) = self.log.snapshot.as_ref().map(|s| s.meta.index) else {
             return false;
         };
+        if self.image_missing {
+            self.image_wanted = true;
+            return false;
+        }
         let Some(pr) = self.progress.get_mut(&to) else {
             return false;
         };
@@ -1359,6 +1370,7 @@ impl Raft {
             self.set_conf(&meta.conf_state);
             self.conf_applied = meta.index;
             self.conf_changed = true;
+            self.image_missing = false;
             self.log.restore(Snapshot {
                 meta,
                 data: Arc::from(incoming.data),
@@ -1471,6 +1483,13 @@ impl Raft {
     /// Like [`Raft::compact`] for a snapshot cut at an earlier applied
     /// `index` (the driver serializes off its loop while applying goes on).
     pub fn compact_at(&mut self, index: u64, data: Vec<u8>) -> Option<SnapshotMeta> {
+        self.compact_with(index, Some(data))
+    }
+
+    /// Compacts the log at applied `index` with the snapshot's image
+    /// (`Some`) or without it (`None`: this member keeps no copy, and asks
+    /// for a new snapshot through `image_wanted` once a follower needs one).
+    pub fn compact_with(&mut self, index: u64, data: Option<Vec<u8>>) -> Option<SnapshotMeta> {
         if index > self.log.applied || index <= self.log.snap_index {
             return None;
         }
@@ -1480,9 +1499,10 @@ impl Raft {
             term,
             conf_state: self.conf_state(),
         };
+        self.image_missing = data.is_none();
         self.log.compact(Snapshot {
             meta: meta.clone(),
-            data: Arc::from(data),
+            data: Arc::from(data.unwrap_or_default()),
         });
         Some(meta)
     }

@@ -518,14 +518,15 @@ impl Driver {
                 let data = data.map_err(|e| format!("snapshot failed: {e}"))?;
                 // The core keeps these bytes to send to lagging followers; a
                 // lone voter has none, so it need not hold a second copy of
-                // the whole state.
+                // the whole state (if one joins, the core asks for a new
+                // snapshot: see `take_image_wanted`).
                 let conf = self.core.conf_state();
-                let for_followers = if conf.voters == [self.core.id()] && conf.learners.is_empty() {
-                    Vec::new()
+                let compacted = if conf.voters == [self.core.id()] && conf.learners.is_empty() {
+                    self.core.compact_at_without_image(index)
                 } else {
-                    data.clone()
+                    self.core.compact_at(index, data)
                 };
-                if self.core.compact_at(index, for_followers).is_some() {
+                if compacted.is_some() {
                     log::info!(
                         "saved snapshot at index {} (term {})",
                         meta.index,
@@ -764,7 +765,13 @@ impl Driver {
                 self.core.id()
             ));
         }
-        self.maybe_snapshot();
+        // A follower needs a snapshot whose image this member did not keep:
+        // take one now (it keeps its image, there being a follower).
+        let wanted = self.core.take_image_wanted();
+        if wanted && !self.snapshotting {
+            log::info!("a member needs a snapshot: taking one with its image");
+        }
+        self.maybe_snapshot(wanted);
         Ok(())
     }
 
@@ -889,12 +896,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Every `snapshot_count` applied entries: clone the state (O(1)) and
+    /// Every `snapshot_count` applied entries (or `now`, unless one is being
+    /// taken): clone the state (O(1)) and
     /// let a blocking-pool task serialize it and write the file, so neither
     /// this loop nor the WAL writer waits for a large snapshot.
-    fn maybe_snapshot(&mut self) {
+    fn maybe_snapshot(&mut self, now: bool) {
         let applied = self.status.applied.load(Ordering::Relaxed);
-        if self.snapshotting || applied < self.snapshot_base + self.options.snapshot_count {
+        let due = now || applied >= self.snapshot_base + self.options.snapshot_count;
+        if self.snapshotting || !due {
             return;
         }
         let view = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
