@@ -998,6 +998,30 @@ fn shrunk_to_one_voter_grows_again() {
             }))
             .await
             .expect("member add to a cluster of one");
+        // etcd's strict reconfiguration checks: with the new voter not
+        // started, a third voter would leave one started voter of three,
+        // and a learner is refused while a voter is unreachable.
+        let third = c(leader)
+            .call(Request::MemberAdd(MemberAddRequest {
+                peer_urls: vec![format!("http://127.0.0.1:{}", free_udp_port())],
+                is_learner: false,
+            }))
+            .await;
+        assert_eq!(
+            third.err().map(|e| e.to_string()).as_deref(),
+            Some("etcdserver: re-configuration failed due to not enough started members")
+        );
+        let learner = c(leader)
+            .call(Request::MemberAdd(MemberAddRequest {
+                peer_urls: vec![format!("http://127.0.0.1:{}", free_udp_port())],
+                is_learner: true,
+            }))
+            .await;
+        assert_eq!(
+            learner.err().map(|e| e.to_string()).as_deref(),
+            Some("etcdserver: unhealthy cluster")
+        );
+
         let n4 = cluster.start_joining(&peer_url, &["--snapshot-count", "5"]);
         let joined = cluster.client(n4).await;
         let deadline = Instant::now() + Duration::from_secs(30);

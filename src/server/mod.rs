@@ -67,6 +67,10 @@ pub struct NodeConfig {
     pub peer_key_file: Option<PathBuf>,
     pub peer_trusted_ca_file: Option<PathBuf>,
     pub peer_client_cert_auth: bool,
+    /// etcd's `--strict-reconfig-check` (on by default): refuse membership
+    /// changes that would leave fewer started or reachable voters than a
+    /// quorum.
+    pub strict_reconfig_check: bool,
     /// Certificate and key for the client listener; generated when unset.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -221,6 +225,7 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         tick: config.heartbeat_interval,
         snapshot_count: config.snapshot_count.max(1),
         election_timeout: config.heartbeat_interval * config.election_ticks.max(2),
+        strict_reconfig_check: config.strict_reconfig_check,
     };
     let watchers = Watchers::start(state.clone());
     // A cluster of one opens no peer port: nobody would connect, and

@@ -228,6 +228,10 @@ pub struct Peers {
     /// removed (only members that proved who they are: see
     /// [`Peers::take_removal_claim`]).
     removal_claim: std::sync::Mutex<Option<NodeId>>,
+    /// When each member's last Raft message arrived, in ms after `epoch`
+    /// plus one (0: never), for etcd's strict reconfiguration checks.
+    heard: RwLock<HashMap<NodeId, Arc<AtomicU64>>>,
+    epoch: Instant,
 }
 
 impl Peers {
@@ -266,6 +270,8 @@ impl Peers {
             refused_by: std::sync::Mutex::new(HashMap::new()),
             handshake_logged: std::sync::Mutex::new(None),
             removal_claim: std::sync::Mutex::new(None),
+            heard: RwLock::new(HashMap::new()),
+            epoch: Instant::now(),
         });
         for id in peers.members.ids() {
             peers.add_member(id);
@@ -474,6 +480,41 @@ impl Peers {
         }
         *last = Some(Instant::now());
         true
+    }
+
+    /// Whether a Raft message from member `id` arrived within `within`
+    /// (etcd's "active" peer, which its strict reconfiguration checks ask).
+    pub fn heard_within(&self, id: NodeId, within: Duration) -> bool {
+        let Some(at) = self
+            .heard
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|a| a.load(Ordering::Relaxed))
+        else {
+            return false;
+        };
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        at != 0 && now.saturating_sub(at) <= within.as_millis() as u64
+    }
+
+    /// The clock a member's messages stamp (see [`Peers::heard_within`]).
+    fn heard_clock(&self, id: NodeId) -> Arc<AtomicU64> {
+        if let Some(clock) = self
+            .heard
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return clock.clone();
+        }
+        let mut heard = self.heard.write().unwrap_or_else(|p| p.into_inner());
+        // Only members pass the hello, but members come and go: keep the
+        // map from growing over a long life.
+        if heard.len() > 1024 {
+            heard.retain(|id, _| self.members.contains(*id));
+        }
+        heard.entry(id).or_default().clone()
     }
 
     /// The member that said this one was removed from the cluster, if one
@@ -775,10 +816,17 @@ async fn serve_lane(
     let Some(hello) = accept_hello(&conn, &mut recv, &peers, &sender).await else {
         return;
     };
+    let heard = peers.heard_clock(hello.from);
     loop {
         match stream::read::<Message>(&mut recv, MAX_PEER_FRAME).await {
             // A member speaks only for itself.
-            Ok(Some(message)) if message.from == hello.from => node.step(message),
+            Ok(Some(message)) if message.from == hello.from => {
+                heard.store(
+                    peers.epoch.elapsed().as_millis() as u64 + 1,
+                    Ordering::Relaxed,
+                );
+                node.step(message);
+            }
             Ok(Some(message)) => {
                 log::warn!(
                     "member {:x} sent a message claiming to be from {:x}; stream dropped",

@@ -118,6 +118,9 @@ pub struct LoopOptions {
     pub snapshot_count: u64,
     /// etcd's `--election-timeout`: a new leader extends every lease by it.
     pub election_timeout: Duration,
+    /// etcd's `--strict-reconfig-check`: refuse membership changes that
+    /// would leave fewer started (or reachable) voters than a quorum.
+    pub strict_reconfig_check: bool,
 }
 
 /// Peer messages the inbox may hold (each at most a peer frame; appends
@@ -455,6 +458,15 @@ impl Driver {
                     let _ = reply.try_send(Err(Error::LearnerNotReady));
                     return Ok(());
                 }
+                if let Err(e) = self.may_change_members(&change) {
+                    log::warn!(
+                        "refused a membership change ({:?} {:x}): {e}",
+                        change.change,
+                        change.node_id
+                    );
+                    let _ = reply.try_send(Err(e));
+                    return Ok(());
+                }
                 // The context names the waiter, as a command ID does, and
                 // tells every member where an added one listens.
                 let id = self.ids.next();
@@ -616,6 +628,74 @@ impl Driver {
             .iter()
             .find(|p| p.id == change.node_id)
             .is_some_and(|p| p.matched.saturating_mul(10) >= last.saturating_mul(9))
+    }
+
+    /// etcd's strict reconfiguration checks (`mayAddMember`,
+    /// `mayRemoveMember`, `mayPromoteMember`): a change must leave at least
+    /// a quorum of started voters (a member is started once it said hello:
+    /// it has a name), and must not break the quorum of voters this member
+    /// hears from (heard within an election timeout; etcd: connected for
+    /// 5 s). Adding a second voter to a cluster of one is allowed, as etcd
+    /// allows it to restore a cluster from one member.
+    fn may_change_members(&self, change: &ConfChange) -> Result<(), Error> {
+        if !self.options.strict_reconfig_check {
+            return Ok(());
+        }
+        let conf = self.core.conf_state();
+        let me = self.core.id();
+        let started =
+            |id: &NodeId| *id == me || self.members.get(*id).is_some_and(|m| !m.name.is_empty());
+        let active = |id: &NodeId| {
+            *id == me
+                || self
+                    .peers
+                    .as_ref()
+                    .is_some_and(|p| p.heard_within(*id, self.options.election_timeout))
+        };
+        let id = change.node_id;
+        match change.change {
+            ConfChangeType::AddVoter if conf.learners.contains(&id) => {
+                // Promotion: the learner counts, as started.
+                let members = conf.voters.len() + 1;
+                let started = conf.voters.iter().filter(|v| started(v)).count() + 1;
+                if started < members / 2 + 1 {
+                    return Err(Error::MemberNotEnoughStarted);
+                }
+                Ok(())
+            }
+            ConfChangeType::AddVoter | ConfChangeType::AddLearner => {
+                if change.change == ConfChangeType::AddVoter {
+                    let members = conf.voters.len() + 1;
+                    let started = conf.voters.iter().filter(|v| started(v)).count();
+                    if !(started == 1 && members == 2) && started < members / 2 + 1 {
+                        return Err(Error::MemberNotEnoughStarted);
+                    }
+                }
+                if !conf.voters.iter().all(active) {
+                    return Err(Error::Unhealthy);
+                }
+                Ok(())
+            }
+            ConfChangeType::Remove => {
+                if conf.learners.contains(&id) {
+                    return Ok(());
+                }
+                let rest: Vec<NodeId> = conf.voters.iter().copied().filter(|v| *v != id).collect();
+                let started = rest.iter().filter(|v| started(v)).count();
+                if started < rest.len() / 2 + 1 {
+                    return Err(Error::MemberNotEnoughStarted);
+                }
+                // A member that is down is not part of the active quorum.
+                if id != me && !active(&id) {
+                    return Ok(());
+                }
+                let reachable = conf.voters.iter().filter(|v| active(v)).count();
+                if reachable.saturating_sub(1) < 1 + conf.voters.len().saturating_sub(1) / 2 {
+                    return Err(Error::Unhealthy);
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Member `by` closed a connection saying this member was removed.
