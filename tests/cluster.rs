@@ -12,10 +12,20 @@
 //!   its value, the client keeps writing; the killed member is restarted
 //!   after the log was compacted past it and catches up by snapshot.
 //!
-//! - `peers_verify_each_other_with_a_shared_ca`: with `--peer-cert-file`,
-//!   `--peer-trusted-ca-file` and `--peer-client-cert-auth`, two members
-//!   with certificates of one CA form a quorum; a third with a certificate
-//!   of another CA cannot talk to them, and both sides log the TLS failure.
+//! - `peers_verify_each_other_with_a_shared_ca`: with `--peer-cert-file`
+//!   and `--peer-trusted-ca-file` (no `--peer-client-cert-auth`: a CA means
+//!   both directions are verified), two members with certificates of one CA
+//!   form a quorum; a third with a certificate of another CA cannot talk to
+//!   them, and both sides log the TLS failure.
+//! - `peer_port_refuses_strangers_and_survives_bad_frames`: a forged peer
+//!   with a member's own certificate: bad frames end only their stream; a
+//!   "removed" close from a member that does not lead is ignored; the same
+//!   claim with another certificate is refused (pinned on first contact), a
+//!   peer without a certificate gets no handshake, an unknown ID is refused.
+//! - `shrunk_to_one_voter_grows_again`: 3 members, two removed, the lone
+//!   voter snapshots; re-adding a removed member's URLs is refused; etcd's
+//!   strict reconfiguration checks refuse a change that breaks quorum; a
+//!   new voter joins (by a snapshot with its image) and serves the data.
 //!
 //! - `member_add_learner_promote`: a member added (through a follower) as a
 //!   learner and started with `--initial-cluster-state existing` joins,
@@ -495,7 +505,6 @@ fn peers_verify_each_other_with_a_shared_ca() {
             f("node.key"),
             "--peer-trusted-ca-file".into(),
             f("ca.crt"),
-            "--peer-client-cert-auth".into(),
         ]
     };
     let cluster = TestCluster::start_each(3, |i| {
@@ -523,6 +532,34 @@ fn peers_verify_each_other_with_a_shared_ca() {
                 "{} runs unverified peers",
                 m.name
             );
+        }
+        // A peer with a certificate of another CA gets no connection, even
+        // without --peer-client-cert-auth (nor does one with none).
+        {
+            use qed::transport::{endpoint, tls, url};
+            let target = url::parse(&cluster.members[0].peer_url).expect("peer url");
+            for cert in [Some(other.0.join("ca")), None] {
+                let files = tls::TlsFiles {
+                    cert: cert.as_ref().map(|d| d.join("node.crt")),
+                    key: cert.as_ref().map(|d| d.join("node.key")),
+                    ca: Some(certs.0.join("ca").join("ca.crt")),
+                };
+                let config = tls::peer_client_config(&files).expect("tls");
+                let ep = endpoint::client(target.addr, config).expect("endpoint");
+                let connected = ep
+                    .connect(target.addr, &target.host)
+                    .expect("connect")
+                    .await;
+                let refused = match connected {
+                    Err(_) => true,
+                    // The client may finish its side first; the server
+                    // then closes the connection.
+                    Ok(conn) => qed::runtime::timeout(Duration::from_secs(10), conn.closed())
+                        .await
+                        .is_ok(),
+                };
+                assert!(refused, "a peer with certificate {cert:?} was let in");
+            }
         }
         // The member with the other CA is kept out, and says why.
         eventually(
@@ -571,7 +608,17 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
         };
         let (n1, n2) = (table(0), table(claimed));
         let target = url::parse(&cluster.members[0].peer_url).expect("peer url");
-        let config = tls::peer_client_config(&tls::TlsFiles::default()).expect("tls");
+        // The forged peer holds the claimed member's own (generated)
+        // certificate and key, which member 0 pins on first contact.
+        let certs_of = |i: usize| {
+            let dir = cluster.members[i].data_dir.join("certs");
+            tls::TlsFiles {
+                cert: Some(dir.join("node.crt")),
+                key: Some(dir.join("node.key")),
+                ca: None,
+            }
+        };
+        let config = tls::peer_client_config(&certs_of(claimed)).expect("tls");
         let ep = endpoint::client(target.addr, config).expect("endpoint");
         let connect = || async {
             ep.connect(target.addr, &target.host)
@@ -673,6 +720,40 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
             "the member stopped on a forged removal:\n{}",
             cluster.members[0].log()
         );
+
+        // The same claim with another member's certificate: refused, with
+        // the reason (trust on first use).
+        let third = 3 - claimed;
+        let config = tls::peer_client_config(&certs_of(third)).expect("tls");
+        let conn = ep
+            .connect_with(config, target.addr, &target.host)
+            .expect("connect")
+            .await
+            .expect("handshake with the peer port");
+        let mut send = conn.open_uni().await.expect("open stream");
+        stream::write(&mut send, &hello, 1024).await.expect("hello");
+        let closed = qed::runtime::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("the member closes the connection");
+        let reason = closed.to_string();
+        assert!(
+            reason.contains("is not the one pinned on first contact"),
+            "closed with: {reason}"
+        );
+        // And a peer with no certificate at all does not get a handshake.
+        let config = tls::peer_client_config(&tls::TlsFiles::default()).expect("tls");
+        let anonymous = ep
+            .connect_with(config, target.addr, &target.host)
+            .expect("connect")
+            .await;
+        let refused = match anonymous {
+            Err(_) => true,
+            // The client may finish its side first; the server then closes.
+            Ok(conn) => qed::runtime::timeout(Duration::from_secs(10), conn.closed())
+                .await
+                .is_ok(),
+        };
+        assert!(refused, "a peer without a certificate was let in");
 
         // The cluster is unharmed.
         let c = clients[1].as_ref().expect("client");

@@ -318,8 +318,9 @@ fn start_peers(
         (None, None) => {
             log::warn!(
                 "no --peer-cert-file: peer connections are encrypted with this member's \
-                 certificate but peers are not verified (as etcd's --peer-auto-tls); give \
-                 --peer-cert-file, --peer-key-file and --peer-trusted-ca-file to verify them"
+                 generated certificate, and each member's certificate is trusted on first \
+                 contact (pinned in member/peer_pins); give --peer-cert-file, --peer-key-file \
+                 and --peer-trusted-ca-file to verify members against a CA"
             );
             TlsFiles {
                 ca: None,
@@ -337,13 +338,23 @@ fn start_peers(
             "--peer-client-cert-auth needs --peer-trusted-ca-file".into(),
         ));
     }
-    // The listener checks peers' certificates only with --peer-client-cert-auth;
-    // the connecting side verifies whenever a CA is given.
-    let server_files = TlsFiles {
-        ca: files.ca.clone().filter(|_| config.peer_client_cert_auth),
-        ..files.clone()
+    // With a CA both directions are verified, whatever
+    // --peer-client-cert-auth says: a member that could connect unverified
+    // could claim any member's ID. Without one, certificates are pinned.
+    let trust = match &files.ca {
+        Some(_) => peer::PeerTrust::Ca,
+        None => {
+            let pins = config.data_dir.join("member").join("peer_pins");
+            members
+                .load_pins(pins.clone())
+                .map_err(|e| ServerError::DataDir {
+                    path: pins,
+                    reason: e.to_string(),
+                })?;
+            peer::PeerTrust::Pinned
+        }
     };
-    let server = transport::tls::peer_server_config(&server_files)?;
+    let server = transport::tls::peer_server_config(&files)?;
     let reset_secret = files.key.as_ref().and_then(|k| std::fs::read(k).ok());
     let client = transport::tls::peer_client_config(&files)?;
     Ok(peer::Peers::start(
@@ -357,6 +368,7 @@ fn start_peers(
             client_urls: config.advertise_client_urls.clone(),
             cluster_id_file,
         },
+        trust,
         reset_secret.as_deref(),
     )?)
 }

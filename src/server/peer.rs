@@ -140,6 +140,59 @@ pub enum Refusal {
     NotForUs(NodeId),
     /// The sender was removed from the cluster.
     Removed(NodeId),
+    /// The sender's certificate does not prove it is that member.
+    Identity { id: NodeId, why: String },
+}
+
+/// How members prove who they are, beyond the hello's claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerTrust {
+    /// `--peer-trusted-ca-file`: TLS verifies both directions against the
+    /// CA, and a member's certificate must name a host of its peer URLs
+    /// (subject alternative name).
+    Ca,
+    /// Generated certificates: each member's certificate fingerprint is
+    /// pinned on first contact and must not change (trust on first use).
+    Pinned,
+}
+
+/// Whether the certificates `certs` (as the TLS handshake presented them)
+/// prove the other side is member `id`. `peer_urls` are the URLs it claims
+/// (used only if they hash to `id` and the table has none for it).
+pub fn check_identity(
+    trust: PeerTrust,
+    members: &Members,
+    id: NodeId,
+    peer_urls: &[String],
+    certs: &[rustls::pki_types::CertificateDer<'_>],
+) -> Result<(), Refusal> {
+    let refuse = |why: String| Refusal::Identity { id, why };
+    let Some(leaf) = certs.first() else {
+        return Err(refuse("it presented no certificate".into()));
+    };
+    match trust {
+        PeerTrust::Ca => {
+            let mut urls = members.get(id).map(|m| m.peer_urls).unwrap_or_default();
+            if urls.is_empty() && super::members::member_id(peer_urls, &members.token) == id {
+                urls = peer_urls.to_vec();
+            }
+            let hosts: Vec<String> = urls
+                .iter()
+                .filter_map(|u| transport::url::host(u).ok())
+                .collect();
+            if hosts.iter().any(|h| transport::tls::names_host(leaf, h)) {
+                Ok(())
+            } else {
+                Err(refuse(format!(
+                    "its certificate names none of its peer URL hosts {hosts:?} (subject \
+                     alternative names)"
+                )))
+            }
+        }
+        PeerTrust::Pinned => members
+            .check_pin(id, transport::tls::fingerprint(leaf))
+            .map_err(|e| refuse(e.to_string())),
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -157,6 +210,9 @@ impl fmt::Display for Refusal {
                  --initial-advertise-peer-urls against --initial-cluster"
             ),
             Refusal::Removed(id) => write!(f, "member {id:x} was removed from the cluster"),
+            Refusal::Identity { id, why } => {
+                write!(f, "it does not prove it is member {id:x}: {why}")
+            }
             Refusal::NotForUs(id) => write!(
                 f,
                 "it is addressed to member {id:x}, not to this member: check the peer URLs \
@@ -207,6 +263,7 @@ pub struct LocalMember {
 /// This member's side of the peer transport.
 pub struct Peers {
     members: Arc<Members>,
+    trust: PeerTrust,
     /// This member's hello, `to` and `cluster_id` filled in per stream.
     hello: PeerHello,
     cluster_id_file: PathBuf,
@@ -243,6 +300,7 @@ impl Peers {
         server_config: quinn::ServerConfig,
         client_config: quinn::ClientConfig,
         local: LocalMember,
+        trust: PeerTrust,
         reset_secret: Option<&[u8]>,
     ) -> Result<Arc<Peers>, TransportError> {
         // With a stable reset secret, a restarted member resets the other
@@ -261,6 +319,7 @@ impl Peers {
             },
             cluster_id_file: local.cluster_id_file,
             members,
+            trust,
             endpoint,
             client_config,
             lanes: RwLock::new(HashMap::new()),
@@ -431,6 +490,12 @@ impl Peers {
             .await
             .map_err(|_| fail(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| fail(e.to_string()))?;
+        // Whoever answers at that URL must prove it is the member.
+        let certs = transport::tls::peer_certificates(&conn);
+        if let Err(why) = check_identity(self.trust, &self.members, to, &[], &certs) {
+            conn.close(REFUSED, why.to_string().as_bytes());
+            return Err(fail(why.to_string()));
+        }
         *current = Some(conn.clone());
         Ok(conn)
     }
@@ -783,7 +848,17 @@ async fn accept_hello(
             return None;
         }
     };
-    if let Err(why) = check_hello(&hello, &peers.members) {
+    let checked = check_hello(&hello, &peers.members).and_then(|()| {
+        let certs = transport::tls::peer_certificates(conn);
+        check_identity(
+            peers.trust,
+            &peers.members,
+            hello.from,
+            &hello.peer_urls,
+            &certs,
+        )
+    });
+    if let Err(why) = checked {
         peers.log_refusal(&hello, conn.remote_address(), &why);
         let code = match why {
             Refusal::Removed(_) => REMOVED,
@@ -887,7 +962,7 @@ async fn serve_call(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::members::parse_initial_cluster;
+    use crate::server::members::{member_id, parse_initial_cluster};
 
     fn members(name: &str, url: &str, token: &str) -> Members {
         let initial = parse_initial_cluster("n1=http://a:1,n2=http://b:2,n3=http://c:3").unwrap();
@@ -950,6 +1025,69 @@ mod tests {
             ..hello
         };
         assert!(check_hello(&joiner, &n1).is_err());
+    }
+
+    fn cert_for(names: &[&str]) -> rustls::pki_types::CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    /// With a CA, a member's certificate must name a host of its peer URLs.
+    #[test]
+    fn a_ca_certificate_must_name_the_member() {
+        let n1 = members("n1", "http://a:1", "t");
+        let n2 = member_id(&["http://b:2".to_string()], "t");
+        let check = |cert| check_identity(PeerTrust::Ca, &n1, n2, &[], &[cert]);
+        assert_eq!(check(cert_for(&["b"])), Ok(()));
+        assert!(matches!(
+            check(cert_for(&["a", "other.example"])),
+            Err(Refusal::Identity { .. })
+        ));
+        assert!(check_identity(PeerTrust::Ca, &n1, n2, &[], &[]).is_err());
+        // IP addresses are matched against IP SANs.
+        let initial = parse_initial_cluster("n1=http://10.0.0.1:1,n2=http://10.0.0.2:2").unwrap();
+        let ips = Members::from_initial_cluster(
+            &initial,
+            "n1",
+            &["http://10.0.0.1:1".to_string()],
+            &[],
+            "t",
+        )
+        .unwrap();
+        let n2 = member_id(&["http://10.0.0.2:2".to_string()], "t");
+        let check = |cert| check_identity(PeerTrust::Ca, &ips, n2, &[], &[cert]);
+        assert_eq!(check(cert_for(&["10.0.0.2"])), Ok(()));
+        assert!(check(cert_for(&["10.0.0.1"])).is_err());
+    }
+
+    /// Without a CA, the first certificate a member shows is the only one
+    /// it may show, across restarts.
+    #[test]
+    fn generated_certificates_are_pinned_on_first_use() {
+        let dir = std::env::temp_dir().join(format!("qed-pins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("member").join("peer_pins");
+        let n1 = members("n1", "http://a:1", "t");
+        n1.load_pins(path.clone()).unwrap();
+        let n2 = member_id(&["http://b:2".to_string()], "t");
+        let (mine, forged) = (cert_for(&["b"]), cert_for(&["b"]));
+        let check = |m: &Members, cert: &rustls::pki_types::CertificateDer<'static>| {
+            check_identity(PeerTrust::Pinned, m, n2, &[], std::slice::from_ref(cert))
+        };
+        assert_eq!(check(&n1, &mine), Ok(()), "first contact pins");
+        assert_eq!(check(&n1, &mine), Ok(()));
+        assert!(matches!(check(&n1, &forged), Err(Refusal::Identity { .. })));
+        // A restart keeps the pin.
+        let again = members("n1", "http://a:1", "t");
+        again.load_pins(path.clone()).unwrap();
+        assert!(check(&again, &forged).is_err());
+        assert_eq!(check(&again, &mine), Ok(()));
+        // A damaged pin file is an error, not a reason to trust anew.
+        std::fs::write(&path, "zz\n").unwrap();
+        assert!(members("n1", "http://a:1", "t").load_pins(path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
