@@ -1,7 +1,7 @@
 //! The peer transport: Raft messages and forwarded calls between members.
 //!
 //! One QUIC endpoint listens on the `--listen-peer-urls` address (ALPN
-//! `qed-peer/1`) and also makes this member's outbound connections.
+//! `qed-peer/2`) and also makes this member's outbound connections.
 //!
 //! Outbound, each other member has three *lanes*, each a task with a bounded
 //! queue and one long-lived unidirectional stream of length-prefixed postcard
@@ -27,10 +27,17 @@
 //! leader. A member removed from the configuration leaves the member table,
 //! so its lanes end and its streams are refused.
 //!
-//! TLS: the member's certificate on both sides. With a trusted CA
-//! (`--peer-trusted-ca-file`) peers are verified; without one (certificates
-//! generated per member) connections are encrypted but not verified, as
-//! etcd's `--peer-auto-tls`.
+//! Identity: a hello's `from` is a claim anyone can make (member IDs are
+//! hashes of public URLs); the TLS certificate is the proof, required in
+//! both directions. [`check_identity`] binds a member to its certificate on
+//! every accepted hello and every connection this member makes: with a
+//! trusted CA (`--peer-trusted-ca-file`) the certificate chains to it (TLS)
+//! and names a host of the member's peer URLs; without one (certificates
+//! generated per member, etcd's `--peer-auto-tls`) its fingerprint is pinned
+//! on first contact and must not change. Nothing a peer says is believed
+//! before that: a connection's "removed" close counts only once one of its
+//! streams passed the hello, and the Raft loop believes it only from its
+//! leader.
 
 use super::members::Members;
 use super::node::Node;

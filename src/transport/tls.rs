@@ -275,9 +275,10 @@ pub fn peer_certificates(conn: &quinn::Connection) -> Vec<CertificateDer<'static
 }
 
 /// TLS for connecting to peers. With `files.ca`, the peer's certificate must
-/// chain to it; without, the connection is encrypted but the peer's
-/// certificate is not verified (etcd's `--peer-auto-tls`: each member made
-/// its own CA). The member's own certificate is presented either way.
+/// chain to it and name the host dialled; without, any certificate is
+/// taken here (etcd's `--peer-auto-tls`: each member made its own CA) and
+/// the peer transport pins its fingerprint. The member's own certificate
+/// is presented either way.
 pub fn peer_client_config(files: &TlsFiles) -> Result<quinn::ClientConfig, TransportError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
