@@ -282,10 +282,9 @@ impl Members {
         }
     }
 
-    /// Writes the pins (temp file, fsync, rename); a failure is logged:
-    /// the pins stay in force for this run.
+    /// Writes the pins (temp file, fsync, rename, fsync directory); a
+    /// failure is logged: the pins stay in force for this run.
     fn save_pins(&self, pins: &BTreeMap<NodeId, [u8; 32]>) {
-        use std::io::Write;
         let Some(path) = self
             .pin_file
             .read()
@@ -298,20 +297,8 @@ impl Members {
             .iter()
             .map(|(id, fp)| format!("{id:x} {}\n", hex(fp)))
             .collect();
-        let tmp = path.with_extension("tmp");
-        let written = (|| {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok::<(), std::io::Error>(())
-        })();
+        let written =
+            crate::storage::fs::write_atomic(&crate::storage::fs::OsFs, &path, text.as_bytes());
         if let Err(e) = written {
             log::error!(
                 "cannot save peer certificate pins in {}: {e}",

@@ -136,6 +136,7 @@ fn load(
             quota_bytes: u64::MAX,
             lease: crate::lease::LeaseConfig::default(),
         },
+        Default::default(),
     )
     .map_err(|e| invalid(e.to_string()))
 }
