@@ -156,7 +156,8 @@ pub enum Refusal {
 pub enum PeerTrust {
     /// `--peer-trusted-ca-file`: TLS verifies both directions against the
     /// CA, and a member's certificate must name a host of its peer URLs
-    /// (subject alternative name).
+    /// (subject alternative name) or carry its name (as the member table
+    /// knows it, not as it claims) as its common name.
     Ca,
     /// Generated certificates: each member's certificate fingerprint is
     /// pinned on first contact and must not change (trust on first use).
@@ -187,12 +188,15 @@ pub fn check_identity(
                 .iter()
                 .filter_map(|u| transport::url::host(u).ok())
                 .collect();
-            if hosts.iter().any(|h| transport::tls::names_host(leaf, h)) {
+            let name = members.get(id).map(|m| m.name).unwrap_or_default();
+            if hosts.iter().any(|h| transport::tls::names_host(leaf, h))
+                || (!name.is_empty() && transport::tls::common_names(leaf).contains(&name))
+            {
                 Ok(())
             } else {
                 Err(refuse(format!(
                     "its certificate names none of its peer URL hosts {hosts:?} (subject \
-                     alternative names)"
+                     alternative names), nor its name {name:?} (common name)"
                 )))
             }
         }
@@ -1028,9 +1032,21 @@ mod tests {
     }
 
     fn cert_for(names: &[&str]) -> rustls::pki_types::CertificateDer<'static> {
+        cert_named("", names)
+    }
+
+    fn cert_named(cn: &str, names: &[&str]) -> rustls::pki_types::CertificateDer<'static> {
         let key = rcgen::KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = rcgen::CertificateParams::new(names).unwrap();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        if !cn.is_empty() {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, "qed");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
         params.self_signed(&key).unwrap().der().clone()
     }
 
@@ -1046,6 +1062,19 @@ mod tests {
             Err(Refusal::Identity { .. })
         ));
         assert!(check_identity(PeerTrust::Ca, &n1, n2, &[], &[]).is_err());
+        // Or the member's name as the common name (the table's name, n2).
+        assert_eq!(
+            transport::tls::common_names(&cert_named("n2", &["x"])),
+            ["n2"]
+        );
+        assert_eq!(check(cert_named("n2", &["other.example"])), Ok(()));
+        assert!(check(cert_named("n3", &["other.example"])).is_err());
+        assert!(
+            transport::tls::common_names(&rustls::pki_types::CertificateDer::from(vec![
+                0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x30
+            ]))
+            .is_empty()
+        );
         // IP addresses are matched against IP SANs.
         let initial = parse_initial_cluster("n1=http://10.0.0.1:1,n2=http://10.0.0.2:2").unwrap();
         let ips = Members::from_initial_cluster(
