@@ -320,7 +320,13 @@ fn tokens_die_with_their_user_and_password_and_bad_input_changes_nothing() {
         let other = TestNode::start(FAST_BCRYPT);
         let other_anon = other.client().await;
         set_up(&other_anon).await;
-        let foreign = connect_as(std::slice::from_ref(&other.url), &other.ca_file(), "root", "rootpw").await;
+        let foreign = connect_as(
+            std::slice::from_ref(&other.url),
+            &other.ca_file(),
+            "root",
+            "rootpw",
+        )
+        .await;
         for bogus in [
             foreign.token(),
             Some("forged.1".to_string()),
