@@ -534,3 +534,23 @@ fn a_verified_client_certificate_names_the_user_when_no_token_is_sent() {
         assert_eq!(as_alice, Err(ClientError::Server(Error::PermissionDenied)));
     });
 }
+
+#[test]
+fn an_unused_simple_token_expires_and_the_sdk_logs_in_again() {
+    qed::runtime::block_on(async {
+        let mut flags = vec!["--auth-token-ttl", "1"];
+        flags.extend_from_slice(FAST_BCRYPT);
+        let node = TestNode::start(&flags);
+        let anon = node.client().await;
+        set_up(&anon).await;
+        let alice = connect_as(&[node.url.clone()], &node.ca_file(), "alice", "alicepw").await;
+        let token = alice.token();
+        // Unused for longer than the TTL, it is gone (renewal on use is
+        // unit-tested in auth::tokens, where time is an argument).
+        qed::runtime::sleep(Duration::from_millis(1500)).await;
+        let expired = alice.call_with_token(token.clone(), get("a/1", true)).await;
+        assert_eq!(expired, Err(ClientError::Server(Error::InvalidAuthToken)));
+        ok(&alice, get("a/1", true)).await;
+        assert_ne!(alice.token(), token);
+    });
+}
