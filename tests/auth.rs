@@ -543,7 +543,13 @@ fn an_unused_simple_token_expires_and_the_sdk_logs_in_again() {
         let node = TestNode::start(&flags);
         let anon = node.client().await;
         set_up(&anon).await;
-        let alice = connect_as(&[node.url.clone()], &node.ca_file(), "alice", "alicepw").await;
+        let alice = connect_as(
+            std::slice::from_ref(&node.url),
+            &node.ca_file(),
+            "alice",
+            "alicepw",
+        )
+        .await;
         let token = alice.token();
         // Unused for longer than the TTL, it is gone (renewal on use is
         // unit-tested in auth::tokens, where time is an argument).
