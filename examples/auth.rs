@@ -7,25 +7,9 @@
 
 mod common;
 
-use qed::client::{prefix_range_end, Client, ClientError, ConnectOptions};
+use common::connect_as;
+use qed::client::prefix_range_end;
 use qed::wire::auth::PermissionType;
-use std::path::PathBuf;
-
-async fn connect_as(user: &str, password: &str) -> Result<Client, ClientError> {
-    let endpoints: Vec<String> = std::env::var("QED_ENDPOINTS")
-        .unwrap_or_else(|_| "https://127.0.0.1:2379".into())
-        .split(',')
-        .map(String::from)
-        .collect();
-    let ca = std::env::var("QED_CACERT").unwrap_or_else(|_| "default.qed/certs/ca.crt".into());
-    let options = ConnectOptions {
-        ca_file: Some(PathBuf::from(ca)),
-        user: Some(user.into()),
-        password: Some(password.into()),
-        ..Default::default()
-    };
-    Client::connect(&endpoints, options).await
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     qed::runtime::block_on(async {
