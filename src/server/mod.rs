@@ -11,6 +11,7 @@
 //! QUIC streams into calls.
 
 pub mod auth;
+mod held;
 pub mod members;
 pub mod node;
 pub mod peer;
