@@ -266,64 +266,6 @@ pub fn names_host(cert: &CertificateDer<'_>, host: &str) -> bool {
         .is_ok()
 }
 
-/// The common names (CN) in a certificate's subject, read from its DER
-/// (nothing else of the certificate is trusted by this: the TLS handshake
-/// verified it). A certificate that does not parse has none.
-pub fn common_names(cert: &CertificateDer<'_>) -> Vec<String> {
-    // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version
-    // OPTIONAL, serialNumber, signature, issuer, validity, subject, ... } }
-    let subject = (|| {
-        let (_, cert, _) = der_tlv(cert.as_ref())?;
-        let (_, mut tbs, _) = der_tlv(cert)?;
-        let mut fields = Vec::new();
-        while !tbs.is_empty() && fields.len() < 6 {
-            let (tag, value, rest) = der_tlv(tbs)?;
-            fields.push((tag, value));
-            tbs = rest;
-        }
-        let skip = usize::from(fields.first()?.0 == 0xa0);
-        fields.get(skip + 4).map(|(_, v)| *v)
-    })();
-    let mut names = Vec::new();
-    let mut rdns = subject.unwrap_or_default();
-    // Name ::= SEQUENCE OF SET OF SEQUENCE { type OID, value }
-    while let Some((_, mut set, rest)) = der_tlv(rdns) {
-        rdns = rest;
-        while let Some((_, attribute, rest)) = der_tlv(set) {
-            set = rest;
-            let Some((0x06, oid, value)) = der_tlv(attribute) else {
-                continue;
-            };
-            if oid == [0x55, 0x04, 0x03] {
-                if let Some((_, text, _)) = der_tlv(value) {
-                    names.push(String::from_utf8_lossy(text).into_owned());
-                }
-            }
-        }
-    }
-    names
-}
-
-/// One DER element: (tag, contents, what follows). Single-byte tags and
-/// definite lengths of up to four bytes, as certificates use.
-fn der_tlv(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = bytes.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = match first {
-        0..=0x7f => (usize::from(first), rest),
-        0x81..=0x84 => {
-            let n = usize::from(first & 0x7f);
-            let (len_bytes, rest) = (rest.get(..n)?, rest.get(n..)?);
-            let len = len_bytes
-                .iter()
-                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            (len, rest)
-        }
-        _ => return None,
-    };
-    Some((tag, rest.get(..len)?, rest.get(len..)?))
-}
-
 /// The certificate chain the other side of a QUIC connection presented.
 pub fn peer_certificates(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
     conn.peer_identity()
