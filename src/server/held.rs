@@ -62,12 +62,12 @@ impl HeldCalls {
     }
 
     /// Holds `call` until tick `deadline`; hands it back when full.
-    pub fn hold(&mut self, deadline: u64, call: HeldCall) -> Result<(), HeldCall> {
+    pub fn hold(&mut self, deadline: u64, call: HeldCall) -> Option<HeldCall> {
         if self.calls.len() >= MAX_HELD_CALLS {
-            return Err(call);
+            return Some(call);
         }
         self.calls.push_back((deadline, call));
-        Ok(())
+        None
     }
 
     /// Every held call, with its deadline, to be tried again.
@@ -114,8 +114,8 @@ mod tests {
         let mut held = HeldCalls::default();
         let (a, a_answer) = read();
         let (b, b_answer) = read();
-        assert!(held.hold(5, a).is_ok());
-        assert!(held.hold(9, b).is_ok());
+        assert!(held.hold(5, a).is_none());
+        assert!(held.hold(9, b).is_none());
         held.expire(4);
         assert!(a_answer.try_recv().is_err(), "still waiting");
         held.expire(5);
@@ -132,11 +132,11 @@ mod tests {
         let mut answers = Vec::new();
         for _ in 0..MAX_HELD_CALLS {
             let (call, answer) = read();
-            assert!(held.hold(100, call).is_ok());
+            assert!(held.hold(100, call).is_none());
             answers.push(answer);
         }
         let (extra, _) = read();
-        assert!(held.hold(100, extra).is_err());
+        assert!(held.hold(100, extra).is_some());
         answers.clear(); // every caller leaves
         held.expire(0);
         assert!(held.is_empty());

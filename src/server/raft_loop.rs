@@ -581,7 +581,7 @@ impl Driver {
         auth: AuthHeader,
         reply: channel::Sender<Reply>,
     ) {
-        match self.try_propose(request, auth) {
+        match self.try_propose(request, auth).map_err(|refused| *refused) {
             Ok(id) => {
                 self.proposals.insert(id, reply);
             }
@@ -591,7 +591,7 @@ impl Driver {
                     auth,
                     reply,
                 };
-                if let Err(call) = self.held.hold(deadline, call) {
+                if let Some(call) = self.held.hold(deadline, call) {
                     call.fail(Error::NoLeader);
                 }
             }
@@ -610,7 +610,7 @@ impl Driver {
                 self.reads.insert(ctx, reply);
             }
             Err(e) if holdable(&e) => {
-                if let Err(call) = self.held.hold(deadline, HeldCall::Read { reply }) {
+                if let Some(call) = self.held.hold(deadline, HeldCall::Read { reply }) {
                     call.fail(Error::NoLeader);
                 }
             }
@@ -648,7 +648,7 @@ impl Driver {
         &mut self,
         mut request: Request,
         auth: AuthHeader,
-    ) -> Result<u64, (Refusal, Request, AuthHeader)> {
+    ) -> Result<u64, Box<(Refusal, Request, AuthHeader)>> {
         let id = self.ids.next();
         if let Request::LeaseGrant(grant) = &mut request {
             if grant.id == 0 {
@@ -670,7 +670,7 @@ impl Driver {
             Err(e) => Refusal::Encode(e.to_string()),
         };
         let Command { request, auth, .. } = command;
-        Err((refused, request, auth.unwrap_or_default()))
+        Err(Box::new((refused, request, auth.unwrap_or_default())))
     }
 
     /// The leader proposes a revoke for each expired lease; the lessor
