@@ -491,3 +491,72 @@ fn jwt_tokens_verify_expire_with_the_auth_revision_and_are_renewed_by_the_sdk() 
         assert_ne!(alice.token(), Some(token));
     });
 }
+
+#[test]
+fn a_verified_client_certificate_names_the_user_when_no_token_is_sent() {
+    qed::runtime::block_on(async {
+        let mut flags = vec!["--client-cert-auth"];
+        flags.extend_from_slice(FAST_BCRYPT);
+        let node = TestNode::start(&flags);
+        // The node's generated client certificate says CN=root.
+        let certs = node.dir.0.join("data/certs");
+        let options = ConnectOptions {
+            ca_file: Some(node.ca_file()),
+            cert_file: Some(certs.join("client.crt")),
+            key_file: Some(certs.join("client.key")),
+            request_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let by_cert = loop {
+            match Client::connect(std::slice::from_ref(&node.url), options.clone()).await {
+                Ok(c) if common::has_leader(&c).await => break c,
+                _ => {
+                    assert!(Instant::now() < deadline, "the node never answered");
+                    qed::runtime::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        set_up(&by_cert).await;
+        // No token: the certificate's user (root) may do anything.
+        ok(&by_cert, put("anything")).await;
+        ok(&by_cert, Request::UserList).await;
+        // A token wins over the certificate: alice's own permissions.
+        let login = Request::Authenticate(qed::wire::auth::AuthenticateRequest {
+            name: "alice".into(),
+            password: "alicepw".into(),
+        });
+        let token = match ok(&by_cert, login).await {
+            Response::Authenticate(r) => r.token,
+            other => panic!("{other:?}"),
+        };
+        let as_alice = by_cert.call_with_token(Some(token), put("anything")).await;
+        assert_eq!(as_alice, Err(ClientError::Server(Error::PermissionDenied)));
+    });
+}
+
+#[test]
+fn an_unused_simple_token_expires_and_the_sdk_logs_in_again() {
+    qed::runtime::block_on(async {
+        let mut flags = vec!["--auth-token-ttl", "1"];
+        flags.extend_from_slice(FAST_BCRYPT);
+        let node = TestNode::start(&flags);
+        let anon = node.client().await;
+        set_up(&anon).await;
+        let alice = connect_as(
+            std::slice::from_ref(&node.url),
+            &node.ca_file(),
+            "alice",
+            "alicepw",
+        )
+        .await;
+        let token = alice.token();
+        // Unused for longer than the TTL, it is gone (renewal on use is
+        // unit-tested in auth::tokens, where time is an argument).
+        qed::runtime::sleep(Duration::from_millis(1500)).await;
+        let expired = alice.call_with_token(token.clone(), get("a/1", true)).await;
+        assert_eq!(expired, Err(ClientError::Server(Error::InvalidAuthToken)));
+        ok(&alice, get("a/1", true)).await;
+        assert_ne!(alice.token(), token);
+    });
+}

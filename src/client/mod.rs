@@ -13,6 +13,7 @@
 //! background) follow clientv3 too, and `concurrency` builds sessions,
 //! locks and elections on them as clientv3/concurrency does.
 
+mod auth;
 pub mod concurrency;
 mod kv;
 mod lease;
@@ -21,7 +22,8 @@ mod watch_stream;
 
 use kv::unexpected;
 pub use kv::{
-    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    prefix_range_end, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp,
 };
 pub use lease::KeepAlive;
 pub use qed_wire::kv::{Event, EventType, KeyValue};
@@ -224,15 +226,19 @@ impl Client {
             name: user.clone(),
             password: password.clone().unwrap_or_default(),
         });
-        match self.call_with_token(None, request).await? {
-            Response::Authenticate(r) => {
-                *self.inner.token.write().unwrap_or_else(|p| p.into_inner()) = Some(r.token);
-                Ok(())
+        let token = match self.call_with_token(None, request).await {
+            Ok(Response::Authenticate(r)) => Some(r.token),
+            // Auth is off: calls go without a token (as clientv3 does).
+            Err(ClientError::Server(qed_wire::Error::AuthNotEnabled)) => None,
+            Ok(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "Authenticate answered with {other:?}"
+                )))
             }
-            other => Err(ClientError::Protocol(format!(
-                "Authenticate answered with {other:?}"
-            ))),
-        }
+            Err(e) => return Err(e),
+        };
+        *self.inner.token.write().unwrap_or_else(|p| p.into_inner()) = token;
+        Ok(())
     }
 
     fn watch_streams(&self) -> &watch_stream::WatchStreams {
@@ -247,8 +253,18 @@ impl Client {
     /// One unary call with the client's own token. A client with a user
     /// whose token expired or went stale authenticates again and retries
     /// once (etcd's clientv3 does the same).
+    ///
+    /// `etcdserver: no leader` proves the call was never proposed (the node
+    /// held it while it waited for a leader), so with several endpoints it
+    /// is tried on each of the others before the error is returned.
     pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
-        let first = self.call_with_token(self.token(), request.clone()).await;
+        let mut first = self.call_with_token(self.token(), request.clone()).await;
+        for _ in 1..self.inner.endpoints.len() {
+            if first != Err(ClientError::Server(qed_wire::Error::NoLeader)) {
+                break;
+            }
+            first = self.call_with_token(self.token(), request.clone()).await;
+        }
         match first {
             Err(ClientError::Server(
                 qed_wire::Error::InvalidAuthToken | qed_wire::Error::AuthOldRevision,
