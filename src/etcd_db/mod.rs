@@ -449,7 +449,9 @@ fn import_auth(db: &Db<'_>) -> Result<AuthSnapshot, ImportError> {
 
 /// qed's state as an etcd 3.4 backend file (no trailer): every kept change
 /// of `store`, its compaction point, `leases`, the auth state (users with
-/// their bcrypt hashes, roles, enabled flag, auth revision),
+/// their bcrypt hashes, roles, enabled flag, auth revision; a user or role
+/// whose name is longer than bbolt allows is left out, see
+/// [`unexportable_auth_names`]),
 /// `consistent_index` as the applied index, and the membership and alarm
 /// buckets empty.
 pub fn export(
@@ -512,13 +514,28 @@ pub fn export(
     db.finish()
 }
 
+/// Whether etcd could hold a user or role of this name: it is a bbolt key,
+/// and bbolt refuses keys over [`bbolt::MAX_KEY_SIZE`] (etcd cannot create
+/// such a name at all; qed can).
+fn exportable(name: &str) -> bool {
+    !name.is_empty() && name.len() <= bbolt::MAX_KEY_SIZE
+}
+
+/// The users and roles [`export`] leaves out because etcd cannot hold
+/// their names, for the caller to warn about.
+pub fn unexportable_auth_names(auth: &AuthSnapshot) -> Vec<&str> {
+    let users = auth.users.iter().map(|u| u.name.as_str());
+    let roles = auth.roles.iter().map(|r| r.name.as_str());
+    users.chain(roles).filter(|n| !exportable(n)).collect()
+}
+
 fn export_auth(db: &mut DbWriter, auth: &AuthSnapshot) -> Result<(), WriteError> {
     let mut flags = db.bucket(AUTH)?;
     flags.put(AUTH_ENABLED, &[u8::from(auth.enabled)])?;
     flags.put(AUTH_REVISION, &auth.revision.to_be_bytes())?;
     flags.finish()?;
 
-    let mut users: Vec<&User> = auth.users.iter().collect();
+    let mut users: Vec<&User> = auth.users.iter().filter(|u| exportable(&u.name)).collect();
     users.sort_by(|a, b| a.name.cmp(&b.name));
     let mut bucket = db.bucket(AUTH_USERS)?;
     let mut value = Vec::new();
@@ -540,7 +557,7 @@ fn export_auth(db: &mut DbWriter, auth: &AuthSnapshot) -> Result<(), WriteError>
     }
     bucket.finish()?;
 
-    let mut roles: Vec<&Role> = auth.roles.iter().collect();
+    let mut roles: Vec<&Role> = auth.roles.iter().filter(|r| exportable(&r.name)).collect();
     roles.sort_by(|a, b| a.name.cmp(&b.name));
     let mut bucket = db.bucket(AUTH_ROLES)?;
     for r in roles {

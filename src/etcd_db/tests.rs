@@ -301,3 +301,19 @@ fn etcd_35_shaped_backend_imports() {
         }]
     );
 }
+
+/// qed accepts user and role names etcd's backend cannot hold (bbolt keys
+/// are at most 32 KiB); a snapshot leaves them out instead of failing.
+#[test]
+fn overlong_auth_names_are_left_out() {
+    let mut auth = auth_sample();
+    let long = "u".repeat(bbolt::MAX_KEY_SIZE + 1);
+    auth.users.push(User {
+        name: long.clone(),
+        password_hash: None,
+        roles: Vec::new(),
+    });
+    assert_eq!(unexportable_auth_names(&auth), [long.as_str()]);
+    let bytes = export(&Store::new(), &LeaseSnapshot::default(), &auth, 1).unwrap();
+    assert_eq!(import(&bytes).unwrap().auth, auth_sample());
+}

@@ -133,10 +133,17 @@ fn unseal(bytes: &[u8]) -> Result<&[u8], String> {
 /// The node's state as an etcd 3.4 backend file with etcd's sha256
 /// trailer: what Maintenance.Snapshot streams.
 pub fn etcd_file(state: &StateMachine) -> Result<Vec<u8>, String> {
+    let auth = state.auth().snapshot();
+    for name in crate::etcd_db::unexportable_auth_names(&auth) {
+        log::warn!(
+            "snapshot: auth name of {} bytes left out (longer than etcd's backend allows)",
+            name.len()
+        );
+    }
     crate::etcd_db::export(
         &state.store_view(),
         &state.lease_snapshot(),
-        &state.auth().snapshot(),
+        &auth,
         state.applied(),
     )
     .map(seal)
