@@ -13,6 +13,7 @@
 pub mod members;
 pub mod node;
 pub mod peer;
+pub mod quota;
 pub mod raft_loop;
 pub mod service;
 pub mod snapshot_file;
@@ -246,6 +247,9 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         state,
         raft,
         watchers,
+        quota::Quota {
+            bytes: config.quota_backend_bytes,
+        },
     ));
     if let Some(peers) = peers {
         crate::runtime::spawn(peer::serve(peers, node.clone()));
@@ -365,7 +369,6 @@ fn recover(
 ) -> Result<(StateMachine, raft::Node, DurableLog, bool), ServerError> {
     let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(100);
     let limits = Limits {
-        quota_bytes: config.quota_backend_bytes,
         lease: LeaseConfig {
             min_ttl: min_lease_ttl(u64::from(config.election_ticks.max(2)), heartbeat_ms),
             ..LeaseConfig::default()
@@ -410,12 +413,11 @@ fn recover(
             )))
         }
         Some((meta, data)) => {
-            let state = StateMachine::from_snapshot(&data, id, limits).map_err(|e| {
-                ServerError::DataDir {
+            let state =
+                StateMachine::from_snapshot(&data, limits).map_err(|e| ServerError::DataDir {
                     path: member_dir.join("snap"),
                     reason: format!("newest snapshot does not load: {e}"),
-                }
-            })?;
+                })?;
             (
                 state,
                 raft::Snapshot {
@@ -425,7 +427,7 @@ fn recover(
             )
         }
         None => (
-            StateMachine::new(id, limits),
+            StateMachine::new(limits),
             raft::Snapshot {
                 meta: SnapshotMeta {
                     index: 0,

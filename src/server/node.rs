@@ -14,13 +14,14 @@
 
 use super::members::Members;
 use super::peer::Peers;
+use super::quota::Quota;
 use super::raft_loop::RaftHandle;
 use super::state_machine::{self, StateMachine};
 use super::watchers::Watchers;
 use crate::lease::LeaseError;
 use qed_wire::cluster::{MemberAddResponse, MembersResponse};
 use qed_wire::lease::{LeaseKeepAliveResponse, LeaseTimeToLiveRequest};
-use qed_wire::maintenance::{AlarmType, StatusResponse};
+use qed_wire::maintenance::{AlarmAction, AlarmRequest, AlarmType, StatusResponse};
 use qed_wire::peer::{PeerAnswer, PeerCall, PeerReply};
 use qed_wire::raft::{ConfChange, ConfChangeType, Message, NodeId};
 use qed_wire::{Error, Reply, Request, Response, ResponseHeader};
@@ -62,6 +63,8 @@ pub struct Node {
     state: Arc<RwLock<StateMachine>>,
     raft: RaftHandle,
     watchers: Arc<Watchers>,
+    /// This member's `--quota-backend-bytes`, checked before proposing.
+    quota: Quota,
 }
 
 impl Node {
@@ -72,6 +75,7 @@ impl Node {
         state: Arc<RwLock<StateMachine>>,
         raft: RaftHandle,
         watchers: Arc<Watchers>,
+        quota: Quota,
     ) -> Self {
         Node {
             identity,
@@ -80,6 +84,7 @@ impl Node {
             state,
             raft,
             watchers,
+            quota,
         }
     }
 
@@ -336,7 +341,10 @@ impl Node {
                 enabled: false,
                 auth_revision: 0,
             },
-            req if state_machine::is_write(req) => self.raft.propose(req.clone()).await?,
+            req if state_machine::is_write(req) => {
+                self.check_quota(req).await?;
+                self.raft.propose(req.clone()).await?
+            }
             Request::LeaseTimeToLive(r) => match self.remote_leader()? {
                 // The leader's header stays: it answered.
                 Some((leader, peers)) => {
@@ -353,8 +361,9 @@ impl Node {
                 self.raft.read_index().await?;
                 self.read(&req)?
             }
-            // A read-only txn (is_write said so) is a linearizable read.
-            Request::Txn(_) => {
+            // A read-only txn (is_write said so) is a linearizable read;
+            // so is an alarm list (etcd serves it through the log).
+            Request::Txn(_) | Request::Alarm(_) => {
                 self.raft.read_index().await?;
                 self.read(&req)?
             }
@@ -363,6 +372,43 @@ impl Node {
         let header = resp.header_mut();
         self.stamp(header);
         Ok(resp)
+    }
+
+    /// etcd's quota check before a write is proposed: a write that would
+    /// take this member's state past its `--quota-backend-bytes` is refused
+    /// with NOSPACE, and this member proposes raising the NOSPACE alarm
+    /// under its ID (once: not while its alarm is already raised). Apply
+    /// then refuses writes on every member alike (see [`super::quota`]).
+    async fn check_quota(&self, req: &Request) -> Result<(), Error> {
+        let (used, raised) = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            let me = self.identity.member_id;
+            let raised = state
+                .alarms()
+                .iter()
+                .any(|a| a.member_id == me && a.alarm == AlarmType::Nospace);
+            (state.size_bytes(), raised)
+        };
+        if self.quota.available(used, req) {
+            return Ok(());
+        }
+        if !raised {
+            log::warn!(
+                "{used} bytes in use: a write would pass the quota of {} bytes; raising NOSPACE",
+                self.quota.bytes
+            );
+            let alarm = Request::Alarm(AlarmRequest {
+                action: AlarmAction::Activate,
+                member_id: self.identity.member_id,
+                alarm: AlarmType::Nospace,
+            });
+            // etcd ignores the outcome too: the write is refused either way,
+            // and the next one over the quota tries again.
+            if let Err(e) = self.raft.propose(alarm).await {
+                log::warn!("proposing the NOSPACE alarm failed: {e}");
+            }
+        }
+        Err(Error::NoSpace)
     }
 
     /// The whole state as a snapshot file's bytes (`qed snapshot save`,

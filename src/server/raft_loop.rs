@@ -843,8 +843,8 @@ impl Driver {
 
     fn install_snapshot(&mut self, snapshot: &raft::Snapshot) -> Result<(), String> {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let (member, limits) = state.identity();
-        *state = StateMachine::from_snapshot(&snapshot.data, member, limits)
+        let limits = state.limits();
+        *state = StateMachine::from_snapshot(&snapshot.data, limits)
             .map_err(|e| format!("snapshot from the leader does not load: {e}"))?;
         if self.leading {
             let extend = u64::try_from(self.options.election_timeout.as_millis()).unwrap_or(0);

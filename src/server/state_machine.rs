@@ -6,8 +6,11 @@
 //! member must reach the same state from the same log. The applied index is
 //! part of the state, and of its snapshots, so replaying the log after a
 //! restart never applies an entry twice. Alarms live here because they gate
-//! writes: with NOSPACE raised, puts and txns that write are refused until
-//! an operator compacts and disarms, exactly as etcd's capped applier.
+//! writes: with NOSPACE in the replicated alarm set, puts, txns that put and
+//! lease grants are refused until an operator compacts and disarms, exactly
+//! as etcd's capped applier. Alarms change only through applied Alarm
+//! entries; no local setting (such as this member's quota, checked before
+//! proposing: see [`super::quota`]) decides what is applied.
 //!
 //! Leases live here too: the [`Lessor`]'s replicated part (grants, TTLs,
 //! attached keys) changes only through applied entries and is part of the
@@ -26,7 +29,6 @@
 use crate::lease::{LeaseConfig, LeaseError, LeaseId, LeaseSnapshot, Lessor};
 use crate::mvcc::{Event, MvccError, Store};
 use qed_wire::frame::encoded_len;
-use qed_wire::kv::{RequestOp, TxnRequest};
 use qed_wire::lease::{
     LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
 };
@@ -36,12 +38,9 @@ use qed_wire::maintenance::{
 use qed_wire::{Error, Reply, Request, Response};
 use serde::{Deserialize, Serialize};
 
-/// Limits enforced at apply time.
+/// This member's settings the state machine keeps.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// `--quota-backend-bytes`: in-memory bytes of key space plus history
-    /// beyond which NOSPACE is raised.
-    pub quota_bytes: u64,
     /// Lease settings (minimum TTL from the election timeout).
     pub lease: LeaseConfig,
 }
@@ -54,8 +53,6 @@ pub struct StateMachine {
     /// Index of the last log entry applied.
     applied: u64,
     limits: Limits,
-    /// This member, for alarms raised here.
-    member_id: u64,
 }
 
 /// What a snapshot of the state machine holds.
@@ -117,43 +114,19 @@ pub fn is_write(req: &Request) -> bool {
     }
 }
 
-/// Rough bytes a write adds, for the quota check before applying it; 0 for
-/// requests that add nothing (etcd lets deletes and compactions through a
-/// NOSPACE alarm so operators can free room).
-fn cost(req: &Request) -> u64 {
-    match req {
-        Request::Put(p) => (p.key.len() + p.value.len()) as u64,
-        Request::Txn(t) => txn_cost(t),
-        _ => 0,
-    }
-}
-
-fn txn_cost(t: &TxnRequest) -> u64 {
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .map(|op| match op {
-            RequestOp::Put(p) => (p.key.len() + p.value.len()) as u64,
-            RequestOp::Txn(inner) => txn_cost(inner),
-            _ => 0,
-        })
-        .sum()
-}
-
 impl StateMachine {
-    pub fn new(member_id: u64, limits: Limits) -> Self {
+    pub fn new(limits: Limits) -> Self {
         StateMachine {
             kv: Store::new(),
             lessor: Lessor::new(limits.lease.clone()),
             alarms: Vec::new(),
             applied: 0,
             limits,
-            member_id,
         }
     }
 
     /// Rebuilds a state machine from [`StateMachine::to_snapshot`]'s bytes.
-    pub fn from_snapshot(bytes: &[u8], member_id: u64, limits: Limits) -> Result<Self, MvccError> {
+    pub fn from_snapshot(bytes: &[u8], limits: Limits) -> Result<Self, MvccError> {
         let image: Image = match postcard::from_bytes(bytes) {
             Ok(image) => image,
             Err(e) => match postcard::from_bytes::<ImageWithoutLeases>(bytes) {
@@ -172,7 +145,6 @@ impl StateMachine {
             alarms: image.alarms,
             applied: image.applied,
             limits,
-            member_id,
         })
     }
 
@@ -196,8 +168,8 @@ impl StateMachine {
     }
 
     /// What a state machine rebuilt from a snapshot keeps of this one.
-    pub fn identity(&self) -> (u64, Limits) {
-        (self.member_id, self.limits.clone())
+    pub fn limits(&self) -> Limits {
+        self.limits.clone()
     }
 
     pub fn applied(&self) -> u64 {
@@ -301,16 +273,10 @@ impl StateMachine {
     }
 
     fn apply_unstamped(&mut self, req: &Request, now_ms: u64, events: &mut Vec<Event>) -> Reply {
+        // etcd's capped applier: only the replicated alarm set decides.
         let no_space = self.alarms.iter().any(|a| a.alarm == AlarmType::Nospace);
-        let cost = cost(req);
-        if cost > 0 {
-            if no_space {
-                return Err(Error::NoSpace);
-            }
-            if self.kv.size_bytes() + cost > self.limits.quota_bytes {
-                self.raise(AlarmType::Nospace);
-                return Err(Error::NoSpace);
-            }
+        if no_space && super::quota::cost(req) > 0 {
+            return Err(Error::NoSpace);
         }
         let lessor = &self.lessor;
         let lease_exists = |id: i64| lessor.contains(id);
@@ -419,18 +385,6 @@ impl StateMachine {
             other => return Err(Error::Unimplemented(other.method().to_string())),
         })
     }
-
-    fn raise(&mut self, alarm: AlarmType) {
-        let member_id = self.member_id;
-        if !self
-            .alarms
-            .iter()
-            .any(|a| a.member_id == member_id && a.alarm == alarm)
-        {
-            log::warn!("alarm raised: {alarm:?} on member {member_id:x}");
-            self.alarms.push(AlarmMember { member_id, alarm });
-        }
-    }
 }
 
 #[cfg(test)]
@@ -440,13 +394,9 @@ mod tests {
     use qed_wire::lease::{LeaseGrantRequest, LeaseRevokeRequest};
 
     fn machine() -> StateMachine {
-        StateMachine::new(
-            1,
-            Limits {
-                quota_bytes: u64::MAX,
-                lease: LeaseConfig::default(),
-            },
-        )
+        StateMachine::new(Limits {
+            lease: LeaseConfig::default(),
+        })
     }
 
     fn apply(sm: &mut StateMachine, index: u64, req: Request) -> (Reply, Vec<Event>) {
@@ -483,8 +433,7 @@ mod tests {
 
         // Leases and attachments come back from a snapshot.
         let bytes = sm.to_snapshot().unwrap();
-        let (member, limits) = sm.identity();
-        let mut sm = StateMachine::from_snapshot(&bytes, member, limits).unwrap();
+        let mut sm = StateMachine::from_snapshot(&bytes, sm.limits()).unwrap();
         assert_eq!(
             sm.read(&Request::LeaseLeases(Default::default())),
             Ok(Response::LeaseLeases(LeaseLeasesResponse {
@@ -518,6 +467,42 @@ mod tests {
         assert_eq!(apply(&mut sm, 8, revoke_again).0, Err(Error::LeaseNotFound));
     }
 
+    /// Only applied Alarm entries gate writes: NOSPACE refuses what takes
+    /// space (puts, txns that put, lease grants) on every member alike and
+    /// lets deletes through; disarming it (another entry) lets writes in.
+    #[test]
+    fn replicated_nospace_alarm_gates_writes() {
+        use qed_wire::maintenance::AlarmRequest;
+        let alarm = |action, member_id| {
+            Request::Alarm(AlarmRequest {
+                action,
+                member_id,
+                alarm: AlarmType::Nospace,
+            })
+        };
+        let mut sm = machine();
+        assert!(apply(&mut sm, 1, put("a", 0)).0.is_ok());
+        assert!(apply(&mut sm, 2, alarm(AlarmAction::Activate, 9)).0.is_ok());
+        assert_eq!(apply(&mut sm, 3, put("b", 0)).0, Err(Error::NoSpace));
+        let grant = Request::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 7 });
+        assert_eq!(apply(&mut sm, 4, grant).0, Err(Error::NoSpace));
+        let delete = Request::DeleteRange(qed_wire::kv::DeleteRangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        });
+        assert!(apply(&mut sm, 5, delete).0.is_ok());
+        // Another member's disarm clears only its own alarm.
+        assert!(apply(&mut sm, 6, alarm(AlarmAction::Deactivate, 8))
+            .0
+            .is_ok());
+        assert_eq!(apply(&mut sm, 7, put("b", 0)).0, Err(Error::NoSpace));
+        assert!(apply(&mut sm, 8, alarm(AlarmAction::Deactivate, 9))
+            .0
+            .is_ok());
+        assert!(apply(&mut sm, 9, put("b", 0)).0.is_ok());
+        assert!(sm.alarms().is_empty());
+    }
+
     #[test]
     fn snapshots_from_before_leases_still_load() {
         #[derive(Serialize)]
@@ -532,8 +517,7 @@ mod tests {
             alarms: Vec::new(),
         };
         let bytes = postcard::to_allocvec(&old).unwrap();
-        let (member, limits) = machine().identity();
-        let sm = StateMachine::from_snapshot(&bytes, member, limits).unwrap();
+        let sm = StateMachine::from_snapshot(&bytes, machine().limits()).unwrap();
         assert_eq!(sm.applied(), 3);
     }
 
@@ -566,8 +550,7 @@ mod tests {
         let bytes = sm.to_snapshot().unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
         assert_eq!(bytes.capacity(), bytes.len());
-        let (member, limits) = machine().identity();
-        let back = StateMachine::from_snapshot(&bytes, member, limits).unwrap();
+        let back = StateMachine::from_snapshot(&bytes, machine().limits()).unwrap();
         assert_eq!(back.to_snapshot().unwrap(), bytes);
     }
 }
