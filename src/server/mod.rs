@@ -10,6 +10,7 @@
 //! [`state_machine`] is what applying a request means; [`service`] turns
 //! QUIC streams into calls.
 
+pub mod budget;
 pub mod members;
 pub mod node;
 pub mod peer;

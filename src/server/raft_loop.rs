@@ -56,7 +56,7 @@ use qed_wire::lease::LeaseRevokeRequest;
 use qed_wire::peer::ConfContext;
 use qed_wire::{Error, Reply, Request};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -107,6 +107,14 @@ pub struct RaftStatus {
     pub last_index: AtomicU64,
     /// Peer messages in the inbox, not yet stepped.
     pub queued_steps: AtomicU64,
+    /// Proposals and reads whose callers wait on the loop.
+    pub waiting_calls: AtomicU64,
+    /// A tick (or a lease check) is in the inbox, not yet handled: the
+    /// tickers send no other, so a loop that fell behind gets one tick, not
+    /// a burst of them (a burst would run out election timeouts at once and
+    /// CheckQuorum would depose a leader that was only busy).
+    tick_queued: AtomicBool,
+    leases_queued: AtomicBool,
 }
 
 /// Timing and snapshot settings for the loop.
@@ -124,6 +132,16 @@ pub struct LoopOptions {
 /// are ~1 MiB at most, most messages are tiny).
 const MAX_QUEUED_STEPS: u64 = 4096;
 
+/// etcd's `maxGapBetweenApplyAndCommitIndex`: past this many committed
+/// entries not yet applied, new proposals are refused with `too many
+/// requests` rather than queued behind them.
+const MAX_GAP_BETWEEN_APPLY_AND_COMMIT: u64 = 5000;
+
+/// Proposals and reads that may wait on the loop at once; more are refused
+/// with `too many requests` (each holds a waiter, and a proposal its entry,
+/// until answered).
+const MAX_WAITING_CALLS: u64 = 16 * 1024;
+
 /// Ticks between sweeps for callers that gave up waiting.
 const FORGET_LEFT_CALLERS_EVERY: u64 = 50;
 
@@ -140,9 +158,37 @@ pub struct RaftHandle {
     answer_timeout: Option<Duration>,
 }
 
+/// A caller counted in [`RaftStatus::waiting_calls`] until dropped.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl RaftHandle {
-    /// Proposes a write and waits until it is applied.
+    /// Counts a caller that will wait on the loop, or refuses it when too
+    /// many already do.
+    fn admit(&self) -> Result<Waiting<'_>, Error> {
+        let waiting = &self.status.waiting_calls;
+        if waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING_CALLS {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::TooManyRequests);
+        }
+        Ok(Waiting(waiting))
+    }
+
+    /// Proposes a write and waits until it is applied. Refused with etcd's
+    /// `too many requests` while apply lags commit by more than
+    /// [`MAX_GAP_BETWEEN_APPLY_AND_COMMIT`] entries or too many callers wait.
     pub async fn propose(&self, request: Request) -> Reply {
+        let commit = self.status.commit.load(Ordering::Relaxed);
+        let applied = self.status.applied.load(Ordering::Relaxed);
+        if commit > applied + MAX_GAP_BETWEEN_APPLY_AND_COMMIT {
+            return Err(Error::TooManyRequests);
+        }
+        let _waiting = self.admit()?;
         let (reply, answer) = channel::bounded(1);
         self.inbox
             .send(Input::Propose { request, reply })
@@ -154,6 +200,7 @@ impl RaftHandle {
     /// Waits until a read at this moment may be served linearizably from
     /// the local state machine.
     pub async fn read_index(&self) -> Result<(), Error> {
+        let _waiting = self.admit()?;
         let (reply, answer) = channel::bounded(1);
         self.inbox
             .send(Input::ReadIndex { reply })
@@ -250,24 +297,8 @@ pub fn start(
     let status = Arc::new(RaftStatus::default());
     let snapshots = log.snapshot_writer();
     let jobs = spawn_writer(log, inbox.clone());
-    let ticker = inbox.clone();
-    runtime::spawn(async move {
-        loop {
-            runtime::sleep(options.tick).await;
-            if ticker.send(Input::Tick).await.is_err() {
-                return;
-            }
-        }
-    });
-    let lease_ticker = inbox.clone();
-    runtime::spawn(async move {
-        loop {
-            runtime::sleep(LEASE_CHECK_EVERY).await;
-            if lease_ticker.send(Input::CheckLeases).await.is_err() {
-                return;
-            }
-        }
-    });
+    spawn_ticker(inbox.clone(), status.clone(), options.tick, false);
+    spawn_ticker(inbox.clone(), status.clone(), LEASE_CHECK_EVERY, true);
     let snapshot_base = core.status().first_index.saturating_sub(1);
     let core_id = core.id();
     // A forwarded proposal may be lost; etcd gives up after its request
@@ -324,6 +355,32 @@ pub fn start(
         },
         stopped,
     )
+}
+
+/// Sends `Tick` (or, with `leases`, `CheckLeases`) every `every`, unless
+/// the last one is still in the inbox (see [`RaftStatus::tick_queued`]).
+fn spawn_ticker(
+    inbox: channel::Sender<Input>,
+    status: Arc<RaftStatus>,
+    every: Duration,
+    leases: bool,
+) {
+    runtime::spawn(async move {
+        loop {
+            runtime::sleep(every).await;
+            let (queued, input) = if leases {
+                (&status.leases_queued, Input::CheckLeases)
+            } else {
+                (&status.tick_queued, Input::Tick)
+            };
+            if queued.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            if inbox.send(input).await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Command IDs and read contexts, etcd's way (`idutil.Generator`): 16 bits
@@ -426,6 +483,7 @@ impl Driver {
     fn handle(&mut self, input: Input) -> Result<(), String> {
         match input {
             Input::Tick => {
+                self.status.tick_queued.store(false, Ordering::Release);
                 self.core.tick();
                 // The leader stops talking to a member once its removal
                 // applies, so a removed member may never apply it: the
@@ -475,7 +533,10 @@ impl Driver {
                     }
                 }
             }
-            Input::CheckLeases => self.check_leases(),
+            Input::CheckLeases => {
+                self.status.leases_queued.store(false, Ordering::Release);
+                self.check_leases();
+            }
             Input::ReadIndex { reply } => {
                 let ctx = self.ids.next();
                 match self.core.read_index(ctx.to_be_bytes().to_vec()) {
@@ -1059,8 +1120,48 @@ fn write_batch(
 
 #[cfg(test)]
 mod tests {
-    use super::{coalesce_proposals, CommandIds};
+    use super::{
+        coalesce_proposals, CommandIds, RaftHandle, RaftStatus, MAX_GAP_BETWEEN_APPLY_AND_COMMIT,
+        MAX_WAITING_CALLS,
+    };
+    use crate::runtime::channel;
     use crate::wire::raft::{Entry, Message, MessageBody};
+    use qed_wire::Error;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    /// etcd's `too many requests`: refused before reaching the inbox when
+    /// apply lags commit too far, or too many callers wait already.
+    #[test]
+    fn excess_proposals_are_refused_with_too_many_requests() {
+        let (inbox, inputs) = channel::unbounded();
+        let handle = RaftHandle {
+            inbox,
+            status: Arc::new(RaftStatus::default()),
+            answer_timeout: None,
+        };
+        let put = || qed_wire::Request::Put(Default::default());
+        let status = &handle.status;
+        status
+            .commit
+            .store(MAX_GAP_BETWEEN_APPLY_AND_COMMIT + 11, Ordering::Relaxed);
+        status.applied.store(10, Ordering::Relaxed);
+        let refused = crate::runtime::block_on(handle.propose(put()));
+        assert_eq!(refused, Err(Error::TooManyRequests));
+        status.applied.store(11, Ordering::Relaxed);
+        status
+            .waiting_calls
+            .store(MAX_WAITING_CALLS, Ordering::Relaxed);
+        let refused = crate::runtime::block_on(handle.propose(put()));
+        assert_eq!(refused, Err(Error::TooManyRequests));
+        let refused = crate::runtime::block_on(handle.read_index());
+        assert_eq!(refused, Err(Error::TooManyRequests));
+        assert!(inputs.try_recv().is_err(), "nothing reached the loop");
+        assert_eq!(
+            status.waiting_calls.load(Ordering::Relaxed),
+            MAX_WAITING_CALLS
+        );
+    }
 
     fn propose(to: u64, data: u8) -> Message {
         Message {
