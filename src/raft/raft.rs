@@ -1402,7 +1402,7 @@ impl Raft {
 
     /// Like [`Raft::compact`] for a snapshot cut at an earlier applied
     /// `index` (the driver serializes off its loop while applying goes on).
-    pub fn compact_at(&mut self, index: u64, data: Vec<u8>) -> Option<SnapshotMeta> {
+    pub fn compact_at(&mut self, index: u64, data: impl Into<Arc<[u8]>>) -> Option<SnapshotMeta> {
         if index > self.log.applied || index <= self.log.snap_index {
             return None;
         }
@@ -1414,7 +1414,7 @@ impl Raft {
         };
         self.log.compact(Snapshot {
             meta: meta.clone(),
-            data: Arc::from(data),
+            data: data.into(),
         });
         Some(meta)
     }

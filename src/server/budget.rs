@@ -156,7 +156,10 @@ mod tests {
         drop(big);
         assert_eq!(node.used(), 30);
         let mut again = a.charge();
-        assert!(again.add(10) && again.add(70), "a's share and cap are free again");
+        assert!(
+            again.add(10) && again.add(70),
+            "a's share and cap are free again"
+        );
         drop((again, other));
         assert_eq!(node.used(), 0);
         assert_eq!(a.total.load(Ordering::Acquire), 0);

@@ -422,11 +422,25 @@ impl Node {
             .map_err(|e| Error::Internal(format!("snapshot failed: {e}")))
     }
 
+    /// A read from the local state. Key-space reads are served from an
+    /// O(1) clone of the store, taken under the state lock and read after
+    /// it is released, so a large range never holds up the apply path.
     fn read(&self, req: &Request) -> Reply {
-        self.state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .read(req)
+        let view = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            match req {
+                Request::Range(_) | Request::Txn(_) | Request::HashKv(_) | Request::Hash(_) => {
+                    state.store_view()
+                }
+                _ => return state.read(req),
+            }
+        };
+        StateMachine::read_kv(&view, req).unwrap_or_else(|| {
+            Err(Error::Internal(format!(
+                "{} is not a key-space read",
+                req.method()
+            )))
+        })
     }
 
     fn local_header(&self) -> ResponseHeader {

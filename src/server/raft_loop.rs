@@ -90,10 +90,11 @@ pub enum Input {
         result: Result<(), String>,
     },
     /// The snapshotter wrote the state machine as of `meta.index` to a
-    /// durable snapshot file (and hands back its bytes).
+    /// durable snapshot file (and hands back its bytes, shared: the loop
+    /// never copies an image).
     SnapshotSaved {
         meta: SnapshotMeta,
-        data: Result<Vec<u8>, String>,
+        data: Result<Arc<[u8]>, String>,
     },
 }
 
@@ -275,8 +276,9 @@ enum PersistJob {
         /// Numbers append jobs, so the loop knows which messages may go.
         seq: u64,
     },
-    /// A snapshot from the leader: saved and marked in order with the log.
-    Snapshot { meta: SnapshotMeta, data: Vec<u8> },
+    /// A snapshot from the leader: saved and marked in order with the log
+    /// (the core's bytes, shared, not copied).
+    Snapshot { meta: SnapshotMeta, data: Arc<[u8]> },
     /// Our own snapshot file is durable: record it and release segments.
     SnapshotMarker { meta: SnapshotMeta },
 }
@@ -577,9 +579,9 @@ impl Driver {
                 // the whole state.
                 let conf = self.core.conf_state();
                 let for_followers = if conf.voters == [self.core.id()] && conf.learners.is_empty() {
-                    Vec::new()
+                    Arc::from(Vec::new())
                 } else {
-                    data.clone()
+                    data
                 };
                 if self.core.compact_at(index, for_followers).is_some() {
                     log::info!(
@@ -742,7 +744,7 @@ impl Driver {
                 self.install_snapshot(&snapshot)?;
                 self.send_job(PersistJob::Snapshot {
                     meta: snapshot.meta.clone(),
-                    data: snapshot.data.to_vec(),
+                    data: snapshot.data.clone(),
                 })?;
             }
             if let Some(last) = rd.entries.last() {
@@ -950,7 +952,9 @@ impl Driver {
             let data = runtime::spawn_blocking(move || {
                 let image = view.to_snapshot().map_err(|e| e.to_string())?;
                 writer.save(&file_meta, &image).map_err(|e| e.to_string())?;
-                Ok(image)
+                // One copy, here on the blocking pool; the loop and the core
+                // share it from now on.
+                Ok(Arc::<[u8]>::from(image))
             })
             .await;
             let _ = inbox.send(Input::SnapshotSaved { meta, data }).await;
@@ -1104,7 +1108,8 @@ fn write_batch(
             PersistJob::Snapshot { meta, data } => {
                 // Entries queued before it must be durable first.
                 log.sync()?;
-                log.save_snapshot(&meta, data)?;
+                log.snapshot_writer().save(&meta, &data)?;
+                log.mark_snapshot(&meta)?;
             }
             PersistJob::SnapshotMarker { meta } => {
                 log.sync()?;

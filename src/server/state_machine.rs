@@ -350,30 +350,46 @@ impl StateMachine {
 
     /// Serves a read from the current state, stamping the header's revision.
     pub fn read(&self, req: &Request) -> Reply {
+        if let Some(reply) = Self::read_kv(&self.kv, req) {
+            return reply;
+        }
         let mut resp = self.read_unstamped(req)?;
         resp.header_mut().revision = self.kv.revision();
         Ok(resp)
     }
 
-    fn read_unstamped(&self, req: &Request) -> Reply {
-        Ok(match req {
-            Request::Range(r) => Response::Range(self.kv.range(r).map_err(Error::from)?),
-            Request::Txn(t) => Response::Txn(self.kv.txn_read_only(t).map_err(Error::from)?),
-            Request::HashKv(h) => {
-                let hash = self.kv.hash_kv(h.revision).map_err(Error::from)?;
+    /// The reads that need only the key space (ranges, read-only txns,
+    /// hashes), served from `kv` and stamped with its revision; `None` for
+    /// any other request. Callers pass a [`StateMachine::store_view`] so
+    /// that building a large response holds no lock the apply path waits
+    /// for.
+    pub fn read_kv(kv: &Store, req: &Request) -> Option<Reply> {
+        let resp = match req {
+            Request::Range(r) => kv.range(r).map(Response::Range),
+            Request::Txn(t) => kv.txn_read_only(t).map(Response::Txn),
+            Request::HashKv(h) => kv.hash_kv(h.revision).map(|hash| {
                 Response::HashKv(HashKvResponse {
                     header: Default::default(),
                     hash: hash.hash,
                     compact_revision: hash.compact_revision,
                 })
-            }
-            Request::Hash(_) => {
-                let hash = self.kv.hash_kv(0).map_err(Error::from)?;
+            }),
+            Request::Hash(_) => kv.hash_kv(0).map(|hash| {
                 Response::Hash(HashResponse {
                     header: Default::default(),
                     hash: hash.hash,
                 })
-            }
+            }),
+            _ => return None,
+        };
+        Some(resp.map_err(Error::from).map(|mut resp| {
+            resp.header_mut().revision = kv.revision();
+            resp
+        }))
+    }
+
+    fn read_unstamped(&self, req: &Request) -> Reply {
+        Ok(match req {
             Request::Alarm(_) => Response::Alarm(AlarmResponse {
                 header: Default::default(),
                 alarms: self.alarms.clone(),
