@@ -982,7 +982,11 @@ fn history_since_bounds_its_work_and_says_how_far_it_read() {
     for _ in 0..100 {
         let read = s.history_since(from, b"k", b"r3", 0, 10).unwrap();
         assert!(read.visited <= 11, "a revision of two entries may end it");
-        seen.extend(read.events.iter().map(|e| (e.kv.key.clone(), e.kv.mod_revision)));
+        seen.extend(
+            read.events
+                .iter()
+                .map(|e| (e.kv.key.clone(), e.kv.mod_revision)),
+        );
         from = read.through + 1;
         if read.through == s.revision() {
             break;

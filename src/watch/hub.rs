@@ -516,25 +516,21 @@ impl WatchHub {
                 if !unlimited && visits_left == 0 {
                     break;
                 }
-                let read = match store.history_since(
-                    w.next_rev,
-                    &w.key,
-                    &w.range_end,
-                    batch,
-                    visits_left,
-                ) {
-                    Ok(read) => {
-                        visits_left = visits_left.saturating_sub(read.visited.max(1));
-                        History::Events(
-                            Rc::new(read.events.into_iter().map(Arc::new).collect()),
-                            read.through,
-                        )
-                    }
-                    Err(MvccError::Compacted) => History::Compacted,
-                    // No other error comes from history reads; leave the
-                    // watcher for the next round rather than guess.
-                    Err(_) => History::Unreadable,
-                };
+                let read =
+                    match store.history_since(w.next_rev, &w.key, &w.range_end, batch, visits_left)
+                    {
+                        Ok(read) => {
+                            visits_left = visits_left.saturating_sub(read.visited.max(1));
+                            History::Events(
+                                Rc::new(read.events.into_iter().map(Arc::new).collect()),
+                                read.through,
+                            )
+                        }
+                        Err(MvccError::Compacted) => History::Compacted,
+                        // No other error comes from history reads; leave the
+                        // watcher for the next round rather than guess.
+                        Err(_) => History::Unreadable,
+                    };
                 history.insert(read_key.clone(), read);
             }
             let Some(read) = history.get(&read_key).cloned() else {
