@@ -4,11 +4,12 @@
 //! Each command's stdout, stderr and exit status are compared after
 //! normalizing only what legitimately differs between two clusters: cluster,
 //! member and lease IDs, raft terms and indexes, versions, sizes, hashes,
-//! timings, ports and etcdctl's client-side retry log lines. Commands whose
-//! engine qed does not have yet are listed with [`Expect::Differs`] and the
-//! reason; the test prints counts of matching / known-mismatch / unexpected
-//! commands and fails only on unexpected mismatches (a known mismatch that
-//! starts matching is reported, so the list can shrink).
+//! timings, ports and etcdctl's client-side retry log lines. Every command
+//! must match, auth included (users, roles, permissions on keys, ranges,
+//! prefixes and from-key, `--user u:p` and `--user u --password p`, wrong
+//! passwords, a reader denied on get/put/del/txn/watch/lock/lease/
+//! maintenance/user/role calls, revokes taking effect at once). The test
+//! prints every mismatch and the counts.
 //!
 //! Skips, with the reason printed, when `etcd` or `etcdctl` is not on PATH
 //! (`make deps-etcd` installs Debian's). `QED_ETCDCTL_DIFF_REPORT_ONLY=1`
@@ -23,23 +24,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// What the script expects of one command.
-#[derive(Clone, Copy)]
-enum Expect {
-    /// Same normalized output from both.
-    Match,
-    /// Known to differ, with the reason.
-    Differs(&'static str),
-}
-
-const NO_AUTH: &str = "the qed node has no auth engine yet (Auth answers Unimplemented)";
+/// etcdctl's credentials flags for the auth steps.
+const ROOT: &str = "--user=root:rootpw";
+const ALICE: &str = "--user=alice:alicepw";
 
 struct Step {
     args: &'static [&'static str],
     stdin: Option<&'static str>,
     /// Kill the command after this long (watch, elect run forever).
     run_for: Option<Duration>,
-    expect: Expect,
 }
 
 const fn cmd(args: &'static [&'static str]) -> Step {
@@ -47,16 +40,6 @@ const fn cmd(args: &'static [&'static str]) -> Step {
         args,
         stdin: None,
         run_for: None,
-        expect: Expect::Match,
-    }
-}
-
-const fn differs(args: &'static [&'static str], why: &'static str) -> Step {
-    Step {
-        args,
-        stdin: None,
-        run_for: None,
-        expect: Expect::Differs(why),
     }
 }
 
@@ -65,7 +48,6 @@ const fn txn(stdin: &'static str, args: &'static [&'static str]) -> Step {
         args,
         stdin: Some(stdin),
         run_for: None,
-        expect: Expect::Match,
     }
 }
 
@@ -74,7 +56,6 @@ const fn timed(args: &'static [&'static str], secs: u64) -> Step {
         args,
         stdin: None,
         run_for: Some(Duration::from_secs(secs)),
-        expect: Expect::Match,
     }
 }
 
@@ -182,18 +163,104 @@ fn script() -> Vec<Step> {
         // ---- cluster
         cmd(&["member", "list"]),
         cmd(&["member", "list", "-w", "json"]),
-        // ---- auth
-        differs(&["user", "add", "alice", "--new-user-password=pw"], NO_AUTH),
-        differs(&["role", "add", "reader"], NO_AUTH),
-        differs(&["role", "grant-permission", "reader", "read", "foo"], NO_AUTH),
-        differs(&["role", "get", "reader"], NO_AUTH),
-        differs(&["user", "grant-role", "alice", "reader"], NO_AUTH),
-        differs(&["user", "get", "alice"], NO_AUTH),
-        differs(&["user", "list"], NO_AUTH),
-        differs(&["role", "list"], NO_AUTH),
-        differs(&["user", "delete", "alice"], NO_AUTH),
-        differs(&["role", "delete", "reader"], NO_AUTH),
-        differs(&["auth", "disable"], NO_AUTH),
+        // ---- auth: users, roles, permissions on a key, a range, a prefix
+        // and from a key; then the same calls as root, as a reader, with a
+        // wrong password, without credentials; revokes take effect at once.
+        cmd(&["auth", "enable"]),
+        cmd(&["user", "add", "root", "--new-user-password=rootpw"]),
+        cmd(&["user", "add", "alice", "--new-user-password=alicepw"]),
+        cmd(&["user", "add", "alice", "--new-user-password=again"]),
+        cmd(&["user", "add", "bob", "--no-password"]),
+        cmd(&["role", "add", "reader"]),
+        cmd(&["role", "add", "reader"]),
+        cmd(&["role", "grant-permission", "reader", "read", "foo"]),
+        cmd(&["role", "grant-permission", "reader", "readwrite", "--prefix", "pre/"]),
+        cmd(&["role", "grant-permission", "reader", "write", "range1", "range5"]),
+        cmd(&["role", "grant-permission", "reader", "read", "--from-key", "zz"]),
+        cmd(&["role", "grant-permission", "reader", "write", "foo"]),
+        cmd(&["role", "grant-permission", "nosuchrole", "read", "foo"]),
+        cmd(&["role", "get", "reader"]),
+        cmd(&["role", "get", "nosuchrole"]),
+        cmd(&["user", "grant-role", "alice", "reader"]),
+        cmd(&["user", "grant-role", "alice", "nosuchrole"]),
+        cmd(&["user", "grant-role", "nobody", "reader"]),
+        cmd(&["user", "get", "alice"]),
+        cmd(&["user", "get", "nobody"]),
+        cmd(&["user", "list"]),
+        cmd(&["role", "list"]),
+        cmd(&["user", "revoke-role", "alice", "nosuchrole"]),
+        cmd(&["role", "revoke-permission", "reader", "nokey"]),
+        // etcdctl adds the root role and grants it to root when enabling
+        // finds it missing.
+        cmd(&["auth", "enable"]),
+        cmd(&["auth", "enable"]),
+        cmd(&["put", "foo", "denied"]),
+        cmd(&["get", "foo"]),
+        cmd(&[ROOT, "put", "foo", "root"]),
+        cmd(&[ROOT, "put", "secret", "s"]),
+        cmd(&[ALICE, "get", "foo"]),
+        cmd(&[ALICE, "put", "foo", "x"]),
+        cmd(&[ALICE, "put", "pre/a", "1"]),
+        cmd(&["--user=alice", "--password=alicepw", "put", "pre/b", "2", "--prev-kv"]),
+        cmd(&[ALICE, "get", "pre/", "--prefix"]),
+        cmd(&[ALICE, "get", "pre/", "--from-key"]),
+        cmd(&[ALICE, "get", "zz", "--from-key"]),
+        cmd(&[ALICE, "get", "zzz"]),
+        cmd(&[ALICE, "get", "secret"]),
+        cmd(&[ALICE, "get", "", "--prefix"]),
+        cmd(&[ALICE, "put", "range2", "w"]),
+        cmd(&[ALICE, "put", "range2", "w", "--prev-kv"]),
+        cmd(&[ALICE, "del", "range1", "range5"]),
+        cmd(&[ALICE, "del", "range1", "range6"]),
+        cmd(&[ALICE, "del", "foo"]),
+        txn("\n\nput pre/t 1\n\n\n", &[ALICE, "txn"]),
+        txn("value(\"secret\") = \"s\"\n\nput pre/t 2\n\n\n", &[ALICE, "txn"]),
+        txn("\n\nget pre/t\n\nput secret x\n\n", &[ALICE, "txn"]),
+        cmd(&["--user=alice:wrong", "get", "foo"]),
+        cmd(&["--user=nobody:pw", "get", "foo"]),
+        cmd(&["--user=bob:anything", "get", "foo"]),
+        cmd(&[ALICE, "user", "list"]),
+        cmd(&[ALICE, "role", "list"]),
+        cmd(&[ALICE, "user", "get", "alice"]),
+        cmd(&[ALICE, "user", "get", "root"]),
+        cmd(&[ALICE, "role", "get", "reader"]),
+        cmd(&[ALICE, "role", "get", "root"]),
+        cmd(&[ALICE, "user", "add", "mallory", "--new-user-password=m"]),
+        cmd(&[ALICE, "role", "grant-permission", "reader", "readwrite", "secret"]),
+        cmd(&[ALICE, "auth", "disable"]),
+        cmd(&[ALICE, "endpoint", "hashkv"]),
+        cmd(&[ALICE, "defrag"]),
+        cmd(&[ALICE, "snapshot", "save", "SNAPSHOT"]),
+        cmd(&[ALICE, "member", "list"]),
+        cmd(&[ALICE, "member", "remove", "1234"]),
+        cmd(&[ALICE, "alarm", "list"]),
+        cmd(&[ALICE, "lease", "grant", "60"]),
+        cmd(&[ALICE, "lease", "revoke", "1234"]),
+        cmd(&[ALICE, "lock", "pre/lock", "echo", "locked"]),
+        cmd(&[ALICE, "lock", "mylock", "echo", "locked"]),
+        timed(&[ALICE, "watch", "foo", "--rev=1"], 2),
+        timed(&[ALICE, "watch", "secret"], 2),
+        cmd(&[ROOT, "role", "revoke-permission", "reader", "foo"]),
+        cmd(&[ALICE, "get", "foo"]),
+        cmd(&[ROOT, "role", "revoke-permission", "reader", "pre/", "pre0"]),
+        cmd(&[ALICE, "get", "pre/a"]),
+        cmd(&[ROOT, "user", "revoke-role", "root", "root"]),
+        cmd(&[ROOT, "role", "delete", "root"]),
+        cmd(&[ROOT, "user", "change-password", "alice", "--new-user-password=newpw"]),
+        cmd(&[ALICE, "get", "zzz"]),
+        cmd(&["--user=alice:newpw", "get", "zzz"]),
+        cmd(&[ROOT, "role", "delete", "reader"]),
+        cmd(&[ROOT, "user", "get", "alice"]),
+        cmd(&[ROOT, "user", "delete", "alice"]),
+        cmd(&["--user=alice:newpw", "get", "zzz"]),
+        cmd(&[ROOT, "user", "delete", "nobody"]),
+        cmd(&[ROOT, "role", "delete", "nosuchrole"]),
+        cmd(&[ROOT, "auth", "disable"]),
+        cmd(&["auth", "disable"]),
+        cmd(&["get", "secret"]),
+        cmd(&["user", "list"]),
+        cmd(&["user", "delete", "root"]),
+        cmd(&["user", "delete", "bob"]),
         // ---- still consistent at the end
         cmd(&["get", "", "--prefix", "-w", "json"]),
         // ---- concurrency recipes (last: on etcd they write lock keys)
@@ -442,9 +509,16 @@ fn normalize(step: &Step, endpoint: &str, (code, out, err): (i32, String, String
     ] {
         text = mask_number_after(&text, key);
     }
-    let is_status = step.args.starts_with(&["endpoint", "status"]);
-    let is_hash = step.args.starts_with(&["endpoint", "hashkv"]);
-    let is_member = step.args.first() == Some(&"member");
+    // The command, past etcdctl's credential flags.
+    let args: Vec<&str> = step
+        .args
+        .iter()
+        .copied()
+        .skip_while(|a| a.starts_with("--user") || a.starts_with("--password"))
+        .collect();
+    let is_status = args.starts_with(&["endpoint", "status"]);
+    let is_hash = args.starts_with(&["endpoint", "hashkv"]);
+    let is_member = args.first() == Some(&"member");
     text.lines()
         // etcdctl's client-side retry logs: timestamps and random client ids.
         .filter(|l| !l.starts_with("{\"level\":"))
@@ -629,7 +703,7 @@ fn etcdctl_outputs_match_etcd() {
     wait_ready(&etcd_endpoint, "etcd", &etcd_dir.0);
     wait_ready(&qed_endpoint, "qed-grpc", &qed_dir.0);
 
-    let (mut matching, mut known, mut fixed, mut unexpected) = (0, 0, Vec::new(), Vec::new());
+    let (mut matching, mut unexpected) = (0, Vec::new());
     for step in script() {
         let name = format!(
             "etcdctl {}{}",
@@ -649,30 +723,15 @@ fn etcdctl_outputs_match_etcd() {
         if verbose {
             println!("=== {name}\n{want}");
         }
-        match (want == got, step.expect) {
-            (true, Expect::Match) => matching += 1,
-            (true, Expect::Differs(_)) => {
-                matching += 1;
-                fixed.push(name);
-            }
-            (false, Expect::Differs(why)) => {
-                known += 1;
-                println!("known mismatch: {name}\n    reason: {why}");
-                if verbose {
-                    println!("--- qed\n{got}");
-                }
-            }
-            (false, Expect::Match) => {
-                println!("UNEXPECTED mismatch: {name}\n--- etcd\n{want}\n--- qed\n{got}\n---");
-                unexpected.push(name);
-            }
+        if want == got {
+            matching += 1;
+        } else {
+            println!("UNEXPECTED mismatch: {name}\n--- etcd\n{want}\n--- qed\n{got}\n---");
+            unexpected.push(name);
         }
     }
-    for name in &fixed {
-        println!("now matching (drop it from the known list): {name}");
-    }
     println!(
-        "etcdctl differential: {matching} matching, {known} known mismatches, {} unexpected",
+        "etcdctl differential: {matching} matching, {} unexpected",
         unexpected.len()
     );
     if !report_only {

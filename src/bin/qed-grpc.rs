@@ -188,7 +188,8 @@ fn main() -> ExitCode {
         key_file: flags.key.clone(),
         request_timeout: Duration::from_secs(flags.request_timeout.max(1)),
         dial_timeout: Duration::from_secs(flags.dial_timeout.max(1)),
-        token: None,
+        // Each gRPC call carries its caller's own token (metadata `token`).
+        ..ConnectOptions::default()
     };
     let base = ServerConfig {
         max_recv_bytes: flags.max_request_bytes.saturating_add(512 * 1024),

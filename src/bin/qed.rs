@@ -143,6 +143,23 @@ struct Flags {
     /// debug, info, warn or error.
     #[arg(long, env = "QED_LOG_LEVEL", default_value = "info")]
     log_level: String,
+
+    /// Auth tokens: `simple` (random, kept by every member for
+    /// --auth-token-ttl after last use), or signed JWTs:
+    /// `jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256|RS384|RS512|ES256|ES384|EdDSA[,ttl=5m]`
+    /// (PEM keys: PKCS#8, or PKCS#1 for RSA; any member with the public key
+    /// verifies a token).
+    #[arg(long, env = "QED_AUTH_TOKEN", default_value = "simple")]
+    auth_token: String,
+
+    /// Seconds an unused simple token stays valid (etcd's default).
+    #[arg(long, env = "QED_AUTH_TOKEN_TTL", default_value_t = 300)]
+    auth_token_ttl: u64,
+
+    /// bcrypt cost of stored password hashes (etcd's default: 10, about
+    /// 50-100 ms per check; each step doubles it).
+    #[arg(long, env = "QED_BCRYPT_COST", default_value_t = 10)]
+    bcrypt_cost: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -463,6 +480,11 @@ fn main() -> ExitCode {
             DEFAULT_QUOTA
         } else {
             flags.quota_backend_bytes
+        },
+        auth: qed::server::auth::AuthConfig {
+            token: flags.auth_token,
+            token_ttl: std::time::Duration::from_secs(flags.auth_token_ttl),
+            bcrypt_cost: flags.bcrypt_cost,
         },
     };
     qed::runtime::block_on(async move {

@@ -59,6 +59,13 @@ pub struct ConnectOptions {
     pub dial_timeout: Duration,
     /// Auth token sent with every call, from `Authenticate`.
     pub token: Option<String>,
+    /// With auth enabled on the cluster: the client authenticates as this
+    /// user on connect, and again when its token expires or is
+    /// invalidated (one retry of the call). The password only ever travels
+    /// inside TLS to a verified node (QUIC is always encrypted, and the
+    /// client always checks the node's certificate against `ca_file`).
+    pub user: Option<String>,
+    pub password: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -70,6 +77,8 @@ impl Default for ConnectOptions {
             request_timeout: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(2),
             token: None,
+            user: None,
+            password: None,
         }
     }
 }
@@ -140,6 +149,9 @@ struct Inner {
     connections: Vec<Mutex<Slot>>,
     next: AtomicUsize,
     options: ConnectOptions,
+    /// The token calls carry: `options.token`, or the one `Authenticate`
+    /// gave for `options.user`.
+    token: std::sync::RwLock<Option<String>>,
     watch_streams: watch_stream::WatchStreams,
 }
 
@@ -179,6 +191,7 @@ impl Client {
                 endpoints: parsed,
                 quic,
                 next: AtomicUsize::new(0),
+                token: std::sync::RwLock::new(options.token.clone()),
                 options,
                 watch_streams: Default::default(),
             }),
@@ -187,12 +200,39 @@ impl Client {
         runtime::timeout(timeout, client.any_connection())
             .await
             .map_err(|_| ClientError::Timeout)??;
+        client.authenticate().await?;
         Ok(client)
     }
 
     /// The token this client sends with its calls.
     pub fn token(&self) -> Option<String> {
-        self.inner.options.token.clone()
+        self.inner
+            .token
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Authenticates as `ConnectOptions::user` (nothing to do without
+    /// one) and keeps the token for later calls.
+    pub async fn authenticate(&self) -> Result<(), ClientError> {
+        let (Some(user), password) = (&self.inner.options.user, &self.inner.options.password)
+        else {
+            return Ok(());
+        };
+        let request = Request::Authenticate(qed_wire::auth::AuthenticateRequest {
+            name: user.clone(),
+            password: password.clone().unwrap_or_default(),
+        });
+        match self.call_with_token(None, request).await? {
+            Response::Authenticate(r) => {
+                *self.inner.token.write().unwrap_or_else(|p| p.into_inner()) = Some(r.token);
+                Ok(())
+            }
+            other => Err(ClientError::Protocol(format!(
+                "Authenticate answered with {other:?}"
+            ))),
+        }
     }
 
     fn watch_streams(&self) -> &watch_stream::WatchStreams {
@@ -204,10 +244,20 @@ impl Client {
         self.inner.options.request_timeout
     }
 
-    /// One unary call with the client's own token.
+    /// One unary call with the client's own token. A client with a user
+    /// whose token expired or went stale authenticates again and retries
+    /// once (etcd's clientv3 does the same).
     pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
-        self.call_with_token(self.inner.options.token.clone(), request)
-            .await
+        let first = self.call_with_token(self.token(), request.clone()).await;
+        match first {
+            Err(ClientError::Server(
+                qed_wire::Error::InvalidAuthToken | qed_wire::Error::AuthOldRevision,
+            )) if self.inner.options.user.is_some() => {
+                self.authenticate().await?;
+                self.call_with_token(self.token(), request).await
+            }
+            other => other,
+        }
     }
 
     /// One unary call; `token` replaces the client's token for this call.
@@ -282,9 +332,7 @@ impl Client {
         out: &mut impl std::io::Write,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, ClientError> {
-        let (_send, mut recv) = self
-            .open_stream(self.inner.options.token.clone(), Call::Snapshot)
-            .await?;
+        let (_send, mut recv) = self.open_stream(self.token(), Call::Snapshot).await?;
         let mut received = 0u64;
         loop {
             let chunk: Result<SnapshotResponse, qed_wire::Error> =

@@ -118,6 +118,7 @@ impl Status {
             E::InvalidArgument(_) => C::InvalidArgument,
             E::Unimplemented(_) => C::Unimplemented,
             E::Internal(_) => C::Internal,
+            E::Unknown(_) => C::Unknown,
         };
         Status::new(code, error.to_string())
     }

@@ -214,6 +214,14 @@ impl Lessor {
         self.items.get(key).copied()
     }
 
+    /// The keys attached to a lease (none when it does not exist).
+    pub fn keys_of(&self, id: LeaseId) -> Vec<Vec<u8>> {
+        self.leases
+            .get(&id)
+            .map(|l| l.keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Every lease ID, ascending.
     pub fn leases(&self) -> Vec<LeaseId> {
         self.leases.keys().copied().collect()

@@ -10,6 +10,7 @@
 //! [`state_machine`] is what applying a request means; [`service`] turns
 //! QUIC streams into calls.
 
+pub mod auth;
 pub mod budget;
 pub mod members;
 pub mod node;
@@ -87,6 +88,8 @@ pub struct NodeConfig {
     /// Ticks without a leader before an election (etcd's
     /// `--election-timeout` divided by the heartbeat interval).
     pub election_ticks: u32,
+    /// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`.
+    pub auth: auth::AuthConfig,
 }
 
 #[derive(Debug)]
@@ -185,6 +188,8 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     // The private key is stable across restarts and secret: a good seed for
     // the stateless-reset key (see `transport::endpoint`).
     let reset_secret = files.key.as_ref().and_then(|k| std::fs::read(k).ok());
+    let authenticator = auth::Authenticator::new(&config.auth).map_err(ServerError::Config)?;
+    let local_auth = Arc::new(auth::LocalAuth::new(config.auth.token_ttl));
     let members = Arc::new(initial_members(config)?);
     let identity = Identity {
         name: config.name.clone(),
@@ -200,7 +205,13 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     let join = config.join_existing && saved_cluster_id.is_none();
     let initial_voters = if join { Vec::new() } else { members.ids() };
     let joined = join || saved_cluster_id.is_some();
-    let (state, core, log, fresh) = recover(config, &identity, &initial_voters, joined)?;
+    let (state, core, log, fresh) = recover(
+        config,
+        &identity,
+        &initial_voters,
+        joined,
+        local_auth.clone(),
+    )?;
     match saved_cluster_id {
         Some(id) => members.adopt_cluster_id(id),
         // An initial member restarting with `existing` keeps the ID its
@@ -248,6 +259,8 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         state,
         raft,
         watchers,
+        authenticator,
+        local_auth,
         quota::Quota {
             bytes: config.quota_backend_bytes,
         },
@@ -367,6 +380,7 @@ fn recover(
     identity: &Identity,
     initial_voters: &[u64],
     joined: bool,
+    local_auth: Arc<auth::LocalAuth>,
 ) -> Result<(StateMachine, raft::Node, DurableLog, bool), ServerError> {
     let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(100);
     let limits = Limits {
@@ -414,11 +428,12 @@ fn recover(
             )))
         }
         Some((meta, data)) => {
-            let state =
-                StateMachine::from_snapshot(&data, limits).map_err(|e| ServerError::DataDir {
+            let state = StateMachine::from_snapshot(&data, limits, local_auth).map_err(|e| {
+                ServerError::DataDir {
                     path: member_dir.join("snap"),
                     reason: format!("newest snapshot does not load: {e}"),
-                })?;
+                }
+            })?;
             (
                 state,
                 raft::Snapshot {
@@ -428,7 +443,7 @@ fn recover(
             )
         }
         None => (
-            StateMachine::new(limits),
+            StateMachine::new(limits, local_auth),
             raft::Snapshot {
                 meta: SnapshotMeta {
                     index: 0,

@@ -6,20 +6,30 @@
 //! read it at once; membership and status are answered from here. It stamps
 //! the response header (the state machine stamps the revision).
 //!
+//! Auth: every call is first resolved to a caller (token or client
+//! certificate, see [`super::auth`]) and checked as etcd checks it; a
+//! proposal carries the caller and the auth revision it was checked at, and
+//! apply checks it again. Reads are checked under the same state lock they
+//! read under. Passwords are hashed here, before anything is proposed.
+//!
 //! Leases: TimeToLive and keepalives are leader-only and go through no log
 //! entry (etcd answers them from the leader's lessor once its apply index
 //! has caught up); a follower forwards them to the leader over the peer
 //! transport, as etcd does, so clients may talk to any member. Watches are served by
 //! the [`Watchers`] hub this node shares with the Raft loop.
 
+use super::auth::{Authenticator, Credentials, LocalAuth};
 use super::members::Members;
 use super::peer::Peers;
 use super::quota::Quota;
 use super::raft_loop::RaftHandle;
 use super::state_machine::{self, StateMachine};
 use super::watchers::Watchers;
+use crate::auth::AuthInfo;
 use crate::lease::LeaseError;
+use qed_wire::auth::{AuthenticateRequest, AuthenticateResponse};
 use qed_wire::cluster::{MemberAddResponse, MembersResponse};
+use qed_wire::command::AuthHeader;
 use qed_wire::lease::{LeaseKeepAliveResponse, LeaseTimeToLiveRequest};
 use qed_wire::maintenance::{AlarmAction, AlarmRequest, AlarmType, StatusResponse};
 use qed_wire::peer::{PeerAnswer, PeerCall, PeerReply};
@@ -63,11 +73,18 @@ pub struct Node {
     state: Arc<RwLock<StateMachine>>,
     raft: RaftHandle,
     watchers: Arc<Watchers>,
+    authenticator: Authenticator,
+    local_auth: Arc<LocalAuth>,
     /// This member's `--quota-backend-bytes`, checked before proposing.
     quota: Quota,
 }
 
+/// `Authenticate` proposals retried when the auth state changed between the
+/// password check and the token's entry (etcd retries the same way).
+const AUTHENTICATE_ATTEMPTS: usize = 3;
+
 impl Node {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         identity: Identity,
         members: Arc<Members>,
@@ -75,6 +92,8 @@ impl Node {
         state: Arc<RwLock<StateMachine>>,
         raft: RaftHandle,
         watchers: Arc<Watchers>,
+        authenticator: Authenticator,
+        local_auth: Arc<LocalAuth>,
         quota: Quota,
     ) -> Self {
         Node {
@@ -84,8 +103,145 @@ impl Node {
             state,
             raft,
             watchers,
+            authenticator,
+            local_auth,
             quota,
         }
+    }
+
+    /// Who is calling (etcd's `AuthInfo`; empty without credentials).
+    pub fn caller(&self, creds: &Credentials) -> Result<AuthInfo, Error> {
+        if creds.token.is_none() && (creds.cert_user.is_none() || !self.local_auth.is_enabled()) {
+            return Ok(AuthInfo::default());
+        }
+        let info = self.authenticator.caller(&self.local_auth, creds, || {
+            self.state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .auth()
+                .revision()
+        })?;
+        Ok(info.unwrap_or_default())
+    }
+
+    /// etcd's check of `req` for `info` against the current auth state;
+    /// free while auth is off.
+    pub fn check(&self, info: &AuthInfo, req: &Request) -> Result<(), Error> {
+        if !self.local_auth.is_enabled() {
+            return Ok(());
+        }
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        state.check_auth(info, req).map_err(|e| auth_error(req, e))
+    }
+
+    /// The admin check of calls that are not requests (the snapshot stream).
+    pub fn check_admin(&self, info: &AuthInfo) -> Result<(), Error> {
+        if !self.local_auth.is_enabled() {
+            return Ok(());
+        }
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        state.auth().check_admin(info).map_err(|e| e.untranslated())
+    }
+
+    /// etcd's `Authenticate`: the password is checked here (after a
+    /// linearizable read of the auth state, and this user's back-off);
+    /// a JWT is signed here, a simple token is issued by a log entry so
+    /// every member knows it. The entry carries no password.
+    async fn authenticate(&self, r: AuthenticateRequest) -> Reply {
+        self.raft.read_index().await?;
+        for _ in 0..AUTHENTICATE_ATTEMPTS {
+            let (enabled, hash, checked_revision) = {
+                let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+                let auth = state.auth();
+                (
+                    auth.is_enabled(),
+                    auth.user(&r.name).map(|u| u.password_hash.clone()),
+                    auth.revision(),
+                )
+            };
+            if !enabled {
+                return Err(Error::AuthNotEnabled);
+            }
+            let hash = match hash {
+                Some(Some(hash)) => hash,
+                Some(None) => {
+                    // etcd sends this one untranslated.
+                    self.authenticator.refuse(&r.name).await;
+                    return Err(Error::Unknown(
+                        "auth: authentication failed, password was given for no password user"
+                            .into(),
+                    ));
+                }
+                None => {
+                    self.authenticator.refuse(&r.name).await;
+                    return Err(Error::AuthFailed);
+                }
+            };
+            if !self
+                .authenticator
+                .check_password(&r.name, r.password.clone(), hash)
+                .await
+            {
+                return Err(Error::AuthFailed);
+            }
+            let token = if self.authenticator.issues_jwt() {
+                self.authenticator.sign_jwt(&r.name, checked_revision)?
+            } else {
+                let header = AuthHeader {
+                    token_prefix: self.authenticator.token_prefix()?,
+                    ..AuthHeader::default()
+                };
+                let entry = Request::Authenticate(AuthenticateRequest {
+                    name: r.name.clone(),
+                    password: String::new(),
+                });
+                match self.raft.propose(entry, header).await? {
+                    Response::Authenticate(resp) => resp.token,
+                    _ => {
+                        return Err(Error::Internal(
+                            "Authenticate applied as something else".into(),
+                        ))
+                    }
+                }
+            };
+            let now = self
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .auth()
+                .revision();
+            if now == checked_revision {
+                return Ok(Response::Authenticate(AuthenticateResponse {
+                    header: self.local_header(),
+                    token,
+                }));
+            }
+            log::info!(
+                "auth revision moved while authenticating {:?}; retrying",
+                r.name
+            );
+        }
+        Err(Error::AuthOldRevision)
+    }
+
+    /// Replaces a password in a call with its bcrypt hash, so the entry
+    /// proposed never holds the plaintext.
+    async fn hash_passwords(&self, req: Request) -> Result<Request, Error> {
+        Ok(match req {
+            Request::UserAdd(mut r) if !r.no_password => {
+                r.password = self.authenticator.hash_password(r.password).await?;
+                Request::UserAdd(r)
+            }
+            Request::UserAdd(mut r) => {
+                r.password.clear();
+                Request::UserAdd(r)
+            }
+            Request::UserChangePassword(mut r) => {
+                r.password = self.authenticator.hash_password(r.password).await?;
+                Request::UserChangePassword(r)
+            }
+            other => other,
+        })
     }
 
     /// The watch hub, for watch streams.
@@ -303,9 +459,15 @@ impl Node {
         &self.identity
     }
 
-    pub async fn handle(&self, req: Request) -> Reply {
+    pub async fn handle(&self, req: Request, creds: &Credentials) -> Reply {
         // etcd refuses malformed requests before they reach the log.
         validate(&req)?;
+        let info = self.caller(creds)?;
+        if let Request::Authenticate(r) = req {
+            return self.authenticate(r).await;
+        }
+        self.check(&info, &req)?;
+        let req = self.hash_passwords(req).await?;
         let mut resp = match &req {
             // etcd's Cluster service stamps no revision.
             Request::MemberList(_) => Response::Members(MembersResponse {
@@ -335,15 +497,14 @@ impl Node {
                     header: self.local_header(),
                 })
             }
-            Request::Authenticate(_) => return Err(Error::AuthNotEnabled),
-            Request::AuthStatus => Response::AuthStatus {
-                header: self.local_header(),
-                enabled: false,
-                auth_revision: 0,
-            },
             req if state_machine::is_write(req) => {
                 self.check_quota(req).await?;
-                self.raft.propose(req.clone()).await?
+                let header = AuthHeader {
+                    user: info.user.clone(),
+                    revision: info.revision,
+                    ..AuthHeader::default()
+                };
+                self.raft.propose(req.clone(), header).await?
             }
             Request::LeaseTimeToLive(r) => match self.remote_leader()? {
                 // The leader's header stays: it answered.
@@ -359,15 +520,21 @@ impl Node {
             },
             Request::Range(r) if !r.serializable => {
                 self.raft.read_index().await?;
-                self.read(&req)?
+                self.read(&req, &info)?
             }
-            // A read-only txn (is_write said so) is a linearizable read;
-            // so is an alarm list (etcd serves it through the log).
-            Request::Txn(_) | Request::Alarm(_) => {
+            // A read-only txn (is_write said so) is a linearizable read, and
+            // so are the auth reads and the alarm list (etcd 3.4 sends them
+            // through Raft).
+            Request::Txn(_)
+            | Request::Alarm(_)
+            | Request::UserGet { .. }
+            | Request::UserList
+            | Request::RoleGet { .. }
+            | Request::RoleList => {
                 self.raft.read_index().await?;
-                self.read(&req)?
+                self.read(&req, &info)?
             }
-            req => self.read(req)?,
+            req => self.read(req, &info)?,
         };
         let header = resp.header_mut();
         self.stamp(header);
@@ -404,7 +571,7 @@ impl Node {
             });
             // etcd ignores the outcome too: the write is refused either way,
             // and the next one over the quota tries again.
-            if let Err(e) = self.raft.propose(alarm).await {
+            if let Err(e) = self.raft.propose(alarm, AuthHeader::system()).await {
                 log::warn!("proposing the NOSPACE alarm failed: {e}");
             }
         }
@@ -422,12 +589,19 @@ impl Node {
             .map_err(|e| Error::Internal(format!("snapshot failed: {e}")))
     }
 
-    /// A read from the local state. Key-space reads are served from an
-    /// O(1) clone of the store, taken under the state lock and read after
-    /// it is released, so a large range never holds up the apply path.
-    fn read(&self, req: &Request) -> Reply {
+    /// A read from the local state, checking `info` again under the state
+    /// lock (a revoke applied since the first check wins). Key-space reads
+    /// are served from an O(1) clone of the store taken under the lock and
+    /// read after it is released, so a large range never holds up the
+    /// apply path.
+    fn read(&self, req: &Request, info: &AuthInfo) -> Reply {
         let view = {
             let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            if self.local_auth.is_enabled() {
+                state
+                    .check_auth(info, req)
+                    .map_err(|e| auth_error(req, e))?;
+            }
             match req {
                 Request::Range(_) | Request::Txn(_) | Request::HashKv(_) | Request::Hash(_) => {
                     state.store_view()
@@ -480,6 +654,16 @@ impl Node {
                 .get(self.identity.member_id)
                 .is_some_and(|m| m.is_learner),
         })
+    }
+}
+
+/// A refused call's error as etcd words it: its maintenance calls pass the
+/// auth error through untranslated (gRPC code Unknown), every other call
+/// sends etcd's translated error.
+fn auth_error(req: &Request, e: crate::auth::AuthError) -> Error {
+    match req {
+        Request::Hash(_) | Request::HashKv(_) | Request::Defragment(_) => e.untranslated(),
+        _ => e.into(),
     }
 }
 

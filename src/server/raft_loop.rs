@@ -47,7 +47,7 @@ use crate::raft::{self, PersistToken, ProposeError, Role};
 use crate::runtime::{self, channel};
 use crate::storage::durable_log::{DurableLog, SnapshotWriter};
 use crate::storage::StorageError;
-use crate::wire::command::Command;
+use crate::wire::command::{AuthHeader, Command};
 use crate::wire::raft::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageBody,
     SnapshotMeta,
@@ -69,6 +69,8 @@ pub enum Input {
     CheckLeases,
     Propose {
         request: Request,
+        /// Who proposes it, checked at which auth revision.
+        auth: AuthHeader,
         reply: channel::Sender<Reply>,
     },
     /// A membership change (on the leader); answered once it is applied.
@@ -183,7 +185,7 @@ impl RaftHandle {
     /// Proposes a write and waits until it is applied. Refused with etcd's
     /// `too many requests` while apply lags commit by more than
     /// [`MAX_GAP_BETWEEN_APPLY_AND_COMMIT`] entries or too many callers wait.
-    pub async fn propose(&self, request: Request) -> Reply {
+    pub async fn propose(&self, request: Request, auth: AuthHeader) -> Reply {
         let commit = self.status.commit.load(Ordering::Relaxed);
         let applied = self.status.applied.load(Ordering::Relaxed);
         if commit > applied + MAX_GAP_BETWEEN_APPLY_AND_COMMIT {
@@ -192,7 +194,11 @@ impl RaftHandle {
         let _waiting = self.admit()?;
         let (reply, answer) = channel::bounded(1);
         self.inbox
-            .send(Input::Propose { request, reply })
+            .send(Input::Propose {
+                request,
+                auth,
+                reply,
+            })
             .await
             .map_err(|_| Error::Stopped)?;
         wait_answer(&answer, self.answer_timeout).await
@@ -500,7 +506,11 @@ impl Driver {
                 self.status.queued_steps.fetch_sub(1, Ordering::Relaxed);
                 self.core.step(message);
             }
-            Input::Propose { request, reply } => self.propose(request, Some(reply)),
+            Input::Propose {
+                request,
+                auth,
+                reply,
+            } => self.propose(request, auth, Some(reply)),
             Input::ProposeConfChange {
                 mut change,
                 peer_urls,
@@ -598,7 +608,12 @@ impl Driver {
     }
 
     /// Proposes a command; `reply` (if any) gets the applied result.
-    fn propose(&mut self, mut request: Request, reply: Option<channel::Sender<Reply>>) {
+    fn propose(
+        &mut self,
+        mut request: Request,
+        auth: AuthHeader,
+        reply: Option<channel::Sender<Reply>>,
+    ) {
         let id = self.ids.next();
         if let Request::LeaseGrant(grant) = &mut request {
             if grant.id == 0 {
@@ -607,13 +622,17 @@ impl Driver {
                 grant.id = lease_id_from(mix64(id));
             }
         }
-        let command = Command { id, request };
+        let command = Command {
+            id,
+            request,
+            auth: Some(auth),
+        };
         let answer = |e: Error| {
             if let Some(reply) = &reply {
                 let _ = reply.try_send(Err(e));
             }
         };
-        match qed_wire::frame::encode_exact(&command) {
+        match command.encode() {
             Ok(data) => match self.core.propose(data) {
                 Ok(()) => {
                     if let Some(reply) = reply {
@@ -640,7 +659,8 @@ impl Driver {
             .expired(super::now_ms(), LEASE_REVOKE_RATE / 2);
         for id in expired {
             log::debug!("lease {id:x} expired; revoking");
-            self.propose(Request::LeaseRevoke(LeaseRevokeRequest { id }), None);
+            let revoke = Request::LeaseRevoke(LeaseRevokeRequest { id });
+            self.propose(revoke, AuthHeader::system(), None);
         }
     }
 
@@ -839,11 +859,16 @@ impl Driver {
         for entry in entries {
             match entry.kind {
                 EntryType::Normal if !entry.data.is_empty() => {
-                    match postcard::from_bytes::<Command>(&entry.data) {
+                    match Command::decode(&entry.data) {
                         Ok(command) => {
                             let mut events = Vec::new();
-                            let reply =
-                                state.apply_entry(entry.index, &command.request, now, &mut events);
+                            let reply = state.apply_entry(
+                                entry.index,
+                                &command.request,
+                                command.auth.as_ref(),
+                                now,
+                                &mut events,
+                            );
                             if !events.is_empty() {
                                 applied_events.push((events, state.revision()));
                             }
@@ -906,8 +931,8 @@ impl Driver {
 
     fn install_snapshot(&mut self, snapshot: &raft::Snapshot) -> Result<(), String> {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let limits = state.limits();
-        *state = StateMachine::from_snapshot(&snapshot.data, limits)
+        let (limits, local_auth) = state.identity();
+        *state = StateMachine::from_snapshot(&snapshot.data, limits, local_auth)
             .map_err(|e| format!("snapshot from the leader does not load: {e}"))?;
         if self.leading {
             let extend = u64::try_from(self.options.election_timeout.as_millis()).unwrap_or(0);
@@ -1151,13 +1176,13 @@ mod tests {
             .commit
             .store(MAX_GAP_BETWEEN_APPLY_AND_COMMIT + 11, Ordering::Relaxed);
         status.applied.store(10, Ordering::Relaxed);
-        let refused = crate::runtime::block_on(handle.propose(put()));
+        let refused = crate::runtime::block_on(handle.propose(put(), Default::default()));
         assert_eq!(refused, Err(Error::TooManyRequests));
         status.applied.store(11, Ordering::Relaxed);
         status
             .waiting_calls
             .store(MAX_WAITING_CALLS, Ordering::Relaxed);
-        let refused = crate::runtime::block_on(handle.propose(put()));
+        let refused = crate::runtime::block_on(handle.propose(put(), Default::default()));
         assert_eq!(refused, Err(Error::TooManyRequests));
         let refused = crate::runtime::block_on(handle.read_index());
         assert_eq!(refused, Err(Error::TooManyRequests));

@@ -17,11 +17,13 @@
 //! [`REQUEST_READ_TIMEOUT`] and a reply be taken within
 //! [`REPLY_WRITE_TIMEOUT`], so a stalled client cannot hold either forever.
 
+use super::auth::{cert_common_name, Credentials};
 use super::budget::{self, Charge, ConnBudget, NodeBudget};
 use super::node::Node;
 use crate::runtime;
 use crate::transport::{stream, TransportError};
 use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_REQUEST_BYTES, MAX_SERVER_FRAME};
+use qed_wire::kv::RangeRequest;
 use qed_wire::lease::LeaseKeepAliveRequest;
 use qed_wire::maintenance::SnapshotResponse;
 use qed_wire::watch::WatchRequest;
@@ -59,12 +61,30 @@ pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>) {
     }
 }
 
+/// The user a verified client certificate names (`--client-cert-auth`:
+/// a connection carries a certificate only when the node asked for one and
+/// verified it against its trusted CA).
+fn certificate_user(conn: &quinn::Connection) -> Option<String> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    cert_common_name(chain.first()?.as_ref())
+}
+
 async fn serve_connection(conn: quinn::Connection, node: Arc<Node>, budget: Arc<ConnBudget>) {
     let peer = conn.remote_address();
+    let cert_user: Option<Arc<str>> = certificate_user(&conn).map(Arc::from);
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                runtime::spawn(serve_stream(send, recv, node.clone(), budget.clone()));
+                runtime::spawn(serve_stream(
+                    send,
+                    recv,
+                    node.clone(),
+                    cert_user.clone(),
+                    budget.clone(),
+                ));
             }
             Err(e) => {
                 log::debug!("client {peer} gone: {e}");
@@ -103,6 +123,7 @@ async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
     node: Arc<Node>,
+    cert_user: Option<Arc<str>>,
     budget: Arc<ConnBudget>,
 ) {
     // Held until the call is answered: what it read, and what it became.
@@ -134,6 +155,10 @@ async fn serve_stream(
             .await;
         }
     };
+    let creds = Credentials {
+        token: request.token,
+        cert_user: cert_user.map(|u| u.to_string()),
+    };
     match request.call {
         Call::Unary(req) => {
             let too_large = raw.0.len() > MAX_REQUEST_BYTES;
@@ -141,18 +166,18 @@ async fn serve_stream(
             let answer = if too_large {
                 Err(Error::RequestTooLarge)
             } else {
-                node.handle(req).await
+                node.handle(req, &creds).await
             };
             drop(charge);
             reply(&mut send, answer).await
         }
         Call::Snapshot => {
             drop(charge);
-            send_snapshot(&mut send, &node).await
+            send_snapshot(&mut send, &node, &creds).await
         }
         Call::Watch => {
             drop(charge);
-            serve_watch(send, recv, node, budget).await
+            serve_watch(send, recv, node, creds, budget).await
         }
         Call::LeaseKeepAlive => {
             drop(charge);
@@ -167,6 +192,7 @@ async fn serve_watch(
     mut send: SendStream,
     mut recv: RecvStream,
     node: Arc<Node>,
+    creds: Credentials,
     budget: Arc<ConnBudget>,
 ) {
     let accepted: StreamAccept = Ok(());
@@ -180,9 +206,16 @@ async fn serve_watch(
     let slot = watchers.open();
     let stream_id = slot.id;
     let reader_watchers = watchers.clone();
+    let reader_node = node.clone();
     runtime::spawn(async move {
         loop {
             match read_request::<WatchRequest>(&mut recv, &budget).await {
+                Ok(Some(WatchRequest::Create(create))) => {
+                    match watch_permitted(&reader_node, &creds, &create) {
+                        Ok(()) => reader_watchers.request(stream_id, WatchRequest::Create(create)),
+                        Err(e) => reader_watchers.refuse(stream_id, watch_cancel_reason(&e)),
+                    }
+                }
                 Ok(Some(req)) => reader_watchers.request(stream_id, req),
                 Ok(None) => break,
                 Err(e) => {
@@ -207,6 +240,43 @@ async fn serve_watch(
         }
     }
     let _ = send.finish();
+}
+
+/// etcd's `isWatchPermitted`: a watch needs read access to what it watches
+/// (an empty key is the smallest key, as the hub takes it).
+fn watch_permitted(
+    node: &Node,
+    creds: &Credentials,
+    create: &qed_wire::watch::WatchCreateRequest,
+) -> Result<(), Error> {
+    let info = node.caller(creds)?;
+    let key = if create.key.is_empty() {
+        vec![0]
+    } else {
+        create.key.clone()
+    };
+    let range = qed_wire::Request::Range(RangeRequest {
+        key,
+        range_end: create.range_end.clone(),
+        ..Default::default()
+    });
+    node.check(&info, &range)
+}
+
+/// etcd's cancel reason for a refused watch: the gRPC error's own text
+/// (`rpc error: code = ... desc = ...`), as its v3rpc layer writes it.
+fn watch_cancel_reason(e: &Error) -> String {
+    let code = match e {
+        Error::InvalidAuthToken => "Unauthenticated",
+        Error::AuthOldRevision | Error::UserEmpty => "InvalidArgument",
+        _ => {
+            return format!(
+                "rpc error: code = PermissionDenied desc = {}",
+                Error::PermissionDenied
+            )
+        }
+    };
+    format!("rpc error: code = {code} desc = {e}")
 }
 
 /// A keepalive stream: one response per request, from the leader.
@@ -258,12 +328,16 @@ const SNAPSHOT_CHUNK: usize = 64 * 1024;
 
 /// Streams the node's state as `Result<SnapshotResponse, Error>` frames; the
 /// last has `remaining_bytes == 0`.
-async fn send_snapshot(send: &mut SendStream, node: &Node) {
-    let accepted: StreamAccept = Ok(());
+async fn send_snapshot(send: &mut SendStream, node: &Node, creds: &Credentials) {
+    // etcd's authMaintenanceServer: only root may download the database.
+    let accepted: StreamAccept = node.caller(creds).and_then(|info| node.check_admin(&info));
+    let refused = accepted.is_err();
     if stream::write(send, &accepted, MAX_SERVER_FRAME)
         .await
         .is_err()
+        || refused
     {
+        let _ = send.finish();
         return;
     }
     let bytes = match node.snapshot_file().await {

@@ -134,6 +134,7 @@ fn load(
         Limits {
             lease: crate::lease::LeaseConfig::default(),
         },
+        Default::default(),
     )
     .map_err(|e| invalid(e.to_string()))
 }

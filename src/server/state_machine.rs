@@ -23,11 +23,27 @@
 //! lessor follows the same events, so a key's lease is always the lease of
 //! its newest version.
 //!
+//! Auth lives here too: the [`AuthStore`] (users, roles, permissions, the
+//! enabled flag and the auth revision) changes only through applied
+//! entries and is part of the snapshot. Every entry carries who proposed it
+//! and the auth revision that was checked ([`AuthHeader`]); apply checks the
+//! call again against it, so a revoke applied first wins (etcd's
+//! `authApplierV3`). Simple tokens issued by applied `Authenticate` entries
+//! go to a member-local table shared with the node ([`SimpleTokens`]), not
+//! to the replicated state.
+//!
 //! Cloning is cheap (the key space is a persistent map), so snapshots are
 //! serialized from a clone while applying goes on.
 
+use super::auth::LocalAuth;
+use crate::auth::request::check_request;
+use crate::auth::{AuthError, AuthInfo, AuthSnapshot, AuthStore};
 use crate::lease::{LeaseConfig, LeaseError, LeaseId, LeaseSnapshot, Lessor};
 use crate::mvcc::{Event, MvccError, Store};
+use qed_wire::auth::{
+    AuthResponse, AuthenticateResponse, NamesResponse, RoleGetResponse, UserGetResponse,
+};
+use qed_wire::command::AuthHeader;
 use qed_wire::frame::encoded_len;
 use qed_wire::lease::{
     LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
@@ -37,6 +53,8 @@ use qed_wire::maintenance::{
 };
 use qed_wire::{Error, Reply, Request, Response};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// This member's settings the state machine keeps.
 #[derive(Debug, Clone)]
@@ -45,24 +63,34 @@ pub struct Limits {
     pub lease: LeaseConfig,
 }
 
+/// This member's simple tokens and enabled flag, shared by the state
+/// machine (which issues and drops tokens as entries apply) and the node
+/// (which looks them up).
+pub type TokenTable = Arc<LocalAuth>;
+
 #[derive(Clone)]
 pub struct StateMachine {
     kv: Store,
     lessor: Lessor,
+    auth: AuthStore,
+    /// Member-local, not replicated; survives snapshot installs.
+    tokens: TokenTable,
     alarms: Vec<AlarmMember>,
     /// Index of the last log entry applied.
     applied: u64,
     limits: Limits,
 }
 
-/// What a snapshot of the state machine holds.
+/// The start of every snapshot image. Sections added later follow it in
+/// order (leases, then auth); an image from before a section existed ends
+/// early and loads with that section empty. Postcard writes a struct as its
+/// fields one after another, so this is the same byte layout as one struct.
 #[derive(Deserialize)]
-struct Image {
+struct ImageBase {
     applied: u64,
     #[serde(with = "qed_wire::bytes")]
     kv: Vec<u8>,
     alarms: Vec<AlarmMember>,
-    leases: LeaseSnapshot,
 }
 
 /// [`Image`] as written: the store's encoding goes straight into `kv`, with
@@ -75,28 +103,20 @@ struct ImageRef<'a> {
     kv_len: usize,
     alarms: &'a [AlarmMember],
     leases: LeaseSnapshot,
+    auth: AuthSnapshot,
 }
 
 impl Serialize for ImageRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Image", 4)?;
+        let mut st = s.serialize_struct("Image", 5)?;
         st.serialize_field("applied", &self.applied)?;
         st.serialize_field("kv", &(self.kv_len, self.kv))?;
         st.serialize_field("alarms", self.alarms)?;
         st.serialize_field("leases", &self.leases)?;
+        st.serialize_field("auth", &self.auth)?;
         st.end()
     }
-}
-
-/// [`Image`] as written before leases were part of it; still read, so data
-/// directories and snapshot files from then load (with no leases).
-#[derive(Deserialize)]
-struct ImageWithoutLeases {
-    applied: u64,
-    #[serde(with = "qed_wire::bytes")]
-    kv: Vec<u8>,
-    alarms: Vec<AlarmMember>,
 }
 
 /// Whether a request changes state (and so must go through the log).
@@ -107,43 +127,85 @@ pub fn is_write(req: &Request) -> bool {
         | Request::HashKv(_)
         | Request::Status(_)
         | Request::LeaseTimeToLive(_)
-        | Request::LeaseLeases(_) => false,
+        | Request::LeaseLeases(_)
+        | Request::AuthStatus
+        | Request::UserGet { .. }
+        | Request::UserList
+        | Request::RoleGet { .. }
+        | Request::RoleList => false,
         Request::Alarm(a) => a.action != AlarmAction::Get,
         Request::Txn(t) => !crate::mvcc::is_read_only_txn(t),
         _ => true,
     }
 }
 
+/// The calls that change the auth state (or issue a token) when applied.
+fn is_auth_call(req: &Request) -> bool {
+    use Request::*;
+    matches!(
+        req,
+        AuthEnable
+            | AuthDisable
+            | Authenticate(_)
+            | UserAdd(_)
+            | UserDelete { .. }
+            | UserChangePassword(_)
+            | UserGrantRole(_)
+            | UserRevokeRole(_)
+            | RoleAdd { .. }
+            | RoleDelete { .. }
+            | RoleGrantPermission(_)
+            | RoleRevokePermission(_)
+    )
+}
+
 impl StateMachine {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, tokens: TokenTable) -> Self {
         StateMachine {
             kv: Store::new(),
             lessor: Lessor::new(limits.lease.clone()),
+            auth: AuthStore::new(),
+            tokens,
             alarms: Vec::new(),
             applied: 0,
             limits,
         }
     }
 
-    /// Rebuilds a state machine from [`StateMachine::to_snapshot`]'s bytes.
-    pub fn from_snapshot(bytes: &[u8], limits: Limits) -> Result<Self, MvccError> {
-        let image: Image = match postcard::from_bytes(bytes) {
-            Ok(image) => image,
-            Err(e) => match postcard::from_bytes::<ImageWithoutLeases>(bytes) {
-                Ok(old) => Image {
-                    applied: old.applied,
-                    kv: old.kv,
-                    alarms: old.alarms,
-                    leases: LeaseSnapshot::default(),
-                },
-                Err(_) => return Err(MvccError::Corrupt(format!("state snapshot: {e}"))),
+    /// Rebuilds a state machine from [`StateMachine::to_snapshot`]'s bytes
+    /// (or an older image with fewer sections).
+    pub fn from_snapshot(
+        bytes: &[u8],
+        limits: Limits,
+        tokens: TokenTable,
+    ) -> Result<Self, MvccError> {
+        let corrupt = |e: postcard::Error| MvccError::Corrupt(format!("state snapshot: {e}"));
+        let (base, rest) = postcard::take_from_bytes::<ImageBase>(bytes).map_err(corrupt)?;
+        let (leases, rest) = match rest {
+            [] => (LeaseSnapshot::default(), rest),
+            _ => postcard::take_from_bytes::<LeaseSnapshot>(rest).map_err(corrupt)?,
+        };
+        let auth = match rest {
+            [] => AuthSnapshot::default(),
+            _ => match postcard::take_from_bytes::<AuthSnapshot>(rest).map_err(corrupt)? {
+                (auth, []) => auth,
+                (_, extra) => {
+                    return Err(MvccError::Corrupt(format!(
+                        "state snapshot: {} unexpected bytes at the end",
+                        extra.len()
+                    )))
+                }
             },
         };
+        let auth = AuthStore::from_snapshot(auth);
+        tokens.enabled.store(auth.is_enabled(), Ordering::Relaxed);
         Ok(StateMachine {
-            kv: Store::from_bytes(&image.kv)?,
-            lessor: Lessor::from_snapshot(limits.lease.clone(), image.leases),
-            alarms: image.alarms,
-            applied: image.applied,
+            kv: Store::from_bytes(&base.kv)?,
+            lessor: Lessor::from_snapshot(limits.lease.clone(), leases),
+            auth,
+            tokens,
+            alarms: base.alarms,
+            applied: base.applied,
             limits,
         })
     }
@@ -160,16 +222,35 @@ impl StateMachine {
             kv_len,
             alarms: &self.alarms,
             leases: self.lessor.snapshot(),
+            auth: self.auth.snapshot(),
         };
         // Everything but the store's own bytes, which are `kv_len`.
-        let rest =
-            encoded_len(&(image.applied, kv_len, image.alarms, &image.leases)).map_err(corrupt)?;
+        let rest = encoded_len(&(
+            image.applied,
+            kv_len,
+            image.alarms,
+            &image.leases,
+            &image.auth,
+        ))
+        .map_err(corrupt)?;
         postcard::to_extend(&image, Vec::with_capacity(rest + kv_len)).map_err(corrupt)
     }
 
     /// What a state machine rebuilt from a snapshot keeps of this one.
-    pub fn limits(&self) -> Limits {
-        self.limits.clone()
+    pub fn identity(&self) -> (Limits, TokenTable) {
+        (self.limits.clone(), self.tokens.clone())
+    }
+
+    /// The auth state, for checks on the member that receives a call.
+    pub fn auth(&self) -> &AuthStore {
+        &self.auth
+    }
+
+    /// etcd's auth check for `req` from `info`, as of now (lease keys from
+    /// this state).
+    pub fn check_auth(&self, info: &AuthInfo, req: &Request) -> Result<(), AuthError> {
+        let lessor = &self.lessor;
+        check_request(&self.auth, info, req, &|id| lessor.keys_of(id))
     }
 
     pub fn applied(&self) -> u64 {
@@ -186,10 +267,14 @@ impl StateMachine {
     /// the write produced (one revision's, in order) are appended to
     /// `events`. `now_ms` (the driver's monotonic clock) only sets the
     /// leader's deadline for a granted lease.
+    ///
+    /// `auth` is who proposed it (`None` in entries from before auth:
+    /// those apply as they did then, so no auth call applies from them).
     pub fn apply_entry(
         &mut self,
         index: u64,
         req: &Request,
+        auth: Option<&AuthHeader>,
         now_ms: u64,
         events: &mut Vec<Event>,
     ) -> Option<Reply> {
@@ -197,7 +282,7 @@ impl StateMachine {
             return None;
         }
         self.applied = index;
-        Some(self.apply(req, now_ms, events))
+        Some(self.apply(index, req, auth, now_ms, events))
     }
 
     /// The lessor, for the driver's leader-local duties (promote, demote,
@@ -266,7 +351,36 @@ impl StateMachine {
 
     /// Applies a write, stamping the header's revision. Errors leave the
     /// state unchanged.
-    fn apply(&mut self, req: &Request, now_ms: u64, events: &mut Vec<Event>) -> Reply {
+    fn apply(
+        &mut self,
+        index: u64,
+        req: &Request,
+        auth: Option<&AuthHeader>,
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Reply {
+        match auth {
+            None if is_auth_call(req) => return Err(Error::Unimplemented(req.method().into())),
+            None => {}
+            Some(h) if h.system => {}
+            Some(h) => {
+                let info = AuthInfo {
+                    user: h.user.clone(),
+                    revision: h.revision,
+                };
+                self.check_auth(&info, req).map_err(Error::from)?;
+            }
+        }
+        if is_auth_call(req) {
+            let token_prefix = auth.map(|h| h.token_prefix.as_str()).unwrap_or_default();
+            let applied = self.apply_auth(index, req, token_prefix, now_ms);
+            self.tokens
+                .enabled
+                .store(self.auth.is_enabled(), Ordering::Relaxed);
+            let mut resp = applied?;
+            resp.header_mut().revision = self.kv.revision();
+            return Ok(resp);
+        }
         let mut resp = self.apply_unstamped(req, now_ms, events)?;
         resp.header_mut().revision = self.kv.revision();
         Ok(resp)
@@ -348,6 +462,60 @@ impl StateMachine {
         })
     }
 
+    /// An auth change (or an `Authenticate` issuing a simple token). The
+    /// auth revision moves; the key-value revision does not.
+    fn apply_auth(&mut self, index: u64, req: &Request, token_prefix: &str, now_ms: u64) -> Reply {
+        let auth = &mut self.auth;
+        let tokens = || self.tokens.tokens();
+        match req {
+            Request::AuthEnable => auth.enable()?,
+            Request::AuthDisable => {
+                if auth.disable() {
+                    tokens().clear();
+                }
+            }
+            Request::Authenticate(r) => {
+                if !auth.is_enabled() {
+                    return Err(Error::AuthNotEnabled);
+                }
+                // Checked by the proposing member; the user may be gone or
+                // password-less by now.
+                match auth.user(&r.name) {
+                    Some(u) if u.password_hash.is_some() => {}
+                    _ => return Err(Error::AuthFailed),
+                }
+                let token = format!("{token_prefix}.{index}");
+                tokens().assign(token.clone(), r.name.clone(), now_ms);
+                return Ok(Response::Authenticate(AuthenticateResponse {
+                    header: Default::default(),
+                    token,
+                }));
+            }
+            Request::UserAdd(r) => {
+                let hash = (!r.no_password).then(|| r.password.clone());
+                auth.user_add(&r.name, hash)?
+            }
+            Request::UserDelete { name } => {
+                auth.user_delete(name)?;
+                tokens().invalidate_user(name);
+            }
+            Request::UserChangePassword(r) => {
+                auth.user_change_password(&r.name, r.password.clone())?;
+                tokens().invalidate_user(&r.name);
+            }
+            Request::UserGrantRole(r) => auth.user_grant_role(&r.user, &r.role)?,
+            Request::UserRevokeRole(r) => auth.user_revoke_role(&r.user, &r.role)?,
+            Request::RoleAdd { name } => auth.role_add(name)?,
+            Request::RoleDelete { role } => auth.role_delete(role)?,
+            Request::RoleGrantPermission(r) => auth.role_grant_permission(&r.role, &r.perm)?,
+            Request::RoleRevokePermission(r) => {
+                auth.role_revoke_permission(&r.role, &r.key, &r.range_end)?
+            }
+            other => return Err(Error::Unimplemented(other.method().to_string())),
+        }
+        Ok(Response::Auth(AuthResponse::default()))
+    }
+
     /// Serves a read from the current state, stamping the header's revision.
     pub fn read(&self, req: &Request) -> Reply {
         if let Some(reply) = Self::read_kv(&self.kv, req) {
@@ -398,6 +566,27 @@ impl StateMachine {
                 header: Default::default(),
                 leases: self.lessor.leases(),
             }),
+            Request::AuthStatus => Response::AuthStatus {
+                header: Default::default(),
+                enabled: self.auth.is_enabled(),
+                auth_revision: self.auth.revision(),
+            },
+            Request::UserGet { name } => Response::UserGet(UserGetResponse {
+                header: Default::default(),
+                roles: self.auth.user_get(name).map_err(Error::from)?.roles.clone(),
+            }),
+            Request::UserList => Response::Names(NamesResponse {
+                header: Default::default(),
+                names: self.auth.user_list(),
+            }),
+            Request::RoleGet { role } => Response::RoleGet(RoleGetResponse {
+                header: Default::default(),
+                perms: self.auth.role_get(role).map_err(Error::from)?.perms.clone(),
+            }),
+            Request::RoleList => Response::Names(NamesResponse {
+                header: Default::default(),
+                names: self.auth.role_list(),
+            }),
             other => return Err(Error::Unimplemented(other.method().to_string())),
         })
     }
@@ -410,15 +599,18 @@ mod tests {
     use qed_wire::lease::{LeaseGrantRequest, LeaseRevokeRequest};
 
     fn machine() -> StateMachine {
-        StateMachine::new(Limits {
-            lease: LeaseConfig::default(),
-        })
+        StateMachine::new(
+            Limits {
+                lease: LeaseConfig::default(),
+            },
+            TokenTable::default(),
+        )
     }
 
     fn apply(sm: &mut StateMachine, index: u64, req: Request) -> (Reply, Vec<Event>) {
         let mut events = Vec::new();
         let reply = sm
-            .apply_entry(index, &req, 0, &mut events)
+            .apply_entry(index, &req, Some(&AuthHeader::system()), 0, &mut events)
             .expect("a new index applies");
         (reply, events)
     }
@@ -449,7 +641,8 @@ mod tests {
 
         // Leases and attachments come back from a snapshot.
         let bytes = sm.to_snapshot().unwrap();
-        let mut sm = StateMachine::from_snapshot(&bytes, sm.limits()).unwrap();
+        let (limits, tokens) = sm.identity();
+        let mut sm = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
         assert_eq!(
             sm.read(&Request::LeaseLeases(Default::default())),
             Ok(Response::LeaseLeases(LeaseLeasesResponse {
@@ -533,7 +726,8 @@ mod tests {
             alarms: Vec::new(),
         };
         let bytes = postcard::to_allocvec(&old).unwrap();
-        let sm = StateMachine::from_snapshot(&bytes, machine().limits()).unwrap();
+        let (limits, tokens) = machine().identity();
+        let sm = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
         assert_eq!(sm.applied(), 3);
     }
 
@@ -547,6 +741,7 @@ mod tests {
             kv: Vec<u8>,
             alarms: Vec<AlarmMember>,
             leases: LeaseSnapshot,
+            auth: AuthSnapshot,
         }
         let mut sm = machine();
         for i in 0..50u64 {
@@ -562,11 +757,13 @@ mod tests {
             kv: sm.kv.to_bytes().unwrap(),
             alarms: sm.alarms.clone(),
             leases: sm.lessor.snapshot(),
+            auth: sm.auth.snapshot(),
         };
         let bytes = sm.to_snapshot().unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
         assert_eq!(bytes.capacity(), bytes.len());
-        let back = StateMachine::from_snapshot(&bytes, machine().limits()).unwrap();
+        let (limits, tokens) = machine().identity();
+        let back = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
         assert_eq!(back.to_snapshot().unwrap(), bytes);
     }
 }

@@ -182,6 +182,11 @@ impl Watchers {
         }
     }
 
+    /// Answers a create the node refused (auth) with a canceled response.
+    pub fn refuse(&self, stream: StreamId, reason: String) {
+        self.with_hub(|hub| hub.refuse_create(stream, reason));
+    }
+
     /// What a stream has queued, oldest first.
     pub fn take(&self, stream: StreamId) -> Vec<PendingResponse> {
         self.lock().take_pending(stream)

@@ -281,18 +281,25 @@ impl WatchHub {
                 Ok(id)
             }
             Err(e) => {
-                let resp = WatchResponse {
-                    header: header(self.revision),
-                    watch_id: INVALID_WATCH_ID,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: e.to_string(),
-                    ..WatchResponse::default()
-                };
-                self.push(stream, Kind::Control, resp);
+                self.refuse_create(stream, e.to_string());
                 Err(e)
             }
         }
+    }
+
+    /// Answers a create that cannot be served (a bad request here, or one
+    /// the caller may not make) as etcd does: created and canceled at once,
+    /// `watch_id = -1`, the error text as `cancel_reason`.
+    pub fn refuse_create(&mut self, stream: StreamId, reason: String) {
+        let resp = WatchResponse {
+            header: header(self.revision),
+            watch_id: INVALID_WATCH_ID,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..WatchResponse::default()
+        };
+        self.push(stream, Kind::Control, resp);
     }
 
     fn try_create(

@@ -72,6 +72,10 @@ pub enum Error {
     Unimplemented(String),
     /// A fault inside the node; the text says where.
     Internal(String),
+    /// An error etcd passes through untranslated (gRPC code Unknown), with
+    /// its text: the auth errors of Hash, HashKV, Defragment and Snapshot
+    /// (`auth: permission denied`).
+    Unknown(String),
 }
 
 impl fmt::Display for Error {
@@ -136,7 +140,7 @@ impl fmt::Display for Error {
             Unhealthy => "etcdserver: unhealthy cluster",
             Corrupt => "etcdserver: corrupt cluster",
             BadLeaderTransferee => "etcdserver: bad leader transferee",
-            InvalidArgument(text) | Internal(text) => return f.write_str(text),
+            InvalidArgument(text) | Internal(text) | Unknown(text) => return f.write_str(text),
             Unimplemented(call) => return write!(f, "qed: {call} is not implemented yet"),
         };
         f.write_str(text)
