@@ -25,6 +25,7 @@
 //! structure, so a snapshot can serialize a clone while writes continue.
 //! Key bytes are one `Arc<[u8]>` shared by the index and the log.
 
+use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -539,12 +540,25 @@ impl Store {
         self.compacted = revision;
 
         // Touch only keys that lose something, so a clone held by a
-        // snapshot keeps sharing everything else.
-        let affected: Vec<Key> = self
-            .keys
+        // snapshot keeps sharing everything else. Those are among the keys
+        // the log names at or below `revision`: a key with no change since
+        // the last compaction kept at most one value then and has nothing
+        // to lose now. So the work follows the history being dropped, not
+        // the size of the key space (walking every key stalled apply).
+        let candidates: BTreeSet<&Key> = self
+            .log
             .iter()
-            .filter(|(_, index)| needs_compaction(index, revision))
-            .map(|(k, _)| k.clone())
+            .take_while(|e| e.main <= revision)
+            .map(|e| &e.key)
+            .collect();
+        let affected: Vec<Key> = candidates
+            .into_iter()
+            .filter(|key| {
+                self.keys
+                    .get(&***key)
+                    .is_some_and(|index| needs_compaction(index, revision))
+            })
+            .cloned()
             .collect();
         for key in affected {
             let mut now_empty = false;
