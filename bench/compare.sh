@@ -193,6 +193,38 @@ t0=$(date +%s.%N); start_qed; t1=$(date +%s.%N)
 R["restart with $KEYS keys (s)",qed-native]=$(awk "BEGIN {printf \"%.2f\", $t1 - $t0}")
 stop "$QED"
 
+# ---------------------------------------------------------------- auth on
+# The same put and range figures with auth enabled, as a non-root user whose
+# role may read and write the bench's keys (digits: the range ["0", ":")),
+# so every call pays for token lookup and a permission check.
+AUTH_ROWS=("auth on: put c=16 (req/s)" "auth on: range linearizable c=128 (req/s)")
+AUTH_USER=(--user bench:benchpw)
+enable_auth() {
+    local e=(etcdctl --endpoints "$1")
+    { "${e[@]}" user add root --new-user-password=rootpw && "${e[@]}" user add bench --new-user-password=benchpw &&
+        "${e[@]}" role add bench && "${e[@]}" role grant-permission bench readwrite 0 : &&
+        "${e[@]}" user grant-role bench bench && "${e[@]}" auth enable; } >/dev/null
+}
+measure_auth() {
+    local col=$1; shift
+    say "  [$col] auth on: put / range"
+    runs put --clients 16 --total "$N" "${AUTH_USER[@]}" "$@"
+    R["auth on: put c=16 (req/s)",$col]=$(med throughput)
+    runs range --clients 128 --total "$N" --key-space 1000 "${AUTH_USER[@]}" "$@"
+    R["auth on: range linearizable c=128 (req/s)",$col]=$(med throughput)
+}
+say "etcd, auth on"
+rm -rf "$TMP/etcd"; start_etcd
+enable_auth "127.0.0.1:$EP"
+measure_auth etcd --target grpc --endpoints "http://127.0.0.1:$EP"
+stop "$ETCD"
+say "qed, auth on"
+rm -rf "$TMP/qed"; start_qed; start_shim
+enable_auth "127.0.0.1:$GP"
+measure_auth qed-native "${NATIVE[@]}"
+measure_auth qed-grpc --target grpc --endpoints "http://127.0.0.1:$GP"
+stop "$SHIM"; stop "$QED"
+
 # ---------------------------------------------------------------- 3 nodes
 # Three members on loopback, for each server; the clients spread over all
 # three members (as etcd's own benchmark does with --endpoints), so writes
@@ -272,7 +304,7 @@ ROWS=("put c=16 (req/s)" "put c=128 (req/s)" "put c=16 p99 (ms)" "put c=128 p99 
     "txn cas c=128 (req/s)" "mixed 90% reads c=128 (req/s)" "mixed 90% reads c=128 p99 (ms)"
     "$WATCH1 (events/s)" "$WATCH1 p99 delivery (ms)" "$WATCH2 (events/s)" "$WATCH2 p99 delivery (ms)"
     "$LEASE (keepalives/s)" "$LEASE p99 (ms)" "idle RSS (MB)" "RSS with $KEYS keys (MB)" "data dir with $KEYS keys (MB)"
-    "restart with $KEYS keys (s)" "binary, stripped (MB)" "${CLUSTER_ROWS[@]}")
+    "restart with $KEYS keys (s)" "binary, stripped (MB)" "${AUTH_ROWS[@]}" "${CLUSTER_ROWS[@]}")
 {
     echo "# qed vs etcd $(etcd --version | head -1 | awk '{print $3}'), single node and 3 nodes on loopback"
     echo
@@ -284,6 +316,17 @@ ROWS=("put c=16 (req/s)" "put c=128 (req/s)" "put c=16 p99 (ms)" "put c=128 p99 
     for row in "${ROWS[@]}"; do
         e=${R["$row",etcd]:-n/a}; n=${R["$row",qed-native]:-n/a}; g=${R["$row",qed-grpc]:-n/a}
         echo "| $row | $e | $n | $g | $(ratio "$n" "$e") | $(ratio "$g" "$e") |"
+    done
+    echo
+    echo "Auth cost: the share of the auth-off throughput each server keeps with auth on (a non-root user with a range permission)."
+    echo
+    echo "| figure | etcd | qed native | qed via gRPC |"
+    echo "|---|---|---|---|"
+    for pair in "put c=16 (req/s)|auth on: put c=16 (req/s)" "range linearizable c=128 (req/s)|auth on: range linearizable c=128 (req/s)"; do
+        off=${pair%%|*}; on=${pair#*|}
+        line="| $on / $off"
+        for col in etcd qed-native qed-grpc; do line+=" | $(ratio "${R["$on",$col]:-0}" "${R["$off",$col]:-0}")"; done
+        echo "$line |"
     done
     echo
     echo "Watch: events/s from the first put until every watcher has every event; delivery = put sent to event received."

@@ -136,6 +136,11 @@ struct Flags {
     /// lease-keepalive: leases granted before the clock starts.
     #[arg(long, default_value_t = 10_000)]
     leases: usize,
+    /// Authenticate as USER:PASSWORD (a server with auth on): the SDK with
+    /// `ConnectOptions::user`, gRPC with one `Authenticate` and the token in
+    /// every call's `token` metadata, as etcd clients do.
+    #[arg(long)]
+    user: Option<String>,
     /// Directory for fsync-floor's scratch file (put it on the server's disk).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
@@ -204,6 +209,7 @@ impl Server {
                         .as_deref()
                         .unwrap_or("https://127.0.0.1:2379"),
                 );
+                let (user, password) = split_user(flags.user.as_deref());
                 let options = ConnectOptions {
                     ca_file: Some(
                         flags
@@ -211,6 +217,8 @@ impl Server {
                             .clone()
                             .unwrap_or_else(|| "default.qed/certs/ca.crt".into()),
                     ),
+                    user,
+                    password,
                     ..Default::default()
                 };
                 // Only watchers need more than one connection.
@@ -239,6 +247,15 @@ impl Server {
                         .trim_start_matches("http://")
                         .trim_end_matches('/');
                     conns.push(h2_connect(addr).await?);
+                }
+                let (user, password) = split_user(flags.user.as_deref());
+                if let (Some(name), Some(password), Some(conn)) = (user, password, conns.first()) {
+                    let body = codec::encode(&pb::AuthenticateRequest { name, password });
+                    let reply = h2_unary(conn, "/etcdserverpb.Auth/Authenticate", body)
+                        .await
+                        .ok_or("Authenticate failed")?;
+                    let resp = <pb::AuthenticateResponse as prost::Message>::decode(reply)?;
+                    let _ = GRPC_TOKEN.set(resp.token);
                 }
                 Ok(Server::Grpc(Arc::new(conns)))
             }
@@ -373,6 +390,17 @@ fn grpc_request(op: Unary, key: Vec<u8>, value: &[u8]) -> (&'static str, Bytes) 
     }
 }
 
+/// The auth token every gRPC call carries (`--user`), once authenticated.
+static GRPC_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `USER:PASSWORD` into its halves.
+fn split_user(user: Option<&str>) -> (Option<String>, Option<String>) {
+    match user.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+        Some((u, p)) => (Some(u.to_string()), Some(p.to_string())),
+        None => (None, None),
+    }
+}
+
 async fn h2_connect(addr: &str) -> Result<H2, BoxError> {
     let tcp = TcpStream::connect(addr).await?;
     let _ = tcp.set_nodelay(true);
@@ -410,13 +438,15 @@ struct GrpcStream {
 
 impl GrpcStream {
     async fn open(conn: &H2, path: &str) -> Option<GrpcStream> {
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method("POST")
             .uri(format!("http://localhost{path}"))
             .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .ok()?;
+            .header("te", "trailers");
+        if let Some(token) = GRPC_TOKEN.get() {
+            request = request.header("token", token.as_str());
+        }
+        let request = request.body(()).ok()?;
         let mut conn = conn.clone().ready().await.ok()?;
         let (response, send) = conn.send_request(request, false).ok()?;
         Some(GrpcStream {

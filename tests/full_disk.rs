@@ -1,9 +1,11 @@
 //! A full disk stops the node with a clear error and loses nothing that was
-//! acknowledged. The data directory lives on a 2 MiB tmpfs mounted for the
-//! test (needs root, as `make test` runs in CI; skipped with a message
-//! otherwise): writes go on until the WAL cannot grow, the node must exit
-//! naming the failure, and after the filesystem is enlarged a restart
-//! serves every acknowledged write.
+//! acknowledged. The data directory lives on an 80 MiB tmpfs mounted for
+//! the test (needs root, as `make test` runs in CI; skipped with a message
+//! otherwise): the first 64 MiB WAL segment fits, writes fill it, and the
+//! next segment cannot be preallocated. The node must exit naming that
+//! failure (a full disk shows at rotation, never in the middle of a
+//! write), and after the filesystem is enlarged a restart serves every
+//! acknowledged write.
 
 mod common;
 
@@ -53,7 +55,7 @@ fn full_disk_stops_the_node_and_loses_no_acknowledged_write() {
     let tmp = TempDir::new("fulldisk");
     let mnt = tmp.0.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    if !mount_tmpfs(&mnt, "2m") {
+    if !mount_tmpfs(&mnt, "80m") {
         println!(
             "SKIPPED: cannot mount a tmpfs here (needs root); make test runs this in CI as root"
         );
@@ -76,8 +78,8 @@ fn full_disk_stops_the_node_and_loses_no_acknowledged_write() {
     let mut acked = Vec::new();
     qed::runtime::block_on(async {
         let c = connect(&url, &ca).await;
-        let value = vec![b'x'; 8 * 1024];
-        // 2 MiB cannot hold 1000 writes of 8 KiB; stop at the first failure.
+        let value = vec![b'x'; 256 * 1024];
+        // 80 MiB cannot hold 1000 writes of 256 KiB; stop at the first failure.
         for i in 0..1000 {
             match c.put(format!("k{i:04}"), value.clone(), None).await {
                 Ok(_) => acked.push(format!("k{i:04}")),
@@ -108,9 +110,13 @@ fn full_disk_stops_the_node_and_loses_no_acknowledged_write() {
         stderr.contains("WAL write failed") && stderr.contains("No space left"),
         "unclear error: {stderr}"
     );
+    assert!(
+        stderr.contains("preallocate"),
+        "the disk filled in the middle of a segment, not at rotation: {stderr}"
+    );
 
     assert!(Command::new("mount")
-        .args(["-o", "remount,size=128m"])
+        .args(["-o", "remount,size=256m"])
         .arg(&mnt)
         .status()
         .unwrap()

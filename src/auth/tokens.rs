@@ -556,6 +556,38 @@ mod tests {
         assert!(Jwt::new("EdDSA", Some(b"junk"), None, 60, &rng).is_err());
     }
 
+    /// Whatever a client sends as a token, verification says no without
+    /// panicking (`make fuzz` runs the real fuzzer on it).
+    #[test]
+    fn random_tokens_never_verify_or_panic() {
+        let rng = SystemRandom::new();
+        let ed = signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let jwt = Jwt::new(
+            "EdDSA",
+            Some(&pem("PRIVATE KEY", ed.as_ref())),
+            None,
+            60,
+            &rng,
+        )
+        .unwrap();
+        let good = jwt.sign("u", 1, 0, &rng).unwrap();
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..5_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut token: Vec<u8> = good.clone().into_bytes();
+            let at = (x as usize) % token.len();
+            token[at] = b"A.-_=x{}!"[(x >> 40) as usize % 9];
+            token.truncate(((x >> 16) as usize % (token.len() + 1)).max(at + 1));
+            if let Ok(text) = std::str::from_utf8(&token) {
+                if text != good {
+                    assert_eq!(jwt.verify(text, 0), None, "{text}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn der_lengths_never_exceed_the_input() {
         assert_eq!(der_item(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);

@@ -13,6 +13,7 @@
 //! background) follow clientv3 too, and `concurrency` builds sessions,
 //! locks and elections on them as clientv3/concurrency does.
 
+mod auth;
 pub mod concurrency;
 mod kv;
 mod lease;
@@ -21,7 +22,8 @@ mod watch_stream;
 
 use kv::unexpected;
 pub use kv::{
-    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    prefix_range_end, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp,
 };
 pub use lease::KeepAlive;
 pub use qed_wire::kv::{Event, EventType, KeyValue};
@@ -224,15 +226,19 @@ impl Client {
             name: user.clone(),
             password: password.clone().unwrap_or_default(),
         });
-        match self.call_with_token(None, request).await? {
-            Response::Authenticate(r) => {
-                *self.inner.token.write().unwrap_or_else(|p| p.into_inner()) = Some(r.token);
-                Ok(())
+        let token = match self.call_with_token(None, request).await {
+            Ok(Response::Authenticate(r)) => Some(r.token),
+            // Auth is off: calls go without a token (as clientv3 does).
+            Err(ClientError::Server(qed_wire::Error::AuthNotEnabled)) => None,
+            Ok(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "Authenticate answered with {other:?}"
+                )))
             }
-            other => Err(ClientError::Protocol(format!(
-                "Authenticate answered with {other:?}"
-            ))),
-        }
+            Err(e) => return Err(e),
+        };
+        *self.inner.token.write().unwrap_or_else(|p| p.into_inner()) = token;
+        Ok(())
     }
 
     fn watch_streams(&self) -> &watch_stream::WatchStreams {

@@ -139,10 +139,14 @@ pub struct RunningNode {
 
 /// Binds every client URL and starts serving in the background.
 pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::DataDir {
-        path: config.data_dir.clone(),
-        reason: e.to_string(),
-    })?;
+    // Durable in its parent too, so a power cut cannot take a new member's
+    // whole data directory after it acknowledged writes.
+    crate::storage::create_dir_durable(&crate::storage::fs::OsFs, &config.data_dir).map_err(
+        |e| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            reason: e.to_string(),
+        },
+    )?;
     let listen = transport::url::parse_list(&config.listen_client_urls.join(","))?;
     if listen.is_empty() {
         return Err(ServerError::Config("--listen-client-urls is empty".into()));

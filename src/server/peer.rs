@@ -540,17 +540,10 @@ impl Peers {
     }
 }
 
-/// Writes the cluster ID file (temp file, fsync, rename).
+/// Writes the cluster ID file (temp file, fsync, rename, fsync directory).
 fn save_cluster_id(path: &std::path::Path, id: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(format!("{id:x}\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let fs = crate::storage::fs::OsFs;
+    crate::storage::fs::write_atomic(&fs, path, format!("{id:x}\n").as_bytes())
 }
 
 /// The cluster ID a joining member saved, if any.

@@ -7,16 +7,21 @@
 //!
 //! Recovery: the newest snapshot, then every WAL entry after it, with later
 //! records overwriting earlier ones at the same index (a new leader's
-//! entries replace an old leader's uncommitted tail). The result must be
-//! contiguous from the snapshot; a hole means a lost segment and stops
-//! recovery with an error.
+//! entries replace an old leader's uncommitted tail, everything from their
+//! first index on, even when the snapshot covers that index). The result
+//! must be contiguous from the snapshot; a hole means a lost segment and
+//! stops recovery with an error. The WAL is told the highest index
+//! recovered, so the next segment's name never understates what the
+//! segments before it hold.
 
+use super::fs::{Fs, OsFs};
 use super::snapshot::{SnapshotId, SnapshotStore};
 use super::wal::{RecordKind, Wal};
 use super::StorageError;
 use crate::wire::raft::{Entry, HardState, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Entries are grouped into WAL records of about this size (one entry may
 /// exceed it; requests are capped far below a segment).
@@ -66,10 +71,21 @@ fn corrupt(path: &Path, reason: String) -> StorageError {
 }
 
 impl DurableLog {
-    /// Opens `<dir>/wal` and `<dir>/snap`, creating them if needed.
+    /// Opens `<dir>/wal` and `<dir>/snap` on the operating system's files,
+    /// creating them if needed.
     pub fn open(dir: &Path, options: LogOptions) -> Result<(DurableLog, Recovered), StorageError> {
+        DurableLog::open_in(Arc::new(OsFs), dir, options)
+    }
+
+    /// [`DurableLog::open`] on the given file layer.
+    pub fn open_in(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        options: LogOptions,
+    ) -> Result<(DurableLog, Recovered), StorageError> {
         let wal_dir = dir.join("wal");
-        let snapshots = SnapshotStore::open(&dir.join("snap"), options.max_snapshots)?;
+        let snapshots =
+            SnapshotStore::open_in(fs.clone(), &dir.join("snap"), options.max_snapshots)?;
         let snapshot = match snapshots.load_newest()? {
             Some((id, bytes)) => {
                 let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(|e| {
@@ -88,7 +104,7 @@ impl DurableLog {
             }
             None => None,
         };
-        let (wal, records) = Wal::open(&wal_dir, options.segment_bytes)?;
+        let (mut wal, records) = Wal::open_in(fs, &wal_dir, options.segment_bytes)?;
         let snap_index = snapshot.as_ref().map(|(m, _)| m.index).unwrap_or(0);
         if wal.first_index() > snap_index + 1 {
             return Err(StorageError::Gap {
@@ -103,6 +119,8 @@ impl DurableLog {
             snapshot,
             ..Default::default()
         };
+        // The highest index ever written, for naming the next segment.
+        let mut highest = snap_index;
         for record in records {
             match record.kind {
                 RecordKind::HardState => {
@@ -115,16 +133,28 @@ impl DurableLog {
                         postcard::from_bytes(&record.payload).map_err(|e| {
                             corrupt(&wal_dir, format!("entries record does not decode: {e}"))
                         })?;
+                    if let Some(last) = entries.last() {
+                        highest = highest.max(last.index);
+                    }
+                    // A later write at an index replaces everything from
+                    // it on, even when the snapshot covers that index (the
+                    // entries it cut off above the snapshot are stale).
+                    if let Some(first) = entries.first() {
+                        let keep = recovered
+                            .entries
+                            .partition_point(|old| old.index < first.index);
+                        recovered.entries.truncate(keep);
+                    }
                     for e in entries.into_iter().filter(|e| e.index > snap_index) {
-                        // A later write at an index replaces everything from it on.
                         let keep = recovered.entries.partition_point(|old| old.index < e.index);
                         recovered.entries.truncate(keep);
                         recovered.entries.push(e);
                     }
                 }
-                RecordKind::Snapshot => {}
+                RecordKind::Snapshot | RecordKind::Batch => {}
             }
         }
+        wal.recovered_through(highest);
         if let Some(first) = recovered.entries.first() {
             if first.index != snap_index + 1 {
                 return Err(StorageError::Gap {
@@ -315,6 +345,80 @@ mod tests {
         );
         let ids: Vec<(u64, u64)> = rec.entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(ids, vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// After a reopen, the next segment must be named after the log's
+    /// last index, not after the last segment's name: releasing segments
+    /// below a snapshot trusts those names. (Found by the power-cut test:
+    /// a rotation right after a restart named the new segment too low, and
+    /// the next snapshot released entries it did not cover.)
+    #[test]
+    fn a_segment_started_after_a_reopen_never_releases_uncovered_entries() {
+        let d = dir("reopen-rotate");
+        {
+            let (mut log, _) = DurableLog::open(&d, opts()).unwrap();
+            for i in 1..=40 {
+                log.append(None, &[entry(i, 1)]).unwrap();
+            }
+            log.sync().unwrap();
+        }
+        {
+            let (mut log, rec) = DurableLog::open(&d, opts()).unwrap();
+            assert_eq!(rec.entries.len(), 40);
+            // Enough hard states to rotate twice.
+            for commit in 0..40 {
+                let hs = HardState {
+                    term: 1,
+                    vote: 1,
+                    commit,
+                };
+                log.append(Some(&hs), &[]).unwrap();
+            }
+            log.sync().unwrap();
+            let meta = SnapshotMeta {
+                index: 39,
+                term: 1,
+                conf_state: ConfState {
+                    voters: vec![1],
+                    learners: vec![],
+                },
+            };
+            log.save_snapshot(&meta, b"state at 39".to_vec()).unwrap();
+        }
+        let (_, rec) = DurableLog::open(&d, opts()).unwrap();
+        let idx: Vec<u64> = rec.entries.iter().map(|e| e.index).collect();
+        assert_eq!(idx, vec![40]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A new leader's entries replace an old tail; a snapshot then covers
+    /// the replaced index. The old tail above the snapshot must not come
+    /// back. (Found by the power-cut test: entries at or below the snapshot
+    /// were skipped before their overwrite took effect.)
+    #[test]
+    fn an_overwrite_below_the_snapshot_still_cuts_the_stale_tail() {
+        let d = dir("overwrite-snap");
+        {
+            let (mut log, _) = DurableLog::open(&d, opts()).unwrap();
+            log.append(None, &(1..=11).map(|i| entry(i, 1)).collect::<Vec<_>>())
+                .unwrap();
+            log.append(None, &[entry(9, 2), entry(10, 2)]).unwrap();
+            log.sync().unwrap();
+            let meta = SnapshotMeta {
+                index: 10,
+                term: 2,
+                conf_state: ConfState {
+                    voters: vec![1],
+                    learners: vec![],
+                },
+            };
+            log.save_snapshot(&meta, b"state at 10".to_vec()).unwrap();
+        }
+        let (_, rec) = DurableLog::open(&d, opts()).unwrap();
+        assert_eq!(rec.snapshot.unwrap().0.index, 10);
+        let stale: Vec<(u64, u64)> = rec.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert!(stale.is_empty(), "stale entries came back: {stale:?}");
         let _ = std::fs::remove_dir_all(&d);
     }
 

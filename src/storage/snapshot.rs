@@ -8,12 +8,18 @@
 //!
 //! Written atomically (temp file, fsync, rename, fsync directory), so a
 //! crash leaves either the old set or the new one, never half a snapshot.
+//! Two writers share a store (a member's own snapshots, saved off the Raft
+//! loop, and those a leader sends, saved by the WAL writer): saves and
+//! pruning hold the store's lock, leftover temp files are removed only when
+//! the store is opened, and a file already gone when pruning is no error.
 //! The newest snapshot is the one recovery uses; one that fails its check
 //! stops recovery with its path, since falling back silently to an older
 //! one could resurrect deleted keys whose WAL entries are already released.
 
-use super::{io_error, sync_dir, StorageError};
+use super::fs::{Fs, OsFs};
+use super::{create_dir_durable, io_error, sync_dir, StorageError};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 const MAGIC: &[u8; 8] = b"QEDSNAP1";
 const HEADER: usize = 8 + 4 + 8;
@@ -119,34 +125,51 @@ pub fn decode(bytes: &[u8]) -> Result<&[u8], String> {
 /// The snapshot directory.
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
     keep: usize,
+    /// Held by `save` (write, rename, prune), shared by clones.
+    writing: Arc<Mutex<()>>,
 }
 
 impl SnapshotStore {
-    /// Opens `dir`, creating it if needed; `keep` snapshots are retained.
+    /// Opens `dir` on the operating system's files; see [`SnapshotStore::open_in`].
     pub fn open(dir: &Path, keep: usize) -> Result<SnapshotStore, StorageError> {
-        std::fs::create_dir_all(dir).map_err(io_error(dir, "create directory"))?;
+        SnapshotStore::open_in(Arc::new(OsFs), dir, keep)
+    }
+
+    /// Opens `dir`, creating it if needed; `keep` snapshots are retained.
+    /// Temp files an interrupted save left behind are removed (nothing else
+    /// writes here yet).
+    pub fn open_in(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        keep: usize,
+    ) -> Result<SnapshotStore, StorageError> {
+        create_dir_durable(&*fs, dir)?;
+        for name in fs.list(dir).map_err(io_error(dir, "list"))? {
+            if name.ends_with(".tmp") {
+                // Failing only leaves it for the next start.
+                let _ = fs.remove(&dir.join(name));
+            }
+        }
         Ok(SnapshotStore {
+            fs,
             dir: dir.to_path_buf(),
             keep: keep.max(1),
+            writing: Arc::new(Mutex::new(())),
         })
     }
 
-    /// Snapshot ids on disk, oldest first. Leftover temp files from an
-    /// interrupted write are removed.
+    /// Snapshot ids on disk, oldest first.
     pub fn list(&self) -> Result<Vec<SnapshotId>, StorageError> {
-        let mut ids = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io_error(&self.dir, "list"))? {
-            let entry = entry.map_err(io_error(&self.dir, "list"))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(id) = parse_name(name) {
-                ids.push(id);
-            } else if name.ends_with(".tmp") {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+        let mut ids: Vec<SnapshotId> = self
+            .fs
+            .list(&self.dir)
+            .map_err(io_error(&self.dir, "list"))?
+            .iter()
+            .filter_map(|name| parse_name(name))
+            .collect();
         ids.sort_by_key(|id| (id.index, id.term));
         Ok(ids)
     }
@@ -159,21 +182,34 @@ impl SnapshotStore {
     /// The payload comes in parts written one after another, so a caller
     /// never has to copy a large state into one buffer with its framing.
     pub fn save(&self, id: SnapshotId, payload: &[&[u8]]) -> Result<PathBuf, StorageError> {
-        use std::io::Write;
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.path(id);
         let tmp = self.dir.join(format!("{}.tmp", file_name(id)));
-        let mut file = std::fs::File::create(&tmp).map_err(io_error(&tmp, "create"))?;
+        let file = self.fs.create(&tmp).map_err(io_error(&tmp, "create"))?;
+        let mut offset = 0u64;
         for part in std::iter::once(&header(payload)[..]).chain(payload.iter().copied()) {
-            file.write_all(part).map_err(io_error(&tmp, "write"))?;
+            file.write_at(part, offset)
+                .map_err(io_error(&tmp, "write"))?;
+            offset += part.len() as u64;
         }
         file.sync_all().map_err(io_error(&tmp, "fsync"))?;
         drop(file);
-        std::fs::rename(&tmp, &path).map_err(io_error(&path, "rename into place"))?;
-        sync_dir(&self.dir)?;
+        self.fs
+            .rename(&tmp, &path)
+            .map_err(io_error(&path, "rename into place"))?;
+        sync_dir(&*self.fs, &self.dir)?;
         let ids = self.list()?;
+        let mut removed = false;
         for old in ids.iter().take(ids.len().saturating_sub(self.keep)) {
             let p = self.path(*old);
-            std::fs::remove_file(&p).map_err(io_error(&p, "remove"))?;
+            match self.fs.remove(&p) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&p, "remove")(e)),
+            }
+        }
+        if removed {
+            sync_dir(&*self.fs, &self.dir)?;
         }
         Ok(path)
     }
@@ -184,7 +220,7 @@ impl SnapshotStore {
             return Ok(None);
         };
         let path = self.path(id);
-        let bytes = std::fs::read(&path).map_err(io_error(&path, "read"))?;
+        let bytes = self.fs.read(&path).map_err(io_error(&path, "read"))?;
         let payload = decode(&bytes).map_err(|reason| StorageError::Corrupt {
             path: path.clone(),
             offset: 0,
@@ -246,6 +282,37 @@ mod tests {
                 other => panic!("expected corruption, got {other:?}"),
             }
         }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Two writers share one store (the Raft loop's own snapshots and the
+    /// leader's, issue 12 item 7): neither may delete the other's temp
+    /// file, and both pruning the same old file is no error.
+    #[test]
+    fn two_writers_at_once_never_fail() {
+        let d = dir("race");
+        let store = SnapshotStore::open(&d, 2).unwrap();
+        let writers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50u64 {
+                        let id = SnapshotId {
+                            term: 1,
+                            index: i * 2 + w,
+                        };
+                        if let Err(e) = store.save(id, &[&[w as u8; 300]]) {
+                            return Err(format!("writer {w}, snapshot {i}: {e}"));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+        assert_eq!(store.list().unwrap().len(), 2);
         let _ = std::fs::remove_dir_all(&d);
     }
 

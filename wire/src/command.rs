@@ -159,6 +159,37 @@ mod tests {
         assert_eq!((cmd.id, cmd.auth), (9, None));
     }
 
+    /// Cheap in-tree fuzzing (`make fuzz` runs the real thing): random and
+    /// mutated bytes never panic, and what decodes re-encodes the same.
+    #[test]
+    fn random_bytes_never_panic() {
+        let valid = Command {
+            id: 3,
+            request: put(),
+            auth: Some(AuthHeader::system()),
+        }
+        .encode()
+        .unwrap();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for round in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut bytes = valid.clone();
+            let len = (x % 64) as usize;
+            if round % 2 == 0 {
+                bytes = x.to_le_bytes().iter().cycle().take(len).copied().collect();
+            } else if !bytes.is_empty() {
+                let at = (x as usize >> 8) % bytes.len();
+                bytes[at] ^= (x >> 32) as u8 | 1;
+                bytes.truncate(len.max(at + 1).min(bytes.len()));
+            }
+            if let Ok(cmd) = Command::decode(&bytes) {
+                assert_eq!(Command::decode(&cmd.encode().unwrap()).unwrap(), cmd);
+            }
+        }
+    }
+
     #[test]
     fn trailing_garbage_is_refused() {
         let mut bytes = Command {
