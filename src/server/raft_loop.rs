@@ -42,7 +42,7 @@ use super::members::Members;
 use super::peer::Peers;
 use super::state_machine::StateMachine;
 use super::watchers::Watchers;
-use crate::lease::{lease_id_from, LEASE_REVOKE_RATE};
+use crate::lease::{grant_ttl, lease_id_from, LeaseConfig, LEASE_REVOKE_RATE};
 use crate::raft::{self, PersistToken, ProposeError, Role};
 use crate::runtime::{self, channel};
 use crate::storage::durable_log::{DurableLog, SnapshotWriter};
@@ -309,6 +309,12 @@ pub fn start(
     spawn_ticker(inbox.clone(), status.clone(), LEASE_CHECK_EVERY, true);
     let snapshot_base = core.status().first_index.saturating_sub(1);
     let core_id = core.id();
+    let lease_config = state
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .identity()
+        .0
+        .lease;
     // A forwarded proposal may be lost; etcd gives up after its request
     // timeout (5 s) plus two election timeouts.
     let answer_timeout = peers
@@ -349,6 +355,7 @@ pub fn start(
         snapshot_base,
         synced_vote: (0, 0),
         snapshotting: false,
+        lease_config,
     };
     runtime::spawn(async move {
         let why = driver.run(inputs).await;
@@ -463,6 +470,9 @@ struct Driver {
     /// (term, vote) last handed to the writer: changes must be synced.
     synced_vote: (u64, u64),
     snapshotting: bool,
+    /// This member's lease settings: grants it proposes are raised to its
+    /// minimum TTL here, never at apply.
+    lease_config: LeaseConfig,
 }
 
 impl Driver {
@@ -621,6 +631,9 @@ impl Driver {
                 // so that IDs do not look sequential (etcd's look random).
                 grant.id = lease_id_from(mix64(id));
             }
+            // This member's minimum (from its own election timeout) goes
+            // into the entry, so every member applies the same TTL.
+            grant.ttl = grant_ttl(&self.lease_config, grant.ttl);
         }
         let command = Command {
             id,

@@ -712,6 +712,36 @@ mod tests {
         assert!(sm.alarms().is_empty());
     }
 
+    /// Members with other election timeouts (so other minimum lease TTLs)
+    /// apply the same grant to the same state: the minimum is the
+    /// proposer's business, not apply's.
+    #[test]
+    fn lease_grants_apply_alike_whatever_the_members_minimum_ttl() {
+        let member = |min_ttl| {
+            StateMachine::new(
+                Limits {
+                    lease: LeaseConfig {
+                        min_ttl,
+                        ..LeaseConfig::default()
+                    },
+                },
+                TokenTable::default(),
+            )
+        };
+        let (mut short, mut long) = (member(1), member(15));
+        let grant = Request::LeaseGrant(LeaseGrantRequest { ttl: 1, id: 7 });
+        let a = apply(&mut short, 1, grant.clone()).0;
+        let b = apply(&mut long, 1, grant).0;
+        assert_eq!(a, b);
+        assert_eq!(short.to_snapshot().unwrap(), long.to_snapshot().unwrap());
+        let (limits, tokens) = long.identity();
+        let restored = StateMachine::from_snapshot(&short.to_snapshot().unwrap(), limits, tokens);
+        assert_eq!(
+            restored.unwrap().to_snapshot().unwrap(),
+            short.to_snapshot().unwrap()
+        );
+    }
+
     #[test]
     fn snapshots_from_before_leases_still_load() {
         #[derive(Serialize)]
