@@ -29,8 +29,8 @@
 mod common;
 
 use common::{free_udp_port, TestCluster};
-use qed::client::{Client, GetOptions};
-use qed::wire::{Request, Response};
+use qed::client::{Client, ClientError, GetOptions};
+use qed::wire::{Error, Request, Response};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -779,10 +779,21 @@ fn member_add_learner_promote() {
             },
         )
         .await;
-        let promoted = c(follower)
-            .call(Request::MemberPromote(MemberPromoteRequest { id: new_id }))
-            .await
-            .expect("promote");
+        // etcd refuses a promote until the learner's log is within 90% of
+        // the leader's (LearnerNotReady, retryable); under load that can
+        // take a moment after the learner applied its own add.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let promoted = loop {
+            match c(follower)
+                .call(Request::MemberPromote(MemberPromoteRequest { id: new_id }))
+                .await
+            {
+                Err(ClientError::Server(Error::LearnerNotReady)) if Instant::now() < deadline => {
+                    qed::runtime::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other.expect("promote"),
+            }
+        };
         let Response::Members(list) = promoted else {
             panic!("promote answered {promoted:?}");
         };

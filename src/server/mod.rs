@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod budget;
+mod held;
 pub mod members;
 pub mod node;
 pub mod peer;

@@ -38,6 +38,7 @@
 //! A storage failure is fatal: the loop stops, every caller gets
 //! `etcdserver: server stopped`, and the node reports why it stopped.
 
+use super::held::{HeldCall, HeldCalls};
 use super::members::Members;
 use super::peer::Peers;
 use super::state_machine::StateMachine;
@@ -343,6 +344,7 @@ pub fn start(
         conf_waiters: HashMap::new(),
         members,
         removed: false,
+        held: HeldCalls::default(),
         reads: HashMap::new(),
         confirmed_reads: BTreeMap::new(),
         ids: CommandIds::new(core_id),
@@ -451,6 +453,8 @@ struct Driver {
     members: Arc<Members>,
     /// This member applied its own removal.
     removed: bool,
+    /// Calls that came while no leader could take them (see `held`).
+    held: HeldCalls,
     /// Reads waiting for the core to confirm an index, by context.
     reads: HashMap<u64, channel::Sender<Result<(), Error>>>,
     /// Reads confirmed at an index, waiting for apply to reach it.
@@ -511,6 +515,7 @@ impl Driver {
                 if self.ticks % FORGET_LEFT_CALLERS_EVERY == 0 {
                     self.forget_left_callers();
                 }
+                self.retry_held();
             }
             Input::Step(message) => {
                 self.status.queued_steps.fetch_sub(1, Ordering::Relaxed);
@@ -520,7 +525,10 @@ impl Driver {
                 request,
                 auth,
                 reply,
-            } => self.propose(request, auth, Some(reply)),
+            } => {
+                let deadline = self.hold_deadline();
+                self.propose_or_hold(deadline, request, auth, reply);
+            }
             Input::ProposeConfChange {
                 mut change,
                 peer_urls,
@@ -560,15 +568,8 @@ impl Driver {
                 self.check_leases();
             }
             Input::ReadIndex { reply } => {
-                let ctx = self.ids.next();
-                match self.core.read_index(ctx.to_be_bytes().to_vec()) {
-                    Ok(()) => {
-                        self.reads.insert(ctx, reply);
-                    }
-                    Err(e) => {
-                        let _ = reply.try_send(Err(propose_error(e)));
-                    }
-                }
+                let deadline = self.hold_deadline();
+                self.read_or_hold(deadline, reply);
             }
             Input::Persisted {
                 tokens,
@@ -617,13 +618,92 @@ impl Driver {
         Ok(())
     }
 
-    /// Proposes a command; `reply` (if any) gets the applied result.
-    fn propose(
+    /// Until when a call may wait for a leader: two election timeouts, so
+    /// an election or a leadership transfer is waited out, and the caller
+    /// still hears `no leader` before its own deadline.
+    fn hold_deadline(&self) -> u64 {
+        let election_ticks =
+            self.options.election_timeout.as_millis() / self.options.tick.as_millis().max(1);
+        self.ticks + 2 * u64::try_from(election_ticks).unwrap_or(u64::MAX / 4).max(1)
+    }
+
+    /// Proposes a caller's command, or holds it while no leader can take
+    /// it (an election, a leadership transfer).
+    fn propose_or_hold(
+        &mut self,
+        deadline: u64,
+        request: Request,
+        auth: AuthHeader,
+        reply: channel::Sender<Reply>,
+    ) {
+        match self.try_propose(request, auth).map_err(|refused| *refused) {
+            Ok(id) => {
+                self.proposals.insert(id, reply);
+            }
+            Err((Refusal::Core(e), request, auth)) if holdable(&e) => {
+                let call = HeldCall::Propose {
+                    request,
+                    auth,
+                    reply,
+                };
+                if let Some(call) = self.held.hold(deadline, call) {
+                    call.fail(Error::NoLeader);
+                }
+            }
+            Err((refusal, _, _)) => {
+                let _ = reply.try_send(Err(refusal.into_error()));
+            }
+        }
+    }
+
+    /// Starts a ReadIndex round, or holds the read while no leader can
+    /// confirm it.
+    fn read_or_hold(&mut self, deadline: u64, reply: channel::Sender<Result<(), Error>>) {
+        let ctx = self.ids.next();
+        match self.core.read_index(ctx.to_be_bytes().to_vec()) {
+            Ok(()) => {
+                self.reads.insert(ctx, reply);
+            }
+            Err(e) if holdable(&e) => {
+                if let Some(call) = self.held.hold(deadline, HeldCall::Read { reply }) {
+                    call.fail(Error::NoLeader);
+                }
+            }
+            Err(e) => {
+                let _ = reply.try_send(Err(propose_error(e)));
+            }
+        }
+    }
+
+    /// Once a leader is known, held calls go again (keeping their
+    /// deadlines); those past it hear `no leader`.
+    fn retry_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        self.held.expire(self.ticks);
+        if self.core.status().leader == 0 {
+            return;
+        }
+        for (deadline, call) in self.held.take() {
+            match call {
+                HeldCall::Propose {
+                    request,
+                    auth,
+                    reply,
+                } => self.propose_or_hold(deadline, request, auth, reply),
+                HeldCall::Read { reply } => self.read_or_hold(deadline, reply),
+            }
+        }
+    }
+
+    /// Proposes a command: its ID, or why not (with the request back, so
+    /// it can be held and proposed again).
+    fn try_propose(
         &mut self,
         mut request: Request,
         auth: AuthHeader,
-        reply: Option<channel::Sender<Reply>>,
-    ) {
+    ) -> Result<u64, Box<(Refusal, Request, AuthHeader)>> {
         let id = self.ids.next();
         if let Request::LeaseGrant(grant) = &mut request {
             if grant.id == 0 {
@@ -640,22 +720,15 @@ impl Driver {
             request,
             auth: Some(auth),
         };
-        let answer = |e: Error| {
-            if let Some(reply) = &reply {
-                let _ = reply.try_send(Err(e));
-            }
-        };
-        match command.encode() {
+        let refused = match command.encode() {
             Ok(data) => match self.core.propose(data) {
-                Ok(()) => {
-                    if let Some(reply) = reply {
-                        self.proposals.insert(id, reply);
-                    }
-                }
-                Err(e) => answer(propose_error(e)),
+                Ok(()) => return Ok(id),
+                Err(e) => Refusal::Core(e),
             },
-            Err(e) => answer(Error::Internal(format!("cannot encode proposal: {e}"))),
-        }
+            Err(e) => Refusal::Encode(e.to_string()),
+        };
+        let Command { request, auth, .. } = command;
+        Err(Box::new((refused, request, auth.unwrap_or_default())))
     }
 
     /// The leader proposes a revoke for each expired lease; the lessor
@@ -673,7 +746,8 @@ impl Driver {
         for id in expired {
             log::debug!("lease {id:x} expired; revoking");
             let revoke = Request::LeaseRevoke(LeaseRevokeRequest { id });
-            self.propose(revoke, AuthHeader::system(), None);
+            // A revoke that does not get in is named again later.
+            let _ = self.try_propose(revoke, AuthHeader::system());
         }
     }
 
@@ -1006,6 +1080,7 @@ impl Driver {
     }
 
     fn fail_all(&mut self, error: Error) {
+        self.held.fail_all(&error);
         for (_, reply) in self.proposals.drain() {
             let _ = reply.try_send(Err(error.clone()));
         }
@@ -1069,6 +1144,27 @@ fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Why a proposal did not get into the log.
+enum Refusal {
+    Core(ProposeError),
+    Encode(String),
+}
+
+impl Refusal {
+    fn into_error(self) -> Error {
+        match self {
+            Refusal::Core(e) => propose_error(e),
+            Refusal::Encode(why) => Error::Internal(format!("cannot encode proposal: {why}")),
+        }
+    }
+}
+
+/// Refusals that last only until a leader is known again: the call is
+/// held (see `held`), not failed.
+fn holdable(e: &ProposeError) -> bool {
+    matches!(e, ProposeError::NoLeader | ProposeError::TransferInProgress)
+}
+
 fn propose_error(e: ProposeError) -> Error {
     match e {
         ProposeError::NoLeader => Error::NoLeader,
@@ -1077,7 +1173,8 @@ fn propose_error(e: ProposeError) -> Error {
         // leave no voter.
         ProposeError::ConfChangePending => Error::Unhealthy,
         ProposeError::InvalidConfChange => Error::MemberNotFound,
-        other => Error::Internal(format!("proposal refused: {other:?}")),
+        // Held until the transfer ends; past that, retryable as etcd's.
+        ProposeError::TransferInProgress => Error::LeaderChanged,
     }
 }
 
