@@ -51,7 +51,7 @@ use crate::storage::StorageError;
 use crate::wire::command::{AuthHeader, Command};
 use crate::wire::raft::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageBody,
-    SnapshotMeta,
+    NodeId, SnapshotMeta,
 };
 use qed_wire::lease::LeaseRevokeRequest;
 use qed_wire::peer::ConfContext;
@@ -130,6 +130,9 @@ pub struct LoopOptions {
     pub snapshot_count: u64,
     /// etcd's `--election-timeout`: a new leader extends every lease by it.
     pub election_timeout: Duration,
+    /// etcd's `--strict-reconfig-check`: refuse membership changes that
+    /// would leave fewer started (or reachable) voters than a quorum.
+    pub strict_reconfig_check: bool,
 }
 
 /// Peer messages the inbox may hold (each at most a peer frame; appends
@@ -358,6 +361,7 @@ pub fn start(
         synced_vote: (0, 0),
         snapshotting: false,
         lease_config,
+        followed: (0, 0),
     };
     runtime::spawn(async move {
         let why = driver.run(inputs).await;
@@ -477,6 +481,8 @@ struct Driver {
     /// This member's lease settings: grants it proposes are raised to its
     /// minimum TTL here, never at apply.
     lease_config: LeaseConfig,
+    /// The newest (term, leader) this member followed (or was).
+    followed: (u64, NodeId),
 }
 
 impl Driver {
@@ -509,8 +515,10 @@ impl Driver {
                 self.core.tick();
                 // The leader stops talking to a member once its removal
                 // applies, so a removed member may never apply it: the
-                // others' refusal is the word it gets.
-                self.removed |= self.peers.as_ref().is_some_and(|p| p.told_removed());
+                // leader's "removed" close is the word it gets.
+                if let Some(by) = self.peers.as_ref().and_then(|p| p.take_removal_claim()) {
+                    self.on_removal_claim(by);
+                }
                 self.ticks += 1;
                 if self.ticks % FORGET_LEFT_CALLERS_EVERY == 0 {
                     self.forget_left_callers();
@@ -536,6 +544,15 @@ impl Driver {
             } => {
                 if !self.learner_ready(&change) {
                     let _ = reply.try_send(Err(Error::LearnerNotReady));
+                    return Ok(());
+                }
+                if let Err(e) = self.may_change_members(&change) {
+                    log::warn!(
+                        "refused a membership change ({:?} {:x}): {e}",
+                        change.change,
+                        change.node_id
+                    );
+                    let _ = reply.try_send(Err(e));
                     return Ok(());
                 }
                 // The context names the waiter, as a command ID does, and
@@ -597,14 +614,15 @@ impl Driver {
                 let data = data.map_err(|e| format!("snapshot failed: {e}"))?;
                 // The core keeps these bytes to send to lagging followers; a
                 // lone voter has none, so it need not hold a second copy of
-                // the whole state.
+                // the whole state (if one joins, the core asks for a new
+                // snapshot: see `take_image_wanted`).
                 let conf = self.core.conf_state();
-                let for_followers = if conf.voters == [self.core.id()] && conf.learners.is_empty() {
-                    Arc::from(Vec::new())
+                let compacted = if conf.voters == [self.core.id()] && conf.learners.is_empty() {
+                    self.core.compact_at_without_image(index)
                 } else {
-                    data
+                    self.core.compact_at(index, data)
                 };
-                if self.core.compact_at(index, for_followers).is_some() {
+                if compacted.is_some() {
                     log::info!(
                         "saved snapshot at index {} (term {})",
                         meta.index,
@@ -782,6 +800,91 @@ impl Driver {
             .is_some_and(|p| p.matched.saturating_mul(10) >= last.saturating_mul(9))
     }
 
+    /// etcd's strict reconfiguration checks (`mayAddMember`,
+    /// `mayRemoveMember`, `mayPromoteMember`): a change must leave at least
+    /// a quorum of started voters (a member is started once it said hello:
+    /// it has a name), and must not break the quorum of voters this member
+    /// hears from (heard within an election timeout; etcd: connected for
+    /// 5 s). Adding a second voter to a cluster of one is allowed, as etcd
+    /// allows it to restore a cluster from one member.
+    fn may_change_members(&self, change: &ConfChange) -> Result<(), Error> {
+        if !self.options.strict_reconfig_check {
+            return Ok(());
+        }
+        let conf = self.core.conf_state();
+        let me = self.core.id();
+        let started =
+            |id: &NodeId| *id == me || self.members.get(*id).is_some_and(|m| !m.name.is_empty());
+        let active = |id: &NodeId| {
+            *id == me
+                || self
+                    .peers
+                    .as_ref()
+                    .is_some_and(|p| p.heard_within(*id, self.options.election_timeout))
+        };
+        let id = change.node_id;
+        match change.change {
+            ConfChangeType::AddVoter if conf.learners.contains(&id) => {
+                // Promotion: the learner counts, as started.
+                let members = conf.voters.len() + 1;
+                let started = conf.voters.iter().filter(|v| started(v)).count() + 1;
+                if started < members / 2 + 1 {
+                    return Err(Error::MemberNotEnoughStarted);
+                }
+                Ok(())
+            }
+            ConfChangeType::AddVoter | ConfChangeType::AddLearner => {
+                if change.change == ConfChangeType::AddVoter {
+                    let members = conf.voters.len() + 1;
+                    let started = conf.voters.iter().filter(|v| started(v)).count();
+                    if !(started == 1 && members == 2) && started < members / 2 + 1 {
+                        return Err(Error::MemberNotEnoughStarted);
+                    }
+                }
+                if !conf.voters.iter().all(active) {
+                    return Err(Error::Unhealthy);
+                }
+                Ok(())
+            }
+            ConfChangeType::Remove => {
+                if conf.learners.contains(&id) {
+                    return Ok(());
+                }
+                let rest: Vec<NodeId> = conf.voters.iter().copied().filter(|v| *v != id).collect();
+                let started = rest.iter().filter(|v| started(v)).count();
+                if started < rest.len() / 2 + 1 {
+                    return Err(Error::MemberNotEnoughStarted);
+                }
+                // A member that is down is not part of the active quorum.
+                if id != me && !active(&id) {
+                    return Ok(());
+                }
+                let reachable = conf.voters.iter().filter(|v| active(v)).count();
+                if reachable.saturating_sub(1) < 1 + conf.voters.len().saturating_sub(1) / 2 {
+                    return Err(Error::Unhealthy);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Member `by` closed a connection saying this member was removed.
+    /// Believed only from the leader of the current term this member
+    /// followed (it is the one that removes members and then stops talking
+    /// to them); anyone else, even a member, cannot know it first.
+    fn on_removal_claim(&mut self, by: NodeId) {
+        let term = self.core.status().term;
+        if self.followed == (term, by) {
+            log::warn!("the leader ({by:x}) says this member was removed from the cluster");
+            self.removed = true;
+        } else {
+            log::warn!(
+                "member {by:x} says this member was removed, but it is not the leader of \
+                 term {term}: removal not confirmed; ignored"
+            );
+        }
+    }
+
     /// The membership changed: the member table follows it (members removed
     /// from the configuration are forgotten, so the transport refuses them;
     /// new ones get lanes).
@@ -813,6 +916,9 @@ impl Driver {
             }
             let rd = self.core.ready();
             if let Some(soft) = rd.soft_state {
+                if soft.leader != 0 {
+                    self.followed = (self.core.status().term, soft.leader);
+                }
                 let before = self.status.leader.swap(soft.leader, Ordering::Relaxed);
                 if before != soft.leader && self.peers.is_some() {
                     match soft.leader {
@@ -909,7 +1015,13 @@ impl Driver {
                 self.core.id()
             ));
         }
-        self.maybe_snapshot();
+        // A follower needs a snapshot whose image this member did not keep:
+        // take one now (it keeps its image, there being a follower).
+        let wanted = self.core.take_image_wanted();
+        if wanted && !self.snapshotting {
+            log::info!("a member needs a snapshot: taking one with its image");
+        }
+        self.maybe_snapshot(wanted);
         Ok(())
     }
 
@@ -1039,12 +1151,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Every `snapshot_count` applied entries: clone the state (O(1)) and
+    /// Every `snapshot_count` applied entries (or `now`, unless one is being
+    /// taken): clone the state (O(1)) and
     /// let a blocking-pool task serialize it and write the file, so neither
     /// this loop nor the WAL writer waits for a large snapshot.
-    fn maybe_snapshot(&mut self) {
+    fn maybe_snapshot(&mut self, now: bool) {
         let applied = self.status.applied.load(Ordering::Relaxed);
-        if self.snapshotting || applied < self.snapshot_base + self.options.snapshot_count {
+        let due = now || applied >= self.snapshot_base + self.options.snapshot_count;
+        if self.snapshotting || !due {
             return;
         }
         let view = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();

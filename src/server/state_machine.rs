@@ -53,7 +53,6 @@ use qed_wire::maintenance::{
 };
 use qed_wire::{Error, Reply, Request, Response};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// This member's settings the state machine keeps.
@@ -161,10 +160,12 @@ fn is_auth_call(req: &Request) -> bool {
 
 impl StateMachine {
     pub fn new(limits: Limits, tokens: TokenTable) -> Self {
+        let auth = AuthStore::new();
+        tokens.mirror(&auth);
         StateMachine {
             kv: Store::new(),
             lessor: Lessor::new(limits.lease.clone()),
-            auth: AuthStore::new(),
+            auth,
             tokens,
             alarms: Vec::new(),
             applied: 0,
@@ -198,7 +199,7 @@ impl StateMachine {
             },
         };
         let auth = AuthStore::from_snapshot(auth);
-        tokens.enabled.store(auth.is_enabled(), Ordering::Relaxed);
+        tokens.mirror(&auth);
         Ok(StateMachine {
             kv: Store::from_bytes(&base.kv)?,
             lessor: Lessor::from_snapshot(limits.lease.clone(), leases),
@@ -374,9 +375,7 @@ impl StateMachine {
         if is_auth_call(req) {
             let token_prefix = auth.map(|h| h.token_prefix.as_str()).unwrap_or_default();
             let applied = self.apply_auth(index, req, token_prefix, now_ms);
-            self.tokens
-                .enabled
-                .store(self.auth.is_enabled(), Ordering::Relaxed);
+            self.tokens.mirror(&self.auth);
             let mut resp = applied?;
             resp.header_mut().revision = self.kv.revision();
             return Ok(resp);
