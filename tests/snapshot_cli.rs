@@ -240,9 +240,7 @@ fn qed_format_snapshots_still_read() {
     use qed::server::state_machine::{Limits, StateMachine};
     let work = TempDir::new("snapold");
     let mut state = StateMachine::new(
-        1,
         Limits {
-            quota_bytes: u64::MAX,
             lease: Default::default(),
         },
         Default::default(),

@@ -150,11 +150,10 @@ pub fn etcd_file(state: &StateMachine) -> Result<Vec<u8>, String> {
     .map_err(|e| e.to_string())
 }
 
-/// Limits for a state machine that is only read or re-encoded: identity
-/// and limits do not matter there; restore sets its own.
+/// Limits for a state machine that is only read or re-encoded: they do
+/// not matter there; restore sets its own.
 fn reading_limits() -> Limits {
     Limits {
-        quota_bytes: u64::MAX,
         lease: crate::lease::LeaseConfig::default(),
     }
 }
@@ -202,7 +201,7 @@ fn load(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Loaded, Snaps
     }
     let framed = unseal(&bytes).map_err(invalid)?;
     let image = crate::storage::snapshot::decode_padded(framed).map_err(invalid)?;
-    let state = StateMachine::from_snapshot(image, 0, reading_limits(), Default::default())
+    let state = StateMachine::from_snapshot(image, reading_limits(), Default::default())
         .map_err(|e| invalid(e.to_string()))?;
     Ok(Loaded {
         state,
