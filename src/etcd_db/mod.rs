@@ -125,19 +125,6 @@ pub fn looks_like_bbolt(bytes: &[u8]) -> bool {
         .is_some_and(|m| m == bbolt::MAGIC.to_le_bytes())
 }
 
-/// The database bytes without etcd's sha256 trailer, checked if present
-/// (present when the size is 32 past a multiple of 512, etcd's rule).
-pub fn strip_trailer(file: &[u8]) -> Result<&[u8], ImportError> {
-    if file.len() % 512 != SHA256_LEN {
-        return Ok(file);
-    }
-    let (body, sha) = file.split_at(file.len() - SHA256_LEN);
-    if ring::digest::digest(&ring::digest::SHA256, body).as_ref() != sha {
-        return Err(ImportError::Checksum);
-    }
-    Ok(body)
-}
-
 /// A 17/18-byte revision key: (revision, is a delete).
 fn parse_revision(key: &[u8]) -> Result<(Revision, bool), String> {
     let tombstone = match key.len() {
@@ -196,9 +183,29 @@ fn each_value<'a>(
     })
 }
 
-/// Reads an etcd snapshot or backend file (trailer optional) as qed state.
+/// Reads an etcd snapshot or backend file as qed state. etcd's sha256
+/// trailer is optional: present when the size is 32 past a multiple of 512
+/// (etcd's rule), and then checked.
+///
+/// The sha256 trailer, if there is one, is checked on a second thread while
+/// this one decodes; a mismatch wins over any decoding error.
 pub fn import(file: &[u8]) -> Result<Imported, ImportError> {
-    let bytes = strip_trailer(file)?;
+    if file.len() % 512 != SHA256_LEN {
+        return import_db(file);
+    }
+    let (body, sha) = file.split_at(file.len() - SHA256_LEN);
+    std::thread::scope(|scope| {
+        let check =
+            scope.spawn(move || ring::digest::digest(&ring::digest::SHA256, body).as_ref() == sha);
+        let imported = import_db(body);
+        match check.join() {
+            Ok(true) => imported,
+            _ => Err(ImportError::Checksum),
+        }
+    })
+}
+
+fn import_db(bytes: &[u8]) -> Result<Imported, ImportError> {
     let db = Db::open(bytes)?;
     if db.bucket(db.root(), KEY)?.is_none() || db.bucket(db.root(), META)?.is_none() {
         return Err(layout("no `key` or `meta` bucket".into()));

@@ -168,14 +168,16 @@ fn load(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Loaded, Snaps
     };
     let mut file = std::fs::File::open(path).map_err(read_err)?;
     let total = file.metadata().map_err(read_err)?.len();
+    // Read straight into the buffer, 1 MiB at a time for the progress line.
     let mut bytes = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(read_err)?;
+        let n = (&mut file)
+            .take(1 << 20)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
         if n == 0 {
             break;
         }
-        bytes.extend_from_slice(&buf[..n]);
         progress(bytes.len() as u64, total);
     }
     let invalid = |reason: String| SnapshotFileError::Invalid {
