@@ -10,8 +10,10 @@
 
 pub mod auth;
 pub mod client;
+pub mod http1;
 pub mod lease;
 pub mod log_writer;
+pub mod metrics;
 pub mod mvcc;
 pub mod raft;
 pub mod runtime;

@@ -66,6 +66,12 @@ struct Flags {
     #[arg(long, env = "QED_INITIAL_CLUSTER_STATE", default_value = "new")]
     initial_cluster_state: String,
 
+    /// Comma-separated http:// URLs (TCP) serving /metrics (Prometheus),
+    /// /health, /livez, /readyz and /version, as etcd's flag. Default: none
+    /// (etcd serves them on its client port too; qed-grpc does that).
+    #[arg(long, env = "QED_LISTEN_METRICS_URLS")]
+    listen_metrics_urls: Option<String>,
+
     /// Comma-separated URLs to listen on for the other members (QUIC on
     /// that UDP port). A cluster of one opens no peer port.
     #[arg(
@@ -468,6 +474,11 @@ fn main() -> ExitCode {
         initial_cluster: flags.initial_cluster.unwrap_or_default(),
         join_existing,
         listen_peer_urls: split(&flags.listen_peer_urls),
+        listen_metrics_urls: flags
+            .listen_metrics_urls
+            .as_deref()
+            .map(split)
+            .unwrap_or_default(),
         peer_cert_file: flags.peer_cert_file,
         peer_key_file: flags.peer_key_file,
         peer_trusted_ca_file: flags.peer_trusted_ca_file,

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod members;
 pub mod node;
 pub mod peer;
+pub mod probes;
 pub mod raft_loop;
 pub mod service;
 pub mod snapshot_file;
@@ -62,6 +63,8 @@ pub struct NodeConfig {
     pub join_existing: bool,
     /// Where to listen for peers (used only when there are peers).
     pub listen_peer_urls: Vec<String>,
+    /// etcd's `--listen-metrics-urls`: plain HTTP for /metrics and /health.
+    pub listen_metrics_urls: Vec<String>,
     /// Peer TLS (etcd's `--peer-*` flags); without them the member's client
     /// certificate is used and peers are not verified (`--peer-auto-tls`).
     pub peer_cert_file: Option<PathBuf>,
@@ -267,6 +270,7 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     if let Some(peers) = peers {
         crate::runtime::spawn(peer::serve(peers, node.clone()));
     }
+    probes::serve(&config.listen_metrics_urls, node.clone()).map_err(ServerError::Config)?;
     let mut endpoints = Vec::new();
     for url in &listen {
         let endpoint =
