@@ -29,6 +29,7 @@ use super::codec::{self, Decoder};
 use super::convert::{self, Method, Streaming, Unary};
 use super::pb;
 use super::status::{encode_message, Code, Status};
+use crate::metrics::GRPC;
 use crate::runtime::{self, channel, TcpListener};
 use bytes::Bytes;
 use futures_lite::future;
@@ -147,6 +148,18 @@ pub async fn serve<B: Backend>(
         let guard = ActiveGuard::new(active.clone());
         runtime::spawn(async move {
             let _guard = guard;
+            // Cleartext: curl and Prometheus speak HTTP/1.1 to this port
+            // (etcd answers /health and /metrics there); gRPC clients open
+            // with the HTTP/2 preface.
+            if config.tls.is_none() && starts_with_http1(&stream).await {
+                let backend = backend.clone();
+                crate::http1::serve_connection(stream, move |req| {
+                    let backend = backend.clone();
+                    async move { super::probes::respond(&backend, req).await }
+                })
+                .await;
+                return;
+            }
             let io = stream.compat();
             match config.tls.clone() {
                 None => serve_connection(io, backend, config, shutdown).await,
@@ -168,6 +181,22 @@ pub async fn serve<B: Backend>(
     while active.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
         runtime::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether the client's first bytes are an HTTP/1.x request line. Peeks
+/// (nothing is consumed) until four bytes have arrived, for at most about
+/// a second; a client that sends less is handed to the h2 server, which
+/// times its handshake out.
+async fn starts_with_http1(stream: &runtime::TcpStream) -> bool {
+    let mut first = [0u8; 4];
+    for _ in 0..100 {
+        match runtime::timeout(Duration::from_secs(1), stream.peek(&mut first)).await {
+            Ok(Ok(n)) if n >= first.len() => return crate::http1::looks_like_http1(&first),
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            Ok(Ok(_)) => runtime::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    false
 }
 
 /// Counts a live connection for the shutdown wait.
@@ -290,6 +319,23 @@ async fn handle_stream<B: Backend>(
     config: &ServerConfig,
 ) {
     let (parts, body) = request.into_parts();
+    if parts.method == http::Method::GET || parts.method == http::Method::HEAD {
+        // etcd serves /health, /metrics and friends on its gRPC port, over
+        // HTTP/2 as well as HTTP/1.1.
+        let path = parts.uri.path();
+        let query = parts.uri.query().unwrap_or("");
+        let answer = super::probes::respond(
+            &backend,
+            crate::http1::Request {
+                method: parts.method.to_string(),
+                path: path.to_owned(),
+                query: query.to_owned(),
+            },
+        )
+        .await;
+        send_plain(&mut respond, answer, parts.method == http::Method::HEAD).await;
+        return;
+    }
     if parts.method != http::Method::POST {
         send_http_error(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
         return;
@@ -337,7 +383,17 @@ async fn handle_stream<B: Backend>(
         }
         return;
     }
-    match Method::from_path(path) {
+    let method = Method::from_path(path);
+    let labels = method.map(|m| CallLabels::new(path, m));
+    if let Some(labels) = &labels {
+        labels.started();
+    }
+    let handled = |code: Code| {
+        if let Some(labels) = &labels {
+            labels.handled(code);
+        }
+    };
+    match method {
         None => send_status(&mut respond, &convert::unknown_method(path)),
         Some(Method::Unary(method)) => {
             let call = async {
@@ -360,18 +416,81 @@ async fn handle_stream<B: Backend>(
                 None
             };
             let Some(outcome) = future::or(async { Some(call.await) }, reset).await else {
+                handled(Code::Canceled);
                 return;
             };
             match outcome {
                 Ok(message) => {
                     let _ = send_unary(&mut respond, message).await;
+                    handled(Code::Ok);
                 }
-                Err(status) => send_status(&mut respond, &status),
+                Err(status) => {
+                    send_status(&mut respond, &status);
+                    handled(status.code);
+                }
             }
         }
         Some(Method::Streaming(kind)) => {
-            streaming(kind, body, respond, backend, token, config).await
+            let code = streaming(kind, body, respond, backend, token, config).await;
+            handled(code);
         }
+    }
+}
+
+/// go-grpc-prometheus' labels of one call: type, service, method.
+struct CallLabels {
+    kind: &'static str,
+    service: String,
+    method: String,
+}
+
+impl CallLabels {
+    fn new(path: &str, method: Method) -> CallLabels {
+        let (service, name) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("", path));
+        let kind = match method {
+            Method::Unary(_) => "unary",
+            Method::Streaming(Streaming::Snapshot) => "server_stream",
+            Method::Streaming(_) => "bidi_stream",
+        };
+        CallLabels {
+            kind,
+            service: service.to_owned(),
+            method: name.to_owned(),
+        }
+    }
+
+    fn started(&self) {
+        GRPC.started
+            .with(&[self.kind, &self.service, &self.method])
+            .inc();
+    }
+
+    fn handled(&self, code: Code) {
+        GRPC.handled
+            .with(&[self.kind, &self.service, &self.method, code.name()])
+            .inc();
+    }
+}
+
+/// An HTTP/2 answer for a probe (`GET /health` over h2).
+async fn send_plain(respond: &mut SendResponse<Bytes>, answer: crate::http1::Response, head: bool) {
+    let mut response = Response::new(());
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(answer.content_type),
+    );
+    let Ok(mut send) = respond.send_response(response, head || answer.body.is_empty()) else {
+        return;
+    };
+    if !head
+        && !answer.body.is_empty()
+        && send_data(&mut send, Bytes::from(answer.body)).await.is_ok()
+    {
+        let _ = send.send_data(Bytes::new(), true);
     }
 }
 
@@ -472,10 +591,13 @@ async fn streaming<B: Backend>(
     backend: B,
     token: Option<String>,
     config: &ServerConfig,
-) {
+) -> Code {
     match kind {
         Streaming::Watch => match backend.watch(token).await {
-            Err(status) => send_status(&mut respond, &status),
+            Err(status) => {
+                send_status(&mut respond, &status);
+                status.code
+            }
             Ok(pair) => {
                 pump(
                     body,
@@ -489,7 +611,10 @@ async fn streaming<B: Backend>(
             }
         },
         Streaming::LeaseKeepAlive => match backend.lease_keep_alive(token).await {
-            Err(status) => send_status(&mut respond, &status),
+            Err(status) => {
+                send_status(&mut respond, &status);
+                status.code
+            }
             Ok(pair) => {
                 pump(
                     body,
@@ -511,22 +636,22 @@ async fn streaming<B: Backend>(
                         &mut respond,
                         &Status::internal("grpc: snapshot call ended before its request message"),
                     );
-                    return;
+                    return Code::Internal;
                 }
                 Err(status) => {
                     send_status(&mut respond, &status);
-                    return;
+                    return status.code;
                 }
             };
             if let Err(status) = codec::decode::<pb::SnapshotRequest>(&first) {
                 send_status(&mut respond, &status);
-                return;
+                return status.code;
             }
             let rx = match backend.snapshot(token).await {
                 Ok(rx) => rx,
                 Err(status) => {
                     send_status(&mut respond, &status);
-                    return;
+                    return status.code;
                 }
             };
             // No more requests are expected; the sender half stays unused,
@@ -556,14 +681,15 @@ async fn pump<Req, Resp>(
     config: &ServerConfig,
     decode: fn(&[u8]) -> Result<Option<Req>, Status>,
     encode: impl Fn(Resp) -> Bytes,
-) where
+) -> Code
+where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
     let StreamPair { tx, rx, alive } = pair;
     let mut send = match respond.send_response(grpc_response(), false) {
         Ok(send) => send,
-        Err(_) => return,
+        Err(_) => return Code::Canceled,
     };
     // The inbound half: a failure to decode ends the call with its status;
     // the client half-closing just closes `tx`.
@@ -638,8 +764,12 @@ async fn pump<Req, Resp>(
     drop(rx);
     drop(alive);
     inbound.cancel().await;
-    if let Some(status) = outcome {
-        let _ = send.send_trailers(status_trailers(&status));
+    match outcome {
+        Some(status) => {
+            let _ = send.send_trailers(status_trailers(&status));
+            status.code
+        }
+        None => Code::Canceled,
     }
 }
 
