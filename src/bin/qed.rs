@@ -66,6 +66,19 @@ struct Flags {
     #[arg(long, env = "QED_INITIAL_CLUSTER_STATE", default_value = "new")]
     initial_cluster_state: String,
 
+    /// etcd's --auto-compaction-mode: periodic (keep history newer than the
+    /// retention) or revision (keep that many revisions). The leader
+    /// proposes each compaction through Raft.
+    #[arg(long, env = "QED_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    auto_compaction_mode: String,
+
+    /// etcd's --auto-compaction-retention: periodic: a duration (30m, 1h30m)
+    /// or a plain number of hours; revision: a number of revisions. 0 (the
+    /// default, as etcd's) turns auto-compaction off; without it history
+    /// grows until the quota raises NOSPACE.
+    #[arg(long, env = "QED_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    auto_compaction_retention: String,
+
     /// Comma-separated http:// URLs (TCP) serving /metrics (Prometheus),
     /// /health, /livez, /readyz and /version, as etcd's flag. Default: none
     /// (etcd serves them on its client port too; qed-grpc does that).
@@ -454,6 +467,16 @@ fn main() -> ExitCode {
         }
     };
     let listen = split(&flags.listen_client_urls);
+    let auto_compaction = match qed::mvcc::auto_compact::parse_retention(
+        &flags.auto_compaction_mode,
+        &flags.auto_compaction_retention,
+    ) {
+        Ok(retention) => retention,
+        Err(e) => {
+            eprintln!("qed: --auto-compaction-retention: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = NodeConfig {
         snapshot_count: flags.snapshot_count,
         max_snapshots: flags.max_snapshots,
@@ -492,6 +515,7 @@ fn main() -> ExitCode {
         } else {
             flags.quota_backend_bytes
         },
+        auto_compaction,
         auth: qed::server::auth::AuthConfig {
             token: flags.auth_token,
             token_ttl: std::time::Duration::from_secs(flags.auth_token_ttl),

@@ -11,6 +11,7 @@
 //! QUIC streams into calls.
 
 pub mod auth;
+pub mod compactor;
 pub mod members;
 pub mod node;
 pub mod peer;
@@ -89,6 +90,9 @@ pub struct NodeConfig {
     /// Ticks without a leader before an election (etcd's
     /// `--election-timeout` divided by the heartbeat interval).
     pub election_ticks: u32,
+    /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`
+    /// (`None`: off, etcd's default).
+    pub auto_compaction: Option<crate::mvcc::auto_compact::Retention>,
     /// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`.
     pub auth: auth::AuthConfig,
 }
@@ -257,6 +261,9 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         members.clone(),
         options,
     );
+    if let Some(retention) = config.auto_compaction {
+        compactor::start(retention, identity.member_id, raft.clone(), state.clone());
+    }
     let node = Arc::new(Node::new(
         identity,
         members,
