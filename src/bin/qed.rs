@@ -163,6 +163,16 @@ struct Flags {
     #[arg(long, env = "QED_LOG_LEVEL", default_value = "info")]
     log_level: String,
 
+    /// json (etcd's zap lines: level, ts, caller, msg, name) or text
+    /// [default: text, or json with --logger zap].
+    #[arg(long, env = "QED_LOG_FORMAT")]
+    log_format: Option<String>,
+
+    /// etcd's --logger: zap (JSON lines) or capnslog (text); accepted so
+    /// etcd's command lines work.
+    #[arg(long, env = "QED_LOGGER")]
+    logger: Option<String>,
+
     /// Auth tokens: `simple` (random, kept by every member for
     /// --auth-token-ttl after last use), or signed JWTs:
     /// `jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256|RS384|RS512|ES256|ES384|EdDSA[,ttl=5m]`
@@ -443,7 +453,17 @@ fn main() -> ExitCode {
         Some(Command::Snapshot(command)) => return snapshot(command),
         None => {}
     }
-    if let Err(e) = qed::log_writer::init(&flags.log_level) {
+    let format = match qed::log_writer::LogFormat::from_flags(
+        flags.log_format.as_deref(),
+        flags.logger.as_deref(),
+    ) {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("qed: --log-format: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = qed::log_writer::init_with(&flags.log_level, format, &flags.name) {
         eprintln!("qed: --log-level: {e}");
         return ExitCode::from(2);
     }
