@@ -171,6 +171,9 @@ pub struct ServerMetrics {
     pub peer_received_bytes: Family<Counter>,
     /// Label `To`.
     pub peer_rtt: Family<Histogram>,
+    /// Label `Remote`: packets quinn declared lost on the connection a
+    /// member opened to us (sampled with the RTT).
+    pub peer_lost_packets: Family<Gauge>,
     /// Labels `To`, `reason`: messages dropped (lane full, no connection, ...).
     pub peer_dropped: Family<Counter>,
 }
@@ -187,6 +190,7 @@ pub static SERVER: ServerMetrics = ServerMetrics {
     peer_sent_bytes: Family::new(Counter::new),
     peer_received_bytes: Family::new(Counter::new),
     peer_rtt: Family::new(|| Histogram::new(RTT_BUCKETS)),
+    peer_lost_packets: Family::new(Gauge::new),
     peer_dropped: Family::new(Counter::new),
 };
 
@@ -278,6 +282,12 @@ impl ServerMetrics {
             &["To"],
             &self.peer_rtt,
         );
+        out.gauge_family(
+            "qed_network_peer_lost_packets",
+            "Packets lost on the QUIC connection a member opened to this one (quinn's count).",
+            &["Remote"],
+            &self.peer_lost_packets,
+        );
         out.counter_family(
             "qed_peer_dropped_messages_total",
             "Peer messages dropped (lane full or broken, no connection).",
@@ -356,6 +366,24 @@ impl Exposition {
                 "{name}{} {}",
                 label_set(labels, &values, None),
                 counter.get()
+            );
+        }
+    }
+
+    pub fn gauge_family(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        family: &Family<Gauge>,
+    ) {
+        self.header(name, help, "gauge");
+        for (values, gauge) in family.snapshot() {
+            let _ = writeln!(
+                self.out,
+                "{name}{} {}",
+                label_set(labels, &values, None),
+                gauge.get()
             );
         }
     }

@@ -755,6 +755,7 @@ async fn serve_lane(
     let from = format!("{:x}", hello.from);
     let received_bytes = SERVER.peer_received_bytes.with(&[&from]);
     let rtt = SERVER.peer_rtt.with(&[&from]);
+    let lost = SERVER.peer_lost_packets.with(&[&from]);
     let mut rtt_sampled = Instant::now();
     loop {
         let read = stream::read_raw(&mut recv, MAX_PEER_FRAME).await;
@@ -765,6 +766,7 @@ async fn serve_lane(
             if rtt_sampled.elapsed() >= RTT_SAMPLE_EVERY {
                 rtt_sampled = Instant::now();
                 rtt.observe(conn.rtt());
+                lost.set(conn.stats().path.lost_packets);
             }
         }
         match read.and_then(|raw| raw.map(|r| r.decode::<Message>()).transpose()) {

@@ -269,6 +269,17 @@ pub fn metrics_text(node: &Node) -> String {
         &["server_id"],
         &[(vec![format!("{me:x}")], 1.0)],
     );
+    let watchers = node.watchers();
+    out.gauge(
+        "etcd_debugging_mvcc_watcher_total",
+        "Total number of watchers.",
+        watchers.watcher_count() as f64,
+    );
+    out.gauge(
+        "etcd_debugging_mvcc_slow_watcher_total",
+        "Total number of unsynced slow watchers.",
+        watchers.unsynced_count() as f64,
+    );
     SERVER.write(&mut out);
     out.gauge(
         "qed_raft_term",
