@@ -12,10 +12,20 @@
 //!   its value, the client keeps writing; the killed member is restarted
 //!   after the log was compacted past it and catches up by snapshot.
 //!
-//! - `peers_verify_each_other_with_a_shared_ca`: with `--peer-cert-file`,
-//!   `--peer-trusted-ca-file` and `--peer-client-cert-auth`, two members
-//!   with certificates of one CA form a quorum; a third with a certificate
-//!   of another CA cannot talk to them, and both sides log the TLS failure.
+//! - `peers_verify_each_other_with_a_shared_ca`: with `--peer-cert-file`
+//!   and `--peer-trusted-ca-file` (no `--peer-client-cert-auth`: a CA means
+//!   both directions are verified), two members with certificates of one CA
+//!   form a quorum; a third with a certificate of another CA cannot talk to
+//!   them, and both sides log the TLS failure.
+//! - `peer_port_refuses_strangers_and_survives_bad_frames`: a forged peer
+//!   with a member's own certificate: bad frames end only their stream; a
+//!   "removed" close from a member that does not lead is ignored; the same
+//!   claim with another certificate is refused (pinned on first contact), a
+//!   peer without a certificate gets no handshake, an unknown ID is refused.
+//! - `shrunk_to_one_voter_grows_again`: 3 members, two removed, the lone
+//!   voter snapshots; re-adding a removed member's URLs is refused; etcd's
+//!   strict reconfiguration checks refuse a change that breaks quorum; a
+//!   new voter joins (by a snapshot with its image) and serves the data.
 //!
 //! - `member_add_learner_promote`: a member added (through a follower) as a
 //!   learner and started with `--initial-cluster-state existing` joins,
@@ -29,8 +39,8 @@
 mod common;
 
 use common::{free_udp_port, TestCluster};
-use qed::client::{Client, GetOptions};
-use qed::wire::{Request, Response};
+use qed::client::{Client, ClientError, GetOptions};
+use qed::wire::{Error, Request, Response};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -390,26 +400,26 @@ fn leader_kill_loses_no_acknowledged_write() {
         // survivors compacted their logs past what it has.
         cluster.restart(leader);
         let back = cluster.client(leader).await;
-        let last = acked.keys().last().cloned().expect("some writes");
+        // Every acknowledged write, with its value (writes in flight at the
+        // kill may have committed too, so a count says nothing).
         eventually(
             Duration::from_secs(60),
             "the restarted member catches up",
             || {
-                let (back, last, want) = (&back, &last, acked.len());
+                let (back, acked) = (&back, &acked);
                 async move {
-                    value_of(back, last, true).await.is_some()
-                        && back
-                            .get(
-                                "w",
-                                Some(
-                                    GetOptions::new()
-                                        .with_prefix()
-                                        .with_count_only()
-                                        .with_serializable(),
-                                ),
-                            )
-                            .await
-                            .is_ok_and(|r| r.count as usize >= want)
+                    let options = GetOptions::new().with_prefix().with_serializable();
+                    let Ok(got) = back.get("w", Some(options)).await else {
+                        return false;
+                    };
+                    let present: BTreeMap<&[u8], &[u8]> = got
+                        .kvs
+                        .iter()
+                        .map(|kv| (kv.key.as_slice(), kv.value.as_slice()))
+                        .collect();
+                    acked
+                        .iter()
+                        .all(|(k, v)| present.get(k.as_bytes()) == Some(&v.as_bytes()))
                 }
             },
         )
@@ -495,7 +505,6 @@ fn peers_verify_each_other_with_a_shared_ca() {
             f("node.key"),
             "--peer-trusted-ca-file".into(),
             f("ca.crt"),
-            "--peer-client-cert-auth".into(),
         ]
     };
     let cluster = TestCluster::start_each(3, |i| {
@@ -523,6 +532,34 @@ fn peers_verify_each_other_with_a_shared_ca() {
                 "{} runs unverified peers",
                 m.name
             );
+        }
+        // A peer with a certificate of another CA gets no connection, even
+        // without --peer-client-cert-auth (nor does one with none).
+        {
+            use qed::transport::{endpoint, tls, url};
+            let target = url::parse(&cluster.members[0].peer_url).expect("peer url");
+            for cert in [Some(other.0.join("ca")), None] {
+                let files = tls::TlsFiles {
+                    cert: cert.as_ref().map(|d| d.join("node.crt")),
+                    key: cert.as_ref().map(|d| d.join("node.key")),
+                    ca: Some(certs.0.join("ca").join("ca.crt")),
+                };
+                let config = tls::peer_client_config(&files).expect("tls");
+                let ep = endpoint::client(target.addr, config).expect("endpoint");
+                let connected = ep
+                    .connect(target.addr, &target.host)
+                    .expect("connect")
+                    .await;
+                let refused = match connected {
+                    Err(_) => true,
+                    // The client may finish its side first; the server
+                    // then closes the connection.
+                    Ok(conn) => qed::runtime::timeout(Duration::from_secs(10), conn.closed())
+                        .await
+                        .is_ok(),
+                };
+                assert!(refused, "a peer with certificate {cert:?} was let in");
+            }
         }
         // The member with the other CA is kept out, and says why.
         eventually(
@@ -552,9 +589,12 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
     let cluster = TestCluster::start(3, &[]);
     qed::runtime::block_on(async {
         let clients = clients_of(&cluster).await;
-        cluster
+        let leader = cluster
             .wait_for_leader(&clients, Duration::from_secs(30))
             .await;
+        // The forged peer talks to member 0 claiming to be a member that
+        // does not lead (so it cannot vouch for a removal).
+        let claimed = if leader == 1 { 2 } else { 1 };
         let initial = parse_initial_cluster(&cluster.initial_cluster).expect("initial cluster");
         let table = |i: usize| {
             Members::from_initial_cluster(
@@ -566,9 +606,19 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
             )
             .expect("member table")
         };
-        let (n1, n2) = (table(0), table(1));
+        let (n1, n2) = (table(0), table(claimed));
         let target = url::parse(&cluster.members[0].peer_url).expect("peer url");
-        let config = tls::peer_client_config(&tls::TlsFiles::default()).expect("tls");
+        // The forged peer holds the claimed member's own (generated)
+        // certificate and key, which member 0 pins on first contact.
+        let certs_of = |i: usize| {
+            let dir = cluster.members[i].data_dir.join("certs");
+            tls::TlsFiles {
+                cert: Some(dir.join("node.crt")),
+                key: Some(dir.join("node.key")),
+                ca: None,
+            }
+        };
+        let config = tls::peer_client_config(&certs_of(claimed)).expect("tls");
         let ep = endpoint::client(target.addr, config).expect("endpoint");
         let connect = || async {
             ep.connect(target.addr, &target.host)
@@ -614,7 +664,10 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
         // An unknown member ID: the connection is closed, with the reason.
         let conn = connect().await;
         let mut send = conn.open_uni().await.expect("open stream");
-        let stranger = PeerHello { from: 42, ..hello };
+        let stranger = PeerHello {
+            from: 42,
+            ..hello.clone()
+        };
         stream::write(&mut send, &stranger, 1024)
             .await
             .expect("hello");
@@ -626,6 +679,81 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
             reason.contains("is not in this cluster's member table"),
             "closed with: {reason}"
         );
+
+        // A peer that passes the hello and then closes its connection with
+        // the "removed" code: it does not lead, so the member does not
+        // believe it and keeps running.
+        let conn = connect().await;
+        let (mut send, mut recv) = conn.open_bi().await.expect("open call stream");
+        stream::write(&mut send, &hello, 1024).await.expect("hello");
+        let call = qed::wire::peer::PeerCall::Request(Request::MemberList(Default::default()));
+        stream::write(&mut send, &call, 1024).await.expect("call");
+        // An answer means the hello was accepted.
+        let answer = stream::read::<qed::wire::peer::PeerReply>(&mut recv, 1 << 20)
+            .await
+            .expect("the member answers the call");
+        assert!(answer.is_some(), "the hello was accepted");
+        conn.close(3u32.into(), b"removed from the cluster");
+        eventually(
+            Duration::from_secs(10),
+            "the forged removal is logged as ignored",
+            || {
+                let log = cluster.members[0].log();
+                assert!(
+                    !log.contains("raft loop stopped"),
+                    "the member stopped on a forged removal:\n{log}"
+                );
+                async move { log.contains("removal not confirmed; ignored") }
+            },
+        )
+        .await;
+        for _ in 0..3 {
+            clients[0]
+                .as_ref()
+                .expect("client")
+                .put("alive", "yes", None)
+                .await
+                .expect("the member still serves after a forged removal");
+        }
+        assert!(
+            !cluster.members[0].log().contains("raft loop stopped"),
+            "the member stopped on a forged removal:\n{}",
+            cluster.members[0].log()
+        );
+
+        // The same claim with another member's certificate: refused, with
+        // the reason (trust on first use).
+        let third = 3 - claimed;
+        let config = tls::peer_client_config(&certs_of(third)).expect("tls");
+        let conn = ep
+            .connect_with(config, target.addr, &target.host)
+            .expect("connect")
+            .await
+            .expect("handshake with the peer port");
+        let mut send = conn.open_uni().await.expect("open stream");
+        stream::write(&mut send, &hello, 1024).await.expect("hello");
+        let closed = qed::runtime::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("the member closes the connection");
+        let reason = closed.to_string();
+        assert!(
+            reason.contains("is not the one pinned on first contact"),
+            "closed with: {reason}"
+        );
+        // And a peer with no certificate at all does not get a handshake.
+        let config = tls::peer_client_config(&tls::TlsFiles::default()).expect("tls");
+        let anonymous = ep
+            .connect_with(config, target.addr, &target.host)
+            .expect("connect")
+            .await;
+        let refused = match anonymous {
+            Err(_) => true,
+            // The client may finish its side first; the server then closes.
+            Ok(conn) => qed::runtime::timeout(Duration::from_secs(10), conn.closed())
+                .await
+                .is_ok(),
+        };
+        assert!(refused, "a peer without a certificate was let in");
 
         // The cluster is unharmed.
         let c = clients[1].as_ref().expect("client");
@@ -779,10 +907,21 @@ fn member_add_learner_promote() {
             },
         )
         .await;
-        let promoted = c(follower)
-            .call(Request::MemberPromote(MemberPromoteRequest { id: new_id }))
-            .await
-            .expect("promote");
+        // etcd refuses a promote until the learner's log is within 90% of
+        // the leader's (LearnerNotReady, retryable); under load that can
+        // take a moment after the learner applied its own add.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let promoted = loop {
+            match c(follower)
+                .call(Request::MemberPromote(MemberPromoteRequest { id: new_id }))
+                .await
+            {
+                Err(ClientError::Server(Error::LearnerNotReady)) if Instant::now() < deadline => {
+                    qed::runtime::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other.expect("promote"),
+            }
+        };
         let Response::Members(list) = promoted else {
             panic!("promote answered {promoted:?}");
         };
@@ -885,5 +1024,120 @@ fn member_add_learner_promote() {
             },
         )
         .await;
+    });
+}
+
+/// A cluster shrunk to one voter takes snapshots as a lone voter; a voter
+/// added afterwards needs a real image of them to join (it got an empty
+/// one and stopped). A removed member's URLs cannot be added back under its
+/// old ID.
+#[test]
+fn shrunk_to_one_voter_grows_again() {
+    use qed::wire::cluster::{MemberAddRequest, MemberRemoveRequest};
+    let mut cluster = TestCluster::start(3, &["--snapshot-count", "5"]);
+    qed::runtime::block_on(async {
+        let clients = clients_of(&cluster).await;
+        let leader = cluster
+            .wait_for_leader(&clients, Duration::from_secs(30))
+            .await;
+        let c = |i: usize| clients[i].as_ref().expect("client");
+        c(leader).put("before", "shrink", None).await.expect("put");
+        let member_id = |i: usize| async move {
+            match c(i).call(Request::Status(Default::default())).await {
+                Ok(Response::Status(s)) => s.header.member_id,
+                other => panic!("status: {other:?}"),
+            }
+        };
+        for gone in [(leader + 1) % 3, (leader + 2) % 3] {
+            let id = member_id(gone).await;
+            c(leader)
+                .call(Request::MemberRemove(MemberRemoveRequest { id }))
+                .await
+                .expect("member remove");
+        }
+        // Alone now: enough writes for a few snapshots of its own.
+        for i in 0..20 {
+            c(leader)
+                .put(format!("alone{i}"), "x", None)
+                .await
+                .expect("put as the lone voter");
+        }
+        eventually(Duration::from_secs(20), "the lone voter snapshots", || {
+            let log = cluster.members[leader].log();
+            async move { log.matches("saved snapshot at index").count() >= 2 }
+        })
+        .await;
+
+        // A removed member cannot come back under its old ID.
+        let removed_url = cluster.members[(leader + 1) % 3].peer_url.clone();
+        let again = c(leader)
+            .call(Request::MemberAdd(MemberAddRequest {
+                peer_urls: vec![removed_url],
+                is_learner: false,
+            }))
+            .await;
+        let refused = format!("{again:?}");
+        assert!(
+            refused.contains("was removed from the cluster"),
+            "re-adding a removed member's URLs answered {refused}"
+        );
+
+        let peer_url = format!("http://127.0.0.1:{}", free_udp_port());
+        c(leader)
+            .call(Request::MemberAdd(MemberAddRequest {
+                peer_urls: vec![peer_url.clone()],
+                is_learner: false,
+            }))
+            .await
+            .expect("member add to a cluster of one");
+        // etcd's strict reconfiguration checks: with the new voter not
+        // started, a third voter would leave one started voter of three,
+        // and a learner is refused while a voter is unreachable.
+        let third = c(leader)
+            .call(Request::MemberAdd(MemberAddRequest {
+                peer_urls: vec![format!("http://127.0.0.1:{}", free_udp_port())],
+                is_learner: false,
+            }))
+            .await;
+        assert_eq!(
+            third.err().map(|e| e.to_string()).as_deref(),
+            Some("etcdserver: re-configuration failed due to not enough started members")
+        );
+        let learner = c(leader)
+            .call(Request::MemberAdd(MemberAddRequest {
+                peer_urls: vec![format!("http://127.0.0.1:{}", free_udp_port())],
+                is_learner: true,
+            }))
+            .await;
+        assert_eq!(
+            learner.err().map(|e| e.to_string()).as_deref(),
+            Some("etcdserver: unhealthy cluster")
+        );
+
+        let n4 = cluster.start_joining(&peer_url, &["--snapshot-count", "5"]);
+        let joined = cluster.client(n4).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while value_of(&joined, "before", true).await.as_deref() != Some("shrink") {
+            assert!(
+                Instant::now() < deadline,
+                "the new member never caught up; its log:\n{}\nthe leader's:\n{}",
+                cluster.members[n4].log(),
+                cluster.members[leader].log()
+            );
+            qed::runtime::sleep(Duration::from_millis(50)).await;
+        }
+        // Two voters now: writes need both.
+        c(leader).put("after", "grow", None).await.expect("put");
+        assert_eq!(
+            value_of(&joined, "after", false).await.as_deref(),
+            Some("grow")
+        );
+        assert_eq!(
+            value_of(&joined, "alone19", false).await.as_deref(),
+            Some("x")
+        );
+        for i in 0..3 {
+            cluster.kill(i);
+        }
     });
 }

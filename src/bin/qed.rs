@@ -113,6 +113,13 @@ struct Flags {
     #[arg(long, env = "QED_PEER_CLIENT_CERT_AUTH")]
     peer_client_cert_auth: bool,
 
+    /// Refuse membership changes that would leave fewer started (or
+    /// reachable) voters than a quorum, as etcd does; on by default,
+    /// because such a change can leave the cluster unable to commit.
+    #[arg(long, env = "QED_STRICT_RECONFIG_CHECK", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    strict_reconfig_check: bool,
+
     /// Certificate for the client listener. With neither this nor
     /// --key-file, a CA and certificate are generated in ${data-dir}/certs.
     #[arg(long, env = "QED_CERT_FILE", requires = "key_file")]
@@ -526,6 +533,7 @@ fn main() -> ExitCode {
         peer_key_file: flags.peer_key_file,
         peer_trusted_ca_file: flags.peer_trusted_ca_file,
         peer_client_cert_auth: flags.peer_client_cert_auth,
+        strict_reconfig_check: flags.strict_reconfig_check,
         cert_file: flags.cert_file,
         key_file: flags.key_file,
         trusted_ca_file: flags.trusted_ca_file,

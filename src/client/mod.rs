@@ -253,8 +253,18 @@ impl Client {
     /// One unary call with the client's own token. A client with a user
     /// whose token expired or went stale authenticates again and retries
     /// once (etcd's clientv3 does the same).
+    ///
+    /// `etcdserver: no leader` proves the call was never proposed (the node
+    /// held it while it waited for a leader), so with several endpoints it
+    /// is tried on each of the others before the error is returned.
     pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
-        let first = self.call_with_token(self.token(), request.clone()).await;
+        let mut first = self.call_with_token(self.token(), request.clone()).await;
+        for _ in 1..self.inner.endpoints.len() {
+            if first != Err(ClientError::Server(qed_wire::Error::NoLeader)) {
+                break;
+            }
+            first = self.call_with_token(self.token(), request.clone()).await;
+        }
         match first {
             Err(ClientError::Server(
                 qed_wire::Error::InvalidAuthToken | qed_wire::Error::AuthOldRevision,

@@ -29,6 +29,11 @@ pub struct Config {
     pub max_inflight_bytes: u64,
     /// Bytes per InstallSnapshot chunk. Default 1 MiB.
     pub snapshot_chunk_size: usize,
+    /// The largest snapshot image a follower receives: a transfer that
+    /// grows past it is dropped (a leader cannot make a follower buffer
+    /// without bound). Default 16 GiB, twice etcd's largest sensible quota;
+    /// a node sets it from its own quota.
+    pub max_snapshot_bytes: u64,
     /// Run a pre-election that does not bump terms, so a partitioned node
     /// rejoining cannot disrupt a healthy leader. Default on.
     pub pre_vote: bool,
@@ -75,6 +80,7 @@ impl Config {
             max_inflight_msgs: 256,
             max_inflight_bytes: 16 * 1024 * 1024,
             snapshot_chunk_size: 1024 * 1024,
+            max_snapshot_bytes: 16 << 30,
             pre_vote: true,
             check_quorum: true,
             slow_disk_transfer_ticks: 20,

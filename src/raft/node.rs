@@ -265,6 +265,26 @@ impl Node {
         self.raft.compact_at(index, data)
     }
 
+    /// Like [`Node::compact_at`], keeping no copy of the image (a lone voter
+    /// has nobody to send it to). Should a follower need a snapshot later,
+    /// none is sent: [`Node::take_image_wanted`] says so, and the driver
+    /// takes a new snapshot (with its image) at once.
+    pub fn compact_at_without_image(&mut self, index: u64) -> Option<SnapshotMeta> {
+        self.raft.compact_with(index, None)
+    }
+
+    /// Whether a follower needed a snapshot that was taken without its
+    /// image since the last call (see [`Node::compact_at_without_image`]).
+    pub fn take_image_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.raft.image_wanted)
+    }
+
+    /// Bytes of a snapshot transfer received but not installed yet.
+    #[cfg(test)]
+    pub(crate) fn incoming_snapshot_bytes(&self) -> usize {
+        self.raft.incoming_snapshot_bytes()
+    }
+
     // ---- outputs ----
 
     pub fn has_ready(&self) -> bool {

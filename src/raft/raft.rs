@@ -93,7 +93,17 @@ pub(crate) struct Raft {
     read_only: ReadOnly,
     pub msgs: Vec<Outbound>,
     pub read_states: Vec<ReadState>,
-    incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// A snapshot being received from the leader of this term (dropped on
+    /// any role or term change: a new leader starts its own transfer).
+    incoming_snapshot: Option<IncomingSnapshot>,
+    /// CRC32C of our own snapshot's image, once computed: (index, term,
+    /// checksum).
+    snapshot_checksum: Option<(u64, u64, u32)>,
+    /// The newest snapshot was taken without its image (a lone voter has
+    /// nobody to send it to); a follower that needs one sets
+    /// `image_wanted`, and the driver takes a new snapshot with its image.
+    image_missing: bool,
+    pub image_wanted: bool,
     /// Reused buffer for commit-quorum computation.
     scratch: Vec<u64>,
     /// Consecutive leader ticks with our own log behind the commit index.
@@ -106,6 +116,25 @@ pub(crate) struct Raft {
     pub bcast_pending: bool,
     /// The commit index advanced: tell followers at the next `Ready`.
     pub commit_bcast_pending: bool,
+}
+
+/// A snapshot transfer in progress on a follower.
+struct IncomingSnapshot {
+    meta: SnapshotMeta,
+    /// What the leader says the whole image's CRC32C is.
+    checksum: u32,
+    /// CRC32C of `data` so far.
+    crc: u32,
+    data: Vec<u8>,
+}
+
+/// One snapshot message's contents.
+struct Chunk {
+    meta: SnapshotMeta,
+    offset: u64,
+    data: Vec<u8>,
+    done: bool,
+    checksum: u32,
 }
 
 /// Snapshot chunks in flight per follower.
@@ -185,6 +214,9 @@ impl Raft {
             msgs: Vec::new(),
             read_states: Vec::new(),
             incoming_snapshot: None,
+            snapshot_checksum: None,
+            image_missing: false,
+            image_wanted: false,
             scratch: Vec::new(),
             slow_disk_ticks: 0,
             self_vote: None,
@@ -349,6 +381,10 @@ impl Raft {
         let Some(index) = self.log.snapshot.as_ref().map(|s| s.meta.index) else {
             return false;
         };
+        if self.image_missing {
+            self.image_wanted = true;
+            return false;
+        }
         let Some(pr) = self.progress.get_mut(&to) else {
             return false;
         };
@@ -362,6 +398,14 @@ impl Raft {
     fn send_snapshot_window(&mut self, to: NodeId) -> bool {
         let Some(snap) = self.log.snapshot.clone() else {
             return false;
+        };
+        let checksum = match self.snapshot_checksum {
+            Some((index, term, crc)) if (index, term) == (snap.meta.index, snap.meta.term) => crc,
+            _ => {
+                let crc = crc32c::crc32c(&snap.data);
+                self.snapshot_checksum = Some((snap.meta.index, snap.meta.term, crc));
+                crc
+            }
         };
         let len = snap.data.len() as u64;
         let chunk = self.cfg.snapshot_chunk_size as u64;
@@ -387,6 +431,7 @@ impl Raft {
                     offset: start,
                     data: snap.data[start as usize..end as usize].to_vec(),
                     done: end == len,
+                    checksum,
                 },
             );
             sent = true;
@@ -427,6 +472,7 @@ impl Raft {
     }
 
     fn reset_common(&mut self) {
+        self.incoming_snapshot = None;
         self.slow_disk_ticks = 0;
         self.self_vote = None;
         self.election_elapsed = 0;
@@ -1172,10 +1218,20 @@ impl Raft {
                 offset,
                 data,
                 done,
+                checksum,
             } => {
                 self.election_elapsed = 0;
                 self.leader = from;
-                self.handle_snapshot_chunk(from, meta, offset, data, done);
+                self.handle_snapshot_chunk(
+                    from,
+                    Chunk {
+                        meta,
+                        offset,
+                        data,
+                        done,
+                        checksum,
+                    },
+                );
             }
             MessageBody::ReadIndexResponse { index, ctx } => {
                 self.read_states.push(ReadState { index, ctx });
@@ -1232,76 +1288,100 @@ impl Raft {
         }
     }
 
-    fn handle_snapshot_chunk(
-        &mut self,
-        from: NodeId,
-        meta: SnapshotMeta,
-        offset: u64,
-        data: Vec<u8>,
-        done: bool,
-    ) {
+    /// One chunk of the leader's snapshot. Chunks are taken in order into
+    /// one buffer (a chunk out of order is answered with the offset wanted);
+    /// the buffer is bounded by `max_snapshot_bytes`, and the image is
+    /// installed only if its CRC32C is the one the leader announced.
+    fn handle_snapshot_chunk(&mut self, from: NodeId, chunk: Chunk) {
+        let Chunk {
+            meta,
+            offset,
+            data,
+            done,
+            checksum,
+        } = chunk;
         if meta.index <= self.log.committed {
             self.incoming_snapshot = None;
             self.ack_committed(from);
             return;
         }
         let index = meta.index;
-        let have = match &mut self.incoming_snapshot {
-            Some((m, buf)) if *m == meta => {
-                if offset == buf.len() as u64 {
-                    buf.extend_from_slice(&data);
-                    None
-                } else {
-                    Some((buf.len() as u64, offset > buf.len() as u64))
-                }
-            }
-            _ if offset == 0 => {
-                self.incoming_snapshot = Some((meta, data));
-                None
-            }
-            _ => Some((0, true)),
-        };
-        if let Some((want, reject)) = have {
-            self.send(
+        let respond = |r: &mut Self, offset: u64, reject: bool| {
+            r.send(
                 from,
                 MessageBody::SnapshotResponse {
                     index,
-                    offset: want,
+                    offset,
                     reject,
                 },
             );
-            return;
+        };
+        let same = self
+            .incoming_snapshot
+            .as_ref()
+            .is_some_and(|s| s.meta == meta && s.checksum == checksum);
+        if !same {
+            if offset != 0 {
+                respond(self, 0, true);
+                return;
+            }
+            self.incoming_snapshot = Some(IncomingSnapshot {
+                meta,
+                checksum,
+                crc: 0,
+                data: Vec::new(),
+            });
         }
-        if !done {
-            let got = self
-                .incoming_snapshot
-                .as_ref()
-                .map_or(0, |(_, b)| b.len() as u64);
-            self.send(
-                from,
-                MessageBody::SnapshotResponse {
-                    index,
-                    offset: got,
-                    reject: false,
-                },
-            );
-            return;
-        }
-        let Some((meta, buf)) = self.incoming_snapshot.take() else {
+        let max = self.cfg.max_snapshot_bytes;
+        let Some(incoming) = self.incoming_snapshot.as_mut() else {
             return;
         };
+        let have = incoming.data.len() as u64;
+        if offset != have {
+            respond(self, have, offset > have);
+            return;
+        }
+        if have.saturating_add(data.len() as u64) > max {
+            // Larger than any image this member takes: drop it, and do not
+            // ask for more (the leader's transfer stalls, and is logged there
+            // as a follower that does not catch up).
+            self.incoming_snapshot = None;
+            return;
+        }
+        incoming.crc = crc32c::crc32c_append(incoming.crc, &data);
+        incoming.data.extend_from_slice(&data);
+        if !done {
+            let got = incoming.data.len() as u64;
+            respond(self, got, false);
+            return;
+        }
+        let Some(incoming) = self.incoming_snapshot.take() else {
+            return;
+        };
+        if incoming.crc != incoming.checksum {
+            // Damaged on the way or in memory: start over.
+            respond(self, 0, true);
+            return;
+        }
+        let meta = incoming.meta;
         if self.log.match_term(meta.index, meta.term) {
             self.log.commit_to(meta.index);
         } else {
             self.set_conf(&meta.conf_state);
             self.conf_applied = meta.index;
             self.conf_changed = true;
+            self.image_missing = false;
             self.log.restore(Snapshot {
                 meta,
-                data: Arc::from(buf),
+                data: Arc::from(incoming.data),
             });
         }
         self.ack_committed(from);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn incoming_snapshot_bytes(&self) -> usize {
+        self.incoming_snapshot.as_ref().map_or(0, |s| s.data.len())
     }
 
     /// Tells the leader this follower holds everything up to its commit
@@ -1403,6 +1483,13 @@ impl Raft {
     /// Like [`Raft::compact`] for a snapshot cut at an earlier applied
     /// `index` (the driver serializes off its loop while applying goes on).
     pub fn compact_at(&mut self, index: u64, data: Vec<u8>) -> Option<SnapshotMeta> {
+        self.compact_with(index, Some(data))
+    }
+
+    /// Compacts the log at applied `index` with the snapshot's image
+    /// (`Some`) or without it (`None`: this member keeps no copy, and asks
+    /// for a new snapshot through `image_wanted` once a follower needs one).
+    pub fn compact_with(&mut self, index: u64, data: Option<Vec<u8>>) -> Option<SnapshotMeta> {
         if index > self.log.applied || index <= self.log.snap_index {
             return None;
         }
@@ -1412,9 +1499,10 @@ impl Raft {
             term,
             conf_state: self.conf_state(),
         };
+        self.image_missing = data.is_none();
         self.log.compact(Snapshot {
             meta: meta.clone(),
-            data: Arc::from(data),
+            data: Arc::from(data.unwrap_or_default()),
         });
         Some(meta)
     }

@@ -220,6 +220,7 @@ fn garbage_messages_never_panic() {
                     offset: rnd(3),
                     data: vec![0; rnd(3).min(3) as usize],
                     done: rnd(2) == 0,
+                    checksum: rnd(2) as u32,
                 },
                 7 => MessageBody::SnapshotResponse {
                     index: rnd(14),
@@ -645,4 +646,113 @@ fn restarted_lone_voter_defers_reads_until_it_commits_in_its_term() {
         "read index {} misses committed entries",
         rd.read_states[0].index
     );
+}
+
+fn snapshot_chunk(
+    from: u64,
+    term: u64,
+    offset: u64,
+    data: &[u8],
+    done: bool,
+    checksum: u32,
+) -> Message {
+    Message {
+        from,
+        to: 2,
+        term,
+        body: MessageBody::Snapshot {
+            meta: SnapshotMeta {
+                index: 50,
+                term: 1,
+                conf_state: ConfState {
+                    voters: vec![1, 2, 3],
+                    learners: vec![],
+                },
+            },
+            offset,
+            data: data.to_vec(),
+            done,
+            checksum,
+        },
+    }
+}
+
+/// A leader that dies (or is deposed) mid-transfer must not leave its
+/// half-sent image in the follower's memory.
+#[test]
+fn an_abandoned_snapshot_transfer_is_dropped_on_a_new_term() {
+    let mut n = node(2, &[1, 2, 3]);
+    n.step(snapshot_chunk(1, 1, 0, &[7; 100], false, 0));
+    assert_eq!(n.incoming_snapshot_bytes(), 100);
+    // Member 3 leads a later term.
+    n.step(Message {
+        from: 3,
+        to: 2,
+        term: 2,
+        body: MessageBody::Heartbeat {
+            commit: 0,
+            read_round: 0,
+        },
+    });
+    assert_eq!(n.status().leader, 3);
+    assert_eq!(
+        n.incoming_snapshot_bytes(),
+        0,
+        "the old transfer is dropped"
+    );
+}
+
+/// The image is installed only if it is the one the leader checksummed.
+#[test]
+fn a_snapshot_with_a_wrong_checksum_is_not_installed() {
+    let image = [5u8; 64];
+    let good = crc32c::crc32c(&image);
+    let mut n = node(2, &[1, 2, 3]);
+    n.step(snapshot_chunk(1, 1, 0, &image[..32], false, good ^ 1));
+    n.step(snapshot_chunk(1, 1, 32, &image[32..], true, good ^ 1));
+    let rd = n.ready();
+    assert!(rd.snapshot.is_none(), "a damaged image was installed");
+    assert!(
+        rd.messages.iter().any(|o| matches!(
+            o.message.body,
+            MessageBody::SnapshotResponse {
+                offset: 0,
+                reject: true,
+                ..
+            }
+        )),
+        "the follower asks for the image again: {:?}",
+        rd.messages
+    );
+    assert_eq!(n.incoming_snapshot_bytes(), 0);
+    n.step(snapshot_chunk(1, 1, 0, &image[..32], false, good));
+    n.step(snapshot_chunk(1, 1, 32, &image[32..], true, good));
+    let rd = n.ready();
+    let installed = rd.snapshot.expect("the intact image is installed");
+    assert_eq!(&installed.data[..], &image[..]);
+}
+
+/// A leader cannot make a follower buffer more than its bound.
+#[test]
+fn a_snapshot_transfer_is_bounded() {
+    let mut cfg = Config::new(2);
+    cfg.max_snapshot_bytes = 100;
+    let state = RestartState {
+        snapshot: Snapshot {
+            meta: SnapshotMeta {
+                conf_state: ConfState {
+                    voters: vec![1, 2, 3],
+                    learners: vec![],
+                },
+                ..Default::default()
+            },
+            data: Vec::new().into(),
+        },
+        ..Default::default()
+    };
+    let mut n = Node::new(cfg, state).unwrap();
+    n.step(snapshot_chunk(1, 1, 0, &[1; 60], false, 0));
+    assert_eq!(n.incoming_snapshot_bytes(), 60);
+    n.step(snapshot_chunk(1, 1, 60, &[1; 60], false, 0));
+    assert_eq!(n.incoming_snapshot_bytes(), 0, "past the bound: dropped");
 }

@@ -17,6 +17,7 @@ use qed_wire::cluster::Member;
 use qed_wire::raft::{ConfState, NodeId};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
@@ -83,6 +84,18 @@ pub fn cluster_id(member_ids: &[NodeId], token: &str) -> u64 {
     fnv1a64(format!("{}|{token}", ids.join(",")).as_bytes())
 }
 
+fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
@@ -123,6 +136,35 @@ pub struct Members {
     /// Members this one saw leave the configuration (in this run): their
     /// streams are refused with "removed", so they stop.
     removed: RwLock<Vec<NodeId>>,
+    /// With generated peer certificates: each member's certificate
+    /// fingerprint (SHA-256), pinned on first contact (trust on first use),
+    /// and where the pins are kept across restarts.
+    pins: RwLock<BTreeMap<NodeId, [u8; 32]>>,
+    pin_file: RwLock<Option<PathBuf>>,
+}
+
+/// A member presented another certificate than the one pinned for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinMismatch {
+    pub pinned: [u8; 32],
+    pub presented: [u8; 32],
+}
+
+impl fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "its certificate (sha256 {}) is not the one pinned on first contact (sha256 {}); \
+             a member whose certificate changed must be removed and added again with other \
+             peer URLs (or give every member --peer-trusted-ca-file)",
+            hex(&self.presented),
+            hex(&self.pinned)
+        )
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Members {
@@ -175,7 +217,94 @@ impl Members {
             token: token.to_string(),
             table: RwLock::new(table),
             removed: RwLock::new(Vec::new()),
+            pins: RwLock::new(BTreeMap::new()),
+            pin_file: RwLock::new(None),
         })
+    }
+
+    /// Loads the certificate pins kept in `path` (none if it does not
+    /// exist yet) and keeps later pins there. A line is `<member id hex>
+    /// <sha256 hex>`; a file that does not parse is an error, not a reason
+    /// to trust anyone anew.
+    pub fn load_pins(&self, path: PathBuf) -> std::io::Result<()> {
+        let bad = |line: &str| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: bad line {line:?}", path.display()),
+            )
+        };
+        let mut pins = BTreeMap::new();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    let (id, fp) = line.trim().split_once(' ').ok_or_else(|| bad(line))?;
+                    let id = NodeId::from_str_radix(id, 16).map_err(|_| bad(line))?;
+                    let fp = unhex32(fp).ok_or_else(|| bad(line))?;
+                    pins.insert(id, fp);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        *self.pins.write().unwrap_or_else(|p| p.into_inner()) = pins;
+        *self.pin_file.write().unwrap_or_else(|p| p.into_inner()) = Some(path);
+        Ok(())
+    }
+
+    /// Checks member `id`'s certificate fingerprint against its pin; the
+    /// first one seen is pinned (and saved).
+    pub fn check_pin(&self, id: NodeId, presented: [u8; 32]) -> Result<(), PinMismatch> {
+        if let Some(pinned) = self.pins.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return match *pinned == presented {
+                true => Ok(()),
+                false => Err(PinMismatch {
+                    pinned: *pinned,
+                    presented,
+                }),
+            };
+        }
+        let mut pins = self.pins.write().unwrap_or_else(|p| p.into_inner());
+        match pins.get(&id) {
+            Some(pinned) if *pinned != presented => Err(PinMismatch {
+                pinned: *pinned,
+                presented,
+            }),
+            Some(_) => Ok(()),
+            None => {
+                pins.insert(id, presented);
+                log::info!(
+                    "pinned member {id:x}'s peer certificate (sha256 {})",
+                    hex(&presented)
+                );
+                self.save_pins(&pins);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the pins (temp file, fsync, rename, fsync directory); a
+    /// failure is logged: the pins stay in force for this run.
+    fn save_pins(&self, pins: &BTreeMap<NodeId, [u8; 32]>) {
+        let Some(path) = self
+            .pin_file
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let text: String = pins
+            .iter()
+            .map(|(id, fp)| format!("{id:x} {}\n", hex(fp)))
+            .collect();
+        let written =
+            crate::storage::fs::write_atomic(&crate::storage::fs::OsFs, &path, text.as_bytes());
+        if let Err(e) = written {
+            log::error!(
+                "cannot save peer certificate pins in {}: {e}",
+                path.display()
+            );
+        }
     }
 
     /// The cluster's ID; 0 while a joining member has not learned it.
@@ -263,6 +392,14 @@ impl Members {
         let gone: Vec<NodeId> = table.keys().filter(|id| !in_conf(id)).copied().collect();
         for id in &gone {
             table.remove(id);
+        }
+        if !gone.is_empty() {
+            let mut pins = self.pins.write().unwrap_or_else(|p| p.into_inner());
+            let before = pins.len();
+            pins.retain(|id, _| !gone.contains(id));
+            if pins.len() != before {
+                self.save_pins(&pins);
+            }
         }
         self.removed
             .write()

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod compactor;
+mod held;
 pub mod members;
 pub mod node;
 pub mod peer;
@@ -72,6 +73,10 @@ pub struct NodeConfig {
     pub peer_key_file: Option<PathBuf>,
     pub peer_trusted_ca_file: Option<PathBuf>,
     pub peer_client_cert_auth: bool,
+    /// etcd's `--strict-reconfig-check` (on by default): refuse membership
+    /// changes that would leave fewer started or reachable voters than a
+    /// quorum.
+    pub strict_reconfig_check: bool,
     /// Certificate and key for the client listener; generated when unset.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -243,6 +248,7 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         tick: config.heartbeat_interval,
         snapshot_count: config.snapshot_count.max(1),
         election_timeout: config.heartbeat_interval * config.election_ticks.max(2),
+        strict_reconfig_check: config.strict_reconfig_check,
     };
     let watchers = Watchers::start(state.clone());
     // A cluster of one opens no peer port: nobody would connect, and
@@ -341,8 +347,9 @@ fn start_peers(
         (None, None) => {
             log::warn!(
                 "no --peer-cert-file: peer connections are encrypted with this member's \
-                 certificate but peers are not verified (as etcd's --peer-auto-tls); give \
-                 --peer-cert-file, --peer-key-file and --peer-trusted-ca-file to verify them"
+                 generated certificate, and each member's certificate is trusted on first \
+                 contact (pinned in member/peer_pins); give --peer-cert-file, --peer-key-file \
+                 and --peer-trusted-ca-file to verify members against a CA"
             );
             TlsFiles {
                 ca: None,
@@ -360,13 +367,23 @@ fn start_peers(
             "--peer-client-cert-auth needs --peer-trusted-ca-file".into(),
         ));
     }
-    // The listener checks peers' certificates only with --peer-client-cert-auth;
-    // the connecting side verifies whenever a CA is given.
-    let server_files = TlsFiles {
-        ca: files.ca.clone().filter(|_| config.peer_client_cert_auth),
-        ..files.clone()
+    // With a CA both directions are verified, whatever
+    // --peer-client-cert-auth says: a member that could connect unverified
+    // could claim any member's ID. Without one, certificates are pinned.
+    let trust = match &files.ca {
+        Some(_) => peer::PeerTrust::Ca,
+        None => {
+            let pins = config.data_dir.join("member").join("peer_pins");
+            members
+                .load_pins(pins.clone())
+                .map_err(|e| ServerError::DataDir {
+                    path: pins,
+                    reason: e.to_string(),
+                })?;
+            peer::PeerTrust::Pinned
+        }
     };
-    let server = transport::tls::peer_server_config(&server_files)?;
+    let server = transport::tls::peer_server_config(&files)?;
     let reset_secret = files.key.as_ref().and_then(|k| std::fs::read(k).ok());
     let client = transport::tls::peer_client_config(&files)?;
     Ok(peer::Peers::start(
@@ -380,9 +397,14 @@ fn start_peers(
             client_urls: config.advertise_client_urls.clone(),
             cluster_id_file,
         },
+        trust,
         reset_secret.as_deref(),
     )?)
 }
+
+/// The smallest bound on a snapshot received from the leader (see
+/// `raft::Config::max_snapshot_bytes`), whatever the quota.
+const MIN_SNAPSHOT_BOUND: u64 = 1 << 30;
 
 /// Rebuilds the state machine and the Raft core from the durable log.
 fn recover(
@@ -470,6 +492,12 @@ fn recover(
     let mut cfg = raft::Config::new(id);
     cfg.election_tick = config.election_ticks.max(2);
     cfg.heartbeat_tick = 1;
+    // The leader's image is about the size of its state, which its quota
+    // bounds; quotas may differ between members, hence the slack.
+    cfg.max_snapshot_bytes = config
+        .quota_backend_bytes
+        .saturating_mul(4)
+        .max(MIN_SNAPSHOT_BOUND);
     let core = raft::Node::new(
         cfg,
         raft::RestartState {

@@ -339,6 +339,15 @@ impl Node {
                 if self.members.contains(id) {
                     return Err(Error::MemberExist);
                 }
+                if self.members.was_removed(id) {
+                    // Its ID is its URLs' hash: the members refuse that ID
+                    // for good, so it could never rejoin.
+                    return Err(Error::InvalidArgument(format!(
+                        "etcdserver: member {id:x} with these peer URLs was removed from the \
+                         cluster and cannot be added again under the same ID; give the new \
+                         member other peer URLs (another port)"
+                    )));
+                }
                 let taken = self
                     .members
                     .list()

@@ -1,7 +1,7 @@
 //! The peer transport: Raft messages and forwarded calls between members.
 //!
 //! One QUIC endpoint listens on the `--listen-peer-urls` address (ALPN
-//! `qed-peer/1`) and also makes this member's outbound connections.
+//! `qed-peer/2`) and also makes this member's outbound connections.
 //!
 //! Outbound, each other member has three *lanes*, each a task with a bounded
 //! queue and one long-lived unidirectional stream of length-prefixed postcard
@@ -27,10 +27,17 @@
 //! leader. A member removed from the configuration leaves the member table,
 //! so its lanes end and its streams are refused.
 //!
-//! TLS: the member's certificate on both sides. With a trusted CA
-//! (`--peer-trusted-ca-file`) peers are verified; without one (certificates
-//! generated per member) connections are encrypted but not verified, as
-//! etcd's `--peer-auto-tls`.
+//! Identity: a hello's `from` is a claim anyone can make (member IDs are
+//! hashes of public URLs); the TLS certificate is the proof, required in
+//! both directions. [`check_identity`] binds a member to its certificate on
+//! every accepted hello and every connection this member makes: with a
+//! trusted CA (`--peer-trusted-ca-file`) the certificate chains to it (TLS)
+//! and names a host of the member's peer URLs; without one (certificates
+//! generated per member, etcd's `--peer-auto-tls`) its fingerprint is pinned
+//! on first contact and must not change. Nothing a peer says is believed
+//! before that: a connection's "removed" close counts only once one of its
+//! streams passed the hello, and the Raft loop believes it only from its
+//! leader.
 
 use super::members::Members;
 use super::node::Node;
@@ -44,7 +51,7 @@ use quinn::VarInt;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -141,6 +148,64 @@ pub enum Refusal {
     NotForUs(NodeId),
     /// The sender was removed from the cluster.
     Removed(NodeId),
+    /// The sender's certificate does not prove it is that member.
+    Identity { id: NodeId, why: String },
+}
+
+/// How members prove who they are, beyond the hello's claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerTrust {
+    /// `--peer-trusted-ca-file`: TLS verifies both directions against the
+    /// CA, and a member's certificate must name a host of its peer URLs
+    /// (subject alternative name) or carry its name (as the member table
+    /// knows it, not as it claims) as its common name.
+    Ca,
+    /// Generated certificates: each member's certificate fingerprint is
+    /// pinned on first contact and must not change (trust on first use).
+    Pinned,
+}
+
+/// Whether the certificates `certs` (as the TLS handshake presented them)
+/// prove the other side is member `id`. `peer_urls` are the URLs it claims
+/// (used only if they hash to `id` and the table has none for it).
+pub fn check_identity(
+    trust: PeerTrust,
+    members: &Members,
+    id: NodeId,
+    peer_urls: &[String],
+    certs: &[rustls::pki_types::CertificateDer<'_>],
+) -> Result<(), Refusal> {
+    let refuse = |why: String| Refusal::Identity { id, why };
+    let Some(leaf) = certs.first() else {
+        return Err(refuse("it presented no certificate".into()));
+    };
+    match trust {
+        PeerTrust::Ca => {
+            let mut urls = members.get(id).map(|m| m.peer_urls).unwrap_or_default();
+            if urls.is_empty() && super::members::member_id(peer_urls, &members.token) == id {
+                urls = peer_urls.to_vec();
+            }
+            let hosts: Vec<String> = urls
+                .iter()
+                .filter_map(|u| transport::url::host(u).ok())
+                .collect();
+            let name = members.get(id).map(|m| m.name).unwrap_or_default();
+            if hosts.iter().any(|h| transport::tls::names_host(leaf, h))
+                || (!name.is_empty()
+                    && super::auth::cert_common_name(leaf).as_deref() == Some(name.as_str()))
+            {
+                Ok(())
+            } else {
+                Err(refuse(format!(
+                    "its certificate names none of its peer URL hosts {hosts:?} (subject \
+                     alternative names), nor its name {name:?} (common name)"
+                )))
+            }
+        }
+        PeerTrust::Pinned => members
+            .check_pin(id, transport::tls::fingerprint(leaf))
+            .map_err(|e| refuse(e.to_string())),
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -158,6 +223,9 @@ impl fmt::Display for Refusal {
                  --initial-advertise-peer-urls against --initial-cluster"
             ),
             Refusal::Removed(id) => write!(f, "member {id:x} was removed from the cluster"),
+            Refusal::Identity { id, why } => {
+                write!(f, "it does not prove it is member {id:x}: {why}")
+            }
             Refusal::NotForUs(id) => write!(
                 f,
                 "it is addressed to member {id:x}, not to this member: check the peer URLs \
@@ -208,6 +276,7 @@ pub struct LocalMember {
 /// This member's side of the peer transport.
 pub struct Peers {
     members: Arc<Members>,
+    trust: PeerTrust,
     /// This member's hello, `to` and `cluster_id` filled in per stream.
     hello: PeerHello,
     cluster_id_file: PathBuf,
@@ -225,8 +294,14 @@ pub struct Peers {
     refused_by: std::sync::Mutex<HashMap<NodeId, Instant>>,
     /// When a failed inbound handshake was last logged.
     handshake_logged: std::sync::Mutex<Option<Instant>>,
-    /// Another member closed a connection saying this one was removed.
-    told_removed: AtomicBool,
+    /// The member that last closed a connection saying this one was
+    /// removed (only members that proved who they are: see
+    /// [`Peers::take_removal_claim`]).
+    removal_claim: std::sync::Mutex<Option<NodeId>>,
+    /// When each member's last Raft message arrived, in ms after `epoch`
+    /// plus one (0: never), for etcd's strict reconfiguration checks.
+    heard: RwLock<HashMap<NodeId, Arc<AtomicU64>>>,
+    epoch: Instant,
 }
 
 impl Peers {
@@ -238,6 +313,7 @@ impl Peers {
         server_config: quinn::ServerConfig,
         client_config: quinn::ClientConfig,
         local: LocalMember,
+        trust: PeerTrust,
         reset_secret: Option<&[u8]>,
     ) -> Result<Arc<Peers>, TransportError> {
         // With a stable reset secret, a restarted member resets the other
@@ -256,6 +332,7 @@ impl Peers {
             },
             cluster_id_file: local.cluster_id_file,
             members,
+            trust,
             endpoint,
             client_config,
             lanes: RwLock::new(HashMap::new()),
@@ -264,7 +341,9 @@ impl Peers {
             refusals_logged: std::sync::Mutex::new(HashMap::new()),
             refused_by: std::sync::Mutex::new(HashMap::new()),
             handshake_logged: std::sync::Mutex::new(None),
-            told_removed: AtomicBool::new(false),
+            removal_claim: std::sync::Mutex::new(None),
+            heard: RwLock::new(HashMap::new()),
+            epoch: Instant::now(),
         });
         for id in peers.members.ids() {
             peers.add_member(id);
@@ -429,6 +508,12 @@ impl Peers {
             .await
             .map_err(|_| fail(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| fail(e.to_string()))?;
+        // Whoever answers at that URL must prove it is the member.
+        let certs = transport::tls::peer_certificates(&conn);
+        if let Err(why) = check_identity(self.trust, &self.members, to, &[], &certs) {
+            conn.close(REFUSED, why.to_string().as_bytes());
+            return Err(fail(why.to_string()));
+        }
         *current = Some(conn.clone());
         Ok(conn)
     }
@@ -480,17 +565,59 @@ impl Peers {
         true
     }
 
-    /// Whether another member told this one it was removed from the
-    /// cluster (the Raft loop then stops).
-    pub fn told_removed(&self) -> bool {
-        self.told_removed.load(Ordering::Relaxed)
+    /// Whether a Raft message from member `id` arrived within `within`
+    /// (etcd's "active" peer, which its strict reconfiguration checks ask).
+    pub fn heard_within(&self, id: NodeId, within: Duration) -> bool {
+        let Some(at) = self
+            .heard
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|a| a.load(Ordering::Relaxed))
+        else {
+            return false;
+        };
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        at != 0 && now.saturating_sub(at) <= within.as_millis() as u64
     }
 
-    /// Notes a connection closed because this member was removed.
-    fn note_removed(&self, e: &quinn::ConnectionError) {
+    /// The clock a member's messages stamp (see [`Peers::heard_within`]).
+    fn heard_clock(&self, id: NodeId) -> Arc<AtomicU64> {
+        if let Some(clock) = self
+            .heard
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return clock.clone();
+        }
+        let mut heard = self.heard.write().unwrap_or_else(|p| p.into_inner());
+        // Only members pass the hello, but members come and go: keep the
+        // map from growing over a long life.
+        if heard.len() > 1024 {
+            heard.retain(|id, _| self.members.contains(*id));
+        }
+        heard.entry(id).or_default().clone()
+    }
+
+    /// The member that said this one was removed from the cluster, if one
+    /// did since the last call. It is a member that proved who it is (it
+    /// passed the hello on the connection it closed, or it is the member we
+    /// connected to), but any member may say so: the Raft loop believes it
+    /// only from the leader it follows.
+    pub fn take_removal_claim(&self) -> Option<NodeId> {
+        self.removal_claim
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Notes a connection from or to member `by` closed with the "removed"
+    /// code.
+    fn note_removed(&self, e: &quinn::ConnectionError, by: NodeId) {
         if let quinn::ConnectionError::ApplicationClosed(closed) = e {
-            if closed.error_code == REMOVED && !self.told_removed.swap(true, Ordering::Relaxed) {
-                log::warn!("a member says this member was removed from the cluster");
+            if closed.error_code == REMOVED {
+                *self.removal_claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(by);
             }
         }
     }
@@ -498,7 +625,7 @@ impl Peers {
     /// Whether `e` is member `to` refusing us; if so, says why (at most
     /// every [`REFUSAL_LOG_EVERY`] per member).
     fn note_refusal(&self, to: NodeId, e: &quinn::ConnectionError) -> bool {
-        self.note_removed(e);
+        self.note_removed(e, to);
         let quinn::ConnectionError::ApplicationClosed(closed) = e else {
             return false;
         };
@@ -676,9 +803,14 @@ pub async fn serve(peers: Arc<Peers>, node: Arc<Node>) {
     }
 }
 
+/// One inbound connection. `sender` is the member whose hello some stream
+/// of it passed (0 until one did): only such a connection's close code is
+/// heard at all.
 async fn serve_connection(conn: quinn::Connection, peers: Arc<Peers>, node: Arc<Node>) {
+    let sender = Arc::new(AtomicU64::new(0));
     let calls = {
-        let (conn, peers, node) = (conn.clone(), peers.clone(), node.clone());
+        let (conn, peers, node, sender) =
+            (conn.clone(), peers.clone(), node.clone(), sender.clone());
         runtime::spawn(async move {
             while let Ok((send, recv)) = conn.accept_bi().await {
                 runtime::spawn(serve_call(
@@ -687,6 +819,7 @@ async fn serve_connection(conn: quinn::Connection, peers: Arc<Peers>, node: Arc<
                     recv,
                     peers.clone(),
                     node.clone(),
+                    sender.clone(),
                 ));
             }
         })
@@ -694,11 +827,20 @@ async fn serve_connection(conn: quinn::Connection, peers: Arc<Peers>, node: Arc<
     loop {
         match conn.accept_uni().await {
             Ok(recv) => {
-                runtime::spawn(serve_lane(conn.clone(), recv, peers.clone(), node.clone()));
+                runtime::spawn(serve_lane(
+                    conn.clone(),
+                    recv,
+                    peers.clone(),
+                    node.clone(),
+                    sender.clone(),
+                ));
             }
             Err(e) => {
                 // The leader closes its connection to a member it removed.
-                peers.note_removed(&e);
+                match sender.load(Ordering::Relaxed) {
+                    0 => {}
+                    by => peers.note_removed(&e, by),
+                }
                 break;
             }
         }
@@ -707,10 +849,12 @@ async fn serve_connection(conn: quinn::Connection, peers: Arc<Peers>, node: Arc<
 }
 
 /// Reads and checks a stream's hello; a refused one closes the connection.
+/// An accepted one names the connection's `sender`.
 async fn accept_hello(
     conn: &quinn::Connection,
     recv: &mut quinn::RecvStream,
     peers: &Peers,
+    sender: &AtomicU64,
 ) -> Option<PeerHello> {
     let hello = match stream::read::<PeerHello>(recv, MAX_HELLO_FRAME).await {
         Ok(Some(hello)) => hello,
@@ -721,7 +865,17 @@ async fn accept_hello(
             return None;
         }
     };
-    if let Err(why) = check_hello(&hello, &peers.members) {
+    let checked = check_hello(&hello, &peers.members).and_then(|()| {
+        let certs = transport::tls::peer_certificates(conn);
+        check_identity(
+            peers.trust,
+            &peers.members,
+            hello.from,
+            &hello.peer_urls,
+            &certs,
+        )
+    });
+    if let Err(why) = checked {
         peers.log_refusal(&hello, conn.remote_address(), &why);
         let code = match why {
             Refusal::Removed(_) => REMOVED,
@@ -739,6 +893,7 @@ async fn accept_hello(
         &hello.peer_urls,
         &hello.client_urls,
     );
+    sender.store(hello.from, Ordering::Relaxed);
     Some(hello)
 }
 
@@ -748,8 +903,9 @@ async fn serve_lane(
     mut recv: quinn::RecvStream,
     peers: Arc<Peers>,
     node: Arc<Node>,
+    sender: Arc<AtomicU64>,
 ) {
-    let Some(hello) = accept_hello(&conn, &mut recv, &peers).await else {
+    let Some(hello) = accept_hello(&conn, &mut recv, &peers, &sender).await else {
         return;
     };
     let from = format!("{:x}", hello.from);
@@ -757,6 +913,7 @@ async fn serve_lane(
     let rtt = SERVER.peer_rtt.with(&[&from]);
     let lost = SERVER.peer_lost_packets.with(&[&from]);
     let mut rtt_sampled = Instant::now();
+    let heard = peers.heard_clock(hello.from);
     loop {
         let read = stream::read_raw(&mut recv, MAX_PEER_FRAME).await;
         if let Ok(Some(raw)) = &read {
@@ -771,7 +928,13 @@ async fn serve_lane(
         }
         match read.and_then(|raw| raw.map(|r| r.decode::<Message>()).transpose()) {
             // A member speaks only for itself.
-            Ok(Some(message)) if message.from == hello.from => node.step(message),
+            Ok(Some(message)) if message.from == hello.from => {
+                heard.store(
+                    peers.epoch.elapsed().as_millis() as u64 + 1,
+                    Ordering::Relaxed,
+                );
+                node.step(message);
+            }
             Ok(Some(message)) => {
                 log::warn!(
                     "member {:x} sent a message claiming to be from {:x}; stream dropped",
@@ -805,8 +968,12 @@ async fn serve_call(
     mut recv: quinn::RecvStream,
     peers: Arc<Peers>,
     node: Arc<Node>,
+    sender: Arc<AtomicU64>,
 ) {
-    if accept_hello(&conn, &mut recv, &peers).await.is_none() {
+    if accept_hello(&conn, &mut recv, &peers, &sender)
+        .await
+        .is_none()
+    {
         return;
     }
     let reply = match stream::read::<PeerCall>(&mut recv, MAX_PEER_FRAME).await {
@@ -828,7 +995,7 @@ async fn serve_call(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::members::parse_initial_cluster;
+    use crate::server::members::{member_id, parse_initial_cluster};
 
     fn members(name: &str, url: &str, token: &str) -> Members {
         let initial = parse_initial_cluster("n1=http://a:1,n2=http://b:2,n3=http://c:3").unwrap();
@@ -893,6 +1060,84 @@ mod tests {
         assert!(check_hello(&joiner, &n1).is_err());
     }
 
+    fn cert_for(names: &[&str]) -> rustls::pki_types::CertificateDer<'static> {
+        cert_named("", names)
+    }
+
+    fn cert_named(cn: &str, names: &[&str]) -> rustls::pki_types::CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        if !cn.is_empty() {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, "qed");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    /// With a CA, a member's certificate must name a host of its peer URLs.
+    #[test]
+    fn a_ca_certificate_must_name_the_member() {
+        let n1 = members("n1", "http://a:1", "t");
+        let n2 = member_id(&["http://b:2".to_string()], "t");
+        let check = |cert| check_identity(PeerTrust::Ca, &n1, n2, &[], &[cert]);
+        assert_eq!(check(cert_for(&["b"])), Ok(()));
+        assert!(matches!(
+            check(cert_for(&["a", "other.example"])),
+            Err(Refusal::Identity { .. })
+        ));
+        assert!(check_identity(PeerTrust::Ca, &n1, n2, &[], &[]).is_err());
+        // Or the member's name as the common name (the table's name, n2).
+        assert_eq!(check(cert_named("n2", &["other.example"])), Ok(()));
+        assert!(check(cert_named("n3", &["other.example"])).is_err());
+        // IP addresses are matched against IP SANs.
+        let initial = parse_initial_cluster("n1=http://10.0.0.1:1,n2=http://10.0.0.2:2").unwrap();
+        let ips = Members::from_initial_cluster(
+            &initial,
+            "n1",
+            &["http://10.0.0.1:1".to_string()],
+            &[],
+            "t",
+        )
+        .unwrap();
+        let n2 = member_id(&["http://10.0.0.2:2".to_string()], "t");
+        let check = |cert| check_identity(PeerTrust::Ca, &ips, n2, &[], &[cert]);
+        assert_eq!(check(cert_for(&["10.0.0.2"])), Ok(()));
+        assert!(check(cert_for(&["10.0.0.1"])).is_err());
+    }
+
+    /// Without a CA, the first certificate a member shows is the only one
+    /// it may show, across restarts.
+    #[test]
+    fn generated_certificates_are_pinned_on_first_use() {
+        let dir = std::env::temp_dir().join(format!("qed-pins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("member").join("peer_pins");
+        let n1 = members("n1", "http://a:1", "t");
+        n1.load_pins(path.clone()).unwrap();
+        let n2 = member_id(&["http://b:2".to_string()], "t");
+        let (mine, forged) = (cert_for(&["b"]), cert_for(&["b"]));
+        let check = |m: &Members, cert: &rustls::pki_types::CertificateDer<'static>| {
+            check_identity(PeerTrust::Pinned, m, n2, &[], std::slice::from_ref(cert))
+        };
+        assert_eq!(check(&n1, &mine), Ok(()), "first contact pins");
+        assert_eq!(check(&n1, &mine), Ok(()));
+        assert!(matches!(check(&n1, &forged), Err(Refusal::Identity { .. })));
+        // A restart keeps the pin.
+        let again = members("n1", "http://a:1", "t");
+        again.load_pins(path.clone()).unwrap();
+        assert!(check(&again, &forged).is_err());
+        assert_eq!(check(&again, &mine), Ok(()));
+        // A damaged pin file is an error, not a reason to trust anew.
+        std::fs::write(&path, "zz\n").unwrap();
+        assert!(members("n1", "http://a:1", "t").load_pins(path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn small_messages_do_not_share_a_lane_with_big_ones() {
         assert_eq!(
@@ -911,7 +1156,8 @@ mod tests {
                 meta: Default::default(),
                 offset: 0,
                 data: vec![],
-                done: false
+                done: false,
+                checksum: 0,
             }),
             Lane::Snapshot
         );

@@ -38,6 +38,7 @@
 //! A storage failure is fatal: the loop stops, every caller gets
 //! `etcdserver: server stopped`, and the node reports why it stopped.
 
+use super::held::{HeldCall, HeldCalls};
 use super::members::Members;
 use super::peer::Peers;
 use super::state_machine::StateMachine;
@@ -51,7 +52,7 @@ use crate::storage::StorageError;
 use crate::wire::command::{AuthHeader, Command};
 use crate::wire::raft::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageBody,
-    SnapshotMeta,
+    NodeId, SnapshotMeta,
 };
 use qed_wire::lease::LeaseRevokeRequest;
 use qed_wire::peer::ConfContext;
@@ -121,6 +122,9 @@ pub struct LoopOptions {
     pub snapshot_count: u64,
     /// etcd's `--election-timeout`: a new leader extends every lease by it.
     pub election_timeout: Duration,
+    /// etcd's `--strict-reconfig-check`: refuse membership changes that
+    /// would leave fewer started (or reachable) voters than a quorum.
+    pub strict_reconfig_check: bool,
 }
 
 /// Peer messages the inbox may hold (each at most a peer frame; appends
@@ -305,6 +309,7 @@ pub fn start(
         conf_waiters: HashMap::new(),
         members,
         removed: false,
+        held: HeldCalls::default(),
         reads: HashMap::new(),
         confirmed_reads: BTreeMap::new(),
         ids: CommandIds::new(core_id),
@@ -317,6 +322,7 @@ pub fn start(
         snapshot_base,
         synced_vote: (0, 0),
         snapshotting: false,
+        followed: (0, 0),
     };
     runtime::spawn(async move {
         let why = driver.run(inputs).await;
@@ -386,6 +392,8 @@ struct Driver {
     members: Arc<Members>,
     /// This member applied its own removal.
     removed: bool,
+    /// Calls that came while no leader could take them (see `held`).
+    held: HeldCalls,
     /// Reads waiting for the core to confirm an index, by context.
     reads: HashMap<u64, channel::Sender<Result<(), Error>>>,
     /// Reads confirmed at an index, waiting for apply to reach it.
@@ -405,6 +413,8 @@ struct Driver {
     /// (term, vote) last handed to the writer: changes must be synced.
     synced_vote: (u64, u64),
     snapshotting: bool,
+    /// The newest (term, leader) this member followed (or was).
+    followed: (u64, NodeId),
 }
 
 impl Driver {
@@ -437,12 +447,15 @@ impl Driver {
                 self.core.tick();
                 // The leader stops talking to a member once its removal
                 // applies, so a removed member may never apply it: the
-                // others' refusal is the word it gets.
-                self.removed |= self.peers.as_ref().is_some_and(|p| p.told_removed());
+                // leader's "removed" close is the word it gets.
+                if let Some(by) = self.peers.as_ref().and_then(|p| p.take_removal_claim()) {
+                    self.on_removal_claim(by);
+                }
                 self.ticks += 1;
                 if self.ticks % FORGET_LEFT_CALLERS_EVERY == 0 {
                     self.forget_left_callers();
                 }
+                self.retry_held();
             }
             Input::Step(message) => {
                 self.status.queued_steps.fetch_sub(1, Ordering::Relaxed);
@@ -452,7 +465,10 @@ impl Driver {
                 request,
                 auth,
                 reply,
-            } => self.propose(request, auth, Some(reply)),
+            } => {
+                let deadline = self.hold_deadline();
+                self.propose_or_hold(deadline, request, auth, reply);
+            }
             Input::ProposeConfChange {
                 mut change,
                 peer_urls,
@@ -460,6 +476,15 @@ impl Driver {
             } => {
                 if !self.learner_ready(&change) {
                     let _ = reply.try_send(Err(Error::LearnerNotReady));
+                    return Ok(());
+                }
+                if let Err(e) = self.may_change_members(&change) {
+                    log::warn!(
+                        "refused a membership change ({:?} {:x}): {e}",
+                        change.change,
+                        change.node_id
+                    );
+                    let _ = reply.try_send(Err(e));
                     return Ok(());
                 }
                 // The context names the waiter, as a command ID does, and
@@ -489,15 +514,8 @@ impl Driver {
             }
             Input::CheckLeases => self.check_leases(),
             Input::ReadIndex { reply } => {
-                let ctx = self.ids.next();
-                match self.core.read_index(ctx.to_be_bytes().to_vec()) {
-                    Ok(()) => {
-                        self.reads.insert(ctx, reply);
-                    }
-                    Err(e) => {
-                        let _ = reply.try_send(Err(propose_error(e)));
-                    }
-                }
+                let deadline = self.hold_deadline();
+                self.read_or_hold(deadline, reply);
             }
             Input::Persisted {
                 tokens,
@@ -525,14 +543,15 @@ impl Driver {
                 let data = data.map_err(|e| format!("snapshot failed: {e}"))?;
                 // The core keeps these bytes to send to lagging followers; a
                 // lone voter has none, so it need not hold a second copy of
-                // the whole state.
+                // the whole state (if one joins, the core asks for a new
+                // snapshot: see `take_image_wanted`).
                 let conf = self.core.conf_state();
-                let for_followers = if conf.voters == [self.core.id()] && conf.learners.is_empty() {
-                    Vec::new()
+                let compacted = if conf.voters == [self.core.id()] && conf.learners.is_empty() {
+                    self.core.compact_at_without_image(index)
                 } else {
-                    data.clone()
+                    self.core.compact_at(index, data)
                 };
-                if self.core.compact_at(index, for_followers).is_some() {
+                if compacted.is_some() {
                     log::info!(
                         "saved snapshot at index {} (term {})",
                         meta.index,
@@ -546,13 +565,93 @@ impl Driver {
         Ok(())
     }
 
-    /// Proposes a command; `reply` (if any) gets the applied result.
-    fn propose(
+    /// Until when a call may wait for a leader: two election timeouts, so
+    /// an election or a leadership transfer is waited out, and the caller
+    /// still hears `no leader` before its own deadline.
+    fn hold_deadline(&self) -> u64 {
+        let election_ticks =
+            self.options.election_timeout.as_millis() / self.options.tick.as_millis().max(1);
+        self.ticks + 2 * u64::try_from(election_ticks).unwrap_or(u64::MAX / 4).max(1)
+    }
+
+    /// Proposes a caller's command, or holds it while no leader can take
+    /// it (an election, a leadership transfer).
+    fn propose_or_hold(
+        &mut self,
+        deadline: u64,
+        request: Request,
+        auth: AuthHeader,
+        reply: channel::Sender<Reply>,
+    ) {
+        match self.try_propose(request, auth).map_err(|refused| *refused) {
+            Ok(id) => {
+                self.proposals.insert(id, reply);
+            }
+            Err((Refusal::Core(e), request, auth)) if holdable(&e) => {
+                let call = HeldCall::Propose {
+                    request,
+                    auth,
+                    reply,
+                };
+                if let Some(call) = self.held.hold(deadline, call) {
+                    call.fail(Error::NoLeader);
+                }
+            }
+            Err((refusal, _, _)) => {
+                SERVER.proposals_failed.inc();
+                let _ = reply.try_send(Err(refusal.into_error()));
+            }
+        }
+    }
+
+    /// Starts a ReadIndex round, or holds the read while no leader can
+    /// confirm it.
+    fn read_or_hold(&mut self, deadline: u64, reply: channel::Sender<Result<(), Error>>) {
+        let ctx = self.ids.next();
+        match self.core.read_index(ctx.to_be_bytes().to_vec()) {
+            Ok(()) => {
+                self.reads.insert(ctx, reply);
+            }
+            Err(e) if holdable(&e) => {
+                if let Some(call) = self.held.hold(deadline, HeldCall::Read { reply }) {
+                    call.fail(Error::NoLeader);
+                }
+            }
+            Err(e) => {
+                let _ = reply.try_send(Err(propose_error(e)));
+            }
+        }
+    }
+
+    /// Once a leader is known, held calls go again (keeping their
+    /// deadlines); those past it hear `no leader`.
+    fn retry_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        self.held.expire(self.ticks);
+        if self.core.status().leader == 0 {
+            return;
+        }
+        for (deadline, call) in self.held.take() {
+            match call {
+                HeldCall::Propose {
+                    request,
+                    auth,
+                    reply,
+                } => self.propose_or_hold(deadline, request, auth, reply),
+                HeldCall::Read { reply } => self.read_or_hold(deadline, reply),
+            }
+        }
+    }
+
+    /// Proposes a command: its ID, or why not (with the request back, so
+    /// it can be held and proposed again).
+    fn try_propose(
         &mut self,
         mut request: Request,
         auth: AuthHeader,
-        reply: Option<channel::Sender<Reply>>,
-    ) {
+    ) -> Result<u64, Box<(Refusal, Request, AuthHeader)>> {
         let id = self.ids.next();
         if let Request::LeaseGrant(grant) = &mut request {
             if grant.id == 0 {
@@ -566,23 +665,15 @@ impl Driver {
             request,
             auth: Some(auth),
         };
-        let answer = |e: Error| {
-            SERVER.proposals_failed.inc();
-            if let Some(reply) = &reply {
-                let _ = reply.try_send(Err(e));
-            }
-        };
-        match command.encode() {
+        let refused = match command.encode() {
             Ok(data) => match self.core.propose(data) {
-                Ok(()) => {
-                    if let Some(reply) = reply {
-                        self.proposals.insert(id, reply);
-                    }
-                }
-                Err(e) => answer(propose_error(e)),
+                Ok(()) => return Ok(id),
+                Err(e) => Refusal::Core(e),
             },
-            Err(e) => answer(Error::Internal(format!("cannot encode proposal: {e}"))),
-        }
+            Err(e) => Refusal::Encode(e.to_string()),
+        };
+        let Command { request, auth, .. } = command;
+        Err(Box::new((refused, request, auth.unwrap_or_default())))
     }
 
     /// The leader proposes a revoke for each expired lease; the lessor
@@ -600,7 +691,8 @@ impl Driver {
         for id in expired {
             log::debug!("lease {id:x} expired; revoking");
             let revoke = Request::LeaseRevoke(LeaseRevokeRequest { id });
-            self.propose(revoke, AuthHeader::system(), None);
+            // A revoke that does not get in is named again later.
+            let _ = self.try_propose(revoke, AuthHeader::system());
         }
     }
 
@@ -635,6 +727,91 @@ impl Driver {
             .is_some_and(|p| p.matched.saturating_mul(10) >= last.saturating_mul(9))
     }
 
+    /// etcd's strict reconfiguration checks (`mayAddMember`,
+    /// `mayRemoveMember`, `mayPromoteMember`): a change must leave at least
+    /// a quorum of started voters (a member is started once it said hello:
+    /// it has a name), and must not break the quorum of voters this member
+    /// hears from (heard within an election timeout; etcd: connected for
+    /// 5 s). Adding a second voter to a cluster of one is allowed, as etcd
+    /// allows it to restore a cluster from one member.
+    fn may_change_members(&self, change: &ConfChange) -> Result<(), Error> {
+        if !self.options.strict_reconfig_check {
+            return Ok(());
+        }
+        let conf = self.core.conf_state();
+        let me = self.core.id();
+        let started =
+            |id: &NodeId| *id == me || self.members.get(*id).is_some_and(|m| !m.name.is_empty());
+        let active = |id: &NodeId| {
+            *id == me
+                || self
+                    .peers
+                    .as_ref()
+                    .is_some_and(|p| p.heard_within(*id, self.options.election_timeout))
+        };
+        let id = change.node_id;
+        match change.change {
+            ConfChangeType::AddVoter if conf.learners.contains(&id) => {
+                // Promotion: the learner counts, as started.
+                let members = conf.voters.len() + 1;
+                let started = conf.voters.iter().filter(|v| started(v)).count() + 1;
+                if started < members / 2 + 1 {
+                    return Err(Error::MemberNotEnoughStarted);
+                }
+                Ok(())
+            }
+            ConfChangeType::AddVoter | ConfChangeType::AddLearner => {
+                if change.change == ConfChangeType::AddVoter {
+                    let members = conf.voters.len() + 1;
+                    let started = conf.voters.iter().filter(|v| started(v)).count();
+                    if !(started == 1 && members == 2) && started < members / 2 + 1 {
+                        return Err(Error::MemberNotEnoughStarted);
+                    }
+                }
+                if !conf.voters.iter().all(active) {
+                    return Err(Error::Unhealthy);
+                }
+                Ok(())
+            }
+            ConfChangeType::Remove => {
+                if conf.learners.contains(&id) {
+                    return Ok(());
+                }
+                let rest: Vec<NodeId> = conf.voters.iter().copied().filter(|v| *v != id).collect();
+                let started = rest.iter().filter(|v| started(v)).count();
+                if started < rest.len() / 2 + 1 {
+                    return Err(Error::MemberNotEnoughStarted);
+                }
+                // A member that is down is not part of the active quorum.
+                if id != me && !active(&id) {
+                    return Ok(());
+                }
+                let reachable = conf.voters.iter().filter(|v| active(v)).count();
+                if reachable.saturating_sub(1) < 1 + conf.voters.len().saturating_sub(1) / 2 {
+                    return Err(Error::Unhealthy);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Member `by` closed a connection saying this member was removed.
+    /// Believed only from the leader of the current term this member
+    /// followed (it is the one that removes members and then stops talking
+    /// to them); anyone else, even a member, cannot know it first.
+    fn on_removal_claim(&mut self, by: NodeId) {
+        let term = self.core.status().term;
+        if self.followed == (term, by) {
+            log::warn!("the leader ({by:x}) says this member was removed from the cluster");
+            self.removed = true;
+        } else {
+            log::warn!(
+                "member {by:x} says this member was removed, but it is not the leader of \
+                 term {term}: removal not confirmed; ignored"
+            );
+        }
+    }
+
     /// The membership changed: the member table follows it (members removed
     /// from the configuration are forgotten, so the transport refuses them;
     /// new ones get lanes).
@@ -666,6 +843,9 @@ impl Driver {
             }
             let rd = self.core.ready();
             if let Some(soft) = rd.soft_state {
+                if soft.leader != 0 {
+                    self.followed = (self.core.status().term, soft.leader);
+                }
                 let before = self.status.leader.swap(soft.leader, Ordering::Relaxed);
                 if before != soft.leader && soft.leader != 0 {
                     SERVER.leader_changes.inc();
@@ -766,7 +946,13 @@ impl Driver {
                 self.core.id()
             ));
         }
-        self.maybe_snapshot();
+        // A follower needs a snapshot whose image this member did not keep:
+        // take one now (it keeps its image, there being a follower).
+        let wanted = self.core.take_image_wanted();
+        if wanted && !self.snapshotting {
+            log::info!("a member needs a snapshot: taking one with its image");
+        }
+        self.maybe_snapshot(wanted);
         Ok(())
     }
 
@@ -902,12 +1088,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Every `snapshot_count` applied entries: clone the state (O(1)) and
+    /// Every `snapshot_count` applied entries (or `now`, unless one is being
+    /// taken): clone the state (O(1)) and
     /// let a blocking-pool task serialize it and write the file, so neither
     /// this loop nor the WAL writer waits for a large snapshot.
-    fn maybe_snapshot(&mut self) {
+    fn maybe_snapshot(&mut self, now: bool) {
         let applied = self.status.applied.load(Ordering::Relaxed);
-        if self.snapshotting || applied < self.snapshot_base + self.options.snapshot_count {
+        let due = now || applied >= self.snapshot_base + self.options.snapshot_count;
+        if self.snapshotting || !due {
             return;
         }
         let view = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -941,6 +1129,7 @@ impl Driver {
     }
 
     fn fail_all(&mut self, error: Error) {
+        self.held.fail_all(&error);
         for (_, reply) in self.proposals.drain() {
             let _ = reply.try_send(Err(error.clone()));
         }
@@ -1004,6 +1193,27 @@ fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Why a proposal did not get into the log.
+enum Refusal {
+    Core(ProposeError),
+    Encode(String),
+}
+
+impl Refusal {
+    fn into_error(self) -> Error {
+        match self {
+            Refusal::Core(e) => propose_error(e),
+            Refusal::Encode(why) => Error::Internal(format!("cannot encode proposal: {why}")),
+        }
+    }
+}
+
+/// Refusals that last only until a leader is known again: the call is
+/// held (see `held`), not failed.
+fn holdable(e: &ProposeError) -> bool {
+    matches!(e, ProposeError::NoLeader | ProposeError::TransferInProgress)
+}
+
 fn propose_error(e: ProposeError) -> Error {
     match e {
         ProposeError::NoLeader => Error::NoLeader,
@@ -1012,7 +1222,8 @@ fn propose_error(e: ProposeError) -> Error {
         // leave no voter.
         ProposeError::ConfChangePending => Error::Unhealthy,
         ProposeError::InvalidConfChange => Error::MemberNotFound,
-        other => Error::Internal(format!("proposal refused: {other:?}")),
+        // Held until the transfer ends; past that, retryable as etcd's.
+        ProposeError::TransferInProgress => Error::LeaderChanged,
     }
 }
 

@@ -211,18 +211,74 @@ pub fn server_config(files: &TlsFiles, alpn: &[u8]) -> Result<quinn::ServerConfi
     Ok(config)
 }
 
-/// TLS for the peer port: like [`server_config`] (with `files.ca`, peers
-/// must present a certificate signed by it), with the peer transport tuning.
+/// TLS for the peer port. Connecting members must always present a
+/// certificate: with `files.ca` one that chains to it; without (generated
+/// certificates) any, whose fingerprint the peer transport then pins (see
+/// `server::peer`). Either way the handshake proves they hold its key.
 pub fn peer_server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TransportError> {
-    let mut config = server_config(files, qed_wire::PEER_ALPN)?;
+    let (Some(cert), Some(key)) = (&files.cert, &files.key) else {
+        return Err(TransportError::TlsConfig(
+            "the peer listener needs both a certificate and a key file".into(),
+        ));
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?;
+    let builder = match &files.ca {
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots(ca)?),
+                provider(),
+            )
+            .build()
+            .map_err(config_error)?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_client_cert_verifier(Arc::new(UnverifiedPeer(provider()))),
+    };
+    let mut tls = builder
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(config_error)?;
+    tls.alpn_protocols = vec![qed_wire::PEER_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(config_error)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(super::endpoint::peer_transport_config());
     Ok(config)
 }
 
+/// SHA-256 of a certificate (DER): what a member's certificate is pinned by.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Whether `cert` (DER) is valid for `host` (a DNS name or an IP address
+/// in its subject alternative names). Checks the name only, not the chain.
+pub fn names_host(cert: &CertificateDer<'_>, host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(name) = rustls::pki_types::ServerName::try_from(host) else {
+        return false;
+    };
+    rustls::server::ParsedCertificate::try_from(cert)
+        .and_then(|parsed| rustls::client::verify_server_name(&parsed, &name))
+        .is_ok()
+}
+
+/// The certificate chain the other side of a QUIC connection presented.
+pub fn peer_certificates(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|certs| *certs)
+        .unwrap_or_default()
+}
+
 /// TLS for connecting to peers. With `files.ca`, the peer's certificate must
-/// chain to it; without, the connection is encrypted but the peer's
-/// certificate is not verified (etcd's `--peer-auto-tls`: each member made
-/// its own CA). The member's own certificate is presented either way.
+/// chain to it and name the host dialled; without, any certificate is
+/// taken here (etcd's `--peer-auto-tls`: each member made its own CA) and
+/// the peer transport pins its fingerprint. The member's own certificate
+/// is presented either way.
 pub fn peer_client_config(files: &TlsFiles) -> Result<quinn::ClientConfig, TransportError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -247,9 +303,66 @@ pub fn peer_client_config(files: &TlsFiles) -> Result<quinn::ClientConfig, Trans
 }
 
 /// Accepts any peer certificate (auto TLS), but still checks the handshake
-/// signatures, so the session keys belong to whoever holds that certificate.
+/// signatures, so the session keys belong to whoever holds that certificate
+/// (which the peer transport then pins). Both directions: a listener
+/// requires connecting members to present one.
 #[derive(Debug)]
 struct UnverifiedPeer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for UnverifiedPeer {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
 
 impl rustls::client::danger::ServerCertVerifier for UnverifiedPeer {
     fn verify_server_cert(

@@ -17,36 +17,47 @@ pub struct Endpoint {
 
 /// Parses and resolves one URL.
 pub fn parse(url: &str) -> Result<Endpoint, TransportError> {
-    let bad = |reason: &str| TransportError::BadUrl {
+    let (host, port) = split(url)?;
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| bad(url, &format!("cannot resolve host: {e}")))?
+        .next()
+        .ok_or_else(|| bad(url, "host resolves to no address"))?;
+    Ok(Endpoint { host, addr })
+}
+
+/// The host of a URL, as a certificate must name it; nothing resolved.
+pub fn host(url: &str) -> Result<String, TransportError> {
+    split(url).map(|(host, _)| host)
+}
+
+fn bad(url: &str, reason: &str) -> TransportError {
+    TransportError::BadUrl {
         url: url.to_string(),
         reason: reason.to_string(),
-    };
+    }
+}
+
+/// A URL's host (without brackets) and port.
+fn split(url: &str) -> Result<(String, u16), TransportError> {
     let rest = match url.split_once("://") {
         Some(("http" | "https" | "quic", rest)) => rest,
-        Some((scheme, _)) => return Err(bad(&format!("unsupported scheme {scheme:?}"))),
+        Some((scheme, _)) => return Err(bad(url, &format!("unsupported scheme {scheme:?}"))),
         None => url,
     };
     let authority = rest.trim_end_matches('/');
     if authority.contains('/') {
-        return Err(bad("a path is not allowed"));
+        return Err(bad(url, "a path is not allowed"));
     }
     let (host, port) = authority
         .rsplit_once(':')
-        .ok_or_else(|| bad("missing port"))?;
-    let port: u16 = port.parse().map_err(|_| bad("port is not a number"))?;
+        .ok_or_else(|| bad(url, "missing port"))?;
+    let port: u16 = port.parse().map_err(|_| bad(url, "port is not a number"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        return Err(bad("missing host"));
+        return Err(bad(url, "missing host"));
     }
-    let addr = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| bad(&format!("cannot resolve host: {e}")))?
-        .next()
-        .ok_or_else(|| bad("host resolves to no address"))?;
-    Ok(Endpoint {
-        host: host.to_string(),
-        addr,
-    })
+    Ok((host.to_string(), port))
 }
 
 /// Parses a comma-separated list, as etcd's URL flags take.

@@ -34,13 +34,15 @@ pub use error::Error;
 pub use kv::{KeyValue, ResponseHeader};
 
 /// Bumped on every incompatible change to any message in this crate.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// ALPN a client offers when it connects to a node's client port.
 pub const CLIENT_ALPN: &[u8] = b"qed-client/1";
 
-/// ALPN a node offers when it connects to a peer's Raft port.
-pub const PEER_ALPN: &[u8] = b"qed-peer/1";
+/// ALPN a node offers when it connects to a peer's Raft port (2: snapshot
+/// chunks carry the image's checksum). The client protocol did not change
+/// with it, so [`CLIENT_ALPN`] stayed.
+pub const PEER_ALPN: &[u8] = b"qed-peer/2";
 
 /// The largest frame a member accepts from a peer: an append of
 /// `max_size_per_msg` (1 MiB) can carry one entry of up to a maximal client

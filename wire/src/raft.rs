@@ -131,12 +131,15 @@ pub enum MessageBody {
         reject: bool,
     },
     /// Leader -> follower: one chunk of a snapshot, starting at `offset`.
+    /// `checksum` is the CRC32C of the whole image (the same in every
+    /// chunk): the follower installs the image only if it matches.
     Snapshot {
         meta: SnapshotMeta,
         offset: u64,
         #[serde(with = "crate::bytes")]
         data: Vec<u8>,
         done: bool,
+        checksum: u32,
     },
     /// Follower -> leader: next snapshot byte wanted (`reject`: restart
     /// from `offset`).
