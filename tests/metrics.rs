@@ -273,6 +273,14 @@ fn health_is_false_without_a_leader_and_true_again() {
     assert!(body.contains(r#""health":"false""#), "{body}");
     assert!(body.contains("RAFT"), "{body}");
     wait_for(ports[0], "/readyz", "member 1 not ready", |s, _| s == 503);
+    // This member's own view (etcd 3.5's ?serializable=true) is still fine.
+    let (status, _) = http_get(ports[0], "/health?serializable=true").expect("health");
+    assert_eq!(status, 200);
+    let failures = value(
+        &parse_exposition(&http_get(ports[0], "/metrics").expect("metrics").1),
+        "etcd_server_health_failures",
+    );
+    assert!(failures >= 1.0, "failed health checks not counted");
 
     cluster.restart(1);
     wait_for(ports[0], "/health", "member 1 healthy again", healthy);

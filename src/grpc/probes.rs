@@ -16,7 +16,7 @@ use crate::http1::{self, Request, Response};
 use crate::metrics::{Exposition, GRPC};
 use crate::runtime;
 use crate::server::node::alarm_name;
-use crate::server::probes::{excluded_alarms, version_json, Health};
+use crate::server::probes::{excluded_alarms, serializable, version_json, Health};
 use crate::wire::{self, kv::RangeRequest, maintenance::AlarmRequest};
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ pub async fn respond<B: Backend>(backend: &B, req: Request) -> Response {
             )
         }
         "/health" => {
-            let health = check_health(backend, &excluded_alarms(&req)).await;
+            let health = check_health(backend, &excluded_alarms(&req), serializable(&req)).await;
             Response::json(health.status(), health.json())
         }
         "/livez" => Response::text(200, "ok"),
@@ -70,8 +70,9 @@ pub async fn respond<B: Backend>(backend: &B, req: Request) -> Response {
     }
 }
 
-/// etcd's checks in its order: an alarm, no leader, a linearizable read.
-async fn check_health<B: Backend>(backend: &B, excluded: &[String]) -> Health {
+/// etcd's checks in its order: an alarm, no leader, a linearizable read
+/// (`serializable`: a serializable read instead, no leader check).
+async fn check_health<B: Backend>(backend: &B, excluded: &[String], serializable: bool) -> Health {
     let alarms = call(
         backend,
         wire::Request::Alarm(AlarmRequest {
@@ -90,6 +91,12 @@ async fn check_health<B: Backend>(backend: &B, excluded: &[String]) -> Health {
         {
             return Health::failed(format!("ALARM {name}"));
         }
+    }
+    if serializable {
+        return match read(backend, true).await {
+            Ok(()) => Health::ok(),
+            Err(e) => Health::failed(format!("RAFT ERROR {e}")),
+        };
     }
     match call(backend, wire::Request::Status(Default::default())).await {
         Ok(wire::Response::Status(status)) if status.leader == 0 => {

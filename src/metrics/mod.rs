@@ -162,6 +162,9 @@ pub struct ServerMetrics {
     pub proposals_pending: Gauge,
     pub slow_applies: Counter,
     pub heartbeat_send_failures: Counter,
+    /// `/health` answers, true and false.
+    pub health_successes: Counter,
+    pub health_failures: Counter,
     pub wal_fsync: Histogram,
     pub backend_commit: Histogram,
     pub puts: Counter,
@@ -184,6 +187,8 @@ pub static SERVER: ServerMetrics = ServerMetrics {
     proposals_pending: Gauge::new(),
     slow_applies: Counter::new(),
     heartbeat_send_failures: Counter::new(),
+    health_successes: Counter::new(),
+    health_failures: Counter::new(),
     wal_fsync: Histogram::new(DISK_BUCKETS),
     backend_commit: Histogram::new(DISK_BUCKETS),
     puts: Counter::new(),
@@ -248,6 +253,16 @@ impl ServerMetrics {
             "etcd_server_heartbeat_send_failures_total",
             "The total number of leader heartbeat send failures (likely overloaded from slow disk).",
             self.heartbeat_send_failures.get(),
+        );
+        out.counter(
+            "etcd_server_health_success",
+            "The total number of successful health checks",
+            self.health_successes.get(),
+        );
+        out.counter(
+            "etcd_server_health_failures",
+            "The total number of failed health checks",
+            self.health_failures.get(),
         );
         out.histogram(
             "etcd_disk_wal_fsync_duration_seconds",

@@ -57,7 +57,12 @@ pub async fn respond(node: &Node, req: Request) -> Response {
             metrics_text(node),
         ),
         "/health" => {
-            let health = check_health(node, &excluded_alarms(&req)).await;
+            let health = check_health(node, &excluded_alarms(&req), serializable(&req)).await;
+            if health.healthy {
+                SERVER.health_successes.inc();
+            } else {
+                SERVER.health_failures.inc();
+            }
             Response::json(health.status(), health.json())
         }
         "/livez" => Response::text(200, "ok"),
@@ -113,6 +118,13 @@ impl Health {
     }
 }
 
+/// etcd 3.5's `?serializable=true`: this member's view only (no leader
+/// check, no ReadIndex round).
+pub fn serializable(req: &Request) -> bool {
+    req.params()
+        .any(|(k, v)| k == "serializable" && v == "true")
+}
+
 /// `?exclude=NOSPACE` (repeatable): alarms that do not make it unhealthy.
 pub fn excluded_alarms(req: &Request) -> Vec<String> {
     req.params()
@@ -122,8 +134,9 @@ pub fn excluded_alarms(req: &Request) -> Vec<String> {
 }
 
 /// etcd's checks in its order: an alarm (not excluded), no leader, a
-/// linearizable read that does not complete within a second.
-async fn check_health(node: &Node, excluded: &[String]) -> Health {
+/// linearizable read that does not complete within a second (the last two
+/// skipped for `serializable`).
+async fn check_health(node: &Node, excluded: &[String], serializable: bool) -> Health {
     let alarm = node.read_state(|state| {
         state
             .alarms()
@@ -133,6 +146,9 @@ async fn check_health(node: &Node, excluded: &[String]) -> Health {
     });
     if let Some(name) = alarm {
         return Health::failed(format!("ALARM {name}"));
+    }
+    if serializable {
+        return Health::ok();
     }
     if node.raft_status().leader.load(Ordering::Relaxed) == 0 {
         return Health::failed("RAFT NO LEADER");
