@@ -13,8 +13,8 @@
 //! one response.
 
 use crate::metrics::Exposition;
-use crate::runtime::{self, TcpListener, TcpStream};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use crate::runtime::{self, TcpListener};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::future::Future;
 use std::time::Duration;
 
@@ -165,9 +165,11 @@ where
     }
 }
 
-/// Reads one request head, answers it and closes the connection.
-pub async fn serve_connection<H, F>(mut stream: TcpStream, handler: H)
+/// Reads one request head, answers it and closes the connection (a TCP
+/// stream, or a TLS stream that negotiated `http/1.1`).
+pub async fn serve_connection<S, H, F>(mut stream: S, handler: H)
 where
+    S: AsyncRead + AsyncWrite + Unpin,
     H: Fn(Request) -> F,
     F: Future<Output = Response>,
 {
@@ -204,7 +206,7 @@ enum HeadError {
     Closed,
 }
 
-async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, HeadError> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     loop {

@@ -354,3 +354,52 @@ fn shim_serves_health_and_grpc_metrics_on_its_port() {
             && *v >= 1.0));
     }
 }
+
+#[test]
+fn shim_answers_probes_over_tls_in_http1_and_h2() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        println!("skipping: curl is not installed");
+        return;
+    }
+    let node = TestNode::start(&[]);
+    qed::runtime::block_on(async {
+        node.client().await;
+    });
+    let certs = node.dir.0.join("data/certs");
+    let dir = TempDir::new("shim-tls");
+    let port = free_tcp_port();
+    let _shim = Proc(
+        Command::new(env!("CARGO_BIN_EXE_qed-grpc"))
+            .args(["--endpoints", &node.url])
+            .arg("--cacert")
+            .arg(node.ca_file())
+            .args(["--listen-client-urls", &format!("https://127.0.0.1:{port}")])
+            .arg("--cert-file")
+            .arg(certs.join("node.crt"))
+            .arg("--key-file")
+            .arg(certs.join("node.key"))
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(dir.0.join("shim.log")).expect("shim log"))
+            .spawn()
+            .expect("spawn qed-grpc"),
+    );
+    let url = format!("https://127.0.0.1:{port}/health");
+    for version in ["--http1.1", "--http2"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("curl")
+                .args(["-s", "--max-time", "5", version, "--cacert"])
+                .arg(node.ca_file())
+                .arg(&url)
+                .output()
+                .expect("curl");
+            let body = String::from_utf8_lossy(&out.stdout);
+            if body == r#"{"health":"true","reason":""}"# {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{version}: {out:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

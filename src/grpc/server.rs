@@ -166,6 +166,17 @@ pub async fn serve<B: Backend>(
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                     match runtime::timeout(Duration::from_secs(10), acceptor.accept(io)).await {
+                        // A probe over TLS without HTTP/2 (ALPN http/1.1).
+                        Ok(Ok(tls_stream))
+                            if tls_stream.get_ref().1.alpn_protocol() == Some(b"http/1.1") =>
+                        {
+                            use tokio_util::compat::TokioAsyncReadCompatExt;
+                            crate::http1::serve_connection(tls_stream.compat(), move |req| {
+                                let backend = backend.clone();
+                                async move { super::probes::respond(&backend, req).await }
+                            })
+                            .await
+                        }
                         Ok(Ok(tls_stream)) => {
                             serve_connection(tls_stream, backend, config, shutdown).await
                         }
