@@ -249,7 +249,9 @@ pub fn metrics_text(node: &Node) -> String {
     let (size, keys, quota) = node.read_state(|state| {
         (
             state.size_bytes(),
-            state.key_count(),
+            // As etcd's gauge: keys with an index (live, or deleted and not
+            // yet compacted away); O(1), unlike counting live keys.
+            state.store_view().key_count(),
             state.identity().1.quota_bytes,
         )
     });
