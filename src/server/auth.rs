@@ -25,7 +25,7 @@ use qed_wire::Error;
 use ring::rand::{SecureRandom, SystemRandom};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -62,6 +62,9 @@ pub struct LocalAuth {
     pub tokens: Mutex<SimpleTokens>,
     /// Mirrors the replicated enabled flag, for a lock-free fast path.
     pub enabled: AtomicBool,
+    /// Mirrors the replicated auth revision: what a simple token or a
+    /// certificate is checked at, read without the state lock.
+    pub revision: AtomicU64,
 }
 
 impl LocalAuth {
@@ -70,7 +73,14 @@ impl LocalAuth {
         LocalAuth {
             tokens: Mutex::new(SimpleTokens::new(ttl_ms)),
             enabled: AtomicBool::new(false),
+            revision: AtomicU64::new(0),
         }
+    }
+
+    /// Follows the replicated state after an apply or a snapshot install.
+    pub fn mirror(&self, store: &crate::auth::AuthStore) {
+        self.revision.store(store.revision(), Ordering::Relaxed);
+        self.enabled.store(store.is_enabled(), Ordering::Relaxed);
     }
 
     pub fn tokens(&self) -> std::sync::MutexGuard<'_, SimpleTokens> {
@@ -162,15 +172,14 @@ impl Authenticator {
 
     /// etcd's `AuthInfoFromCtx`: `None` for a caller without credentials;
     /// an unknown or expired token is `ErrInvalidAuthToken` (even with auth
-    /// off, as etcd answers once it has dropped its tokens).
-    /// `current_revision` is the auth revision a simple token or a
-    /// certificate is checked at.
+    /// off, as etcd answers once it has dropped its tokens). A simple token
+    /// or a certificate is checked at the current auth revision.
     pub fn caller(
         &self,
         local: &LocalAuth,
         creds: &Credentials,
-        current_revision: impl FnOnce() -> u64,
     ) -> Result<Option<AuthInfo>, Error> {
+        let current_revision = || local.revision.load(Ordering::Relaxed);
         match (&creds.token, &self.jwt) {
             (Some(token), Some(jwt)) => match jwt.verify(token, unix_seconds()) {
                 Some((user, revision)) => Ok(Some(AuthInfo { user, revision })),

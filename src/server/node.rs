@@ -109,13 +109,7 @@ impl Node {
         if creds.token.is_none() && (creds.cert_user.is_none() || !self.local_auth.is_enabled()) {
             return Ok(AuthInfo::default());
         }
-        let info = self.authenticator.caller(&self.local_auth, creds, || {
-            self.state
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .auth()
-                .revision()
-        })?;
+        let info = self.authenticator.caller(&self.local_auth, creds)?;
         Ok(info.unwrap_or_default())
     }
 
@@ -492,7 +486,11 @@ impl Node {
         if let Request::Authenticate(r) = req {
             return self.authenticate(r).await;
         }
-        self.check(&info, &req)?;
+        // Ranges and read-only txns are checked where they are read, under
+        // the same lock (see `read`); everything else here.
+        if !matches!(req, Request::Range(_) | Request::Txn(_)) || state_machine::is_write(&req) {
+            self.check(&info, &req)?;
+        }
         let req = self.hash_passwords(req).await?;
         let mut resp = match &req {
             // etcd's Cluster service stamps no revision.

@@ -51,7 +51,6 @@ use qed_wire::maintenance::{
 };
 use qed_wire::{Error, Reply, Request, Response};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Limits enforced at apply time.
@@ -187,10 +186,12 @@ fn txn_cost(t: &TxnRequest) -> u64 {
 
 impl StateMachine {
     pub fn new(member_id: u64, limits: Limits, tokens: TokenTable) -> Self {
+        let auth = AuthStore::new();
+        tokens.mirror(&auth);
         StateMachine {
             kv: Store::new(),
             lessor: Lessor::new(limits.lease.clone()),
-            auth: AuthStore::new(),
+            auth,
             tokens,
             alarms: Vec::new(),
             applied: 0,
@@ -226,7 +227,7 @@ impl StateMachine {
             },
         };
         let auth = AuthStore::from_snapshot(auth);
-        tokens.enabled.store(auth.is_enabled(), Ordering::Relaxed);
+        tokens.mirror(&auth);
         Ok(StateMachine {
             kv: Store::from_bytes(&base.kv)?,
             lessor: Lessor::from_snapshot(limits.lease.clone(), leases),
@@ -403,9 +404,7 @@ impl StateMachine {
         if is_auth_call(req) {
             let token_prefix = auth.map(|h| h.token_prefix.as_str()).unwrap_or_default();
             let applied = self.apply_auth(index, req, token_prefix, now_ms);
-            self.tokens
-                .enabled
-                .store(self.auth.is_enabled(), Ordering::Relaxed);
+            self.tokens.mirror(&self.auth);
             let mut resp = applied?;
             resp.header_mut().revision = self.kv.revision();
             return Ok(resp);
