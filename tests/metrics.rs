@@ -352,6 +352,16 @@ fn shim_serves_health_and_grpc_metrics_on_its_port() {
             && l["grpc_type"] == "unary"
             && l["grpc_code"] == "OK"
             && *v >= 1.0));
+        // Every method starts at zero for every code, as etcd's.
+        assert!(handled
+            .iter()
+            .any(|(_, l, v)| l["grpc_method"] == "Defragment"
+                && l["grpc_code"] == "Unavailable"
+                && *v == 0.0));
+        let started = &families["grpc_server_started_total"].samples;
+        assert!(started
+            .iter()
+            .any(|(_, l, _)| l["grpc_method"] == "Watch" && l["grpc_type"] == "bidi_stream"));
     }
 }
 

@@ -121,6 +121,7 @@ pub async fn serve<B: Backend>(
 ) {
     let config = Arc::new(config);
     let active = Arc::new(AtomicUsize::new(0));
+    init_metrics();
     loop {
         enum Next {
             Conn(std::io::Result<(runtime::TcpStream, std::net::SocketAddr)>),
@@ -385,17 +386,12 @@ async fn handle_stream<B: Backend>(
         .get("grpc-timeout")
         .and_then(|v| parse_timeout(v.as_bytes()));
     let path = parts.uri.path();
-    if path == HEALTH_CHECK {
-        match health_check(body, &backend, config).await {
-            Ok(message) => {
-                let _ = send_unary(&mut respond, message).await;
-            }
-            Err(status) => send_status(&mut respond, &status),
-        }
-        return;
-    }
     let method = Method::from_path(path);
-    let labels = method.map(|m| CallLabels::new(path, m));
+    let labels = match method {
+        Some(m) => Some(CallLabels::new(path, m.grpc_type())),
+        None if path == HEALTH_CHECK => Some(CallLabels::new(path, "unary")),
+        None => None,
+    };
     if let Some(labels) = &labels {
         labels.started();
     }
@@ -404,6 +400,19 @@ async fn handle_stream<B: Backend>(
             labels.handled(code);
         }
     };
+    if path == HEALTH_CHECK {
+        match health_check(body, &backend, config).await {
+            Ok(message) => {
+                let _ = send_unary(&mut respond, message).await;
+                handled(Code::Ok);
+            }
+            Err(status) => {
+                send_status(&mut respond, &status);
+                handled(status.code);
+            }
+        }
+        return;
+    }
     match method {
         None => send_status(&mut respond, &convert::unknown_method(path)),
         Some(Method::Unary(method)) => {
@@ -448,6 +457,35 @@ async fn handle_stream<B: Backend>(
     }
 }
 
+/// Every method's gRPC counters at zero, for every code, as
+/// go-grpc-prometheus' `Register` does for etcd (dashboards see 0, not
+/// nothing). Idempotent.
+fn init_metrics() {
+    let paths = Method::all()
+        .map(|(m, p)| (p, m.grpc_type()))
+        .chain(std::iter::once((HEALTH_CHECK, "unary")));
+    for (path, kind) in paths {
+        let labels = CallLabels::new(path, kind);
+        GRPC.started
+            .with(&[labels.kind, &labels.service, &labels.method]);
+        for code in Code::ALL {
+            GRPC.handled
+                .with(&[labels.kind, &labels.service, &labels.method, code.name()]);
+        }
+    }
+}
+
+impl Method {
+    /// go-grpc-prometheus' `grpc_type` label.
+    fn grpc_type(self) -> &'static str {
+        match self {
+            Method::Unary(_) => "unary",
+            Method::Streaming(Streaming::Snapshot) => "server_stream",
+            Method::Streaming(_) => "bidi_stream",
+        }
+    }
+}
+
 /// go-grpc-prometheus' labels of one call: type, service, method.
 struct CallLabels {
     kind: &'static str,
@@ -456,16 +494,11 @@ struct CallLabels {
 }
 
 impl CallLabels {
-    fn new(path: &str, method: Method) -> CallLabels {
+    fn new(path: &str, kind: &'static str) -> CallLabels {
         let (service, name) = path
             .trim_start_matches('/')
             .split_once('/')
             .unwrap_or(("", path));
-        let kind = match method {
-            Method::Unary(_) => "unary",
-            Method::Streaming(Streaming::Snapshot) => "server_stream",
-            Method::Streaming(_) => "bidi_stream",
-        };
         CallLabels {
             kind,
             service: service.to_owned(),

@@ -39,6 +39,26 @@ pub enum Code {
 }
 
 impl Code {
+    pub const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::Canceled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
     /// The name gRPC gives the code (`OK`, `Unavailable`): the `grpc_code`
     /// label of etcd's gRPC metrics.
     pub fn name(self) -> &'static str {
