@@ -105,9 +105,12 @@ impl From<LeaseError> for qed_wire::Error {
 /// Settings that are not replicated state.
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
-    /// Shortest TTL granted, in seconds; shorter asks (including 0 and
-    /// negative ones) are rounded up. etcd uses 1.5 election timeouts, so
-    /// a lease outlives a leader election: see [`min_lease_ttl`].
+    /// Shortest TTL this member proposes, in seconds; shorter asks
+    /// (including 0 and negative ones) are rounded up before the grant is
+    /// proposed ([`grant_ttl`]). etcd uses 1.5 election timeouts, so a
+    /// lease outlives a leader election: see [`min_lease_ttl`]. Apply
+    /// never uses it (members may have other flags): see
+    /// [`MIN_APPLIED_TTL`].
     pub min_ttl: i64,
     /// After `expired` names a lease, it is named again only this much
     /// later if still not revoked (a lost proposal is retried; etcd: 3 s).
@@ -122,6 +125,19 @@ impl Default for LeaseConfig {
             revoke_retry_ms: 3000,
         }
     }
+}
+
+/// The shortest TTL apply grants or restores, whatever the entry says: etcd's
+/// minimum under its default flags (`min_lease_ttl(10, 100)`). It is a
+/// constant because apply must be a function of the log alone; each member
+/// raises a grant to its own, flag-derived minimum before proposing it.
+pub const MIN_APPLIED_TTL: i64 = 2;
+
+/// The TTL a member proposes for a grant asking `ttl`: raised to its own
+/// minimum (`config.min_ttl`), before the entry, so every member applies
+/// the same TTL.
+pub fn grant_ttl(config: &LeaseConfig, ttl: i64) -> i64 {
+    ttl.max(config.min_ttl)
 }
 
 /// etcd's `minTTL`: `ceil((3 * election_ticks / 2) * heartbeat)` seconds.
@@ -274,8 +290,9 @@ impl Lessor {
 
     /// Grants a lease (an applied LeaseGrant). ID 0 is refused as etcd's
     /// lessor does: the leader picks an ID (see [`lease_id_from`]) before
-    /// proposing. A TTL below the minimum, 0 and negative included, is
-    /// raised to it. Returns the TTL granted.
+    /// proposing, and raises the TTL to its own minimum ([`grant_ttl`]);
+    /// here a TTL below [`MIN_APPLIED_TTL`], 0 and negative included, is
+    /// raised to that constant. Returns the TTL granted.
     pub fn grant(&mut self, id: LeaseId, ttl: i64, now: u64) -> Result<i64, LeaseError> {
         if id == 0 {
             return Err(LeaseError::NotFound);
@@ -286,7 +303,7 @@ impl Lessor {
         if self.leases.contains_key(&id) {
             return Err(LeaseError::Exists);
         }
-        let ttl = ttl.max(self.config.min_ttl);
+        let ttl = ttl.max(MIN_APPLIED_TTL);
         self.leases.insert(
             id,
             Lease {
@@ -487,16 +504,17 @@ impl Lessor {
     }
 
     /// A non-primary lessor holding a snapshot's leases (the driver calls
-    /// `promote` if this node leads). TTLs below the minimum are raised,
-    /// as etcd's recovery does; a key listed under two leases stays on the
-    /// last one.
+    /// `promote` if this node leads). TTLs below [`MIN_APPLIED_TTL`] are
+    /// raised (never to this member's own minimum: the restored state must
+    /// be every member's); a key listed under two leases stays on the last
+    /// one.
     pub fn from_snapshot(config: LeaseConfig, snapshot: LeaseSnapshot) -> Lessor {
         let mut lessor = Lessor::new(config);
         for record in snapshot.leases {
             if record.id == 0 {
                 continue;
             }
-            let ttl = record.ttl.clamp(lessor.config.min_ttl, MAX_LEASE_TTL);
+            let ttl = record.ttl.clamp(MIN_APPLIED_TTL, MAX_LEASE_TTL);
             lessor.leases.insert(
                 record.id,
                 Lease {

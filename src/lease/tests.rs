@@ -257,21 +257,36 @@ fn snapshot_round_trips_the_replicated_state_only() {
     assert_eq!(r.snapshot(), snap);
 }
 
+/// What a restore (or a grant) keeps is the same on every member: a TTL
+/// below the constant [`MIN_APPLIED_TTL`] is raised to it, never to this
+/// member's own (flag-derived) minimum, which only raises the grants it
+/// proposes.
 #[test]
-fn restore_raises_ttls_below_the_minimum() {
+fn restore_and_grant_ignore_this_members_minimum() {
     let snap = LeaseSnapshot {
-        leases: vec![LeaseRecord {
-            id: 3,
-            ttl: 1,
-            keys: vec![b"k".to_vec()],
-        }],
+        leases: vec![
+            LeaseRecord {
+                id: 3,
+                ttl: 1,
+                keys: vec![b"k".to_vec()],
+            },
+            LeaseRecord {
+                id: 4,
+                ttl: 3,
+                keys: vec![],
+            },
+        ],
     };
     let config = LeaseConfig {
         min_ttl: 5,
         ..LeaseConfig::default()
     };
-    let l = Lessor::from_snapshot(config, snap);
-    assert_eq!(l.granted_ttl(3), Some(5));
+    let mut l = Lessor::from_snapshot(config.clone(), snap);
+    assert_eq!(l.granted_ttl(3), Some(MIN_APPLIED_TTL));
+    assert_eq!(l.granted_ttl(4), Some(3));
+    assert_eq!(l.grant(5, 1, 0), Ok(MIN_APPLIED_TTL));
+    assert_eq!(grant_ttl(&config, 1), 5);
+    assert_eq!(grant_ttl(&config, 60), 60);
 }
 
 /// The driver's apply path end to end, as the module docs prescribe: a

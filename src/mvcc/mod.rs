@@ -83,7 +83,7 @@ use std::fmt;
 
 pub use hash::HashKv;
 pub use revision::Revision;
-pub use store::Store;
+pub use store::{HistoryRead, Store};
 pub use txn::DEFAULT_MAX_TXN_OPS;
 
 pub use qed_wire::kv::Event;

@@ -25,6 +25,7 @@
 //! structure, so a snapshot can serialize a clone while writes continue.
 //! Key bytes are one `Arc<[u8]>` shared by the index and the log.
 
+use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -539,12 +540,25 @@ impl Store {
         self.compacted = revision;
 
         // Touch only keys that lose something, so a clone held by a
-        // snapshot keeps sharing everything else.
-        let affected: Vec<Key> = self
-            .keys
+        // snapshot keeps sharing everything else. Those are among the keys
+        // the log names at or below `revision`: a key with no change since
+        // the last compaction kept at most one value then and has nothing
+        // to lose now. So the work follows the history being dropped, not
+        // the size of the key space (walking every key stalled apply).
+        let candidates: BTreeSet<&Key> = self
+            .log
             .iter()
-            .filter(|(_, index)| needs_compaction(index, revision))
-            .map(|(k, _)| k.clone())
+            .take_while(|e| e.main <= revision)
+            .map(|e| &e.key)
+            .collect();
+        let affected: Vec<Key> = candidates
+            .into_iter()
+            .filter(|key| {
+                self.keys
+                    .get(&***key)
+                    .is_some_and(|index| needs_compaction(index, revision))
+            })
+            .cloned()
             .collect();
         for key in affected {
             let mut now_empty = false;
@@ -612,8 +626,30 @@ impl Store {
         range_end: &[u8],
         max_events: usize,
     ) -> Result<Vec<Event>, MvccError> {
+        self.history_since(start_revision, key, range_end, max_events, 0)
+            .map(|read| read.events)
+    }
+
+    /// [`Store::events_since`] with bounded work, for catch-up rounds that
+    /// must not hold up the apply path: a single key is read from its own
+    /// index (no log scan at all); a range scans the log from
+    /// `start_revision`, stopping at a revision boundary once it visited
+    /// `max_visits` log entries (0: no limit). The answer says through which
+    /// revision the read is complete, so a caller resumes after it.
+    pub fn history_since(
+        &self,
+        start_revision: i64,
+        key: &[u8],
+        range_end: &[u8],
+        max_events: usize,
+        max_visits: usize,
+    ) -> Result<HistoryRead, MvccError> {
         if start_revision < self.compacted {
             return Err(MvccError::Compacted);
+        }
+        let end = RangeEnd::parse(range_end);
+        if matches!(end, RangeEnd::Single) {
+            return Ok(self.key_history_since(start_revision, key, max_events));
         }
         let from = self
             .log
@@ -625,21 +661,27 @@ impl Store {
                 }
             })
             .unwrap_or_else(|i| i);
-        let end = RangeEnd::parse(range_end);
-        let mut events: Vec<Event> = Vec::new();
+        let mut read = HistoryRead {
+            events: Vec::new(),
+            through: self.current,
+            visited: 0,
+        };
+        let mut last_main: Option<i64> = None;
         // `Vector::skip` is O(log n); `Iterator::skip` would walk the prefix.
         let tail = self.log.skip(from);
         for entry in tail.iter() {
+            if let Some(last) = last_main.filter(|m| *m != entry.main) {
+                let enough_events = max_events > 0 && read.events.len() >= max_events;
+                let enough_visits = max_visits > 0 && read.visited >= max_visits;
+                if enough_events || enough_visits {
+                    read.through = last;
+                    break;
+                }
+            }
+            last_main = Some(entry.main);
+            read.visited += 1;
             if !end.contains(key, &entry.key) {
                 continue;
-            }
-            if max_events > 0
-                && events.len() >= max_events
-                && events
-                    .last()
-                    .is_some_and(|e| e.kv.mod_revision != entry.main)
-            {
-                break;
             }
             let Some(index) = self.keys.get(&*entry.key) else {
                 continue;
@@ -647,20 +689,35 @@ impl Store {
             let Some(pos) = index.position(Revision::new(entry.main, entry.sub)) else {
                 continue;
             };
-            let Some(change) = index.changes().get(pos) else {
-                continue;
-            };
-            events.push(Event {
-                kind: if change.is_tombstone() {
-                    EventType::Delete
-                } else {
-                    EventType::Put
-                },
-                kv: change.to_kv(&entry.key),
-                prev_kv: index.before(pos).map(|p| p.to_kv(&entry.key)),
-            });
+            if let Some(event) = event_at(index, &entry.key, pos) {
+                read.events.push(event);
+            }
         }
-        Ok(events)
+        Ok(read)
+    }
+
+    /// One key's history from `start_revision`, from its index (a key
+    /// changes at most once per revision).
+    fn key_history_since(&self, start_revision: i64, key: &[u8], max_events: usize) -> HistoryRead {
+        let mut read = HistoryRead {
+            events: Vec::new(),
+            through: self.current,
+            visited: 0,
+        };
+        let Some(index) = self.keys.get(key) else {
+            return read;
+        };
+        let changes = index.changes();
+        let first = changes.partition_point(|c| c.main < start_revision);
+        for (pos, change) in changes.iter().enumerate().skip(first) {
+            if max_events > 0 && read.events.len() >= max_events {
+                read.through = change.main - 1;
+                break;
+            }
+            read.visited += 1;
+            read.events.extend(event_at(index, key, pos));
+        }
+        read
     }
 
     /// Encodes the whole store (postcard) for a snapshot.
@@ -739,6 +796,31 @@ impl Store {
 }
 
 /// Whether compaction at `at` would drop anything from `index`.
+/// What [`Store::history_since`] read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryRead {
+    pub events: Vec<Event>,
+    /// Every change up to this revision (from the start asked for) is in
+    /// `events`; the store's revision when the read reached the end.
+    pub through: i64,
+    /// Log entries (or, for one key, changes) looked at.
+    pub visited: usize,
+}
+
+/// The event of a key's change at `pos` of its index.
+fn event_at(index: &KeyIndex, key: &[u8], pos: usize) -> Option<Event> {
+    let change = index.changes().get(pos)?;
+    Some(Event {
+        kind: if change.is_tombstone() {
+            EventType::Delete
+        } else {
+            EventType::Put
+        },
+        kv: change.to_kv(key),
+        prev_kv: index.before(pos).map(|p| p.to_kv(key)),
+    })
+}
+
 fn needs_compaction(index: &KeyIndex, at: i64) -> bool {
     let changes = index.changes();
     let n = changes.partition_point(|c| c.main <= at);

@@ -952,6 +952,56 @@ fn events_since_replays_in_order_with_prev_kv_and_never_splits_a_revision() {
     assert_eq!(s.events_since(4, b"a", b"", 0).unwrap().len(), 1);
 }
 
+/// Catch-up reads with bounded work: a single key comes from its own
+/// index (visiting only its changes, however long the log), a range stops
+/// at a revision boundary once its visits are spent and says how far it got.
+#[test]
+fn history_since_bounds_its_work_and_says_how_far_it_read() {
+    let mut s = Store::new();
+    put(&mut s, "k", "1"); // 2
+    for i in 0..100 {
+        put(&mut s, &format!("a{i:03}"), "x"); // 3..=102
+    }
+    let t = txn(vec![], vec![put_op("k", "2"), put_op("r1", "1")], vec![]);
+    s.txn(&t, &no_lease).unwrap(); // 103
+    put(&mut s, "r2", "1"); // 104
+
+    let one = s.history_since(1, b"k", b"", 0, 0).unwrap();
+    assert_eq!(one.visited, 2, "only k's own changes are looked at");
+    assert_eq!(one.through, s.revision());
+    let revs: Vec<i64> = one.events.iter().map(|e| e.kv.mod_revision).collect();
+    assert_eq!(revs, [2, 103]);
+    assert!(one.events[1].prev_kv.is_some());
+    let capped = s.history_since(1, b"k", b"", 1, 0).unwrap();
+    assert_eq!((capped.events.len(), capped.through), (1, 102));
+
+    // A range over the whole log, 10 entries at a time: each read ends at a
+    // revision boundary, and resuming after `through` misses nothing.
+    let mut from = 1;
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let read = s.history_since(from, b"k", b"r3", 0, 10).unwrap();
+        assert!(read.visited <= 11, "a revision of two entries may end it");
+        seen.extend(
+            read.events
+                .iter()
+                .map(|e| (e.kv.key.clone(), e.kv.mod_revision)),
+        );
+        from = read.through + 1;
+        if read.through == s.revision() {
+            break;
+        }
+    }
+    let want: Vec<(Vec<u8>, i64)> = s
+        .events_since(1, b"k", b"r3", 0)
+        .unwrap()
+        .iter()
+        .map(|e| (e.kv.key.clone(), e.kv.mod_revision))
+        .collect();
+    assert_eq!(seen, want);
+    assert_eq!(want.len(), 4);
+}
+
 #[test]
 fn events_since_below_the_compaction_point_is_compacted() {
     let mut s = Store::new();

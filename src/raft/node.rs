@@ -260,8 +260,12 @@ impl Node {
     /// Like [`Node::compact`], for a snapshot of the state machine as it was
     /// at an earlier applied `index` (serialized off the driver's loop while
     /// applying went on). `None` if `index` is not applied yet or not newer
-    /// than the current snapshot.
-    pub fn compact_at(&mut self, index: u64, data: Vec<u8>) -> Option<SnapshotMeta> {
+    /// than the current snapshot. An `Arc` is kept as it is (no copy).
+    pub fn compact_at(
+        &mut self,
+        index: u64,
+        data: impl Into<std::sync::Arc<[u8]>>,
+    ) -> Option<SnapshotMeta> {
         self.raft.compact_at(index, data)
     }
 

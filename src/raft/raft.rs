@@ -1482,14 +1482,15 @@ impl Raft {
 
     /// Like [`Raft::compact`] for a snapshot cut at an earlier applied
     /// `index` (the driver serializes off its loop while applying goes on).
-    pub fn compact_at(&mut self, index: u64, data: Vec<u8>) -> Option<SnapshotMeta> {
-        self.compact_with(index, Some(data))
+    pub fn compact_at(&mut self, index: u64, data: impl Into<Arc<[u8]>>) -> Option<SnapshotMeta> {
+        self.compact_with(index, Some(data.into()))
     }
 
     /// Compacts the log at applied `index` with the snapshot's image
-    /// (`Some`) or without it (`None`: this member keeps no copy, and asks
-    /// for a new snapshot through `image_wanted` once a follower needs one).
-    pub fn compact_with(&mut self, index: u64, data: Option<Vec<u8>>) -> Option<SnapshotMeta> {
+    /// (`Some`, kept as it is: no copy) or without it (`None`: this member
+    /// keeps no copy, and asks for a new snapshot through `image_wanted`
+    /// once a follower needs one).
+    pub fn compact_with(&mut self, index: u64, data: Option<Arc<[u8]>>) -> Option<SnapshotMeta> {
         if index > self.log.applied || index <= self.log.snap_index {
             return None;
         }
@@ -1502,7 +1503,7 @@ impl Raft {
         self.image_missing = data.is_none();
         self.log.compact(Snapshot {
             meta: meta.clone(),
-            data: Arc::from(data.unwrap_or_default()),
+            data: data.unwrap_or_else(|| Arc::from(Vec::new())),
         });
         Some(meta)
     }

@@ -11,12 +11,14 @@
 //! QUIC streams into calls.
 
 pub mod auth;
+pub mod budget;
 pub mod compactor;
 mod held;
 pub mod members;
 pub mod node;
 pub mod peer;
 pub mod probes;
+pub mod quota;
 pub mod raft_loop;
 pub mod service;
 pub mod snapshot_file;
@@ -279,6 +281,9 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         watchers,
         authenticator,
         local_auth,
+        quota::Quota {
+            bytes: config.quota_backend_bytes,
+        },
     ));
     if let Some(peers) = peers {
         crate::runtime::spawn(peer::serve(peers, node.clone()));
@@ -416,7 +421,6 @@ fn recover(
 ) -> Result<(StateMachine, raft::Node, DurableLog, bool), ServerError> {
     let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(100);
     let limits = Limits {
-        quota_bytes: config.quota_backend_bytes,
         lease: LeaseConfig {
             min_ttl: min_lease_ttl(u64::from(config.election_ticks.max(2)), heartbeat_ms),
             ..LeaseConfig::default()
@@ -461,13 +465,12 @@ fn recover(
             )))
         }
         Some((meta, data)) => {
-            let state =
-                StateMachine::from_snapshot(&data, id, limits, local_auth).map_err(|e| {
-                    ServerError::DataDir {
-                        path: member_dir.join("snap"),
-                        reason: format!("newest snapshot does not load: {e}"),
-                    }
-                })?;
+            let state = StateMachine::from_snapshot(&data, limits, local_auth).map_err(|e| {
+                ServerError::DataDir {
+                    path: member_dir.join("snap"),
+                    reason: format!("newest snapshot does not load: {e}"),
+                }
+            })?;
             (
                 state,
                 raft::Snapshot {
@@ -477,7 +480,7 @@ fn recover(
             )
         }
         None => (
-            StateMachine::new(id, limits, local_auth),
+            StateMachine::new(limits, local_auth),
             raft::Snapshot {
                 meta: SnapshotMeta {
                     index: 0,

@@ -21,6 +21,7 @@
 use super::auth::{Authenticator, Credentials, LocalAuth};
 use super::members::Members;
 use super::peer::Peers;
+use super::quota::Quota;
 use super::raft_loop::RaftHandle;
 use super::state_machine::{self, StateMachine};
 use super::watchers::Watchers;
@@ -30,7 +31,7 @@ use qed_wire::auth::{AuthenticateRequest, AuthenticateResponse};
 use qed_wire::cluster::{MemberAddResponse, MembersResponse};
 use qed_wire::command::AuthHeader;
 use qed_wire::lease::{LeaseKeepAliveResponse, LeaseTimeToLiveRequest};
-use qed_wire::maintenance::{AlarmType, StatusResponse};
+use qed_wire::maintenance::{AlarmAction, AlarmRequest, AlarmType, StatusResponse};
 use qed_wire::peer::{PeerAnswer, PeerCall, PeerReply};
 use qed_wire::raft::{ConfChange, ConfChangeType, Message, NodeId};
 use qed_wire::{Error, Reply, Request, Response, ResponseHeader};
@@ -74,6 +75,8 @@ pub struct Node {
     watchers: Arc<Watchers>,
     authenticator: Authenticator,
     local_auth: Arc<LocalAuth>,
+    /// This member's `--quota-backend-bytes`, checked before proposing.
+    quota: Quota,
 }
 
 /// `Authenticate` proposals retried when the auth state changed between the
@@ -91,6 +94,7 @@ impl Node {
         watchers: Arc<Watchers>,
         authenticator: Authenticator,
         local_auth: Arc<LocalAuth>,
+        quota: Quota,
     ) -> Self {
         Node {
             identity,
@@ -101,6 +105,7 @@ impl Node {
             watchers,
             authenticator,
             local_auth,
+            quota,
         }
     }
 
@@ -468,6 +473,11 @@ impl Node {
         self.raft.read_index().await
     }
 
+    /// This member's `--quota-backend-bytes`.
+    pub fn quota_bytes(&self) -> u64 {
+        self.quota.bytes
+    }
+
     /// Whether this member is a learner in the member table.
     pub fn is_learner(&self) -> bool {
         self.members
@@ -522,6 +532,7 @@ impl Node {
                 })
             }
             req if state_machine::is_write(req) => {
+                self.check_quota(req).await?;
                 let header = AuthHeader {
                     user: info.user.clone(),
                     revision: info.revision,
@@ -546,8 +557,10 @@ impl Node {
                 self.read(&req, &info)?
             }
             // A read-only txn (is_write said so) is a linearizable read, and
-            // so are the auth reads (etcd 3.4 sends them through Raft).
+            // so are the auth reads and the alarm list (etcd 3.4 sends them
+            // through Raft).
             Request::Txn(_)
+            | Request::Alarm(_)
             | Request::UserGet { .. }
             | Request::UserList
             | Request::RoleGet { .. }
@@ -562,6 +575,43 @@ impl Node {
         Ok(resp)
     }
 
+    /// etcd's quota check before a write is proposed: a write that would
+    /// take this member's state past its `--quota-backend-bytes` is refused
+    /// with NOSPACE, and this member proposes raising the NOSPACE alarm
+    /// under its ID (once: not while its alarm is already raised). Apply
+    /// then refuses writes on every member alike (see [`super::quota`]).
+    async fn check_quota(&self, req: &Request) -> Result<(), Error> {
+        let (used, raised) = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            let me = self.identity.member_id;
+            let raised = state
+                .alarms()
+                .iter()
+                .any(|a| a.member_id == me && a.alarm == AlarmType::Nospace);
+            (state.size_bytes(), raised)
+        };
+        if self.quota.available(used, req) {
+            return Ok(());
+        }
+        if !raised {
+            log::warn!(
+                "{used} bytes in use: a write would pass the quota of {} bytes; raising NOSPACE",
+                self.quota.bytes
+            );
+            let alarm = Request::Alarm(AlarmRequest {
+                action: AlarmAction::Activate,
+                member_id: self.identity.member_id,
+                alarm: AlarmType::Nospace,
+            });
+            // etcd ignores the outcome too: the write is refused either way,
+            // and the next one over the quota tries again.
+            if let Err(e) = self.raft.propose(alarm, AuthHeader::system()).await {
+                log::warn!("proposing the NOSPACE alarm failed: {e}");
+            }
+        }
+        Err(Error::NoSpace)
+    }
+
     /// The whole state as a snapshot file's bytes (`qed snapshot save`,
     /// etcd's Maintenance/Snapshot): serialized from a clone, off the
     /// executor, so writes go on meanwhile.
@@ -573,16 +623,32 @@ impl Node {
             .map_err(|e| Error::Internal(format!("snapshot failed: {e}")))
     }
 
-    /// Reads under the state lock, checking `info` again under the same
-    /// lock (a revoke applied since the first check wins).
+    /// A read from the local state, checking `info` again under the state
+    /// lock (a revoke applied since the first check wins). Key-space reads
+    /// are served from an O(1) clone of the store taken under the lock and
+    /// read after it is released, so a large range never holds up the
+    /// apply path.
     fn read(&self, req: &Request, info: &AuthInfo) -> Reply {
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        if self.local_auth.is_enabled() {
-            state
-                .check_auth(info, req)
-                .map_err(|e| auth_error(req, e))?;
-        }
-        state.read(req)
+        let view = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            if self.local_auth.is_enabled() {
+                state
+                    .check_auth(info, req)
+                    .map_err(|e| auth_error(req, e))?;
+            }
+            match req {
+                Request::Range(_) | Request::Txn(_) | Request::HashKv(_) | Request::Hash(_) => {
+                    state.store_view()
+                }
+                _ => return state.read(req),
+            }
+        };
+        StateMachine::read_kv(&view, req).unwrap_or_else(|| {
+            Err(Error::Internal(format!(
+                "{} is not a key-space read",
+                req.method()
+            )))
+        })
     }
 
     fn local_header(&self) -> ResponseHeader {

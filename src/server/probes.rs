@@ -246,15 +246,15 @@ pub fn metrics_text(node: &Node) -> String {
         "The current number of pending proposals to commit.",
         SERVER.proposals_pending.get() as f64,
     );
-    let (size, keys, quota) = node.read_state(|state| {
+    let (size, keys) = node.read_state(|state| {
         (
             state.size_bytes(),
             // As etcd's gauge: keys with an index (live, or deleted and not
             // yet compacted away); O(1), unlike counting live keys.
             state.store_view().key_count(),
-            state.identity().1.quota_bytes,
         )
     });
+    let quota = node.quota_bytes();
     out.gauge(
         "etcd_mvcc_db_total_size_in_bytes",
         "Total size of the underlying database physically allocated in bytes.",

@@ -43,7 +43,7 @@ use super::members::Members;
 use super::peer::Peers;
 use super::state_machine::StateMachine;
 use super::watchers::Watchers;
-use crate::lease::{lease_id_from, LEASE_REVOKE_RATE};
+use crate::lease::{grant_ttl, lease_id_from, LeaseConfig, LEASE_REVOKE_RATE};
 use crate::metrics::SERVER;
 use crate::raft::{self, PersistToken, ProposeError, Role};
 use crate::runtime::{self, channel};
@@ -58,7 +58,7 @@ use qed_wire::lease::LeaseRevokeRequest;
 use qed_wire::peer::ConfContext;
 use qed_wire::{Error, Reply, Request};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -94,10 +94,11 @@ pub enum Input {
         result: Result<(), String>,
     },
     /// The snapshotter wrote the state machine as of `meta.index` to a
-    /// durable snapshot file (and hands back its bytes).
+    /// durable snapshot file (and hands back its bytes, shared: the loop
+    /// never copies an image).
     SnapshotSaved {
         meta: SnapshotMeta,
-        data: Result<Vec<u8>, String>,
+        data: Result<Arc<[u8]>, String>,
     },
 }
 
@@ -111,6 +112,14 @@ pub struct RaftStatus {
     pub last_index: AtomicU64,
     /// Peer messages in the inbox, not yet stepped.
     pub queued_steps: AtomicU64,
+    /// Proposals and reads whose callers wait on the loop.
+    pub waiting_calls: AtomicU64,
+    /// A tick (or a lease check) is in the inbox, not yet handled: the
+    /// tickers send no other, so a loop that fell behind gets one tick, not
+    /// a burst of them (a burst would run out election timeouts at once and
+    /// CheckQuorum would depose a leader that was only busy).
+    tick_queued: AtomicBool,
+    leases_queued: AtomicBool,
 }
 
 /// Timing and snapshot settings for the loop.
@@ -131,6 +140,16 @@ pub struct LoopOptions {
 /// are ~1 MiB at most, most messages are tiny).
 const MAX_QUEUED_STEPS: u64 = 4096;
 
+/// etcd's `maxGapBetweenApplyAndCommitIndex`: past this many committed
+/// entries not yet applied, new proposals are refused with `too many
+/// requests` rather than queued behind them.
+const MAX_GAP_BETWEEN_APPLY_AND_COMMIT: u64 = 5000;
+
+/// Proposals and reads that may wait on the loop at once; more are refused
+/// with `too many requests` (each holds a waiter, and a proposal its entry,
+/// until answered).
+const MAX_WAITING_CALLS: u64 = 16 * 1024;
+
 /// Ticks between sweeps for callers that gave up waiting.
 const FORGET_LEFT_CALLERS_EVERY: u64 = 50;
 
@@ -147,9 +166,37 @@ pub struct RaftHandle {
     answer_timeout: Option<Duration>,
 }
 
+/// A caller counted in [`RaftStatus::waiting_calls`] until dropped.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl RaftHandle {
-    /// Proposes a write and waits until it is applied.
+    /// Counts a caller that will wait on the loop, or refuses it when too
+    /// many already do.
+    fn admit(&self) -> Result<Waiting<'_>, Error> {
+        let waiting = &self.status.waiting_calls;
+        if waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING_CALLS {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::TooManyRequests);
+        }
+        Ok(Waiting(waiting))
+    }
+
+    /// Proposes a write and waits until it is applied. Refused with etcd's
+    /// `too many requests` while apply lags commit by more than
+    /// [`MAX_GAP_BETWEEN_APPLY_AND_COMMIT`] entries or too many callers wait.
     pub async fn propose(&self, request: Request, auth: AuthHeader) -> Reply {
+        let commit = self.status.commit.load(Ordering::Relaxed);
+        let applied = self.status.applied.load(Ordering::Relaxed);
+        if commit > applied + MAX_GAP_BETWEEN_APPLY_AND_COMMIT {
+            return Err(Error::TooManyRequests);
+        }
+        let _waiting = self.admit()?;
         let (reply, answer) = channel::bounded(1);
         self.inbox
             .send(Input::Propose {
@@ -165,6 +212,7 @@ impl RaftHandle {
     /// Waits until a read at this moment may be served linearizably from
     /// the local state machine.
     pub async fn read_index(&self) -> Result<(), Error> {
+        let _waiting = self.admit()?;
         let (reply, answer) = channel::bounded(1);
         self.inbox
             .send(Input::ReadIndex { reply })
@@ -239,8 +287,9 @@ enum PersistJob {
         /// Numbers append jobs, so the loop knows which messages may go.
         seq: u64,
     },
-    /// A snapshot from the leader: saved and marked in order with the log.
-    Snapshot { meta: SnapshotMeta, data: Vec<u8> },
+    /// A snapshot from the leader: saved and marked in order with the log
+    /// (the core's bytes, shared, not copied).
+    Snapshot { meta: SnapshotMeta, data: Arc<[u8]> },
     /// Our own snapshot file is durable: record it and release segments.
     SnapshotMarker { meta: SnapshotMeta },
 }
@@ -261,26 +310,16 @@ pub fn start(
     let status = Arc::new(RaftStatus::default());
     let snapshots = log.snapshot_writer();
     let jobs = spawn_writer(log, inbox.clone());
-    let ticker = inbox.clone();
-    runtime::spawn(async move {
-        loop {
-            runtime::sleep(options.tick).await;
-            if ticker.send(Input::Tick).await.is_err() {
-                return;
-            }
-        }
-    });
-    let lease_ticker = inbox.clone();
-    runtime::spawn(async move {
-        loop {
-            runtime::sleep(LEASE_CHECK_EVERY).await;
-            if lease_ticker.send(Input::CheckLeases).await.is_err() {
-                return;
-            }
-        }
-    });
+    spawn_ticker(inbox.clone(), status.clone(), options.tick, false);
+    spawn_ticker(inbox.clone(), status.clone(), LEASE_CHECK_EVERY, true);
     let snapshot_base = core.status().first_index.saturating_sub(1);
     let core_id = core.id();
+    let lease_config = state
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .identity()
+        .0
+        .lease;
     // A forwarded proposal may be lost; etcd gives up after its request
     // timeout (5 s) plus two election timeouts.
     let answer_timeout = peers
@@ -322,6 +361,7 @@ pub fn start(
         snapshot_base,
         synced_vote: (0, 0),
         snapshotting: false,
+        lease_config,
         followed: (0, 0),
     };
     runtime::spawn(async move {
@@ -337,6 +377,32 @@ pub fn start(
         },
         stopped,
     )
+}
+
+/// Sends `Tick` (or, with `leases`, `CheckLeases`) every `every`, unless
+/// the last one is still in the inbox (see [`RaftStatus::tick_queued`]).
+fn spawn_ticker(
+    inbox: channel::Sender<Input>,
+    status: Arc<RaftStatus>,
+    every: Duration,
+    leases: bool,
+) {
+    runtime::spawn(async move {
+        loop {
+            runtime::sleep(every).await;
+            let (queued, input) = if leases {
+                (&status.leases_queued, Input::CheckLeases)
+            } else {
+                (&status.tick_queued, Input::Tick)
+            };
+            if queued.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            if inbox.send(input).await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Command IDs and read contexts, etcd's way (`idutil.Generator`): 16 bits
@@ -413,6 +479,9 @@ struct Driver {
     /// (term, vote) last handed to the writer: changes must be synced.
     synced_vote: (u64, u64),
     snapshotting: bool,
+    /// This member's lease settings: grants it proposes are raised to its
+    /// minimum TTL here, never at apply.
+    lease_config: LeaseConfig,
     /// The newest (term, leader) this member followed (or was).
     followed: (u64, NodeId),
 }
@@ -444,6 +513,7 @@ impl Driver {
     fn handle(&mut self, input: Input) -> Result<(), String> {
         match input {
             Input::Tick => {
+                self.status.tick_queued.store(false, Ordering::Release);
                 self.core.tick();
                 // The leader stops talking to a member once its removal
                 // applies, so a removed member may never apply it: the
@@ -512,7 +582,10 @@ impl Driver {
                     }
                 }
             }
-            Input::CheckLeases => self.check_leases(),
+            Input::CheckLeases => {
+                self.status.leases_queued.store(false, Ordering::Release);
+                self.check_leases();
+            }
             Input::ReadIndex { reply } => {
                 let deadline = self.hold_deadline();
                 self.read_or_hold(deadline, reply);
@@ -659,6 +732,9 @@ impl Driver {
                 // so that IDs do not look sequential (etcd's look random).
                 grant.id = lease_id_from(mix64(id));
             }
+            // This member's minimum (from its own election timeout) goes
+            // into the entry, so every member applies the same TTL.
+            grant.ttl = grant_ttl(&self.lease_config, grant.ttl);
         }
         let command = Command {
             id,
@@ -888,7 +964,7 @@ impl Driver {
                 self.install_snapshot(&snapshot)?;
                 self.send_job(PersistJob::Snapshot {
                     meta: snapshot.meta.clone(),
-                    data: snapshot.data.to_vec(),
+                    data: snapshot.data.clone(),
                 })?;
             }
             if let Some(last) = rd.entries.last() {
@@ -1067,8 +1143,8 @@ impl Driver {
 
     fn install_snapshot(&mut self, snapshot: &raft::Snapshot) -> Result<(), String> {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let (member, limits, local_auth) = state.identity();
-        *state = StateMachine::from_snapshot(&snapshot.data, member, limits, local_auth)
+        let (limits, local_auth) = state.identity();
+        *state = StateMachine::from_snapshot(&snapshot.data, limits, local_auth)
             .map_err(|e| format!("snapshot from the leader does not load: {e}"))?;
         if self.leading {
             let extend = u64::try_from(self.options.election_timeout.as_millis()).unwrap_or(0);
@@ -1115,7 +1191,9 @@ impl Driver {
             let data = runtime::spawn_blocking(move || {
                 let image = view.to_snapshot().map_err(|e| e.to_string())?;
                 writer.save(&file_meta, &image).map_err(|e| e.to_string())?;
-                Ok(image)
+                // One copy, here on the blocking pool; the loop and the core
+                // share it from now on.
+                Ok(Arc::<[u8]>::from(image))
             })
             .await;
             let _ = inbox.send(Input::SnapshotSaved { meta, data }).await;
@@ -1325,7 +1403,8 @@ fn write_batch(
             PersistJob::Snapshot { meta, data } => {
                 // Entries queued before it must be durable first.
                 timed_sync(log)?;
-                log.save_snapshot(&meta, data)?;
+                log.snapshot_writer().save(&meta, &data)?;
+                log.mark_snapshot(&meta)?;
             }
             PersistJob::SnapshotMarker { meta } => {
                 timed_sync(log)?;
@@ -1341,8 +1420,48 @@ fn write_batch(
 
 #[cfg(test)]
 mod tests {
-    use super::{coalesce_proposals, CommandIds};
+    use super::{
+        coalesce_proposals, CommandIds, RaftHandle, RaftStatus, MAX_GAP_BETWEEN_APPLY_AND_COMMIT,
+        MAX_WAITING_CALLS,
+    };
+    use crate::runtime::channel;
     use crate::wire::raft::{Entry, Message, MessageBody};
+    use qed_wire::Error;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    /// etcd's `too many requests`: refused before reaching the inbox when
+    /// apply lags commit too far, or too many callers wait already.
+    #[test]
+    fn excess_proposals_are_refused_with_too_many_requests() {
+        let (inbox, inputs) = channel::unbounded();
+        let handle = RaftHandle {
+            inbox,
+            status: Arc::new(RaftStatus::default()),
+            answer_timeout: None,
+        };
+        let put = || qed_wire::Request::Put(Default::default());
+        let status = &handle.status;
+        status
+            .commit
+            .store(MAX_GAP_BETWEEN_APPLY_AND_COMMIT + 11, Ordering::Relaxed);
+        status.applied.store(10, Ordering::Relaxed);
+        let refused = crate::runtime::block_on(handle.propose(put(), Default::default()));
+        assert_eq!(refused, Err(Error::TooManyRequests));
+        status.applied.store(11, Ordering::Relaxed);
+        status
+            .waiting_calls
+            .store(MAX_WAITING_CALLS, Ordering::Relaxed);
+        let refused = crate::runtime::block_on(handle.propose(put(), Default::default()));
+        assert_eq!(refused, Err(Error::TooManyRequests));
+        let refused = crate::runtime::block_on(handle.read_index());
+        assert_eq!(refused, Err(Error::TooManyRequests));
+        assert!(inputs.try_recv().is_err(), "nothing reached the loop");
+        assert_eq!(
+            status.waiting_calls.load(Ordering::Relaxed),
+            MAX_WAITING_CALLS
+        );
+    }
 
     fn propose(to: u64, data: u8) -> Message {
         Message {

@@ -10,8 +10,15 @@
 //! hub) and a writer (the hub's queued responses out, woken through the
 //! stream's channel); either side ending drops the stream's watches. A
 //! keepalive stream answers each request in turn from the leader's lessor.
+//!
+//! Memory: request bytes are charged to the connection's [`budget`] as they
+//! arrive and held until the call is answered; a call over budget gets
+//! `too many requests`. A request must arrive within
+//! [`REQUEST_READ_TIMEOUT`] and a reply be taken within
+//! [`REPLY_WRITE_TIMEOUT`], so a stalled client cannot hold either forever.
 
 use super::auth::{cert_common_name, Credentials};
+use super::budget::{self, Charge, ConnBudget, NodeBudget};
 use super::node::Node;
 use crate::runtime;
 use crate::transport::{stream, TransportError};
@@ -23,18 +30,31 @@ use qed_wire::watch::WatchRequest;
 use qed_wire::{Call, ClientRequest, Error, Reply, ResponseHeader, StreamAccept};
 use quinn::{RecvStream, SendStream, VarInt};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// QUIC application error code on a stream the node stops reading because
 /// the client broke the framing rules.
 const FRAME_VIOLATION: VarInt = VarInt::from_u32(1);
+/// QUIC application error code on a stream the node gave up on: its
+/// request did not arrive, or its reply was not taken, in time.
+const TIMED_OUT: VarInt = VarInt::from_u32(2);
+
+/// How long a call's request frame may take to arrive once its stream is
+/// open (a slow link moves 1.5 MiB well within it; a stalled sender is cut
+/// off and its bytes released).
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a reply may wait for the client to take it.
+pub const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts connections until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>) {
+    let pool = NodeBudget::new(budget::NODE_POOL);
     while let Some(incoming) = endpoint.accept().await {
         let node = node.clone();
+        let budget = ConnBudget::new(pool.clone());
         runtime::spawn(async move {
             match incoming.await {
-                Ok(conn) => serve_connection(conn, node).await,
+                Ok(conn) => serve_connection(conn, node, budget).await,
                 Err(e) => log::debug!("client handshake failed: {e}"),
             }
         });
@@ -52,13 +72,19 @@ fn certificate_user(conn: &quinn::Connection) -> Option<String> {
     cert_common_name(chain.first()?.as_ref())
 }
 
-async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
+async fn serve_connection(conn: quinn::Connection, node: Arc<Node>, budget: Arc<ConnBudget>) {
     let peer = conn.remote_address();
     let cert_user: Option<Arc<str>> = certificate_user(&conn).map(Arc::from);
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                runtime::spawn(serve_stream(send, recv, node.clone(), cert_user.clone()));
+                runtime::spawn(serve_stream(
+                    send,
+                    recv,
+                    node.clone(),
+                    cert_user.clone(),
+                    budget.clone(),
+                ));
             }
             Err(e) => {
                 log::debug!("client {peer} gone: {e}");
@@ -68,20 +94,55 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>) {
     }
 }
 
+/// Reads one frame, charging its bytes to `charge` as they arrive.
+async fn read_charged(
+    recv: &mut RecvStream,
+    charge: &mut Charge,
+) -> Result<Option<stream::RawFrame>, TransportError> {
+    let read = stream::read_raw_charged(recv, MAX_CLIENT_FRAME, |n| charge.add(n as u64));
+    runtime::timeout(REQUEST_READ_TIMEOUT, read)
+        .await
+        .map_err(|_| TransportError::Stream("the request did not arrive in time".into()))?
+}
+
+/// Reads and decodes one frame of a streaming call (its bytes are held
+/// only until decoded).
+async fn read_request<T: serde::de::DeserializeOwned>(
+    recv: &mut RecvStream,
+    budget: &Arc<ConnBudget>,
+) -> Result<Option<T>, TransportError> {
+    let mut charge = budget.charge();
+    let read = stream::read_raw_charged(recv, MAX_CLIENT_FRAME, |n| charge.add(n as u64)).await;
+    match read? {
+        Some(raw) => raw.decode().map(Some),
+        None => Ok(None),
+    }
+}
+
 async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
     node: Arc<Node>,
     cert_user: Option<Arc<str>>,
+    budget: Arc<ConnBudget>,
 ) {
-    let raw = match stream::read_raw(&mut recv, MAX_CLIENT_FRAME).await {
+    // Held until the call is answered: what it read, and what it became.
+    let mut charge = budget.charge();
+    let raw = match read_charged(&mut recv, &mut charge).await {
         Ok(Some(raw)) => raw,
         Ok(None) => return,
         Err(TransportError::Frame(FrameError::TooLarge { .. })) => {
             let _ = recv.stop(FRAME_VIOLATION);
             return reply(&mut send, Err(Error::RequestTooLarge)).await;
         }
-        Err(e) => return log::debug!("client stream failed: {e}"),
+        Err(TransportError::Busy) => {
+            let _ = recv.stop(FRAME_VIOLATION);
+            return reply(&mut send, Err(Error::TooManyRequests)).await;
+        }
+        Err(e) => {
+            let _ = recv.stop(TIMED_OUT);
+            return log::debug!("client stream failed: {e}");
+        }
     };
     let request: ClientRequest = match raw.decode() {
         Ok(r) => r,
@@ -100,16 +161,28 @@ async fn serve_stream(
     };
     match request.call {
         Call::Unary(req) => {
-            let answer = if raw.0.len() > MAX_REQUEST_BYTES {
+            let too_large = raw.0.len() > MAX_REQUEST_BYTES;
+            drop(raw);
+            let answer = if too_large {
                 Err(Error::RequestTooLarge)
             } else {
                 node.handle(req, &creds).await
             };
+            drop(charge);
             reply(&mut send, answer).await
         }
-        Call::Snapshot => send_snapshot(&mut send, &node, &creds).await,
-        Call::Watch => serve_watch(send, recv, node, creds).await,
-        Call::LeaseKeepAlive => serve_keep_alive(send, recv, node).await,
+        Call::Snapshot => {
+            drop(charge);
+            send_snapshot(&mut send, &node, &creds).await
+        }
+        Call::Watch => {
+            drop(charge);
+            serve_watch(send, recv, node, creds, budget).await
+        }
+        Call::LeaseKeepAlive => {
+            drop(charge);
+            serve_keep_alive(send, recv, node, budget).await
+        }
     }
 }
 
@@ -120,6 +193,7 @@ async fn serve_watch(
     mut recv: RecvStream,
     node: Arc<Node>,
     creds: Credentials,
+    budget: Arc<ConnBudget>,
 ) {
     let accepted: StreamAccept = Ok(());
     if stream::write(&mut send, &accepted, MAX_SERVER_FRAME)
@@ -135,7 +209,7 @@ async fn serve_watch(
     let reader_node = node.clone();
     runtime::spawn(async move {
         loop {
-            match stream::read::<WatchRequest>(&mut recv, MAX_CLIENT_FRAME).await {
+            match read_request::<WatchRequest>(&mut recv, &budget).await {
                 Ok(Some(WatchRequest::Create(create))) => {
                     match watch_permitted(&reader_node, &creds, &create) {
                         Ok(()) => reader_watchers.request(stream_id, WatchRequest::Create(create)),
@@ -206,7 +280,12 @@ fn watch_cancel_reason(e: &Error) -> String {
 }
 
 /// A keepalive stream: one response per request, from the leader.
-async fn serve_keep_alive(mut send: SendStream, mut recv: RecvStream, node: Arc<Node>) {
+async fn serve_keep_alive(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    node: Arc<Node>,
+    budget: Arc<ConnBudget>,
+) {
     let accepted: StreamAccept = Ok(());
     if stream::write(&mut send, &accepted, MAX_SERVER_FRAME)
         .await
@@ -215,7 +294,7 @@ async fn serve_keep_alive(mut send: SendStream, mut recv: RecvStream, node: Arc<
         return;
     }
     loop {
-        let req = match stream::read::<LeaseKeepAliveRequest>(&mut recv, MAX_CLIENT_FRAME).await {
+        let req = match read_request::<LeaseKeepAliveRequest>(&mut recv, &budget).await {
             Ok(Some(req)) => req,
             Ok(None) => break,
             Err(e) => {
@@ -286,14 +365,23 @@ async fn send_snapshot(send: &mut SendStream, node: &Node, creds: &Credentials) 
 }
 
 /// Sends the reply to a unary call; a reply too large to frame becomes an
-/// error the client can read rather than a dropped stream.
+/// error the client can read rather than a dropped stream. A client that
+/// does not take it within [`REPLY_WRITE_TIMEOUT`] gets its stream reset,
+/// which frees the reply.
 async fn reply(send: &mut SendStream, answer: Reply) {
     match qed_wire::frame::encode(&answer, MAX_SERVER_FRAME) {
         Ok(frame) => {
-            if let Err(e) = send.write_all(&frame).await {
-                log::debug!("reply not delivered: {e}");
+            drop(answer);
+            match runtime::timeout(REPLY_WRITE_TIMEOUT, send.write_all(&frame)).await {
+                Ok(Ok(())) => {
+                    let _ = send.finish();
+                }
+                Ok(Err(e)) => log::debug!("reply not delivered: {e}"),
+                Err(_) => {
+                    log::debug!("reply not taken in time; stream reset");
+                    let _ = send.reset(TIMED_OUT);
+                }
             }
-            let _ = send.finish();
         }
         Err(e) => {
             let answer: Reply = Err(Error::Internal(format!("response cannot be sent: {e}")));

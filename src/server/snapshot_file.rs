@@ -128,12 +128,10 @@ fn load(
     };
     let framed = unseal(&bytes).map_err(invalid)?;
     let image = crate::storage::snapshot::decode_padded(framed).map_err(invalid)?;
-    // Identity and limits do not matter for reading; restore sets its own.
+    // Limits do not matter for reading; restore sets its own.
     StateMachine::from_snapshot(
         image,
-        0,
         Limits {
-            quota_bytes: u64::MAX,
             lease: crate::lease::LeaseConfig::default(),
         },
         Default::default(),

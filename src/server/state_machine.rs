@@ -6,8 +6,11 @@
 //! member must reach the same state from the same log. The applied index is
 //! part of the state, and of its snapshots, so replaying the log after a
 //! restart never applies an entry twice. Alarms live here because they gate
-//! writes: with NOSPACE raised, puts and txns that write are refused until
-//! an operator compacts and disarms, exactly as etcd's capped applier.
+//! writes: with NOSPACE in the replicated alarm set, puts, txns that put and
+//! lease grants are refused until an operator compacts and disarms, exactly
+//! as etcd's capped applier. Alarms change only through applied Alarm
+//! entries; no local setting (such as this member's quota, checked before
+//! proposing: see [`super::quota`]) decides what is applied.
 //!
 //! Leases live here too: the [`Lessor`]'s replicated part (grants, TTLs,
 //! attached keys) changes only through applied entries and is part of the
@@ -42,7 +45,6 @@ use qed_wire::auth::{
 };
 use qed_wire::command::AuthHeader;
 use qed_wire::frame::encoded_len;
-use qed_wire::kv::{RequestOp, TxnRequest};
 use qed_wire::lease::{
     LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
 };
@@ -53,12 +55,9 @@ use qed_wire::{Error, Reply, Request, Response};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// Limits enforced at apply time.
+/// This member's settings the state machine keeps.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// `--quota-backend-bytes`: in-memory bytes of key space plus history
-    /// beyond which NOSPACE is raised.
-    pub quota_bytes: u64,
     /// Lease settings (minimum TTL from the election timeout).
     pub lease: LeaseConfig,
 }
@@ -79,8 +78,6 @@ pub struct StateMachine {
     /// Index of the last log entry applied.
     applied: u64,
     limits: Limits,
-    /// This member, for alarms raised here.
-    member_id: u64,
 }
 
 /// The start of every snapshot image. Sections added later follow it in
@@ -161,31 +158,8 @@ fn is_auth_call(req: &Request) -> bool {
     )
 }
 
-/// Rough bytes a write adds, for the quota check before applying it; 0 for
-/// requests that add nothing (etcd lets deletes and compactions through a
-/// NOSPACE alarm so operators can free room).
-fn cost(req: &Request) -> u64 {
-    match req {
-        Request::Put(p) => (p.key.len() + p.value.len()) as u64,
-        Request::Txn(t) => txn_cost(t),
-        _ => 0,
-    }
-}
-
-fn txn_cost(t: &TxnRequest) -> u64 {
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .map(|op| match op {
-            RequestOp::Put(p) => (p.key.len() + p.value.len()) as u64,
-            RequestOp::Txn(inner) => txn_cost(inner),
-            _ => 0,
-        })
-        .sum()
-}
-
 impl StateMachine {
-    pub fn new(member_id: u64, limits: Limits, tokens: TokenTable) -> Self {
+    pub fn new(limits: Limits, tokens: TokenTable) -> Self {
         let auth = AuthStore::new();
         tokens.mirror(&auth);
         StateMachine {
@@ -196,7 +170,6 @@ impl StateMachine {
             alarms: Vec::new(),
             applied: 0,
             limits,
-            member_id,
         }
     }
 
@@ -204,7 +177,6 @@ impl StateMachine {
     /// (or an older image with fewer sections).
     pub fn from_snapshot(
         bytes: &[u8],
-        member_id: u64,
         limits: Limits,
         tokens: TokenTable,
     ) -> Result<Self, MvccError> {
@@ -236,7 +208,6 @@ impl StateMachine {
             alarms: base.alarms,
             applied: base.applied,
             limits,
-            member_id,
         })
     }
 
@@ -267,8 +238,8 @@ impl StateMachine {
     }
 
     /// What a state machine rebuilt from a snapshot keeps of this one.
-    pub fn identity(&self) -> (u64, Limits, TokenTable) {
-        (self.member_id, self.limits.clone(), self.tokens.clone())
+    pub fn identity(&self) -> (Limits, TokenTable) {
+        (self.limits.clone(), self.tokens.clone())
     }
 
     /// The auth state, for checks on the member that receives a call.
@@ -415,16 +386,10 @@ impl StateMachine {
     }
 
     fn apply_unstamped(&mut self, req: &Request, now_ms: u64, events: &mut Vec<Event>) -> Reply {
+        // etcd's capped applier: only the replicated alarm set decides.
         let no_space = self.alarms.iter().any(|a| a.alarm == AlarmType::Nospace);
-        let cost = cost(req);
-        if cost > 0 {
-            if no_space {
-                return Err(Error::NoSpace);
-            }
-            if self.kv.size_bytes() + cost > self.limits.quota_bytes {
-                self.raise(AlarmType::Nospace);
-                return Err(Error::NoSpace);
-            }
+        if no_space && super::quota::cost(req) > 0 {
+            return Err(Error::NoSpace);
         }
         let lessor = &self.lessor;
         let lease_exists = |id: i64| lessor.contains(id);
@@ -552,30 +517,46 @@ impl StateMachine {
 
     /// Serves a read from the current state, stamping the header's revision.
     pub fn read(&self, req: &Request) -> Reply {
+        if let Some(reply) = Self::read_kv(&self.kv, req) {
+            return reply;
+        }
         let mut resp = self.read_unstamped(req)?;
         resp.header_mut().revision = self.kv.revision();
         Ok(resp)
     }
 
-    fn read_unstamped(&self, req: &Request) -> Reply {
-        Ok(match req {
-            Request::Range(r) => Response::Range(self.kv.range(r).map_err(Error::from)?),
-            Request::Txn(t) => Response::Txn(self.kv.txn_read_only(t).map_err(Error::from)?),
-            Request::HashKv(h) => {
-                let hash = self.kv.hash_kv(h.revision).map_err(Error::from)?;
+    /// The reads that need only the key space (ranges, read-only txns,
+    /// hashes), served from `kv` and stamped with its revision; `None` for
+    /// any other request. Callers pass a [`StateMachine::store_view`] so
+    /// that building a large response holds no lock the apply path waits
+    /// for.
+    pub fn read_kv(kv: &Store, req: &Request) -> Option<Reply> {
+        let resp = match req {
+            Request::Range(r) => kv.range(r).map(Response::Range),
+            Request::Txn(t) => kv.txn_read_only(t).map(Response::Txn),
+            Request::HashKv(h) => kv.hash_kv(h.revision).map(|hash| {
                 Response::HashKv(HashKvResponse {
                     header: Default::default(),
                     hash: hash.hash,
                     compact_revision: hash.compact_revision,
                 })
-            }
-            Request::Hash(_) => {
-                let hash = self.kv.hash_kv(0).map_err(Error::from)?;
+            }),
+            Request::Hash(_) => kv.hash_kv(0).map(|hash| {
                 Response::Hash(HashResponse {
                     header: Default::default(),
                     hash: hash.hash,
                 })
-            }
+            }),
+            _ => return None,
+        };
+        Some(resp.map_err(Error::from).map(|mut resp| {
+            resp.header_mut().revision = kv.revision();
+            resp
+        }))
+    }
+
+    fn read_unstamped(&self, req: &Request) -> Reply {
+        Ok(match req {
             Request::Alarm(_) => Response::Alarm(AlarmResponse {
                 header: Default::default(),
                 alarms: self.alarms.clone(),
@@ -608,18 +589,6 @@ impl StateMachine {
             other => return Err(Error::Unimplemented(other.method().to_string())),
         })
     }
-
-    fn raise(&mut self, alarm: AlarmType) {
-        let member_id = self.member_id;
-        if !self
-            .alarms
-            .iter()
-            .any(|a| a.member_id == member_id && a.alarm == alarm)
-        {
-            log::warn!("alarm raised: {alarm:?} on member {member_id:x}");
-            self.alarms.push(AlarmMember { member_id, alarm });
-        }
-    }
 }
 
 #[cfg(test)]
@@ -630,9 +599,7 @@ mod tests {
 
     fn machine() -> StateMachine {
         StateMachine::new(
-            1,
             Limits {
-                quota_bytes: u64::MAX,
                 lease: LeaseConfig::default(),
             },
             TokenTable::default(),
@@ -673,8 +640,8 @@ mod tests {
 
         // Leases and attachments come back from a snapshot.
         let bytes = sm.to_snapshot().unwrap();
-        let (member, limits, tokens) = sm.identity();
-        let mut sm = StateMachine::from_snapshot(&bytes, member, limits, tokens).unwrap();
+        let (limits, tokens) = sm.identity();
+        let mut sm = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
         assert_eq!(
             sm.read(&Request::LeaseLeases(Default::default())),
             Ok(Response::LeaseLeases(LeaseLeasesResponse {
@@ -708,6 +675,72 @@ mod tests {
         assert_eq!(apply(&mut sm, 8, revoke_again).0, Err(Error::LeaseNotFound));
     }
 
+    /// Only applied Alarm entries gate writes: NOSPACE refuses what takes
+    /// space (puts, txns that put, lease grants) on every member alike and
+    /// lets deletes through; disarming it (another entry) lets writes in.
+    #[test]
+    fn replicated_nospace_alarm_gates_writes() {
+        use qed_wire::maintenance::AlarmRequest;
+        let alarm = |action, member_id| {
+            Request::Alarm(AlarmRequest {
+                action,
+                member_id,
+                alarm: AlarmType::Nospace,
+            })
+        };
+        let mut sm = machine();
+        assert!(apply(&mut sm, 1, put("a", 0)).0.is_ok());
+        assert!(apply(&mut sm, 2, alarm(AlarmAction::Activate, 9)).0.is_ok());
+        assert_eq!(apply(&mut sm, 3, put("b", 0)).0, Err(Error::NoSpace));
+        let grant = Request::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 7 });
+        assert_eq!(apply(&mut sm, 4, grant).0, Err(Error::NoSpace));
+        let delete = Request::DeleteRange(qed_wire::kv::DeleteRangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        });
+        assert!(apply(&mut sm, 5, delete).0.is_ok());
+        // Another member's disarm clears only its own alarm.
+        assert!(apply(&mut sm, 6, alarm(AlarmAction::Deactivate, 8))
+            .0
+            .is_ok());
+        assert_eq!(apply(&mut sm, 7, put("b", 0)).0, Err(Error::NoSpace));
+        assert!(apply(&mut sm, 8, alarm(AlarmAction::Deactivate, 9))
+            .0
+            .is_ok());
+        assert!(apply(&mut sm, 9, put("b", 0)).0.is_ok());
+        assert!(sm.alarms().is_empty());
+    }
+
+    /// Members with other election timeouts (so other minimum lease TTLs)
+    /// apply the same grant to the same state: the minimum is the
+    /// proposer's business, not apply's.
+    #[test]
+    fn lease_grants_apply_alike_whatever_the_members_minimum_ttl() {
+        let member = |min_ttl| {
+            StateMachine::new(
+                Limits {
+                    lease: LeaseConfig {
+                        min_ttl,
+                        ..LeaseConfig::default()
+                    },
+                },
+                TokenTable::default(),
+            )
+        };
+        let (mut short, mut long) = (member(1), member(15));
+        let grant = Request::LeaseGrant(LeaseGrantRequest { ttl: 1, id: 7 });
+        let a = apply(&mut short, 1, grant.clone()).0;
+        let b = apply(&mut long, 1, grant).0;
+        assert_eq!(a, b);
+        assert_eq!(short.to_snapshot().unwrap(), long.to_snapshot().unwrap());
+        let (limits, tokens) = long.identity();
+        let restored = StateMachine::from_snapshot(&short.to_snapshot().unwrap(), limits, tokens);
+        assert_eq!(
+            restored.unwrap().to_snapshot().unwrap(),
+            short.to_snapshot().unwrap()
+        );
+    }
+
     #[test]
     fn snapshots_from_before_leases_still_load() {
         #[derive(Serialize)]
@@ -722,8 +755,8 @@ mod tests {
             alarms: Vec::new(),
         };
         let bytes = postcard::to_allocvec(&old).unwrap();
-        let (member, limits, tokens) = machine().identity();
-        let sm = StateMachine::from_snapshot(&bytes, member, limits, tokens).unwrap();
+        let (limits, tokens) = machine().identity();
+        let sm = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
         assert_eq!(sm.applied(), 3);
     }
 
@@ -758,8 +791,8 @@ mod tests {
         let bytes = sm.to_snapshot().unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
         assert_eq!(bytes.capacity(), bytes.len());
-        let (member, limits, tokens) = machine().identity();
-        let back = StateMachine::from_snapshot(&bytes, member, limits, tokens).unwrap();
+        let (limits, tokens) = machine().identity();
+        let back = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
         assert_eq!(back.to_snapshot().unwrap(), bytes);
     }
 }

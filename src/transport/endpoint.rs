@@ -21,7 +21,16 @@ use std::time::Duration;
 /// Concurrent calls one connection may have in flight.
 pub const MAX_STREAMS: u32 = 4096;
 
-pub fn transport_config() -> Arc<quinn::TransportConfig> {
+/// Unread bytes a node's client listener lets one connection send ahead
+/// (QUIC connection flow control; quinn's default has no limit). A request
+/// larger than this still arrives: the node reads it as it comes and the
+/// window reopens. Bytes read are bounded by `server::budget`.
+pub const SERVER_RECEIVE_WINDOW: u32 = 1024 * 1024;
+/// Bytes a node buffers for sending on one client connection (quinn's
+/// default is about 10 MB): a client that does not read holds no more.
+pub const SERVER_SEND_WINDOW: u64 = 4 * 1024 * 1024;
+
+fn client_facing() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(MAX_STREAMS.into());
     t.max_concurrent_uni_streams(0u32.into());
@@ -29,6 +38,21 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
         t.max_idle_timeout(Some(idle));
     }
+    t
+}
+
+/// A client's side of its connections.
+pub fn transport_config() -> Arc<quinn::TransportConfig> {
+    Arc::new(client_facing())
+}
+
+/// A node's client listener: as [`transport_config`], with bounded receive
+/// and send windows.
+pub fn server_transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = client_facing();
+    t.receive_window(SERVER_RECEIVE_WINDOW.into());
+    t.stream_receive_window(SERVER_RECEIVE_WINDOW.into());
+    t.send_window(SERVER_SEND_WINDOW);
     Arc::new(t)
 }
 

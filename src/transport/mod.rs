@@ -31,6 +31,8 @@ pub enum TransportError {
     Stream(String),
     /// A frame violated the protocol (too large, malformed).
     Frame(qed_wire::frame::FrameError),
+    /// The bytes in flight allowed to this connection (or node) are spent.
+    Busy,
 }
 
 impl fmt::Display for TransportError {
@@ -45,6 +47,7 @@ impl fmt::Display for TransportError {
             }
             TransportError::Stream(reason) => write!(f, "stream failed: {reason}"),
             TransportError::Frame(e) => write!(f, "{e}"),
+            TransportError::Busy => f.write_str("too many bytes in flight"),
         }
     }
 }

@@ -25,6 +25,21 @@ pub async fn read_raw(
     recv: &mut RecvStream,
     max: usize,
 ) -> Result<Option<RawFrame>, TransportError> {
+    read_raw_charged(recv, max, |_| true).await
+}
+
+/// Bytes of a body allocated before any of it arrived: a declared length
+/// costs nothing until the bytes come.
+const FIRST_ALLOCATION: usize = 16 * 1024;
+
+/// [`read_raw`], with each chunk of the body passed to `charge` (its
+/// length) before it is kept: the body grows as bytes arrive, and a
+/// `false` from `charge` ends the read with [`TransportError::Busy`].
+pub async fn read_raw_charged(
+    recv: &mut RecvStream,
+    max: usize,
+    mut charge: impl FnMut(usize) -> bool,
+) -> Result<Option<RawFrame>, TransportError> {
     let mut prefix = [0u8; PREFIX_LEN];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -32,10 +47,23 @@ pub async fn read_raw(
         Err(e) => return Err(TransportError::Stream(e.to_string())),
     }
     let len = frame::body_len(prefix, max)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| TransportError::Stream(e.to_string()))?;
+    let mut body = Vec::with_capacity(len.min(FIRST_ALLOCATION));
+    while body.len() < len {
+        let chunk = match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) => return Err(TransportError::Stream("stream ended inside a frame".into())),
+            Err(e) => return Err(TransportError::Stream(e.to_string())),
+        };
+        if !charge(chunk.len()) {
+            return Err(TransportError::Busy);
+        }
+        if body.capacity() - body.len() < chunk.len() {
+            // Doubling, but never past the declared length.
+            let grow = chunk.len().max(body.len()).min(len - body.len());
+            body.reserve_exact(grow);
+        }
+        body.extend_from_slice(&chunk);
+    }
     Ok(Some(RawFrame(body)))
 }
 

@@ -207,7 +207,7 @@ pub fn server_config(files: &TlsFiles, alpn: &[u8]) -> Result<quinn::ServerConfi
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(config_error)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(super::endpoint::transport_config());
+    config.transport_config(super::endpoint::server_transport_config());
     Ok(config)
 }
 

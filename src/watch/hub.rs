@@ -65,6 +65,11 @@ pub struct WatchConfig {
     /// bounded however many are behind (etcd's `maxWatchersPerSync`);
     /// the next call continues where this one stopped.
     pub max_catch_up_watchers: usize,
+    /// History one `catch_up` call may look at, in log entries (a single
+    /// key's changes count one each): a round stops once it is spent, so
+    /// the hub lock the apply path waits for is held for bounded work
+    /// however far behind watchers are. 0: no limit.
+    pub max_catch_up_visits: usize,
 }
 
 impl Default for WatchConfig {
@@ -75,6 +80,7 @@ impl Default for WatchConfig {
             max_response_bytes: qed_wire::frame::MAX_REQUEST_BYTES,
             progress_interval_ms: 10 * 60 * 1000,
             max_catch_up_watchers: 512,
+            max_catch_up_visits: 20_000,
         }
     }
 }
@@ -121,10 +127,11 @@ impl Watcher {
 }
 
 /// One history read of a `catch_up` round, shared by the watchers that
-/// want the same one.
+/// want the same one: the events, and through which revision they are
+/// complete.
 #[derive(Clone)]
 enum History {
-    Events(Rc<Vec<Arc<Event>>>),
+    Events(Rc<Vec<Arc<Event>>>, i64),
     Compacted,
     Unreadable,
 }
@@ -494,34 +501,50 @@ impl WatchHub {
                 .collect(),
             None => self.unsynced.iter().take(limit).copied().collect(),
         };
-        self.catch_up_cursor = refs.last().copied();
         let mut touched = BTreeSet::new();
         // Watchers demoted together want the same history: read it once
         // per round for each (key, range end, start) and share the events.
+        // Reads stop when the round's visits are spent; the round ends at
+        // the first watcher that would need another read.
         let mut history: HashMap<(Vec<u8>, Vec<u8>, i64), History> = HashMap::new();
+        let unlimited = self.config.max_catch_up_visits == 0;
+        let mut visits_left = self.config.max_catch_up_visits;
         for wref in refs {
             if self.is_full(wref.0) {
+                self.catch_up_cursor = Some(wref);
                 continue;
             }
             let Some(w) = self.watchers.get(&wref) else {
                 self.unsynced.remove(&wref);
                 continue;
             };
-            touched.insert(wref.0);
-            let read = history
-                .entry((w.key.clone(), w.range_end.clone(), w.next_rev))
-                .or_insert_with(|| {
-                    match store.events_since(w.next_rev, &w.key, &w.range_end, batch) {
-                        Ok(evs) => {
-                            History::Events(Rc::new(evs.into_iter().map(Arc::new).collect()))
+            let read_key = (w.key.clone(), w.range_end.clone(), w.next_rev);
+            if !history.contains_key(&read_key) {
+                if !unlimited && visits_left == 0 {
+                    break;
+                }
+                let read =
+                    match store.history_since(w.next_rev, &w.key, &w.range_end, batch, visits_left)
+                    {
+                        Ok(read) => {
+                            visits_left = visits_left.saturating_sub(read.visited.max(1));
+                            History::Events(
+                                Rc::new(read.events.into_iter().map(Arc::new).collect()),
+                                read.through,
+                            )
                         }
                         Err(MvccError::Compacted) => History::Compacted,
                         // No other error comes from history reads; leave the
                         // watcher for the next round rather than guess.
                         Err(_) => History::Unreadable,
-                    }
-                })
-                .clone();
+                    };
+                history.insert(read_key.clone(), read);
+            }
+            let Some(read) = history.get(&read_key).cloned() else {
+                continue;
+            };
+            self.catch_up_cursor = Some(wref);
+            touched.insert(wref.0);
             match read {
                 History::Compacted => {
                     self.remove_watcher(wref);
@@ -538,20 +561,15 @@ impl WatchHub {
                     self.push(wref.0, Kind::Control, resp);
                 }
                 History::Unreadable => {}
-                History::Events(evs) => {
-                    let done = batch == 0 || evs.len() < batch;
-                    let last_rev = evs.last().map(|e| e.kv.mod_revision);
+                History::Events(evs, through) => {
+                    let done = through >= current;
                     let shaped: Vec<SharedEvent> = evs.iter().filter_map(|e| w.shape(e)).collect();
                     let next_rev = if done {
                         w.next_rev.max(current.saturating_add(1))
                     } else {
-                        last_rev.map_or(w.next_rev, |r| r.saturating_add(1))
+                        through.saturating_add(1)
                     };
-                    let header_rev = if done {
-                        current
-                    } else {
-                        last_rev.unwrap_or(current)
-                    };
+                    let header_rev = if done { current } else { through };
                     if let Some(w) = self.watchers.get_mut(&wref) {
                         w.next_rev = next_rev;
                         if done {

@@ -791,6 +791,8 @@ fn run_model(seed: u64, steps: usize) {
         max_response_bytes: 400 + rng.below(600) as usize,
         progress_interval_ms: 50,
         max_catch_up_watchers: 1 + rng.below(6) as usize,
+        // Often tiny, so rounds stop mid-way; 0 (no limit) now and then.
+        max_catch_up_visits: rng.below(12) as usize,
     };
     let mut hub = WatchHub::new(config, store.revision());
     let mut history: Vec<(i64, Vec<Event>)> = Vec::new();
