@@ -27,8 +27,9 @@ release:
 # ./$(DATA_DIR), and the gRPC shim on TCP 127.0.0.1:2379 so that `etcdctl
 # put a b` works at once. The SDK examples (`cargo run --example kv`) find
 # the node's CA in $(DATA_DIR)/certs. Ctrl-C stops both.
+# /health and /metrics: the shim's http://127.0.0.1:2379, the node's :2381.
 run: release
-	./target/release/qed --data-dir $(DATA_DIR) & node=$$!; \
+	./target/release/qed --data-dir $(DATA_DIR) --listen-metrics-urls http://127.0.0.1:2381 & node=$$!; \
 	trap 'kill $$node 2>/dev/null' EXIT INT TERM; \
 	while [ ! -f $(DATA_DIR)/certs/ca.crt ]; do kill -0 $$node 2>/dev/null || exit 1; sleep 0.1; done; \
 	./target/release/qed-grpc --cacert $(DATA_DIR)/certs/ca.crt
@@ -36,7 +37,7 @@ run: release
 # Three members on loopback: client URLs UDP 127.0.0.1:{1,2,3}2379, peers on
 # UDP 127.0.0.1:{1,2,3}2380, data in ./$(CLUSTER_DIR)/n{1,2,3}, and the gRPC
 # shim on TCP 127.0.0.1:2379 in front of all three (trusting every member's
-# generated CA). Ctrl-C stops all four. BIN=target/debug skips the release build.
+# generated CA); /metrics and /health on TCP 127.0.0.1:{1,2,3}2381. Ctrl-C stops all four. BIN=target/debug skips the release build.
 CLUSTER_DIR ?= cluster.qed
 BIN ?= target/release
 run-cluster: $(if $(filter target/release,$(BIN)),release)
@@ -47,6 +48,7 @@ run-cluster: $(if $(filter target/release,$(BIN)),release)
 	    --listen-client-urls http://127.0.0.1:$${i}2379 \
 	    --listen-peer-urls http://127.0.0.1:$${i}2380 \
 	    --initial-advertise-peer-urls http://127.0.0.1:$${i}2380 \
+	    --listen-metrics-urls http://127.0.0.1:$${i}2381 \
 	    --initial-cluster $$ic --initial-cluster-token qed-run-cluster & pids="$$pids $$!"; \
 	done; \
 	for i in 1 2 3; do \

@@ -112,6 +112,15 @@ struct Flags {
     /// debug, info, warn or error.
     #[arg(long, env = "QED_GRPC_LOG_LEVEL", default_value = "info")]
     log_level: String,
+
+    /// json (etcd's zap lines) or text [default: text, or json with
+    /// --logger zap].
+    #[arg(long, env = "QED_GRPC_LOG_FORMAT")]
+    log_format: Option<String>,
+
+    /// etcd's --logger: zap (JSON lines) or capnslog (text).
+    #[arg(long, env = "QED_GRPC_LOGGER")]
+    logger: Option<String>,
 }
 
 /// One listener, parsed from --listen-client-urls.
@@ -154,7 +163,17 @@ fn split(urls: &str) -> Vec<String> {
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
-    if let Err(e) = qed::log_writer::init(&flags.log_level) {
+    let format = match qed::log_writer::LogFormat::from_flags(
+        flags.log_format.as_deref(),
+        flags.logger.as_deref(),
+    ) {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("qed-grpc: --log-format: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = qed::log_writer::init_with(&flags.log_level, format, "") {
         eprintln!("qed-grpc: --log-level: {e}");
         return ExitCode::from(2);
     }

@@ -66,6 +66,25 @@ struct Flags {
     #[arg(long, env = "QED_INITIAL_CLUSTER_STATE", default_value = "new")]
     initial_cluster_state: String,
 
+    /// etcd's --auto-compaction-mode: periodic (keep history newer than the
+    /// retention) or revision (keep that many revisions). The leader
+    /// proposes each compaction through Raft.
+    #[arg(long, env = "QED_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    auto_compaction_mode: String,
+
+    /// etcd's --auto-compaction-retention: periodic: a duration (30m, 1h30m)
+    /// or a plain number of hours; revision: a number of revisions. 0 (the
+    /// default, as etcd's) turns auto-compaction off; without it history
+    /// grows until the quota raises NOSPACE.
+    #[arg(long, env = "QED_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    auto_compaction_retention: String,
+
+    /// Comma-separated http:// URLs (TCP) serving /metrics (Prometheus),
+    /// /health, /livez, /readyz and /version, as etcd's flag. Default: none
+    /// (etcd serves them on its client port too; qed-grpc does that).
+    #[arg(long, env = "QED_LISTEN_METRICS_URLS")]
+    listen_metrics_urls: Option<String>,
+
     /// Comma-separated URLs to listen on for the other members (QUIC on
     /// that UDP port). A cluster of one opens no peer port.
     #[arg(
@@ -150,6 +169,16 @@ struct Flags {
     /// debug, info, warn or error.
     #[arg(long, env = "QED_LOG_LEVEL", default_value = "info")]
     log_level: String,
+
+    /// json (etcd's zap lines: level, ts, caller, msg, name) or text
+    /// [default: text, or json with --logger zap].
+    #[arg(long, env = "QED_LOG_FORMAT")]
+    log_format: Option<String>,
+
+    /// etcd's --logger: zap (JSON lines) or capnslog (text); accepted so
+    /// etcd's command lines work.
+    #[arg(long, env = "QED_LOGGER")]
+    logger: Option<String>,
 
     /// Auth tokens: `simple` (random, kept by every member for
     /// --auth-token-ttl after last use), or signed JWTs:
@@ -469,7 +498,17 @@ fn main() -> ExitCode {
         Some(Command::Snapshot(command)) => return snapshot(command),
         None => {}
     }
-    if let Err(e) = qed::log_writer::init(&flags.log_level) {
+    let format = match qed::log_writer::LogFormat::from_flags(
+        flags.log_format.as_deref(),
+        flags.logger.as_deref(),
+    ) {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("qed: --log-format: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = qed::log_writer::init_with(&flags.log_level, format, &flags.name) {
         eprintln!("qed: --log-level: {e}");
         return ExitCode::from(2);
     }
@@ -493,6 +532,16 @@ fn main() -> ExitCode {
         }
     };
     let listen = split(&flags.listen_client_urls);
+    let auto_compaction = match qed::mvcc::auto_compact::parse_retention(
+        &flags.auto_compaction_mode,
+        &flags.auto_compaction_retention,
+    ) {
+        Ok(retention) => retention,
+        Err(e) => {
+            eprintln!("qed: --auto-compaction-retention: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = NodeConfig {
         snapshot_count: flags.snapshot_count,
         max_snapshots: flags.max_snapshots,
@@ -513,6 +562,11 @@ fn main() -> ExitCode {
         initial_cluster: flags.initial_cluster.unwrap_or_default(),
         join_existing,
         listen_peer_urls: split(&flags.listen_peer_urls),
+        listen_metrics_urls: flags
+            .listen_metrics_urls
+            .as_deref()
+            .map(split)
+            .unwrap_or_default(),
         peer_cert_file: flags.peer_cert_file,
         peer_key_file: flags.peer_key_file,
         peer_trusted_ca_file: flags.peer_trusted_ca_file,
@@ -527,6 +581,7 @@ fn main() -> ExitCode {
         } else {
             flags.quota_backend_bytes
         },
+        auto_compaction,
         auth: qed::server::auth::AuthConfig {
             token: flags.auth_token,
             token_ttl: std::time::Duration::from_secs(flags.auth_token_ttl),

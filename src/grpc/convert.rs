@@ -661,6 +661,14 @@ const STREAMING: [(Streaming, &str); 3] = [
 ];
 
 impl Method {
+    /// Every method with its path (the gRPC metrics start each at zero).
+    pub fn all() -> impl Iterator<Item = (Method, &'static str)> {
+        UNARY
+            .iter()
+            .map(|(m, p)| (Method::Unary(*m), *p))
+            .chain(STREAMING.iter().map(|(m, p)| (Method::Streaming(*m), *p)))
+    }
+
     /// Looks up a `:path`.
     pub fn from_path(path: &str) -> Option<Method> {
         if let Some((m, _)) = UNARY.iter().find(|(_, p)| *p == path) {

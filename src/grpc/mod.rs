@@ -12,6 +12,8 @@
 //!   trait; the QUIC client is the real one, tests use a stub);
 //! - [`client_backend`]: `Backend` for the QUIC [`crate::client::Client`];
 //! - [`tls`]: the listener's rustls configuration;
+//! - [`probes`]: `/health`, `/metrics` and friends on the gRPC port
+//!   (HTTP/1.1 and h2), as etcd serves them on 2379;
 //! - [`server`]: the h2 (h2c or TLS) listener, per-stream handlers,
 //!   flow control, keepalive and graceful shutdown.
 //!
@@ -23,6 +25,7 @@ pub mod client_backend;
 pub mod codec;
 pub mod convert;
 pub mod pb;
+pub mod probes;
 pub mod server;
 pub mod status;
 pub mod tls;

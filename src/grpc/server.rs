@@ -29,6 +29,7 @@ use super::codec::{self, Decoder};
 use super::convert::{self, Method, Streaming, Unary};
 use super::pb;
 use super::status::{encode_message, Code, Status};
+use crate::metrics::GRPC;
 use crate::runtime::{self, channel, TcpListener};
 use bytes::Bytes;
 use futures_lite::future;
@@ -120,6 +121,7 @@ pub async fn serve<B: Backend>(
 ) {
     let config = Arc::new(config);
     let active = Arc::new(AtomicUsize::new(0));
+    init_metrics();
     loop {
         enum Next {
             Conn(std::io::Result<(runtime::TcpStream, std::net::SocketAddr)>),
@@ -147,12 +149,35 @@ pub async fn serve<B: Backend>(
         let guard = ActiveGuard::new(active.clone());
         runtime::spawn(async move {
             let _guard = guard;
+            // Cleartext: curl and Prometheus speak HTTP/1.1 to this port
+            // (etcd answers /health and /metrics there); gRPC clients open
+            // with the HTTP/2 preface.
+            if config.tls.is_none() && starts_with_http1(&stream).await {
+                let backend = backend.clone();
+                crate::http1::serve_connection(stream, move |req| {
+                    let backend = backend.clone();
+                    async move { super::probes::respond(&backend, req).await }
+                })
+                .await;
+                return;
+            }
             let io = stream.compat();
             match config.tls.clone() {
                 None => serve_connection(io, backend, config, shutdown).await,
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
                     match runtime::timeout(Duration::from_secs(10), acceptor.accept(io)).await {
+                        // A probe over TLS without HTTP/2 (ALPN http/1.1).
+                        Ok(Ok(tls_stream))
+                            if tls_stream.get_ref().1.alpn_protocol() == Some(b"http/1.1") =>
+                        {
+                            use tokio_util::compat::TokioAsyncReadCompatExt;
+                            crate::http1::serve_connection(tls_stream.compat(), move |req| {
+                                let backend = backend.clone();
+                                async move { super::probes::respond(&backend, req).await }
+                            })
+                            .await
+                        }
                         Ok(Ok(tls_stream)) => {
                             serve_connection(tls_stream, backend, config, shutdown).await
                         }
@@ -168,6 +193,22 @@ pub async fn serve<B: Backend>(
     while active.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
         runtime::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether the client's first bytes are an HTTP/1.x request line. Peeks
+/// (nothing is consumed) until four bytes have arrived, for at most about
+/// a second; a client that sends less is handed to the h2 server, which
+/// times its handshake out.
+async fn starts_with_http1(stream: &runtime::TcpStream) -> bool {
+    let mut first = [0u8; 4];
+    for _ in 0..100 {
+        match runtime::timeout(Duration::from_secs(1), stream.peek(&mut first)).await {
+            Ok(Ok(n)) if n >= first.len() => return crate::http1::looks_like_http1(&first),
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            Ok(Ok(_)) => runtime::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    false
 }
 
 /// Counts a live connection for the shutdown wait.
@@ -290,6 +331,23 @@ async fn handle_stream<B: Backend>(
     config: &ServerConfig,
 ) {
     let (parts, body) = request.into_parts();
+    if parts.method == http::Method::GET || parts.method == http::Method::HEAD {
+        // etcd serves /health, /metrics and friends on its gRPC port, over
+        // HTTP/2 as well as HTTP/1.1.
+        let path = parts.uri.path();
+        let query = parts.uri.query().unwrap_or("");
+        let answer = super::probes::respond(
+            &backend,
+            crate::http1::Request {
+                method: parts.method.to_string(),
+                path: path.to_owned(),
+                query: query.to_owned(),
+            },
+        )
+        .await;
+        send_plain(&mut respond, answer, parts.method == http::Method::HEAD).await;
+        return;
+    }
     if parts.method != http::Method::POST {
         send_http_error(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
         return;
@@ -328,16 +386,34 @@ async fn handle_stream<B: Backend>(
         .get("grpc-timeout")
         .and_then(|v| parse_timeout(v.as_bytes()));
     let path = parts.uri.path();
+    let method = Method::from_path(path);
+    let labels = match method {
+        Some(m) => Some(CallLabels::new(path, m.grpc_type())),
+        None if path == HEALTH_CHECK => Some(CallLabels::new(path, "unary")),
+        None => None,
+    };
+    if let Some(labels) = &labels {
+        labels.started();
+    }
+    let handled = |code: Code| {
+        if let Some(labels) = &labels {
+            labels.handled(code);
+        }
+    };
     if path == HEALTH_CHECK {
         match health_check(body, &backend, config).await {
             Ok(message) => {
                 let _ = send_unary(&mut respond, message).await;
+                handled(Code::Ok);
             }
-            Err(status) => send_status(&mut respond, &status),
+            Err(status) => {
+                send_status(&mut respond, &status);
+                handled(status.code);
+            }
         }
         return;
     }
-    match Method::from_path(path) {
+    match method {
         None => send_status(&mut respond, &convert::unknown_method(path)),
         Some(Method::Unary(method)) => {
             let call = async {
@@ -360,18 +436,105 @@ async fn handle_stream<B: Backend>(
                 None
             };
             let Some(outcome) = future::or(async { Some(call.await) }, reset).await else {
+                handled(Code::Canceled);
                 return;
             };
             match outcome {
                 Ok(message) => {
                     let _ = send_unary(&mut respond, message).await;
+                    handled(Code::Ok);
                 }
-                Err(status) => send_status(&mut respond, &status),
+                Err(status) => {
+                    send_status(&mut respond, &status);
+                    handled(status.code);
+                }
             }
         }
         Some(Method::Streaming(kind)) => {
-            streaming(kind, body, respond, backend, token, config).await
+            let code = streaming(kind, body, respond, backend, token, config).await;
+            handled(code);
         }
+    }
+}
+
+/// Every method's gRPC counters at zero, for every code, as
+/// go-grpc-prometheus' `Register` does for etcd (dashboards see 0, not
+/// nothing). Idempotent.
+fn init_metrics() {
+    let paths = Method::all()
+        .map(|(m, p)| (p, m.grpc_type()))
+        .chain(std::iter::once((HEALTH_CHECK, "unary")));
+    for (path, kind) in paths {
+        let labels = CallLabels::new(path, kind);
+        GRPC.started
+            .with(&[labels.kind, &labels.service, &labels.method]);
+        for code in Code::ALL {
+            GRPC.handled
+                .with(&[labels.kind, &labels.service, &labels.method, code.name()]);
+        }
+    }
+}
+
+impl Method {
+    /// go-grpc-prometheus' `grpc_type` label.
+    fn grpc_type(self) -> &'static str {
+        match self {
+            Method::Unary(_) => "unary",
+            Method::Streaming(Streaming::Snapshot) => "server_stream",
+            Method::Streaming(_) => "bidi_stream",
+        }
+    }
+}
+
+/// go-grpc-prometheus' labels of one call: type, service, method.
+struct CallLabels {
+    kind: &'static str,
+    service: String,
+    method: String,
+}
+
+impl CallLabels {
+    fn new(path: &str, kind: &'static str) -> CallLabels {
+        let (service, name) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("", path));
+        CallLabels {
+            kind,
+            service: service.to_owned(),
+            method: name.to_owned(),
+        }
+    }
+
+    fn started(&self) {
+        GRPC.started
+            .with(&[self.kind, &self.service, &self.method])
+            .inc();
+    }
+
+    fn handled(&self, code: Code) {
+        GRPC.handled
+            .with(&[self.kind, &self.service, &self.method, code.name()])
+            .inc();
+    }
+}
+
+/// An HTTP/2 answer for a probe (`GET /health` over h2).
+async fn send_plain(respond: &mut SendResponse<Bytes>, answer: crate::http1::Response, head: bool) {
+    let mut response = Response::new(());
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(answer.content_type),
+    );
+    let Ok(mut send) = respond.send_response(response, head || answer.body.is_empty()) else {
+        return;
+    };
+    if !head
+        && !answer.body.is_empty()
+        && send_data(&mut send, Bytes::from(answer.body)).await.is_ok()
+    {
+        let _ = send.send_data(Bytes::new(), true);
     }
 }
 
@@ -472,10 +635,13 @@ async fn streaming<B: Backend>(
     backend: B,
     token: Option<String>,
     config: &ServerConfig,
-) {
+) -> Code {
     match kind {
         Streaming::Watch => match backend.watch(token).await {
-            Err(status) => send_status(&mut respond, &status),
+            Err(status) => {
+                send_status(&mut respond, &status);
+                status.code
+            }
             Ok(pair) => {
                 pump(
                     body,
@@ -489,7 +655,10 @@ async fn streaming<B: Backend>(
             }
         },
         Streaming::LeaseKeepAlive => match backend.lease_keep_alive(token).await {
-            Err(status) => send_status(&mut respond, &status),
+            Err(status) => {
+                send_status(&mut respond, &status);
+                status.code
+            }
             Ok(pair) => {
                 pump(
                     body,
@@ -511,22 +680,22 @@ async fn streaming<B: Backend>(
                         &mut respond,
                         &Status::internal("grpc: snapshot call ended before its request message"),
                     );
-                    return;
+                    return Code::Internal;
                 }
                 Err(status) => {
                     send_status(&mut respond, &status);
-                    return;
+                    return status.code;
                 }
             };
             if let Err(status) = codec::decode::<pb::SnapshotRequest>(&first) {
                 send_status(&mut respond, &status);
-                return;
+                return status.code;
             }
             let rx = match backend.snapshot(token).await {
                 Ok(rx) => rx,
                 Err(status) => {
                     send_status(&mut respond, &status);
-                    return;
+                    return status.code;
                 }
             };
             // No more requests are expected; the sender half stays unused,
@@ -556,14 +725,15 @@ async fn pump<Req, Resp>(
     config: &ServerConfig,
     decode: fn(&[u8]) -> Result<Option<Req>, Status>,
     encode: impl Fn(Resp) -> Bytes,
-) where
+) -> Code
+where
     Req: Send + 'static,
     Resp: Send + 'static,
 {
     let StreamPair { tx, rx, alive } = pair;
     let mut send = match respond.send_response(grpc_response(), false) {
         Ok(send) => send,
-        Err(_) => return,
+        Err(_) => return Code::Canceled,
     };
     // The inbound half: a failure to decode ends the call with its status;
     // the client half-closing just closes `tx`.
@@ -638,8 +808,12 @@ async fn pump<Req, Resp>(
     drop(rx);
     drop(alive);
     inbound.cancel().await;
-    if let Some(status) = outcome {
-        let _ = send.send_trailers(status_trailers(&status));
+    match outcome {
+        Some(status) => {
+            let _ = send.send_trailers(status_trailers(&status));
+            status.code
+        }
+        None => Code::Canceled,
     }
 }
 

@@ -54,6 +54,8 @@ pub fn server_config(
     let mut config = builder
         .with_single_cert(read_certs(cert_file)?, read_key(key_file)?)
         .map_err(|e| format!("{}: {e}", cert_file.display()))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // h2 for gRPC; http/1.1 for /health and /metrics probes that do not
+    // speak HTTP/2 (etcd serves both on its client port).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

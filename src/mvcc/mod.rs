@@ -69,6 +69,7 @@
 //! - HashKV values are qed's own (etcd hashes its bolt encoding), stable
 //!   across qed members with the same history.
 
+pub mod auto_compact;
 mod hash;
 mod key_index;
 mod revision;

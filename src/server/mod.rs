@@ -12,10 +12,12 @@
 
 pub mod auth;
 pub mod budget;
+pub mod compactor;
 mod held;
 pub mod members;
 pub mod node;
 pub mod peer;
+pub mod probes;
 pub mod quota;
 pub mod raft_loop;
 pub mod service;
@@ -65,6 +67,8 @@ pub struct NodeConfig {
     pub join_existing: bool,
     /// Where to listen for peers (used only when there are peers).
     pub listen_peer_urls: Vec<String>,
+    /// etcd's `--listen-metrics-urls`: plain HTTP for /metrics and /health.
+    pub listen_metrics_urls: Vec<String>,
     /// Peer TLS (etcd's `--peer-*` flags); without them the member's client
     /// certificate is used and peers are not verified (`--peer-auto-tls`).
     pub peer_cert_file: Option<PathBuf>,
@@ -93,6 +97,9 @@ pub struct NodeConfig {
     /// Ticks without a leader before an election (etcd's
     /// `--election-timeout` divided by the heartbeat interval).
     pub election_ticks: u32,
+    /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`
+    /// (`None`: off, etcd's default).
+    pub auto_compaction: Option<crate::mvcc::auto_compact::Retention>,
     /// `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`.
     pub auth: auth::AuthConfig,
 }
@@ -262,6 +269,9 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         members.clone(),
         options,
     );
+    if let Some(retention) = config.auto_compaction {
+        compactor::start(retention, identity.member_id, raft.clone(), state.clone());
+    }
     let node = Arc::new(Node::new(
         identity,
         members,
@@ -278,6 +288,7 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     if let Some(peers) = peers {
         crate::runtime::spawn(peer::serve(peers, node.clone()));
     }
+    probes::serve(&config.listen_metrics_urls, node.clone()).map_err(ServerError::Config)?;
     let mut endpoints = Vec::new();
     for url in &listen {
         let endpoint =

@@ -458,6 +458,33 @@ impl Node {
         self.members.cluster_id()
     }
 
+    /// Raft facts (leader, term, commit, applied) as the loop last stored them.
+    pub fn raft_status(&self) -> &super::raft_loop::RaftStatus {
+        &self.raft.status
+    }
+
+    /// Runs `f` on the state machine under its read lock (probes, metrics).
+    pub fn read_state<R>(&self, f: impl FnOnce(&StateMachine) -> R) -> R {
+        f(&self.state.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// One ReadIndex round: Ok once a linearizable read could be served here.
+    pub async fn confirm_read(&self) -> Result<(), Error> {
+        self.raft.read_index().await
+    }
+
+    /// This member's `--quota-backend-bytes`.
+    pub fn quota_bytes(&self) -> u64 {
+        self.quota.bytes
+    }
+
+    /// Whether this member is a learner in the member table.
+    pub fn is_learner(&self) -> bool {
+        self.members
+            .get(self.identity.member_id)
+            .is_some_and(|m| m.is_learner)
+    }
+
     pub fn identity(&self) -> &Identity {
         &self.identity
     }

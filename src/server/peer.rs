@@ -41,6 +41,7 @@
 
 use super::members::Members;
 use super::node::Node;
+use crate::metrics::SERVER;
 use crate::runtime::{self, channel};
 use crate::transport::{self, stream, TransportError};
 use qed_wire::peer::{PeerCall, PeerHello, PeerReply};
@@ -410,6 +411,7 @@ impl Peers {
     pub fn send(&self, message: Message) {
         let lane = Lane::of(&message.body);
         let to = message.to;
+        let heartbeat = matches!(message.body, MessageBody::Heartbeat { .. });
         let queued = match self
             .lanes
             .read()
@@ -420,11 +422,15 @@ impl Peers {
             None => false,
         };
         if !queued {
+            if heartbeat {
+                SERVER.heartbeat_send_failures.inc();
+            }
             self.count_drop(to, lane.name());
         }
     }
 
     fn count_drop(&self, to: NodeId, why: &str) {
+        SERVER.peer_dropped.with(&[&format!("{to:x}"), why]).inc();
         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_power_of_two() && n >= 64 {
             log::info!("{n} peer messages dropped so far (latest: to {to:x}, {why})");
@@ -689,6 +695,7 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
     let mut backoff = MIN_BACKOFF;
     // Whether the current outage was logged (once per outage, not per try).
     let mut reported = false;
+    let sent_bytes = SERVER.peer_sent_bytes.with(&[&format!("{to:x}")]);
     loop {
         if !peers.members.contains(to) {
             log::debug!("member {to:x} left; its {} lane ends", lane.name());
@@ -757,7 +764,9 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
             }
         };
         let written = runtime::timeout(lane.write_timeout(), send.write_all(&frame)).await;
-        if !matches!(written, Ok(Ok(()))) {
+        if matches!(written, Ok(Ok(()))) {
+            sent_bytes.add(frame.len() as u64);
+        } else {
             match written {
                 Ok(Err(quinn::WriteError::ConnectionLost(e))) if peers.note_refusal(to, &e) => {
                     retry_at = Instant::now() + MAX_BACKOFF;
@@ -771,6 +780,9 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
         }
     }
 }
+
+/// How often a lane from a member samples the connection's RTT.
+const RTT_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Accepts peer connections until the endpoint closes.
 pub async fn serve(peers: Arc<Peers>, node: Arc<Node>) {
@@ -896,9 +908,25 @@ async fn serve_lane(
     let Some(hello) = accept_hello(&conn, &mut recv, &peers, &sender).await else {
         return;
     };
+    let from = format!("{:x}", hello.from);
+    let received_bytes = SERVER.peer_received_bytes.with(&[&from]);
+    let rtt = SERVER.peer_rtt.with(&[&from]);
+    let lost = SERVER.peer_lost_packets.with(&[&from]);
+    let mut rtt_sampled = Instant::now();
     let heard = peers.heard_clock(hello.from);
     loop {
-        match stream::read::<Message>(&mut recv, MAX_PEER_FRAME).await {
+        let read = stream::read_raw(&mut recv, MAX_PEER_FRAME).await;
+        if let Ok(Some(raw)) = &read {
+            received_bytes.add((qed_wire::frame::PREFIX_LEN + raw.0.len()) as u64);
+            // quinn's smoothed RTT of this connection, sampled at most once
+            // a second.
+            if rtt_sampled.elapsed() >= RTT_SAMPLE_EVERY {
+                rtt_sampled = Instant::now();
+                rtt.observe(conn.rtt());
+                lost.set(conn.stats().path.lost_packets);
+            }
+        }
+        match read.and_then(|raw| raw.map(|r| r.decode::<Message>()).transpose()) {
             // A member speaks only for itself.
             Ok(Some(message)) if message.from == hello.from => {
                 heard.store(

@@ -44,6 +44,7 @@ use super::peer::Peers;
 use super::state_machine::StateMachine;
 use super::watchers::Watchers;
 use crate::lease::{grant_ttl, lease_id_from, LeaseConfig, LEASE_REVOKE_RATE};
+use crate::metrics::SERVER;
 use crate::raft::{self, PersistToken, ProposeError, Role};
 use crate::runtime::{self, channel};
 use crate::storage::durable_log::{DurableLog, SnapshotWriter};
@@ -59,7 +60,7 @@ use qed_wire::{Error, Reply, Request};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the loop reacts to.
 pub enum Input {
@@ -505,6 +506,7 @@ impl Driver {
                 self.fail_all(Error::Stopped);
                 return why;
             }
+            SERVER.proposals_pending.set(self.proposals.len() as u64);
         }
     }
 
@@ -669,6 +671,7 @@ impl Driver {
                 }
             }
             Err((refusal, _, _)) => {
+                SERVER.proposals_failed.inc();
                 let _ = reply.try_send(Err(refusal.into_error()));
             }
         }
@@ -920,6 +923,9 @@ impl Driver {
                     self.followed = (self.core.status().term, soft.leader);
                 }
                 let before = self.status.leader.swap(soft.leader, Ordering::Relaxed);
+                if before != soft.leader && soft.leader != 0 {
+                    SERVER.leader_changes.inc();
+                }
                 if before != soft.leader && self.peers.is_some() {
                     match soft.leader {
                         0 => log::info!("lost the leader {before:x}"),
@@ -934,6 +940,7 @@ impl Driver {
                 if soft.role != Role::Leader {
                     // Proposals in flight may still commit under the new
                     // leader, but this member can no longer vouch for them.
+                    SERVER.proposals_failed.add(self.proposals.len() as u64);
                     for (_, reply) in self.proposals.drain() {
                         let _ = reply.try_send(Err(Error::LeaderChanged));
                     }
@@ -1054,6 +1061,7 @@ impl Driver {
         }
         let now = super::now_ms();
         let mut applied_events = Vec::new();
+        let batch_started = Instant::now();
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
             match entry.kind {
@@ -1061,6 +1069,7 @@ impl Driver {
                     match Command::decode(&entry.data) {
                         Ok(command) => {
                             let mut events = Vec::new();
+                            let started = Instant::now();
                             let reply = state.apply_entry(
                                 entry.index,
                                 &command.request,
@@ -1068,6 +1077,7 @@ impl Driver {
                                 now,
                                 &mut events,
                             );
+                            note_apply(started.elapsed(), entry.index, &events);
                             if !events.is_empty() {
                                 applied_events.push((events, state.revision()));
                             }
@@ -1116,6 +1126,9 @@ impl Driver {
         self.status
             .applied
             .store(state.applied(), Ordering::Relaxed);
+        // qed has no backend transaction: a batch applied under the state
+        // lock is its commit.
+        SERVER.backend_commit.observe(batch_started.elapsed());
     }
 
     fn release_reads(&mut self) {
@@ -1335,6 +1348,39 @@ fn spawn_writer(
     tx
 }
 
+/// etcd warns when an apply takes longer than this.
+const SLOW_APPLY: Duration = Duration::from_millis(100);
+
+/// etcd warns when an fdatasync takes longer than this.
+const SLOW_FSYNC: Duration = Duration::from_secs(1);
+
+/// Counts an applied entry's puts and a slow apply, as etcd does.
+fn note_apply(took: Duration, index: u64, events: &[crate::wire::kv::Event]) {
+    let puts = events
+        .iter()
+        .filter(|e| e.kind == crate::wire::kv::EventType::Put)
+        .count();
+    SERVER.puts.add(puts as u64);
+    if took > SLOW_APPLY {
+        SERVER.slow_applies.inc();
+        log::warn!(
+            "apply request took too long: took={took:?} expected-duration={SLOW_APPLY:?} index={index}"
+        );
+    }
+}
+
+/// `log.sync()`, timed into etcd's WAL fsync histogram.
+fn timed_sync(log: &mut DurableLog) -> Result<(), StorageError> {
+    let started = Instant::now();
+    let result = log.sync();
+    let took = started.elapsed();
+    SERVER.wal_fsync.observe(took);
+    if took > SLOW_FSYNC {
+        log::warn!("slow fdatasync: took={took:?} expected-duration={SLOW_FSYNC:?}");
+    }
+    result
+}
+
 fn write_batch(
     log: &mut DurableLog,
     batch: Vec<PersistJob>,
@@ -1356,18 +1402,18 @@ fn write_batch(
             }
             PersistJob::Snapshot { meta, data } => {
                 // Entries queued before it must be durable first.
-                log.sync()?;
+                timed_sync(log)?;
                 log.snapshot_writer().save(&meta, &data)?;
                 log.mark_snapshot(&meta)?;
             }
             PersistJob::SnapshotMarker { meta } => {
-                log.sync()?;
+                timed_sync(log)?;
                 log.mark_snapshot(&meta)?;
             }
         }
     }
     if must_sync {
-        log.sync()?;
+        timed_sync(log)?;
     }
     Ok(())
 }

@@ -196,4 +196,9 @@ impl Watchers {
     pub fn watcher_count(&self) -> usize {
         self.lock().watcher_count()
     }
+
+    /// Watchers waiting to catch up from history (etcd's slow watchers).
+    pub fn unsynced_count(&self) -> usize {
+        self.lock().unsynced_count()
+    }
 }
