@@ -296,8 +296,10 @@ pub struct Peers {
     handshake_logged: std::sync::Mutex<Option<Instant>>,
     /// The member that last closed a connection saying this one was
     /// removed (only members that proved who they are: see
-    /// [`Peers::take_removal_claim`]).
-    removal_claim: std::sync::Mutex<Option<NodeId>>,
+    /// [`Peers::take_removal_claims`]).
+    /// Every member that said so since the loop last looked (a set: the
+    /// leader's word must not be overwritten by another member's refusal).
+    removal_claims: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
     /// When each member's last Raft message arrived, in ms after `epoch`
     /// plus one (0: never), for etcd's strict reconfiguration checks.
     heard: RwLock<HashMap<NodeId, Arc<AtomicU64>>>,
@@ -341,7 +343,7 @@ impl Peers {
             refusals_logged: std::sync::Mutex::new(HashMap::new()),
             refused_by: std::sync::Mutex::new(HashMap::new()),
             handshake_logged: std::sync::Mutex::new(None),
-            removal_claim: std::sync::Mutex::new(None),
+            removal_claims: std::sync::Mutex::new(Default::default()),
             heard: RwLock::new(HashMap::new()),
             epoch: Instant::now(),
         });
@@ -605,11 +607,12 @@ impl Peers {
     /// passed the hello on the connection it closed, or it is the member we
     /// connected to), but any member may say so: the Raft loop believes it
     /// only from the leader it follows.
-    pub fn take_removal_claim(&self) -> Option<NodeId> {
-        self.removal_claim
+    pub fn take_removal_claims(&self) -> Vec<NodeId> {
+        let mut claims = self
+            .removal_claims
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+            .unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *claims).into_iter().collect()
     }
 
     /// Notes a connection from or to member `by` closed with the "removed"
@@ -617,7 +620,14 @@ impl Peers {
     fn note_removed(&self, e: &quinn::ConnectionError, by: NodeId) {
         if let quinn::ConnectionError::ApplicationClosed(closed) = e {
             if closed.error_code == REMOVED {
-                *self.removal_claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(by);
+                let mut claims = self
+                    .removal_claims
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                // Bounded: only members pass the hello.
+                if claims.len() < 1024 {
+                    claims.insert(by);
+                }
             }
         }
     }

@@ -518,7 +518,8 @@ impl Driver {
                 // The leader stops talking to a member once its removal
                 // applies, so a removed member may never apply it: the
                 // leader's "removed" close is the word it gets.
-                if let Some(by) = self.peers.as_ref().and_then(|p| p.take_removal_claim()) {
+                let claims = self.peers.as_ref().map(|p| p.take_removal_claims());
+                for by in claims.unwrap_or_default() {
                     self.on_removal_claim(by);
                 }
                 self.ticks += 1;
