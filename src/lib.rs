@@ -28,3 +28,6 @@ pub mod watch;
 pub mod grpc;
 
 pub use qed_wire as wire;
+
+#[cfg(test)]
+mod test_rng;

@@ -276,19 +276,7 @@ fn snapshots_keep_everything() {
     );
 }
 
-/// xorshift64*: seedable, enough to pick operations.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::test_rng::Rng;
 
 /// The naive reference: a key is readable when some permission of some role
 /// of the user names it; a range when every key in it (over a small
