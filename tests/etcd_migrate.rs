@@ -18,17 +18,10 @@
 
 mod common;
 
-use common::{free_udp_port, TempDir};
-use std::net::TcpListener;
+use common::{free_tcp_port, free_udp_port, on_path, Proc, TempDir};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
-        .unwrap_or(false)
-}
 
 fn have_tools() -> bool {
     for tool in ["etcd", "etcdctl"] {
@@ -38,23 +31,6 @@ fn have_tools() -> bool {
         }
     }
     true
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free TCP port")
-}
-
-/// A child process killed (by its PID) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn spawn(cmd: &mut Command, log: &Path) -> Proc {

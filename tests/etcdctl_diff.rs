@@ -19,9 +19,12 @@
 
 #![cfg(feature = "grpc")]
 
-use std::net::{TcpListener, UdpSocket};
+mod common;
+
+use common::{free_tcp_port, free_udp_port, on_path, Proc};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// etcdctl's credentials flags for the auth steps.
@@ -284,36 +287,6 @@ fn leak(text: String) -> &'static str {
 }
 
 // ------------------------------------------------------------ processes
-
-fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
-        .unwrap_or(false)
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free TCP port")
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free UDP port")
-}
-
-/// A child process killed (by its PID) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct TempDir(PathBuf);
 
