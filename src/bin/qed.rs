@@ -1,6 +1,7 @@
 //! `qed`: start a node. Flags follow etcd's names and defaults; every flag
 //! can also be set as a `QED_*` environment variable (`--data-dir` is
-//! `QED_DATA_DIR`).
+//! `QED_DATA_DIR`), or as etcd's `ETCD_*` one when the `QED_*` one is unset
+//! (what `etcdctl member add` prints works verbatim).
 
 use clap::{Parser, Subcommand};
 use qed::server::{self, NodeConfig};
@@ -86,7 +87,8 @@ struct Flags {
     listen_metrics_urls: Option<String>,
 
     /// Comma-separated URLs to listen on for the other members (QUIC on
-    /// that UDP port). A cluster of one opens no peer port.
+    /// that UDP port). A cluster of one listens too, as etcd does, so
+    /// members can be added to it (if the port is taken, it runs without).
     #[arg(
         long,
         env = "QED_LISTEN_PEER_URLS",
@@ -491,7 +493,29 @@ fn certs(dir: &Path, hosts: &str) -> ExitCode {
     }
 }
 
+/// etcd's environment variables stand in for the `QED_*` ones that are
+/// not set (`ETCD_NAME` for `QED_NAME`, ...), so the lines `etcdctl member
+/// add` prints start the new member verbatim. Runs before any thread.
+fn etcd_env_fallbacks() {
+    use clap::CommandFactory;
+    for arg in Flags::command().get_arguments() {
+        let Some(name) = arg.get_env().and_then(|e| e.to_str()) else {
+            continue;
+        };
+        let Some(suffix) = name.strip_prefix("QED_") else {
+            continue;
+        };
+        if std::env::var_os(name).is_some() {
+            continue;
+        }
+        if let Some(value) = std::env::var_os(format!("ETCD_{suffix}")) {
+            std::env::set_var(name, value);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    etcd_env_fallbacks();
     let flags = Flags::parse();
     match flags.command {
         Some(Command::Certs { dir, hosts }) => return certs(&dir, &hosts),

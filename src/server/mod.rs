@@ -253,12 +253,20 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         strict_reconfig_check: config.strict_reconfig_check,
     };
     let watchers = Watchers::start(state.clone());
-    // A cluster of one opens no peer port: nobody would connect, and
-    // single nodes on one machine need not pick distinct peer ports.
-    let peers = if members.ids().len() > 1 {
-        Some(start_peers(config, &members, &files, cluster_id_file)?)
-    } else {
-        None
+    // A cluster of one listens for peers too, as etcd does, so that
+    // `member add` can grow it; but its peer port being taken (another
+    // single node on the same machine, default ports) is no reason not to
+    // serve: it runs without one, and says so.
+    let peers = match start_peers(config, &members, &files, cluster_id_file) {
+        Ok(peers) => Some(peers),
+        Err(e) if members.ids().len() == 1 => {
+            log::warn!(
+                "a cluster of one without a peer port ({e}): members cannot be added \
+                 until it is restarted with a free --listen-peer-urls"
+            );
+            None
+        }
+        Err(e) => return Err(e),
     };
     let (raft, stopped) = raft_loop::start(
         core,

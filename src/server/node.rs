@@ -320,8 +320,8 @@ impl Node {
             Request::MemberAdd(r) => {
                 if self.peers.is_none() {
                     return Err(Error::Unimplemented(
-                        "member add: this member runs as a cluster of one, with no peer port; \
-                         start the first members with --initial-cluster"
+                        "member add: this member runs as a cluster of one without a peer port \
+                         (its --listen-peer-urls could not be bound); restart it with a free one"
                             .into(),
                     ));
                 }

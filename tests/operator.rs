@@ -1,0 +1,202 @@
+//! An etcd operator's paths, driven with etcdctl 3.4 through `qed-grpc`
+//! (one shim per member, as every etcd box serves 2379): growing a cluster
+//! of one with `member add` and the `ETCD_*` lines it prints, moving
+//! leadership, and `--cluster` commands.
+//!
+//! Skips, with the reason printed, when `etcdctl` is not on PATH
+//! (`make deps-etcd` installs Debian's). Every wait polls with a deadline.
+
+#![cfg(feature = "grpc")]
+
+mod common;
+
+use common::{free_tcp_port, free_udp_port, on_path, Proc, TempDir};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One qed member and the qed-grpc in front of it.
+struct Member {
+    dir: PathBuf,
+    /// QUIC client URL.
+    client_url: String,
+    peer_url: String,
+    /// The shim's TCP endpoint, `127.0.0.1:port`.
+    endpoint: String,
+    node: Option<Proc>,
+    shim: Option<Proc>,
+}
+
+impl Member {
+    fn new(root: &Path, name: &str) -> Member {
+        Member {
+            dir: root.join(name),
+            client_url: format!("https://127.0.0.1:{}", free_udp_port()),
+            peer_url: format!("http://127.0.0.1:{}", free_udp_port()),
+            endpoint: format!("127.0.0.1:{}", free_tcp_port()),
+            node: None,
+            shim: None,
+        }
+    }
+
+    /// Starts the node with `args` and `env`, then its shim (once the
+    /// node has written its CA).
+    fn start(&mut self, args: &[String], env: &[(String, String)]) {
+        std::fs::create_dir_all(&self.dir).expect("member dir");
+        let log = std::fs::File::create(self.dir.join("qed.log")).expect("log");
+        let mut node = Command::new(env!("CARGO_BIN_EXE_qed"));
+        node.arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &self.client_url])
+            .args(["--listen-peer-urls", &self.peer_url])
+            .args(["--log-level", "info"])
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.node = Some(Proc(node.spawn().expect("spawn qed")));
+        let ca = self.dir.join("data/certs/ca.crt");
+        wait_until("the node's CA", || ca.exists());
+        let log = std::fs::File::create(self.dir.join("qed-grpc.log")).expect("log");
+        let shim = Command::new(env!("CARGO_BIN_EXE_qed-grpc"))
+            .args(["--endpoints", &self.client_url])
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["--listen-client-urls", &format!("http://{}", self.endpoint)])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn qed-grpc");
+        self.shim = Some(Proc(shim));
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("qed.log")).unwrap_or_default()
+    }
+}
+
+/// One etcdctl run against `endpoints`: (success, stdout, stderr).
+fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("timeout")
+        .args(["20", "etcdctl"])
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["--dial-timeout=3s", "--command-timeout=5s"])
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run etcdctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `ready` every 100 ms for up to 60 s.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn have_etcdctl() -> bool {
+    for tool in ["etcdctl", "timeout"] {
+        if !on_path(tool) {
+            println!("skipping: `{tool}` is not installed (make deps-etcd)");
+            return false;
+        }
+    }
+    true
+}
+
+/// `KEY="value"` lines as `etcdctl member add` prints them.
+fn etcd_env_lines(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .filter(|(k, _)| k.starts_with("ETCD_"))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
+
+/// `member list` rows: (hex ID, status, name, peer URLs, client URLs).
+fn member_rows(endpoint: &str) -> Vec<Vec<String>> {
+    let (ok, out, _) = etcdctl(endpoint, &["member", "list"]);
+    if !ok {
+        return Vec::new();
+    }
+    out.lines()
+        .map(|l| l.split(", ").map(str::to_string).collect())
+        .collect()
+}
+
+/// `make run`, then `member add n2`, then n2 started with nothing but the
+/// lines etcdctl printed (as environment variables) and its listen URLs:
+/// two started members that replicate both ways.
+#[test]
+fn a_cluster_grows_from_one_with_member_add() {
+    if !have_etcdctl() {
+        return;
+    }
+    let root = TempDir::new("grow");
+    let mut n1 = Member::new(&root.0, "n1");
+    let advertise = vec![
+        "--initial-advertise-peer-urls".to_string(),
+        n1.peer_url.clone(),
+    ];
+    n1.start(&advertise, &[]);
+    wait_until("the first member", || {
+        etcdctl(&n1.endpoint, &["put", "before", "1"]).0
+    });
+
+    let mut n2 = Member::new(&root.0, "n2");
+    let (ok, out, err) = etcdctl(
+        &n1.endpoint,
+        &[
+            "member",
+            "add",
+            "n2",
+            &format!("--peer-urls={}", n2.peer_url),
+        ],
+    );
+    assert!(ok, "member add: {out}{err}");
+    let env = etcd_env_lines(&out);
+    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ETCD_NAME",
+            "ETCD_INITIAL_CLUSTER",
+            "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+            "ETCD_INITIAL_CLUSTER_STATE"
+        ],
+        "{out}"
+    );
+    n2.start(&[], &env);
+
+    wait_until("two started members", || {
+        let rows = member_rows(&n1.endpoint);
+        rows.len() == 2
+            && rows
+                .iter()
+                .all(|r| r.get(1).map(String::as_str) == Some("started"))
+    });
+    let rows = member_rows(&n1.endpoint);
+    assert!(
+        rows.iter().any(|r| r[2] == "n2" && r[3] == n2.peer_url),
+        "{rows:?}\n{}",
+        n2.log()
+    );
+    // A write on the first is read on the second, and the other way.
+    wait_until("n2 to serve", || {
+        etcdctl(&n2.endpoint, &["get", "before"]).1 == "before\n1\n"
+    });
+    let (ok, _, err) = etcdctl(&n2.endpoint, &["put", "after", "2"]);
+    assert!(ok, "put on n2: {err}");
+    assert_eq!(etcdctl(&n1.endpoint, &["get", "after"]).1, "after\n2\n");
+}
