@@ -15,10 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One qed member and the qed-grpc in front of it.
+/// One qed member and the qed-grpc in front of it, on the same port
+/// number (the node on UDP, the shim on TCP, as `make run` does), so the
+/// client URL the member advertises is also its shim's: what `etcdctl
+/// --cluster` dials.
 struct Member {
     dir: PathBuf,
-    /// QUIC client URL.
+    /// The client URL: QUIC on UDP, gRPC on TCP.
     client_url: String,
     peer_url: String,
     /// The shim's TCP endpoint, `127.0.0.1:port`.
@@ -29,11 +32,12 @@ struct Member {
 
 impl Member {
     fn new(root: &Path, name: &str) -> Member {
+        let port = free_tcp_and_udp_port();
         Member {
             dir: root.join(name),
-            client_url: format!("https://127.0.0.1:{}", free_udp_port()),
+            client_url: format!("http://127.0.0.1:{port}"),
             peer_url: format!("http://127.0.0.1:{}", free_udp_port()),
-            endpoint: format!("127.0.0.1:{}", free_tcp_port()),
+            endpoint: format!("127.0.0.1:{port}"),
             node: None,
             shim: None,
         }
@@ -76,6 +80,17 @@ impl Member {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("qed.log")).unwrap_or_default()
     }
+}
+
+/// A loopback port free for TCP and for UDP a moment ago.
+fn free_tcp_and_udp_port() -> u16 {
+    for _ in 0..100 {
+        let port = free_tcp_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP");
 }
 
 /// One etcdctl run against `endpoints`: (success, stdout, stderr).
@@ -199,4 +214,115 @@ fn a_cluster_grows_from_one_with_member_add() {
     let (ok, _, err) = etcdctl(&n2.endpoint, &["put", "after", "2"]);
     assert!(ok, "put on n2: {err}");
     assert_eq!(etcdctl(&n1.endpoint, &["get", "after"]).1, "after\n2\n");
+}
+
+/// Starts `n` members as one cluster (`--initial-cluster`), a shim each.
+fn start_cluster(root: &Path, n: usize) -> Vec<Member> {
+    let mut members: Vec<Member> = (1..=n)
+        .map(|i| Member::new(root, &format!("n{i}")))
+        .collect();
+    let initial: Vec<String> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("n{}={}", i + 1, m.peer_url))
+        .collect();
+    let initial = initial.join(",");
+    for (i, m) in members.iter_mut().enumerate() {
+        let args = [
+            "--name".to_string(),
+            format!("n{}", i + 1),
+            "--initial-advertise-peer-urls".into(),
+            m.peer_url.clone(),
+            "--initial-cluster".into(),
+            initial.clone(),
+            "--initial-cluster-token".into(),
+            "operator-test".into(),
+        ];
+        m.start(&args, &[]);
+    }
+    members
+}
+
+/// `endpoint status` rows: (endpoint, member ID, is leader).
+fn status_rows(endpoints: &str, cluster: bool) -> Vec<(String, String, bool)> {
+    let mut args = vec!["endpoint", "status"];
+    if cluster {
+        args.push("--cluster");
+    }
+    let (ok, out, _) = etcdctl(endpoints, &args);
+    if !ok {
+        return Vec::new();
+    }
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(", ").collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(1)?.to_string(),
+                *f.get(4)? == "true",
+            ))
+        })
+        .collect()
+}
+
+/// A shim per member and each member advertising its shim's URL:
+/// `--cluster` reaches every member, and `move-leader` moves leadership
+/// to the member named, with etcd's errors for a bad transferee.
+#[test]
+fn cluster_commands_and_move_leader_through_a_shim_per_member() {
+    if !have_etcdctl() {
+        return;
+    }
+    let root = TempDir::new("ops3");
+    let members = start_cluster(&root.0, 3);
+    let first = members[0].endpoint.clone();
+    wait_until("a leader and three members in status --cluster", || {
+        let rows = status_rows(&first, true);
+        rows.len() == 3 && rows.iter().filter(|r| r.2).count() == 1
+    });
+    let (ok, table, err) = etcdctl(&first, &["endpoint", "status", "--cluster", "-w", "table"]);
+    assert!(ok, "{err}");
+    for m in &members {
+        assert!(table.contains(&m.client_url), "{table}");
+    }
+    for command in [
+        &["endpoint", "health", "--cluster"][..],
+        &["endpoint", "hashkv", "--cluster"],
+        &["defrag", "--cluster"],
+    ] {
+        let (ok, out, err) = etcdctl(&first, command);
+        assert!(ok, "etcdctl {command:?}: {out}{err}");
+        // endpoint health reports on stderr.
+        let lines = out.lines().chain(err.lines());
+        let reached = lines.filter(|l| members.iter().any(|m| l.contains(&m.client_url)));
+        assert_eq!(reached.count(), 3, "etcdctl {command:?}: {out}{err}");
+    }
+
+    let all: Vec<&str> = members.iter().map(|m| m.endpoint.as_str()).collect();
+    let all = all.join(",");
+    let rows = status_rows(&all, false);
+    let leader = rows.iter().find(|r| r.2).expect("a leader").1.clone();
+    let target = rows.iter().find(|r| !r.2).expect("a follower").1.clone();
+    let (ok, out, err) = etcdctl(&all, &["move-leader", &target]);
+    assert!(ok, "move-leader: {out}{err}");
+    assert_eq!(
+        out.trim(),
+        format!("Leadership transferred from {leader} to {target}")
+    );
+    wait_until("the new leader in endpoint status", || {
+        status_rows(&all, false)
+            .iter()
+            .any(|r| r.2 && r.1 == target)
+    });
+    // etcd's errors: an unknown member; a call that reaches no leader.
+    let (ok, _, err) = etcdctl(&all, &["move-leader", "1234"]);
+    assert!(!ok);
+    assert!(err.contains("etcdserver: bad leader transferee"), "{err}");
+    let follower = status_rows(&all, false)
+        .into_iter()
+        .find(|r| !r.2)
+        .expect("a follower");
+    let (ok, _, err) = etcdctl(&follower.0, &["move-leader", &leader]);
+    assert!(!ok);
+    assert!(err.contains("no leader endpoint given"), "{err}");
 }

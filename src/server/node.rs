@@ -524,6 +524,12 @@ impl Node {
                 }
             }
             Request::Status(_) => self.status(),
+            Request::MoveLeader(r) => {
+                self.move_leader(r.target_id).await?;
+                Response::MoveLeader(qed_wire::maintenance::MoveLeaderResponse {
+                    header: self.local_header(),
+                })
+            }
             Request::Defragment(_) => {
                 // The state lives in memory and is rebuilt compactly at every
                 // snapshot; there is no file to defragment.
@@ -573,6 +579,25 @@ impl Node {
         let header = resp.header_mut();
         self.stamp(header);
         Ok(resp)
+    }
+
+    /// etcd's MoveLeader: only the leader moves leadership (`not leader`
+    /// elsewhere, as etcd's maintenance server answers), to a voter that
+    /// is a member (`bad leader transferee` otherwise, learners included).
+    /// Moving it to the leader itself succeeds at once, as in etcd.
+    async fn move_leader(&self, target: u64) -> Result<(), Error> {
+        let me = self.identity.member_id;
+        if self.raft.status.leader.load(Ordering::Relaxed) != me {
+            return Err(Error::NotLeader);
+        }
+        match self.members.get(target) {
+            Some(m) if !m.is_learner => {}
+            _ => return Err(Error::BadLeaderTransferee),
+        }
+        if target == me {
+            return Ok(());
+        }
+        self.raft.move_leader(target).await
     }
 
     /// etcd's quota check before a write is proposed: a write that would

@@ -82,6 +82,12 @@ pub enum Input {
         peer_urls: Vec<String>,
         reply: channel::Sender<Result<(), Error>>,
     },
+    /// MoveLeader: hand leadership to this voter (TimeoutNow once it has
+    /// caught up); answered when the core has started the transfer.
+    TransferLeader {
+        to: NodeId,
+        reply: channel::Sender<Result<(), Error>>,
+    },
     /// A linearizable read wants to know when it may read.
     ReadIndex {
         reply: channel::Sender<Result<(), Error>>,
@@ -164,6 +170,10 @@ pub struct RaftHandle {
     /// How long a caller waits for a proposal or read (`None`: a lone
     /// member loses nothing on the way, so it waits as long as it takes).
     answer_timeout: Option<Duration>,
+    /// `--heartbeat-interval` and `--election-timeout` (MoveLeader waits
+    /// in ticks for at most two election timeouts).
+    tick: Duration,
+    election_timeout: Duration,
 }
 
 /// A caller counted in [`RaftStatus::waiting_calls`] until dropped.
@@ -238,6 +248,28 @@ impl RaftHandle {
             .await
             .map_err(|_| Error::Stopped)?;
         wait_answer(&answer, self.answer_timeout).await
+    }
+
+    /// etcd's MoveLeader on the leader: starts a transfer to `to` (etcd's
+    /// `not leader` elsewhere, `bad leader transferee` if `to` is not
+    /// another voter) and waits, a tick at a time, until `to` leads; after
+    /// two election timeouts (the core gives up after one) etcd's `leader
+    /// transfer took too long`.
+    pub async fn move_leader(&self, to: NodeId) -> Result<(), Error> {
+        let (reply, answer) = channel::bounded(1);
+        self.inbox
+            .send(Input::TransferLeader { to, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.recv().await.map_err(|_| Error::Stopped)??;
+        let deadline = Instant::now() + 2 * self.election_timeout;
+        while self.status.leader.load(Ordering::Relaxed) != to {
+            if Instant::now() >= deadline {
+                return Err(Error::TimeoutLeaderTransfer);
+            }
+            runtime::sleep(self.tick).await;
+        }
+        Ok(())
     }
 
     /// Hands a peer's message to the loop without blocking the peer
@@ -374,6 +406,8 @@ pub fn start(
             inbox,
             status,
             answer_timeout,
+            tick: options.tick,
+            election_timeout: options.election_timeout,
         },
         stopped,
     )
@@ -586,6 +620,16 @@ impl Driver {
             Input::CheckLeases => {
                 self.status.leases_queued.store(false, Ordering::Release);
                 self.check_leases();
+            }
+            Input::TransferLeader { to, reply } => {
+                let started = self.core.transfer_leader(to).map_err(|e| match e {
+                    raft::TransferError::NotLeader { .. } => Error::NotLeader,
+                    raft::TransferError::NotVoter => Error::BadLeaderTransferee,
+                });
+                if started.is_ok() {
+                    log::info!("transferring leadership to {to:x}");
+                }
+                let _ = reply.try_send(started);
             }
             Input::ReadIndex { reply } => {
                 let deadline = self.hold_deadline();
