@@ -1484,6 +1484,8 @@ mod tests {
             inbox,
             status: Arc::new(RaftStatus::default()),
             answer_timeout: None,
+            tick: std::time::Duration::from_millis(100),
+            election_timeout: std::time::Duration::from_secs(1),
         };
         let put = || qed_wire::Request::Put(Default::default());
         let status = &handle.status;
