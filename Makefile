@@ -28,8 +28,11 @@ release:
 # put a b` works at once. The SDK examples (`cargo run --example kv`) find
 # the node's CA in $(DATA_DIR)/certs. Ctrl-C stops both.
 # /health and /metrics: the shim's http://127.0.0.1:2379, the node's :2381.
+# The node advertises http://127.0.0.1:2379 (QUIC on UDP, the shim's h2c on
+# TCP), so `etcdctl ... --cluster` dials the shim.
 run: release
-	./target/release/qed --data-dir $(DATA_DIR) --listen-metrics-urls http://127.0.0.1:2381 & node=$$!; \
+	./target/release/qed --data-dir $(DATA_DIR) --listen-metrics-urls http://127.0.0.1:2381 \
+	  --advertise-client-urls http://127.0.0.1:2379 & node=$$!; \
 	trap 'kill $$node 2>/dev/null' EXIT INT TERM; \
 	while [ ! -f $(DATA_DIR)/certs/ca.crt ]; do kill -0 $$node 2>/dev/null || exit 1; sleep 0.1; done; \
 	./target/release/qed-grpc --cacert $(DATA_DIR)/certs/ca.crt

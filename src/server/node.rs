@@ -696,7 +696,9 @@ impl Node {
                 revision: state.revision(),
                 ..Default::default()
             },
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            // The etcd API this member implements, as /version says, so
+            // tools' version checks (etcdctl, client libraries) pass.
+            version: super::probes::ETCD_SERVER_VERSION.to_string(),
             db_size: size,
             leader: raft.leader.load(Ordering::Relaxed),
             raft_index: raft.commit.load(Ordering::Relaxed),
