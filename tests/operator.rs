@@ -328,3 +328,87 @@ fn cluster_commands_and_move_leader_through_a_shim_per_member() {
     assert!(!ok);
     assert!(err.contains("no leader endpoint given"), "{err}");
 }
+
+/// MemberUpdate moves a member to another peer URL under the same ID:
+/// restarted there (its other flags as before, `--initial-cluster`
+/// included, which a restart does not read for its ID), it is the same
+/// member with the same data, and replication goes on.
+#[test]
+fn member_update_then_restart_on_the_new_address_keeps_id_and_data() {
+    if !have_etcdctl() {
+        return;
+    }
+    let root = TempDir::new("update");
+    let mut members = start_cluster(&root.0, 3);
+    let first = members[0].endpoint.clone();
+    wait_until("the cluster", || etcdctl(&first, &["put", "before", "1"]).0);
+    let rows = member_rows(&first);
+    let n3 = rows
+        .iter()
+        .find(|r| r.get(2).map(String::as_str) == Some("n3"))
+        .expect("n3 in member list")[0]
+        .clone();
+    let new_url = format!("http://127.0.0.1:{}", free_udp_port());
+    let (ok, out, err) = etcdctl(
+        &first,
+        &["member", "update", &n3, &format!("--peer-urls={new_url}")],
+    );
+    assert!(ok, "member update: {out}{err}");
+    assert_eq!(
+        out.trim(),
+        format!("Member {n3} updated in cluster {}", {
+            let (_, status, _) = etcdctl(&first, &["endpoint", "status", "-w", "json"]);
+            let at = status.find("\"cluster_id\":").expect("cluster_id") + 13;
+            let digits: String = status[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            format!("{:x}", digits.parse::<u64>().expect("cluster id"))
+        })
+    );
+    // etcd's errors: an unknown member, a URL another member has.
+    let (ok, _, err) = etcdctl(
+        &first,
+        &["member", "update", "1234", "--peer-urls=http://127.0.0.1:1"],
+    );
+    assert!(!ok && err.contains("etcdserver: member not found"), "{err}");
+    let taken = format!("--peer-urls={}", members[0].peer_url);
+    let (ok, _, err) = etcdctl(&first, &["member", "update", &n3, &taken]);
+    assert!(
+        !ok && err.contains("etcdserver: Peer URLs already exists"),
+        "{err}"
+    );
+
+    // Restart n3 on the new address.
+    let m3 = &mut members[2];
+    m3.shim = None;
+    m3.node = None;
+    let initial: Vec<String> = rows.iter().map(|r| format!("{}={}", r[2], r[3])).collect();
+    m3.peer_url = new_url.clone();
+    let args = [
+        "--name".to_string(),
+        "n3".into(),
+        "--initial-advertise-peer-urls".into(),
+        new_url.clone(),
+        "--initial-cluster".into(),
+        initial.join(","),
+        "--initial-cluster-token".into(),
+        "operator-test".into(),
+    ];
+    m3.start(&args, &[]);
+    let n3_endpoint = m3.endpoint.clone();
+    wait_until("n3 started at its new URL under its old ID", || {
+        member_rows(&first)
+            .iter()
+            .any(|r| r[0] == n3 && r[1] == "started" && r[3] == new_url)
+    });
+    wait_until("n3 to serve its old data", || {
+        etcdctl(&n3_endpoint, &["get", "before"]).1 == "before\n1\n"
+    });
+    let (ok, _, err) = etcdctl(&first, &["put", "after", "2"]);
+    assert!(ok, "{err}");
+    wait_until("n3 to replicate a new write", || {
+        etcdctl(&n3_endpoint, &["get", "after", "--consistency=s"]).1 == "after\n2\n"
+    });
+    assert_eq!(member_rows(&first).len(), 3);
+}

@@ -206,7 +206,17 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     let reset_secret = files.key.as_ref().and_then(|k| std::fs::read(k).ok());
     let authenticator = auth::Authenticator::new(&config.auth).map_err(ServerError::Config)?;
     let local_auth = Arc::new(auth::LocalAuth::new(config.auth.token_ttl));
-    let members = Arc::new(initial_members(config)?);
+    // The IDs this member was created with, if its data directory is not
+    // new: they stay when its peer URLs change (MemberUpdate).
+    let identity_file = config.data_dir.join("member").join("id");
+    let stored = members::load_identity(&identity_file).map_err(|e| ServerError::DataDir {
+        path: identity_file.clone(),
+        reason: e.to_string(),
+    })?;
+    let members = Arc::new(initial_members(config, stored.map(|(id, _)| id))?);
+    if let Some((_, cluster)) = stored.filter(|(_, cluster)| *cluster != 0) {
+        members.adopt_cluster_id(cluster);
+    }
     let identity = Identity {
         name: config.name.clone(),
         peer_urls: config.initial_advertise_peer_urls.clone(),
@@ -244,6 +254,17 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     let conf = core.conf_state();
     if !conf.voters.is_empty() {
         members.sync(&conf);
+    }
+    members.set_updated_urls(state.member_urls());
+    // The data directory is this member's now: keep its IDs, so that
+    // they no longer depend on its flags.
+    if stored.is_none_or(|(_, cluster)| cluster == 0 && members.cluster_id() != 0) {
+        members::save_identity(&identity_file, members.local, members.cluster_id()).map_err(
+            |e| ServerError::DataDir {
+                path: identity_file.clone(),
+                reason: e.to_string(),
+            },
+        )?;
     }
     let state = Arc::new(RwLock::new(state));
     let options = LoopOptions {
@@ -313,8 +334,12 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     })
 }
 
-/// The member table from `--initial-cluster` (this member alone when empty).
-fn initial_members(config: &NodeConfig) -> Result<members::Members, ServerError> {
+/// The member table from `--initial-cluster` (this member alone when
+/// empty); `stored_id`: this member's ID from its data directory.
+fn initial_members(
+    config: &NodeConfig,
+    stored_id: Option<u64>,
+) -> Result<members::Members, ServerError> {
     let initial = if config.initial_cluster.trim().is_empty() {
         vec![(
             config.name.clone(),
@@ -324,12 +349,13 @@ fn initial_members(config: &NodeConfig) -> Result<members::Members, ServerError>
         members::parse_initial_cluster(&config.initial_cluster)
             .map_err(|e| ServerError::Config(e.to_string()))?
     };
-    members::Members::from_initial_cluster(
+    members::Members::from_initial_cluster_keeping(
         &initial,
         &config.name,
         &config.initial_advertise_peer_urls,
         &config.advertise_client_urls,
         &config.initial_cluster_token,
+        stored_id,
     )
     .map_err(|e| ServerError::Config(e.to_string()))
 }

@@ -523,6 +523,21 @@ impl Node {
                     None => self.change_members(&req).await?,
                 }
             }
+            Request::MemberUpdate(r) => {
+                self.check_member_update(r)?;
+                let header = AuthHeader {
+                    user: info.user.clone(),
+                    revision: info.revision,
+                    ..AuthHeader::default()
+                };
+                // An ordinary entry: every member applies it to its table
+                // (and keeps it in the state machine, so snapshots carry it).
+                self.raft.propose(req.clone(), header).await?;
+                Response::Members(MembersResponse {
+                    header: ResponseHeader::default(),
+                    members: self.members.list(),
+                })
+            }
             Request::Status(_) => self.status(),
             Request::MoveLeader(r) => {
                 self.move_leader(r.target_id).await?;
@@ -579,6 +594,31 @@ impl Node {
         let header = resp.header_mut();
         self.stamp(header);
         Ok(resp)
+    }
+
+    /// etcd's checks on MemberUpdate: valid URLs (`given member URLs are
+    /// invalid`), a member that exists (`member not found`), URLs no other
+    /// member uses (`Peer URLs already exists`).
+    fn check_member_update(&self, r: &qed_wire::cluster::MemberUpdateRequest) -> Result<(), Error> {
+        if r.peer_urls.is_empty()
+            || r.peer_urls
+                .iter()
+                .any(|u| crate::transport::url::parse(u).is_err())
+        {
+            return Err(Error::MemberBadUrls);
+        }
+        if !self.members.contains(r.id) {
+            return Err(Error::MemberNotFound);
+        }
+        let taken = self
+            .members
+            .list()
+            .into_iter()
+            .any(|m| m.id != r.id && m.peer_urls.iter().any(|u| r.peer_urls.contains(u)));
+        if taken {
+            return Err(Error::PeerUrlExist);
+        }
+        Ok(())
     }
 
     /// etcd's MoveLeader: only the leader moves leadership (`not leader`

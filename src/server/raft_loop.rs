@@ -1123,6 +1123,12 @@ impl Driver {
                                 &mut events,
                             );
                             note_apply(started.elapsed(), entry.index, &events);
+                            if let (Request::MemberUpdate(u), Some(Ok(_))) =
+                                (&command.request, &reply)
+                            {
+                                log::info!("member {:x} now at {:?}", u.id, u.peer_urls);
+                                self.members.update_peer_urls(u.id, &u.peer_urls);
+                            }
                             if !events.is_empty() {
                                 applied_events.push((events, state.revision()));
                             }
@@ -1196,6 +1202,7 @@ impl Driver {
             state.lessor_mut().promote(super::now_ms(), extend);
         }
         self.watchers.restore(state.revision());
+        self.members.set_updated_urls(state.member_urls());
         self.snapshot_base = snapshot.meta.index;
         log::info!(
             "installed the leader's snapshot at index {} (term {}, {} bytes)",

@@ -53,6 +53,7 @@ use qed_wire::maintenance::{
 };
 use qed_wire::{Error, Reply, Request, Response};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// This member's settings the state machine keeps.
@@ -75,13 +76,16 @@ pub struct StateMachine {
     /// Member-local, not replicated; survives snapshot installs.
     tokens: TokenTable,
     alarms: Vec<AlarmMember>,
+    /// Peer URLs set by MemberUpdate, by member ID: they win over the
+    /// URLs a member was created with (its ID stays).
+    member_urls: BTreeMap<u64, Vec<String>>,
     /// Index of the last log entry applied.
     applied: u64,
     limits: Limits,
 }
 
 /// The start of every snapshot image. Sections added later follow it in
-/// order (leases, then auth); an image from before a section existed ends
+/// order (leases, then auth, then updated member URLs); an image from before a section existed ends
 /// early and loads with that section empty. Postcard writes a struct as its
 /// fields one after another, so this is the same byte layout as one struct.
 #[derive(Deserialize)]
@@ -103,17 +107,19 @@ struct ImageRef<'a> {
     alarms: &'a [AlarmMember],
     leases: LeaseSnapshot,
     auth: AuthSnapshot,
+    member_urls: &'a BTreeMap<u64, Vec<String>>,
 }
 
 impl Serialize for ImageRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Image", 5)?;
+        let mut st = s.serialize_struct("Image", 6)?;
         st.serialize_field("applied", &self.applied)?;
         st.serialize_field("kv", &(self.kv_len, self.kv))?;
         st.serialize_field("alarms", self.alarms)?;
         st.serialize_field("leases", &self.leases)?;
         st.serialize_field("auth", &self.auth)?;
+        st.serialize_field("member_urls", self.member_urls)?;
         st.end()
     }
 }
@@ -168,6 +174,7 @@ impl StateMachine {
             auth,
             tokens,
             alarms: Vec::new(),
+            member_urls: BTreeMap::new(),
             applied: 0,
             limits,
         }
@@ -186,10 +193,14 @@ impl StateMachine {
             [] => (LeaseSnapshot::default(), rest),
             _ => postcard::take_from_bytes::<LeaseSnapshot>(rest).map_err(corrupt)?,
         };
-        let auth = match rest {
-            [] => AuthSnapshot::default(),
-            _ => match postcard::take_from_bytes::<AuthSnapshot>(rest).map_err(corrupt)? {
-                (auth, []) => auth,
+        let (auth, rest) = match rest {
+            [] => (AuthSnapshot::default(), rest),
+            _ => postcard::take_from_bytes::<AuthSnapshot>(rest).map_err(corrupt)?,
+        };
+        let member_urls = match rest {
+            [] => BTreeMap::new(),
+            _ => match postcard::take_from_bytes(rest).map_err(corrupt)? {
+                (urls, []) => urls,
                 (_, extra) => {
                     return Err(MvccError::Corrupt(format!(
                         "state snapshot: {} unexpected bytes at the end",
@@ -206,6 +217,7 @@ impl StateMachine {
             auth,
             tokens,
             alarms: base.alarms,
+            member_urls,
             applied: base.applied,
             limits,
         })
@@ -229,9 +241,15 @@ impl StateMachine {
             auth,
             tokens,
             alarms: Vec::new(),
+            member_urls: BTreeMap::new(),
             applied,
             limits,
         }
+    }
+
+    /// Peer URLs changed by MemberUpdate, by member ID.
+    pub fn member_urls(&self) -> &BTreeMap<u64, Vec<String>> {
+        &self.member_urls
     }
 
     /// The replicated lease state (IDs, TTLs, attached keys).
@@ -252,6 +270,7 @@ impl StateMachine {
             alarms: &self.alarms,
             leases: self.lessor.snapshot(),
             auth: self.auth.snapshot(),
+            member_urls: &self.member_urls,
         };
         // Everything but the store's own bytes, which are `kv_len`.
         let rest = encoded_len(&(
@@ -260,6 +279,7 @@ impl StateMachine {
             image.alarms,
             &image.leases,
             &image.auth,
+            image.member_urls,
         ))
         .map_err(corrupt)?;
         postcard::to_extend(&image, Vec::with_capacity(rest + kv_len)).map_err(corrupt)
@@ -462,6 +482,12 @@ impl StateMachine {
             Request::Compact(c) => {
                 self.kv.compact(c.revision).map_err(Error::from)?;
                 Response::Compact(Default::default())
+            }
+            // The proposer checked the member exists and the URLs; the
+            // member table follows this map (see `raft_loop`).
+            Request::MemberUpdate(u) => {
+                self.member_urls.insert(u.id, u.peer_urls.clone());
+                Response::Members(Default::default())
             }
             Request::Alarm(a) => {
                 match a.action {
@@ -799,15 +825,21 @@ mod tests {
             alarms: Vec<AlarmMember>,
             leases: LeaseSnapshot,
             auth: AuthSnapshot,
+            member_urls: BTreeMap<u64, Vec<String>>,
         }
         let mut sm = machine();
+        let update = Request::MemberUpdate(qed_wire::cluster::MemberUpdateRequest {
+            id: 0xabc,
+            peer_urls: vec!["http://10.0.0.9:2380".into()],
+        });
+        apply(&mut sm, 100, update).0.expect("member update");
         for i in 0..50u64 {
             let put = Request::Put(qed_wire::kv::PutRequest {
                 key: format!("k{i}").into_bytes(),
                 value: vec![b'v'; i as usize * 7],
                 ..Default::default()
             });
-            apply(&mut sm, i + 1, put).0.expect("put");
+            apply(&mut sm, 100 + i + 1, put).0.expect("put");
         }
         let plain = Plain {
             applied: sm.applied(),
@@ -815,6 +847,7 @@ mod tests {
             alarms: sm.alarms.clone(),
             leases: sm.lessor.snapshot(),
             auth: sm.auth.snapshot(),
+            member_urls: sm.member_urls.clone(),
         };
         let bytes = sm.to_snapshot().unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
@@ -822,5 +855,6 @@ mod tests {
         let (limits, tokens) = machine().identity();
         let back = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
         assert_eq!(back.to_snapshot().unwrap(), bytes);
+        assert_eq!(back.member_urls().len(), 1);
     }
 }
