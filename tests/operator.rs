@@ -412,3 +412,54 @@ fn member_update_then_restart_on_the_new_address_keeps_id_and_data() {
     });
     assert_eq!(member_rows(&first).len(), 3);
 }
+
+/// etcd's `--max-request-bytes` and `--max-txn-ops` on the node, with
+/// etcd's errors; raised, a txn past etcd's default of 128 ops applies.
+#[test]
+fn request_limits_are_the_nodes_flags() {
+    use qed::wire::kv::{PutRequest, RequestOp, TxnRequest};
+    use qed::wire::{Error, Request};
+    let put = |key: String, size: usize| PutRequest {
+        key: key.into_bytes(),
+        value: vec![b'v'; size],
+        ..Default::default()
+    };
+    let txn = |n: usize| {
+        Request::Txn(TxnRequest {
+            success: (0..n)
+                .map(|i| RequestOp::Put(put(format!("t{i}"), 1)))
+                .collect(),
+            ..Default::default()
+        })
+    };
+    let server_error = |r: Result<qed::wire::Response, qed::client::ClientError>| match r {
+        Err(qed::client::ClientError::Server(e)) => Some(e),
+        _ => None,
+    };
+    let small = common::TestNode::start(&["--max-request-bytes", "4096", "--max-txn-ops", "3"]);
+    qed::runtime::block_on(async {
+        let c = small.client().await;
+        assert!(c.call(txn(3)).await.is_ok());
+        assert_eq!(server_error(c.call(txn(4)).await), Some(Error::TooManyOps));
+        assert_eq!(
+            Error::TooManyOps.to_string(),
+            "etcdserver: too many operations in txn request"
+        );
+        assert!(c.call(Request::Put(put("a".into(), 1000))).await.is_ok());
+        let big = c.call(Request::Put(put("a".into(), 5000))).await;
+        assert_eq!(server_error(big), Some(Error::RequestTooLarge));
+        assert_eq!(
+            Error::RequestTooLarge.to_string(),
+            "etcdserver: request is too large"
+        );
+    });
+    let large = common::TestNode::start(&["--max-txn-ops", "500"]);
+    qed::runtime::block_on(async {
+        let c = large.client().await;
+        assert!(c.call(txn(300)).await.is_ok());
+        assert_eq!(
+            server_error(c.call(txn(501)).await),
+            Some(Error::TooManyOps)
+        );
+    });
+}

@@ -144,6 +144,17 @@ struct Flags {
     #[arg(long, env = "QED_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     quota_backend_bytes: u64,
 
+    /// Largest request a client may send, in bytes (etcd's default: 1.5
+    /// MiB); larger ones get `etcdserver: request is too large`. Checked by
+    /// the member the request arrives at.
+    #[arg(long, env = "QED_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    max_request_bytes: usize,
+
+    /// Most operations in one txn (etcd's default: 128); more get
+    /// `etcdserver: too many operations in txn request`.
+    #[arg(long, env = "QED_MAX_TXN_OPS", default_value_t = 128)]
+    max_txn_ops: usize,
+
     /// Applied entries between snapshots; after one, the WAL segments it
     /// covers are released.
     #[arg(long, env = "QED_SNAPSHOT_COUNT", default_value_t = 100_000)]
@@ -606,6 +617,10 @@ fn main() -> ExitCode {
             flags.quota_backend_bytes
         },
         auto_compaction,
+        limits: qed::server::node::ClientLimits {
+            max_request_bytes: flags.max_request_bytes,
+            max_txn_ops: flags.max_txn_ops,
+        },
         auth: qed::server::auth::AuthConfig {
             token: flags.auth_token,
             token_ttl: std::time::Duration::from_secs(flags.auth_token_ttl),

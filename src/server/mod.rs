@@ -86,6 +86,8 @@ pub struct NodeConfig {
     pub trusted_ca_file: Option<PathBuf>,
     pub client_cert_auth: bool,
     pub quota_backend_bytes: u64,
+    /// `--max-request-bytes` and `--max-txn-ops`.
+    pub limits: node::ClientLimits,
     /// Applied entries between snapshots (etcd's `--snapshot-count`).
     pub snapshot_count: u64,
     /// Snapshot files kept (etcd's `--max-snapshots`).
@@ -313,6 +315,7 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         quota::Quota {
             bytes: config.quota_backend_bytes,
         },
+        config.limits,
     ));
     if let Some(peers) = peers {
         crate::runtime::spawn(peer::serve(peers, node.clone()));

@@ -77,6 +77,34 @@ pub struct Node {
     local_auth: Arc<LocalAuth>,
     /// This member's `--quota-backend-bytes`, checked before proposing.
     quota: Quota,
+    limits: ClientLimits,
+}
+
+/// etcd's `--max-request-bytes` and `--max-txn-ops`: checked by the member
+/// a call arrives at, before anything is proposed, never when an entry is
+/// applied (flags may differ between members; apply may not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_request_bytes: qed_wire::frame::MAX_REQUEST_BYTES,
+            max_txn_ops: crate::mvcc::DEFAULT_MAX_TXN_OPS,
+        }
+    }
+}
+
+impl ClientLimits {
+    /// The largest request frame read: the request plus the envelope's
+    /// slack, never less than the wire's own limit.
+    pub fn frame_cap(&self) -> usize {
+        let slack = qed_wire::frame::MAX_CLIENT_FRAME - qed_wire::frame::MAX_REQUEST_BYTES;
+        qed_wire::frame::MAX_CLIENT_FRAME.max(self.max_request_bytes.saturating_add(slack))
+    }
 }
 
 /// `Authenticate` proposals retried when the auth state changed between the
@@ -95,6 +123,7 @@ impl Node {
         authenticator: Authenticator,
         local_auth: Arc<LocalAuth>,
         quota: Quota,
+        limits: ClientLimits,
     ) -> Self {
         Node {
             identity,
@@ -106,7 +135,13 @@ impl Node {
             authenticator,
             local_auth,
             quota,
+            limits,
         }
+    }
+
+    /// `--max-request-bytes` and `--max-txn-ops`.
+    pub fn client_limits(&self) -> ClientLimits {
+        self.limits
     }
 
     /// Who is calling (etcd's `AuthInfo`; empty without credentials).
@@ -491,7 +526,7 @@ impl Node {
 
     pub async fn handle(&self, req: Request, creds: &Credentials) -> Reply {
         // etcd refuses malformed requests before they reach the log.
-        validate(&req)?;
+        validate(&req, self.limits.max_txn_ops)?;
         let info = self.caller(creds)?;
         if let Request::Authenticate(r) = req {
             return self.authenticate(r).await;
@@ -768,13 +803,13 @@ fn auth_error(req: &Request, e: crate::auth::AuthError) -> Error {
     }
 }
 
-fn validate(req: &Request) -> Result<(), Error> {
+fn validate(req: &Request, max_txn_ops: usize) -> Result<(), Error> {
     use crate::mvcc;
     match req {
         Request::Range(r) => mvcc::validate_range(r),
         Request::Put(p) => mvcc::validate_put(p),
         Request::DeleteRange(d) => mvcc::validate_delete_range(d),
-        Request::Txn(t) => mvcc::validate_txn(t, mvcc::DEFAULT_MAX_TXN_OPS),
+        Request::Txn(t) => mvcc::validate_txn(t, max_txn_ops),
         _ => Ok(()),
     }
     .map_err(Error::from)

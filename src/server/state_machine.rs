@@ -124,6 +124,14 @@ impl Serialize for ImageRef<'_> {
     }
 }
 
+/// The store as apply uses it: the txn size limit (`--max-txn-ops`) is the
+/// receiving member's check before proposing, as in etcd; an entry in the
+/// log applies whatever that member's flag was.
+fn apply_store(mut kv: Store) -> Store {
+    kv.set_max_txn_ops(usize::MAX);
+    kv
+}
+
 /// Whether a request changes state (and so must go through the log).
 pub fn is_write(req: &Request) -> bool {
     match req {
@@ -169,7 +177,7 @@ impl StateMachine {
         let auth = AuthStore::new();
         tokens.mirror(&auth);
         StateMachine {
-            kv: Store::new(),
+            kv: apply_store(Store::new()),
             lessor: Lessor::new(limits.lease.clone()),
             auth,
             tokens,
@@ -212,7 +220,7 @@ impl StateMachine {
         let auth = AuthStore::from_snapshot(auth);
         tokens.mirror(&auth);
         Ok(StateMachine {
-            kv: Store::from_bytes(&base.kv)?,
+            kv: apply_store(Store::from_bytes(&base.kv)?),
             lessor: Lessor::from_snapshot(limits.lease.clone(), leases),
             auth,
             tokens,
@@ -236,7 +244,7 @@ impl StateMachine {
         let auth = AuthStore::from_snapshot(auth);
         tokens.mirror(&auth);
         StateMachine {
-            kv,
+            kv: apply_store(kv),
             lessor: Lessor::from_snapshot(limits.lease.clone(), leases),
             auth,
             tokens,
