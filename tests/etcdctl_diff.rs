@@ -154,6 +154,10 @@ fn script() -> Vec<Step> {
         cmd(&["alarm", "list"]),
         cmd(&["defrag"]),
         cmd(&["snapshot", "save", "SNAPSHOT"]),
+        // ---- membership and leadership errors
+        cmd(&["move-leader", "1234"]),
+        cmd(&["member", "update", "1234", "--peer-urls=http://127.0.0.1:1"]),
+        cmd(&["member", "update", "1234", "--peer-urls=not-a-url"]),
         // ---- watch
         timed(&["watch", "foo", "--rev=1"], 2),
         timed(&["watch", "--prefix", "foo", "--rev=1", "--prev-kv"], 2),
