@@ -327,6 +327,52 @@ fn cluster_commands_and_move_leader_through_a_shim_per_member() {
     let (ok, _, err) = etcdctl(&follower.0, &["move-leader", &leader]);
     assert!(!ok);
     assert!(err.contains("no leader endpoint given"), "{err}");
+    // Asked of a follower directly: etcd's `not leader`.
+    let follower = members
+        .iter()
+        .find(|m| m.endpoint == follower.0)
+        .expect("the follower's member");
+    let target_id = u64::from_str_radix(&target, 16).expect("hex id");
+    let answer = qed::runtime::block_on(async {
+        let options = qed::client::ConnectOptions {
+            ca_file: Some(follower.dir.join("data/certs/ca.crt")),
+            ..Default::default()
+        };
+        let c = qed::client::Client::connect(std::slice::from_ref(&follower.client_url), options)
+            .await
+            .expect("connect to the follower");
+        c.call(qed::wire::Request::MoveLeader(
+            qed::wire::maintenance::MoveLeaderRequest { target_id },
+        ))
+        .await
+    });
+    match answer {
+        Err(qed::client::ClientError::Server(e)) => {
+            assert_eq!(e.to_string(), "etcdserver: not leader")
+        }
+        other => panic!("MoveLeader at a follower answered {other:?}"),
+    }
+    // A learner cannot lead.
+    let learner_url = format!("http://127.0.0.1:{}", free_udp_port());
+    let (ok, out, err) = etcdctl(
+        &all,
+        &[
+            "member",
+            "add",
+            "l1",
+            "--learner",
+            &format!("--peer-urls={learner_url}"),
+        ],
+    );
+    assert!(ok, "member add --learner: {out}{err}");
+    let learner = member_rows(&all)
+        .into_iter()
+        .find(|r| r.last().map(String::as_str) == Some("true"))
+        .expect("the learner in member list")[0]
+        .clone();
+    let (ok, _, err) = etcdctl(&all, &["move-leader", &learner]);
+    assert!(!ok);
+    assert!(err.contains("etcdserver: bad leader transferee"), "{err}");
 }
 
 /// MemberUpdate moves a member to another peer URL under the same ID:
