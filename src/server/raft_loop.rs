@@ -354,8 +354,9 @@ pub fn start(
         .lease;
     // A forwarded proposal may be lost; etcd gives up after its request
     // timeout (5 s) plus two election timeouts.
-    let answer_timeout = peers
-        .is_some()
+    // A cluster of one (which listens for peers only so it can grow) has
+    // no way to lose a proposal: it waits as long as it takes.
+    let answer_timeout = (peers.is_some() && members.ids().len() > 1)
         .then(|| Duration::from_secs(5) + 2 * options.election_timeout);
     // A lone voter need not wait out an election timeout: tick until it
     // campaigns; the loop persists its vote and it leads at once.
