@@ -779,11 +779,7 @@ impl Node {
             raft_index: raft.commit.load(Ordering::Relaxed),
             raft_term: raft.term.load(Ordering::Relaxed),
             raft_applied_index: raft.applied.load(Ordering::Relaxed),
-            errors: state
-                .alarms()
-                .iter()
-                .map(|a| format!("memberID:{} alarm:{}", a.member_id, alarm_name(a.alarm)))
-                .collect(),
+            errors: status_errors(raft.leader.load(Ordering::Relaxed), state.alarms()),
             db_size_in_use: size,
             is_learner: self
                 .members
@@ -791,6 +787,17 @@ impl Node {
                 .is_some_and(|m| m.is_learner),
         })
     }
+}
+
+/// etcd's Status `errors`: `etcdserver: no leader` without one, then each
+/// alarm as its protobuf compact text (`memberID:N alarm:NOSPACE `, the
+/// trailing space included), which `etcdctl endpoint status` prints.
+fn status_errors(leader: u64, alarms: &[qed_wire::maintenance::AlarmMember]) -> Vec<String> {
+    let no_leader = (leader == 0).then(|| Error::NoLeader.to_string());
+    let alarms = alarms
+        .iter()
+        .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)));
+    no_leader.into_iter().chain(alarms).collect()
 }
 
 /// A refused call's error as etcd words it: its maintenance calls pass the
