@@ -46,6 +46,21 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(client_facing())
 }
 
+/// The SDK's side of its connections: a ping every `keep_alive` when
+/// nothing else is sent, and the connection is dead after `idle` without a
+/// packet from the node. The node's listener allows 30 s, but QUIC uses the
+/// shorter of both sides' idle timeouts, so the client decides how soon a
+/// dead node is noticed (`ConnectOptions::keep_alive_timeout`).
+pub fn client_transport_config(
+    keep_alive: Duration,
+    idle: Duration,
+) -> Arc<quinn::TransportConfig> {
+    let mut t = client_facing();
+    t.keep_alive_interval(Some(keep_alive));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    Arc::new(t)
+}
+
 /// A node's client listener: as [`transport_config`], with bounded receive
 /// and send windows.
 pub fn server_transport_config() -> Arc<quinn::TransportConfig> {
