@@ -1,14 +1,18 @@
 //! The peer transport: Raft messages and forwarded calls between members.
 //!
 //! One QUIC endpoint listens on the `--listen-peer-urls` address (ALPN
-//! `qed-peer/2`) and also makes this member's outbound connections.
+//! `qed-peer/3`) and also makes this member's outbound connections.
 //!
 //! Outbound, each other member has three *lanes*, each a task with a bounded
 //! queue and one long-lived unidirectional stream of length-prefixed postcard
 //! [`Message`] frames: `control` (heartbeats, votes, responses, ReadIndex,
 //! TimeoutNow), `append` (appends and forwarded proposals) and `snapshot`
 //! (snapshot chunks). Separate streams keep heartbeats and votes from
-//! queueing behind a large append or a snapshot chunk. The Raft loop only
+//! queueing behind a large append or a snapshot chunk. Heartbeats and
+//! their responses go as QUIC datagrams on the control lane's connection
+//! (unordered, unreliable: nothing waits behind a lost one; the next
+//! heartbeat supersedes it), on the stream only if a datagram cannot carry
+//! them. The Raft loop only
 //! ever calls [`Peers::send`], which never blocks: a full queue drops the
 //! message (Raft retransmits what matters), and so does a lane that is not
 //! connected; a lane that fails reconnects with exponential back-off, and
@@ -97,6 +101,20 @@ impl Lane {
             MessageBody::Snapshot { .. } => Lane::Snapshot,
             _ => Lane::Control,
         }
+    }
+
+    /// Whether a message goes as a QUIC datagram when it fits: heartbeats
+    /// and their responses. Nothing waits behind a lost datagram (on the
+    /// ordered control stream, one lost packet held every later heartbeat
+    /// until its retransmission, and a follower went silent for seconds at
+    /// 20-30% loss), and a lost one is simply superseded by the next: the
+    /// leader sends one every heartbeat interval, carrying the current
+    /// commit (at most what the follower has) and ReadIndex round.
+    fn unordered(body: &MessageBody) -> bool {
+        matches!(
+            body,
+            MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. }
+        )
     }
 
     /// Messages a lane may hold while its stream is busy: many small ones,
@@ -520,8 +538,13 @@ impl Peers {
         Ok(conn)
     }
 
-    /// Opens a lane's stream: a new unidirectional stream and our hello.
-    async fn open_lane(&self, to: NodeId, lane: Lane) -> Result<quinn::SendStream, TransportError> {
+    /// Opens a lane's stream: a new unidirectional stream and our hello;
+    /// with the connection it is on (for datagrams).
+    async fn open_lane(
+        &self,
+        to: NodeId,
+        lane: Lane,
+    ) -> Result<(quinn::Connection, quinn::SendStream), TransportError> {
         let hello = self.hello_to(to)?;
         let conn = self.connection(to).await?;
         let mut send = runtime::timeout(CONNECT_TIMEOUT, conn.open_uni())
@@ -532,7 +555,7 @@ impl Peers {
         // heartbeats overtake appends, which overtake snapshot chunks.
         let _ = send.set_priority(lane.priority());
         stream::write(&mut send, &hello, MAX_HELLO_FRAME).await?;
-        Ok(send)
+        Ok((conn, send))
     }
 
     /// A joining member learns its cluster's ID from the first member that
@@ -581,6 +604,48 @@ impl Peers {
         };
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
         at != 0 && now.saturating_sub(at) <= within.as_millis() as u64
+    }
+
+    /// What this member knows of its link to member `id`, for a log line
+    /// that has to explain a silence: when its last Raft message arrived,
+    /// and QUIC's view of our connection to it (smoothed RTT, packets sent
+    /// and lost, congestion window and events).
+    pub fn link_report(&self, id: NodeId) -> String {
+        let heard = self
+            .heard
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|a| a.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let mut report = match heard {
+            0 => "never heard from it".to_string(),
+            at => {
+                let now = self.epoch.elapsed().as_millis() as u64 + 1;
+                format!("last message {} ms ago", now.saturating_sub(at))
+            }
+        };
+        let conn = self
+            .connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .and_then(|slot| slot.try_lock().and_then(|c| c.clone()));
+        match conn {
+            Some(conn) if conn.close_reason().is_none() => {
+                let path = conn.stats().path;
+                report.push_str(&format!(
+                    "; link: rtt {:.1} ms, {} of {} packets lost, cwnd {} B, {} congestion events",
+                    path.rtt.as_secs_f64() * 1000.0,
+                    path.lost_packets,
+                    path.sent_packets,
+                    path.cwnd,
+                    path.congestion_events
+                ));
+            }
+            _ => report.push_str("; no connection to it"),
+        }
+        report
     }
 
     /// The clock a member's messages stamp (see [`Peers::heard_within`]).
@@ -700,7 +765,7 @@ pub fn load_cluster_id(path: &std::path::Path) -> Option<u64> {
 /// One lane to one member: takes messages off its queue and writes them to
 /// its stream, (re)connecting as needed. Ends when the queue is dropped.
 async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Receiver<Message>) {
-    let mut stream: Option<quinn::SendStream> = None;
+    let mut stream: Option<(quinn::Connection, quinn::SendStream)> = None;
     let mut retry_at = Instant::now();
     let mut backoff = MIN_BACKOFF;
     // Whether the current outage was logged (once per outage, not per try).
@@ -762,7 +827,7 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
                 }
             }
         }
-        let Some(send) = stream.as_mut() else {
+        let Some(conn) = stream.as_ref().map(|(conn, _)| conn.clone()) else {
             continue;
         };
         let frame = match qed_wire::frame::encode(&message, MAX_PEER_FRAME) {
@@ -772,6 +837,36 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
                 peers.count_drop(to, "encode");
                 continue;
             }
+        };
+        // The stream's hello went first on this connection, so the peer
+        // knows who its datagrams are from (one that overtakes the hello
+        // is dropped there, as a lost one would be).
+        if Lane::unordered(&message.body)
+            && conn
+                .max_datagram_size()
+                .is_some_and(|max| frame.len() <= max)
+        {
+            let len = frame.len() as u64;
+            match conn.send_datagram(frame.clone().into()) {
+                Ok(()) => {
+                    sent_bytes.add(len);
+                    continue;
+                }
+                Err(quinn::SendDatagramError::ConnectionLost(e)) => {
+                    if peers.note_refusal(to, &e) {
+                        retry_at = Instant::now() + MAX_BACKOFF;
+                    }
+                    log::debug!("member {to:x}: connection lost ({e})");
+                    stream = None;
+                    peers.count_drop(to, "connection lost");
+                    continue;
+                }
+                // Not possible on this connection after all: the stream.
+                Err(e) => log::debug!("member {to:x}: datagram not sent ({e})"),
+            }
+        }
+        let Some((_, send)) = stream.as_mut() else {
+            continue;
         };
         let written = runtime::timeout(lane.write_timeout(), send.write_all(&frame)).await;
         if matches!(written, Ok(Ok(()))) {
@@ -834,6 +929,12 @@ async fn serve_connection(conn: quinn::Connection, peers: Arc<Peers>, node: Arc<
             }
         })
     };
+    runtime::spawn(serve_datagrams(
+        conn.clone(),
+        peers.clone(),
+        node.clone(),
+        sender.clone(),
+    ));
     loop {
         match conn.accept_uni().await {
             Ok(recv) => {
@@ -967,6 +1068,40 @@ async fn serve_lane(
                 log::debug!("lane from member {:x} ended: {e}", hello.from);
                 return;
             }
+        }
+    }
+}
+
+/// The datagrams of one inbound connection: heartbeats and their
+/// responses (see [`Lane::unordered`]), each one frame. Believed only once
+/// a stream of the connection passed the hello, only from the member that
+/// hello named, and only of those kinds; anything else is dropped.
+/// Ends with the connection.
+async fn serve_datagrams(
+    conn: quinn::Connection,
+    peers: Arc<Peers>,
+    node: Arc<Node>,
+    sender: Arc<AtomicU64>,
+) {
+    while let Ok(datagram) = conn.read_datagram().await {
+        let from = sender.load(Ordering::Relaxed);
+        if from == 0 {
+            continue;
+        }
+        match qed_wire::frame::decode_frame::<Message>(&datagram, MAX_HELLO_FRAME) {
+            Ok(message) if message.from == from && Lane::unordered(&message.body) => {
+                SERVER
+                    .peer_received_bytes
+                    .with(&[&format!("{from:x}")])
+                    .add(datagram.len() as u64);
+                peers.heard_clock(from).store(
+                    peers.epoch.elapsed().as_millis() as u64 + 1,
+                    Ordering::Relaxed,
+                );
+                node.step(message);
+            }
+            Ok(_) => log::debug!("member {from:x} sent an unexpected datagram; dropped"),
+            Err(e) => log::debug!("member {from:x} sent a bad datagram ({e}); dropped"),
         }
     }
 }

@@ -929,7 +929,22 @@ impl Driver {
                 }
                 if before != soft.leader && self.peers.is_some() {
                     match soft.leader {
-                        0 => log::info!("lost the leader {before:x}"),
+                        0 => {
+                            let why = match soft.role {
+                                Role::PreCandidate | Role::Candidate => {
+                                    "nothing from it for an election timeout"
+                                }
+                                Role::Follower | Role::Leader => {
+                                    "it stepped down or a newer term began"
+                                }
+                            };
+                            let link = self
+                                .peers
+                                .as_ref()
+                                .map(|p| p.link_report(before))
+                                .unwrap_or_default();
+                            log::warn!("lost the leader {before:x}: {why}; {link}");
+                        }
                         l if l == self.core.id() => log::info!(
                             "this member ({l:x}) leads at term {}",
                             self.core.status().term

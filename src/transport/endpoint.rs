@@ -84,6 +84,12 @@ pub fn peer_transport_config() -> Arc<quinn::TransportConfig> {
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(3)) {
         t.max_idle_timeout(Some(idle));
     }
+    // Loss-based controllers (quinn's default, Cubic) read random loss as
+    // congestion: at 20-30% loss the window sat at its 2-packet minimum
+    // and heartbeats (datagrams are congestion-controlled too) waited
+    // behind appends for over an election timeout. BBR paces by measured
+    // bandwidth and RTT instead.
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     Arc::new(t)
 }
 
