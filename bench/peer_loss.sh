@@ -15,7 +15,8 @@
 # Needs root (ip netns, nft); without it, or without nft, it says so and
 # exits 0. Everything runs inside the namespace, which is deleted on exit
 # (with every process started in it, stopped by PID). QED_LOGS=DIR keeps
-# the members' logs there.
+# the members' logs there; QED_FLAGS adds flags to every member (say
+# "--heartbeat-interval auto --election-timeout auto").
 set -euo pipefail
 
 LOSS=${1:-20}
@@ -41,7 +42,7 @@ if [ "${QED_PEER_LOSS_INSIDE:-}" != 1 ]; then
     ip netns add "$NS"
     trap 'ip netns delete "$NS" 2>/dev/null || true' EXIT
     ip netns exec "$NS" ip link set lo up
-    QED_PEER_LOSS_INSIDE=1 QED_BIN="$BIN" QED_LOGS="${QED_LOGS:-}" ip netns exec "$NS" "$0" "$LOSS" "$SECS"
+    QED_PEER_LOSS_INSIDE=1 QED_BIN="$BIN" QED_LOGS="${QED_LOGS:-}" QED_FLAGS="${QED_FLAGS:-}" ip netns exec "$NS" "$0" "$LOSS" "$SECS"
     exit $?
 fi
 
@@ -67,7 +68,7 @@ for i in 1 2 3; do
         --initial-advertise-peer-urls "http://127.0.0.1:${i}2380" \
         --listen-metrics-urls "http://127.0.0.1:${i}2381" \
         --initial-cluster "$CLUSTER" --initial-cluster-token loss \
-        --log-level info 2>"$TMP/n$i.log" &
+        --log-level info ${QED_FLAGS:-} 2>"$TMP/n$i.log" &
     PIDS+=($!)
 done
 
@@ -133,5 +134,5 @@ echo "  bench: $(cat "$TMP/bench.out")"
 tr "\r" "\n" <"$TMP/bench.err" | grep "^error" | sort | uniq -c | sed "s/^/  /" || true
 echo "  leader changes: $((changes_after - changes_before)); no-leader gaps: $gaps, longest ${longest} ms, total ${total} ms"
 for i in 1 2 3; do
-    grep -i "lost its leader\|lost the leader\|no leader" "$TMP/n$i.log" | head -5 | sed "s/^/  n$i: /" || true
+    grep -i "lost the leader\|Raft timing" "$TMP/n$i.log" | head -5 | sed "s/^/  n$i: /" || true
 done

@@ -278,6 +278,14 @@ impl Raft {
         self.voters.contains(&self.id)
     }
 
+    pub fn set_election_tick(&mut self, ticks: u32) {
+        let ticks = ticks.max(self.cfg.heartbeat_tick.saturating_add(1));
+        self.cfg.election_tick = ticks;
+        if self.randomized_timeout < ticks || self.randomized_timeout >= ticks.saturating_mul(2) {
+            self.reset_randomized_timeout();
+        }
+    }
+
     fn reset_randomized_timeout(&mut self) {
         let e = self.cfg.election_tick;
         self.randomized_timeout = e + (splitmix(&mut self.rng) % e as u64) as u32;

@@ -62,9 +62,11 @@ use std::time::{Duration, Instant};
 /// Bound on a hello frame (names and URL lists).
 const MAX_HELLO_FRAME: usize = 64 * 1024;
 
-/// Giving up on a connection attempt: well under an election timeout, so a
-/// dead member costs its lanes little.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Giving up on a connection attempt: about two election timeouts, so a
+/// dead member costs its lanes little, but a handshake over a lossy link
+/// has time for a few resends of each flight (see the peer transport's
+/// initial RTT in `transport::endpoint`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reconnect back-off bounds.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -646,6 +648,25 @@ impl Peers {
             _ => report.push_str("; no connection to it"),
         }
         report
+    }
+
+    /// Each member's live outbound connection as (member, smoothed RTT,
+    /// packets lost, packets sent), the counts since the connection
+    /// opened; for `auto` Raft timing.
+    pub fn link_figures(&self) -> Vec<(NodeId, Duration, u64, u64)> {
+        self.connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(id, slot)| {
+                let conn = slot.try_lock().and_then(|c| c.clone())?;
+                if conn.close_reason().is_some() {
+                    return None;
+                }
+                let path = conn.stats().path;
+                Some((*id, path.rtt, path.lost_packets, path.sent_packets))
+            })
+            .collect()
     }
 
     /// The clock a member's messages stamp (see [`Peers::heard_within`]).
