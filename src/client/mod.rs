@@ -63,9 +63,10 @@ pub struct ConnectOptions {
     /// `--command-timeout` is 5 s; on lossy links a little more is kinder.
     pub request_timeout: Duration,
     /// Deadline for one QUIC handshake (etcd's `--dial-timeout`, 2 s). A
-    /// node that does not answer in time is skipped for `dial_timeout`
-    /// before it is tried again, so one dead endpoint does not cost every
-    /// call that round-robin sends its way.
+    /// node that does not answer in time is *down*: calls skip it (or fail
+    /// at once when it is the only endpoint) while a background probe
+    /// re-dials it, so one dead endpoint does not cost every call that
+    /// round-robin sends its way.
     pub dial_timeout: Duration,
     /// How often the client pings each connection when it has nothing
     /// else to send (QUIC keep-alive), so a dead node is noticed even
@@ -403,13 +404,13 @@ impl Client {
     }
 
     /// Opens a stream on the next endpoint in turn, failing over to the
-    /// others when one cannot be reached. Endpoints in back-off are tried
-    /// only when no other is left.
+    /// others when one cannot be reached. Down endpoints are looked at only
+    /// when no other is left (and then fail at once).
     async fn open_bi(&self) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
         let n = self.inner.endpoints.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
-        for pass in [Pass::Healthy, Pass::BackingOff] {
+        for pass in [Pass::Healthy, Pass::Down] {
             for i in 0..n {
                 let idx = (start + i) % n;
                 match self.connection(idx, pass).await {
@@ -431,7 +432,7 @@ impl Client {
     async fn any_connection(&self) -> Result<(), ClientError> {
         let mut last = None;
         for idx in 0..self.inner.endpoints.len() {
-            match self.connection(idx, Pass::BackingOff).await {
+            match self.connection(idx, Pass::Down).await {
                 Ok(Some(_)) => return Ok(()),
                 Ok(None) => {}
                 Err(e) => last = Some(e),
@@ -469,7 +470,7 @@ impl Client {
         if slot.down {
             return match pass {
                 Pass::Healthy => Ok(None),
-                Pass::BackingOff => Err(self.connect_error(idx, "unreachable; reconnecting")),
+                Pass::Down => Err(self.connect_error(idx, "unreachable; reconnecting")),
             };
         }
         match self.dial(idx, endpoint).await {
@@ -643,7 +644,7 @@ async fn probe(client: std::sync::Weak<Inner>, idx: usize) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
     Healthy,
-    BackingOff,
+    Down,
 }
 
 /// The sending half of a streaming call.

@@ -437,6 +437,7 @@ impl Raft {
                 MessageBody::Snapshot {
                     meta: snap.meta.clone(),
                     offset: start,
+                    // Both at most `len`, the image's length: they fit a usize.
                     data: snap.data[start as usize..end as usize].to_vec(),
                     done: end == len,
                     checksum,

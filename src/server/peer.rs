@@ -1,14 +1,17 @@
 //! The peer transport: Raft messages and forwarded calls between members.
 //!
 //! One QUIC endpoint listens on the `--listen-peer-urls` address (ALPN
-//! `qed-peer/3`) and also makes this member's outbound connections.
+//! `qed-peer/3`) and also makes this member's outbound connections (two per
+//! member: control and data).
 //!
 //! Outbound, each other member has three *lanes*, each a task with a bounded
 //! queue and one long-lived unidirectional stream of length-prefixed postcard
 //! [`Message`] frames: `control` (heartbeats, votes, responses, ReadIndex,
 //! TimeoutNow), `append` (appends and forwarded proposals) and `snapshot`
 //! (snapshot chunks). Separate streams keep heartbeats and votes from
-//! queueing behind a large append or a snapshot chunk. Heartbeats and
+//! queueing behind a large append or a snapshot chunk, and the control
+//! lane has a connection of its own ([`Link`]) so appends never fill the
+//! congestion window it sends in. Heartbeats and
 //! their responses go as QUIC datagrams on the control lane's connection
 //! (unordered, unreliable: nothing waits behind a lost one; the next
 //! heartbeat supersedes it), on the stream only if a datagram cannot carry
@@ -148,6 +151,13 @@ impl Lane {
         }
     }
 
+    fn link(self) -> Link {
+        match self {
+            Lane::Control => Link::Control,
+            Lane::Append | Lane::Snapshot => Link::Data,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Lane::Control => "control",
@@ -155,6 +165,22 @@ impl Lane {
             Lane::Snapshot => "snapshot",
         }
     }
+}
+
+/// One outbound connection, made on first use and again after it closed.
+type ConnectionSlot = Arc<runtime::Mutex<Option<quinn::Connection>>>;
+
+/// The two connections to each member. QUIC's congestion window is per
+/// connection: on one shared connection, appends filled it at 20-30% loss
+/// and the heartbeats behind them (datagrams are congestion-controlled
+/// too) waited for an election timeout. The control link carries only
+/// the control lane (heartbeats, votes, responses): a few small packets
+/// per heartbeat, so its window is never what holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Control = 0,
+    /// Appends, snapshot chunks and forwarded calls.
+    Data = 1,
 }
 
 /// Why a peer stream was refused.
@@ -303,8 +329,8 @@ pub struct Peers {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     lanes: RwLock<HashMap<NodeId, [channel::Sender<Message>; 3]>>,
-    /// One connection per member, shared by its lanes and calls.
-    connections: RwLock<HashMap<NodeId, Arc<runtime::Mutex<Option<quinn::Connection>>>>>,
+    /// Two connections per member (see [`Link`]), indexed by `Link`.
+    connections: RwLock<HashMap<NodeId, [ConnectionSlot; 2]>>,
     /// Messages dropped so far (full queues, lanes without a connection);
     /// logged at every power of two.
     dropped: AtomicU64,
@@ -389,7 +415,7 @@ impl Peers {
         self.connections
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Arc::new(runtime::Mutex::new(None)));
+            .insert(id, Default::default());
         for (lane, (_, rx)) in LANES.into_iter().zip(queues) {
             runtime::spawn(run_lane(self.clone(), id, lane, rx));
         }
@@ -402,13 +428,15 @@ impl Peers {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        let slot = self
+        let slots = self
             .connections
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        if let Some(conn) = slot.and_then(|s| s.try_lock().and_then(|c| c.clone())) {
-            conn.close(REMOVED, b"removed from the cluster");
+        for slot in slots.into_iter().flatten() {
+            if let Some(conn) = slot.try_lock().and_then(|c| c.clone()) {
+                conn.close(REMOVED, b"removed from the cluster");
+            }
         }
     }
 
@@ -468,7 +496,7 @@ impl Peers {
             Error::TimeoutDueToConnectionLost
         };
         let exchange = async {
-            let conn = self.connection(to).await?;
+            let conn = self.connection(to, Link::Data).await?;
             let (mut send, mut recv) = conn
                 .open_bi()
                 .await
@@ -488,14 +516,18 @@ impl Peers {
         }
     }
 
-    /// The connection to `to`, made if there is none (or it closed).
-    async fn connection(&self, to: NodeId) -> Result<quinn::Connection, TransportError> {
+    /// The `link` connection to `to`, made if there is none (or it closed).
+    async fn connection(
+        &self,
+        to: NodeId,
+        link: Link,
+    ) -> Result<quinn::Connection, TransportError> {
         let slot = self
             .connections
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&to)
-            .cloned()
+            .map(|slots| slots[link as usize].clone())
             .ok_or_else(|| TransportError::Connect {
                 addr: format!("member {to:x}"),
                 reason: "not a member of this cluster".into(),
@@ -548,7 +580,7 @@ impl Peers {
         lane: Lane,
     ) -> Result<(quinn::Connection, quinn::SendStream), TransportError> {
         let hello = self.hello_to(to)?;
-        let conn = self.connection(to).await?;
+        let conn = self.connection(to, lane.link()).await?;
         let mut send = runtime::timeout(CONNECT_TIMEOUT, conn.open_uni())
             .await
             .map_err(|_| TransportError::Stream("no stream credit from the peer".into()))?
@@ -627,17 +659,11 @@ impl Peers {
                 format!("last message {} ms ago", now.saturating_sub(at))
             }
         };
-        let conn = self
-            .connections
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .and_then(|slot| slot.try_lock().and_then(|c| c.clone()));
-        match conn {
-            Some(conn) if conn.close_reason().is_none() => {
+        match self.live_connection(id, Link::Control) {
+            Some(conn) => {
                 let path = conn.stats().path;
                 report.push_str(&format!(
-                    "; link: rtt {:.1} ms, {} of {} packets lost, cwnd {} B, {} congestion events",
+                    "; control link: rtt {:.1} ms, {} of {} packets lost, cwnd {} B, {} congestion events",
                     path.rtt.as_secs_f64() * 1000.0,
                     path.lost_packets,
                     path.sent_packets,
@@ -645,26 +671,37 @@ impl Peers {
                     path.congestion_events
                 ));
             }
-            _ => report.push_str("; no connection to it"),
+            None => report.push_str("; no control connection to it"),
         }
         report
     }
 
-    /// Each member's live outbound connection as (member, smoothed RTT,
-    /// packets lost, packets sent), the counts since the connection
-    /// opened; for `auto` Raft timing.
-    pub fn link_figures(&self) -> Vec<(NodeId, Duration, u64, u64)> {
+    /// The `link` connection to `id`, if it is open (never waits).
+    fn live_connection(&self, id: NodeId, link: Link) -> Option<quinn::Connection> {
         self.connections
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter_map(|(id, slot)| {
-                let conn = slot.try_lock().and_then(|c| c.clone())?;
-                if conn.close_reason().is_some() {
-                    return None;
-                }
-                let path = conn.stats().path;
-                Some((*id, path.rtt, path.lost_packets, path.sent_packets))
+            .get(&id)
+            .and_then(|slots| slots[link as usize].try_lock().and_then(|c| c.clone()))
+            .filter(|conn| conn.close_reason().is_none())
+    }
+
+    /// Each member's live outbound control connection as (member,
+    /// smoothed RTT, packets lost, packets sent), the counts since the
+    /// connection opened; for `auto` Raft timing. The control link carries
+    /// no bulk data, so its RTT is the path's, not a queue's.
+    pub fn link_figures(&self) -> Vec<(NodeId, Duration, u64, u64)> {
+        let ids: Vec<NodeId> = self
+            .connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| {
+                let path = self.live_connection(id, Link::Control)?.stats().path;
+                Some((id, path.rtt, path.lost_packets, path.sent_packets))
             })
             .collect()
     }
