@@ -139,7 +139,10 @@ fn watch_semantics_match_etcd() {
         // kept of it, so the delete of k2 at 12 is gone (its tombstone
         // was compacted away), as etcd 3.4 answers `watch --rev 12`.
         let mut at = c
-            .watch("k", WatchOptions::new().with_prefix().with_start_revision(12))
+            .watch(
+                "k",
+                WatchOptions::new().with_prefix().with_start_revision(12),
+            )
             .await
             .unwrap();
         let evs = events(&mut at, 1).await;
