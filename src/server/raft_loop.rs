@@ -42,7 +42,7 @@ use super::held::{HeldCall, HeldCalls};
 use super::members::Members;
 use super::peer::Peers;
 use super::state_machine::StateMachine;
-use super::timing::{self, Timing, TimingFlags};
+use super::timing::{AutoTiming, Timing, TimingFlags};
 use super::watchers::Watchers;
 use crate::lease::{grant_ttl, lease_id_from, LeaseConfig, LEASE_REVOKE_RATE};
 use crate::metrics::SERVER;
@@ -148,11 +148,11 @@ const RETIME_EVERY: Duration = Duration::from_secs(5);
 /// count (an idle link's RTT is stale, its loss share noise).
 const RETIME_MIN_PACKETS: u64 = 20;
 
-/// `auto` timing's state in the loop: what it applied, and each member's
-/// packet counts at the last look (loss is measured between looks).
+/// `auto` timing's state in the loop: the pure estimator, and each
+/// member's packet counts at the last look (loss is measured between
+/// looks).
 struct AutoTimer {
-    flags: TimingFlags,
-    current: Timing,
+    timing: AutoTiming,
     last_look: Instant,
     counts: HashMap<NodeId, (u64, u64)>,
 }
@@ -338,14 +338,16 @@ pub fn start(
     spawn_ticker(inbox.clone(), status.clone(), false);
     spawn_ticker(inbox.clone(), status.clone(), true);
     let timer = options.auto_timing.map(|flags| AutoTimer {
-        flags,
-        current: Timing {
-            heartbeat: options.tick,
-            election_ticks: u32::try_from(
-                options.election_timeout.as_micros() / options.tick.as_micros().max(1),
-            )
-            .unwrap_or(u32::MAX),
-        },
+        timing: AutoTiming::new(
+            flags,
+            Timing {
+                heartbeat: options.tick,
+                election_ticks: u32::try_from(
+                    options.election_timeout.as_micros() / options.tick.as_micros().max(1),
+                )
+                .unwrap_or(u32::MAX),
+            },
+        ),
         last_look: Instant::now(),
         counts: HashMap::new(),
     });
@@ -681,10 +683,10 @@ impl Driver {
         Ok(())
     }
 
-    /// `auto` timing: every [`RETIME_EVERY`], derives the heartbeat and
-    /// election timeout from the peer links (the worst smoothed RTT among
-    /// links that carried traffic, the share of their packets lost since
-    /// the last look) and applies a big enough change: the ticker's period,
+    /// `auto` timing: every [`RETIME_EVERY`], hands the peer links'
+    /// figures (the worst smoothed RTT among links that carried traffic,
+    /// the share of their packets lost since the last look) to the
+    /// estimator and applies the change it decides on: the ticker's period,
     /// the core's election ticks, and the loop's own timeouts.
     fn retime(&mut self) {
         let (Some(timer), Some(peers)) = (self.timer.as_mut(), self.peers.as_ref()) else {
@@ -715,22 +717,21 @@ impl Driver {
         if sent == 0 {
             return;
         }
-        let loss = lost as f64 / sent as f64;
-        let new = timer.flags.derive(rtt, loss);
-        if !timing::worth_changing(timer.current, new) {
+        let before = timer.timing.current();
+        let Some(new) = timer.timing.observe(rtt, lost as f64 / sent as f64) else {
             return;
-        }
+        };
+        let (rtt, loss) = timer.timing.figures();
         log::info!(
             "Raft timing: heartbeat interval {} ms -> {} ms, election timeout {} ms -> {} ms \
-             (peer RTT {:.1} ms, {:.1}% of peer packets lost)",
-            timer.current.heartbeat.as_millis(),
+             (peer RTT {:.1} ms, {:.1}% of peer packets lost, smoothed)",
+            before.heartbeat.as_millis(),
             new.heartbeat.as_millis(),
-            timer.current.election_timeout().as_millis(),
+            before.election_timeout().as_millis(),
             new.election_timeout().as_millis(),
             rtt.as_secs_f64() * 1000.0,
             loss * 100.0
         );
-        timer.current = new;
         self.status.tick_micros.store(
             u64::try_from(new.heartbeat.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,

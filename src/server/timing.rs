@@ -170,6 +170,77 @@ pub fn worth_changing(current: Timing, new: Timing) -> bool {
         || differs(current.election_timeout(), new.election_timeout(), 0.15)
 }
 
+/// Weight of the newest look in the smoothed link figures: one look is
+/// 5 s of traffic, and loss shares between looks swing by a third at 30%
+/// loss, so a single look must not retime Raft.
+const SMOOTHING: f64 = 0.5;
+/// Looks in a row that must ask for a shorter timing before it is applied
+/// (a longer one is applied at once: too short a timeout risks elections,
+/// too long one only a slower failover).
+const SHORTER_AFTER: u32 = 3;
+
+/// `auto` timing across looks at the links: smoothed figures, the timing
+/// in force, and how many looks in a row asked for a shorter one.
+#[derive(Debug, Clone)]
+pub struct AutoTiming {
+    flags: TimingFlags,
+    current: Timing,
+    rtt_secs: f64,
+    loss: f64,
+    shorter_looks: u32,
+}
+
+impl AutoTiming {
+    /// Starts from `current` (what the member runs with).
+    pub fn new(flags: TimingFlags, current: Timing) -> AutoTiming {
+        AutoTiming {
+            flags,
+            current,
+            rtt_secs: 0.0,
+            loss: 0.0,
+            shorter_looks: 0,
+        }
+    }
+
+    pub fn current(&self) -> Timing {
+        self.current
+    }
+
+    /// The smoothed figures the last decision was made on: RTT, loss.
+    pub fn figures(&self) -> (Duration, f64) {
+        (Duration::from_secs_f64(self.rtt_secs), self.loss)
+    }
+
+    /// One look at the links (the worst RTT, the share of packets lost
+    /// since the last look): the new timing, when it should change.
+    pub fn observe(&mut self, rtt: Duration, loss: f64) -> Option<Timing> {
+        let loss = if loss.is_finite() {
+            loss.clamp(0.0, 1.0)
+        } else {
+            MAX_LOSS
+        };
+        self.rtt_secs = SMOOTHING * rtt.as_secs_f64() + (1.0 - SMOOTHING) * self.rtt_secs;
+        self.loss = SMOOTHING * loss + (1.0 - SMOOTHING) * self.loss;
+        let (rtt, loss) = self.figures();
+        let new = self.flags.derive(rtt, loss);
+        if !worth_changing(self.current, new) {
+            self.shorter_looks = 0;
+            return None;
+        }
+        let longer = new.heartbeat > self.current.heartbeat
+            || new.election_timeout() > self.current.election_timeout();
+        if !longer {
+            self.shorter_looks += 1;
+            if self.shorter_looks < SHORTER_AFTER {
+                return None;
+            }
+        }
+        self.shorter_looks = 0;
+        self.current = new;
+        Some(new)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +335,60 @@ mod tests {
         let t = auto_election.derive(MS(150), 0.0);
         assert_eq!(t.heartbeat, MS(50));
         assert_eq!(t.election_timeout(), MS(1500));
+    }
+
+    #[test]
+    fn looks_are_smoothed_and_shortening_waits() {
+        let flags = auto();
+        let mut t = AutoTiming::new(flags, flags.initial());
+        // 30% loss, looks swinging between 23% and 36%: the timeout
+        // settles at 12-13 heartbeats and does not flap.
+        let mut applied = Vec::new();
+        for (i, loss) in [0.3, 0.36, 0.23, 0.31, 0.36, 0.23, 0.3, 0.29, 0.35, 0.24]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(new) = t.observe(MS(2), loss) {
+                applied.push((i, new.election_ticks));
+            }
+        }
+        assert!(applied.len() <= 2, "flapped: {applied:?}");
+        assert!(
+            (11..=13).contains(&t.current().election_ticks),
+            "{:?}",
+            t.current()
+        );
+        // One RTT spike moves the estimate only halfway.
+        let mut spiky = AutoTiming::new(flags, flags.initial());
+        let after_spike = spiky.observe(MS(240), 0.0);
+        assert!(
+            after_spike.is_none_or(|n| n.heartbeat <= MS(120)),
+            "{after_spike:?}"
+        );
+        // Longer at once, shorter only after SHORTER_AFTER looks in a row.
+        let mut wan = AutoTiming::new(flags, flags.initial());
+        let mut longer_at = None;
+        for i in 0..10 {
+            if wan.observe(MS(300), 0.0).is_some() && longer_at.is_none() {
+                longer_at = Some(i);
+            }
+        }
+        assert_eq!(longer_at, Some(0));
+        // Converged within the 25% that is not worth a change.
+        assert!(wan.current().heartbeat >= MS(240), "{:?}", wan.current());
+        let mut shorter_at = None;
+        for i in 0..20 {
+            if wan.observe(MS(1), 0.0).is_some() {
+                shorter_at = Some(i);
+                break;
+            }
+        }
+        let at = shorter_at.expect("shortens on a clean fast link");
+        assert!(
+            at + 1 >= SHORTER_AFTER as usize,
+            "shortened after {} looks",
+            at + 1
+        );
     }
 
     #[test]
