@@ -168,9 +168,15 @@ fn killed_member_fails_fast_and_comes_back() {
         cluster.kill(f);
 
         // In flight on a connection that went silent: `Closed`.
+        let sent = Instant::now();
         let first = bounded("first call after the kill", single.put("k", "v", None)).await;
         match first {
-            Err(e) if is_unavailable(&e) => println!("first call after the kill: {e}"),
+            Err(e) if is_unavailable(&e) => {
+                println!(
+                    "first call after the kill: {e} (after {:?})",
+                    sent.elapsed()
+                )
+            }
             other => panic!("a call to a killed member gave {other:?}"),
         }
         // The endpoint is down now: a new call fails at once.
