@@ -621,9 +621,9 @@ impl Driver {
                 // snapshot: see `take_image_wanted`).
                 let conf = self.core.conf_state();
                 let compacted = if conf.voters == [self.core.id()] && conf.learners.is_empty() {
-                    self.core.compact_at_without_image(index)
+                    self.core.compact_at_without_image(index, meta.term)
                 } else {
-                    self.core.compact_at(index, data)
+                    self.core.compact_at(index, meta.term, data)
                 };
                 if compacted.is_some() {
                     log::info!(
