@@ -143,17 +143,20 @@ struct Flags {
     quota_backend_bytes: u64,
 
     /// Applied entries between snapshots; after one, the WAL segments it
-    /// covers are released.
-    #[arg(long, env = "QED_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    /// covers are released. Default 10,000 (etcd 3.6's): the entries a
+    /// restart replays, and the WAL kept on disk, stay small.
+    #[arg(long, env = "QED_SNAPSHOT_COUNT", default_value_t = 10_000)]
     snapshot_count: u64,
 
-    /// Snapshot files to keep (older ones are removed).
-    #[arg(long, env = "QED_MAX_SNAPSHOTS", default_value_t = 5)]
+    /// Snapshot files to keep (older ones are removed). Default 1:
+    /// recovery uses only the newest, and each holds the whole state.
+    #[arg(long, env = "QED_MAX_SNAPSHOTS", default_value_t = qed::storage::snapshot::DEFAULT_MAX_SNAPSHOTS)]
     max_snapshots: usize,
 
-    /// WAL files to keep (older ones are removed once a snapshot covers
-    /// them; 0 keeps only what recovery needs).
-    #[arg(long, env = "QED_MAX_WALS", default_value_t = 5)]
+    /// WAL files to keep even when a snapshot covers them. Default 0: only
+    /// what recovery needs (a follower behind the in-memory log gets a
+    /// snapshot, never old WAL).
+    #[arg(long, env = "QED_MAX_WALS", default_value_t = 0)]
     max_wals: usize,
 
     /// Time of one Raft heartbeat, in milliseconds; etcd's default suits

@@ -471,11 +471,14 @@ fn recover(
                     reason: format!("newest snapshot does not load: {e}"),
                 }
             })?;
+            // The core gets no image: it asks for a new snapshot should a
+            // follower need one, so the state is never in memory twice.
+            drop(data);
             (
                 state,
                 raft::Snapshot {
                     meta,
-                    data: Arc::from(data),
+                    data: Arc::from(Vec::new()),
                 },
             )
         }

@@ -262,7 +262,7 @@ pub fn restore(
         path: member_dir.clone(),
         reason,
     };
-    let image = state.to_snapshot().map_err(|e| write_err(e.to_string()))?;
+    let image = state.image().map_err(|e| write_err(e.to_string()))?;
     let (mut log, _) = DurableLog::open(
         &member_dir,
         LogOptions {
@@ -283,7 +283,9 @@ pub fn restore(
             learners: Vec::new(),
         },
     };
-    log.save_snapshot(&meta, image)
+    log.snapshot_writer()
+        .save_streamed(&meta, image.len(), |out| image.stream_to(out))
+        .and_then(|()| log.mark_snapshot(&meta))
         .map_err(|e| write_err(e.to_string()))?;
     let hard_state = HardState {
         term: 1,

@@ -118,6 +118,32 @@ impl Serialize for ImageRef<'_> {
     }
 }
 
+/// A state machine's snapshot image, measured; see [`StateMachine::image`].
+pub struct SnapshotImage<'a> {
+    image: ImageRef<'a>,
+    len: usize,
+}
+
+impl SnapshotImage<'_> {
+    /// Bytes [`SnapshotImage::write_to`] writes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes the image (exactly `len` bytes) into `out`, through a
+    /// buffer (postcard writes a few bytes at a time).
+    pub fn stream_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut buffered = std::io::BufWriter::with_capacity(64 * 1024, out);
+        postcard::to_io(&self.image, &mut buffered)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        std::io::Write::flush(&mut buffered)
+    }
+}
+
 /// Whether a request changes state (and so must go through the log).
 pub fn is_write(req: &Request) -> bool {
     match req {
@@ -239,10 +265,19 @@ impl StateMachine {
         self.lessor.snapshot()
     }
 
-    /// The whole state, for a snapshot file or a lagging follower.
-    /// One allocation of exactly its size: the store is walked once to
-    /// measure it and once to write it in place (see [`ImageRef`]).
+    /// The whole state, for a lagging follower: one allocation of exactly
+    /// its size (see [`StateMachine::image`]).
     pub fn to_snapshot(&self) -> Result<Vec<u8>, MvccError> {
+        let image = self.image()?;
+        postcard::to_extend(&image.image, Vec::with_capacity(image.len()))
+            .map_err(|e| MvccError::Corrupt(e.to_string()))
+    }
+
+    /// The whole state as a snapshot image, measured but not written: the
+    /// store is walked once to measure it, and once more by
+    /// [`SnapshotImage::write_to`] writing it (see [`ImageRef`]), so a
+    /// snapshot file is written with no buffer of the whole state.
+    pub fn image(&self) -> Result<SnapshotImage<'_>, MvccError> {
         let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
         let kv_len = encoded_len(&self.kv).map_err(corrupt)?;
         let image = ImageRef {
@@ -262,7 +297,10 @@ impl StateMachine {
             &image.auth,
         ))
         .map_err(corrupt)?;
-        postcard::to_extend(&image, Vec::with_capacity(rest + kv_len)).map_err(corrupt)
+        Ok(SnapshotImage {
+            image,
+            len: rest + kv_len,
+        })
     }
 
     /// What a state machine rebuilt from a snapshot keeps of this one.
@@ -819,6 +857,11 @@ mod tests {
         let bytes = sm.to_snapshot().unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
         assert_eq!(bytes.capacity(), bytes.len());
+        // Streamed to a file, the same bytes, as many as announced.
+        let image = sm.image().unwrap();
+        let mut streamed = Vec::new();
+        image.stream_to(&mut streamed).unwrap();
+        assert_eq!((image.len(), &streamed), (bytes.len(), &bytes));
         let (limits, tokens) = machine().identity();
         let back = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
         assert_eq!(back.to_snapshot().unwrap(), bytes);

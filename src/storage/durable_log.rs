@@ -19,7 +19,6 @@ use super::snapshot::{SnapshotId, SnapshotStore};
 use super::wal::{RecordKind, Wal};
 use super::StorageError;
 use crate::wire::raft::{Entry, HardState, SnapshotMeta};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,13 +46,10 @@ pub struct Recovered {
     pub entries: Vec<Entry>,
 }
 
-/// What a snapshot file holds.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta,
-    #[serde(with = "qed_wire::bytes")]
-    data: Vec<u8>,
-}
+// A snapshot file's payload (inside the store's framing) is what postcard
+// writes for `struct { meta: SnapshotMeta, data: bytes }`: the meta, the
+// state's length as a varint, the state's bytes. It is written and read in
+// place, never built as one struct (the state is the size of all the data).
 
 pub struct DurableLog {
     wal: Wal,
@@ -87,20 +83,28 @@ impl DurableLog {
         let snapshots =
             SnapshotStore::open_in(fs.clone(), &dir.join("snap"), options.max_snapshots)?;
         let snapshot = match snapshots.load_newest()? {
-            Some((id, bytes)) => {
-                let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(|e| {
+            Some((id, mut bytes)) => {
+                // A `SnapshotFile`, decoded in place: the meta, then the
+                // state's bytes, which stay where they are in `bytes`.
+                let undecodable = |e: postcard::Error| {
                     corrupt(
                         &snapshots.path(id),
                         format!("snapshot does not decode: {e}"),
                     )
-                })?;
-                if file.meta.index != id.index || file.meta.term != id.term {
+                };
+                let (meta, rest) =
+                    postcard::take_from_bytes::<SnapshotMeta>(&bytes).map_err(undecodable)?;
+                let (data, _) = postcard::take_from_bytes::<&[u8]>(rest).map_err(undecodable)?;
+                let (start, len) = (data.as_ptr() as usize - bytes.as_ptr() as usize, data.len());
+                if meta.index != id.index || meta.term != id.term {
                     return Err(corrupt(
                         &snapshots.path(id),
                         "snapshot contents do not match its name".into(),
                     ));
                 }
-                Some((file.meta, file.data))
+                bytes.drain(..start);
+                bytes.truncate(len);
+                Some((meta, bytes))
             }
             None => None,
         };
@@ -268,6 +272,37 @@ pub struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
+    /// Like [`SnapshotWriter::save`] for a state that `write` streams out,
+    /// exactly `len` bytes of it: no buffer of the whole state is made.
+    pub fn save_streamed(
+        &self,
+        meta: &SnapshotMeta,
+        len: usize,
+        write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), StorageError> {
+        let mut head =
+            postcard::to_allocvec(meta).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
+        head =
+            postcard::to_extend(&len, head).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
+        let id = SnapshotId {
+            term: meta.term,
+            index: meta.index,
+        };
+        self.snapshots.save_with(id, |out| {
+            out.write_all(&head)?;
+            let mut counted = CountingWriter { out, written: 0 };
+            write(&mut counted)?;
+            if counted.written != len as u64 {
+                return Err(std::io::Error::other(format!(
+                    "the state wrote {} bytes, {len} announced",
+                    counted.written
+                )));
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     /// Writes the snapshot file atomically (durable on return).
     pub fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         // A `SnapshotFile` written in place: its meta, then `data` as a
@@ -285,6 +320,25 @@ impl SnapshotWriter {
             &[&head, data],
         )?;
         Ok(())
+    }
+}
+
+/// Counts what passes through, so a streamed state that does not match
+/// its announced length is caught before the file is renamed into place.
+struct CountingWriter<'a> {
+    out: &'a mut dyn std::io::Write,
+    written: u64,
+}
+
+impl std::io::Write for CountingWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(bytes)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -419,6 +473,46 @@ mod tests {
         assert_eq!(rec.snapshot.unwrap().0.index, 10);
         let stale: Vec<(u64, u64)> = rec.entries.iter().map(|e| (e.index, e.term)).collect();
         assert!(stale.is_empty(), "stale entries came back: {stale:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A state streamed in pieces of every size (some past the store's
+    /// buffer) reads back whole; one that writes other than the length it
+    /// announced leaves no snapshot behind.
+    #[test]
+    fn a_streamed_snapshot_reads_back_and_a_wrong_length_is_refused() {
+        let d = dir("streamed");
+        let state: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        let meta = |index| SnapshotMeta {
+            index,
+            term: 1,
+            conf_state: ConfState {
+                voters: vec![1],
+                learners: vec![],
+            },
+        };
+        {
+            let (log, _) = DurableLog::open(&d, opts()).unwrap();
+            let writer = log.snapshot_writer();
+            writer
+                .save_streamed(&meta(5), state.len(), |out| {
+                    let (a, rest) = state.split_at(1);
+                    let (b, rest) = rest.split_at(300_000);
+                    let (c, e) = rest.split_at(7);
+                    for part in [a, b, c, e] {
+                        out.write_all(part)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            let short =
+                writer.save_streamed(&meta(9), state.len() + 1, |out| out.write_all(&state));
+            assert!(short.is_err(), "a length mismatch is an error");
+        }
+        let (_, rec) = DurableLog::open(&d, opts()).unwrap();
+        let (got, data) = rec.snapshot.unwrap();
+        assert_eq!(got.index, 5, "the refused snapshot is not on disk");
+        assert!(data == state, "the state reads back as written");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -16,16 +16,20 @@
 //! stops recovery with its path, since falling back silently to an older
 //! one could resurrect deleted keys whose WAL entries are already released.
 
-use super::fs::{Fs, OsFs};
+use super::fs::{Fs, FsFile, OsFs};
 use super::{create_dir_durable, io_error, sync_dir, StorageError};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 const MAGIC: &[u8; 8] = b"QEDSNAP1";
 const HEADER: usize = 8 + 4 + 8;
 
-/// etcd's `--max-snapshots` default.
-pub const DEFAULT_MAX_SNAPSHOTS: usize = 5;
+/// `--max-snapshots` default: one. Recovery only ever uses the newest
+/// snapshot (an older one could bring back keys deleted since), and a new
+/// one is durable before the old one is removed; etcd keeps 5, but its
+/// snapshots are small while ours hold the whole state.
+pub const DEFAULT_MAX_SNAPSHOTS: usize = 1;
 
 /// Where a snapshot sits in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -122,6 +126,44 @@ pub fn decode(bytes: &[u8]) -> Result<&[u8], String> {
     Ok(payload)
 }
 
+/// Bytes [`SnapshotStore::save_with`] buffers between writes.
+pub const STREAM_BUFFER: usize = 256 * 1024;
+
+/// A streamed payload on its way into a temp file: buffered, checksummed.
+struct FileSink<'a> {
+    file: &'a dyn FsFile,
+    /// Where the buffer goes.
+    offset: u64,
+    buf: Vec<u8>,
+    crc: u32,
+}
+
+impl Write for FileSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + bytes.len() > STREAM_BUFFER {
+            self.flush()?;
+        }
+        if bytes.len() >= STREAM_BUFFER {
+            self.crc = crc32c::crc32c_append(self.crc, bytes);
+            self.file.write_at(bytes, self.offset)?;
+            self.offset += bytes.len() as u64;
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+            self.file.write_at(&self.buf, self.offset)?;
+            self.offset += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
 /// The snapshot directory.
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
@@ -182,16 +224,29 @@ impl SnapshotStore {
     /// The payload comes in parts written one after another, so a caller
     /// never has to copy a large state into one buffer with its framing.
     pub fn save(&self, id: SnapshotId, payload: &[&[u8]]) -> Result<PathBuf, StorageError> {
+        self.save_file(id, |file, tmp| {
+            let mut offset = 0u64;
+            for part in std::iter::once(&header(payload)[..]).chain(payload.iter().copied()) {
+                file.write_at(part, offset)
+                    .map_err(io_error(tmp, "write"))?;
+                offset += part.len() as u64;
+            }
+            Ok(())
+        })
+    }
+
+    /// A temp file filled by `fill`, synced, renamed into place, the
+    /// directory synced; then the oldest beyond `keep` are removed.
+    fn save_file(
+        &self,
+        id: SnapshotId,
+        fill: impl FnOnce(&dyn FsFile, &Path) -> Result<(), StorageError>,
+    ) -> Result<PathBuf, StorageError> {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.path(id);
         let tmp = self.dir.join(format!("{}.tmp", file_name(id)));
         let file = self.fs.create(&tmp).map_err(io_error(&tmp, "create"))?;
-        let mut offset = 0u64;
-        for part in std::iter::once(&header(payload)[..]).chain(payload.iter().copied()) {
-            file.write_at(part, offset)
-                .map_err(io_error(&tmp, "write"))?;
-            offset += part.len() as u64;
-        }
+        fill(&*file, &tmp)?;
         file.sync_all().map_err(io_error(&tmp, "fsync"))?;
         drop(file);
         self.fs
@@ -214,19 +269,53 @@ impl SnapshotStore {
         Ok(path)
     }
 
+    /// Like [`SnapshotStore::save`] for a payload that `write` streams out
+    /// (through a buffer of [`STREAM_BUFFER`] bytes): no copy of a large
+    /// state is ever held in memory whole. The header, which needs the
+    /// payload's checksum and length, is written last, before the fsync.
+    pub fn save_with(
+        &self,
+        id: SnapshotId,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<PathBuf, StorageError> {
+        self.save_file(id, |file, tmp| {
+            let mut sink = FileSink {
+                file,
+                offset: HEADER as u64,
+                buf: Vec::with_capacity(STREAM_BUFFER),
+                crc: 0,
+            };
+            write(&mut sink)
+                .and_then(|()| sink.flush())
+                .map_err(io_error(tmp, "write"))?;
+            let len = sink.offset - HEADER as u64;
+            let mut head = Vec::with_capacity(HEADER);
+            head.extend_from_slice(MAGIC);
+            head.extend_from_slice(&sink.crc.to_le_bytes());
+            head.extend_from_slice(&len.to_le_bytes());
+            file.write_at(&head, 0).map_err(io_error(tmp, "write"))
+        })
+    }
+
     /// The newest snapshot and its payload, or `None` when there is none.
     pub fn load_newest(&self) -> Result<Option<(SnapshotId, Vec<u8>)>, StorageError> {
         let Some(id) = self.list()?.pop() else {
             return Ok(None);
         };
         let path = self.path(id);
-        let bytes = self.fs.read(&path).map_err(io_error(&path, "read"))?;
-        let payload = decode(&bytes).map_err(|reason| StorageError::Corrupt {
-            path: path.clone(),
-            offset: 0,
-            reason,
-        })?;
-        Ok(Some((id, payload.to_vec())))
+        let mut bytes = self.fs.read(&path).map_err(io_error(&path, "read"))?;
+        let len = decode(&bytes)
+            .map_err(|reason| StorageError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason,
+            })?
+            .len();
+        // The payload is the file after its header: moved in place, not
+        // copied (a snapshot is the size of the whole state).
+        bytes.drain(..HEADER);
+        bytes.truncate(len);
+        Ok(Some((id, bytes)))
     }
 }
 
