@@ -495,6 +495,7 @@ fn certs(dir: &Path, hosts: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    qed::heap::init();
     let flags = Flags::parse();
     match flags.command {
         Some(Command::Certs { dir, hosts }) => return certs(&dir, &hosts),

@@ -522,5 +522,8 @@ fn recover(
         state.applied(),
         started.elapsed()
     );
+    // The snapshot file and the WAL records are gone; what they left free
+    // inside the heap goes back too (see `heap`).
+    crate::heap::release_free();
     Ok((state, core, log, fresh))
 }

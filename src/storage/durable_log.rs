@@ -18,7 +18,7 @@ use super::fs::{Fs, OsFs};
 use super::snapshot::{SnapshotId, SnapshotStore};
 use super::wal::{RecordKind, Wal};
 use super::StorageError;
-use crate::wire::raft::{Entry, HardState, SnapshotMeta};
+use crate::wire::raft::{Entry, EntryType, HardState, SnapshotMeta};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -50,6 +50,16 @@ pub struct Recovered {
 // writes for `struct { meta: SnapshotMeta, data: bytes }`: the meta, the
 // state's length as a varint, the state's bytes. It is written and read in
 // place, never built as one struct (the state is the size of all the data).
+
+/// An [`Entry`] as recorded (the same encoding), its data still in the
+/// record.
+#[derive(serde::Deserialize)]
+struct EntryRef<'a> {
+    term: u64,
+    index: u64,
+    kind: EntryType,
+    data: &'a [u8],
+}
 
 pub struct DurableLog {
     wal: Wal,
@@ -125,7 +135,11 @@ impl DurableLog {
         };
         // The highest index ever written, for naming the next segment.
         let mut highest = snap_index;
-        for record in records {
+        // The records stay until every kept entry is copied out, so those
+        // copies are allocated past them and the records free as one
+        // stretch of the heap (see `crate::heap`), not as holes between
+        // the entries kept.
+        for record in &records {
             match record.kind {
                 RecordKind::HardState => {
                     recovered.hard_state = postcard::from_bytes(&record.payload).map_err(|e| {
@@ -133,8 +147,11 @@ impl DurableLog {
                     })?;
                 }
                 RecordKind::Entries => {
-                    let entries: Vec<Entry> =
-                        postcard::from_bytes(&record.payload).map_err(|e| {
+                    // Decoded borrowing from the record: only the entries
+                    // kept (after the snapshot) are copied out, so recovery
+                    // does not churn through every entry the WAL holds.
+                    let entries: Vec<EntryRef<'_>> = postcard::from_bytes(&record.payload)
+                        .map_err(|e| {
                             corrupt(&wal_dir, format!("entries record does not decode: {e}"))
                         })?;
                     if let Some(last) = entries.last() {
@@ -152,12 +169,18 @@ impl DurableLog {
                     for e in entries.into_iter().filter(|e| e.index > snap_index) {
                         let keep = recovered.entries.partition_point(|old| old.index < e.index);
                         recovered.entries.truncate(keep);
-                        recovered.entries.push(e);
+                        recovered.entries.push(Entry {
+                            term: e.term,
+                            index: e.index,
+                            kind: e.kind,
+                            data: e.data.to_vec(),
+                        });
                     }
                 }
                 RecordKind::Snapshot | RecordKind::Batch => {}
             }
         }
+        drop(records);
         wal.recovered_through(highest);
         if let Some(first) = recovered.entries.first() {
             if first.index != snap_index + 1 {
