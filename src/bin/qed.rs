@@ -148,6 +148,16 @@ struct Flags {
     #[arg(long, env = "QED_SNAPSHOT_COUNT", default_value_t = 10_000)]
     snapshot_count: u64,
 
+    /// Applied Raft entries kept in memory for followers a little behind;
+    /// one further behind catches up from a snapshot. etcd 3.6's flag and
+    /// default.
+    #[arg(
+        long,
+        env = "QED_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
+    experimental_snapshot_catchup_entries: u64,
+
     /// Snapshot files to keep (older ones are removed). Default 1:
     /// recovery uses only the newest, and each holds the whole state.
     #[arg(long, env = "QED_MAX_SNAPSHOTS", default_value_t = qed::storage::snapshot::DEFAULT_MAX_SNAPSHOTS)]
@@ -548,6 +558,7 @@ fn main() -> ExitCode {
     };
     let config = NodeConfig {
         snapshot_count: flags.snapshot_count,
+        snapshot_catchup_entries: flags.experimental_snapshot_catchup_entries,
         max_snapshots: flags.max_snapshots,
         max_wals: flags.max_wals,
         heartbeat_interval: std::time::Duration::from_millis(flags.heartbeat_interval),

@@ -118,6 +118,10 @@ pub(crate) struct Raft {
     pub commit_bcast_pending: bool,
 }
 
+/// While a snapshot is sent, the entries after it stay in memory, up to
+/// this many times `catch_up_entries`.
+const SNAPSHOT_PIN_FACTOR: u64 = 20;
+
 /// A snapshot transfer in progress on a follower.
 struct IncomingSnapshot {
     meta: SnapshotMeta,
@@ -1519,13 +1523,20 @@ impl Raft {
     }
 
     /// Drops applied entries from memory beyond the last
-    /// `catch_up_entries`, keeping those a snapshot being sent leads to
-    /// (a follower that installs it continues from there).
+    /// `catch_up_entries`, keeping those a snapshot being sent leads to (a
+    /// follower that installs it continues from there), up to
+    /// [`SNAPSHOT_PIN_FACTOR`] times as many: a transfer slower than the
+    /// writes must not hold the log in memory without bound.
     pub fn trim_log(&mut self) {
-        let mut through = self.log.applied.saturating_sub(self.cfg.catch_up_entries);
+        let tail = self.cfg.catch_up_entries;
+        let mut through = self.log.applied.saturating_sub(tail);
+        let floor = self
+            .log
+            .applied
+            .saturating_sub(tail.saturating_mul(SNAPSHOT_PIN_FACTOR));
         for pr in self.progress.values() {
             if pr.state == ProgressState::Snapshot {
-                through = through.min(pr.pending_snapshot);
+                through = through.min(pr.pending_snapshot.max(floor));
             }
         }
         self.log.trim_to(through);

@@ -88,6 +88,9 @@ pub struct NodeConfig {
     pub quota_backend_bytes: u64,
     /// Applied entries between snapshots (etcd's `--snapshot-count`).
     pub snapshot_count: u64,
+    /// Applied entries the Raft log keeps in memory (etcd 3.6's
+    /// `--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     /// Snapshot files kept (etcd's `--max-snapshots`).
     pub max_snapshots: usize,
     /// WAL files kept even when covered by a snapshot (etcd's `--max-wals`).
@@ -496,6 +499,7 @@ fn recover(
     };
     let entries = recovered.entries.len();
     let mut cfg = raft::Config::new(id);
+    cfg.catch_up_entries = config.snapshot_catchup_entries;
     cfg.election_tick = config.election_ticks.max(2);
     cfg.heartbeat_tick = 1;
     // The leader's image is about the size of its state, which its quota
