@@ -468,15 +468,15 @@ fn recover(
             )))
         }
         Some((meta, data)) => {
-            let state = StateMachine::from_snapshot(&data, limits, local_auth).map_err(|e| {
-                ServerError::DataDir {
-                    path: member_dir.join("snap"),
-                    reason: format!("newest snapshot does not load: {e}"),
-                }
-            })?;
-            // The core gets no image: it asks for a new snapshot should a
-            // follower need one, so the state is never in memory twice.
-            drop(data);
+            // Streamed from the file: the image is never in memory whole,
+            // and the core gets none (it asks for a new snapshot should a
+            // follower need one).
+            let state = data
+                .read_with(|image| {
+                    StateMachine::from_snapshot_stream(image, limits, local_auth)
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(ServerError::Storage)?;
             (
                 state,
                 raft::Snapshot {

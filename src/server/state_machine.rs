@@ -237,6 +237,52 @@ impl StateMachine {
         })
     }
 
+    /// [`StateMachine::from_snapshot`] reading the image as a stream, one
+    /// value at a time: a restart never holds the image and the state at
+    /// once.
+    pub fn from_snapshot_stream(
+        image: &mut dyn std::io::Read,
+        limits: Limits,
+        tokens: TokenTable,
+    ) -> Result<Self, MvccError> {
+        let mut decoder = crate::storage::snapshot::StreamDecoder::new(image);
+        let corrupt = |e: String| MvccError::Corrupt(format!("state snapshot: {e}"));
+        let applied: u64 = decoder.decode().map_err(corrupt)?;
+        let kv_len: u64 = decoder.decode().map_err(corrupt)?;
+        let kv_start = decoder.consumed();
+        let kv = Store::decode_from(&mut decoder)?;
+        if decoder.consumed() - kv_start != kv_len {
+            return Err(corrupt(format!(
+                "the key space is {} bytes, not the {kv_len} announced",
+                decoder.consumed() - kv_start
+            )));
+        }
+        let alarms: Vec<AlarmMember> = decoder.decode().map_err(corrupt)?;
+        // An older image ends early: leases, then auth, empty.
+        let leases = match decoder.at_end().map_err(corrupt)? {
+            true => LeaseSnapshot::default(),
+            false => decoder.decode().map_err(corrupt)?,
+        };
+        let auth = match decoder.at_end().map_err(corrupt)? {
+            true => AuthSnapshot::default(),
+            false => decoder.decode().map_err(corrupt)?,
+        };
+        if !decoder.at_end().map_err(corrupt)? {
+            return Err(corrupt("unexpected bytes at the end".into()));
+        }
+        let auth = AuthStore::from_snapshot(auth);
+        tokens.mirror(&auth);
+        Ok(StateMachine {
+            kv,
+            lessor: Lessor::from_snapshot(limits.lease.clone(), leases),
+            auth,
+            tokens,
+            alarms,
+            applied,
+            limits,
+        })
+    }
+
     /// A state machine holding an imported key space, leases and auth
     /// state (an etcd backend, `crate::etcd_db`), at applied index `applied`.
     pub fn from_parts(
@@ -822,7 +868,9 @@ mod tests {
         };
         let bytes = postcard::to_allocvec(&old).unwrap();
         let (limits, tokens) = machine().identity();
-        let sm = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
+        let sm = StateMachine::from_snapshot(&bytes, limits.clone(), tokens.clone()).unwrap();
+        assert_eq!(sm.applied(), 3);
+        let sm = StateMachine::from_snapshot_stream(&mut &bytes[..], limits, tokens).unwrap();
         assert_eq!(sm.applied(), 3);
     }
 
@@ -865,5 +913,19 @@ mod tests {
         let (limits, tokens) = machine().identity();
         let back = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
         assert_eq!(back.to_snapshot().unwrap(), bytes);
+        // Read as a stream, the same state; a cut or padded image is refused.
+        let (limits, tokens) = machine().identity();
+        let streamed =
+            StateMachine::from_snapshot_stream(&mut &bytes[..], limits.clone(), tokens.clone())
+                .unwrap();
+        assert_eq!(streamed.to_snapshot().unwrap(), bytes);
+        let cut = &bytes[..bytes.len() - 1];
+        assert!(
+            StateMachine::from_snapshot_stream(&mut &cut[..], limits.clone(), tokens.clone())
+                .is_err()
+        );
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert!(StateMachine::from_snapshot_stream(&mut &padded[..], limits, tokens).is_err());
     }
 }

@@ -15,7 +15,7 @@
 //! segments before it hold.
 
 use super::fs::{Fs, OsFs};
-use super::snapshot::{SnapshotId, SnapshotStore};
+use super::snapshot::{SnapshotId, SnapshotStore, StreamDecoder};
 use super::wal::{RecordKind, Wal};
 use super::StorageError;
 use crate::wire::raft::{Entry, EntryType, HardState, SnapshotMeta};
@@ -40,8 +40,9 @@ pub struct LogOptions {
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
     pub hard_state: HardState,
-    /// The newest snapshot: where it sits in the log and the state machine's bytes.
-    pub snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// The newest snapshot: where it sits in the log and the state
+    /// machine's bytes (checked, not read yet).
+    pub snapshot: Option<(SnapshotMeta, SnapshotState)>,
     /// Entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
 }
@@ -59,6 +60,48 @@ struct EntryRef<'a> {
     index: u64,
     kind: EntryType,
     data: &'a [u8],
+}
+
+/// The state machine's bytes in the newest snapshot file, read on demand
+/// as a stream: a restart never holds the whole state twice.
+#[derive(Debug, Clone)]
+pub struct SnapshotState {
+    snapshots: SnapshotStore,
+    id: SnapshotId,
+    /// Payload bytes before the state (the meta and the state's length).
+    skip: u64,
+    /// The state's bytes.
+    pub len: u64,
+}
+
+impl SnapshotState {
+    /// Runs `read` over the state's bytes, then checks the file whole
+    /// again (it was checked at open; a file damaged since is an error
+    /// naming it, whatever `read` made of it).
+    pub fn read_with<T>(
+        &self,
+        read: impl FnOnce(&mut dyn std::io::Read) -> Result<T, String>,
+    ) -> Result<T, StorageError> {
+        use std::io::Read;
+        let mut payload = self.snapshots.open_payload(self.id)?;
+        let path = payload.path().to_path_buf();
+        let skipped = std::io::copy(&mut (&mut payload).take(self.skip), &mut std::io::sink());
+        let out = match skipped {
+            Ok(n) if n == self.skip => read(&mut (&mut payload).take(self.len)),
+            _ => Err("snapshot is shorter than at start".into()),
+        };
+        payload.finish()?;
+        out.map_err(|reason| corrupt(&path, format!("snapshot state does not load: {reason}")))
+    }
+
+    /// The state's bytes, in memory.
+    pub fn bytes(&self) -> Result<Vec<u8>, StorageError> {
+        self.read_with(|r| {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).map_err(|e| e.to_string())?;
+            Ok(out)
+        })
+    }
 }
 
 pub struct DurableLog {
@@ -92,29 +135,43 @@ impl DurableLog {
         let wal_dir = dir.join("wal");
         let snapshots =
             SnapshotStore::open_in(fs.clone(), &dir.join("snap"), options.max_snapshots)?;
-        let snapshot = match snapshots.load_newest()? {
-            Some((id, mut bytes)) => {
-                // A `SnapshotFile`, decoded in place: the meta, then the
-                // state's bytes, which stay where they are in `bytes`.
-                let undecodable = |e: postcard::Error| {
-                    corrupt(
-                        &snapshots.path(id),
-                        format!("snapshot does not decode: {e}"),
-                    )
-                };
-                let (meta, rest) =
-                    postcard::take_from_bytes::<SnapshotMeta>(&bytes).map_err(undecodable)?;
-                let (data, _) = postcard::take_from_bytes::<&[u8]>(rest).map_err(undecodable)?;
-                let (start, len) = (data.as_ptr() as usize - bytes.as_ptr() as usize, data.len());
+        let snapshot = match snapshots.list()?.pop() {
+            Some(id) => {
+                // Read through once (checksum, length) without holding it:
+                // only the meta is kept; the state is read when wanted.
+                let path = snapshots.path(id);
+                let mut payload = snapshots.open_payload(id)?;
+                let declared = payload.len();
+                let mut decoder = StreamDecoder::new(&mut payload);
+                let head = decoder
+                    .decode::<SnapshotMeta>()
+                    .and_then(|meta| Ok((meta, decoder.decode::<u64>()?)));
+                let skip = decoder.consumed();
+                drop(decoder);
+                payload.finish()?;
+                let (meta, len) =
+                    head.map_err(|e| corrupt(&path, format!("snapshot does not decode: {e}")))?;
+                if skip.checked_add(len) != Some(declared) {
+                    return Err(corrupt(
+                        &path,
+                        format!("snapshot state of {len} bytes does not fill the file"),
+                    ));
+                }
                 if meta.index != id.index || meta.term != id.term {
                     return Err(corrupt(
-                        &snapshots.path(id),
+                        &path,
                         "snapshot contents do not match its name".into(),
                     ));
                 }
-                bytes.drain(..start);
-                bytes.truncate(len);
-                Some((meta, bytes))
+                Some((
+                    meta,
+                    SnapshotState {
+                        snapshots: snapshots.clone(),
+                        id,
+                        skip,
+                        len,
+                    },
+                ))
             }
             None => None,
         };
@@ -535,7 +592,11 @@ mod tests {
         let (_, rec) = DurableLog::open(&d, opts()).unwrap();
         let (got, data) = rec.snapshot.unwrap();
         assert_eq!(got.index, 5, "the refused snapshot is not on disk");
-        assert!(data == state, "the state reads back as written");
+        assert_eq!(data.len, state.len() as u64);
+        assert!(
+            data.bytes().unwrap() == state,
+            "the state reads back as written"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -570,7 +631,10 @@ mod tests {
         }
         let (_, rec) = DurableLog::open(&d, opts()).unwrap();
         let (meta, data) = rec.snapshot.unwrap();
-        assert_eq!((meta.index, data.as_slice()), (30, &b"state at 30"[..]));
+        assert_eq!(
+            (meta.index, data.bytes().unwrap().as_slice()),
+            (30, &b"state at 30"[..])
+        );
         let idx: Vec<u64> = rec.entries.iter().map(|e| e.index).collect();
         assert_eq!(idx, (31..=41).collect::<Vec<_>>());
         assert_eq!(rec.hard_state.commit, 40);

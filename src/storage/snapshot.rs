@@ -18,7 +18,7 @@
 
 use super::fs::{Fs, FsFile, OsFs};
 use super::{create_dir_durable, io_error, sync_dir, StorageError};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -164,6 +164,167 @@ impl Write for FileSink<'_> {
     }
 }
 
+/// A snapshot file's payload as a stream: at most the length its header
+/// announces, checksummed as it goes. Nothing read may be trusted before
+/// [`PayloadReader::finish`] says the file was whole.
+pub struct PayloadReader {
+    inner: Box<dyn Read + Send>,
+    path: PathBuf,
+    declared: u64,
+    remaining: u64,
+    crc: u32,
+    expected: u32,
+}
+
+impl Read for PayloadReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = usize::try_from(self.remaining).map_or(buf.len(), |r| r.min(buf.len()));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+impl PayloadReader {
+    /// Reads what is left of the payload and checks the whole of it: the
+    /// length the header announced, nothing after it, its checksum.
+    pub fn finish(mut self) -> Result<(), StorageError> {
+        let path = self.path.clone();
+        let corrupt = |reason: String| StorageError::Corrupt {
+            path: path.clone(),
+            offset: 0,
+            reason,
+        };
+        if std::io::copy(&mut self, &mut std::io::sink()).is_err() {
+            return Err(corrupt(format!(
+                "file ends {} bytes before the payload its header announces",
+                self.remaining
+            )));
+        }
+        let mut extra = [0u8; 1];
+        if self
+            .inner
+            .read(&mut extra)
+            .map_err(io_error(&path, "read"))?
+            > 0
+        {
+            return Err(corrupt("unexpected bytes after the payload".into()));
+        }
+        if self.crc != self.expected {
+            return Err(corrupt(format!(
+                "checksum mismatch (stored {:08x}, computed {:08x})",
+                self.expected, self.crc
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The payload's length, as its header announces it.
+    pub fn len(&self) -> u64 {
+        self.declared
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.declared == 0
+    }
+}
+
+/// Decodes consecutive postcard values from a stream, holding only a
+/// window of it (grown as far as the largest single value needs).
+pub struct StreamDecoder<R> {
+    reader: R,
+    buf: Vec<u8>,
+    pos: usize,
+    eof: bool,
+    consumed: u64,
+}
+
+impl<R: Read> StreamDecoder<R> {
+    pub fn new(reader: R) -> Self {
+        StreamDecoder {
+            reader,
+            buf: Vec::new(),
+            pos: 0,
+            eof: false,
+            consumed: 0,
+        }
+    }
+
+    /// Reads more into the window (at least doubling what an unfinished
+    /// value already holds).
+    fn fill(&mut self) -> std::io::Result<()> {
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        let old = self.buf.len();
+        self.buf.resize(old + old.max(STREAM_BUFFER), 0);
+        let mut got = 0;
+        while old + got < self.buf.len() {
+            match self.reader.read(&mut self.buf[old + got..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.buf.truncate(old + got);
+                    return Err(e);
+                }
+            }
+        }
+        self.buf.truncate(old + got);
+        Ok(())
+    }
+
+    /// The next value.
+    pub fn decode<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, String> {
+        loop {
+            match postcard::take_from_bytes::<T>(&self.buf[self.pos..]) {
+                Ok((value, rest)) => {
+                    let used = self.buf.len() - self.pos - rest.len();
+                    self.pos += used;
+                    self.consumed += used as u64;
+                    return Ok(value);
+                }
+                Err(postcard::Error::DeserializeUnexpectedEnd) if !self.eof => {
+                    self.fill().map_err(|e| e.to_string())?;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Whether the stream is over.
+    pub fn at_end(&mut self) -> Result<bool, String> {
+        if self.pos == self.buf.len() && !self.eof {
+            self.fill().map_err(|e| e.to_string())?;
+        }
+        Ok(self.pos == self.buf.len() && self.eof)
+    }
+
+    /// Bytes decoded so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+}
+
+impl<R: Read> crate::mvcc::ValueSource for StreamDecoder<R> {
+    fn next_value<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, String> {
+        self.decode()
+    }
+}
+
 /// The snapshot directory.
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
@@ -294,6 +455,36 @@ impl SnapshotStore {
             head.extend_from_slice(&sink.crc.to_le_bytes());
             head.extend_from_slice(&len.to_le_bytes());
             file.write_at(&head, 0).map_err(io_error(tmp, "write"))
+        })
+    }
+
+    /// Opens snapshot `id`'s payload as a stream, checked as it is read
+    /// (see [`PayloadReader::finish`]).
+    pub fn open_payload(&self, id: SnapshotId) -> Result<PayloadReader, StorageError> {
+        let path = self.path(id);
+        let file = self.fs.open_read(&path).map_err(io_error(&path, "open"))?;
+        let mut inner = std::io::BufReader::with_capacity(STREAM_BUFFER, file);
+        let corrupt = |reason: String| StorageError::Corrupt {
+            path: path.clone(),
+            offset: 0,
+            reason,
+        };
+        let mut header = [0u8; HEADER];
+        std::io::Read::read_exact(&mut inner, &mut header)
+            .map_err(|_| corrupt("file is shorter than the header".into()))?;
+        if &header[..8] != MAGIC {
+            return Err(corrupt("not a qed snapshot (bad magic)".into()));
+        }
+        let expected = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&header[12..20]);
+        Ok(PayloadReader {
+            inner: Box::new(inner),
+            path: path.clone(),
+            declared: u64::from_le_bytes(len),
+            remaining: u64::from_le_bytes(len),
+            crc: 0,
+            expected,
         })
     }
 
