@@ -96,16 +96,18 @@ struct ImageBase {
 /// no copy of it made first. Postcard writes a byte string as its length
 /// (a varint) followed by the bytes, which is exactly what the tuple
 /// `(length, store)` writes, so readers of [`Image`] see the same bytes.
-struct ImageRef<'a> {
+/// The key space is a [`Store`], or (for a restore) the checked histories
+/// of an import, which encode as the same bytes.
+struct ImageRef<'a, KV> {
     applied: u64,
-    kv: &'a Store,
+    kv: &'a KV,
     kv_len: usize,
     alarms: &'a [AlarmMember],
-    leases: LeaseSnapshot,
-    auth: AuthSnapshot,
+    leases: &'a LeaseSnapshot,
+    auth: &'a AuthSnapshot,
 }
 
-impl Serialize for ImageRef<'_> {
+impl<KV: Serialize> Serialize for ImageRef<'_, KV> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut st = s.serialize_struct("Image", 5)?;
@@ -118,14 +120,46 @@ impl Serialize for ImageRef<'_> {
     }
 }
 
-/// A state machine's snapshot image, measured; see [`StateMachine::image`].
+/// The snapshot image of a state machine at `applied` made of these parts:
+/// one allocation of exactly its size (the key space is walked once to
+/// measure it and once to write it in place, see [`ImageRef`]).
+/// [`StateMachine::from_snapshot`] reads it.
+pub fn encode_image<KV: Serialize>(
+    applied: u64,
+    kv: &KV,
+    alarms: &[AlarmMember],
+    leases: &LeaseSnapshot,
+    auth: &AuthSnapshot,
+) -> Result<Vec<u8>, MvccError> {
+    let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
+    let kv_len = encoded_len(kv).map_err(corrupt)?;
+    let image = ImageRef {
+        applied,
+        kv,
+        kv_len,
+        alarms,
+        leases,
+        auth,
+    };
+    // Everything but the key space's own bytes, which are `kv_len`.
+    let rest = encoded_len(&(applied, kv_len, alarms, leases, auth)).map_err(corrupt)?;
+    postcard::to_extend(&image, Vec::with_capacity(rest + kv_len)).map_err(corrupt)
+}
+
+/// A state machine's snapshot image, measured but not written; see
+/// [`StateMachine::image`].
 pub struct SnapshotImage<'a> {
-    image: ImageRef<'a>,
+    applied: u64,
+    kv: &'a Store,
+    kv_len: usize,
+    alarms: &'a [AlarmMember],
+    leases: LeaseSnapshot,
+    auth: AuthSnapshot,
     len: usize,
 }
 
 impl SnapshotImage<'_> {
-    /// Bytes [`SnapshotImage::write_to`] writes.
+    /// Bytes [`SnapshotImage::stream_to`] writes.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -134,12 +168,20 @@ impl SnapshotImage<'_> {
         self.len == 0
     }
 
-    /// Writes the image (exactly `len` bytes) into `out`, through a
-    /// buffer (postcard writes a few bytes at a time).
+    /// Writes the image (exactly `len` bytes, the bytes of
+    /// [`StateMachine::to_snapshot`]) into `out`, through a buffer (postcard
+    /// writes a few bytes at a time).
     pub fn stream_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let image = ImageRef {
+            applied: self.applied,
+            kv: self.kv,
+            kv_len: self.kv_len,
+            alarms: self.alarms,
+            leases: &self.leases,
+            auth: &self.auth,
+        };
         let mut buffered = std::io::BufWriter::with_capacity(64 * 1024, out);
-        postcard::to_io(&self.image, &mut buffered)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        postcard::to_io(&image, &mut buffered).map_err(|e| std::io::Error::other(e.to_string()))?;
         std::io::Write::flush(&mut buffered)
     }
 }
@@ -311,40 +353,36 @@ impl StateMachine {
         self.lessor.snapshot()
     }
 
-    /// The whole state, for a lagging follower: one allocation of exactly
-    /// its size (see [`StateMachine::image`]).
+    /// The whole state, for a snapshot file or a lagging follower (see
+    /// [`encode_image`]).
     pub fn to_snapshot(&self) -> Result<Vec<u8>, MvccError> {
-        let image = self.image()?;
-        postcard::to_extend(&image.image, Vec::with_capacity(image.len()))
-            .map_err(|e| MvccError::Corrupt(e.to_string()))
+        encode_image(
+            self.applied,
+            &self.kv,
+            &self.alarms,
+            &self.lessor.snapshot(),
+            &self.auth.snapshot(),
+        )
     }
 
     /// The whole state as a snapshot image, measured but not written: the
-    /// store is walked once to measure it, and once more by
-    /// [`SnapshotImage::write_to`] writing it (see [`ImageRef`]), so a
-    /// snapshot file is written with no buffer of the whole state.
+    /// key space is walked once to measure it, and once more by
+    /// [`SnapshotImage::stream_to`] writing it, so a snapshot file is
+    /// written with no buffer of the whole state.
     pub fn image(&self) -> Result<SnapshotImage<'_>, MvccError> {
         let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
         let kv_len = encoded_len(&self.kv).map_err(corrupt)?;
-        let image = ImageRef {
+        let (leases, auth) = (self.lessor.snapshot(), self.auth.snapshot());
+        // Everything but the key space's own bytes, which are `kv_len`.
+        let rest =
+            encoded_len(&(self.applied, kv_len, &self.alarms, &leases, &auth)).map_err(corrupt)?;
+        Ok(SnapshotImage {
             applied: self.applied,
             kv: &self.kv,
             kv_len,
             alarms: &self.alarms,
-            leases: self.lessor.snapshot(),
-            auth: self.auth.snapshot(),
-        };
-        // Everything but the store's own bytes, which are `kv_len`.
-        let rest = encoded_len(&(
-            image.applied,
-            kv_len,
-            image.alarms,
-            &image.leases,
-            &image.auth,
-        ))
-        .map_err(corrupt)?;
-        Ok(SnapshotImage {
-            image,
+            leases,
+            auth,
             len: rest + kv_len,
         })
     }
