@@ -487,32 +487,24 @@ impl SnapshotStore {
             expected,
         })
     }
-
-    /// The newest snapshot and its payload, or `None` when there is none.
-    pub fn load_newest(&self) -> Result<Option<(SnapshotId, Vec<u8>)>, StorageError> {
-        let Some(id) = self.list()?.pop() else {
-            return Ok(None);
-        };
-        let path = self.path(id);
-        let mut bytes = self.fs.read(&path).map_err(io_error(&path, "read"))?;
-        let len = decode(&bytes)
-            .map_err(|reason| StorageError::Corrupt {
-                path: path.clone(),
-                offset: 0,
-                reason,
-            })?
-            .len();
-        // The payload is the file after its header: moved in place, not
-        // copied (a snapshot is the size of the whole state).
-        bytes.drain(..HEADER);
-        bytes.truncate(len);
-        Ok(Some((id, bytes)))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The newest snapshot's payload, read through and checked.
+    fn load_newest(store: &SnapshotStore) -> Result<Option<(SnapshotId, Vec<u8>)>, StorageError> {
+        let Some(id) = store.list()?.pop() else {
+            return Ok(None);
+        };
+        let mut payload = store.open_payload(id)?;
+        let mut bytes = Vec::new();
+        let read = payload.read_to_end(&mut bytes);
+        payload.finish()?;
+        read.map_err(io_error(&store.path(id), "read"))?;
+        Ok(Some((id, bytes)))
+    }
 
     fn dir(tag: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!("qed-snap-{tag}-{}", std::process::id()));
@@ -524,7 +516,7 @@ mod tests {
     fn saves_loads_and_keeps_the_newest() {
         let d = dir("keep");
         let store = SnapshotStore::open(&d, 2).unwrap();
-        assert!(store.load_newest().unwrap().is_none());
+        assert!(load_newest(&store).unwrap().is_none());
         for i in 1..=4u64 {
             store
                 .save(
@@ -538,7 +530,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(store.list().unwrap().len(), 2);
-        let (id, payload) = store.load_newest().unwrap().unwrap();
+        let (id, payload) = load_newest(&store).unwrap().unwrap();
         assert_eq!((id.index, payload.as_slice()), (40, &b"state 4"[..]));
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -557,7 +549,7 @@ mod tests {
             b
         }] {
             std::fs::write(&path, &damaged).unwrap();
-            match store.load_newest() {
+            match load_newest(&store) {
                 Err(StorageError::Corrupt { path: p, .. }) => assert_eq!(p, path),
                 other => panic!("expected corruption, got {other:?}"),
             }
