@@ -3,7 +3,7 @@
 //! `QED_DATA_DIR`).
 
 use clap::{Parser, Subcommand};
-use qed::server::{self, NodeConfig};
+use qed::server::{self, timing, NodeConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -170,14 +170,19 @@ struct Flags {
     max_wals: usize,
 
     /// Time of one Raft heartbeat, in milliseconds; etcd's default suits
-    /// loopback and LANs, lossy WAN links want more.
-    #[arg(long, env = "QED_HEARTBEAT_INTERVAL", default_value_t = 100)]
-    heartbeat_interval: u64,
+    /// loopback and LANs, lossy WAN links want more. `auto`: about one
+    /// round trip to the slowest member (100-500 ms), measured as the
+    /// cluster runs and logged when it changes.
+    #[arg(long, env = "QED_HEARTBEAT_INTERVAL", default_value = "100")]
+    heartbeat_interval: String,
 
     /// Time without a leader before an election, in milliseconds: at least
     /// 5 heartbeats, so that a lost heartbeat or two is not an election.
-    #[arg(long, env = "QED_ELECTION_TIMEOUT", default_value_t = 1000)]
-    election_timeout: u64,
+    /// `auto`: at least 10 heartbeats and 10 round trips, more on a lossy
+    /// link (losing every heartbeat of one timeout stays below one in a
+    /// million), 1-50 s, measured as the cluster runs.
+    #[arg(long, env = "QED_ELECTION_TIMEOUT", default_value = "1000")]
+    election_timeout: String,
 
     /// debug, info, warn or error.
     #[arg(long, env = "QED_LOG_LEVEL", default_value = "info")]
@@ -526,13 +531,28 @@ fn main() -> ExitCode {
         eprintln!("qed: --log-level: {e}");
         return ExitCode::from(2);
     }
-    if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
-        eprintln!(
-            "qed: --election-timeout ({} ms) must be at least 5 times --heartbeat-interval ({} ms)",
-            flags.election_timeout, flags.heartbeat_interval
-        );
+    let timing = match (
+        timing::parse(&flags.heartbeat_interval),
+        timing::parse(&flags.election_timeout),
+    ) {
+        (Ok(heartbeat), Ok(election)) => timing::TimingFlags {
+            heartbeat,
+            election,
+        },
+        (Err(e), _) => {
+            eprintln!("qed: --heartbeat-interval {e}");
+            return ExitCode::from(2);
+        }
+        (_, Err(e)) => {
+            eprintln!("qed: --election-timeout {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = timing.check() {
+        eprintln!("qed: {e}");
         return ExitCode::from(2);
     }
+    let initial_timing = timing.initial();
     let data_dir = flags
         .data_dir
         .clone()
@@ -561,9 +581,9 @@ fn main() -> ExitCode {
         snapshot_catchup_entries: flags.experimental_snapshot_catchup_entries,
         max_snapshots: flags.max_snapshots,
         max_wals: flags.max_wals,
-        heartbeat_interval: std::time::Duration::from_millis(flags.heartbeat_interval),
-        election_ticks: u32::try_from(flags.election_timeout / flags.heartbeat_interval)
-            .unwrap_or(u32::MAX),
+        heartbeat_interval: initial_timing.heartbeat,
+        election_ticks: initial_timing.election_ticks,
+        auto_timing: timing.is_auto().then_some(timing),
         data_dir,
         name: flags.name,
         advertise_client_urls: flags

@@ -107,16 +107,23 @@ impl RaftLog {
         if i < self.offset || i > self.last_index() {
             return None;
         }
-        self.entries
-            .get((i - self.offset - 1) as usize)
-            .map(|e| e.term)
+        self.entries.get(self.pos(i - 1)).map(|e| e.term)
     }
 
     pub fn entry(&self, i: u64) -> Option<&Entry> {
         if i <= self.offset {
             return None;
         }
-        self.entries.get((i - self.offset - 1) as usize)
+        self.entries.get(self.pos(i - 1))
+    }
+
+    /// How many entries of `entries` are at or below index `i` (which is
+    /// at least `offset`): the position of entry `i + 1`. An index
+    /// from a message may be far past the log; on a 32-bit target such a
+    /// distance does not fit a `usize` and maps to `usize::MAX` (past every
+    /// entry) instead of wrapping onto a real one.
+    fn pos(&self, i: u64) -> usize {
+        usize::try_from(i.saturating_sub(self.offset)).unwrap_or(usize::MAX)
     }
 
     pub fn match_term(&self, i: u64, t: u64) -> bool {
@@ -137,7 +144,7 @@ impl RaftLog {
         }
         let mut out = Vec::new();
         let mut size = 0;
-        let start = (lo - self.offset - 1) as usize;
+        let start = self.pos(lo - 1);
         for e in self.entries.iter().skip(start) {
             size += entry_size(e);
             if !out.is_empty() && size > max_bytes {
@@ -197,7 +204,7 @@ impl RaftLog {
         let Some(first) = ents.peek() else { return };
         let after = first.index - 1;
         if after < self.last_index() {
-            self.entries.truncate((after - self.offset) as usize);
+            self.entries.truncate(self.pos(after));
             self.persisted = self.persisted.min(after);
             self.handed = self.handed.min(after);
         }
@@ -236,12 +243,7 @@ impl RaftLog {
             return Vec::new();
         }
         let from = self.handed.max(self.offset);
-        let out = self
-            .entries
-            .iter()
-            .skip((from - self.offset) as usize)
-            .cloned()
-            .collect();
+        let out = self.entries.iter().skip(self.pos(from)).cloned().collect();
         self.handed = last;
         out
     }
@@ -330,7 +332,7 @@ impl RaftLog {
         let Some(term) = self.term(through) else {
             return;
         };
-        let n = (through - self.offset) as usize;
+        let n = self.pos(through);
         self.entries.drain(..n.min(self.entries.len()));
         self.offset = through;
         self.offset_term = term;

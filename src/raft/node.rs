@@ -220,6 +220,15 @@ impl Node {
         self.raft.tick();
     }
 
+    /// Changes the election timeout to `ticks` (raised to one more than
+    /// the heartbeat ticks): the driver retimes Raft for its links
+    /// (`--election-timeout auto`). A running countdown is redrawn only if
+    /// it falls outside the new `[ticks, 2 * ticks)`. Timing only: nothing
+    /// the log decides depends on it.
+    pub fn set_election_tick(&mut self, ticks: u32) {
+        self.raft.set_election_tick(ticks);
+    }
+
     /// Handles a message from a peer. Never panics, whatever it contains.
     pub fn step(&mut self, m: Message) {
         self.raft.step(m);

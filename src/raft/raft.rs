@@ -282,6 +282,14 @@ impl Raft {
         self.voters.contains(&self.id)
     }
 
+    pub fn set_election_tick(&mut self, ticks: u32) {
+        let ticks = ticks.max(self.cfg.heartbeat_tick.saturating_add(1));
+        self.cfg.election_tick = ticks;
+        if self.randomized_timeout < ticks || self.randomized_timeout >= ticks.saturating_mul(2) {
+            self.reset_randomized_timeout();
+        }
+    }
+
     fn reset_randomized_timeout(&mut self) {
         let e = self.cfg.election_tick;
         self.randomized_timeout = e + (splitmix(&mut self.rng) % e as u64) as u32;
@@ -436,6 +444,7 @@ impl Raft {
                 MessageBody::Snapshot {
                     meta: snap.meta.clone(),
                     offset: start,
+                    // Both at most `len`, the image's length: they fit a usize.
                     data: snap.data[start as usize..end as usize].to_vec(),
                     done: end == len,
                     checksum,

@@ -816,3 +816,31 @@ fn a_snapshot_transfer_is_bounded() {
     n.step(snapshot_chunk(1, 1, 60, &[1; 60], false, 0));
     assert_eq!(n.incoming_snapshot_bytes(), 0, "past the bound: dropped");
 }
+
+#[test]
+fn a_new_election_timeout_applies_to_the_running_countdown() {
+    // Default 10 ticks: a follower campaigns within [10, 20).
+    let mut n = node(1, &[1, 2, 3]);
+    n.set_election_tick(30);
+    for _ in 0..29 {
+        n.tick();
+    }
+    assert_eq!(n.status().role, Role::Follower, "30 ticks now, not 10");
+    for _ in 29..60 {
+        n.tick();
+    }
+    assert_ne!(n.status().role, Role::Follower, "campaigns within 60 ticks");
+    // Shorter again: a countdown drawn for 30 is redrawn, not waited out.
+    let mut m = node(2, &[1, 2, 3]);
+    m.set_election_tick(30);
+    m.set_election_tick(5);
+    for _ in 0..10 {
+        m.tick();
+    }
+    assert_ne!(m.status().role, Role::Follower, "campaigns within 10 ticks");
+    // Never at or below the heartbeat.
+    let mut k = node(3, &[1, 2, 3]);
+    k.set_election_tick(0);
+    k.tick();
+    assert_eq!(k.status().role, Role::Follower);
+}

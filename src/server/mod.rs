@@ -23,6 +23,7 @@ pub mod raft_loop;
 pub mod service;
 pub mod snapshot_file;
 pub mod state_machine;
+pub mod timing;
 pub mod watchers;
 
 use crate::lease::{min_lease_ttl, LeaseConfig};
@@ -100,6 +101,9 @@ pub struct NodeConfig {
     /// Ticks without a leader before an election (etcd's
     /// `--election-timeout` divided by the heartbeat interval).
     pub election_ticks: u32,
+    /// With `auto` for either flag: the Raft loop derives both from the
+    /// measured peer links (`timing.rs`), starting from the two above.
+    pub auto_timing: Option<timing::TimingFlags>,
     /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`
     /// (`None`: off, etcd's default).
     pub auto_compaction: Option<crate::mvcc::auto_compact::Retention>,
@@ -254,6 +258,7 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         snapshot_count: config.snapshot_count.max(1),
         election_timeout: config.heartbeat_interval * config.election_ticks.max(2),
         strict_reconfig_check: config.strict_reconfig_check,
+        auto_timing: config.auto_timing,
     };
     let watchers = Watchers::start(state.clone());
     // A cluster of one opens no peer port: nobody would connect, and

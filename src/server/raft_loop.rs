@@ -42,6 +42,7 @@ use super::held::{HeldCall, HeldCalls};
 use super::members::Members;
 use super::peer::Peers;
 use super::state_machine::StateMachine;
+use super::timing::{AutoTiming, Timing, TimingFlags};
 use super::watchers::Watchers;
 use crate::lease::{grant_ttl, lease_id_from, LeaseConfig, LEASE_REVOKE_RATE};
 use crate::metrics::SERVER;
@@ -121,6 +122,9 @@ pub struct RaftStatus {
     /// CheckQuorum would depose a leader that was only busy).
     tick_queued: AtomicBool,
     leases_queued: AtomicBool,
+    /// The tick period (one heartbeat) in microseconds, which the ticker
+    /// reads before each sleep (`--heartbeat-interval auto` changes it).
+    tick_micros: AtomicU64,
 }
 
 /// Timing and snapshot settings for the loop.
@@ -135,6 +139,23 @@ pub struct LoopOptions {
     /// etcd's `--strict-reconfig-check`: refuse membership changes that
     /// would leave fewer started (or reachable) voters than a quorum.
     pub strict_reconfig_check: bool,
+    /// `auto` timing: `tick` and `election_timeout` are where it starts.
+    pub auto_timing: Option<TimingFlags>,
+}
+
+/// How often `auto` timing looks at the peer links.
+const RETIME_EVERY: Duration = Duration::from_secs(5);
+/// Packets a link must have sent since the last look for its figures to
+/// count (an idle link's RTT is stale, its loss share noise).
+const RETIME_MIN_PACKETS: u64 = 20;
+
+/// `auto` timing's state in the loop: the pure estimator, and each
+/// member's packet counts at the last look (loss is measured between
+/// looks).
+struct AutoTimer {
+    timing: AutoTiming,
+    last_look: Instant,
+    counts: HashMap<NodeId, (u64, u64)>,
 }
 
 /// Peer messages the inbox may hold (each at most a peer frame; appends
@@ -311,8 +332,26 @@ pub fn start(
     let status = Arc::new(RaftStatus::default());
     let snapshots = log.snapshot_writer();
     let jobs = spawn_writer(log, inbox.clone());
-    spawn_ticker(inbox.clone(), status.clone(), options.tick, false);
-    spawn_ticker(inbox.clone(), status.clone(), LEASE_CHECK_EVERY, true);
+    status.tick_micros.store(
+        u64::try_from(options.tick.as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    spawn_ticker(inbox.clone(), status.clone(), false);
+    spawn_ticker(inbox.clone(), status.clone(), true);
+    let timer = options.auto_timing.map(|flags| AutoTimer {
+        timing: AutoTiming::new(
+            flags,
+            Timing {
+                heartbeat: options.tick,
+                election_ticks: u32::try_from(
+                    options.election_timeout.as_micros() / options.tick.as_micros().max(1),
+                )
+                .unwrap_or(u32::MAX),
+            },
+        ),
+        last_look: Instant::now(),
+        counts: HashMap::new(),
+    });
     let snapshot_base = core.status().first_index.saturating_sub(1);
     let core_id = core.id();
     let lease_config = state
@@ -364,6 +403,7 @@ pub fn start(
         snapshotting: false,
         lease_config,
         followed: (0, 0),
+        timer,
     };
     runtime::spawn(async move {
         let why = driver.run(inputs).await;
@@ -380,16 +420,17 @@ pub fn start(
     )
 }
 
-/// Sends `Tick` (or, with `leases`, `CheckLeases`) every `every`, unless
-/// the last one is still in the inbox (see [`RaftStatus::tick_queued`]).
-fn spawn_ticker(
-    inbox: channel::Sender<Input>,
-    status: Arc<RaftStatus>,
-    every: Duration,
-    leases: bool,
-) {
+/// Sends `Tick` every tick period (`RaftStatus::tick_micros`), or with
+/// `leases` `CheckLeases` every [`LEASE_CHECK_EVERY`], unless the last one
+/// is still in the inbox (see [`RaftStatus::tick_queued`]).
+fn spawn_ticker(inbox: channel::Sender<Input>, status: Arc<RaftStatus>, leases: bool) {
     runtime::spawn(async move {
         loop {
+            let every = if leases {
+                LEASE_CHECK_EVERY
+            } else {
+                Duration::from_micros(status.tick_micros.load(Ordering::Relaxed).max(1000))
+            };
             runtime::sleep(every).await;
             let (queued, input) = if leases {
                 (&status.leases_queued, Input::CheckLeases)
@@ -485,6 +526,8 @@ struct Driver {
     lease_config: LeaseConfig,
     /// The newest (term, leader) this member followed (or was).
     followed: (u64, NodeId),
+    /// `auto` timing, when a flag asked for it.
+    timer: Option<AutoTimer>,
 }
 
 impl Driver {
@@ -527,6 +570,7 @@ impl Driver {
                 if self.ticks % FORGET_LEFT_CALLERS_EVERY == 0 {
                     self.forget_left_callers();
                 }
+                self.retime();
                 self.retry_held();
             }
             Input::Step(message) => {
@@ -636,6 +680,64 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// `auto` timing: every [`RETIME_EVERY`], hands the peer links'
+    /// figures (the worst smoothed RTT among links that carried traffic,
+    /// the share of their packets lost since the last look) to the
+    /// estimator and applies the change it decides on: the ticker's period,
+    /// the core's election ticks, and the loop's own timeouts.
+    fn retime(&mut self) {
+        let (Some(timer), Some(peers)) = (self.timer.as_mut(), self.peers.as_ref()) else {
+            return;
+        };
+        if timer.last_look.elapsed() < RETIME_EVERY {
+            return;
+        }
+        timer.last_look = Instant::now();
+        let (mut rtt, mut lost, mut sent) = (Duration::ZERO, 0u64, 0u64);
+        for (id, link_rtt, link_lost, link_sent) in peers.link_figures() {
+            let (before_lost, before_sent) = timer
+                .counts
+                .insert(id, (link_lost, link_sent))
+                .unwrap_or((0, 0));
+            // A new connection counts from zero again.
+            let (d_lost, d_sent) = if link_sent >= before_sent && link_lost >= before_lost {
+                (link_lost - before_lost, link_sent - before_sent)
+            } else {
+                (link_lost, link_sent)
+            };
+            if d_sent >= RETIME_MIN_PACKETS {
+                rtt = rtt.max(link_rtt);
+                lost += d_lost;
+                sent += d_sent;
+            }
+        }
+        if sent == 0 {
+            return;
+        }
+        let before = timer.timing.current();
+        let Some(new) = timer.timing.observe(rtt, lost as f64 / sent as f64) else {
+            return;
+        };
+        let (rtt, loss) = timer.timing.figures();
+        log::info!(
+            "Raft timing: heartbeat interval {} ms -> {} ms, election timeout {} ms -> {} ms \
+             (peer RTT {:.1} ms, {:.1}% of peer packets lost, smoothed)",
+            before.heartbeat.as_millis(),
+            new.heartbeat.as_millis(),
+            before.election_timeout().as_millis(),
+            new.election_timeout().as_millis(),
+            rtt.as_secs_f64() * 1000.0,
+            loss * 100.0
+        );
+        self.status.tick_micros.store(
+            u64::try_from(new.heartbeat.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.core.set_election_tick(new.election_ticks);
+        self.options.tick = new.heartbeat;
+        self.options.election_timeout = new.election_timeout();
     }
 
     /// Until when a call may wait for a leader: two election timeouts, so
@@ -928,7 +1030,22 @@ impl Driver {
                 }
                 if before != soft.leader && self.peers.is_some() {
                     match soft.leader {
-                        0 => log::info!("lost the leader {before:x}"),
+                        0 => {
+                            let why = match soft.role {
+                                Role::PreCandidate | Role::Candidate => {
+                                    "nothing from it for an election timeout"
+                                }
+                                Role::Follower | Role::Leader => {
+                                    "it stepped down or a newer term began"
+                                }
+                            };
+                            let link = self
+                                .peers
+                                .as_ref()
+                                .map(|p| p.link_report(before))
+                                .unwrap_or_default();
+                            log::warn!("lost the leader {before:x}: {why}; {link}");
+                        }
                         l if l == self.core.id() => log::info!(
                             "this member ({l:x}) leads at term {}",
                             self.core.status().term

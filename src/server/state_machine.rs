@@ -487,7 +487,7 @@ impl StateMachine {
         };
         self.kv
             .range(&all)
-            .map(|r| r.count.max(0) as usize)
+            .map(|r| usize::try_from(r.count).unwrap_or(0))
             .unwrap_or(0)
     }
 
