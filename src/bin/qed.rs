@@ -156,17 +156,30 @@ struct Flags {
     max_txn_ops: usize,
 
     /// Applied entries between snapshots; after one, the WAL segments it
-    /// covers are released.
-    #[arg(long, env = "QED_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    /// covers are released. Default 10,000 (etcd 3.6's): the entries a
+    /// restart replays, and the WAL kept on disk, stay small.
+    #[arg(long, env = "QED_SNAPSHOT_COUNT", default_value_t = 10_000)]
     snapshot_count: u64,
 
-    /// Snapshot files to keep (older ones are removed).
-    #[arg(long, env = "QED_MAX_SNAPSHOTS", default_value_t = 5)]
+    /// Applied Raft entries kept in memory for followers a little behind;
+    /// one further behind catches up from a snapshot. etcd 3.6's flag and
+    /// default.
+    #[arg(
+        long,
+        env = "QED_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
+    experimental_snapshot_catchup_entries: u64,
+
+    /// Snapshot files to keep (older ones are removed). Default 1:
+    /// recovery uses only the newest, and each holds the whole state.
+    #[arg(long, env = "QED_MAX_SNAPSHOTS", default_value_t = qed::storage::snapshot::DEFAULT_MAX_SNAPSHOTS)]
     max_snapshots: usize,
 
-    /// WAL files to keep (older ones are removed once a snapshot covers
-    /// them; 0 keeps only what recovery needs).
-    #[arg(long, env = "QED_MAX_WALS", default_value_t = 5)]
+    /// WAL files to keep even when a snapshot covers them. Default 0: only
+    /// what recovery needs (a follower behind the in-memory log gets a
+    /// snapshot, never old WAL).
+    #[arg(long, env = "QED_MAX_WALS", default_value_t = 0)]
     max_wals: usize,
 
     /// Time of one Raft heartbeat, in milliseconds; etcd's default suits
@@ -532,6 +545,7 @@ fn etcd_env_fallbacks() {
 
 fn main() -> ExitCode {
     etcd_env_fallbacks();
+    qed::heap::init();
     let flags = Flags::parse();
     match flags.command {
         Some(Command::Certs { dir, hosts }) => return certs(&dir, &hosts),
@@ -599,6 +613,7 @@ fn main() -> ExitCode {
     };
     let config = NodeConfig {
         snapshot_count: flags.snapshot_count,
+        snapshot_catchup_entries: flags.experimental_snapshot_catchup_entries,
         max_snapshots: flags.max_snapshots,
         max_wals: flags.max_wals,
         heartbeat_interval: initial_timing.heartbeat,

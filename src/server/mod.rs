@@ -91,6 +91,9 @@ pub struct NodeConfig {
     pub limits: node::ClientLimits,
     /// Applied entries between snapshots (etcd's `--snapshot-count`).
     pub snapshot_count: u64,
+    /// Applied entries the Raft log keeps in memory (etcd 3.6's
+    /// `--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     /// Snapshot files kept (etcd's `--max-snapshots`).
     pub max_snapshots: usize,
     /// WAL files kept even when covered by a snapshot (etcd's `--max-wals`).
@@ -507,17 +510,20 @@ fn recover(
             )))
         }
         Some((meta, data)) => {
-            let state = StateMachine::from_snapshot(&data, limits, local_auth).map_err(|e| {
-                ServerError::DataDir {
-                    path: member_dir.join("snap"),
-                    reason: format!("newest snapshot does not load: {e}"),
-                }
-            })?;
+            // Streamed from the file: the image is never in memory whole,
+            // and the core gets none (it asks for a new snapshot should a
+            // follower need one).
+            let state = data
+                .read_with(|image| {
+                    StateMachine::from_snapshot_stream(image, limits, local_auth)
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(ServerError::Storage)?;
             (
                 state,
                 raft::Snapshot {
                     meta,
-                    data: Arc::from(data),
+                    data: Arc::from(Vec::new()),
                 },
             )
         }
@@ -535,6 +541,7 @@ fn recover(
     };
     let entries = recovered.entries.len();
     let mut cfg = raft::Config::new(id);
+    cfg.catch_up_entries = config.snapshot_catchup_entries;
     cfg.election_tick = config.election_ticks.max(2);
     cfg.heartbeat_tick = 1;
     // The leader's image is about the size of its state, which its quota
@@ -561,5 +568,8 @@ fn recover(
         state.applied(),
         started.elapsed()
     );
+    // The snapshot file and the WAL records are gone; what they left free
+    // inside the heap goes back too (see `heap`).
+    crate::heap::release_free();
     Ok((state, core, log, fresh))
 }

@@ -105,7 +105,8 @@ pub enum Input {
     /// never copies an image).
     SnapshotSaved {
         meta: SnapshotMeta,
-        data: Result<Arc<[u8]>, String>,
+        /// `None`: streamed to the file, no image kept.
+        data: Result<Option<Arc<[u8]>>, String>,
     },
 }
 
@@ -708,11 +709,9 @@ impl Driver {
                 // lone voter has none, so it need not hold a second copy of
                 // the whole state (if one joins, the core asks for a new
                 // snapshot: see `take_image_wanted`).
-                let conf = self.core.conf_state();
-                let compacted = if conf.voters == [self.core.id()] && conf.learners.is_empty() {
-                    self.core.compact_at_without_image(index)
-                } else {
-                    self.core.compact_at(index, data)
+                let compacted = match data {
+                    Some(data) if !self.alone() => self.core.compact_at(index, meta.term, data),
+                    _ => self.core.compact_at_without_image(index, meta.term),
                 };
                 if compacted.is_some() {
                     log::info!(
@@ -1355,19 +1354,36 @@ impl Driver {
             conf_state: self.core.conf_state(),
         };
         self.snapshotting = true;
+        // The core keeps an image only to send it: a lone voter (unless a
+        // member joining asked for one) streams its state to the file and
+        // holds no copy of it at all.
+        let keep_image = now || !self.alone();
         let (inbox, writer) = (self.inbox.clone(), self.snapshots.clone());
         runtime::spawn(async move {
             let file_meta = meta.clone();
             let data = runtime::spawn_blocking(move || {
+                if !keep_image {
+                    let image = view.image().map_err(|e| e.to_string())?;
+                    writer
+                        .save_streamed(&file_meta, image.len(), |out| image.stream_to(out))
+                        .map_err(|e| e.to_string())?;
+                    return Ok(None);
+                }
                 let image = view.to_snapshot().map_err(|e| e.to_string())?;
                 writer.save(&file_meta, &image).map_err(|e| e.to_string())?;
                 // One copy, here on the blocking pool; the loop and the core
                 // share it from now on.
-                Ok(Arc::<[u8]>::from(image))
+                Ok(Some(Arc::<[u8]>::from(image)))
             })
             .await;
             let _ = inbox.send(Input::SnapshotSaved { meta, data }).await;
         });
+    }
+
+    /// This member is the only one: a lone voter, no learner.
+    fn alone(&self) -> bool {
+        let conf = self.core.conf_state();
+        conf.voters == [self.core.id()] && conf.learners.is_empty()
     }
 
     fn send_job(&self, job: PersistJob) -> Result<(), String> {

@@ -163,6 +163,48 @@ pub fn encode_image<KV: Serialize>(
     postcard::to_extend(&image, Vec::with_capacity(rest + kv_len)).map_err(corrupt)
 }
 
+/// A state machine's snapshot image, measured but not written; see
+/// [`StateMachine::image`].
+pub struct SnapshotImage<'a> {
+    applied: u64,
+    kv: &'a Store,
+    kv_len: usize,
+    alarms: &'a [AlarmMember],
+    leases: LeaseSnapshot,
+    auth: AuthSnapshot,
+    member_urls: &'a BTreeMap<u64, Vec<String>>,
+    len: usize,
+}
+
+impl SnapshotImage<'_> {
+    /// Bytes [`SnapshotImage::stream_to`] writes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes the image (exactly `len` bytes, the bytes of
+    /// [`StateMachine::to_snapshot`]) into `out`, through a buffer (postcard
+    /// writes a few bytes at a time).
+    pub fn stream_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let image = ImageRef {
+            applied: self.applied,
+            kv: self.kv,
+            kv_len: self.kv_len,
+            alarms: self.alarms,
+            leases: &self.leases,
+            auth: &self.auth,
+            member_urls: self.member_urls,
+        };
+        let mut buffered = std::io::BufWriter::with_capacity(64 * 1024, out);
+        postcard::to_io(&image, &mut buffered).map_err(|e| std::io::Error::other(e.to_string()))?;
+        std::io::Write::flush(&mut buffered)
+    }
+}
+
 /// Whether a request changes state (and so must go through the log).
 pub fn is_write(req: &Request) -> bool {
     match req {
@@ -262,6 +304,57 @@ impl StateMachine {
         })
     }
 
+    /// [`StateMachine::from_snapshot`] reading the image as a stream, one
+    /// value at a time: a restart never holds the image and the state at
+    /// once.
+    pub fn from_snapshot_stream(
+        image: &mut dyn std::io::Read,
+        limits: Limits,
+        tokens: TokenTable,
+    ) -> Result<Self, MvccError> {
+        let mut decoder = crate::storage::snapshot::StreamDecoder::new(image);
+        let corrupt = |e: String| MvccError::Corrupt(format!("state snapshot: {e}"));
+        let applied: u64 = decoder.decode().map_err(corrupt)?;
+        let kv_len: u64 = decoder.decode().map_err(corrupt)?;
+        let kv_start = decoder.consumed();
+        let kv = Store::decode_from(&mut decoder)?;
+        if decoder.consumed() - kv_start != kv_len {
+            return Err(corrupt(format!(
+                "the key space is {} bytes, not the {kv_len} announced",
+                decoder.consumed() - kv_start
+            )));
+        }
+        let alarms: Vec<AlarmMember> = decoder.decode().map_err(corrupt)?;
+        // An older image ends early: leases, then auth, empty.
+        let leases = match decoder.at_end().map_err(corrupt)? {
+            true => LeaseSnapshot::default(),
+            false => decoder.decode().map_err(corrupt)?,
+        };
+        let auth = match decoder.at_end().map_err(corrupt)? {
+            true => AuthSnapshot::default(),
+            false => decoder.decode().map_err(corrupt)?,
+        };
+        let member_urls = match decoder.at_end().map_err(corrupt)? {
+            true => BTreeMap::new(),
+            false => decoder.decode().map_err(corrupt)?,
+        };
+        if !decoder.at_end().map_err(corrupt)? {
+            return Err(corrupt("unexpected bytes at the end".into()));
+        }
+        let auth = AuthStore::from_snapshot(auth);
+        tokens.mirror(&auth);
+        Ok(StateMachine {
+            kv: apply_store(kv),
+            lessor: Lessor::from_snapshot(limits.lease.clone(), leases),
+            auth,
+            tokens,
+            alarms,
+            member_urls,
+            applied,
+            limits,
+        })
+    }
+
     /// A state machine holding an imported key space, leases and auth
     /// state (an etcd backend, `crate::etcd_db`), at applied index `applied`.
     pub fn from_parts(
@@ -307,6 +400,36 @@ impl StateMachine {
             &self.auth.snapshot(),
             &self.member_urls,
         )
+    }
+
+    /// The whole state as a snapshot image, measured but not written: the
+    /// key space is walked once to measure it, and once more by
+    /// [`SnapshotImage::stream_to`] writing it, so a snapshot file is
+    /// written with no buffer of the whole state.
+    pub fn image(&self) -> Result<SnapshotImage<'_>, MvccError> {
+        let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
+        let kv_len = encoded_len(&self.kv).map_err(corrupt)?;
+        let (leases, auth) = (self.lessor.snapshot(), self.auth.snapshot());
+        // Everything but the key space's own bytes, which are `kv_len`.
+        let rest = encoded_len(&(
+            self.applied,
+            kv_len,
+            &self.alarms,
+            &leases,
+            &auth,
+            &self.member_urls,
+        ))
+        .map_err(corrupt)?;
+        Ok(SnapshotImage {
+            applied: self.applied,
+            kv: &self.kv,
+            kv_len,
+            alarms: &self.alarms,
+            leases,
+            auth,
+            member_urls: &self.member_urls,
+            len: rest + kv_len,
+        })
     }
 
     /// What a state machine rebuilt from a snapshot keeps of this one.
@@ -834,7 +957,9 @@ mod tests {
         };
         let bytes = postcard::to_allocvec(&old).unwrap();
         let (limits, tokens) = machine().identity();
-        let sm = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
+        let sm = StateMachine::from_snapshot(&bytes, limits.clone(), tokens.clone()).unwrap();
+        assert_eq!(sm.applied(), 3);
+        let sm = StateMachine::from_snapshot_stream(&mut &bytes[..], limits, tokens).unwrap();
         assert_eq!(sm.applied(), 3);
     }
 
@@ -876,9 +1001,28 @@ mod tests {
         let bytes = sm.to_snapshot().unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
         assert_eq!(bytes.capacity(), bytes.len());
+        // Streamed to a file, the same bytes, as many as announced.
+        let image = sm.image().unwrap();
+        let mut streamed = Vec::new();
+        image.stream_to(&mut streamed).unwrap();
+        assert_eq!((image.len(), &streamed), (bytes.len(), &bytes));
         let (limits, tokens) = machine().identity();
         let back = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
         assert_eq!(back.to_snapshot().unwrap(), bytes);
         assert_eq!(back.member_urls().len(), 1);
+        // Read as a stream, the same state; a cut or padded image is refused.
+        let (limits, tokens) = machine().identity();
+        let streamed =
+            StateMachine::from_snapshot_stream(&mut &bytes[..], limits.clone(), tokens.clone())
+                .unwrap();
+        assert_eq!(streamed.to_snapshot().unwrap(), bytes);
+        let cut = &bytes[..bytes.len() - 1];
+        assert!(
+            StateMachine::from_snapshot_stream(&mut &cut[..], limits.clone(), tokens.clone())
+                .is_err()
+        );
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert!(StateMachine::from_snapshot_stream(&mut &padded[..], limits, tokens).is_err());
     }
 }
