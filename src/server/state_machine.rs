@@ -134,40 +134,16 @@ fn apply_store(mut kv: Store) -> Store {
     kv
 }
 
-/// The snapshot image of a state machine at `applied` made of these parts:
-/// one allocation of exactly its size (the key space is walked once to
-/// measure it and once to write it in place, see [`ImageRef`]).
-/// [`StateMachine::from_snapshot`] reads it.
-pub fn encode_image<KV: Serialize>(
+/// A snapshot image, measured but not written: the key space is walked
+/// once to measure it, and once more by [`SnapshotImage::stream_to`] (or
+/// [`SnapshotImage::to_vec`]) writing it, so a snapshot file is written
+/// with no buffer of the whole state. The key space is a [`Store`] (see
+/// [`StateMachine::image`]) or, for a restore, the checked histories of an
+/// import, which encode as the same bytes. [`StateMachine::from_snapshot`]
+/// reads it.
+pub struct SnapshotImage<'a, KV = Store> {
     applied: u64,
-    kv: &KV,
-    alarms: &[AlarmMember],
-    leases: &LeaseSnapshot,
-    auth: &AuthSnapshot,
-    member_urls: &BTreeMap<u64, Vec<String>>,
-) -> Result<Vec<u8>, MvccError> {
-    let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
-    let kv_len = encoded_len(kv).map_err(corrupt)?;
-    let image = ImageRef {
-        applied,
-        kv,
-        kv_len,
-        alarms,
-        leases,
-        auth,
-        member_urls,
-    };
-    // Everything but the key space's own bytes, which are `kv_len`.
-    let rest =
-        encoded_len(&(applied, kv_len, alarms, leases, auth, member_urls)).map_err(corrupt)?;
-    postcard::to_extend(&image, Vec::with_capacity(rest + kv_len)).map_err(corrupt)
-}
-
-/// A state machine's snapshot image, measured but not written; see
-/// [`StateMachine::image`].
-pub struct SnapshotImage<'a> {
-    applied: u64,
-    kv: &'a Store,
+    kv: &'a KV,
     kv_len: usize,
     alarms: &'a [AlarmMember],
     leases: LeaseSnapshot,
@@ -176,7 +152,33 @@ pub struct SnapshotImage<'a> {
     len: usize,
 }
 
-impl SnapshotImage<'_> {
+impl<'a, KV: Serialize> SnapshotImage<'a, KV> {
+    /// The image of a state machine at `applied` made of these parts.
+    pub fn new(
+        applied: u64,
+        kv: &'a KV,
+        alarms: &'a [AlarmMember],
+        leases: LeaseSnapshot,
+        auth: AuthSnapshot,
+        member_urls: &'a BTreeMap<u64, Vec<String>>,
+    ) -> Result<Self, MvccError> {
+        let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
+        let kv_len = encoded_len(kv).map_err(corrupt)?;
+        // Everything but the key space's own bytes, which are `kv_len`.
+        let rest = encoded_len(&(applied, kv_len, alarms, &leases, &auth, member_urls))
+            .map_err(corrupt)?;
+        Ok(SnapshotImage {
+            applied,
+            kv,
+            kv_len,
+            alarms,
+            leases,
+            auth,
+            member_urls,
+            len: rest + kv_len,
+        })
+    }
+
     /// Bytes [`SnapshotImage::stream_to`] writes.
     pub fn len(&self) -> usize {
         self.len
@@ -186,11 +188,8 @@ impl SnapshotImage<'_> {
         self.len == 0
     }
 
-    /// Writes the image (exactly `len` bytes, the bytes of
-    /// [`StateMachine::to_snapshot`]) into `out`, through a buffer (postcard
-    /// writes a few bytes at a time).
-    pub fn stream_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        let image = ImageRef {
+    fn parts(&self) -> ImageRef<'_, KV> {
+        ImageRef {
             applied: self.applied,
             kv: self.kv,
             kv_len: self.kv_len,
@@ -198,10 +197,22 @@ impl SnapshotImage<'_> {
             leases: &self.leases,
             auth: &self.auth,
             member_urls: self.member_urls,
-        };
+        }
+    }
+
+    /// Writes the image (exactly `len` bytes) into `out`, through a buffer
+    /// (postcard writes a few bytes at a time).
+    pub fn stream_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let mut buffered = std::io::BufWriter::with_capacity(64 * 1024, out);
-        postcard::to_io(&image, &mut buffered).map_err(|e| std::io::Error::other(e.to_string()))?;
+        postcard::to_io(&self.parts(), &mut buffered)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         std::io::Write::flush(&mut buffered)
+    }
+
+    /// The image in one allocation of exactly its size.
+    pub fn to_vec(&self) -> Result<Vec<u8>, MvccError> {
+        postcard::to_extend(&self.parts(), Vec::with_capacity(self.len))
+            .map_err(|e| MvccError::Corrupt(e.to_string()))
     }
 }
 
@@ -389,47 +400,22 @@ impl StateMachine {
         self.lessor.snapshot()
     }
 
-    /// The whole state, for a snapshot file or a lagging follower (see
-    /// [`encode_image`]).
+    /// The whole state, for a snapshot file or a lagging follower.
     pub fn to_snapshot(&self) -> Result<Vec<u8>, MvccError> {
-        encode_image(
+        self.image()?.to_vec()
+    }
+
+    /// The whole state as a snapshot image, measured but not written (see
+    /// [`SnapshotImage`]).
+    pub fn image(&self) -> Result<SnapshotImage<'_>, MvccError> {
+        SnapshotImage::new(
             self.applied,
             &self.kv,
             &self.alarms,
-            &self.lessor.snapshot(),
-            &self.auth.snapshot(),
+            self.lessor.snapshot(),
+            self.auth.snapshot(),
             &self.member_urls,
         )
-    }
-
-    /// The whole state as a snapshot image, measured but not written: the
-    /// key space is walked once to measure it, and once more by
-    /// [`SnapshotImage::stream_to`] writing it, so a snapshot file is
-    /// written with no buffer of the whole state.
-    pub fn image(&self) -> Result<SnapshotImage<'_>, MvccError> {
-        let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
-        let kv_len = encoded_len(&self.kv).map_err(corrupt)?;
-        let (leases, auth) = (self.lessor.snapshot(), self.auth.snapshot());
-        // Everything but the key space's own bytes, which are `kv_len`.
-        let rest = encoded_len(&(
-            self.applied,
-            kv_len,
-            &self.alarms,
-            &leases,
-            &auth,
-            &self.member_urls,
-        ))
-        .map_err(corrupt)?;
-        Ok(SnapshotImage {
-            applied: self.applied,
-            kv: &self.kv,
-            kv_len,
-            alarms: &self.alarms,
-            leases,
-            auth,
-            member_urls: &self.member_urls,
-            len: rest + kv_len,
-        })
     }
 
     /// What a state machine rebuilt from a snapshot keeps of this one.
