@@ -14,6 +14,7 @@ pub mod client;
 pub mod etcd_db;
 pub mod http1;
 pub mod lease;
+pub mod link;
 pub mod log_writer;
 pub mod metrics;
 pub mod mvcc;
