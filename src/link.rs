@@ -121,7 +121,8 @@ fn parse_time(text: &str) -> Option<Duration> {
         (text.strip_suffix('s')?, 1.0)
     };
     let seconds = number.trim().parse::<f64>().ok()? * scale;
-    (seconds.is_finite() && seconds >= 0.0 && seconds < 3600.0)
+    (0.0..3600.0)
+        .contains(&seconds)
         .then(|| Duration::from_secs_f64(seconds))
 }
 
@@ -141,7 +142,7 @@ fn parse_rate(text: &str) -> Option<u64> {
     for (suffix, bits) in [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3), ("bit", 1.0)] {
         if let Some(n) = text.strip_suffix(suffix) {
             let bytes = n.trim().parse::<f64>().ok()? * bits / 8.0;
-            return (bytes.is_finite() && bytes >= 0.0 && bytes < 1e15).then_some(bytes as u64);
+            return (0.0..1e15).contains(&bytes).then_some(bytes as u64);
         }
     }
     text.parse().ok()
@@ -163,7 +164,9 @@ fn parse_bytes(text: &str) -> Option<u64> {
 pub enum Carriage {
     Datagram,
     /// A lost segment costs `rto` (doubling per lost retransmission).
-    Stream { rto: Duration },
+    Stream {
+        rto: Duration,
+    },
 }
 
 /// The segment size a stream's loss is drawn per.
@@ -357,7 +360,8 @@ mod tests {
 
     #[test]
     fn specs_parse_and_refuse() {
-        let s = spec("delay=25ms, jitter=500us,loss=5%,reorder=0.01,dup=0.1%,rate=8mbit,queue=64kb");
+        let s =
+            spec("delay=25ms, jitter=500us,loss=5%,reorder=0.01,dup=0.1%,rate=8mbit,queue=64kb");
         assert_eq!(s.delay, ms(25));
         assert_eq!(s.jitter, Duration::from_micros(500));
         assert!((s.loss - 0.05).abs() < 1e-12);
@@ -366,7 +370,15 @@ mod tests {
         assert_eq!(s.rate, 1_000_000);
         assert_eq!(s.queue_limit, 64 << 10);
         assert_eq!(spec("delay=1.5s").delay, Duration::from_millis(1500));
-        for bad in ["delay=5", "loss=150%", "loss=-1", "bogus=1", "delay", "queue=1tb", "delay=nans"] {
+        for bad in [
+            "delay=5",
+            "loss=150%",
+            "loss=-1",
+            "bogus=1",
+            "delay",
+            "queue=1tb",
+            "delay=nans",
+        ] {
             assert!(LinkSpec::default().parse_onto(bad).is_err(), "{bad}");
         }
         // Layered: a direction's spec overrides the common one.
@@ -402,8 +414,7 @@ mod tests {
     fn loss_share_is_within_bounds_and_seeded() {
         let run = |seed| {
             let mut link = Link::new(spec("loss=10%"), Carriage::Datagram, seed);
-            let decisions: Vec<Decision> =
-                (0..10_000).map(|i| link.offer(ms(i), 100)).collect();
+            let decisions: Vec<Decision> = (0..10_000).map(|i| link.offer(ms(i), 100)).collect();
             (decisions, link.stats())
         };
         let (a, stats) = run(7);
@@ -449,7 +460,10 @@ mod tests {
         assert_eq!(link.queued(), 10 << 10);
         // Sending frees room.
         link.sent(1024);
-        assert!(matches!(link.offer(Duration::ZERO, 1024), Decision::Release(_)));
+        assert!(matches!(
+            link.offer(Duration::ZERO, 1024),
+            Decision::Release(_)
+        ));
     }
 
     #[test]
@@ -472,7 +486,10 @@ mod tests {
         assert!((400..=600).contains(&s.duplicated), "{s:?}");
         releases.sort();
         let overtaken = releases.windows(2).filter(|w| w[0].1 > w[1].1).count();
-        assert!(overtaken > 500, "reordered packets were not overtaken: {overtaken}");
+        assert!(
+            overtaken > 500,
+            "reordered packets were not overtaken: {overtaken}"
+        );
     }
 
     #[test]
