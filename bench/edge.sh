@@ -73,7 +73,10 @@ if [ -z "${EDGE_IN_NETNS:-}" ]; then
         EDGE_NO_LOSS=1
     fi
 else
-    ip link set lo up
+    # An Ethernet MTU: loopback's 64 KiB would let one TCP segment carry
+    # what takes 45 packets on a real link, so a per-packet loss rate would
+    # spare etcd's TCP (QUIC keeps its packets under 1452 bytes anyway).
+    ip link set lo mtu 1500 up
 fi
 EDGE_NO_LOSS=${EDGE_NO_LOSS:-}
 
@@ -116,7 +119,7 @@ poll() {
 }
 
 # metric URL NAME: the value of one unlabelled metric.
-metric() { curl -fsS -m 1 "$1" | awk -v n="$2" '$1 == n { print $2; exit }'; }
+metric() { curl -fsS -m 1 "$1" 2>/dev/null | awk -v n="$2" '$1 == n && !found { print $2; found = 1 }'; }
 has_leader() { [ "$(metric "$1" etcd_server_has_leader)" = 1 ]; }
 all_have_leader() { local u; for u in "${METRICS[@]}"; do has_leader "$u" || return 1; done; }
 
@@ -244,6 +247,11 @@ measure() {
     "$BENCH" put --target grpc --endpoints "$ENDPOINTS" --clients "$CLIENTS" \
         --duration "$DURATION" --key-space 10000 >"$TMP/bench.out" 2>"$TMP/bench.err" || true
     stop "$poller"
+    if [ -n "$NFT_TABLE" ]; then
+        # The drop share nftables achieved (peer packets seen, dropped).
+        nft list table inet "$NFT_TABLE" | grep -oE 'packets [0-9]+' | awk '{ n[NR] = $2 }
+            END { if (n[1] > 0) printf "    nftables dropped %d of %d peer packets (%.1f%%)\n", n[2], n[1], 100 * n[2] / n[1] }' >&2
+    fi
     line=$(grep -m1 'throughput=' "$TMP/bench.out" || true)
     if [ -z "$line" ]; then
         say "    no result: $(tail -2 "$TMP/bench.err" | tr '\n' ' ')"
@@ -295,7 +303,8 @@ table inet $NFT_TABLE {
         type filter hook output priority 0; policy accept;
         meta l4proto { tcp, udp } th dport @peers meta mark set 0x2a
         meta l4proto { tcp, udp } th sport @peers meta mark set 0x2a
-        meta mark 0x2a numgen random mod 100 < $LOSS drop
+        meta mark 0x2a counter
+        meta mark 0x2a numgen random mod 100 < $LOSS counter drop
     }
 }
 RULES
@@ -381,7 +390,7 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)), qed $(git rev-parse --short HEAD), one run per cell."
     echo "3 members on loopback; $CLIENTS gRPC clients put for $DURATION s per cell, spread over the three members (qed: a qed-grpc per member)."
-    echo "Loss: nftables drops peer packets at random (UDP and TCP, both ways). Disk: strace delays the leader's every fdatasync."
+    echo "Loss: nftables drops peer packets at random (UDP and TCP, both ways; loopback MTU 1500 as on Ethernet). Disk: strace delays the leader's every fdatasync."
     echo "WAN: peers through qed-link, RTT/2 ± RTT/20 and the loss each way; etcd's TCP pays a lost segment as a 2 x RTT retransmission delay (no congestion-window cut)."
     echo "Share: of the same server's lossless cell (peer loss 0%; for WAN the same RTT at 0%). Leader changes: the most one member saw; s leaderless: seconds without a leader, summed over members."
     if [ -n "$EDGE_NO_LOSS" ]; then echo "Loss cells above 0% skipped: not root (network namespace, nftables)."; fi
