@@ -6,6 +6,14 @@
 //! stream-open failure): once a request has left, retrying could apply a
 //! write twice, so the error goes to the caller instead.
 //!
+//! Liveness: connections ping (QUIC keep-alive) and die after
+//! `keep_alive_timeout` of silence, so calls waiting on a dead node fail
+//! with [`ClientError::Closed`] in about that time instead of at their
+//! deadline. An endpoint whose connection died or whose handshake failed
+//! is *down*: calls skip it, or fail at once with [`ClientError::Connect`]
+//! when no endpoint is left, while a background probe re-dials it and
+//! hands the next call a ready connection once the node is back.
+//!
 //! [`Client::call`] and [`Client::open_stream`] speak raw `qed_wire` messages
 //! (the gRPC shim uses them); `kv` adds etcd-style typed methods and a txn
 //! builder; `watch` ([`Client::watch`], resumed across reconnects without
@@ -40,7 +48,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How to reach and authenticate to the cluster.
 #[derive(Debug, Clone)]
@@ -55,10 +63,24 @@ pub struct ConnectOptions {
     /// `--command-timeout` is 5 s; on lossy links a little more is kinder.
     pub request_timeout: Duration,
     /// Deadline for one QUIC handshake (etcd's `--dial-timeout`, 2 s). A
-    /// node that does not answer in time is skipped for `dial_timeout`
-    /// before it is tried again, so one dead endpoint does not cost every
-    /// call that round-robin sends its way.
+    /// node that does not answer in time is *down*: calls skip it (or fail
+    /// at once when it is the only endpoint) while a background probe
+    /// re-dials it, so one dead endpoint does not cost every call that
+    /// round-robin sends its way.
     pub dial_timeout: Duration,
+    /// How often the client pings each connection when it has nothing
+    /// else to send (QUIC keep-alive), so a dead node is noticed even
+    /// while a call waits for its reply. etcd's `DialKeepAliveTime`.
+    pub keep_alive_interval: Duration,
+    /// A connection that has heard nothing from its node for this long is
+    /// dead (QUIC's idle timeout, the shorter of both sides' wins): calls
+    /// in flight on it fail with [`ClientError::Closed`], new ones go to
+    /// another endpoint or fail at once with [`ClientError::Connect`]
+    /// while the endpoint is re-dialled in the background. A call issued
+    /// just after its node died returns within about this plus one
+    /// keep-alive interval. etcd's `DialKeepAliveTimeout`; raise it on a
+    /// lossy client link (every ping and its ack lost for this long).
+    pub keep_alive_timeout: Duration,
     /// Auth token sent with every call, from `Authenticate`.
     pub token: Option<String>,
     /// With auth enabled on the cluster: the client authenticates as this
@@ -78,6 +100,8 @@ impl Default for ConnectOptions {
             key_file: None,
             request_timeout: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(2),
+            keep_alive_interval: Duration::from_millis(250),
+            keep_alive_timeout: Duration::from_millis(1500),
             token: None,
             user: None,
             password: None,
@@ -133,8 +157,12 @@ fn after_send(e: TransportError) -> ClientError {
 #[derive(Default)]
 struct Slot {
     conn: Option<quinn::Connection>,
-    /// Set after a failed handshake: skip this endpoint until then.
-    retry_after: Option<Instant>,
+    /// Set while the endpoint is known to be down (a handshake failed, or
+    /// its connection went silent or was closed by the node). Calls then
+    /// skip it, or fail at once when no other endpoint is left, and a
+    /// probe task re-dials it in the background. Invariant: `down` is set
+    /// exactly while a probe task for this slot runs.
+    down: bool,
 }
 
 /// A connection to a qed cluster. Cheap to clone; clones share connections.
@@ -155,6 +183,10 @@ struct Inner {
     /// gave for `options.user`.
     token: std::sync::RwLock<Option<String>>,
     watch_streams: watch_stream::WatchStreams,
+    /// Never sent on: dropped with the client, which ends the tasks that
+    /// watch its connections (they hold the connections open otherwise).
+    _dropped: runtime::channel::Sender<()>,
+    on_drop: runtime::channel::Receiver<()>,
 }
 
 impl Client {
@@ -184,9 +216,14 @@ impl Client {
             key: options.key_file.clone(),
             ca: options.ca_file.clone(),
         };
-        let config =
+        let mut config =
             transport::tls::client_config(&files, qed_wire::CLIENT_ALPN).map_err(config_error)?;
+        config.transport_config(transport::endpoint::client_transport_config(
+            options.keep_alive_interval,
+            options.keep_alive_timeout,
+        ));
         let quic = transport::endpoint::client(first.addr, config).map_err(config_error)?;
+        let (dropped, on_drop) = runtime::channel::bounded(1);
         let client = Client {
             inner: Arc::new(Inner {
                 connections: parsed.iter().map(|_| Mutex::new(Slot::default())).collect(),
@@ -196,6 +233,8 @@ impl Client {
                 token: std::sync::RwLock::new(options.token.clone()),
                 options,
                 watch_streams: Default::default(),
+                _dropped: dropped,
+                on_drop,
             }),
         };
         let timeout = client.inner.options.request_timeout;
@@ -365,13 +404,13 @@ impl Client {
     }
 
     /// Opens a stream on the next endpoint in turn, failing over to the
-    /// others when one cannot be reached. Endpoints in back-off are tried
-    /// only when no other is left.
+    /// others when one cannot be reached. Down endpoints are looked at only
+    /// when no other is left (and then fail at once).
     async fn open_bi(&self) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
         let n = self.inner.endpoints.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
-        for pass in [Pass::Healthy, Pass::BackingOff] {
+        for pass in [Pass::Healthy, Pass::Down] {
             for i in 0..n {
                 let idx = (start + i) % n;
                 match self.connection(idx, pass).await {
@@ -393,7 +432,7 @@ impl Client {
     async fn any_connection(&self) -> Result<(), ClientError> {
         let mut last = None;
         for idx in 0..self.inner.endpoints.len() {
-            match self.connection(idx, Pass::BackingOff).await {
+            match self.connection(idx, Pass::Down).await {
                 Ok(Some(_)) => return Ok(()),
                 Ok(None) => {}
                 Err(e) => last = Some(e),
@@ -403,7 +442,9 @@ impl Client {
     }
 
     /// The live connection to endpoint `idx`, opening one if needed; `None`
-    /// when the endpoint is backing off and `pass` says to skip those.
+    /// when the endpoint is down and `pass` says to skip those. A down
+    /// endpoint is never dialled here (its probe is dialling it): the call
+    /// fails at once instead of waiting out a handshake.
     async fn connection(
         &self,
         idx: usize,
@@ -416,15 +457,40 @@ impl Client {
             return Err(ClientError::Closed);
         };
         let mut slot = slot.lock().await;
-        if let Some(conn) = slot.conn.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(Some(conn.clone()));
+        if let Some(conn) = slot.conn.take() {
+            match conn.close_reason() {
+                None => {
+                    slot.conn = Some(conn.clone());
+                    return Ok(Some(conn));
+                }
+                // Its watcher has not run yet: the same verdict, here.
+                Some(reason) => self.note_lost(&mut slot, idx, &reason),
             }
         }
-        if pass == Pass::Healthy && slot.retry_after.is_some_and(|t| Instant::now() < t) {
-            return Ok(None);
+        if slot.down {
+            return match pass {
+                Pass::Healthy => Ok(None),
+                Pass::Down => Err(self.connect_error(idx, "unreachable; reconnecting")),
+            };
         }
-        let dial_timeout = self.inner.options.dial_timeout;
+        match self.dial(idx, endpoint).await {
+            Ok(conn) => {
+                self.adopt(&mut slot, idx, conn.clone());
+                Ok(Some(conn))
+            }
+            Err(e) => {
+                self.mark_down(&mut slot, idx);
+                Err(e)
+            }
+        }
+    }
+
+    /// One handshake with endpoint `idx`, bounded by the dial timeout.
+    async fn dial(
+        &self,
+        idx: usize,
+        endpoint: &Endpoint,
+    ) -> Result<quinn::Connection, ClientError> {
         let dial = async {
             let connecting = self
                 .inner
@@ -433,27 +499,77 @@ impl Client {
                 .map_err(|e| self.connect_error(idx, e))?;
             connecting.await.map_err(|e| self.connect_error(idx, e))
         };
-        let result = runtime::timeout(dial_timeout, dial)
+        runtime::timeout(self.inner.options.dial_timeout, dial)
             .await
-            .unwrap_or_else(|_| Err(self.connect_error(idx, "handshake timed out")));
-        match result {
-            Ok(conn) => {
-                *slot = Slot {
-                    conn: Some(conn.clone()),
-                    retry_after: None,
-                };
-                Ok(Some(conn))
+            .unwrap_or_else(|_| Err(self.connect_error(idx, "handshake timed out")))
+    }
+
+    /// Makes `conn` the endpoint's connection and watches it: the moment
+    /// it closes, the slot learns why (see [`Client::note_lost`]).
+    fn adopt(&self, slot: &mut Slot, idx: usize, conn: quinn::Connection) {
+        slot.conn = Some(conn.clone());
+        slot.down = false;
+        let client = Arc::downgrade(&self.inner);
+        let on_drop = self.inner.on_drop.clone();
+        runtime::spawn(async move {
+            let closed = async { Some(conn.closed().await) };
+            let dropped = async {
+                let _ = on_drop.recv().await;
+                None
+            };
+            let Some(reason) = futures_lite::future::or(closed, dropped).await else {
+                return;
+            };
+            let Some(inner) = client.upgrade() else {
+                return;
+            };
+            let client = Client { inner };
+            if let Some(slot) = client.inner.connections.get(idx) {
+                let mut slot = slot.lock().await;
+                if slot
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.stable_id() == conn.stable_id())
+                {
+                    slot.conn = None;
+                    client.note_lost(&mut slot, idx, &reason);
+                }
             }
-            Err(e) => {
-                *slot = Slot {
-                    conn: None,
-                    retry_after: Some(Instant::now() + dial_timeout),
-                };
-                Err(e)
+        });
+    }
+
+    /// A connection of endpoint `idx` closed for `reason`. A stateless
+    /// reset means the node is back after a restart (the next call dials
+    /// it at once); silence past the keep-alive timeout, or a close by the
+    /// node, means it is gone: the endpoint is down until a probe reaches
+    /// it again.
+    fn note_lost(&self, slot: &mut Slot, idx: usize, reason: &quinn::ConnectionError) {
+        use quinn::ConnectionError as E;
+        match reason {
+            E::Reset | E::LocallyClosed => {}
+            E::TimedOut
+            | E::ConnectionClosed(_)
+            | E::ApplicationClosed(_)
+            | E::TransportError(_)
+            | E::VersionMismatch
+            | E::CidsExhausted => {
+                log::debug!(
+                    "connection to {} lost ({reason}); reconnecting",
+                    self.endpoint_name(idx)
+                );
+                self.mark_down(slot, idx);
             }
         }
     }
 
+    /// Marks endpoint `idx` down and starts its probe (unless one runs).
+    fn mark_down(&self, slot: &mut Slot, idx: usize) {
+        if slot.down {
+            return;
+        }
+        slot.down = true;
+        runtime::spawn(probe(Arc::downgrade(&self.inner), idx));
+    }
     async fn forget(&self, idx: usize, broken: &quinn::Connection) {
         if let Some(slot) = self.inner.connections.get(idx) {
             let mut slot = slot.lock().await;
@@ -463,19 +579,63 @@ impl Client {
                 .is_some_and(|c| c.stable_id() == broken.stable_id())
             {
                 slot.conn = None;
+                if let Some(reason) = broken.close_reason() {
+                    self.note_lost(&mut slot, idx, &reason);
+                }
             }
         }
     }
 
     fn connect_error(&self, idx: usize, e: impl fmt::Display) -> ClientError {
         ClientError::Connect {
-            endpoint: self
-                .inner
-                .endpoints
-                .get(idx)
-                .map(|e| e.addr.to_string())
-                .unwrap_or_default(),
+            endpoint: self.endpoint_name(idx),
             reason: e.to_string(),
+        }
+    }
+
+    fn endpoint_name(&self, idx: usize) -> String {
+        self.inner
+            .endpoints
+            .get(idx)
+            .map(|e| e.addr.to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Pause between a probe's handshakes with a down endpoint.
+const PROBE_PAUSE: Duration = Duration::from_millis(100);
+/// Handshakes a probe tries before it gives up; the next call that picks
+/// the endpoint then dials it itself (and starts a new probe if that
+/// fails). With a 2 s dial timeout, about ten minutes.
+const PROBE_ATTEMPTS: u32 = 300;
+
+/// Re-dials a down endpoint until it answers, the client is dropped, or
+/// [`PROBE_ATTEMPTS`] handshakes failed. A handshake sent while the node
+/// is down is retransmitted within about a second (QUIC's first PTO), so a
+/// node that comes back is reconnected about that fast, and the next call
+/// finds the connection ready.
+async fn probe(client: std::sync::Weak<Inner>, idx: usize) {
+    for _ in 0..PROBE_ATTEMPTS {
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        let client = Client { inner };
+        let Some(endpoint) = client.inner.endpoints.get(idx) else {
+            return;
+        };
+        if let Ok(conn) = client.dial(idx, endpoint).await {
+            if let Some(slot) = client.inner.connections.get(idx) {
+                let mut slot = slot.lock().await;
+                client.adopt(&mut slot, idx, conn);
+            }
+            return;
+        }
+        drop(client);
+        runtime::sleep(PROBE_PAUSE).await;
+    }
+    if let Some(inner) = client.upgrade() {
+        if let Some(slot) = inner.connections.get(idx) {
+            slot.lock().await.down = false;
         }
     }
 }
@@ -484,7 +644,7 @@ impl Client {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
     Healthy,
-    BackingOff,
+    Down,
 }
 
 /// The sending half of a streaming call.

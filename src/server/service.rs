@@ -22,7 +22,7 @@ use super::budget::{self, Charge, ConnBudget, NodeBudget};
 use super::node::Node;
 use crate::runtime;
 use crate::transport::{stream, TransportError};
-use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_REQUEST_BYTES, MAX_SERVER_FRAME};
+use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
 use qed_wire::kv::RangeRequest;
 use qed_wire::lease::LeaseKeepAliveRequest;
 use qed_wire::maintenance::SnapshotResponse;
@@ -49,9 +49,11 @@ pub const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Accepts connections until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>) {
     let pool = NodeBudget::new(budget::NODE_POOL);
+    // A connection may hold two of the largest requests at once.
+    let conn_cap = budget::CONN_CAP.max(2 * node.client_limits().frame_cap() as u64);
     while let Some(incoming) = endpoint.accept().await {
         let node = node.clone();
-        let budget = ConnBudget::new(pool.clone());
+        let budget = ConnBudget::with_limits(pool.clone(), budget::CONN_SHARE, conn_cap);
         runtime::spawn(async move {
             match incoming.await {
                 Ok(conn) => serve_connection(conn, node, budget).await,
@@ -98,8 +100,9 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>, budget: Arc<
 async fn read_charged(
     recv: &mut RecvStream,
     charge: &mut Charge,
+    frame_cap: usize,
 ) -> Result<Option<stream::RawFrame>, TransportError> {
-    let read = stream::read_raw_charged(recv, MAX_CLIENT_FRAME, |n| charge.add(n as u64));
+    let read = stream::read_raw_charged(recv, frame_cap, |n| charge.add(n as u64));
     runtime::timeout(REQUEST_READ_TIMEOUT, read)
         .await
         .map_err(|_| TransportError::Stream("the request did not arrive in time".into()))?
@@ -128,7 +131,8 @@ async fn serve_stream(
 ) {
     // Held until the call is answered: what it read, and what it became.
     let mut charge = budget.charge();
-    let raw = match read_charged(&mut recv, &mut charge).await {
+    let limits = node.client_limits();
+    let raw = match read_charged(&mut recv, &mut charge, limits.frame_cap()).await {
         Ok(Some(raw)) => raw,
         Ok(None) => return,
         Err(TransportError::Frame(FrameError::TooLarge { .. })) => {
@@ -161,7 +165,7 @@ async fn serve_stream(
     };
     match request.call {
         Call::Unary(req) => {
-            let too_large = raw.0.len() > MAX_REQUEST_BYTES;
+            let too_large = raw.0.len() > limits.max_request_bytes;
             drop(raw);
             let answer = if too_large {
                 Err(Error::RequestTooLarge)
