@@ -2,7 +2,8 @@
 //!
 //! Data flows client -> [`transport`] -> [`server`] -> [`raft`] -> [`storage`],
 //! and back through [`server`] -> [`mvcc`] / [`lease`] / [`watch`] -> client.
-//! `raft`, `mvcc`, `lease`, `watch` and `auth` are pure state machines: they take
+//! `raft`, `mvcc`, `lease`, `watch`, `auth` and `link` (the link emulator's
+//! schedule, for `qed-link`) are pure state machines: they take
 //! time and input as arguments and return what to do. Only `server`,
 //! `transport`, `storage`, `client` and [`runtime`] touch sockets, files,
 //! clocks and tasks, and only `runtime` names the async runtime.
@@ -15,6 +16,7 @@ pub mod etcd_db;
 pub mod heap;
 pub mod http1;
 pub mod lease;
+pub mod link;
 pub mod log_writer;
 pub mod metrics;
 pub mod mvcc;
