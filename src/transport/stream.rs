@@ -307,3 +307,95 @@ const BATCH_BYTES: usize = 256 * 1024;
 async fn write_bytes(send: &mut impl WriteBytes, buf: &[u8]) -> Result<(), TransportError> {
     send.write_bytes(buf).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime;
+
+    fn pair() -> (SendHalf, RecvHalf) {
+        let (a, b) = UnixStream::pair().expect("socket pair");
+        (SendHalf::Unix(a), RecvHalf::unix(b))
+    }
+
+    #[test]
+    fn frames_split_and_joined_arrive_whole() {
+        runtime::block_on(async {
+            let (mut send, recv) = pair();
+            let msgs: Vec<Vec<u8>> = (0..50).map(|i| vec![i as u8; i * 1000]).collect();
+            let mut bytes = Vec::new();
+            for m in &msgs {
+                bytes = frame::encode_into(m, usize::MAX, bytes).expect("encode");
+            }
+            let writer = runtime::spawn(async move {
+                // Odd-sized pieces: prefixes and bodies split anywhere.
+                for piece in bytes.chunks(777) {
+                    send.write_bytes(piece).await.expect("write");
+                }
+                send.finish();
+            });
+            let mut reader = FrameReader::new(recv);
+            for m in &msgs {
+                let got: Vec<u8> = reader.read(usize::MAX).await.expect("read").expect("frame");
+                assert_eq!(&got, m);
+            }
+            assert!(reader
+                .read::<Vec<u8>>(usize::MAX)
+                .await
+                .expect("end")
+                .is_none());
+            writer.await;
+        });
+    }
+
+    #[test]
+    fn raw_reads_charge_what_arrives_and_stop_at_the_limit() {
+        runtime::block_on(async {
+            let (mut send, mut recv) = pair();
+            let body = vec![7u8; 100_000];
+            let framed = frame::encode(&body, usize::MAX).expect("encode");
+            let sent = framed.clone();
+            let writer = runtime::spawn(async move {
+                // The second frame is refused part-way: its reader stops
+                // reading, so the rest of the writes may fail.
+                let _ = send.write_bytes(&sent).await;
+                let _ = send.write_bytes(&sent).await;
+                send.finish();
+            });
+            let mut charged = 0;
+            let raw = read_raw_charged(&mut recv, usize::MAX, |n| {
+                charged += n;
+                true
+            })
+            .await
+            .expect("read")
+            .expect("frame");
+            assert_eq!(raw.decode::<Vec<u8>>().expect("decode"), body);
+            assert_eq!(charged, framed.len() - PREFIX_LEN);
+            // Over budget: refused as Busy.
+            let busy = read_raw_charged(&mut recv, usize::MAX, |_| false).await;
+            assert!(matches!(busy, Err(TransportError::Busy)));
+            drop(recv);
+            writer.await;
+            // Over the size limit: refused before the body is read.
+            let (mut send2, mut recv2) = pair();
+            send2
+                .write_bytes(&framed[..PREFIX_LEN])
+                .await
+                .expect("write");
+            let too_large = read_raw(&mut recv2, 1000).await;
+            assert!(matches!(too_large, Err(TransportError::Frame(_))));
+            // A stream that ends inside a frame is an error, between frames None.
+            let (mut send3, mut recv3) = pair();
+            send3.write_bytes(&framed[..10]).await.expect("write");
+            send3.finish();
+            assert!(read_raw(&mut recv3, usize::MAX).await.is_err());
+            let (mut send4, mut recv4) = pair();
+            send4.finish();
+            assert!(read_raw(&mut recv4, usize::MAX)
+                .await
+                .expect("clean end")
+                .is_none());
+        });
+    }
+}
