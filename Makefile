@@ -74,6 +74,9 @@ bench:
 test: test-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# The fuzz targets are not in the workspace (cargo-fuzz wants its own
+	# crate); check they still build against the library.
+	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins
 	$(CARGO) test --workspace
 
 test-deps::

@@ -128,13 +128,25 @@ fn watch_semantics_match_etcd() {
         assert!(resp.canceled);
         assert_eq!(resp.compact_revision, 12);
         assert!(old.next().await.is_none());
-        // At the compaction revision itself: still served.
+        // After it: served.
         let mut at = c
             .watch("k1", WatchOptions::new().with_start_revision(13))
             .await
             .unwrap();
         let evs = events(&mut at, 1).await;
         assert_eq!(evs[0].kv.mod_revision, 13);
+        // At the compaction revision itself: served with what compaction
+        // kept of it, so the delete of k2 at 12 is gone (its tombstone
+        // was compacted away), as etcd 3.4 answers `watch --rev 12`.
+        let mut at = c
+            .watch(
+                "k",
+                WatchOptions::new().with_prefix().with_start_revision(12),
+            )
+            .await
+            .unwrap();
+        let evs = events(&mut at, 1).await;
+        assert_eq!(kv(&evs[0]), (&b"k1"[..], &b"in"[..], 13));
     });
 }
 

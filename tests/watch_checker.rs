@@ -11,6 +11,9 @@
 //! Compactions stay at or below what every watcher has already been
 //! handed, because a watcher still behind a compaction is canceled with a
 //! compacted response (etcd's rule, checked here too) rather than caught up.
+//! A watcher may start exactly at a compaction revision; it gets what the
+//! compaction kept of that revision, as in etcd: no deletes there (their
+//! tombstones are gone) and no `prev_kv` (older versions are gone).
 //!
 //! `QED_WATCH_CHECK_OPS` sets the ops per writer per round (default 60),
 //! `QED_WATCH_CHECK_ROUNDS` the rounds (default 6, so 5 restarts),
@@ -239,21 +242,60 @@ fn events_between(before: &State, after: &State, rev: i64) -> Vec<Event> {
     out
 }
 
-fn expected(spec: &Spec, history: &BTreeMap<i64, Vec<Event>>, from: i64, to: i64) -> Vec<Event> {
+/// What a watcher of `spec` from `from` sees through `to`; `from_compacted`
+/// when `from` was the compaction revision as the watch was created.
+fn expected(
+    spec: &Spec,
+    history: &BTreeMap<i64, Vec<Event>>,
+    from: i64,
+    to: i64,
+    from_compacted: bool,
+) -> Vec<Event> {
+    let compacted_away = |e: &Event| from_compacted && e.kv.mod_revision == from;
     history
         .range(from..=to)
         .flat_map(|(_, evs)| evs.iter())
         .filter(|e| spec.contains(&e.kv.key))
+        .filter(|e| !(compacted_away(e) && e.kind == EventType::Delete))
         .map(|e| Event {
             kind: e.kind,
             kv: e.kv.clone(),
-            prev_kv: if spec.prev_kv {
+            prev_kv: if spec.prev_kv && !compacted_away(e) {
                 e.prev_kv.clone()
             } else {
                 None
             },
         })
         .collect()
+}
+
+/// Where two event streams first differ: the revision and both sides'
+/// events there, so a count mismatch says what was lost or added.
+fn first_divergence(got: &[Event], want: &[Event]) -> String {
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(g, w)| g != w)
+        .unwrap_or(got.len().min(want.len()));
+    let rev = match (got.get(at), want.get(at)) {
+        (Some(g), Some(w)) => g.kv.mod_revision.min(w.kv.mod_revision),
+        (Some(e), None) | (None, Some(e)) => e.kv.mod_revision,
+        (None, None) => return "no divergence".into(),
+    };
+    let show = |evs: &[Event]| -> Vec<String> {
+        evs.iter()
+            .filter(|e| (rev - 1..=rev + 1).contains(&e.kv.mod_revision))
+            .map(|e| {
+                let key = String::from_utf8_lossy(&e.kv.key);
+                format!("{:?} {key}@{}", e.kind, e.kv.mod_revision)
+            })
+            .collect()
+    };
+    format!(
+        "first difference at event {at}, revision {rev}: got {:?}, want {:?}",
+        show(got),
+        show(want)
+    )
 }
 
 /// The history as rebuilt so far: every revision's events up to `to`.
@@ -287,6 +329,8 @@ impl History {
 struct Checked {
     spec: Spec,
     start: i64,
+    /// `start` was the compaction revision when the watch was created.
+    from_compacted: bool,
     handed: Arc<AtomicI64>,
     task: qed::runtime::JoinHandle<Vec<Event>>,
 }
@@ -302,6 +346,7 @@ fn spawn_checked(
     w: Watcher,
     spec: Spec,
     start: i64,
+    from_compacted: bool,
     stop_at: &Arc<AtomicI64>,
     slow: bool,
 ) -> Checked {
@@ -310,6 +355,7 @@ fn spawn_checked(
     Checked {
         spec,
         start,
+        from_compacted,
         handed,
         task,
     }
@@ -347,7 +393,7 @@ fn watchers_see_exact_history_across_compactions_and_restarts() {
         for (i, spec) in specs().into_iter().enumerate() {
             let w = c.watch(spec.key, spec.options.clone()).await.unwrap();
             let start = w.next_revision();
-            watchers.push(spawn_checked(w, spec, start, &stop_at, i == 1));
+            watchers.push(spawn_checked(w, spec, start, false, &stop_at, i == 1));
         }
         let mut history = History::new(&c).await;
         // Revisions below this are gone.
@@ -375,12 +421,20 @@ fn watchers_see_exact_history_across_compactions_and_restarts() {
                 node.restart();
             }
             // Watchers joining from random old revisions (the compaction
-            // revision itself is still there).
+            // revision itself is still there, as compaction left it).
             for spec in specs() {
                 let now = current_revision(&c).await;
                 let start = compacted + rand(now - compacted + 1);
+                let from_compacted = compactions > 0 && start == compacted;
                 let w = watch_retrying(&c, &spec, start).await;
-                watchers.push(spawn_checked(w, spec, start, &stop_at, false));
+                watchers.push(spawn_checked(
+                    w,
+                    spec,
+                    start,
+                    from_compacted,
+                    &stop_at,
+                    false,
+                ));
             }
             for w in writers {
                 w.await;
@@ -429,7 +483,11 @@ fn watchers_see_exact_history_across_compactions_and_restarts() {
             rounds.saturating_sub(1)
         );
         for Checked {
-            spec, start, task, ..
+            spec,
+            start,
+            from_compacted,
+            task,
+            ..
         } in watchers
         {
             let got: Vec<Event> = qed::runtime::timeout(Duration::from_secs(60), task)
@@ -438,12 +496,13 @@ fn watchers_see_exact_history_across_compactions_and_restarts() {
                 .into_iter()
                 .filter(|e| e.kv.mod_revision <= f)
                 .collect();
-            let want = expected(&spec, &history.events, start, f);
+            let want = expected(&spec, &history.events, start, f, from_compacted);
             assert_eq!(
                 got.len(),
                 want.len(),
-                "watcher {} from {start}: event count (seed {seed})",
-                spec.name
+                "watcher {} from {start}: event count (seed {seed}); {}",
+                spec.name,
+                first_divergence(&got, &want)
             );
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(

@@ -22,11 +22,13 @@ fuzz_target!(|data: &[u8]| {
     }
     // The etcd layer on top.
     if let Ok(imported) = qed::etcd_db::import(data) {
-        let bytes = qed::etcd_db::export(&imported.store, &imported.leases, &imported.auth, 1)
+        let store = imported.histories.clone().into_store();
+        let bytes = qed::etcd_db::export(&store, &imported.leases, &imported.auth, 1)
             .expect("an imported store exports");
         let again = qed::etcd_db::import(&bytes).expect("an export imports");
-        assert_eq!(again.store.revision(), imported.store.revision());
-        assert_eq!(again.store.compact_revision(), imported.store.compact_revision());
+        let again_store = again.histories.clone().into_store();
+        assert_eq!(again_store.revision(), store.revision());
+        assert_eq!(again_store.compact_revision(), store.compact_revision());
         assert_eq!(again.leases, imported.leases);
         assert_eq!(again.auth, imported.auth);
         assert_eq!(again.counts.keys, imported.counts.keys);

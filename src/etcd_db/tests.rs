@@ -91,6 +91,10 @@ fn sample() -> (Store, LeaseSnapshot) {
     (s, leases)
 }
 
+fn store_of(imported: &Imported<'_>) -> Store {
+    imported.histories.clone().into_store()
+}
+
 fn all_history(s: &Store) -> Vec<(Vec<u8>, Vec<Change>)> {
     s.histories()
         .map(|(k, c)| (k.to_vec(), c.to_vec()))
@@ -103,9 +107,9 @@ fn export_import_round_trip() {
     let bytes = export(&store, &leases, &auth_sample(), 42).unwrap();
     assert!(looks_like_bbolt(&bytes));
     let imported = import(&bytes).unwrap();
-    assert_eq!(all_history(&imported.store), all_history(&store));
-    assert_eq!(imported.store.revision(), store.revision());
-    assert_eq!(imported.store.compact_revision(), 200);
+    assert_eq!(all_history(&store_of(&imported)), all_history(&store));
+    assert_eq!(store_of(&imported).revision(), store.revision());
+    assert_eq!(store_of(&imported).compact_revision(), 200);
     assert_eq!(imported.leases, leases);
     assert_eq!(imported.consistent_index, 42);
     assert_eq!(imported.auth, auth_sample());
@@ -128,10 +132,27 @@ fn export_import_round_trip() {
     );
     assert_eq!(imported.counts.leases, 2);
     assert_eq!((imported.counts.users, imported.counts.roles), (2, 2));
+
+    // A restore encodes the image straight from the import: the same
+    // bytes as the state machine built from it writes.
+    use crate::server::state_machine::{encode_image, Limits, StateMachine};
+    let direct = encode_image(1, &imported.histories, &[], &leases, &auth_sample()).unwrap();
+    let limits = Limits {
+        lease: crate::lease::LeaseConfig::default(),
+    };
+    let state = StateMachine::from_parts(
+        store_of(&imported),
+        imported.leases.clone(),
+        imported.auth.clone(),
+        1,
+        limits,
+        Default::default(),
+    );
+    assert_eq!(direct, state.to_snapshot().unwrap());
     // With the sha256 trailer too; a wrong trailer is refused.
     let mut sealed = crate::server::snapshot_file::seal(bytes.clone());
     assert_eq!(
-        all_history(&import(&sealed).unwrap().store),
+        all_history(&store_of(&import(&sealed).unwrap())),
         all_history(&store)
     );
     let last = sealed.len() - 1;
@@ -194,7 +215,7 @@ fn unfinished_compaction_is_finished_on_import() {
     bytes_store.compact(12).unwrap();
     let bytes = export(&s, &LeaseSnapshot::default(), &AuthSnapshot::default(), 1).unwrap();
     // Rewrite meta by hand: scheduled 12, not finished.
-    let imported = {
+    let rewritten = {
         let mut db = DbWriter::default();
         let src = Db::open(&bytes).unwrap();
         let mut k = db.bucket(KEY).unwrap();
@@ -211,10 +232,11 @@ fn unfinished_compaction_is_finished_on_import() {
         )
         .unwrap();
         m.finish().unwrap();
-        import(&db.finish().unwrap()).unwrap()
+        db.finish().unwrap()
     };
-    assert_eq!(all_history(&imported.store), all_history(&bytes_store));
-    assert_eq!(imported.store.compact_revision(), 12);
+    let imported = import(&rewritten).unwrap();
+    assert_eq!(all_history(&store_of(&imported)), all_history(&bytes_store));
+    assert_eq!(store_of(&imported).compact_revision(), 12);
 }
 
 #[test]
@@ -289,8 +311,8 @@ fn etcd_35_shaped_backend_imports() {
         bytes[m + bbolt::META_SUMMED..m + bbolt::META_LEN].copy_from_slice(&sum.to_le_bytes());
     }
     let imported = import(&bytes).unwrap();
-    assert_eq!(imported.store.revision(), 2);
-    assert_eq!(imported.store.compact_revision(), 0); // never compacted
+    assert_eq!(store_of(&imported).revision(), 2);
+    assert_eq!(store_of(&imported).compact_revision(), 0); // never compacted
     assert_eq!(imported.consistent_index, 9);
     assert_eq!(
         imported.leases.leases,
@@ -316,4 +338,17 @@ fn overlong_auth_names_are_left_out() {
     assert_eq!(unexportable_auth_names(&auth), [long.as_str()]);
     let bytes = export(&Store::new(), &LeaseSnapshot::default(), &auth, 1).unwrap();
     assert_eq!(import(&bytes).unwrap().auth, auth_sample());
+}
+
+#[test]
+fn the_two_thread_sort_is_stable() {
+    // Keys repeat across both halves; each key's items must keep their
+    // input order (a key's changes arrive in revision order).
+    let keys: [&[u8]; 3] = [b"b", b"a", b"c"];
+    let items: Vec<(&[u8], usize)> = (0..101).map(|i| (keys[i % 3], i)).collect();
+    let sorted = sort_by_key_on_two_threads(items.clone());
+    let mut want = items;
+    want.sort_by(|a, b| a.0.cmp(b.0));
+    assert_eq!(sorted, want);
+    assert!(sort_by_key_on_two_threads(Vec::<(&[u8], u8)>::new()).is_empty());
 }

@@ -730,16 +730,6 @@ impl Store {
         postcard::from_bytes(bytes).map_err(|e| MvccError::Corrupt(e.to_string()))
     }
 
-    /// A store from each key's kept changes (keys in increasing order),
-    /// checked as a snapshot is: what an imported etcd backend becomes.
-    pub(crate) fn from_history<K: AsRef<[u8]>>(
-        revision: i64,
-        compact_revision: i64,
-        keys: impl IntoIterator<Item = (K, Vec<Change>)>,
-    ) -> Result<Store, String> {
-        Store::build(revision, compact_revision, keys)
-    }
-
     /// Number of kept changes over all keys.
     pub fn history_len(&self) -> usize {
         self.keys.values().map(|index| index.changes().len()).sum()
@@ -751,21 +741,34 @@ impl Store {
         self.keys.iter().map(|(k, index)| (&**k, index.changes()))
     }
 
+    /// The store an image describes, checking every invariant (the image
+    /// may come from a damaged file).
     fn from_image(image: Image) -> Result<Store, String> {
-        Store::build(
-            image.revision,
-            image.compact_revision,
-            image.keys.into_iter().map(|(KeyBytes(k), c)| (k, c)),
-        )
+        let keys = image.keys.into_iter().map(|(KeyBytes(k), c)| (k, c));
+        Ok(Histories::new(image.revision, image.compact_revision, keys)?.into_store())
     }
+}
 
-    /// A store from each key's kept changes, keys in increasing order,
-    /// checking every invariant (the input may come from a damaged file).
-    fn build<K: AsRef<[u8]>>(
+/// A key space as each key's kept changes in key order, checked against
+/// every invariant a [`Store`] keeps, but not indexed yet: what an import
+/// holds before it builds a store. It encodes as the same bytes the store
+/// it becomes would, so a restore writes its snapshot image straight from
+/// it, without building (and then freeing) the maps.
+#[derive(Debug, Clone)]
+pub struct Histories<K> {
+    revision: i64,
+    compacted: i64,
+    keys: Vec<(K, KeyIndex)>,
+}
+
+impl<K: AsRef<[u8]>> Histories<K> {
+    /// Checks `keys` (each key's changes, keys in increasing order) as a
+    /// store at `revision`, compacted at `compact_revision`.
+    pub(crate) fn new(
         revision: i64,
         compact_revision: i64,
         keys: impl IntoIterator<Item = (K, Vec<Change>)>,
-    ) -> Result<Store, String> {
+    ) -> Result<Histories<K>, String> {
         if revision < 1 {
             return Err(format!("revision {revision} below 1"));
         }
@@ -774,23 +777,20 @@ impl Store {
                 "compact revision {compact_revision} outside [-1, {revision}]"
             ));
         }
-        let mut store = Store::new();
-        store.current = revision;
-        store.compacted = compact_revision;
-        let mut log: Vec<LogEntry> = Vec::new();
-        let mut last: Option<Key> = None;
+        let keys = keys.into_iter();
+        let mut checked: Vec<(K, KeyIndex)> = Vec::with_capacity(keys.size_hint().0);
         for (key, changes) in keys {
-            let key = key.as_ref();
-            if key.is_empty() {
+            let k = key.as_ref();
+            if k.is_empty() {
                 return Err("empty key".into());
             }
-            if last.as_ref().is_some_and(|l| **l >= *key) {
+            if checked.last().is_some_and(|(l, _)| l.as_ref() >= k) {
                 return Err("keys out of order".into());
             }
             let index = KeyIndex::from_changes(changes)
-                .map_err(|e| format!("key {key:?}: bad history: {e:?}"))?;
+                .map_err(|e| format!("key {k:?}: bad history: {e:?}"))?;
             if index.changes().iter().any(|c| c.main > revision) {
-                return Err(format!("key {key:?}: change above revision"));
+                return Err(format!("key {k:?}: change above revision"));
             }
             // Compaction leaves at most one change at or below its point,
             // and never a tombstone.
@@ -799,9 +799,43 @@ impl Store {
                     .changes()
                     .partition_point(|c| c.main <= compact_revision);
                 if below > 1 || (below == 1 && index.changes()[0].is_tombstone()) {
-                    return Err(format!("key {key:?}: history below the compaction point"));
+                    return Err(format!("key {k:?}: history below the compaction point"));
                 }
             }
+            checked.push((key, index));
+        }
+        // Two changes sharing a revision: the revisions at or above the
+        // compaction point, sorted, must all differ.
+        let mut revisions: Vec<(i64, u32)> = checked
+            .iter()
+            .flat_map(|(_, index)| index.changes())
+            .filter(|c| c.main >= compact_revision)
+            .map(|c| (c.main, c.sub))
+            .collect();
+        revisions.sort_unstable();
+        if revisions.windows(2).any(|p| p[0] == p[1]) {
+            return Err("two changes share one revision".into());
+        }
+        Ok(Histories {
+            revision,
+            compacted: compact_revision,
+            keys: checked,
+        })
+    }
+
+    /// The newest main revision.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The store these histories describe: the key map and the change log.
+    pub fn into_store(self) -> Store {
+        let mut store = Store::new();
+        store.current = self.revision;
+        store.compacted = self.compacted;
+        let mut log: Vec<LogEntry> = Vec::new();
+        for (key, index) in self.keys {
+            let key = key.as_ref();
             let shared: Key = Arc::from(key);
             store.size += KEY_OVERHEAD + key.len() as u64;
             for change in index.changes() {
@@ -815,18 +849,34 @@ impl Store {
                     });
                 }
             }
-            store.keys.insert(shared.clone(), Arc::new(index));
-            last = Some(shared);
+            store.keys.insert(shared, Arc::new(index));
         }
         log.sort_by_key(|e| (e.main, e.sub));
-        if log
-            .windows(2)
-            .any(|p| (p[0].main, p[0].sub) == (p[1].main, p[1].sub))
-        {
-            return Err("two changes share one revision".into());
-        }
         store.log = log.into_iter().collect();
-        Ok(store)
+        store
+    }
+}
+
+impl<K: AsRef<[u8]>> Serialize for Histories<K> {
+    /// The bytes of the [`Store`] these histories become.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Image", 3)?;
+        st.serialize_field("revision", &self.revision)?;
+        st.serialize_field("compact_revision", &self.compacted)?;
+        st.serialize_field("keys", &SortedKeysRef(&self.keys))?;
+        st.end()
+    }
+}
+
+struct SortedKeysRef<'a, K>(&'a [(K, KeyIndex)]);
+
+impl<K: AsRef<[u8]>> Serialize for SortedKeysRef<'_, K> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.0
+                .iter()
+                .map(|(k, index)| (KeyRef(k.as_ref()), index.changes())),
+        )
     }
 }
 

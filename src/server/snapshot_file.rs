@@ -17,7 +17,8 @@
 //! `qed snapshot save` and etcd's Maintenance.Snapshot is the etcd form
 //! ([`etcd_file`]), so `etcdctl snapshot status` and `restore` take it.
 
-use super::state_machine::{Limits, StateMachine};
+use super::state_machine::{encode_image, Limits, StateMachine};
+use crate::etcd_db::Imported;
 use crate::storage::durable_log::{DurableLog, LogOptions};
 use crate::storage::wal::DEFAULT_SEGMENT_BYTES;
 use crate::wire::raft::{ConfState, HardState, SnapshotMeta};
@@ -57,9 +58,11 @@ impl fmt::Display for SnapshotFormat {
 }
 
 /// A loaded snapshot and the format it was in.
-struct Loaded {
-    state: StateMachine,
-    format: SnapshotFormat,
+/// A snapshot file's content: qed's own image as a state machine, or an
+/// etcd backend as imported (keys borrowed from the file's bytes).
+enum Loaded<'a> {
+    Qed(StateMachine),
+    Etcd(Imported<'a>),
 }
 
 #[derive(Debug)]
@@ -158,9 +161,9 @@ fn reading_limits() -> Limits {
     }
 }
 
-/// Reads and checks a snapshot file, reporting progress as
-/// `progress(bytes_read, total)`.
-fn load(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Loaded, SnapshotFileError> {
+/// Reads a snapshot file, reporting progress as `progress(bytes_read,
+/// total)`.
+fn read(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Vec<u8>, SnapshotFileError> {
     use std::io::Read;
     let read_err = |e: std::io::Error| SnapshotFileError::Read {
         path: path.to_path_buf(),
@@ -180,63 +183,76 @@ fn load(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Loaded, Snaps
         }
         progress(bytes.len() as u64, total);
     }
+    Ok(bytes)
+}
+
+/// Checks and decodes a snapshot file's bytes, in either format.
+fn load<'a>(path: &Path, bytes: &'a [u8]) -> Result<Loaded<'a>, SnapshotFileError> {
     let invalid = |reason: String| SnapshotFileError::Invalid {
         path: path.to_path_buf(),
         reason,
     };
-    if crate::etcd_db::looks_like_bbolt(&bytes) {
-        let imported = crate::etcd_db::import(&bytes).map_err(|e| invalid(e.to_string()))?;
-        drop(bytes);
-        // Applied index 1: the restored snapshot's index (see `restore`).
-        let state = StateMachine::from_parts(
-            imported.store,
-            imported.leases,
-            imported.auth,
-            1,
-            reading_limits(),
-            Default::default(),
-        );
-        return Ok(Loaded {
-            state,
-            format: SnapshotFormat::Etcd,
-        });
+    if crate::etcd_db::looks_like_bbolt(bytes) {
+        let imported = crate::etcd_db::import(bytes).map_err(|e| invalid(e.to_string()))?;
+        return Ok(Loaded::Etcd(imported));
     }
-    let framed = unseal(&bytes).map_err(invalid)?;
+    let framed = unseal(bytes).map_err(invalid)?;
     let image = crate::storage::snapshot::decode_padded(framed).map_err(invalid)?;
     let state = StateMachine::from_snapshot(image, reading_limits(), Default::default())
         .map_err(|e| invalid(e.to_string()))?;
-    Ok(Loaded {
-        state,
-        format: SnapshotFormat::Qed,
-    })
+    Ok(Loaded::Qed(state))
 }
 
-fn summarize(loaded: &Loaded, size: u64) -> SnapshotSummary {
-    let state = &loaded.state;
-    SnapshotSummary {
-        hash: None,
-        revision: state.revision(),
-        total_keys: state.key_count(),
-        total_size: size,
-        revisions: state.store_view().history_len(),
-        leases: state.lease_snapshot().leases.len(),
-        users: state.auth().snapshot().users.len(),
-        format: loaded.format,
+/// An imported etcd backend as a state machine at applied index 1 (the
+/// restored snapshot's index, see `restore`).
+fn etcd_state(imported: Imported<'_>) -> StateMachine {
+    StateMachine::from_parts(
+        imported.histories.into_store(),
+        imported.leases,
+        imported.auth,
+        1,
+        reading_limits(),
+        Default::default(),
+    )
+}
+
+fn summarize(loaded: &Loaded<'_>, size: u64) -> SnapshotSummary {
+    match loaded {
+        Loaded::Qed(state) => SnapshotSummary {
+            hash: None,
+            revision: state.revision(),
+            total_keys: state.key_count(),
+            total_size: size,
+            revisions: state.store_view().history_len(),
+            leases: state.lease_snapshot().leases.len(),
+            users: state.auth().snapshot().users.len(),
+            format: SnapshotFormat::Qed,
+        },
+        Loaded::Etcd(imported) => SnapshotSummary {
+            hash: None,
+            revision: imported.histories.revision(),
+            total_keys: imported.counts.keys,
+            total_size: size,
+            revisions: imported.counts.revisions,
+            leases: imported.leases.leases.len(),
+            users: imported.auth.users.len(),
+            format: SnapshotFormat::Etcd,
+        },
     }
 }
 
 /// `qed snapshot status FILE`.
 pub fn status(path: &Path) -> Result<SnapshotSummary, SnapshotFileError> {
-    let size = std::fs::metadata(path)
-        .map(|m| m.len())
-        .map_err(|e| SnapshotFileError::Read {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    let loaded = load(path, &mut |_, _| {})?;
+    let bytes = read(path, &mut |_, _| {})?;
+    let loaded = load(path, &bytes)?;
+    let summary = summarize(&loaded, bytes.len() as u64);
+    let state = match loaded {
+        Loaded::Qed(state) => state,
+        Loaded::Etcd(imported) => etcd_state(imported),
+    };
     Ok(SnapshotSummary {
-        hash: Some(loaded.state.hash().unwrap_or(0)),
-        ..summarize(&loaded, size)
+        hash: Some(state.hash().unwrap_or(0)),
+        ..summary
     })
 }
 
@@ -244,6 +260,10 @@ pub fn status(path: &Path) -> Result<SnapshotSummary, SnapshotFileError> {
 /// snapshot as the state of a new cluster whose voters are `voters` (from
 /// `--initial-cluster`; each member is restored from the same file into its
 /// own directory, as with etcd).
+///
+/// An etcd file's image is encoded straight from the import (the same
+/// bytes a state machine built from it would write), so a restore never
+/// builds the key maps it does not serve from.
 pub fn restore(
     path: &Path,
     data_dir: &Path,
@@ -254,15 +274,29 @@ pub fn restore(
     if member_dir.exists() {
         return Err(SnapshotFileError::Exists(data_dir.to_path_buf()));
     }
-    let loaded = load(path, progress)?;
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let summary = summarize(&loaded, size);
-    let state = loaded.state;
+    let bytes = read(path, progress)?;
+    let loaded = load(path, &bytes)?;
+    let summary = summarize(&loaded, bytes.len() as u64);
     let write_err = |reason: String| SnapshotFileError::Write {
         path: member_dir.clone(),
         reason,
     };
-    let image = state.to_snapshot().map_err(|e| write_err(e.to_string()))?;
+    let (applied, image) = match &loaded {
+        Loaded::Qed(state) => (state.applied(), state.to_snapshot()),
+        Loaded::Etcd(imported) => (
+            1,
+            encode_image(
+                1,
+                &imported.histories,
+                &[],
+                &imported.leases,
+                &imported.auth,
+            ),
+        ),
+    };
+    let image = image.map_err(|e| write_err(e.to_string()))?;
+    drop(loaded);
+    drop(bytes);
     let (mut log, _) = DurableLog::open(
         &member_dir,
         LogOptions {
@@ -274,7 +308,7 @@ pub fn restore(
     .map_err(|e| write_err(e.to_string()))?;
     // The restored state sits at its applied index, in term 1 of a cluster
     // whose voters are the restored members.
-    let index = state.applied().max(1);
+    let index = applied.max(1);
     let meta = SnapshotMeta {
         index,
         term: 1,

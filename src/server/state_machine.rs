@@ -96,16 +96,18 @@ struct ImageBase {
 /// no copy of it made first. Postcard writes a byte string as its length
 /// (a varint) followed by the bytes, which is exactly what the tuple
 /// `(length, store)` writes, so readers of [`Image`] see the same bytes.
-struct ImageRef<'a> {
+/// The key space is a [`Store`], or (for a restore) the checked histories
+/// of an import, which encode as the same bytes.
+struct ImageRef<'a, KV> {
     applied: u64,
-    kv: &'a Store,
+    kv: &'a KV,
     kv_len: usize,
     alarms: &'a [AlarmMember],
-    leases: LeaseSnapshot,
-    auth: AuthSnapshot,
+    leases: &'a LeaseSnapshot,
+    auth: &'a AuthSnapshot,
 }
 
-impl Serialize for ImageRef<'_> {
+impl<KV: Serialize> Serialize for ImageRef<'_, KV> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let mut st = s.serialize_struct("Image", 5)?;
@@ -116,6 +118,32 @@ impl Serialize for ImageRef<'_> {
         st.serialize_field("auth", &self.auth)?;
         st.end()
     }
+}
+
+/// The snapshot image of a state machine at `applied` made of these parts:
+/// one allocation of exactly its size (the key space is walked once to
+/// measure it and once to write it in place, see [`ImageRef`]).
+/// [`StateMachine::from_snapshot`] reads it.
+pub fn encode_image<KV: Serialize>(
+    applied: u64,
+    kv: &KV,
+    alarms: &[AlarmMember],
+    leases: &LeaseSnapshot,
+    auth: &AuthSnapshot,
+) -> Result<Vec<u8>, MvccError> {
+    let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
+    let kv_len = encoded_len(kv).map_err(corrupt)?;
+    let image = ImageRef {
+        applied,
+        kv,
+        kv_len,
+        alarms,
+        leases,
+        auth,
+    };
+    // Everything but the key space's own bytes, which are `kv_len`.
+    let rest = encoded_len(&(applied, kv_len, alarms, leases, auth)).map_err(corrupt)?;
+    postcard::to_extend(&image, Vec::with_capacity(rest + kv_len)).map_err(corrupt)
 }
 
 /// Whether a request changes state (and so must go through the log).
@@ -239,30 +267,16 @@ impl StateMachine {
         self.lessor.snapshot()
     }
 
-    /// The whole state, for a snapshot file or a lagging follower.
-    /// One allocation of exactly its size: the store is walked once to
-    /// measure it and once to write it in place (see [`ImageRef`]).
+    /// The whole state, for a snapshot file or a lagging follower (see
+    /// [`encode_image`]).
     pub fn to_snapshot(&self) -> Result<Vec<u8>, MvccError> {
-        let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
-        let kv_len = encoded_len(&self.kv).map_err(corrupt)?;
-        let image = ImageRef {
-            applied: self.applied,
-            kv: &self.kv,
-            kv_len,
-            alarms: &self.alarms,
-            leases: self.lessor.snapshot(),
-            auth: self.auth.snapshot(),
-        };
-        // Everything but the store's own bytes, which are `kv_len`.
-        let rest = encoded_len(&(
-            image.applied,
-            kv_len,
-            image.alarms,
-            &image.leases,
-            &image.auth,
-        ))
-        .map_err(corrupt)?;
-        postcard::to_extend(&image, Vec::with_capacity(rest + kv_len)).map_err(corrupt)
+        encode_image(
+            self.applied,
+            &self.kv,
+            &self.alarms,
+            &self.lessor.snapshot(),
+            &self.auth.snapshot(),
+        )
     }
 
     /// What a state machine rebuilt from a snapshot keeps of this one.
