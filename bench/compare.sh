@@ -204,7 +204,9 @@ AUTH_ROWS=("auth on: put c=16 (req/s)" "auth on: range linearizable c=128 (req/s
 AUTH_USER=(--user bench:benchpw)
 enable_auth() {
     local e=(etcdctl --endpoints "$1")
-    { "${e[@]}" user add root --new-user-password=rootpw && "${e[@]}" user add bench --new-user-password=benchpw &&
+    # root gets the root role explicitly: etcd 3.5 refuses `auth enable` otherwise.
+    { "${e[@]}" user add root --new-user-password=rootpw && "${e[@]}" user grant-role root root &&
+        "${e[@]}" user add bench --new-user-password=benchpw &&
         "${e[@]}" role add bench && "${e[@]}" role grant-permission bench readwrite 0 : &&
         "${e[@]}" user grant-role bench bench && "${e[@]}" auth enable; } >/dev/null
 }
