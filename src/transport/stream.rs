@@ -264,7 +264,23 @@ impl FrameReader {
             if self.buf.len() < want {
                 self.buf.resize(want, 0);
             }
-            match self.recv.read_some(&mut self.buf[self.end..]).await? {
+            let n = match &mut self.recv {
+                // QUIC: quinn's chunk as it is (no copy inside quinn).
+                RecvHalf::Quic(r) => match r.read_chunk(usize::MAX, true).await {
+                    Ok(Some(chunk)) => {
+                        let len = chunk.bytes.len();
+                        if self.buf.len() < self.end + len {
+                            self.buf.resize(self.end + len, 0);
+                        }
+                        self.buf[self.end..self.end + len].copy_from_slice(&chunk.bytes);
+                        len
+                    }
+                    Ok(None) => 0,
+                    Err(e) => return Err(stream_error(e)),
+                },
+                recv => recv.read_some(&mut self.buf[self.end..]).await?,
+            };
+            match n {
                 0 if self.end == 0 => return Ok(None),
                 0 => return Err(ended_inside()),
                 n => self.end += n,
