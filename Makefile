@@ -10,7 +10,7 @@ all: build
 
 help:
 	@echo "make run    build and start a node (QUIC, UDP 127.0.0.1:2379) and the gRPC shim (TCP 127.0.0.1:2379)"
-	@echo "make run-cluster  3 members on loopback (QUIC, UDP 127.0.0.1:12379/22379/32379) and the gRPC shim (TCP 127.0.0.1:2379)"
+	@echo "make run-cluster  3 members on loopback (QUIC, UDP 127.0.0.1:12379/22379/32379), a gRPC shim per member on the same TCP ports, and one on TCP 127.0.0.1:2379"
 	@echo "make test   install what the tests need, then run them all"
 	@echo "make bench  qed against etcd 3.4, side by side (QUICK=1 for a short run)"
 	@echo "make crash-test  SIGKILL a node KILLS times under writers (default 200)"
@@ -28,16 +28,24 @@ release:
 # put a b` works at once. The SDK examples (`cargo run --example kv`) find
 # the node's CA in $(DATA_DIR)/certs. Ctrl-C stops both.
 # /health and /metrics: the shim's http://127.0.0.1:2379, the node's :2381.
+# The node advertises http://127.0.0.1:2379 (QUIC on UDP, the shim's h2c on
+# TCP), so `etcdctl ... --cluster` dials the shim.
 run: release
-	./target/release/qed --data-dir $(DATA_DIR) --listen-metrics-urls http://127.0.0.1:2381 & node=$$!; \
+	./target/release/qed --data-dir $(DATA_DIR) --listen-metrics-urls http://127.0.0.1:2381 \
+	  --advertise-client-urls http://127.0.0.1:2379 & node=$$!; \
 	trap 'kill $$node 2>/dev/null' EXIT INT TERM; \
 	while [ ! -f $(DATA_DIR)/certs/ca.crt ]; do kill -0 $$node 2>/dev/null || exit 1; sleep 0.1; done; \
 	./target/release/qed-grpc --cacert $(DATA_DIR)/certs/ca.crt
 
-# Three members on loopback: client URLs UDP 127.0.0.1:{1,2,3}2379, peers on
-# UDP 127.0.0.1:{1,2,3}2380, data in ./$(CLUSTER_DIR)/n{1,2,3}, and the gRPC
-# shim on TCP 127.0.0.1:2379 in front of all three (trusting every member's
-# generated CA); /metrics and /health on TCP 127.0.0.1:{1,2,3}2381. Ctrl-C stops all four. BIN=target/debug skips the release build.
+# Three members on loopback, each box serving its client URL
+# http://127.0.0.1:{1,2,3}2379 twice, as `make run` serves 2379: the node on
+# UDP (QUIC) and its own gRPC shim on TCP, so the client URLs MemberList
+# reports are what `etcdctl --cluster` dials. Peers on UDP
+# 127.0.0.1:{1,2,3}2380, data in ./$(CLUSTER_DIR)/n{1,2,3}, /metrics and
+# /health on TCP 127.0.0.1:{1,2,3}2381, and one more shim on TCP
+# 127.0.0.1:2379 in front of all three (trusting every member's generated
+# CA) so plain `etcdctl` works. Ctrl-C stops all seven. BIN=target/debug
+# skips the release build.
 CLUSTER_DIR ?= cluster.qed
 BIN ?= target/release
 run-cluster: $(if $(filter target/release,$(BIN)),release)
@@ -53,6 +61,8 @@ run-cluster: $(if $(filter target/release,$(BIN)),release)
 	done; \
 	for i in 1 2 3; do \
 	  while [ ! -f $(CLUSTER_DIR)/n$$i/certs/ca.crt ]; do kill -0 $$pids 2>/dev/null || exit 1; sleep 0.1; done; \
+	  ./$(BIN)/qed-grpc --endpoints http://127.0.0.1:$${i}2379 --cacert $(CLUSTER_DIR)/n$$i/certs/ca.crt \
+	    --listen-client-urls http://127.0.0.1:$${i}2379 & pids="$$pids $$!"; \
 	done; \
 	cat $(CLUSTER_DIR)/n1/certs/ca.crt $(CLUSTER_DIR)/n2/certs/ca.crt $(CLUSTER_DIR)/n3/certs/ca.crt > $(CLUSTER_DIR)/ca-bundle.crt; \
 	./$(BIN)/qed-grpc --endpoints http://127.0.0.1:12379,http://127.0.0.1:22379,http://127.0.0.1:32379 \

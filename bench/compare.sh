@@ -196,6 +196,45 @@ t0=$(date +%s.%N); start_qed; t1=$(date +%s.%N)
 R["restart with $KEYS keys (s)",qed-native]=$(awk "BEGIN {printf \"%.2f\", $t1 - $t0}")
 stop "$QED"
 
+# ---------------------------------------------------------------- memory and disk (issue 14)
+# Each server filled with N keys of 16 B and values of 256 B (sequential
+# puts, 64 clients), fresh data directory; 5 s later its RSS and high-water
+# mark (VmRSS, VmHWM from /proc) and the data directory's size; then it is
+# stopped (SIGTERM), restarted on the same directory, and 5 s after it
+# answers its RSS again. At KEYS keys and at MEM_KEYS_BIG (1M; 0 skips, the
+# default in a QUICK run).
+if [ "$QUICK" = 1 ]; then MEM_KEYS_BIG=${MEM_KEYS_BIG:-0}; else MEM_KEYS_BIG=${MEM_KEYS_BIG:-1000000}; fi
+MEM_ROWS=()
+vm_mb() { awk -v f="$2:" '$1 == f {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+# memory_and_disk COLUMN KEYS START-FN PID-VAR DATADIR TARGET-ARGS...
+memory_and_disk() {
+    local col=$1 keys=$2 start=$3 pidvar=$4 dir=$5; shift 5
+    say "  [$col] memory and disk with $keys keys"
+    rm -rf "$dir"; "$start"; local pid=${!pidvar}
+    "$BENCH" put --sequential --clients 64 --total "$keys" --key-space "$keys" --key-size 16 --val-size 256 "$@" >/dev/null 2>&1 ||
+        say "    fill failed: $col, $keys keys"
+    sleep 5
+    R["RSS after fill, $keys keys (MB)",$col]=$(vm_mb "$pid" VmRSS)
+    R["RSS high-water mark, $keys keys (MB)",$col]=$(vm_mb "$pid" VmHWM)
+    R["data dir, $keys keys (MB)",$col]=$(du -sm "$dir" | cut -f1)
+    stop "$pid"
+    "$start"; pid=${!pidvar}
+    sleep 5
+    R["RSS after restart, $keys keys (MB)",$col]=$(vm_mb "$pid" VmRSS)
+    stop "$pid"; rm -rf "$dir"
+}
+for keys in "$KEYS" "$MEM_KEYS_BIG"; do
+    [ "$keys" -gt 0 ] || continue
+    raw=$(awk "BEGIN {printf \"%.1f\", $keys * 272 / 1048576}")
+    R["raw data: keys + values, $keys keys (MB)",etcd]=$raw
+    R["raw data: keys + values, $keys keys (MB)",qed-native]=$raw
+    MEM_ROWS+=("raw data: keys + values, $keys keys (MB)" "RSS after fill, $keys keys (MB)" "RSS high-water mark, $keys keys (MB)"
+        "RSS after restart, $keys keys (MB)" "data dir, $keys keys (MB)")
+    memory_and_disk etcd "$keys" start_etcd ETCD "$TMP/etcd" --target grpc --endpoints "http://127.0.0.1:$EP"
+    memory_and_disk qed-native "$keys" start_qed QED "$TMP/qed" "${NATIVE[@]}"
+done
+# ---------------------------------------------------------------- end of memory and disk
+
 # ---------------------------------------------------------------- auth on
 # The same put and range figures with auth enabled, as a non-root user whose
 # role may read and write the bench's keys (digits: the range ["0", ":")),
@@ -367,7 +406,7 @@ ROWS=("put c=16 (req/s)" "put c=128 (req/s)" "put c=16 p99 (ms)" "put c=128 p99 
     "txn cas c=128 (req/s)" "mixed 90% reads c=128 (req/s)" "mixed 90% reads c=128 p99 (ms)"
     "$WATCH1 (events/s)" "$WATCH1 p99 delivery (ms)" "$WATCH2 (events/s)" "$WATCH2 p99 delivery (ms)"
     "$LEASE (keepalives/s)" "$LEASE p99 (ms)" "idle RSS (MB)" "RSS with $KEYS keys (MB)" "data dir with $KEYS keys (MB)"
-    "restart with $KEYS keys (s)" "binary, stripped (MB)" "${AUTH_ROWS[@]}" "${CLUSTER_ROWS[@]}")
+    "restart with $KEYS keys (s)" "binary, stripped (MB)" "${MEM_ROWS[@]}" "${AUTH_ROWS[@]}" "${CLUSTER_ROWS[@]}")
 {
     v35=; [ "$HAVE35" = 1 ] && v35=" and $("$ETCD35" --version | head -1 | awk '{print $3}')"
     echo "# qed vs etcd $(etcd --version | head -1 | awk '{print $3}')$v35, single node and 3 nodes on loopback"

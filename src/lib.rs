@@ -12,6 +12,7 @@ pub mod auth;
 pub mod bbolt;
 pub mod client;
 pub mod etcd_db;
+pub mod heap;
 pub mod http1;
 pub mod lease;
 pub mod log_writer;

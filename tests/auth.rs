@@ -137,7 +137,12 @@ where
 #[test]
 fn a_revoke_holds_on_every_member_and_auth_survives_snapshots_and_restarts() {
     qed::runtime::block_on(async {
-        let mut extra = vec!["--snapshot-count", "20"];
+        let mut extra = vec![
+            "--snapshot-count",
+            "20",
+            "--experimental-snapshot-catchup-entries",
+            "5",
+        ];
         extra.extend_from_slice(FAST_BCRYPT);
         let mut cluster = TestCluster::start(3, &extra);
         let anon: Vec<Option<Client>> = vec![

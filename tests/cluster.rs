@@ -306,7 +306,15 @@ const WRITERS: usize = 4;
 
 #[test]
 fn leader_kill_loses_no_acknowledged_write() {
-    let mut cluster = TestCluster::start(3, &["--snapshot-count", "20"]);
+    let mut cluster = TestCluster::start(
+        3,
+        &[
+            "--snapshot-count",
+            "20",
+            "--experimental-snapshot-catchup-entries",
+            "5",
+        ],
+    );
     qed::runtime::block_on(async {
         let mut clients = clients_of(&cluster).await;
         let leader = cluster
@@ -849,7 +857,15 @@ fn member_add_learner_promote() {
     use qed::wire::cluster::{MemberAddRequest, MemberPromoteRequest};
     // Snapshots every few entries, so the member-add entry ends up inside
     // one and a restarted member must take the membership from there.
-    let mut cluster = TestCluster::start(3, &["--snapshot-count", "5"]);
+    let mut cluster = TestCluster::start(
+        3,
+        &[
+            "--snapshot-count",
+            "5",
+            "--experimental-snapshot-catchup-entries",
+            "5",
+        ],
+    );
     qed::runtime::block_on(async {
         let mut clients = clients_of(&cluster).await;
         let leader = cluster
@@ -875,7 +891,15 @@ fn member_add_learner_promote() {
         assert_eq!(added.member.peer_urls, std::slice::from_ref(&peer_url));
         let new_id = added.member.id;
 
-        let n4 = cluster.start_joining(&peer_url, &["--snapshot-count", "5"]);
+        let n4 = cluster.start_joining(
+            &peer_url,
+            &[
+                "--snapshot-count",
+                "5",
+                "--experimental-snapshot-catchup-entries",
+                "5",
+            ],
+        );
         let joined = cluster.client(n4).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while value_of(&joined, "before", true).await.as_deref() != Some("join") {
@@ -1034,7 +1058,15 @@ fn member_add_learner_promote() {
 #[test]
 fn shrunk_to_one_voter_grows_again() {
     use qed::wire::cluster::{MemberAddRequest, MemberRemoveRequest};
-    let mut cluster = TestCluster::start(3, &["--snapshot-count", "5"]);
+    let mut cluster = TestCluster::start(
+        3,
+        &[
+            "--snapshot-count",
+            "5",
+            "--experimental-snapshot-catchup-entries",
+            "5",
+        ],
+    );
     qed::runtime::block_on(async {
         let clients = clients_of(&cluster).await;
         let leader = cluster
@@ -1114,7 +1146,15 @@ fn shrunk_to_one_voter_grows_again() {
             Some("etcdserver: unhealthy cluster")
         );
 
-        let n4 = cluster.start_joining(&peer_url, &["--snapshot-count", "5"]);
+        let n4 = cluster.start_joining(
+            &peer_url,
+            &[
+                "--snapshot-count",
+                "5",
+                "--experimental-snapshot-catchup-entries",
+                "5",
+            ],
+        );
         let joined = cluster.client(n4).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while value_of(&joined, "before", true).await.as_deref() != Some("shrink") {

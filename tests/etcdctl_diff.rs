@@ -154,6 +154,10 @@ fn script() -> Vec<Step> {
         cmd(&["alarm", "list"]),
         cmd(&["defrag"]),
         cmd(&["snapshot", "save", "SNAPSHOT"]),
+        // ---- membership and leadership errors
+        cmd(&["move-leader", "1234"]),
+        cmd(&["member", "update", "1234", "--peer-urls=http://127.0.0.1:1"]),
+        cmd(&["member", "update", "1234", "--peer-urls=not-a-url"]),
         // ---- watch
         timed(&["watch", "foo", "--rev=1"], 2),
         timed(&["watch", "--prefix", "foo", "--rev=1", "--prev-kv"], 2),
@@ -630,6 +634,13 @@ fn etcdctl_over_tls_with_client_certs() {
     let mut get = with_cert.to_vec();
     get.extend(["get".to_string(), "tls".into()]);
     assert_eq!(run(&get), (true, "tls\nyes\n".to_string()));
+    // The per-endpoint calls dial `passthrough:///https://...`.
+    for command in PER_ENDPOINT {
+        let mut args = with_cert.to_vec();
+        args.extend(command.iter().map(|a| a.to_string()));
+        let (ok, out) = run(&args);
+        assert!(ok, "etcdctl {command:?} over https failed: {out}");
+    }
     // Without a client certificate the handshake is refused.
     let no_cert = [
         "--cacert".to_string(),
@@ -638,6 +649,44 @@ fn etcdctl_over_tls_with_client_certs() {
         "tls".into(),
     ];
     assert!(!run(&no_cert).0);
+}
+
+/// The etcdctl commands that dial each endpoint on its own (through
+/// `passthrough:///` + the endpoint as written, scheme included, so the
+/// HTTP/2 `:authority` carries the scheme).
+const PER_ENDPOINT: [&[&str]; 5] = [
+    &["endpoint", "status"],
+    &["endpoint", "health"],
+    &["endpoint", "hashkv"],
+    &["defrag"],
+    &["alarm", "list"],
+];
+
+/// Every per-endpoint command works whether the endpoint is written
+/// `host:port` or `http://host:port` (etcd accepts any `:authority`).
+#[test]
+fn per_endpoint_commands_accept_a_scheme() {
+    if !have_tools() {
+        return;
+    }
+    let dir = TempDir::new("scheme");
+    let port = free_tcp_port();
+    let _qed = start_qed(&dir, &format!("http://127.0.0.1:{port}"), &[]);
+    let plain = format!("127.0.0.1:{port}");
+    wait_ready(&plain, "qed-grpc", &dir.0);
+    for endpoint in [plain.clone(), format!("http://{plain}")] {
+        for command in PER_ENDPOINT {
+            let (code, out, err) = etcdctl(&endpoint, &cmd(command), &dir.0);
+            assert_eq!(
+                code, 0,
+                "etcdctl --endpoints={endpoint} {command:?}: {out}{err}"
+            );
+            assert!(!err.contains("PROTOCOL_ERROR"), "{command:?}: {err}");
+        }
+        let (code, out, _) = etcdctl(&endpoint, &cmd(&["endpoint", "status"]), &dir.0);
+        assert_eq!(code, 0);
+        assert!(out.starts_with(&endpoint), "{out}");
+    }
 }
 
 #[test]

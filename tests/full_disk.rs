@@ -1,7 +1,7 @@
 //! A full disk stops the node with a clear error and loses nothing that was
 //! acknowledged. The data directory lives on an 80 MiB tmpfs mounted for
 //! the test (needs root, as `make test` runs in CI; skipped with a message
-//! otherwise): the first 64 MiB WAL segment fits, writes fill it, and the
+//! otherwise): the first 16 MiB WAL segments fit, writes fill them, and the
 //! next segment cannot be preallocated. The node must exit naming that
 //! failure (a full disk shows at rotation, never in the middle of a
 //! write), and after the filesystem is enlarged a restart serves every

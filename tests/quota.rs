@@ -168,6 +168,17 @@ async fn scenario(
         raised.iter().any(|a| a.alarm == AlarmType::Nospace),
         "NOSPACE refused a put but no alarm is listed: {raised:?}"
     );
+    // Status lists it as etcd does (`etcdctl endpoint status`'s ERRORS).
+    match clients[0].call(Request::Status(Default::default())).await {
+        Ok(Response::Status(s)) => {
+            let want: Vec<String> = raised
+                .iter()
+                .map(|a| format!("memberID:{} alarm:NOSPACE ", a.member_id))
+                .collect();
+            assert_eq!(s.errors, want);
+        }
+        other => panic!("status: {other:?}"),
+    }
     // Refused on every member while the alarm stands.
     for (i, c) in clients.iter().enumerate() {
         let refused = c.put("refused", "v", None).await;

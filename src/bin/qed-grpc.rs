@@ -100,15 +100,23 @@ struct Flags {
     #[arg(long, env = "QED_GRPC_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
 
-    /// Ping an idle gRPC client after this many seconds to find vanished
-    /// ones (etcd's default: 2 h).
-    #[arg(long, env = "QED_GRPC_GRPC_KEEPALIVE_INTERVAL", default_value_t = 7200)]
-    grpc_keepalive_interval: u64,
+    /// Ping an idle gRPC client after this long to find vanished ones
+    /// (etcd's flag and default: a Go duration such as 2h or 90s; a plain
+    /// number is seconds).
+    #[arg(long, env = "QED_GRPC_GRPC_KEEPALIVE_INTERVAL", default_value = "2h")]
+    grpc_keepalive_interval: String,
 
-    /// Close a gRPC connection whose ping goes unanswered this many seconds
-    /// (etcd's default: 20 s).
-    #[arg(long, env = "QED_GRPC_GRPC_KEEPALIVE_TIMEOUT", default_value_t = 20)]
-    grpc_keepalive_timeout: u64,
+    /// Close a gRPC connection whose ping goes unanswered this long
+    /// (etcd's default: 20s).
+    #[arg(long, env = "QED_GRPC_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s")]
+    grpc_keepalive_timeout: String,
+
+    /// etcd's minimum interval between a client's pings (default 5s).
+    /// Accepted so etcd's command lines work; it is not enforced: the h2
+    /// server answers every ping itself and offers no way to refuse
+    /// frequent ones.
+    #[arg(long, env = "QED_GRPC_GRPC_KEEPALIVE_MIN_TIME", default_value = "5s")]
+    grpc_keepalive_min_time: String,
 
     /// debug, info, warn or error.
     #[arg(long, env = "QED_GRPC_LOG_LEVEL", default_value = "info")]
@@ -154,6 +162,18 @@ fn parse_listen(urls: &str) -> Result<Vec<Listen>, String> {
     Ok(out)
 }
 
+/// A keepalive flag: a Go duration (etcd's form) or a plain number of
+/// seconds; at least a second.
+fn keepalive_flag(name: &str, text: &str) -> Result<Duration, String> {
+    let parsed = match text.trim().parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => qed::mvcc::auto_compact::parse_go_duration(text.trim()),
+    };
+    parsed
+        .map(|d| d.max(Duration::from_secs(1)))
+        .ok_or_else(|| format!("--{name} {text:?}: not a duration (e.g. 2h, 20s, 90)"))
+}
+
 fn split(urls: &str) -> Vec<String> {
     urls.split(',')
         .map(str::trim)
@@ -178,6 +198,21 @@ fn main() -> ExitCode {
         eprintln!("qed-grpc: --log-level: {e}");
         return ExitCode::from(2);
     }
+    let keepalive = keepalive_flag("grpc-keepalive-interval", &flags.grpc_keepalive_interval)
+        .and_then(|interval| {
+            keepalive_flag("grpc-keepalive-timeout", &flags.grpc_keepalive_timeout)
+                .map(|timeout| (interval, timeout))
+        })
+        .and_then(|pair| {
+            keepalive_flag("grpc-keepalive-min-time", &flags.grpc_keepalive_min_time).map(|_| pair)
+        });
+    let (keepalive_interval, keepalive_timeout) = match keepalive {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("qed-grpc: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let listens = match parse_listen(&flags.listen_client_urls) {
         Ok(l) => l,
         Err(e) => {
@@ -216,8 +251,8 @@ fn main() -> ExitCode {
         max_concurrent_streams: flags.max_concurrent_streams,
         tls: None,
         shutdown_grace: Duration::from_secs(flags.shutdown_grace),
-        keepalive_interval: Duration::from_secs(flags.grpc_keepalive_interval.max(1)),
-        keepalive_timeout: Duration::from_secs(flags.grpc_keepalive_timeout.max(1)),
+        keepalive_interval,
+        keepalive_timeout,
     };
 
     let shutdown = Shutdown::new();

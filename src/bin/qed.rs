@@ -1,9 +1,10 @@
 //! `qed`: start a node. Flags follow etcd's names and defaults; every flag
 //! can also be set as a `QED_*` environment variable (`--data-dir` is
-//! `QED_DATA_DIR`).
+//! `QED_DATA_DIR`), or as etcd's `ETCD_*` one when the `QED_*` one is unset
+//! (what `etcdctl member add` prints works verbatim).
 
 use clap::{Parser, Subcommand};
-use qed::server::{self, NodeConfig};
+use qed::server::{self, timing, NodeConfig};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -88,7 +89,8 @@ struct Flags {
     listen_metrics_urls: Option<String>,
 
     /// Comma-separated URLs to listen on for the other members (QUIC on
-    /// that UDP port). A cluster of one opens no peer port.
+    /// that UDP port). A cluster of one listens too, as etcd does, so
+    /// members can be added to it (if the port is taken, it runs without).
     #[arg(
         long,
         env = "QED_LISTEN_PEER_URLS",
@@ -144,29 +146,58 @@ struct Flags {
     #[arg(long, env = "QED_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     quota_backend_bytes: u64,
 
+    /// Largest request a client may send, in bytes (etcd's default: 1.5
+    /// MiB); larger ones get `etcdserver: request is too large`. Checked by
+    /// the member the request arrives at.
+    #[arg(long, env = "QED_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    max_request_bytes: usize,
+
+    /// Most operations in one txn (etcd's default: 128); more get
+    /// `etcdserver: too many operations in txn request`.
+    #[arg(long, env = "QED_MAX_TXN_OPS", default_value_t = 128)]
+    max_txn_ops: usize,
+
     /// Applied entries between snapshots; after one, the WAL segments it
-    /// covers are released.
-    #[arg(long, env = "QED_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    /// covers are released. Default 10,000 (etcd 3.6's): the entries a
+    /// restart replays, and the WAL kept on disk, stay small.
+    #[arg(long, env = "QED_SNAPSHOT_COUNT", default_value_t = 10_000)]
     snapshot_count: u64,
 
-    /// Snapshot files to keep (older ones are removed).
-    #[arg(long, env = "QED_MAX_SNAPSHOTS", default_value_t = 5)]
+    /// Applied Raft entries kept in memory for followers a little behind;
+    /// one further behind catches up from a snapshot. etcd 3.6's flag and
+    /// default.
+    #[arg(
+        long,
+        env = "QED_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
+    experimental_snapshot_catchup_entries: u64,
+
+    /// Snapshot files to keep (older ones are removed). Default 1:
+    /// recovery uses only the newest, and each holds the whole state.
+    #[arg(long, env = "QED_MAX_SNAPSHOTS", default_value_t = qed::storage::snapshot::DEFAULT_MAX_SNAPSHOTS)]
     max_snapshots: usize,
 
-    /// WAL files to keep (older ones are removed once a snapshot covers
-    /// them; 0 keeps only what recovery needs).
-    #[arg(long, env = "QED_MAX_WALS", default_value_t = 5)]
+    /// WAL files to keep even when a snapshot covers them. Default 0: only
+    /// what recovery needs (a follower behind the in-memory log gets a
+    /// snapshot, never old WAL).
+    #[arg(long, env = "QED_MAX_WALS", default_value_t = 0)]
     max_wals: usize,
 
     /// Time of one Raft heartbeat, in milliseconds; etcd's default suits
-    /// loopback and LANs, lossy WAN links want more.
-    #[arg(long, env = "QED_HEARTBEAT_INTERVAL", default_value_t = 100)]
-    heartbeat_interval: u64,
+    /// loopback and LANs, lossy WAN links want more. `auto`: about one
+    /// round trip to the slowest member (100-500 ms), measured as the
+    /// cluster runs and logged when it changes.
+    #[arg(long, env = "QED_HEARTBEAT_INTERVAL", default_value = "100")]
+    heartbeat_interval: String,
 
     /// Time without a leader before an election, in milliseconds: at least
     /// 5 heartbeats, so that a lost heartbeat or two is not an election.
-    #[arg(long, env = "QED_ELECTION_TIMEOUT", default_value_t = 1000)]
-    election_timeout: u64,
+    /// `auto`: at least 10 heartbeats and 10 round trips, more on a lossy
+    /// link (losing every heartbeat of one timeout stays below one in a
+    /// million), 1-50 s, measured as the cluster runs.
+    #[arg(long, env = "QED_ELECTION_TIMEOUT", default_value = "1000")]
+    election_timeout: String,
 
     /// debug, info, warn or error.
     #[arg(long, env = "QED_LOG_LEVEL", default_value = "info")]
@@ -493,7 +524,30 @@ fn certs(dir: &Path, hosts: &str) -> ExitCode {
     }
 }
 
+/// etcd's environment variables stand in for the `QED_*` ones that are
+/// not set (`ETCD_NAME` for `QED_NAME`, ...), so the lines `etcdctl member
+/// add` prints start the new member verbatim. Runs before any thread.
+fn etcd_env_fallbacks() {
+    use clap::CommandFactory;
+    for arg in Flags::command().get_arguments() {
+        let Some(name) = arg.get_env().and_then(|e| e.to_str()) else {
+            continue;
+        };
+        let Some(suffix) = name.strip_prefix("QED_") else {
+            continue;
+        };
+        if std::env::var_os(name).is_some() {
+            continue;
+        }
+        if let Some(value) = std::env::var_os(format!("ETCD_{suffix}")) {
+            std::env::set_var(name, value);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    etcd_env_fallbacks();
+    qed::heap::init();
     let flags = Flags::parse();
     match flags.command {
         Some(Command::Certs { dir, hosts }) => return certs(&dir, &hosts),
@@ -514,13 +568,28 @@ fn main() -> ExitCode {
         eprintln!("qed: --log-level: {e}");
         return ExitCode::from(2);
     }
-    if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
-        eprintln!(
-            "qed: --election-timeout ({} ms) must be at least 5 times --heartbeat-interval ({} ms)",
-            flags.election_timeout, flags.heartbeat_interval
-        );
+    let timing = match (
+        timing::parse(&flags.heartbeat_interval),
+        timing::parse(&flags.election_timeout),
+    ) {
+        (Ok(heartbeat), Ok(election)) => timing::TimingFlags {
+            heartbeat,
+            election,
+        },
+        (Err(e), _) => {
+            eprintln!("qed: --heartbeat-interval {e}");
+            return ExitCode::from(2);
+        }
+        (_, Err(e)) => {
+            eprintln!("qed: --election-timeout {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = timing.check() {
+        eprintln!("qed: {e}");
         return ExitCode::from(2);
     }
+    let initial_timing = timing.initial();
     let data_dir = flags
         .data_dir
         .clone()
@@ -546,11 +615,12 @@ fn main() -> ExitCode {
     };
     let config = NodeConfig {
         snapshot_count: flags.snapshot_count,
+        snapshot_catchup_entries: flags.experimental_snapshot_catchup_entries,
         max_snapshots: flags.max_snapshots,
         max_wals: flags.max_wals,
-        heartbeat_interval: std::time::Duration::from_millis(flags.heartbeat_interval),
-        election_ticks: u32::try_from(flags.election_timeout / flags.heartbeat_interval)
-            .unwrap_or(u32::MAX),
+        heartbeat_interval: initial_timing.heartbeat,
+        election_ticks: initial_timing.election_ticks,
+        auto_timing: timing.is_auto().then_some(timing),
         data_dir,
         name: flags.name,
         advertise_client_urls: flags
@@ -584,6 +654,10 @@ fn main() -> ExitCode {
             flags.quota_backend_bytes
         },
         auto_compaction,
+        limits: qed::server::node::ClientLimits {
+            max_request_bytes: flags.max_request_bytes,
+            max_txn_ops: flags.max_txn_ops,
+        },
         auth: qed::server::auth::AuthConfig {
             token: flags.auth_token,
             token_ttl: std::time::Duration::from_secs(flags.auth_token_ttl),

@@ -10,6 +10,14 @@
 //! stream-open failure): once a request has left, retrying could apply a
 //! write twice, so the error goes to the caller instead.
 //!
+//! Liveness: connections ping (QUIC keep-alive) and die after
+//! `keep_alive_timeout` of silence, so calls waiting on a dead node fail
+//! with [`ClientError::Closed`] in about that time instead of at their
+//! deadline. An endpoint whose connection died or whose handshake failed
+//! is *down*: calls skip it, or fail at once with [`ClientError::Connect`]
+//! when no endpoint is left, while a background probe re-dials it and
+//! hands the next call a ready connection once the node is back.
+//!
 //! [`Client::call`] and [`Client::open_stream`] speak raw `qed_wire` messages
 //! (the gRPC shim uses them); `kv` adds etcd-style typed methods and a txn
 //! builder; `watch` ([`Client::watch`], resumed across reconnects without
@@ -36,7 +44,7 @@ pub use watch::{WatchOptions, Watcher};
 
 use crate::runtime::{self, Mutex, UnixStream};
 use crate::transport::stream::{self, RecvHalf, SendHalf};
-use crate::transport::url::ClientUrl;
+use crate::transport::url::{ClientUrl, Endpoint};
 use crate::transport::{self, tls::TlsFiles, TransportError};
 use qed_wire::frame::{MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
 use qed_wire::maintenance::SnapshotResponse;
@@ -61,10 +69,24 @@ pub struct ConnectOptions {
     /// `--command-timeout` is 5 s; on lossy links a little more is kinder.
     pub request_timeout: Duration,
     /// Deadline for one QUIC handshake (etcd's `--dial-timeout`, 2 s). A
-    /// node that does not answer in time is skipped for `dial_timeout`
-    /// before it is tried again, so one dead endpoint does not cost every
-    /// call that round-robin sends its way.
+    /// node that does not answer in time is *down*: calls skip it (or fail
+    /// at once when it is the only endpoint) while a background probe
+    /// re-dials it, so one dead endpoint does not cost every call that
+    /// round-robin sends its way.
     pub dial_timeout: Duration,
+    /// How often the client pings each connection when it has nothing
+    /// else to send (QUIC keep-alive), so a dead node is noticed even
+    /// while a call waits for its reply. etcd's `DialKeepAliveTime`.
+    pub keep_alive_interval: Duration,
+    /// A connection that has heard nothing from its node for this long is
+    /// dead (QUIC's idle timeout, the shorter of both sides' wins): calls
+    /// in flight on it fail with [`ClientError::Closed`], new ones go to
+    /// another endpoint or fail at once with [`ClientError::Connect`]
+    /// while the endpoint is re-dialled in the background. A call issued
+    /// just after its node died returns within about this plus one
+    /// keep-alive interval. etcd's `DialKeepAliveTimeout`; raise it on a
+    /// lossy client link (every ping and its ack lost for this long).
+    pub keep_alive_timeout: Duration,
     /// Auth token sent with every call, from `Authenticate`.
     pub token: Option<String>,
     /// With auth enabled on the cluster: the client authenticates as this
@@ -84,6 +106,8 @@ impl Default for ConnectOptions {
             key_file: None,
             request_timeout: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(2),
+            keep_alive_interval: Duration::from_millis(250),
+            keep_alive_timeout: Duration::from_millis(1500),
             token: None,
             user: None,
             password: None,
@@ -139,8 +163,12 @@ fn after_send(e: TransportError) -> ClientError {
 #[derive(Default)]
 struct Slot {
     conn: Option<quinn::Connection>,
-    /// Set after a failed handshake: skip this endpoint until then.
-    retry_after: Option<Instant>,
+    /// Set while the endpoint is known to be down (a handshake failed, or
+    /// its connection went silent or was closed by the node). Calls then
+    /// skip it, or fail at once when no other endpoint is left, and a
+    /// probe task re-dials it in the background. Invariant: `down` is set
+    /// exactly while a probe task for this slot runs.
+    down: bool,
 }
 
 /// A connection to a qed cluster. Cheap to clone; clones share connections.
@@ -164,6 +192,10 @@ struct Inner {
     /// gave for `options.user`.
     token: std::sync::RwLock<Option<String>>,
     watch_streams: watch_stream::WatchStreams,
+    /// Never sent on: dropped with the client, which ends the tasks that
+    /// watch its connections (they hold the connections open otherwise).
+    _dropped: runtime::channel::Sender<()>,
+    on_drop: runtime::channel::Receiver<()>,
 }
 
 impl Client {
@@ -200,12 +232,17 @@ impl Client {
                     key: options.key_file.clone(),
                     ca: options.ca_file.clone(),
                 };
-                let config = transport::tls::client_config(&files, qed_wire::CLIENT_ALPN)
+                let mut config = transport::tls::client_config(&files, qed_wire::CLIENT_ALPN)
                     .map_err(config_error)?;
+                config.transport_config(transport::endpoint::client_transport_config(
+                    options.keep_alive_interval,
+                    options.keep_alive_timeout,
+                ));
                 Some(transport::endpoint::client(addr, config).map_err(config_error)?)
             }
             None => None,
         };
+        let (dropped, on_drop) = runtime::channel::bounded(1);
         let client = Client {
             inner: Arc::new(Inner {
                 connections: parsed.iter().map(|_| Mutex::new(Slot::default())).collect(),
@@ -216,6 +253,8 @@ impl Client {
                 token: std::sync::RwLock::new(options.token.clone()),
                 options,
                 watch_streams: Default::default(),
+                _dropped: dropped,
+                on_drop,
             }),
         };
         let timeout = client.inner.options.request_timeout;
@@ -405,17 +444,17 @@ impl Client {
     }
 
     /// Opens a stream on the next endpoint in turn, failing over to the
-    /// others when one cannot be reached. Endpoints in back-off are tried
-    /// only when no other is left.
+    /// others when one cannot be reached. Down endpoints are looked at only
+    /// when no other is left (and then fail at once).
     async fn open_bi(&self) -> Result<Opened, ClientError> {
         let n = self.inner.endpoints.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
-        for pass in [Pass::Healthy, Pass::BackingOff] {
+        for pass in [Pass::Healthy, Pass::Down] {
             for i in 0..n {
                 let idx = (start + i) % n;
                 if let Some(ClientUrl::Unix(path)) = self.inner.endpoints.get(idx) {
-                    if pass == Pass::BackingOff {
+                    if pass == Pass::Down {
                         continue;
                     }
                     if let Some(idle) = self.take_idle(idx) {
@@ -529,7 +568,7 @@ impl Client {
                 }
                 continue;
             }
-            match self.connection(idx, Pass::BackingOff).await {
+            match self.connection(idx, Pass::Down).await {
                 Ok(Some(_)) => return Ok(()),
                 Ok(None) => {}
                 Err(e) => last = Some(e),
@@ -539,56 +578,135 @@ impl Client {
     }
 
     /// The live connection to endpoint `idx`, opening one if needed; `None`
-    /// when the endpoint is backing off and `pass` says to skip those.
+    /// when the endpoint is down and `pass` says to skip those. A down
+    /// endpoint is never dialled here (its probe is dialling it): the call
+    /// fails at once instead of waiting out a handshake.
     async fn connection(
         &self,
         idx: usize,
         pass: Pass,
     ) -> Result<Option<quinn::Connection>, ClientError> {
-        let (Some(slot), Some(ClientUrl::Quic(endpoint)), Some(quic)) = (
+        let (Some(slot), Some(ClientUrl::Quic(endpoint))) = (
             self.inner.connections.get(idx),
             self.inner.endpoints.get(idx),
-            self.inner.quic.as_ref(),
         ) else {
             return Err(ClientError::Closed);
         };
         let mut slot = slot.lock().await;
-        if let Some(conn) = slot.conn.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(Some(conn.clone()));
+        if let Some(conn) = slot.conn.take() {
+            match conn.close_reason() {
+                None => {
+                    slot.conn = Some(conn.clone());
+                    return Ok(Some(conn));
+                }
+                // Its watcher has not run yet: the same verdict, here.
+                Some(reason) => self.note_lost(&mut slot, idx, &reason),
             }
         }
-        if pass == Pass::Healthy && slot.retry_after.is_some_and(|t| Instant::now() < t) {
-            return Ok(None);
+        if slot.down {
+            return match pass {
+                Pass::Healthy => Ok(None),
+                Pass::Down => Err(self.connect_error(idx, "unreachable; reconnecting")),
+            };
         }
-        let dial_timeout = self.inner.options.dial_timeout;
-        let dial = async {
-            let connecting = quic
-                .connect(endpoint.addr, &endpoint.host)
-                .map_err(|e| self.connect_error(idx, e))?;
-            connecting.await.map_err(|e| self.connect_error(idx, e))
-        };
-        let result = runtime::timeout(dial_timeout, dial)
-            .await
-            .unwrap_or_else(|_| Err(self.connect_error(idx, "handshake timed out")));
-        match result {
+        match self.dial(idx, endpoint).await {
             Ok(conn) => {
-                *slot = Slot {
-                    conn: Some(conn.clone()),
-                    retry_after: None,
-                };
+                self.adopt(&mut slot, idx, conn.clone());
                 Ok(Some(conn))
             }
             Err(e) => {
-                *slot = Slot {
-                    conn: None,
-                    retry_after: Some(Instant::now() + dial_timeout),
-                };
+                self.mark_down(&mut slot, idx);
                 Err(e)
             }
         }
     }
 
+    /// One handshake with endpoint `idx`, bounded by the dial timeout.
+    async fn dial(
+        &self,
+        idx: usize,
+        endpoint: &Endpoint,
+    ) -> Result<quinn::Connection, ClientError> {
+        let dial = async {
+            let Some(quic) = self.inner.quic.as_ref() else {
+                return Err(ClientError::Closed);
+            };
+            let connecting = quic
+                .connect(endpoint.addr, &endpoint.host)
+                .map_err(|e| self.connect_error(idx, e))?;
+            connecting.await.map_err(|e| self.connect_error(idx, e))
+        };
+        runtime::timeout(self.inner.options.dial_timeout, dial)
+            .await
+            .unwrap_or_else(|_| Err(self.connect_error(idx, "handshake timed out")))
+    }
+
+    /// Makes `conn` the endpoint's connection and watches it: the moment
+    /// it closes, the slot learns why (see [`Client::note_lost`]).
+    fn adopt(&self, slot: &mut Slot, idx: usize, conn: quinn::Connection) {
+        slot.conn = Some(conn.clone());
+        slot.down = false;
+        let client = Arc::downgrade(&self.inner);
+        let on_drop = self.inner.on_drop.clone();
+        runtime::spawn(async move {
+            let closed = async { Some(conn.closed().await) };
+            let dropped = async {
+                let _ = on_drop.recv().await;
+                None
+            };
+            let Some(reason) = futures_lite::future::or(closed, dropped).await else {
+                return;
+            };
+            let Some(inner) = client.upgrade() else {
+                return;
+            };
+            let client = Client { inner };
+            if let Some(slot) = client.inner.connections.get(idx) {
+                let mut slot = slot.lock().await;
+                if slot
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.stable_id() == conn.stable_id())
+                {
+                    slot.conn = None;
+                    client.note_lost(&mut slot, idx, &reason);
+                }
+            }
+        });
+    }
+
+    /// A connection of endpoint `idx` closed for `reason`. A stateless
+    /// reset means the node is back after a restart (the next call dials
+    /// it at once); silence past the keep-alive timeout, or a close by the
+    /// node, means it is gone: the endpoint is down until a probe reaches
+    /// it again.
+    fn note_lost(&self, slot: &mut Slot, idx: usize, reason: &quinn::ConnectionError) {
+        use quinn::ConnectionError as E;
+        match reason {
+            E::Reset | E::LocallyClosed => {}
+            E::TimedOut
+            | E::ConnectionClosed(_)
+            | E::ApplicationClosed(_)
+            | E::TransportError(_)
+            | E::VersionMismatch
+            | E::CidsExhausted => {
+                log::debug!(
+                    "connection to {} lost ({reason}); reconnecting",
+                    self.endpoint_name(idx)
+                );
+                self.mark_down(slot, idx);
+            }
+        }
+    }
+
+    /// Marks endpoint `idx` down and starts its probe (unless one runs).
+    fn mark_down(&self, slot: &mut Slot, idx: usize) {
+        if slot.down {
+            return;
+        }
+        slot.down = true;
+        runtime::spawn(probe(Arc::downgrade(&self.inner), idx));
+    }
     async fn forget(&self, idx: usize, broken: &quinn::Connection) {
         if let Some(slot) = self.inner.connections.get(idx) {
             let mut slot = slot.lock().await;
@@ -598,18 +716,63 @@ impl Client {
                 .is_some_and(|c| c.stable_id() == broken.stable_id())
             {
                 slot.conn = None;
+                if let Some(reason) = broken.close_reason() {
+                    self.note_lost(&mut slot, idx, &reason);
+                }
             }
         }
     }
 
     fn connect_error(&self, idx: usize, e: impl fmt::Display) -> ClientError {
         ClientError::Connect {
-            endpoint: match self.inner.endpoints.get(idx) {
-                Some(ClientUrl::Quic(e)) => e.addr.to_string(),
-                Some(ClientUrl::Unix(path)) => format!("unix://{}", path.display()),
-                None => String::new(),
-            },
+            endpoint: self.endpoint_name(idx),
             reason: e.to_string(),
+        }
+    }
+
+    fn endpoint_name(&self, idx: usize) -> String {
+        match self.inner.endpoints.get(idx) {
+            Some(ClientUrl::Quic(e)) => e.addr.to_string(),
+            Some(ClientUrl::Unix(path)) => format!("unix://{}", path.display()),
+            None => String::new(),
+        }
+    }
+}
+
+/// Pause between a probe's handshakes with a down endpoint.
+const PROBE_PAUSE: Duration = Duration::from_millis(100);
+/// Handshakes a probe tries before it gives up; the next call that picks
+/// the endpoint then dials it itself (and starts a new probe if that
+/// fails). With a 2 s dial timeout, about ten minutes.
+const PROBE_ATTEMPTS: u32 = 300;
+
+/// Re-dials a down endpoint until it answers, the client is dropped, or
+/// [`PROBE_ATTEMPTS`] handshakes failed. A handshake sent while the node
+/// is down is retransmitted within about a second (QUIC's first PTO), so a
+/// node that comes back is reconnected about that fast, and the next call
+/// finds the connection ready.
+async fn probe(client: std::sync::Weak<Inner>, idx: usize) {
+    for _ in 0..PROBE_ATTEMPTS {
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        let client = Client { inner };
+        let Some(ClientUrl::Quic(endpoint)) = client.inner.endpoints.get(idx) else {
+            return;
+        };
+        if let Ok(conn) = client.dial(idx, endpoint).await {
+            if let Some(slot) = client.inner.connections.get(idx) {
+                let mut slot = slot.lock().await;
+                client.adopt(&mut slot, idx, conn);
+            }
+            return;
+        }
+        drop(client);
+        runtime::sleep(PROBE_PAUSE).await;
+    }
+    if let Some(inner) = client.upgrade() {
+        if let Some(slot) = inner.connections.get(idx) {
+            slot.lock().await.down = false;
         }
     }
 }
@@ -642,7 +805,7 @@ const UNIX_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
     Healthy,
-    BackingOff,
+    Down,
 }
 
 /// The sending half of a streaming call.

@@ -135,8 +135,19 @@ fn export_import_round_trip() {
 
     // A restore encodes the image straight from the import: the same
     // bytes as the state machine built from it writes.
-    use crate::server::state_machine::{encode_image, Limits, StateMachine};
-    let direct = encode_image(1, &imported.histories, &[], &leases, &auth_sample()).unwrap();
+    use crate::server::state_machine::{Limits, SnapshotImage, StateMachine};
+    let no_urls = Default::default();
+    let direct = SnapshotImage::new(
+        1,
+        &imported.histories,
+        &[],
+        leases.clone(),
+        auth_sample(),
+        &no_urls,
+    )
+    .unwrap()
+    .to_vec()
+    .unwrap();
     let limits = Limits {
         lease: crate::lease::LeaseConfig::default(),
     };

@@ -14,12 +14,15 @@
 //! - [`tls`]: the listener's rustls configuration;
 //! - [`probes`]: `/health`, `/metrics` and friends on the gRPC port
 //!   (HTTP/1.1 and h2), as etcd serves them on 2379;
+//! - [`authority`]: lets through the `:authority` values grpc-go accepts
+//!   (`http://host:port`) by rewriting them before `h2` parses them;
 //! - [`server`]: the h2 (h2c or TLS) listener, per-stream handlers,
 //!   flow control, keepalive and graceful shutdown.
 //!
 //! Invariant: nothing read from a socket can panic the shim; every failure
 //! becomes a gRPC status (or, below gRPC, an HTTP/2 reset).
 
+pub mod authority;
 pub mod backend;
 pub mod client_backend;
 pub mod codec;

@@ -237,6 +237,8 @@ pub async fn serve_connection<IO, B>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     B: Backend,
 {
+    // etcdctl may send `:authority: http://host:port`, which h2 refuses.
+    let io = super::authority::AuthorityFix::new(io);
     let handshake = h2::server::Builder::new()
         .initial_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)

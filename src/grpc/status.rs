@@ -161,6 +161,7 @@ impl Status {
             }
             E::Corrupt => C::DataLoss,
             E::BadLeaderTransferee => C::FailedPrecondition,
+            E::TimeoutLeaderTransfer => C::DeadlineExceeded,
             E::InvalidArgument(_) => C::InvalidArgument,
             E::Unimplemented(_) => C::Unimplemented,
             E::Internal(_) => C::Internal,

@@ -730,6 +730,29 @@ impl Store {
         postcard::from_bytes(bytes).map_err(|e| MvccError::Corrupt(e.to_string()))
     }
 
+    /// Decodes what [`Store::to_bytes`] wrote from `source`, one value at a
+    /// time: neither the whole encoding nor an intermediate copy of the
+    /// key space is ever held (a restart loads a snapshot this way).
+    pub fn decode_from(source: &mut impl ValueSource) -> Result<Store, MvccError> {
+        let corrupt = MvccError::Corrupt;
+        let revision: i64 = source.next_value().map_err(corrupt)?;
+        let compact_revision: i64 = source.next_value().map_err(corrupt)?;
+        let count: usize = source.next_value().map_err(corrupt)?;
+        let mut failed = None;
+        let keys = (0..count).map_while(|_| match source.next_value::<(KeyBytes, Vec<Change>)>() {
+            Ok((KeyBytes(key), changes)) => Some((key, changes)),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        });
+        let built = Histories::new(revision, compact_revision, keys).map(Histories::into_store);
+        if let Some(e) = failed {
+            return Err(corrupt(e));
+        }
+        built.map_err(corrupt)
+    }
+
     /// Number of kept changes over all keys.
     pub fn history_len(&self) -> usize {
         self.keys.values().map(|index| index.changes().len()).sum()
@@ -949,6 +972,12 @@ struct Image {
     revision: i64,
     compact_revision: i64,
     keys: Vec<(KeyBytes, Vec<Change>)>,
+}
+
+/// Consecutive postcard values, handed out one at a time (a snapshot read
+/// as a stream: `storage::snapshot::StreamDecoder`).
+pub trait ValueSource {
+    fn next_value<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, String>;
 }
 
 /// A key as one byte string (see `qed_wire::bytes`: same encoding as a

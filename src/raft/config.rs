@@ -27,6 +27,12 @@ pub struct Config {
     /// Entry bytes in flight per follower; 0 is unlimited. Default 16 MiB,
     /// so a lossy link cannot queue unbounded data.
     pub max_inflight_bytes: u64,
+    /// Applied entries kept in memory for followers a little behind; one
+    /// further behind gets a snapshot. Default 5000, etcd 3.6's
+    /// `SnapshotCatchUpEntries`: enough for a follower that missed a few
+    /// seconds of writes, while the log's memory stays a small tail
+    /// rather than everything since the last snapshot.
+    pub catch_up_entries: u64,
     /// Bytes per InstallSnapshot chunk. Default 1 MiB.
     pub snapshot_chunk_size: usize,
     /// The largest snapshot image a follower receives: a transfer that
@@ -79,6 +85,7 @@ impl Config {
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
             max_inflight_bytes: 16 * 1024 * 1024,
+            catch_up_entries: 5000,
             snapshot_chunk_size: 1024 * 1024,
             max_snapshot_bytes: 16 << 30,
             pre_vote: true,

@@ -1,12 +1,19 @@
 //! The in-memory view of the Raft log.
 //!
-//! The core keeps every entry after the last snapshot in memory (qed holds
-//! its whole state in memory anyway); the driver bounds it by taking
-//! snapshots and calling `compact`. Indices partition like this:
+//! Memory holds only a tail of the log: the entries not yet applied or not
+//! yet handed to the driver to persist, plus at most
+//! `Config::catch_up_entries` applied ones before them, for followers that
+//! are a little behind (`trim_to`). Everything older is in the driver's
+//! WAL and its newest snapshot; a follower that needs it gets a snapshot
+//! (etcd 3.6's `SnapshotCatchUpEntries`, for the same reason: the state
+//! is in memory already, a second copy of recent values in the log is
+//! not wanted). Snapshots (`compact`) no longer drop entries themselves.
+//! Indices partition like this:
 //!
 //! ```text
-//!  snap_index < first_index ..= persisted ..= handed ..= last_index
+//!  offset < first_index ..= persisted ..= handed ..= last_index
 //!                 applied <= committed <= last_index
+//!  snapshot.index <= offset (or no snapshot)
 //! ```
 //!
 //! - `handed`: entries up to here were given to the driver to persist; the
@@ -35,14 +42,18 @@ pub struct Snapshot {
 
 #[derive(Debug)]
 pub(crate) struct RaftLog {
-    pub snap_index: u64,
-    pub snap_term: u64,
+    /// The index just before the first entry in memory, and its term: the
+    /// newest snapshot's at start or after installing one, then where the
+    /// tail was last trimmed.
+    pub offset: u64,
+    pub offset_term: u64,
     entries: VecDeque<Entry>,
     pub committed: u64,
     pub applied: u64,
     pub persisted: u64,
     pub handed: u64,
-    /// The newest snapshot, kept to send to followers behind `first_index`.
+    /// The newest snapshot, kept to send to followers behind `first_index`
+    /// (its image may be missing: see `Raft::image_missing`).
     pub snapshot: Option<Snapshot>,
     /// A snapshot received from the leader, not yet handed to the driver.
     pub pending_snapshot: Option<Snapshot>,
@@ -55,57 +66,64 @@ pub(crate) fn entry_size(e: &Entry) -> u64 {
 impl RaftLog {
     /// A log restored from durable state: everything in it is persisted.
     pub fn restore_from(snapshot: Snapshot, entries: Vec<Entry>, commit: u64) -> Option<Self> {
-        let snap_index = snapshot.meta.index;
+        let offset = snapshot.meta.index;
         for (i, e) in entries.iter().enumerate() {
-            if e.index != snap_index + 1 + i as u64 {
+            if e.index != offset + 1 + i as u64 {
                 return None;
             }
         }
-        let last = snap_index + entries.len() as u64;
-        let committed = commit.clamp(snap_index, last);
+        let last = offset + entries.len() as u64;
+        let committed = commit.clamp(offset, last);
         Some(RaftLog {
-            snap_index,
-            snap_term: snapshot.meta.term,
+            offset,
+            offset_term: snapshot.meta.term,
             entries: entries.into(),
             committed,
-            applied: snap_index,
+            applied: offset,
             persisted: last,
             handed: last,
-            snapshot: if snap_index > 0 { Some(snapshot) } else { None },
+            snapshot: if offset > 0 { Some(snapshot) } else { None },
             pending_snapshot: None,
         })
     }
 
     pub fn first_index(&self) -> u64 {
-        self.snap_index + 1
+        self.offset + 1
     }
 
     pub fn last_index(&self) -> u64 {
-        self.snap_index + self.entries.len() as u64
+        self.offset + self.entries.len() as u64
     }
 
     pub fn last_term(&self) -> u64 {
-        self.entries.back().map_or(self.snap_term, |e| e.term)
+        self.entries.back().map_or(self.offset_term, |e| e.term)
     }
 
     /// Term of the entry at `i`, or `None` if compacted away or not there.
     pub fn term(&self, i: u64) -> Option<u64> {
-        if i == self.snap_index {
-            return Some(self.snap_term);
+        if i == self.offset {
+            return Some(self.offset_term);
         }
-        if i < self.snap_index || i > self.last_index() {
+        if i < self.offset || i > self.last_index() {
             return None;
         }
-        self.entries
-            .get((i - self.snap_index - 1) as usize)
-            .map(|e| e.term)
+        self.entries.get(self.pos(i - 1)).map(|e| e.term)
     }
 
     pub fn entry(&self, i: u64) -> Option<&Entry> {
-        if i <= self.snap_index {
+        if i <= self.offset {
             return None;
         }
-        self.entries.get((i - self.snap_index - 1) as usize)
+        self.entries.get(self.pos(i - 1))
+    }
+
+    /// How many entries of `entries` are at or below index `i` (which is
+    /// at least `offset`): the position of entry `i + 1`. An index
+    /// from a message may be far past the log; on a 32-bit target such a
+    /// distance does not fit a `usize` and maps to `usize::MAX` (past every
+    /// entry) instead of wrapping onto a real one.
+    fn pos(&self, i: u64) -> usize {
+        usize::try_from(i.saturating_sub(self.offset)).unwrap_or(usize::MAX)
     }
 
     pub fn match_term(&self, i: u64, t: u64) -> bool {
@@ -121,12 +139,12 @@ impl RaftLog {
     /// Entries from `lo` on, at most `max_bytes` of them (but at least one).
     /// `None` if `lo` is compacted.
     pub fn entries_from(&self, lo: u64, max_bytes: u64) -> Option<Vec<Entry>> {
-        if lo <= self.snap_index {
+        if lo <= self.offset {
             return None;
         }
         let mut out = Vec::new();
         let mut size = 0;
-        let start = (lo - self.snap_index - 1) as usize;
+        let start = self.pos(lo - 1);
         for e in self.entries.iter().skip(start) {
             size += entry_size(e);
             if !out.is_empty() && size > max_bytes {
@@ -186,7 +204,7 @@ impl RaftLog {
         let Some(first) = ents.peek() else { return };
         let after = first.index - 1;
         if after < self.last_index() {
-            self.entries.truncate((after - self.snap_index) as usize);
+            self.entries.truncate(self.pos(after));
             self.persisted = self.persisted.min(after);
             self.handed = self.handed.min(after);
         }
@@ -203,7 +221,7 @@ impl RaftLog {
         let mut i = index.min(self.last_index());
         loop {
             match self.term(i) {
-                Some(t) if t > term && i > self.snap_index => i -= 1,
+                Some(t) if t > term && i > self.offset => i -= 1,
                 Some(t) => return (i, t),
                 None => return (i, 0),
             }
@@ -224,13 +242,8 @@ impl RaftLog {
         if self.handed >= last {
             return Vec::new();
         }
-        let from = self.handed.max(self.snap_index);
-        let out = self
-            .entries
-            .iter()
-            .skip((from - self.snap_index) as usize)
-            .cloned()
-            .collect();
+        let from = self.handed.max(self.offset);
+        let out = self.entries.iter().skip(self.pos(from)).cloned().collect();
         self.handed = last;
         out
     }
@@ -270,40 +283,63 @@ impl RaftLog {
         if index <= self.persisted || index > self.handed {
             return false;
         }
-        if index > self.snap_index && !self.match_term(index, term) {
+        if index > self.offset && !self.match_term(index, term) {
             return false;
         }
         self.persisted = index;
         true
     }
 
-    /// Replace everything with a snapshot received from the leader.
+    /// Replace everything with a snapshot received from the leader. Its
+    /// image goes to the driver only (`pending_snapshot`): this member keeps
+    /// the meta, and takes a snapshot of its own should it lead and a
+    /// follower need one.
     pub fn restore(&mut self, snap: Snapshot) {
-        self.snap_index = snap.meta.index;
-        self.snap_term = snap.meta.term;
+        self.offset = snap.meta.index;
+        self.offset_term = snap.meta.term;
         self.entries.clear();
         self.committed = snap.meta.index;
         self.applied = snap.meta.index;
         self.persisted = self.persisted.min(snap.meta.index);
         self.handed = snap.meta.index;
-        self.snapshot = Some(snap.clone());
+        self.snapshot = Some(Snapshot {
+            meta: snap.meta.clone(),
+            data: Arc::from(Vec::new()),
+        });
         self.pending_snapshot = Some(snap);
     }
 
-    /// Drop entries up to `snap.meta.index` (which must be applied), keeping
-    /// the snapshot for followers that fall behind.
+    /// Records a newer snapshot (or the image of the current one) to send
+    /// to followers behind `first_index`. Entries stay: `trim_to` alone
+    /// drops them.
     pub fn compact(&mut self, snap: Snapshot) {
-        let idx = snap.meta.index;
-        if idx <= self.snap_index || idx > self.applied {
+        self.snapshot = Some(snap);
+    }
+
+    /// Index of the newest snapshot (0 with none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |s| s.meta.index)
+    }
+
+    /// Drops the entries up to `through` from memory, never one not yet
+    /// applied or not yet handed to the driver to persist (those are in
+    /// its WAL, or on their way there, and covered by its snapshots).
+    pub fn trim_to(&mut self, through: u64) {
+        let through = through.min(self.applied).min(self.handed);
+        if through <= self.offset {
             return;
         }
-        let n = (idx - self.snap_index) as usize;
+        let Some(term) = self.term(through) else {
+            return;
+        };
+        let n = self.pos(through);
         self.entries.drain(..n.min(self.entries.len()));
-        self.snap_index = idx;
-        self.snap_term = snap.meta.term;
-        self.persisted = self.persisted.max(idx);
-        self.handed = self.handed.max(idx);
-        self.snapshot = Some(snap);
+        self.offset = through;
+        self.offset_term = term;
+        if self.entries.capacity() > 2 * self.entries.len().max(1024) {
+            // A burst once grew the ring; memory follows the tail back down.
+            self.entries.shrink_to(self.entries.len().max(1024));
+        }
     }
 }
 

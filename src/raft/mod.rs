@@ -28,10 +28,14 @@
 //!       membership after them; the core has already put it in force);
 //!    5. answer each read in `read_states` once the applied index reaches its
 //!       `index`.
-//! 4. **Compact**: now and then, snapshot the state machine at the applied
-//!    index, store it durably, and call [`Node::compact`] with its bytes; the
-//!    core drops the log up to there and sends the bytes in chunks to
-//!    followers that are behind.
+//! 4. **Snapshot**: now and then, snapshot the state machine at the applied
+//!    index, store it durably, and call [`Node::compact`] with its bytes
+//!    (or [`Node::compact_at_without_image`]); the core sends the bytes in
+//!    chunks to followers that are behind its in-memory log, which holds
+//!    only [`Config::catch_up_entries`] applied entries (older ones are in
+//!    the driver's WAL and snapshot). When [`Node::take_image_wanted`]
+//!    says a follower needs a snapshot the core cannot send, take one at
+//!    once.
 //!
 //! # Rules worth knowing
 //!

@@ -27,6 +27,11 @@ use crate::wire::raft::{
 #[derive(Debug, Clone, Default)]
 pub struct RestartState {
     pub hard_state: HardState,
+    /// The newest snapshot. Its `data` may be left empty: the core then
+    /// keeps no image, and asks for a new snapshot through
+    /// [`Node::take_image_wanted`] should a follower need one (a driver
+    /// that restores its state from the snapshot file need not hold a
+    /// second copy of it in memory).
     pub snapshot: Snapshot,
     /// The persisted entries after `snapshot.meta.index`, contiguous.
     pub entries: Vec<Entry>,
@@ -190,7 +195,9 @@ impl Node {
             prev_hard = HardState::default();
         }
         let max_apply_bytes = cfg.max_size_per_msg.max(1) * 4;
+        let image_missing = log.snapshot.as_ref().is_some_and(|s| s.data.is_empty());
         let mut raft = Raft::new(cfg, log, hs.term, hs.vote, &conf);
+        raft.image_missing = image_missing;
         raft.conf_changed = bootstrap;
         prev_hard.commit = prev_hard.commit.min(raft.log.committed);
         let prev_soft = SoftState {
@@ -211,6 +218,15 @@ impl Node {
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         self.raft.tick();
+    }
+
+    /// Changes the election timeout to `ticks` (raised to one more than
+    /// the heartbeat ticks): the driver retimes Raft for its links
+    /// (`--election-timeout auto`). A running countdown is redrawn only if
+    /// it falls outside the new `[ticks, 2 * ticks)`. Timing only: nothing
+    /// the log decides depends on it.
+    pub fn set_election_tick(&mut self, ticks: u32) {
+        self.raft.set_election_tick(ticks);
     }
 
     /// Handles a message from a peer. Never panics, whatever it contains.
@@ -250,35 +266,41 @@ impl Node {
 
     /// The driver durably saved a snapshot of its state machine at the
     /// applied index (everything handed out in `committed_entries` has been
-    /// applied); the log up to there is dropped and `data` is kept to send to
-    /// lagging followers. Returns the snapshot's meta, or `None` if there is
-    /// nothing new to compact.
+    /// applied); `data` is kept to send to lagging followers. Returns the
+    /// snapshot's meta, or `None` if there is nothing new. (Entries leave
+    /// memory by [`Config::catch_up_entries`], not here.)
     pub fn compact(&mut self, data: Vec<u8>) -> Option<SnapshotMeta> {
         self.raft.compact(data)
     }
 
     /// Like [`Node::compact`], for a snapshot of the state machine as it was
-    /// at an earlier applied `index` (serialized off the driver's loop while
-    /// applying went on). `None` if `index` is not applied yet or not newer
-    /// than the current snapshot. An `Arc` is kept as it is (no copy).
+    /// at an earlier applied `(index, term)` (serialized off the driver's
+    /// loop while applying went on; the driver read `term` with
+    /// [`Node::log_term`] when it cut the snapshot). `None` if `index` is
+    /// not applied yet or not newer than the current snapshot. An `Arc` is
+    /// kept as it is (no copy).
     pub fn compact_at(
         &mut self,
         index: u64,
+        term: u64,
         data: impl Into<std::sync::Arc<[u8]>>,
     ) -> Option<SnapshotMeta> {
-        self.raft.compact_at(index, data)
+        self.raft.compact_with(index, term, Some(data.into()))
     }
 
     /// Like [`Node::compact_at`], keeping no copy of the image (a lone voter
     /// has nobody to send it to). Should a follower need a snapshot later,
     /// none is sent: [`Node::take_image_wanted`] says so, and the driver
     /// takes a new snapshot (with its image) at once.
-    pub fn compact_at_without_image(&mut self, index: u64) -> Option<SnapshotMeta> {
-        self.raft.compact_with(index, None)
+    pub fn compact_at_without_image(&mut self, index: u64, term: u64) -> Option<SnapshotMeta> {
+        self.raft.compact_with(index, term, None)
     }
 
-    /// Whether a follower needed a snapshot that was taken without its
-    /// image since the last call (see [`Node::compact_at_without_image`]).
+    /// Whether a follower needed a snapshot this member cannot send since
+    /// the last call: none was kept with its image (see
+    /// [`Node::compact_at_without_image`], [`RestartState::snapshot`]), or
+    /// it ends before the entries still in memory. The driver then takes a
+    /// new snapshot with its image at once.
     pub fn take_image_wanted(&mut self) -> bool {
         std::mem::take(&mut self.raft.image_wanted)
     }
@@ -324,6 +346,7 @@ impl Node {
         };
         rd.committed_entries = self.raft.log.take_committed(self.max_apply_bytes);
         self.raft.apply_conf_entries(&rd.committed_entries);
+        self.raft.trim_log();
         let hard = self.hard_state();
         if hard != self.prev_hard {
             rd.hard_state = Some(hard);

@@ -102,7 +102,7 @@ pub(crate) struct Raft {
     /// The newest snapshot was taken without its image (a lone voter has
     /// nobody to send it to); a follower that needs one sets
     /// `image_wanted`, and the driver takes a new snapshot with its image.
-    image_missing: bool,
+    pub image_missing: bool,
     pub image_wanted: bool,
     /// Reused buffer for commit-quorum computation.
     scratch: Vec<u64>,
@@ -117,6 +117,10 @@ pub(crate) struct Raft {
     /// The commit index advanced: tell followers at the next `Ready`.
     pub commit_bcast_pending: bool,
 }
+
+/// While a snapshot is sent, the entries after it stay in memory, up to
+/// this many times `catch_up_entries`.
+const SNAPSHOT_PIN_FACTOR: u64 = 20;
 
 /// A snapshot transfer in progress on a follower.
 struct IncomingSnapshot {
@@ -198,7 +202,7 @@ impl Raft {
             role: Role::Follower,
             rng: cfg.seed ^ cfg.id.rotate_left(32),
             cfg,
-            conf_applied: log.snap_index,
+            conf_applied: log.offset,
             log,
             voters: Vec::new(),
             learners: Vec::new(),
@@ -276,6 +280,14 @@ impl Raft {
 
     pub fn promotable(&self) -> bool {
         self.voters.contains(&self.id)
+    }
+
+    pub fn set_election_tick(&mut self, ticks: u32) {
+        let ticks = ticks.max(self.cfg.heartbeat_tick.saturating_add(1));
+        self.cfg.election_tick = ticks;
+        if self.randomized_timeout < ticks || self.randomized_timeout >= ticks.saturating_mul(2) {
+            self.reset_randomized_timeout();
+        }
     }
 
     fn reset_randomized_timeout(&mut self) {
@@ -377,14 +389,17 @@ impl Raft {
         true
     }
 
+    /// Starts sending `to` our snapshot. One that is missing, has no image,
+    /// or ends before our in-memory log (the follower could not go on from
+    /// it) is not sent: `image_wanted` asks the driver for a new one.
     fn send_snapshot(&mut self, to: NodeId) -> bool {
-        let Some(index) = self.log.snapshot.as_ref().map(|s| s.meta.index) else {
-            return false;
+        let index = match self.log.snapshot.as_ref() {
+            Some(s) if !self.image_missing && s.meta.index >= self.log.offset => s.meta.index,
+            _ => {
+                self.image_wanted = true;
+                return false;
+            }
         };
-        if self.image_missing {
-            self.image_wanted = true;
-            return false;
-        }
         let Some(pr) = self.progress.get_mut(&to) else {
             return false;
         };
@@ -429,6 +444,7 @@ impl Raft {
                 MessageBody::Snapshot {
                     meta: snap.meta.clone(),
                     offset: start,
+                    // Both at most `len`, the image's length: they fit a usize.
                     data: snap.data[start as usize..end as usize].to_vec(),
                     done: end == len,
                     checksum,
@@ -1370,7 +1386,7 @@ impl Raft {
             self.set_conf(&meta.conf_state);
             self.conf_applied = meta.index;
             self.conf_changed = true;
-            self.image_missing = false;
+            self.image_missing = true;
             self.log.restore(Snapshot {
                 meta,
                 data: Arc::from(incoming.data),
@@ -1477,24 +1493,31 @@ impl Raft {
     /// Takes a snapshot of the applied state: `data` is the state machine's
     /// serialization at the applied index.
     pub fn compact(&mut self, data: Vec<u8>) -> Option<SnapshotMeta> {
-        self.compact_at(self.log.applied, data)
+        let index = self.log.applied;
+        let term = self.log.term(index)?;
+        self.compact_with(index, term, Some(data.into()))
     }
 
-    /// Like [`Raft::compact`] for a snapshot cut at an earlier applied
-    /// `index` (the driver serializes off its loop while applying goes on).
-    pub fn compact_at(&mut self, index: u64, data: impl Into<Arc<[u8]>>) -> Option<SnapshotMeta> {
-        self.compact_with(index, Some(data.into()))
-    }
-
-    /// Compacts the log at applied `index` with the snapshot's image
-    /// (`Some`, kept as it is: no copy) or without it (`None`: this member
-    /// keeps no copy, and asks for a new snapshot through `image_wanted`
-    /// once a follower needs one).
-    pub fn compact_with(&mut self, index: u64, data: Option<Arc<[u8]>>) -> Option<SnapshotMeta> {
-        if index > self.log.applied || index <= self.log.snap_index {
+    /// Records a snapshot of the state at applied `(index, term)` with its
+    /// image (`Some`, kept as it is: no copy) or without it (`None`: this
+    /// member keeps no copy, and asks for a new snapshot through
+    /// `image_wanted` once a follower needs one). The term is the caller's:
+    /// the entry may have left memory since. `None` unless it is newer than
+    /// our snapshot, or brings the image our snapshot lacks.
+    pub fn compact_with(
+        &mut self,
+        index: u64,
+        term: u64,
+        data: Option<Arc<[u8]>>,
+    ) -> Option<SnapshotMeta> {
+        let current = self.log.snapshot_index();
+        let newer = index > current || (index == current && self.image_missing && data.is_some());
+        if index > self.log.applied || !newer {
             return None;
         }
-        let term = self.log.term(index)?;
+        if self.log.term(index).is_some_and(|t| t != term) {
+            return None;
+        }
         let meta = SnapshotMeta {
             index,
             term,
@@ -1506,5 +1529,25 @@ impl Raft {
             data: data.unwrap_or_else(|| Arc::from(Vec::new())),
         });
         Some(meta)
+    }
+
+    /// Drops applied entries from memory beyond the last
+    /// `catch_up_entries`, keeping those a snapshot being sent leads to (a
+    /// follower that installs it continues from there), up to
+    /// [`SNAPSHOT_PIN_FACTOR`] times as many: a transfer slower than the
+    /// writes must not hold the log in memory without bound.
+    pub fn trim_log(&mut self) {
+        let tail = self.cfg.catch_up_entries;
+        let mut through = self.log.applied.saturating_sub(tail);
+        let floor = self
+            .log
+            .applied
+            .saturating_sub(tail.saturating_mul(SNAPSHOT_PIN_FACTOR));
+        for pr in self.progress.values() {
+            if pr.state == ProgressState::Snapshot {
+                through = through.min(pr.pending_snapshot.max(floor));
+            }
+        }
+        self.log.trim_to(through);
     }
 }

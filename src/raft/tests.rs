@@ -416,7 +416,10 @@ fn removed_leader_steps_down_and_the_rest_carry_on() {
 
 #[test]
 fn lagging_follower_catches_up_by_chunked_snapshot() {
-    let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.snapshot_chunk_size = 7);
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+        cfg.snapshot_chunk_size = 7;
+        cfg.catch_up_entries = 0;
+    });
     let l = c.elect();
     let lagger = if l == 3 { 2 } else { 3 };
     c.cut.push(lagger);
@@ -567,17 +570,74 @@ fn compact_at_an_earlier_applied_index() {
     }
     let applied = n.status().applied;
     assert!(applied >= 3, "single voter commits its own proposals");
+    let term = n.log_term(2).unwrap();
     assert!(
-        n.compact_at(applied + 1, vec![]).is_none(),
+        n.compact_at(applied + 1, term, vec![]).is_none(),
         "cannot compact past applied"
     );
+    assert!(
+        n.compact_at(2, term + 1, vec![1]).is_none(),
+        "not an entry of this log"
+    );
     let meta = n
-        .compact_at(2, vec![1])
+        .compact_at(2, term, vec![1])
         .expect("compacts at an applied index");
     assert_eq!(meta.index, 2);
     assert!(
-        n.compact_at(2, vec![]).is_none(),
+        n.compact_at(2, term, vec![]).is_none(),
         "nothing newer to compact"
+    );
+}
+
+/// Memory holds only `catch_up_entries` applied entries; a follower
+/// further behind gets a snapshot, and one that ends before the in-memory
+/// log is not sent: the core asks for a new one.
+#[test]
+fn the_log_keeps_a_short_tail_and_a_follower_behind_it_gets_a_new_snapshot() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+        cfg.catch_up_entries = 4;
+        cfg.snapshot_chunk_size = 16;
+    });
+    let l = c.elect();
+    let lagger = if l == 3 { 2 } else { 3 };
+    let compact_now = |n: &mut Node| {
+        let applied = n.status().applied;
+        let term = n.log_term(applied).unwrap();
+        n.compact_at(applied, term, vec![applied as u8; 40])
+            .expect("a snapshot at the applied index")
+    };
+    let old = compact_now(c.nodes.get_mut(&l).unwrap());
+    c.cut.push(lagger);
+    for i in 0..30u8 {
+        c.nodes.get_mut(&l).unwrap().propose(vec![i]).unwrap();
+        c.pump();
+    }
+    let st = c.nodes[&l].status();
+    assert_eq!(
+        st.first_index,
+        st.applied - 4 + 1,
+        "only the tail stays in memory: {st:?}"
+    );
+    assert!(old.index < st.first_index - 1);
+    c.cut.clear();
+    c.tick(3);
+    let leader = c.nodes.get_mut(&l).unwrap();
+    assert!(
+        leader.take_image_wanted(),
+        "the old snapshot cannot serve the follower: the core asks for one"
+    );
+    assert!(c.nodes[&lagger].status().commit < old.index + 30);
+    let meta = compact_now(c.nodes.get_mut(&l).unwrap());
+    c.tick(5);
+    let st = c.nodes[&lagger].status();
+    assert!(st.commit >= meta.index, "{st:?}");
+    c.nodes.get_mut(&l).unwrap().propose(b"z".to_vec()).unwrap();
+    c.pump();
+    c.tick(1);
+    assert!(c.applied[&lagger].iter().any(|e| e.data == b"z"));
+    assert!(
+        !c.nodes.get_mut(&l).unwrap().take_image_wanted(),
+        "nothing more wanted"
     );
 }
 
@@ -755,4 +815,32 @@ fn a_snapshot_transfer_is_bounded() {
     assert_eq!(n.incoming_snapshot_bytes(), 60);
     n.step(snapshot_chunk(1, 1, 60, &[1; 60], false, 0));
     assert_eq!(n.incoming_snapshot_bytes(), 0, "past the bound: dropped");
+}
+
+#[test]
+fn a_new_election_timeout_applies_to_the_running_countdown() {
+    // Default 10 ticks: a follower campaigns within [10, 20).
+    let mut n = node(1, &[1, 2, 3]);
+    n.set_election_tick(30);
+    for _ in 0..29 {
+        n.tick();
+    }
+    assert_eq!(n.status().role, Role::Follower, "30 ticks now, not 10");
+    for _ in 29..60 {
+        n.tick();
+    }
+    assert_ne!(n.status().role, Role::Follower, "campaigns within 60 ticks");
+    // Shorter again: a countdown drawn for 30 is redrawn, not waited out.
+    let mut m = node(2, &[1, 2, 3]);
+    m.set_election_tick(30);
+    m.set_election_tick(5);
+    for _ in 0..10 {
+        m.tick();
+    }
+    assert_ne!(m.status().role, Role::Follower, "campaigns within 10 ticks");
+    // Never at or below the heartbeat.
+    let mut k = node(3, &[1, 2, 3]);
+    k.set_election_tick(0);
+    k.tick();
+    assert_eq!(k.status().role, Role::Follower);
 }

@@ -10,8 +10,11 @@
 //! Invariants: the table follows the Raft configuration (`sync`, driven by
 //! the Raft loop), so membership is durable through the log and snapshots;
 //! URLs come from `--initial-cluster`, from a member-add entry's context, or
-//! from the member's own hello (peer URLs only if they hash to its ID). A
-//! cluster of one member has exactly today's single-node IDs.
+//! from the member's own hello (peer URLs only if they hash to its ID), and
+//! an applied MemberUpdate overrides them all. A member's IDs are derived
+//! once and then kept in its data directory (`member/id`), so they survive
+//! a change of its peer URLs. A cluster of one member has exactly today's
+//! single-node IDs.
 
 use qed_wire::cluster::Member;
 use qed_wire::raft::{ConfState, NodeId};
@@ -84,6 +87,49 @@ pub fn cluster_id(member_ids: &[NodeId], token: &str) -> u64 {
     fnv1a64(format!("{}|{token}", ids.join(",")).as_bytes())
 }
 
+/// The IDs a member was created with, kept in `member/id` so that they
+/// survive a change of its peer URLs: `member=<hex>` and, once known,
+/// `cluster=<hex>`. `None` when the file does not exist (a new data
+/// directory, or one from before the file: its IDs are the URLs' hashes,
+/// as they always were).
+pub fn load_identity(path: &std::path::Path) -> std::io::Result<Option<(NodeId, u64)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: not member=<hex> [cluster=<hex>]", path.display()),
+        )
+    };
+    let (mut member, mut cluster) = (None, 0);
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (key, value) = line.split_once('=').ok_or_else(bad)?;
+        let value = u64::from_str_radix(value.trim(), 16).map_err(|_| bad())?;
+        match key.trim() {
+            "member" => member = Some(value),
+            "cluster" => cluster = value,
+            _ => return Err(bad()),
+        }
+    }
+    member
+        .filter(|id| *id != 0)
+        .map(|id| (id, cluster))
+        .ok_or_else(bad)
+        .map(Some)
+}
+
+/// Writes `member/id` (atomically, durably).
+pub fn save_identity(path: &std::path::Path, member: NodeId, cluster: u64) -> std::io::Result<()> {
+    let mut text = format!("member={member:x}\n");
+    if cluster != 0 {
+        text.push_str(&format!("cluster={cluster:x}\n"));
+    }
+    crate::storage::fs::write_atomic(&crate::storage::fs::OsFs, path, text.as_bytes())
+}
+
 fn unhex32(text: &str) -> Option<[u8; 32]> {
     let text = text.trim();
     if text.len() != 64 || !text.is_ascii() {
@@ -141,6 +187,9 @@ pub struct Members {
     /// and where the pins are kept across restarts.
     pins: RwLock<BTreeMap<NodeId, [u8; 32]>>,
     pin_file: RwLock<Option<PathBuf>>,
+    /// Peer URLs set by MemberUpdate (the state machine's replicated map):
+    /// they win over `--initial-cluster`, add contexts and hellos.
+    updated: RwLock<BTreeMap<NodeId, Vec<String>>>,
 }
 
 /// A member presented another certificate than the one pinned for it.
@@ -177,6 +226,22 @@ impl Members {
         client_urls: &[String],
         token: &str,
     ) -> Result<Members, MembersError> {
+        Self::from_initial_cluster_keeping(initial, name, peer_urls, client_urls, token, None)
+    }
+
+    /// [`Members::from_initial_cluster`] for a member whose data directory
+    /// holds its ID already. `stored_id`: the ID this
+    /// member was created with (kept in its data directory, see
+    /// [`load_identity`]); its peer URLs may have changed since (MemberUpdate),
+    /// so they need not match the list then.
+    pub fn from_initial_cluster_keeping(
+        initial: &[(String, Vec<String>)],
+        name: &str,
+        peer_urls: &[String],
+        client_urls: &[String],
+        token: &str,
+        stored_id: Option<NodeId>,
+    ) -> Result<Members, MembersError> {
         let (_, listed) = initial
             .iter()
             .find(|(n, _)| n == name)
@@ -184,21 +249,24 @@ impl Members {
         let (mut a, mut b) = (listed.clone(), peer_urls.to_vec());
         a.sort();
         b.sort();
-        if a != b {
+        if a != b && stored_id.is_none() {
             return Err(MembersError::UrlsDiffer {
                 name: name.to_string(),
                 listed: listed.clone(),
                 advertised: peer_urls.to_vec(),
             });
         }
-        let local = member_id(peer_urls, token);
+        let local = stored_id.unwrap_or_else(|| member_id(peer_urls, token));
         let mut table = BTreeMap::new();
         for (n, urls) in initial {
-            let id = member_id(urls, token);
+            let (id, urls) = match n == name {
+                true => (local, peer_urls),
+                false => (member_id(urls, token), urls.as_slice()),
+            };
             let member = Member {
                 id,
                 name: n.clone(),
-                peer_urls: urls.clone(),
+                peer_urls: urls.to_vec(),
                 client_urls: if id == local {
                     client_urls.to_vec()
                 } else {
@@ -219,7 +287,37 @@ impl Members {
             removed: RwLock::new(Vec::new()),
             pins: RwLock::new(BTreeMap::new()),
             pin_file: RwLock::new(None),
+            updated: RwLock::new(BTreeMap::new()),
         })
+    }
+
+    /// Takes the peer URLs MemberUpdate set (the state machine's whole
+    /// map, after a restart or a snapshot install) and puts them in the table.
+    pub fn set_updated_urls(&self, urls: &BTreeMap<NodeId, Vec<String>>) {
+        *self.updated.write().unwrap_or_else(|p| p.into_inner()) = urls.clone();
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        for (id, urls) in urls {
+            if let Some(m) = table.get_mut(id) {
+                m.peer_urls = urls.clone();
+            }
+        }
+    }
+
+    /// An applied MemberUpdate: member `id` now listens on `peer_urls`
+    /// (its ID stays; the transport dials the new URLs from now on).
+    pub fn update_peer_urls(&self, id: NodeId, peer_urls: &[String]) {
+        self.updated
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, peer_urls.to_vec());
+        if let Some(m) = self
+            .table
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
+            m.peer_urls = peer_urls.to_vec();
+        }
     }
 
     /// Loads the certificate pins kept in `path` (none if it does not
@@ -406,11 +504,13 @@ impl Members {
             .unwrap_or_else(|p| p.into_inner())
             .extend(&gone);
         let mut added = Vec::new();
+        let updated = self.updated.read().unwrap_or_else(|p| p.into_inner());
         for id in conf.voters.iter().chain(&conf.learners) {
             let member = table.entry(*id).or_insert_with(|| {
                 added.push(*id);
                 Member {
                     id: *id,
+                    peer_urls: updated.get(id).cloned().unwrap_or_default(),
                     ..Default::default()
                 }
             });
@@ -462,6 +562,44 @@ mod tests {
             m.cluster_id(),
             fnv1a64(format!("{id:x}|qed-cluster").as_bytes())
         );
+    }
+
+    #[test]
+    fn a_stored_id_outlives_a_change_of_peer_urls() {
+        let dir = std::env::temp_dir().join(format!("qed-members-id-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("id");
+        assert_eq!(load_identity(&file).unwrap(), None);
+        let initial = parse_initial_cluster("n1=http://a:1,n2=http://b:2").unwrap();
+        let first =
+            Members::from_initial_cluster(&initial, "n1", &urls("http://a:1"), &[], "t").unwrap();
+        save_identity(&file, first.local, first.cluster_id()).unwrap();
+        let stored = load_identity(&file).unwrap();
+        assert_eq!(stored, Some((first.local, first.cluster_id())));
+        // Restarted at another address, --initial-cluster unchanged.
+        let moved = Members::from_initial_cluster_keeping(
+            &initial,
+            "n1",
+            &urls("http://a:9"),
+            &[],
+            "t",
+            stored.map(|(id, _)| id),
+        )
+        .unwrap();
+        assert_eq!(moved.local, first.local);
+        assert_eq!(moved.cluster_id(), first.cluster_id());
+        assert_eq!(
+            moved.get(moved.local).unwrap().peer_urls,
+            urls("http://a:9")
+        );
+        // An applied MemberUpdate wins over the flags, for others too.
+        let n2 = member_id(&urls("http://b:2"), "t");
+        moved.update_peer_urls(n2, &urls("http://b:9"));
+        assert_eq!(moved.get(n2).unwrap().peer_urls, urls("http://b:9"));
+        std::fs::write(&file, "member=zz\n").unwrap();
+        assert!(load_identity(&file).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

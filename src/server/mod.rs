@@ -23,6 +23,7 @@ pub mod raft_loop;
 pub mod service;
 pub mod snapshot_file;
 pub mod state_machine;
+pub mod timing;
 pub mod watchers;
 
 use crate::lease::{min_lease_ttl, LeaseConfig};
@@ -86,8 +87,13 @@ pub struct NodeConfig {
     pub trusted_ca_file: Option<PathBuf>,
     pub client_cert_auth: bool,
     pub quota_backend_bytes: u64,
+    /// `--max-request-bytes` and `--max-txn-ops`.
+    pub limits: node::ClientLimits,
     /// Applied entries between snapshots (etcd's `--snapshot-count`).
     pub snapshot_count: u64,
+    /// Applied entries the Raft log keeps in memory (etcd 3.6's
+    /// `--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     /// Snapshot files kept (etcd's `--max-snapshots`).
     pub max_snapshots: usize,
     /// WAL files kept even when covered by a snapshot (etcd's `--max-wals`).
@@ -97,6 +103,9 @@ pub struct NodeConfig {
     /// Ticks without a leader before an election (etcd's
     /// `--election-timeout` divided by the heartbeat interval).
     pub election_ticks: u32,
+    /// With `auto` for either flag: the Raft loop derives both from the
+    /// measured peer links (`timing.rs`), starting from the two above.
+    pub auto_timing: Option<timing::TimingFlags>,
     /// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`
     /// (`None`: off, etcd's default).
     pub auto_compaction: Option<crate::mvcc::auto_compact::Retention>,
@@ -221,7 +230,17 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     let reset_secret = files.key.as_ref().and_then(|k| std::fs::read(k).ok());
     let authenticator = auth::Authenticator::new(&config.auth).map_err(ServerError::Config)?;
     let local_auth = Arc::new(auth::LocalAuth::new(config.auth.token_ttl));
-    let members = Arc::new(initial_members(config)?);
+    // The IDs this member was created with, if its data directory is not
+    // new: they stay when its peer URLs change (MemberUpdate).
+    let identity_file = config.data_dir.join("member").join("id");
+    let stored = members::load_identity(&identity_file).map_err(|e| ServerError::DataDir {
+        path: identity_file.clone(),
+        reason: e.to_string(),
+    })?;
+    let members = Arc::new(initial_members(config, stored.map(|(id, _)| id))?);
+    if let Some((_, cluster)) = stored.filter(|(_, cluster)| *cluster != 0) {
+        members.adopt_cluster_id(cluster);
+    }
     let identity = Identity {
         name: config.name.clone(),
         peer_urls: config.initial_advertise_peer_urls.clone(),
@@ -260,20 +279,40 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     if !conf.voters.is_empty() {
         members.sync(&conf);
     }
+    members.set_updated_urls(state.member_urls());
+    // The data directory is this member's now: keep its IDs, so that
+    // they no longer depend on its flags.
+    if stored.is_none_or(|(_, cluster)| cluster == 0 && members.cluster_id() != 0) {
+        members::save_identity(&identity_file, members.local, members.cluster_id()).map_err(
+            |e| ServerError::DataDir {
+                path: identity_file.clone(),
+                reason: e.to_string(),
+            },
+        )?;
+    }
     let state = Arc::new(RwLock::new(state));
     let options = LoopOptions {
         tick: config.heartbeat_interval,
         snapshot_count: config.snapshot_count.max(1),
         election_timeout: config.heartbeat_interval * config.election_ticks.max(2),
         strict_reconfig_check: config.strict_reconfig_check,
+        auto_timing: config.auto_timing,
     };
     let watchers = Watchers::start(state.clone());
-    // A cluster of one opens no peer port: nobody would connect, and
-    // single nodes on one machine need not pick distinct peer ports.
-    let peers = if members.ids().len() > 1 {
-        Some(start_peers(config, &members, &files, cluster_id_file)?)
-    } else {
-        None
+    // A cluster of one listens for peers too, as etcd does, so that
+    // `member add` can grow it; but its peer port being taken (another
+    // single node on the same machine, default ports) is no reason not to
+    // serve: it runs without one, and says so.
+    let peers = match start_peers(config, &members, &files, cluster_id_file) {
+        Ok(peers) => Some(peers),
+        Err(e) if members.ids().len() == 1 => {
+            log::warn!(
+                "a cluster of one without a peer port ({e}): members cannot be added \
+                 until it is restarted with a free --listen-peer-urls"
+            );
+            None
+        }
+        Err(e) => return Err(e),
     };
     let (raft, stopped) = raft_loop::start(
         core,
@@ -299,6 +338,7 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         quota::Quota {
             bytes: config.quota_backend_bytes,
         },
+        config.limits,
     ));
     if let Some(peers) = peers {
         crate::runtime::spawn(peer::serve(peers, node.clone()));
@@ -330,8 +370,12 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     })
 }
 
-/// The member table from `--initial-cluster` (this member alone when empty).
-fn initial_members(config: &NodeConfig) -> Result<members::Members, ServerError> {
+/// The member table from `--initial-cluster` (this member alone when
+/// empty); `stored_id`: this member's ID from its data directory.
+fn initial_members(
+    config: &NodeConfig,
+    stored_id: Option<u64>,
+) -> Result<members::Members, ServerError> {
     let initial = if config.initial_cluster.trim().is_empty() {
         vec![(
             config.name.clone(),
@@ -341,12 +385,13 @@ fn initial_members(config: &NodeConfig) -> Result<members::Members, ServerError>
         members::parse_initial_cluster(&config.initial_cluster)
             .map_err(|e| ServerError::Config(e.to_string()))?
     };
-    members::Members::from_initial_cluster(
+    members::Members::from_initial_cluster_keeping(
         &initial,
         &config.name,
         &config.initial_advertise_peer_urls,
         &config.advertise_client_urls,
         &config.initial_cluster_token,
+        stored_id,
     )
     .map_err(|e| ServerError::Config(e.to_string()))
 }
@@ -490,17 +535,20 @@ fn recover(
             )))
         }
         Some((meta, data)) => {
-            let state = StateMachine::from_snapshot(&data, limits, local_auth).map_err(|e| {
-                ServerError::DataDir {
-                    path: member_dir.join("snap"),
-                    reason: format!("newest snapshot does not load: {e}"),
-                }
-            })?;
+            // Streamed from the file: the image is never in memory whole,
+            // and the core gets none (it asks for a new snapshot should a
+            // follower need one).
+            let state = data
+                .read_with(|image| {
+                    StateMachine::from_snapshot_stream(image, limits, local_auth)
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(ServerError::Storage)?;
             (
                 state,
                 raft::Snapshot {
                     meta,
-                    data: Arc::from(data),
+                    data: Arc::from(Vec::new()),
                 },
             )
         }
@@ -518,6 +566,7 @@ fn recover(
     };
     let entries = recovered.entries.len();
     let mut cfg = raft::Config::new(id);
+    cfg.catch_up_entries = config.snapshot_catchup_entries;
     cfg.election_tick = config.election_ticks.max(2);
     cfg.heartbeat_tick = 1;
     // The leader's image is about the size of its state, which its quota
@@ -544,5 +593,8 @@ fn recover(
         state.applied(),
         started.elapsed()
     );
+    // The snapshot file and the WAL records are gone; what they left free
+    // inside the heap goes back too (see `heap`).
+    crate::heap::release_free();
     Ok((state, core, log, fresh))
 }

@@ -77,6 +77,34 @@ pub struct Node {
     local_auth: Arc<LocalAuth>,
     /// This member's `--quota-backend-bytes`, checked before proposing.
     quota: Quota,
+    limits: ClientLimits,
+}
+
+/// etcd's `--max-request-bytes` and `--max-txn-ops`: checked by the member
+/// a call arrives at, before anything is proposed, never when an entry is
+/// applied (flags may differ between members; apply may not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_request_bytes: qed_wire::frame::MAX_REQUEST_BYTES,
+            max_txn_ops: crate::mvcc::DEFAULT_MAX_TXN_OPS,
+        }
+    }
+}
+
+impl ClientLimits {
+    /// The largest request frame read: the request plus the envelope's
+    /// slack, never less than the wire's own limit.
+    pub fn frame_cap(&self) -> usize {
+        let slack = qed_wire::frame::MAX_CLIENT_FRAME - qed_wire::frame::MAX_REQUEST_BYTES;
+        qed_wire::frame::MAX_CLIENT_FRAME.max(self.max_request_bytes.saturating_add(slack))
+    }
 }
 
 /// `Authenticate` proposals retried when the auth state changed between the
@@ -95,6 +123,7 @@ impl Node {
         authenticator: Authenticator,
         local_auth: Arc<LocalAuth>,
         quota: Quota,
+        limits: ClientLimits,
     ) -> Self {
         Node {
             identity,
@@ -106,7 +135,13 @@ impl Node {
             authenticator,
             local_auth,
             quota,
+            limits,
         }
+    }
+
+    /// `--max-request-bytes` and `--max-txn-ops`.
+    pub fn client_limits(&self) -> ClientLimits {
+        self.limits
     }
 
     /// Who is calling (etcd's `AuthInfo`; empty without credentials).
@@ -320,8 +355,8 @@ impl Node {
             Request::MemberAdd(r) => {
                 if self.peers.is_none() {
                     return Err(Error::Unimplemented(
-                        "member add: this member runs as a cluster of one, with no peer port; \
-                         start the first members with --initial-cluster"
+                        "member add: this member runs as a cluster of one without a peer port \
+                         (its --listen-peer-urls could not be bound); restart it with a free one"
                             .into(),
                     ));
                 }
@@ -491,7 +526,7 @@ impl Node {
 
     pub async fn handle(&self, req: Request, creds: &Credentials) -> Reply {
         // etcd refuses malformed requests before they reach the log.
-        validate(&req)?;
+        validate(&req, self.limits.max_txn_ops)?;
         let info = self.caller(creds)?;
         if let Request::Authenticate(r) = req {
             return self.authenticate(r).await;
@@ -523,7 +558,28 @@ impl Node {
                     None => self.change_members(&req).await?,
                 }
             }
+            Request::MemberUpdate(r) => {
+                self.check_member_update(r)?;
+                let header = AuthHeader {
+                    user: info.user.clone(),
+                    revision: info.revision,
+                    ..AuthHeader::default()
+                };
+                // An ordinary entry: every member applies it to its table
+                // (and keeps it in the state machine, so snapshots carry it).
+                self.raft.propose(req.clone(), header).await?;
+                Response::Members(MembersResponse {
+                    header: ResponseHeader::default(),
+                    members: self.members.list(),
+                })
+            }
             Request::Status(_) => self.status(),
+            Request::MoveLeader(r) => {
+                self.move_leader(r.target_id).await?;
+                Response::MoveLeader(qed_wire::maintenance::MoveLeaderResponse {
+                    header: self.local_header(),
+                })
+            }
             Request::Defragment(_) => {
                 // The state lives in memory and is rebuilt compactly at every
                 // snapshot; there is no file to defragment.
@@ -573,6 +629,50 @@ impl Node {
         let header = resp.header_mut();
         self.stamp(header);
         Ok(resp)
+    }
+
+    /// etcd's checks on MemberUpdate: valid URLs (`given member URLs are
+    /// invalid`), a member that exists (`member not found`), URLs no other
+    /// member uses (`Peer URLs already exists`).
+    fn check_member_update(&self, r: &qed_wire::cluster::MemberUpdateRequest) -> Result<(), Error> {
+        if r.peer_urls.is_empty()
+            || r.peer_urls
+                .iter()
+                .any(|u| crate::transport::url::parse(u).is_err())
+        {
+            return Err(Error::MemberBadUrls);
+        }
+        if !self.members.contains(r.id) {
+            return Err(Error::MemberNotFound);
+        }
+        let taken = self
+            .members
+            .list()
+            .into_iter()
+            .any(|m| m.id != r.id && m.peer_urls.iter().any(|u| r.peer_urls.contains(u)));
+        if taken {
+            return Err(Error::PeerUrlExist);
+        }
+        Ok(())
+    }
+
+    /// etcd's MoveLeader: only the leader moves leadership (`not leader`
+    /// elsewhere, as etcd's maintenance server answers), to a voter that
+    /// is a member (`bad leader transferee` otherwise, learners included).
+    /// Moving it to the leader itself succeeds at once, as in etcd.
+    async fn move_leader(&self, target: u64) -> Result<(), Error> {
+        let me = self.identity.member_id;
+        if self.raft.status.leader.load(Ordering::Relaxed) != me {
+            return Err(Error::NotLeader);
+        }
+        match self.members.get(target) {
+            Some(m) if !m.is_learner => {}
+            _ => return Err(Error::BadLeaderTransferee),
+        }
+        if target == me {
+            return Ok(());
+        }
+        self.raft.move_leader(target).await
     }
 
     /// etcd's quota check before a write is proposed: a write that would
@@ -671,17 +771,15 @@ impl Node {
                 revision: state.revision(),
                 ..Default::default()
             },
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            // The etcd API this member implements, as /version says, so
+            // tools' version checks (etcdctl, client libraries) pass.
+            version: super::probes::ETCD_SERVER_VERSION.to_string(),
             db_size: size,
             leader: raft.leader.load(Ordering::Relaxed),
             raft_index: raft.commit.load(Ordering::Relaxed),
             raft_term: raft.term.load(Ordering::Relaxed),
             raft_applied_index: raft.applied.load(Ordering::Relaxed),
-            errors: state
-                .alarms()
-                .iter()
-                .map(|a| format!("memberID:{} alarm:{}", a.member_id, alarm_name(a.alarm)))
-                .collect(),
+            errors: status_errors(raft.leader.load(Ordering::Relaxed), state.alarms()),
             db_size_in_use: size,
             is_learner: self
                 .members
@@ -689,6 +787,17 @@ impl Node {
                 .is_some_and(|m| m.is_learner),
         })
     }
+}
+
+/// etcd's Status `errors`: `etcdserver: no leader` without one, then each
+/// alarm as its protobuf compact text (`memberID:N alarm:NOSPACE `, the
+/// trailing space included), which `etcdctl endpoint status` prints.
+fn status_errors(leader: u64, alarms: &[qed_wire::maintenance::AlarmMember]) -> Vec<String> {
+    let no_leader = (leader == 0).then(|| Error::NoLeader.to_string());
+    let alarms = alarms
+        .iter()
+        .map(|a| format!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm)));
+    no_leader.into_iter().chain(alarms).collect()
 }
 
 /// A refused call's error as etcd words it: its maintenance calls pass the
@@ -701,13 +810,13 @@ fn auth_error(req: &Request, e: crate::auth::AuthError) -> Error {
     }
 }
 
-fn validate(req: &Request) -> Result<(), Error> {
+fn validate(req: &Request, max_txn_ops: usize) -> Result<(), Error> {
     use crate::mvcc;
     match req {
         Request::Range(r) => mvcc::validate_range(r),
         Request::Put(p) => mvcc::validate_put(p),
         Request::DeleteRange(d) => mvcc::validate_delete_range(d),
-        Request::Txn(t) => mvcc::validate_txn(t, mvcc::DEFAULT_MAX_TXN_OPS),
+        Request::Txn(t) => mvcc::validate_txn(t, max_txn_ops),
         _ => Ok(()),
     }
     .map_err(Error::from)

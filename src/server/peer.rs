@@ -1,14 +1,21 @@
 //! The peer transport: Raft messages and forwarded calls between members.
 //!
 //! One QUIC endpoint listens on the `--listen-peer-urls` address (ALPN
-//! `qed-peer/2`) and also makes this member's outbound connections.
+//! `qed-peer/3`) and also makes this member's outbound connections (two per
+//! member: control and data).
 //!
 //! Outbound, each other member has three *lanes*, each a task with a bounded
 //! queue and one long-lived unidirectional stream of length-prefixed postcard
 //! [`Message`] frames: `control` (heartbeats, votes, responses, ReadIndex,
 //! TimeoutNow), `append` (appends and forwarded proposals) and `snapshot`
 //! (snapshot chunks). Separate streams keep heartbeats and votes from
-//! queueing behind a large append or a snapshot chunk. The Raft loop only
+//! queueing behind a large append or a snapshot chunk, and the control
+//! lane has a connection of its own ([`Link`]) so appends never fill the
+//! congestion window it sends in. Heartbeats and
+//! their responses go as QUIC datagrams on the control lane's connection
+//! (unordered, unreliable: nothing waits behind a lost one; the next
+//! heartbeat supersedes it), on the stream only if a datagram cannot carry
+//! them. The Raft loop only
 //! ever calls [`Peers::send`], which never blocks: a full queue drops the
 //! message (Raft retransmits what matters), and so does a lane that is not
 //! connected; a lane that fails reconnects with exponential back-off, and
@@ -58,9 +65,11 @@ use std::time::{Duration, Instant};
 /// Bound on a hello frame (names and URL lists).
 const MAX_HELLO_FRAME: usize = 64 * 1024;
 
-/// Giving up on a connection attempt: well under an election timeout, so a
-/// dead member costs its lanes little.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Giving up on a connection attempt: about two election timeouts, so a
+/// dead member costs its lanes little, but a handshake over a lossy link
+/// has time for a few resends of each flight (see the peer transport's
+/// initial RTT in `transport::endpoint`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reconnect back-off bounds.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -99,6 +108,20 @@ impl Lane {
         }
     }
 
+    /// Whether a message goes as a QUIC datagram when it fits: heartbeats
+    /// and their responses. Nothing waits behind a lost datagram (on the
+    /// ordered control stream, one lost packet held every later heartbeat
+    /// until its retransmission, and a follower went silent for seconds at
+    /// 20-30% loss), and a lost one is simply superseded by the next: the
+    /// leader sends one every heartbeat interval, carrying the current
+    /// commit (at most what the follower has) and ReadIndex round.
+    fn unordered(body: &MessageBody) -> bool {
+        matches!(
+            body,
+            MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. }
+        )
+    }
+
     /// Messages a lane may hold while its stream is busy: many small ones,
     /// a few appends (each up to ~1 MiB), a couple of snapshot chunks.
     fn capacity(self) -> usize {
@@ -128,6 +151,13 @@ impl Lane {
         }
     }
 
+    fn link(self) -> Link {
+        match self {
+            Lane::Control => Link::Control,
+            Lane::Append | Lane::Snapshot => Link::Data,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Lane::Control => "control",
@@ -135,6 +165,22 @@ impl Lane {
             Lane::Snapshot => "snapshot",
         }
     }
+}
+
+/// One outbound connection, made on first use and again after it closed.
+type ConnectionSlot = Arc<runtime::Mutex<Option<quinn::Connection>>>;
+
+/// The two connections to each member. QUIC's congestion window is per
+/// connection: on one shared connection, appends filled it at 20-30% loss
+/// and the heartbeats behind them (datagrams are congestion-controlled
+/// too) waited for an election timeout. The control link carries only
+/// the control lane (heartbeats, votes, responses): a few small packets
+/// per heartbeat, so its window is never what holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Control = 0,
+    /// Appends, snapshot chunks and forwarded calls.
+    Data = 1,
 }
 
 /// Why a peer stream was refused.
@@ -283,8 +329,8 @@ pub struct Peers {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     lanes: RwLock<HashMap<NodeId, [channel::Sender<Message>; 3]>>,
-    /// One connection per member, shared by its lanes and calls.
-    connections: RwLock<HashMap<NodeId, Arc<runtime::Mutex<Option<quinn::Connection>>>>>,
+    /// Two connections per member (see [`Link`]), indexed by `Link`.
+    connections: RwLock<HashMap<NodeId, [ConnectionSlot; 2]>>,
     /// Messages dropped so far (full queues, lanes without a connection);
     /// logged at every power of two.
     dropped: AtomicU64,
@@ -369,7 +415,7 @@ impl Peers {
         self.connections
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Arc::new(runtime::Mutex::new(None)));
+            .insert(id, Default::default());
         for (lane, (_, rx)) in LANES.into_iter().zip(queues) {
             runtime::spawn(run_lane(self.clone(), id, lane, rx));
         }
@@ -382,13 +428,15 @@ impl Peers {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        let slot = self
+        let slots = self
             .connections
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        if let Some(conn) = slot.and_then(|s| s.try_lock().and_then(|c| c.clone())) {
-            conn.close(REMOVED, b"removed from the cluster");
+        for slot in slots.into_iter().flatten() {
+            if let Some(conn) = slot.try_lock().and_then(|c| c.clone()) {
+                conn.close(REMOVED, b"removed from the cluster");
+            }
         }
     }
 
@@ -448,7 +496,7 @@ impl Peers {
             Error::TimeoutDueToConnectionLost
         };
         let exchange = async {
-            let conn = self.connection(to).await?;
+            let conn = self.connection(to, Link::Data).await?;
             let (mut send, mut recv) = conn
                 .open_bi()
                 .await
@@ -468,14 +516,18 @@ impl Peers {
         }
     }
 
-    /// The connection to `to`, made if there is none (or it closed).
-    async fn connection(&self, to: NodeId) -> Result<quinn::Connection, TransportError> {
+    /// The `link` connection to `to`, made if there is none (or it closed).
+    async fn connection(
+        &self,
+        to: NodeId,
+        link: Link,
+    ) -> Result<quinn::Connection, TransportError> {
         let slot = self
             .connections
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&to)
-            .cloned()
+            .map(|slots| slots[link as usize].clone())
             .ok_or_else(|| TransportError::Connect {
                 addr: format!("member {to:x}"),
                 reason: "not a member of this cluster".into(),
@@ -520,10 +572,15 @@ impl Peers {
         Ok(conn)
     }
 
-    /// Opens a lane's stream: a new unidirectional stream and our hello.
-    async fn open_lane(&self, to: NodeId, lane: Lane) -> Result<quinn::SendStream, TransportError> {
+    /// Opens a lane's stream: a new unidirectional stream and our hello;
+    /// with the connection it is on (for datagrams).
+    async fn open_lane(
+        &self,
+        to: NodeId,
+        lane: Lane,
+    ) -> Result<(quinn::Connection, quinn::SendStream), TransportError> {
         let hello = self.hello_to(to)?;
-        let conn = self.connection(to).await?;
+        let conn = self.connection(to, lane.link()).await?;
         let mut send = runtime::timeout(CONNECT_TIMEOUT, conn.open_uni())
             .await
             .map_err(|_| TransportError::Stream("no stream credit from the peer".into()))?
@@ -532,7 +589,7 @@ impl Peers {
         // heartbeats overtake appends, which overtake snapshot chunks.
         let _ = send.set_priority(lane.priority());
         stream::write(&mut send, &hello, MAX_HELLO_FRAME).await?;
-        Ok(send)
+        Ok((conn, send))
     }
 
     /// A joining member learns its cluster's ID from the first member that
@@ -581,6 +638,72 @@ impl Peers {
         };
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
         at != 0 && now.saturating_sub(at) <= within.as_millis() as u64
+    }
+
+    /// What this member knows of its link to member `id`, for a log line
+    /// that has to explain a silence: when its last Raft message arrived,
+    /// and QUIC's view of our connection to it (smoothed RTT, packets sent
+    /// and lost, congestion window and events).
+    pub fn link_report(&self, id: NodeId) -> String {
+        let heard = self
+            .heard
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|a| a.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let mut report = match heard {
+            0 => "never heard from it".to_string(),
+            at => {
+                let now = self.epoch.elapsed().as_millis() as u64 + 1;
+                format!("last message {} ms ago", now.saturating_sub(at))
+            }
+        };
+        match self.live_connection(id, Link::Control) {
+            Some(conn) => {
+                let path = conn.stats().path;
+                report.push_str(&format!(
+                    "; control link: rtt {:.1} ms, {} of {} packets lost, cwnd {} B, {} congestion events",
+                    path.rtt.as_secs_f64() * 1000.0,
+                    path.lost_packets,
+                    path.sent_packets,
+                    path.cwnd,
+                    path.congestion_events
+                ));
+            }
+            None => report.push_str("; no control connection to it"),
+        }
+        report
+    }
+
+    /// The `link` connection to `id`, if it is open (never waits).
+    fn live_connection(&self, id: NodeId, link: Link) -> Option<quinn::Connection> {
+        self.connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .and_then(|slots| slots[link as usize].try_lock().and_then(|c| c.clone()))
+            .filter(|conn| conn.close_reason().is_none())
+    }
+
+    /// Each member's live outbound control connection as (member,
+    /// smoothed RTT, packets lost, packets sent), the counts since the
+    /// connection opened; for `auto` Raft timing. The control link carries
+    /// no bulk data, so its RTT is the path's, not a queue's.
+    pub fn link_figures(&self) -> Vec<(NodeId, Duration, u64, u64)> {
+        let ids: Vec<NodeId> = self
+            .connections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| {
+                let path = self.live_connection(id, Link::Control)?.stats().path;
+                Some((id, path.rtt, path.lost_packets, path.sent_packets))
+            })
+            .collect()
     }
 
     /// The clock a member's messages stamp (see [`Peers::heard_within`]).
@@ -700,7 +823,7 @@ pub fn load_cluster_id(path: &std::path::Path) -> Option<u64> {
 /// One lane to one member: takes messages off its queue and writes them to
 /// its stream, (re)connecting as needed. Ends when the queue is dropped.
 async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Receiver<Message>) {
-    let mut stream: Option<quinn::SendStream> = None;
+    let mut stream: Option<(quinn::Connection, quinn::SendStream)> = None;
     let mut retry_at = Instant::now();
     let mut backoff = MIN_BACKOFF;
     // Whether the current outage was logged (once per outage, not per try).
@@ -762,7 +885,7 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
                 }
             }
         }
-        let Some(send) = stream.as_mut() else {
+        let Some(conn) = stream.as_ref().map(|(conn, _)| conn.clone()) else {
             continue;
         };
         let frame = match qed_wire::frame::encode(&message, MAX_PEER_FRAME) {
@@ -772,6 +895,36 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
                 peers.count_drop(to, "encode");
                 continue;
             }
+        };
+        // The stream's hello went first on this connection, so the peer
+        // knows who its datagrams are from (one that overtakes the hello
+        // is dropped there, as a lost one would be).
+        if Lane::unordered(&message.body)
+            && conn
+                .max_datagram_size()
+                .is_some_and(|max| frame.len() <= max)
+        {
+            let len = frame.len() as u64;
+            match conn.send_datagram(frame.clone().into()) {
+                Ok(()) => {
+                    sent_bytes.add(len);
+                    continue;
+                }
+                Err(quinn::SendDatagramError::ConnectionLost(e)) => {
+                    if peers.note_refusal(to, &e) {
+                        retry_at = Instant::now() + MAX_BACKOFF;
+                    }
+                    log::debug!("member {to:x}: connection lost ({e})");
+                    stream = None;
+                    peers.count_drop(to, "connection lost");
+                    continue;
+                }
+                // Not possible on this connection after all: the stream.
+                Err(e) => log::debug!("member {to:x}: datagram not sent ({e})"),
+            }
+        }
+        let Some((_, send)) = stream.as_mut() else {
+            continue;
         };
         let written = runtime::timeout(lane.write_timeout(), send.write_all(&frame)).await;
         if matches!(written, Ok(Ok(()))) {
@@ -834,6 +987,12 @@ async fn serve_connection(conn: quinn::Connection, peers: Arc<Peers>, node: Arc<
             }
         })
     };
+    runtime::spawn(serve_datagrams(
+        conn.clone(),
+        peers.clone(),
+        node.clone(),
+        sender.clone(),
+    ));
     loop {
         match conn.accept_uni().await {
             Ok(recv) => {
@@ -967,6 +1126,40 @@ async fn serve_lane(
                 log::debug!("lane from member {:x} ended: {e}", hello.from);
                 return;
             }
+        }
+    }
+}
+
+/// The datagrams of one inbound connection: heartbeats and their
+/// responses (see [`Lane::unordered`]), each one frame. Believed only once
+/// a stream of the connection passed the hello, only from the member that
+/// hello named, and only of those kinds; anything else is dropped.
+/// Ends with the connection.
+async fn serve_datagrams(
+    conn: quinn::Connection,
+    peers: Arc<Peers>,
+    node: Arc<Node>,
+    sender: Arc<AtomicU64>,
+) {
+    while let Ok(datagram) = conn.read_datagram().await {
+        let from = sender.load(Ordering::Relaxed);
+        if from == 0 {
+            continue;
+        }
+        match qed_wire::frame::decode_frame::<Message>(&datagram, MAX_HELLO_FRAME) {
+            Ok(message) if message.from == from && Lane::unordered(&message.body) => {
+                SERVER
+                    .peer_received_bytes
+                    .with(&[&format!("{from:x}")])
+                    .add(datagram.len() as u64);
+                peers.heard_clock(from).store(
+                    peers.epoch.elapsed().as_millis() as u64 + 1,
+                    Ordering::Relaxed,
+                );
+                node.step(message);
+            }
+            Ok(_) => log::debug!("member {from:x} sent an unexpected datagram; dropped"),
+            Err(e) => log::debug!("member {from:x} sent a bad datagram ({e}); dropped"),
         }
     }
 }

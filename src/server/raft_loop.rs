@@ -42,6 +42,7 @@ use super::held::{HeldCall, HeldCalls};
 use super::members::Members;
 use super::peer::Peers;
 use super::state_machine::StateMachine;
+use super::timing::{AutoTiming, Timing, TimingFlags};
 use super::watchers::Watchers;
 use crate::lease::{grant_ttl, lease_id_from, LeaseConfig, LEASE_REVOKE_RATE};
 use crate::metrics::SERVER;
@@ -82,6 +83,12 @@ pub enum Input {
         peer_urls: Vec<String>,
         reply: channel::Sender<Result<(), Error>>,
     },
+    /// MoveLeader: hand leadership to this voter (TimeoutNow once it has
+    /// caught up); answered when the core has started the transfer.
+    TransferLeader {
+        to: NodeId,
+        reply: channel::Sender<Result<(), Error>>,
+    },
     /// A linearizable read wants to know when it may read.
     ReadIndex {
         reply: channel::Sender<Result<(), Error>>,
@@ -98,7 +105,8 @@ pub enum Input {
     /// never copies an image).
     SnapshotSaved {
         meta: SnapshotMeta,
-        data: Result<Arc<[u8]>, String>,
+        /// `None`: streamed to the file, no image kept.
+        data: Result<Option<Arc<[u8]>>, String>,
     },
 }
 
@@ -120,6 +128,9 @@ pub struct RaftStatus {
     /// CheckQuorum would depose a leader that was only busy).
     tick_queued: AtomicBool,
     leases_queued: AtomicBool,
+    /// The tick period (one heartbeat) in microseconds, which the ticker
+    /// reads before each sleep (`--heartbeat-interval auto` changes it).
+    tick_micros: AtomicU64,
 }
 
 /// Timing and snapshot settings for the loop.
@@ -134,6 +145,23 @@ pub struct LoopOptions {
     /// etcd's `--strict-reconfig-check`: refuse membership changes that
     /// would leave fewer started (or reachable) voters than a quorum.
     pub strict_reconfig_check: bool,
+    /// `auto` timing: `tick` and `election_timeout` are where it starts.
+    pub auto_timing: Option<TimingFlags>,
+}
+
+/// How often `auto` timing looks at the peer links.
+const RETIME_EVERY: Duration = Duration::from_secs(5);
+/// Packets a link must have sent since the last look for its figures to
+/// count (an idle link's RTT is stale, its loss share noise).
+const RETIME_MIN_PACKETS: u64 = 20;
+
+/// `auto` timing's state in the loop: the pure estimator, and each
+/// member's packet counts at the last look (loss is measured between
+/// looks).
+struct AutoTimer {
+    timing: AutoTiming,
+    last_look: Instant,
+    counts: HashMap<NodeId, (u64, u64)>,
 }
 
 /// Peer messages the inbox may hold (each at most a peer frame; appends
@@ -164,6 +192,10 @@ pub struct RaftHandle {
     /// How long a caller waits for a proposal or read (`None`: a lone
     /// member loses nothing on the way, so it waits as long as it takes).
     answer_timeout: Option<Duration>,
+    /// `--heartbeat-interval` and `--election-timeout` (MoveLeader waits
+    /// in ticks for at most two election timeouts).
+    tick: Duration,
+    election_timeout: Duration,
 }
 
 /// A caller counted in [`RaftStatus::waiting_calls`] until dropped.
@@ -240,6 +272,28 @@ impl RaftHandle {
         wait_answer(&answer, self.answer_timeout).await
     }
 
+    /// etcd's MoveLeader on the leader: starts a transfer to `to` (etcd's
+    /// `not leader` elsewhere, `bad leader transferee` if `to` is not
+    /// another voter) and waits, a tick at a time, until `to` leads; after
+    /// two election timeouts (the core gives up after one) etcd's `leader
+    /// transfer took too long`.
+    pub async fn move_leader(&self, to: NodeId) -> Result<(), Error> {
+        let (reply, answer) = channel::bounded(1);
+        self.inbox
+            .send(Input::TransferLeader { to, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.recv().await.map_err(|_| Error::Stopped)??;
+        let deadline = Instant::now() + 2 * self.election_timeout;
+        while self.status.leader.load(Ordering::Relaxed) != to {
+            if Instant::now() >= deadline {
+                return Err(Error::TimeoutLeaderTransfer);
+            }
+            runtime::sleep(self.tick).await;
+        }
+        Ok(())
+    }
+
     /// Hands a peer's message to the loop without blocking the peer
     /// stream's reader. Peer messages in the inbox are bounded: past
     /// [`MAX_QUEUED_STEPS`] (a loop far behind its peers) they are dropped,
@@ -310,8 +364,26 @@ pub fn start(
     let status = Arc::new(RaftStatus::default());
     let snapshots = log.snapshot_writer();
     let jobs = spawn_writer(log, inbox.clone());
-    spawn_ticker(inbox.clone(), status.clone(), options.tick, false);
-    spawn_ticker(inbox.clone(), status.clone(), LEASE_CHECK_EVERY, true);
+    status.tick_micros.store(
+        u64::try_from(options.tick.as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    spawn_ticker(inbox.clone(), status.clone(), false);
+    spawn_ticker(inbox.clone(), status.clone(), true);
+    let timer = options.auto_timing.map(|flags| AutoTimer {
+        timing: AutoTiming::new(
+            flags,
+            Timing {
+                heartbeat: options.tick,
+                election_ticks: u32::try_from(
+                    options.election_timeout.as_micros() / options.tick.as_micros().max(1),
+                )
+                .unwrap_or(u32::MAX),
+            },
+        ),
+        last_look: Instant::now(),
+        counts: HashMap::new(),
+    });
     let snapshot_base = core.status().first_index.saturating_sub(1);
     let core_id = core.id();
     let lease_config = state
@@ -322,8 +394,9 @@ pub fn start(
         .lease;
     // A forwarded proposal may be lost; etcd gives up after its request
     // timeout (5 s) plus two election timeouts.
-    let answer_timeout = peers
-        .is_some()
+    // A cluster of one (which listens for peers only so it can grow) has
+    // no way to lose a proposal: it waits as long as it takes.
+    let answer_timeout = (peers.is_some() && members.ids().len() > 1)
         .then(|| Duration::from_secs(5) + 2 * options.election_timeout);
     // A lone voter need not wait out an election timeout: tick until it
     // campaigns; the loop persists its vote and it leads at once.
@@ -363,6 +436,7 @@ pub fn start(
         snapshotting: false,
         lease_config,
         followed: (0, 0),
+        timer,
     };
     runtime::spawn(async move {
         let why = driver.run(inputs).await;
@@ -374,21 +448,24 @@ pub fn start(
             inbox,
             status,
             answer_timeout,
+            tick: options.tick,
+            election_timeout: options.election_timeout,
         },
         stopped,
     )
 }
 
-/// Sends `Tick` (or, with `leases`, `CheckLeases`) every `every`, unless
-/// the last one is still in the inbox (see [`RaftStatus::tick_queued`]).
-fn spawn_ticker(
-    inbox: channel::Sender<Input>,
-    status: Arc<RaftStatus>,
-    every: Duration,
-    leases: bool,
-) {
+/// Sends `Tick` every tick period (`RaftStatus::tick_micros`), or with
+/// `leases` `CheckLeases` every [`LEASE_CHECK_EVERY`], unless the last one
+/// is still in the inbox (see [`RaftStatus::tick_queued`]).
+fn spawn_ticker(inbox: channel::Sender<Input>, status: Arc<RaftStatus>, leases: bool) {
     runtime::spawn(async move {
         loop {
+            let every = if leases {
+                LEASE_CHECK_EVERY
+            } else {
+                Duration::from_micros(status.tick_micros.load(Ordering::Relaxed).max(1000))
+            };
             runtime::sleep(every).await;
             let (queued, input) = if leases {
                 (&status.leases_queued, Input::CheckLeases)
@@ -484,6 +561,8 @@ struct Driver {
     lease_config: LeaseConfig,
     /// The newest (term, leader) this member followed (or was).
     followed: (u64, NodeId),
+    /// `auto` timing, when a flag asked for it.
+    timer: Option<AutoTimer>,
 }
 
 impl Driver {
@@ -526,6 +605,7 @@ impl Driver {
                 if self.ticks % FORGET_LEFT_CALLERS_EVERY == 0 {
                     self.forget_left_callers();
                 }
+                self.retime();
                 self.retry_held();
             }
             Input::Step(message) => {
@@ -587,6 +667,16 @@ impl Driver {
                 self.status.leases_queued.store(false, Ordering::Release);
                 self.check_leases();
             }
+            Input::TransferLeader { to, reply } => {
+                let started = self.core.transfer_leader(to).map_err(|e| match e {
+                    raft::TransferError::NotLeader { .. } => Error::NotLeader,
+                    raft::TransferError::NotVoter => Error::BadLeaderTransferee,
+                });
+                if started.is_ok() {
+                    log::info!("transferring leadership to {to:x}");
+                }
+                let _ = reply.try_send(started);
+            }
             Input::ReadIndex { reply } => {
                 let deadline = self.hold_deadline();
                 self.read_or_hold(deadline, reply);
@@ -619,11 +709,9 @@ impl Driver {
                 // lone voter has none, so it need not hold a second copy of
                 // the whole state (if one joins, the core asks for a new
                 // snapshot: see `take_image_wanted`).
-                let conf = self.core.conf_state();
-                let compacted = if conf.voters == [self.core.id()] && conf.learners.is_empty() {
-                    self.core.compact_at_without_image(index)
-                } else {
-                    self.core.compact_at(index, data)
+                let compacted = match data {
+                    Some(data) if !self.alone() => self.core.compact_at(index, meta.term, data),
+                    _ => self.core.compact_at_without_image(index, meta.term),
                 };
                 if compacted.is_some() {
                     log::info!(
@@ -637,6 +725,64 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// `auto` timing: every [`RETIME_EVERY`], hands the peer links'
+    /// figures (the worst smoothed RTT among links that carried traffic,
+    /// the share of their packets lost since the last look) to the
+    /// estimator and applies the change it decides on: the ticker's period,
+    /// the core's election ticks, and the loop's own timeouts.
+    fn retime(&mut self) {
+        let (Some(timer), Some(peers)) = (self.timer.as_mut(), self.peers.as_ref()) else {
+            return;
+        };
+        if timer.last_look.elapsed() < RETIME_EVERY {
+            return;
+        }
+        timer.last_look = Instant::now();
+        let (mut rtt, mut lost, mut sent) = (Duration::ZERO, 0u64, 0u64);
+        for (id, link_rtt, link_lost, link_sent) in peers.link_figures() {
+            let (before_lost, before_sent) = timer
+                .counts
+                .insert(id, (link_lost, link_sent))
+                .unwrap_or((0, 0));
+            // A new connection counts from zero again.
+            let (d_lost, d_sent) = if link_sent >= before_sent && link_lost >= before_lost {
+                (link_lost - before_lost, link_sent - before_sent)
+            } else {
+                (link_lost, link_sent)
+            };
+            if d_sent >= RETIME_MIN_PACKETS {
+                rtt = rtt.max(link_rtt);
+                lost += d_lost;
+                sent += d_sent;
+            }
+        }
+        if sent == 0 {
+            return;
+        }
+        let before = timer.timing.current();
+        let Some(new) = timer.timing.observe(rtt, lost as f64 / sent as f64) else {
+            return;
+        };
+        let (rtt, loss) = timer.timing.figures();
+        log::info!(
+            "Raft timing: heartbeat interval {} ms -> {} ms, election timeout {} ms -> {} ms \
+             (peer RTT {:.1} ms, {:.1}% of peer packets lost, smoothed)",
+            before.heartbeat.as_millis(),
+            new.heartbeat.as_millis(),
+            before.election_timeout().as_millis(),
+            new.election_timeout().as_millis(),
+            rtt.as_secs_f64() * 1000.0,
+            loss * 100.0
+        );
+        self.status.tick_micros.store(
+            u64::try_from(new.heartbeat.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.core.set_election_tick(new.election_ticks);
+        self.options.tick = new.heartbeat;
+        self.options.election_timeout = new.election_timeout();
     }
 
     /// Until when a call may wait for a leader: two election timeouts, so
@@ -929,7 +1075,22 @@ impl Driver {
                 }
                 if before != soft.leader && self.peers.is_some() {
                     match soft.leader {
-                        0 => log::info!("lost the leader {before:x}"),
+                        0 => {
+                            let why = match soft.role {
+                                Role::PreCandidate | Role::Candidate => {
+                                    "nothing from it for an election timeout"
+                                }
+                                Role::Follower | Role::Leader => {
+                                    "it stepped down or a newer term began"
+                                }
+                            };
+                            let link = self
+                                .peers
+                                .as_ref()
+                                .map(|p| p.link_report(before))
+                                .unwrap_or_default();
+                            log::warn!("lost the leader {before:x}: {why}; {link}");
+                        }
                         l if l == self.core.id() => log::info!(
                             "this member ({l:x}) leads at term {}",
                             self.core.status().term
@@ -1079,6 +1240,12 @@ impl Driver {
                                 &mut events,
                             );
                             note_apply(started.elapsed(), entry.index, &events);
+                            if let (Request::MemberUpdate(u), Some(Ok(_))) =
+                                (&command.request, &reply)
+                            {
+                                log::info!("member {:x} now at {:?}", u.id, u.peer_urls);
+                                self.members.update_peer_urls(u.id, &u.peer_urls);
+                            }
                             if !events.is_empty() {
                                 applied_events.push((events, state.revision()));
                             }
@@ -1152,6 +1319,7 @@ impl Driver {
             state.lessor_mut().promote(super::now_ms(), extend);
         }
         self.watchers.restore(state.revision());
+        self.members.set_updated_urls(state.member_urls());
         self.snapshot_base = snapshot.meta.index;
         log::info!(
             "installed the leader's snapshot at index {} (term {}, {} bytes)",
@@ -1186,19 +1354,36 @@ impl Driver {
             conf_state: self.core.conf_state(),
         };
         self.snapshotting = true;
+        // The core keeps an image only to send it: a lone voter (unless a
+        // member joining asked for one) streams its state to the file and
+        // holds no copy of it at all.
+        let keep_image = now || !self.alone();
         let (inbox, writer) = (self.inbox.clone(), self.snapshots.clone());
         runtime::spawn(async move {
             let file_meta = meta.clone();
             let data = runtime::spawn_blocking(move || {
+                if !keep_image {
+                    let image = view.image().map_err(|e| e.to_string())?;
+                    writer
+                        .save_streamed(&file_meta, image.len(), |out| image.stream_to(out))
+                        .map_err(|e| e.to_string())?;
+                    return Ok(None);
+                }
                 let image = view.to_snapshot().map_err(|e| e.to_string())?;
                 writer.save(&file_meta, &image).map_err(|e| e.to_string())?;
                 // One copy, here on the blocking pool; the loop and the core
                 // share it from now on.
-                Ok(Arc::<[u8]>::from(image))
+                Ok(Some(Arc::<[u8]>::from(image)))
             })
             .await;
             let _ = inbox.send(Input::SnapshotSaved { meta, data }).await;
         });
+    }
+
+    /// This member is the only one: a lone voter, no learner.
+    fn alone(&self) -> bool {
+        let conf = self.core.conf_state();
+        conf.voters == [self.core.id()] && conf.learners.is_empty()
     }
 
     fn send_job(&self, job: PersistJob) -> Result<(), String> {
@@ -1440,6 +1625,8 @@ mod tests {
             inbox,
             status: Arc::new(RaftStatus::default()),
             answer_timeout: None,
+            tick: std::time::Duration::from_millis(100),
+            election_timeout: std::time::Duration::from_secs(1),
         };
         let put = || qed_wire::Request::Put(Default::default());
         let status = &handle.status;

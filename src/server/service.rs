@@ -32,7 +32,7 @@ use crate::runtime;
 use crate::runtime::{UnixListener, UnixStream};
 use crate::transport::stream::{self, RecvHalf, SendHalf};
 use crate::transport::TransportError;
-use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_REQUEST_BYTES, MAX_SERVER_FRAME};
+use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
 use qed_wire::kv::RangeRequest;
 use qed_wire::lease::LeaseKeepAliveRequest;
 use qed_wire::maintenance::SnapshotResponse;
@@ -60,9 +60,10 @@ pub const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Accepts connections until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>) {
     let pool = NodeBudget::new(budget::NODE_POOL);
+    let conn_cap = conn_cap(&node);
     while let Some(incoming) = endpoint.accept().await {
         let node = node.clone();
-        let budget = ConnBudget::new(pool.clone());
+        let budget = ConnBudget::with_limits(pool.clone(), budget::CONN_SHARE, conn_cap);
         runtime::spawn(async move {
             match incoming.await {
                 Ok(conn) => serve_connection(conn, node, budget).await,
@@ -70,6 +71,12 @@ pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>) {
             }
         });
     }
+}
+
+/// What one client connection may hold at once: two of the largest
+/// requests.
+fn conn_cap(node: &Node) -> u64 {
+    budget::CONN_CAP.max(2 * node.client_limits().frame_cap() as u64)
 }
 
 /// The user a verified client certificate names (`--client-cert-auth`:
@@ -127,10 +134,11 @@ pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
 /// client connection of its own (its own budget share).
 pub async fn serve_unix(listener: UnixListener, path: PathBuf, node: Arc<Node>) {
     let pool = NodeBudget::new(budget::NODE_POOL);
+    let conn_cap = conn_cap(&node);
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
-                let budget = ConnBudget::new(pool.clone());
+                let budget = ConnBudget::with_limits(pool.clone(), budget::CONN_SHARE, conn_cap);
                 runtime::spawn(serve_unix_connection(conn, node.clone(), budget));
             }
             Err(e) => {
@@ -156,8 +164,9 @@ async fn serve_unix_connection(conn: UnixStream, node: Arc<Node>, budget: Arc<Co
 async fn read_charged(
     recv: &mut RecvHalf,
     charge: &mut Charge,
+    frame_cap: usize,
 ) -> Result<Option<stream::RawFrame>, TransportError> {
-    let read = stream::read_raw_charged(recv, MAX_CLIENT_FRAME, |n| charge.add(n as u64));
+    let read = stream::read_raw_charged(recv, frame_cap, |n| charge.add(n as u64));
     runtime::timeout(REQUEST_READ_TIMEOUT, read)
         .await
         .map_err(|_| TransportError::Stream("the request did not arrive in time".into()))?
@@ -208,7 +217,8 @@ async fn serve_call(
         send.finish();
         None
     };
-    let raw = match read_charged(&mut recv, &mut charge).await {
+    let limits = node.client_limits();
+    let raw = match read_charged(&mut recv, &mut charge, limits.frame_cap()).await {
         Ok(Some(raw)) => raw,
         Ok(None) => return None,
         Err(TransportError::Frame(FrameError::TooLarge { .. })) => {
@@ -234,7 +244,7 @@ async fn serve_call(
     };
     match request.call {
         Call::Unary(req) => {
-            let too_large = raw.0.len() > MAX_REQUEST_BYTES;
+            let too_large = raw.0.len() > limits.max_request_bytes;
             drop(raw);
             let answer = if too_large {
                 Err(Error::RequestTooLarge)

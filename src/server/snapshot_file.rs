@@ -17,7 +17,7 @@
 //! `qed snapshot save` and etcd's Maintenance.Snapshot is the etcd form
 //! ([`etcd_file`]), so `etcdctl snapshot status` and `restore` take it.
 
-use super::state_machine::{encode_image, Limits, StateMachine};
+use super::state_machine::{Limits, SnapshotImage, StateMachine};
 use crate::etcd_db::Imported;
 use crate::storage::durable_log::{DurableLog, LogOptions};
 use crate::storage::wal::DEFAULT_SEGMENT_BYTES;
@@ -203,6 +203,15 @@ fn load<'a>(path: &Path, bytes: &'a [u8]) -> Result<Loaded<'a>, SnapshotFileErro
     Ok(Loaded::Qed(state))
 }
 
+fn save_image<KV: serde::Serialize>(
+    log: &DurableLog,
+    meta: &SnapshotMeta,
+    image: &SnapshotImage<'_, KV>,
+) -> Result<(), crate::storage::StorageError> {
+    log.snapshot_writer()
+        .save_streamed(meta, image.len(), |out| image.stream_to(out))
+}
+
 /// An imported etcd backend as a state machine at applied index 1 (the
 /// restored snapshot's index, see `restore`).
 fn etcd_state(imported: Imported<'_>) -> StateMachine {
@@ -281,22 +290,6 @@ pub fn restore(
         path: member_dir.clone(),
         reason,
     };
-    let (applied, image) = match &loaded {
-        Loaded::Qed(state) => (state.applied(), state.to_snapshot()),
-        Loaded::Etcd(imported) => (
-            1,
-            encode_image(
-                1,
-                &imported.histories,
-                &[],
-                &imported.leases,
-                &imported.auth,
-            ),
-        ),
-    };
-    let image = image.map_err(|e| write_err(e.to_string()))?;
-    drop(loaded);
-    drop(bytes);
     let (mut log, _) = DurableLog::open(
         &member_dir,
         LogOptions {
@@ -308,6 +301,10 @@ pub fn restore(
     .map_err(|e| write_err(e.to_string()))?;
     // The restored state sits at its applied index, in term 1 of a cluster
     // whose voters are the restored members.
+    let applied = match &loaded {
+        Loaded::Qed(state) => state.applied(),
+        Loaded::Etcd(_) => 1,
+    };
     let index = applied.max(1);
     let meta = SnapshotMeta {
         index,
@@ -317,8 +314,27 @@ pub fn restore(
             learners: Vec::new(),
         },
     };
-    log.save_snapshot(&meta, image)
+    // Streamed into the file: no buffer of the whole image.
+    let no_urls = Default::default();
+    let saved = match &loaded {
+        Loaded::Qed(state) => state.image().map(|image| save_image(&log, &meta, &image)),
+        Loaded::Etcd(imported) => SnapshotImage::new(
+            index,
+            &imported.histories,
+            &[],
+            imported.leases.clone(),
+            imported.auth.clone(),
+            &no_urls,
+        )
+        .map(|image| save_image(&log, &meta, &image)),
+    };
+    saved
+        .map_err(|e| write_err(e.to_string()))?
         .map_err(|e| write_err(e.to_string()))?;
+    log.mark_snapshot(&meta)
+        .map_err(|e| write_err(e.to_string()))?;
+    drop(loaded);
+    drop(bytes);
     let hard_state = HardState {
         term: 1,
         vote: 0,

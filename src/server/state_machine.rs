@@ -53,6 +53,7 @@ use qed_wire::maintenance::{
 };
 use qed_wire::{Error, Reply, Request, Response};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// This member's settings the state machine keeps.
@@ -75,13 +76,16 @@ pub struct StateMachine {
     /// Member-local, not replicated; survives snapshot installs.
     tokens: TokenTable,
     alarms: Vec<AlarmMember>,
+    /// Peer URLs set by MemberUpdate, by member ID: they win over the
+    /// URLs a member was created with (its ID stays).
+    member_urls: BTreeMap<u64, Vec<String>>,
     /// Index of the last log entry applied.
     applied: u64,
     limits: Limits,
 }
 
 /// The start of every snapshot image. Sections added later follow it in
-/// order (leases, then auth); an image from before a section existed ends
+/// order (leases, then auth, then updated member URLs); an image from before a section existed ends
 /// early and loads with that section empty. Postcard writes a struct as its
 /// fields one after another, so this is the same byte layout as one struct.
 #[derive(Deserialize)]
@@ -105,45 +109,111 @@ struct ImageRef<'a, KV> {
     alarms: &'a [AlarmMember],
     leases: &'a LeaseSnapshot,
     auth: &'a AuthSnapshot,
+    member_urls: &'a BTreeMap<u64, Vec<String>>,
 }
 
 impl<KV: Serialize> Serialize for ImageRef<'_, KV> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Image", 5)?;
+        let mut st = s.serialize_struct("Image", 6)?;
         st.serialize_field("applied", &self.applied)?;
         st.serialize_field("kv", &(self.kv_len, self.kv))?;
         st.serialize_field("alarms", self.alarms)?;
         st.serialize_field("leases", &self.leases)?;
         st.serialize_field("auth", &self.auth)?;
+        st.serialize_field("member_urls", self.member_urls)?;
         st.end()
     }
 }
 
-/// The snapshot image of a state machine at `applied` made of these parts:
-/// one allocation of exactly its size (the key space is walked once to
-/// measure it and once to write it in place, see [`ImageRef`]).
-/// [`StateMachine::from_snapshot`] reads it.
-pub fn encode_image<KV: Serialize>(
+/// The store as apply uses it: the txn size limit (`--max-txn-ops`) is the
+/// receiving member's check before proposing, as in etcd; an entry in the
+/// log applies whatever that member's flag was.
+fn apply_store(mut kv: Store) -> Store {
+    kv.set_max_txn_ops(usize::MAX);
+    kv
+}
+
+/// A snapshot image, measured but not written: the key space is walked
+/// once to measure it, and once more by [`SnapshotImage::stream_to`] (or
+/// [`SnapshotImage::to_vec`]) writing it, so a snapshot file is written
+/// with no buffer of the whole state. The key space is a [`Store`] (see
+/// [`StateMachine::image`]) or, for a restore, the checked histories of an
+/// import, which encode as the same bytes. [`StateMachine::from_snapshot`]
+/// reads it.
+pub struct SnapshotImage<'a, KV = Store> {
     applied: u64,
-    kv: &KV,
-    alarms: &[AlarmMember],
-    leases: &LeaseSnapshot,
-    auth: &AuthSnapshot,
-) -> Result<Vec<u8>, MvccError> {
-    let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
-    let kv_len = encoded_len(kv).map_err(corrupt)?;
-    let image = ImageRef {
-        applied,
-        kv,
-        kv_len,
-        alarms,
-        leases,
-        auth,
-    };
-    // Everything but the key space's own bytes, which are `kv_len`.
-    let rest = encoded_len(&(applied, kv_len, alarms, leases, auth)).map_err(corrupt)?;
-    postcard::to_extend(&image, Vec::with_capacity(rest + kv_len)).map_err(corrupt)
+    kv: &'a KV,
+    kv_len: usize,
+    alarms: &'a [AlarmMember],
+    leases: LeaseSnapshot,
+    auth: AuthSnapshot,
+    member_urls: &'a BTreeMap<u64, Vec<String>>,
+    len: usize,
+}
+
+impl<'a, KV: Serialize> SnapshotImage<'a, KV> {
+    /// The image of a state machine at `applied` made of these parts.
+    pub fn new(
+        applied: u64,
+        kv: &'a KV,
+        alarms: &'a [AlarmMember],
+        leases: LeaseSnapshot,
+        auth: AuthSnapshot,
+        member_urls: &'a BTreeMap<u64, Vec<String>>,
+    ) -> Result<Self, MvccError> {
+        let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
+        let kv_len = encoded_len(kv).map_err(corrupt)?;
+        // Everything but the key space's own bytes, which are `kv_len`.
+        let rest = encoded_len(&(applied, kv_len, alarms, &leases, &auth, member_urls))
+            .map_err(corrupt)?;
+        Ok(SnapshotImage {
+            applied,
+            kv,
+            kv_len,
+            alarms,
+            leases,
+            auth,
+            member_urls,
+            len: rest + kv_len,
+        })
+    }
+
+    /// Bytes [`SnapshotImage::stream_to`] writes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn parts(&self) -> ImageRef<'_, KV> {
+        ImageRef {
+            applied: self.applied,
+            kv: self.kv,
+            kv_len: self.kv_len,
+            alarms: self.alarms,
+            leases: &self.leases,
+            auth: &self.auth,
+            member_urls: self.member_urls,
+        }
+    }
+
+    /// Writes the image (exactly `len` bytes) into `out`, through a buffer
+    /// (postcard writes a few bytes at a time).
+    pub fn stream_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut buffered = std::io::BufWriter::with_capacity(64 * 1024, out);
+        postcard::to_io(&self.parts(), &mut buffered)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        std::io::Write::flush(&mut buffered)
+    }
+
+    /// The image in one allocation of exactly its size.
+    pub fn to_vec(&self) -> Result<Vec<u8>, MvccError> {
+        postcard::to_extend(&self.parts(), Vec::with_capacity(self.len))
+            .map_err(|e| MvccError::Corrupt(e.to_string()))
+    }
 }
 
 /// Whether a request changes state (and so must go through the log).
@@ -191,11 +261,12 @@ impl StateMachine {
         let auth = AuthStore::new();
         tokens.mirror(&auth);
         StateMachine {
-            kv: Store::new(),
+            kv: apply_store(Store::new()),
             lessor: Lessor::new(limits.lease.clone()),
             auth,
             tokens,
             alarms: Vec::new(),
+            member_urls: BTreeMap::new(),
             applied: 0,
             limits,
         }
@@ -214,10 +285,14 @@ impl StateMachine {
             [] => (LeaseSnapshot::default(), rest),
             _ => postcard::take_from_bytes::<LeaseSnapshot>(rest).map_err(corrupt)?,
         };
-        let auth = match rest {
-            [] => AuthSnapshot::default(),
-            _ => match postcard::take_from_bytes::<AuthSnapshot>(rest).map_err(corrupt)? {
-                (auth, []) => auth,
+        let (auth, rest) = match rest {
+            [] => (AuthSnapshot::default(), rest),
+            _ => postcard::take_from_bytes::<AuthSnapshot>(rest).map_err(corrupt)?,
+        };
+        let member_urls = match rest {
+            [] => BTreeMap::new(),
+            _ => match postcard::take_from_bytes(rest).map_err(corrupt)? {
+                (urls, []) => urls,
                 (_, extra) => {
                     return Err(MvccError::Corrupt(format!(
                         "state snapshot: {} unexpected bytes at the end",
@@ -229,12 +304,64 @@ impl StateMachine {
         let auth = AuthStore::from_snapshot(auth);
         tokens.mirror(&auth);
         Ok(StateMachine {
-            kv: Store::from_bytes(&base.kv)?,
+            kv: apply_store(Store::from_bytes(&base.kv)?),
             lessor: Lessor::from_snapshot(limits.lease.clone(), leases),
             auth,
             tokens,
             alarms: base.alarms,
+            member_urls,
             applied: base.applied,
+            limits,
+        })
+    }
+
+    /// [`StateMachine::from_snapshot`] reading the image as a stream, one
+    /// value at a time: a restart never holds the image and the state at
+    /// once.
+    pub fn from_snapshot_stream(
+        image: &mut dyn std::io::Read,
+        limits: Limits,
+        tokens: TokenTable,
+    ) -> Result<Self, MvccError> {
+        let mut decoder = crate::storage::snapshot::StreamDecoder::new(image);
+        let corrupt = |e: String| MvccError::Corrupt(format!("state snapshot: {e}"));
+        let applied: u64 = decoder.decode().map_err(corrupt)?;
+        let kv_len: u64 = decoder.decode().map_err(corrupt)?;
+        let kv_start = decoder.consumed();
+        let kv = Store::decode_from(&mut decoder)?;
+        if decoder.consumed() - kv_start != kv_len {
+            return Err(corrupt(format!(
+                "the key space is {} bytes, not the {kv_len} announced",
+                decoder.consumed() - kv_start
+            )));
+        }
+        let alarms: Vec<AlarmMember> = decoder.decode().map_err(corrupt)?;
+        // An older image ends early: leases, then auth, empty.
+        let leases = match decoder.at_end().map_err(corrupt)? {
+            true => LeaseSnapshot::default(),
+            false => decoder.decode().map_err(corrupt)?,
+        };
+        let auth = match decoder.at_end().map_err(corrupt)? {
+            true => AuthSnapshot::default(),
+            false => decoder.decode().map_err(corrupt)?,
+        };
+        let member_urls = match decoder.at_end().map_err(corrupt)? {
+            true => BTreeMap::new(),
+            false => decoder.decode().map_err(corrupt)?,
+        };
+        if !decoder.at_end().map_err(corrupt)? {
+            return Err(corrupt("unexpected bytes at the end".into()));
+        }
+        let auth = AuthStore::from_snapshot(auth);
+        tokens.mirror(&auth);
+        Ok(StateMachine {
+            kv: apply_store(kv),
+            lessor: Lessor::from_snapshot(limits.lease.clone(), leases),
+            auth,
+            tokens,
+            alarms,
+            member_urls,
+            applied,
             limits,
         })
     }
@@ -252,14 +379,20 @@ impl StateMachine {
         let auth = AuthStore::from_snapshot(auth);
         tokens.mirror(&auth);
         StateMachine {
-            kv,
+            kv: apply_store(kv),
             lessor: Lessor::from_snapshot(limits.lease.clone(), leases),
             auth,
             tokens,
             alarms: Vec::new(),
+            member_urls: BTreeMap::new(),
             applied,
             limits,
         }
+    }
+
+    /// Peer URLs changed by MemberUpdate, by member ID.
+    pub fn member_urls(&self) -> &BTreeMap<u64, Vec<String>> {
+        &self.member_urls
     }
 
     /// The replicated lease state (IDs, TTLs, attached keys).
@@ -267,15 +400,21 @@ impl StateMachine {
         self.lessor.snapshot()
     }
 
-    /// The whole state, for a snapshot file or a lagging follower (see
-    /// [`encode_image`]).
+    /// The whole state, for a snapshot file or a lagging follower.
     pub fn to_snapshot(&self) -> Result<Vec<u8>, MvccError> {
-        encode_image(
+        self.image()?.to_vec()
+    }
+
+    /// The whole state as a snapshot image, measured but not written (see
+    /// [`SnapshotImage`]).
+    pub fn image(&self) -> Result<SnapshotImage<'_>, MvccError> {
+        SnapshotImage::new(
             self.applied,
             &self.kv,
             &self.alarms,
-            &self.lessor.snapshot(),
-            &self.auth.snapshot(),
+            self.lessor.snapshot(),
+            self.auth.snapshot(),
+            &self.member_urls,
         )
     }
 
@@ -379,7 +518,7 @@ impl StateMachine {
         };
         self.kv
             .range(&all)
-            .map(|r| r.count.max(0) as usize)
+            .map(|r| usize::try_from(r.count).unwrap_or(0))
             .unwrap_or(0)
     }
 
@@ -476,6 +615,12 @@ impl StateMachine {
             Request::Compact(c) => {
                 self.kv.compact(c.revision).map_err(Error::from)?;
                 Response::Compact(Default::default())
+            }
+            // The proposer checked the member exists and the URLs; the
+            // member table follows this map (see `raft_loop`).
+            Request::MemberUpdate(u) => {
+                self.member_urls.insert(u.id, u.peer_urls.clone());
+                Response::Members(Default::default())
             }
             Request::Alarm(a) => {
                 match a.action {
@@ -798,7 +943,9 @@ mod tests {
         };
         let bytes = postcard::to_allocvec(&old).unwrap();
         let (limits, tokens) = machine().identity();
-        let sm = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
+        let sm = StateMachine::from_snapshot(&bytes, limits.clone(), tokens.clone()).unwrap();
+        assert_eq!(sm.applied(), 3);
+        let sm = StateMachine::from_snapshot_stream(&mut &bytes[..], limits, tokens).unwrap();
         assert_eq!(sm.applied(), 3);
     }
 
@@ -813,15 +960,21 @@ mod tests {
             alarms: Vec<AlarmMember>,
             leases: LeaseSnapshot,
             auth: AuthSnapshot,
+            member_urls: BTreeMap<u64, Vec<String>>,
         }
         let mut sm = machine();
+        let update = Request::MemberUpdate(qed_wire::cluster::MemberUpdateRequest {
+            id: 0xabc,
+            peer_urls: vec!["http://10.0.0.9:2380".into()],
+        });
+        apply(&mut sm, 100, update).0.expect("member update");
         for i in 0..50u64 {
             let put = Request::Put(qed_wire::kv::PutRequest {
                 key: format!("k{i}").into_bytes(),
                 value: vec![b'v'; i as usize * 7],
                 ..Default::default()
             });
-            apply(&mut sm, i + 1, put).0.expect("put");
+            apply(&mut sm, 100 + i + 1, put).0.expect("put");
         }
         let plain = Plain {
             applied: sm.applied(),
@@ -829,12 +982,33 @@ mod tests {
             alarms: sm.alarms.clone(),
             leases: sm.lessor.snapshot(),
             auth: sm.auth.snapshot(),
+            member_urls: sm.member_urls.clone(),
         };
         let bytes = sm.to_snapshot().unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
         assert_eq!(bytes.capacity(), bytes.len());
+        // Streamed to a file, the same bytes, as many as announced.
+        let image = sm.image().unwrap();
+        let mut streamed = Vec::new();
+        image.stream_to(&mut streamed).unwrap();
+        assert_eq!((image.len(), &streamed), (bytes.len(), &bytes));
         let (limits, tokens) = machine().identity();
         let back = StateMachine::from_snapshot(&bytes, limits, tokens).unwrap();
         assert_eq!(back.to_snapshot().unwrap(), bytes);
+        assert_eq!(back.member_urls().len(), 1);
+        // Read as a stream, the same state; a cut or padded image is refused.
+        let (limits, tokens) = machine().identity();
+        let streamed =
+            StateMachine::from_snapshot_stream(&mut &bytes[..], limits.clone(), tokens.clone())
+                .unwrap();
+        assert_eq!(streamed.to_snapshot().unwrap(), bytes);
+        let cut = &bytes[..bytes.len() - 1];
+        assert!(
+            StateMachine::from_snapshot_stream(&mut &cut[..], limits.clone(), tokens.clone())
+                .is_err()
+        );
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert!(StateMachine::from_snapshot_stream(&mut &padded[..], limits, tokens).is_err());
     }
 }

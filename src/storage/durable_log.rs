@@ -15,11 +15,10 @@
 //! segments before it hold.
 
 use super::fs::{Fs, OsFs};
-use super::snapshot::{SnapshotId, SnapshotStore};
+use super::snapshot::{SnapshotId, SnapshotStore, StreamDecoder};
 use super::wal::{RecordKind, Wal};
 use super::StorageError;
-use crate::wire::raft::{Entry, HardState, SnapshotMeta};
-use serde::{Deserialize, Serialize};
+use crate::wire::raft::{Entry, EntryType, HardState, SnapshotMeta};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,18 +40,68 @@ pub struct LogOptions {
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
     pub hard_state: HardState,
-    /// The newest snapshot: where it sits in the log and the state machine's bytes.
-    pub snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// The newest snapshot: where it sits in the log and the state
+    /// machine's bytes (checked, not read yet).
+    pub snapshot: Option<(SnapshotMeta, SnapshotState)>,
     /// Entries after the snapshot, contiguous.
     pub entries: Vec<Entry>,
 }
 
-/// What a snapshot file holds.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta,
-    #[serde(with = "qed_wire::bytes")]
-    data: Vec<u8>,
+// A snapshot file's payload (inside the store's framing) is what postcard
+// writes for `struct { meta: SnapshotMeta, data: bytes }`: the meta, the
+// state's length as a varint, the state's bytes. It is written and read in
+// place, never built as one struct (the state is the size of all the data).
+
+/// An [`Entry`] as recorded (the same encoding), its data still in the
+/// record.
+#[derive(serde::Deserialize)]
+struct EntryRef<'a> {
+    term: u64,
+    index: u64,
+    kind: EntryType,
+    data: &'a [u8],
+}
+
+/// The state machine's bytes in the newest snapshot file, read on demand
+/// as a stream: a restart never holds the whole state twice.
+#[derive(Debug, Clone)]
+pub struct SnapshotState {
+    snapshots: SnapshotStore,
+    id: SnapshotId,
+    /// Payload bytes before the state (the meta and the state's length).
+    skip: u64,
+    /// The state's bytes.
+    pub len: u64,
+}
+
+impl SnapshotState {
+    /// Runs `read` over the state's bytes, then checks the file whole
+    /// again (it was checked at open; a file damaged since is an error
+    /// naming it, whatever `read` made of it).
+    pub fn read_with<T>(
+        &self,
+        read: impl FnOnce(&mut dyn std::io::Read) -> Result<T, String>,
+    ) -> Result<T, StorageError> {
+        use std::io::Read;
+        let mut payload = self.snapshots.open_payload(self.id)?;
+        let path = payload.path().to_path_buf();
+        let skipped = std::io::copy(&mut (&mut payload).take(self.skip), &mut std::io::sink());
+        let out = match skipped {
+            Ok(n) if n == self.skip => read(&mut (&mut payload).take(self.len)),
+            _ => Err("snapshot is shorter than at start".into()),
+        };
+        payload.finish()?;
+        out.map_err(|reason| corrupt(&path, format!("snapshot state does not load: {reason}")))
+    }
+
+    /// The state's bytes, in memory.
+    pub fn bytes(&self) -> Result<Vec<u8>, StorageError> {
+        self.read_with(|r| {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).map_err(|e| e.to_string())?;
+            Ok(out)
+        })
+    }
 }
 
 pub struct DurableLog {
@@ -86,21 +135,43 @@ impl DurableLog {
         let wal_dir = dir.join("wal");
         let snapshots =
             SnapshotStore::open_in(fs.clone(), &dir.join("snap"), options.max_snapshots)?;
-        let snapshot = match snapshots.load_newest()? {
-            Some((id, bytes)) => {
-                let file: SnapshotFile = postcard::from_bytes(&bytes).map_err(|e| {
-                    corrupt(
-                        &snapshots.path(id),
-                        format!("snapshot does not decode: {e}"),
-                    )
-                })?;
-                if file.meta.index != id.index || file.meta.term != id.term {
+        let snapshot = match snapshots.list()?.pop() {
+            Some(id) => {
+                // Read through once (checksum, length) without holding it:
+                // only the meta is kept; the state is read when wanted.
+                let path = snapshots.path(id);
+                let mut payload = snapshots.open_payload(id)?;
+                let declared = payload.len();
+                let mut decoder = StreamDecoder::new(&mut payload);
+                let head = decoder
+                    .decode::<SnapshotMeta>()
+                    .and_then(|meta| Ok((meta, decoder.decode::<u64>()?)));
+                let skip = decoder.consumed();
+                drop(decoder);
+                payload.finish()?;
+                let (meta, len) =
+                    head.map_err(|e| corrupt(&path, format!("snapshot does not decode: {e}")))?;
+                if skip.checked_add(len) != Some(declared) {
                     return Err(corrupt(
-                        &snapshots.path(id),
+                        &path,
+                        format!("snapshot state of {len} bytes does not fill the file"),
+                    ));
+                }
+                if meta.index != id.index || meta.term != id.term {
+                    return Err(corrupt(
+                        &path,
                         "snapshot contents do not match its name".into(),
                     ));
                 }
-                Some((file.meta, file.data))
+                Some((
+                    meta,
+                    SnapshotState {
+                        snapshots: snapshots.clone(),
+                        id,
+                        skip,
+                        len,
+                    },
+                ))
             }
             None => None,
         };
@@ -121,7 +192,11 @@ impl DurableLog {
         };
         // The highest index ever written, for naming the next segment.
         let mut highest = snap_index;
-        for record in records {
+        // The records stay until every kept entry is copied out, so those
+        // copies are allocated past them and the records free as one
+        // stretch of the heap (see `crate::heap`), not as holes between
+        // the entries kept.
+        for record in &records {
             match record.kind {
                 RecordKind::HardState => {
                     recovered.hard_state = postcard::from_bytes(&record.payload).map_err(|e| {
@@ -129,8 +204,11 @@ impl DurableLog {
                     })?;
                 }
                 RecordKind::Entries => {
-                    let entries: Vec<Entry> =
-                        postcard::from_bytes(&record.payload).map_err(|e| {
+                    // Decoded borrowing from the record: only the entries
+                    // kept (after the snapshot) are copied out, so recovery
+                    // does not churn through every entry the WAL holds.
+                    let entries: Vec<EntryRef<'_>> = postcard::from_bytes(&record.payload)
+                        .map_err(|e| {
                             corrupt(&wal_dir, format!("entries record does not decode: {e}"))
                         })?;
                     if let Some(last) = entries.last() {
@@ -148,12 +226,18 @@ impl DurableLog {
                     for e in entries.into_iter().filter(|e| e.index > snap_index) {
                         let keep = recovered.entries.partition_point(|old| old.index < e.index);
                         recovered.entries.truncate(keep);
-                        recovered.entries.push(e);
+                        recovered.entries.push(Entry {
+                            term: e.term,
+                            index: e.index,
+                            kind: e.kind,
+                            data: e.data.to_vec(),
+                        });
                     }
                 }
                 RecordKind::Snapshot | RecordKind::Batch => {}
             }
         }
+        drop(records);
         wal.recovered_through(highest);
         if let Some(first) = recovered.entries.first() {
             if first.index != snap_index + 1 {
@@ -268,6 +352,37 @@ pub struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
+    /// Like [`SnapshotWriter::save`] for a state that `write` streams out,
+    /// exactly `len` bytes of it: no buffer of the whole state is made.
+    pub fn save_streamed(
+        &self,
+        meta: &SnapshotMeta,
+        len: usize,
+        write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), StorageError> {
+        let mut head =
+            postcard::to_allocvec(meta).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
+        head =
+            postcard::to_extend(&len, head).map_err(|e| corrupt(&self.wal_dir, e.to_string()))?;
+        let id = SnapshotId {
+            term: meta.term,
+            index: meta.index,
+        };
+        self.snapshots.save_with(id, |out| {
+            out.write_all(&head)?;
+            let mut counted = CountingWriter { out, written: 0 };
+            write(&mut counted)?;
+            if counted.written != len as u64 {
+                return Err(std::io::Error::other(format!(
+                    "the state wrote {} bytes, {len} announced",
+                    counted.written
+                )));
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     /// Writes the snapshot file atomically (durable on return).
     pub fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         // A `SnapshotFile` written in place: its meta, then `data` as a
@@ -285,6 +400,25 @@ impl SnapshotWriter {
             &[&head, data],
         )?;
         Ok(())
+    }
+}
+
+/// Counts what passes through, so a streamed state that does not match
+/// its announced length is caught before the file is renamed into place.
+struct CountingWriter<'a> {
+    out: &'a mut dyn std::io::Write,
+    written: u64,
+}
+
+impl std::io::Write for CountingWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(bytes)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -422,6 +556,50 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// A state streamed in pieces of every size (some past the store's
+    /// buffer) reads back whole; one that writes other than the length it
+    /// announced leaves no snapshot behind.
+    #[test]
+    fn a_streamed_snapshot_reads_back_and_a_wrong_length_is_refused() {
+        let d = dir("streamed");
+        let state: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        let meta = |index| SnapshotMeta {
+            index,
+            term: 1,
+            conf_state: ConfState {
+                voters: vec![1],
+                learners: vec![],
+            },
+        };
+        {
+            let (log, _) = DurableLog::open(&d, opts()).unwrap();
+            let writer = log.snapshot_writer();
+            writer
+                .save_streamed(&meta(5), state.len(), |out| {
+                    let (a, rest) = state.split_at(1);
+                    let (b, rest) = rest.split_at(300_000);
+                    let (c, e) = rest.split_at(7);
+                    for part in [a, b, c, e] {
+                        out.write_all(part)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            let short =
+                writer.save_streamed(&meta(9), state.len() + 1, |out| out.write_all(&state));
+            assert!(short.is_err(), "a length mismatch is an error");
+        }
+        let (_, rec) = DurableLog::open(&d, opts()).unwrap();
+        let (got, data) = rec.snapshot.unwrap();
+        assert_eq!(got.index, 5, "the refused snapshot is not on disk");
+        assert_eq!(data.len, state.len() as u64);
+        assert!(
+            data.bytes().unwrap() == state,
+            "the state reads back as written"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     #[test]
     fn snapshot_then_wal_and_released_segments() {
         let d = dir("snap");
@@ -453,7 +631,10 @@ mod tests {
         }
         let (_, rec) = DurableLog::open(&d, opts()).unwrap();
         let (meta, data) = rec.snapshot.unwrap();
-        assert_eq!((meta.index, data.as_slice()), (30, &b"state at 30"[..]));
+        assert_eq!(
+            (meta.index, data.bytes().unwrap().as_slice()),
+            (30, &b"state at 30"[..])
+        );
         let idx: Vec<u64> = rec.entries.iter().map(|e| e.index).collect();
         assert_eq!(idx, (31..=41).collect::<Vec<_>>());
         assert_eq!(rec.hard_state.commit, 40);

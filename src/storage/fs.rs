@@ -28,6 +28,9 @@ pub trait Fs: Send + Sync + Debug {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// A file's whole contents.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// A file's contents as a stream, for files too large to hold whole
+    /// (snapshots).
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>>;
     /// Creates (or truncates) a file for writing.
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
     /// Opens an existing file for writing.
@@ -95,6 +98,10 @@ impl Fs for OsFs {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
+        Ok(Box::new(std::fs::File::open(path)?))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {

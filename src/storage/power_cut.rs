@@ -190,7 +190,10 @@ fn meta_at(entries: &[Entry], index: u64) -> SnapshotMeta {
 fn check(model: &Model, rec: &Recovered) -> Result<(HardState, Vec<Entry>, u64), String> {
     let snap = match &rec.snapshot {
         Some((meta, data)) => {
-            if *data != snapshot_data(meta.index, meta.term) {
+            let data = data
+                .bytes()
+                .map_err(|e| format!("snapshot at {} unreadable: {e}", meta.index))?;
+            if data != snapshot_data(meta.index, meta.term) {
                 return Err(format!("snapshot at {} holds other bytes", meta.index));
             }
             meta.index

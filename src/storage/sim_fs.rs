@@ -312,6 +312,10 @@ impl Fs for SimFs {
         }
     }
 
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
+        Ok(Box::new(io::Cursor::new(self.read(path)?)))
+    }
+
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
         let mut st = self.state();
         Self::spend(&mut st)?;

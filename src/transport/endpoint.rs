@@ -46,6 +46,21 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(client_facing())
 }
 
+/// The SDK's side of its connections: a ping every `keep_alive` when
+/// nothing else is sent, and the connection is dead after `idle` without a
+/// packet from the node. The node's listener allows 30 s, but QUIC uses the
+/// shorter of both sides' idle timeouts, so the client decides how soon a
+/// dead node is noticed (`ConnectOptions::keep_alive_timeout`).
+pub fn client_transport_config(
+    keep_alive: Duration,
+    idle: Duration,
+) -> Arc<quinn::TransportConfig> {
+    let mut t = client_facing();
+    t.keep_alive_interval(Some(keep_alive));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    Arc::new(t)
+}
+
 /// A node's client listener: as [`transport_config`], with bounded receive
 /// and send windows.
 pub fn server_transport_config() -> Arc<quinn::TransportConfig> {
@@ -60,15 +75,28 @@ pub fn server_transport_config() -> Arc<quinn::TransportConfig> {
 /// forwarded calls are bidirectional ones. The idle timeout is short so that
 /// a member that vanished (killed, partitioned) is noticed within a few
 /// election timeouts and its lanes reconnect, instead of writing into a dead
-/// connection for 30 s.
+/// connection for 30 s; but not so short that a very lossy link (30%) drops
+/// connections that are alive (a member restarted on the same port resets
+/// the old connections at once anyway).
 pub fn peer_transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(256u32.into());
     t.max_concurrent_uni_streams(64u32.into());
     t.keep_alive_interval(Some(Duration::from_millis(500)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(3)) {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(6)) {
         t.max_idle_timeout(Some(idle));
     }
+    // quinn's default (333 ms) puts a lost handshake packet's first resend
+    // a second later: at 30% loss most handshakes missed the peer connect
+    // timeout. Members' links are rarely that slow, and a too-small guess
+    // costs only an early resend; the estimate follows the measured RTT.
+    t.initial_rtt(Duration::from_millis(100));
+    // Loss-based controllers (quinn's default, Cubic) read random loss as
+    // congestion: at 20-30% loss the window sat at its 2-packet minimum
+    // and heartbeats (datagrams are congestion-controlled too) waited
+    // behind appends for over an election timeout. BBR paces by measured
+    // bandwidth and RTT instead.
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     Arc::new(t)
 }
 

@@ -86,6 +86,8 @@ pub struct SimConfig {
     pub partitions: bool,
     pub membership: bool,
     pub transfers: bool,
+    /// Applied entries each core keeps in memory (`Config::catch_up_entries`).
+    pub catch_up_entries: u64,
     pub knobs: TestKnobs,
 }
 
@@ -110,8 +112,16 @@ impl SimConfig {
             partitions: r.chance(0.8),
             membership: r.chance(0.6),
             transfers: r.chance(0.6),
+            catch_up_entries: 0,
             knobs: TestKnobs::default(),
         }
+        .with_catch_up(&mut r)
+    }
+
+    /// Drawn last, so the settings above stay what each seed always had.
+    fn with_catch_up(mut self, r: &mut Rng) -> Self {
+        self.catch_up_entries = [0, 3, 20, 5000][r.below(4) as usize];
+        self
     }
 }
 
@@ -299,6 +309,7 @@ impl Sim {
         c.max_inflight_msgs = 8;
         c.max_inflight_bytes = 4096;
         c.snapshot_chunk_size = 200;
+        c.catch_up_entries = self.cfg.catch_up_entries;
         c.test_knobs = self.cfg.knobs;
         c
     }
@@ -536,7 +547,12 @@ impl Sim {
                 sn.reads.extend(rd.read_states);
             }
             self.serve_reads(id);
-            self.maybe_compact(id);
+            let wanted = self
+                .nodes
+                .get_mut(&id)
+                .and_then(|sn| sn.node.as_mut())
+                .is_some_and(|n| n.take_image_wanted());
+            self.maybe_compact(id, wanted);
         }
         Ok(())
     }
@@ -791,11 +807,13 @@ impl Sim {
         }
     }
 
-    fn maybe_compact(&mut self, id: u64) {
+    /// Every `COMPACT_EVERY` applied entries, or `now` when the core wants
+    /// a snapshot it can send.
+    fn maybe_compact(&mut self, id: u64, now: bool) {
         let Some(sn) = self.nodes.get_mut(&id) else {
             return;
         };
-        if sn.applied < sn.mirror.base + COMPACT_EVERY {
+        if !now && sn.applied < sn.mirror.base + COMPACT_EVERY {
             return;
         }
         let Some(node) = sn.node.as_mut() else {

@@ -76,6 +76,9 @@ pub enum Error {
     /// its text: the auth errors of Hash, HashKV, Defragment and Snapshot
     /// (`auth: permission denied`).
     Unknown(String),
+    /// MoveLeader: the transferee did not take over in time. (Last, so
+    /// the variants before it keep their encodings.)
+    TimeoutLeaderTransfer,
 }
 
 impl fmt::Display for Error {
@@ -140,6 +143,7 @@ impl fmt::Display for Error {
             Unhealthy => "etcdserver: unhealthy cluster",
             Corrupt => "etcdserver: corrupt cluster",
             BadLeaderTransferee => "etcdserver: bad leader transferee",
+            TimeoutLeaderTransfer => "etcdserver: request timed out, leader transfer took too long",
             InvalidArgument(text) | Internal(text) | Unknown(text) => return f.write_str(text),
             Unimplemented(call) => return write!(f, "qed: {call} is not implemented yet"),
         };

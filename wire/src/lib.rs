@@ -40,9 +40,10 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const CLIENT_ALPN: &[u8] = b"qed-client/1";
 
 /// ALPN a node offers when it connects to a peer's Raft port (2: snapshot
-/// chunks carry the image's checksum). The client protocol did not change
-/// with it, so [`CLIENT_ALPN`] stayed.
-pub const PEER_ALPN: &[u8] = b"qed-peer/2";
+/// chunks carry the image's checksum; 3: heartbeats and their responses
+/// may come as QUIC datagrams, which a member of 2 would never read). The
+/// client protocol did not change with it, so [`CLIENT_ALPN`] stayed.
+pub const PEER_ALPN: &[u8] = b"qed-peer/3";
 
 /// The largest frame a member accepts from a peer: an append of
 /// `max_size_per_msg` (1 MiB) can carry one entry of up to a maximal client
