@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# make bench: qed against etcd 3.4 on this machine, side by side, one run.
+# make bench: qed against etcd 3.4 and 3.5 on this machine, side by side, one run.
+#
+# etcd 3.5 is the official 3.5.1 binary (make deps-etcd35); without it (no
+# network) its columns are left out.
 #
 # For each server it starts a fresh single node on loopback (fresh data
 # directory), then a fresh 3-node cluster, drives the same workloads with examples/bench (etcd and
@@ -138,7 +141,7 @@ command -v etcd >/dev/null || make deps-etcd >&2
 say "etcd $(etcd --version | head -1 | awk '{print $3}')"
 EP=$(free_port); PP=$(free_port)
 start_etcd() {
-    etcd --name bench --data-dir "$TMP/etcd" \
+    "${ETCD_BIN:-etcd}" --name bench --data-dir "$TMP/etcd" \
         --listen-client-urls "http://127.0.0.1:$EP" --advertise-client-urls "http://127.0.0.1:$EP" \
         --listen-peer-urls "http://127.0.0.1:$PP" --initial-advertise-peer-urls "http://127.0.0.1:$PP" \
         --initial-cluster "bench=http://127.0.0.1:$PP" >"$TMP/etcd.log" 2>&1 &
@@ -240,7 +243,9 @@ AUTH_ROWS=("auth on: put c=16 (req/s)" "auth on: range linearizable c=128 (req/s
 AUTH_USER=(--user bench:benchpw)
 enable_auth() {
     local e=(etcdctl --endpoints "$1")
-    { "${e[@]}" user add root --new-user-password=rootpw && "${e[@]}" user add bench --new-user-password=benchpw &&
+    # root gets the root role explicitly: etcd 3.5 refuses `auth enable` otherwise.
+    { "${e[@]}" user add root --new-user-password=rootpw && "${e[@]}" user grant-role root root &&
+        "${e[@]}" user add bench --new-user-password=benchpw &&
         "${e[@]}" role add bench && "${e[@]}" role grant-permission bench readwrite 0 : &&
         "${e[@]}" user grant-role bench bench && "${e[@]}" auth enable; } >/dev/null
 }
@@ -311,7 +316,7 @@ say "qed, 3 nodes"
 QED3=""
 for i in 1 2 3; do
     target/release/qed --name "m$i" --data-dir "$TMP/qed3-$i" --log-level warn \
-        --listen-client-urls "https://127.0.0.1:${CP[$i]}" \
+        --listen-client-urls "https://127.0.0.1:${CP[$i]},unix://$TMP/qed3-$i.sock" \
         --listen-peer-urls "http://127.0.0.1:${PP3[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${PP3[$i]}" \
         --initial-cluster "$INITIAL" --initial-cluster-token bench3 >"$TMP/qed3-$i.log" 2>&1 &
     PIDS+=($!); CLUSTER_PIDS+=($!)
@@ -329,9 +334,67 @@ target/release/qed-grpc --listen-client-urls "http://127.0.0.1:$GP" --endpoints 
 SHIM=$!; PIDS+=("$SHIM")
 poll etcdctl --endpoints "127.0.0.1:$GP" endpoint health
 measure_cluster qed-grpc --target grpc --endpoints "http://127.0.0.1:$GP"
-stop "$SHIM"; stop_cluster
+stop "$SHIM"
+# The edge deployment: a shim beside each member, on its Unix socket; the
+# clients spread over the three shims (as etcd's over its three members).
+SHIMS3=""; SHIM_PIDS=()
+for i in 1 2 3; do
+    port=$(free_port)
+    target/release/qed-grpc --listen-client-urls "http://127.0.0.1:$port" \
+        --endpoints "unix://$TMP/qed3-$i.sock" >"$TMP/grpc3-$i.log" 2>&1 &
+    PIDS+=($!); SHIM_PIDS+=($!)
+    poll etcdctl --endpoints "127.0.0.1:$port" endpoint health
+    SHIMS3+="http://127.0.0.1:$port,"
+done
+say "  [qed-grpc] 3 nodes, a shim per member (Unix socket)"
+for c in 16 128; do
+    runs put --clients "$c" --total "$N" --target grpc --endpoints "${SHIMS3%,}"
+    R["3 nodes: put c=$c, a shim per member (req/s)",qed-grpc]=$(med throughput)
+done
+for pid in "${SHIM_PIDS[@]}"; do stop "$pid"; done
+stop_cluster
 
 strip_size() { cp "$1" "$TMP/s" && strip "$TMP/s" 2>/dev/null; awk "BEGIN {printf \"%.1f\", $(stat -c %s "$TMP/s") / 1e6}"; }
+
+# ---------------------------------------------------------------- etcd 3.5
+# The same throughput workloads (single node, auth on, 3 nodes) against the
+# official etcd 3.5.1, driven and measured as 3.4 is.
+ETCD35=${ETCD35:-.deps/etcd-3.5.1/etcd}
+[ -x "$ETCD35" ] || make deps-etcd35 >&2 || true
+HAVE35=0
+if [ -x "$ETCD35" ]; then
+    HAVE35=1
+    say "etcd $("$ETCD35" --version | head -1 | awk '{print $3}')"
+    rm -rf "$TMP/etcd"; ETCD_BIN=$ETCD35 start_etcd
+    measure etcd35 --target grpc --endpoints "http://127.0.0.1:$EP"
+    stop "$ETCD"; rm -rf "$TMP/etcd"
+    say "etcd 3.5, auth on"
+    ETCD_BIN=$ETCD35 start_etcd
+    enable_auth "127.0.0.1:$EP"
+    measure_auth etcd35 --target grpc --endpoints "http://127.0.0.1:$EP"
+    stop "$ETCD"; rm -rf "$TMP/etcd"
+    say "etcd 3.5, 3 nodes"
+    for i in 1 2 3; do
+        "$ETCD35" --name "m$i" --data-dir "$TMP/etcd35-3-$i" \
+            --listen-client-urls "http://127.0.0.1:${CP[$i]}" --advertise-client-urls "http://127.0.0.1:${CP[$i]}" \
+            --listen-peer-urls "http://127.0.0.1:${PP3[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${PP3[$i]}" \
+            --initial-cluster "$INITIAL" --initial-cluster-token bench35 --initial-cluster-state new \
+            >"$TMP/etcd35-3-$i.log" 2>&1 &
+        PIDS+=($!); CLUSTER_PIDS+=($!)
+    done
+    poll etcdctl --endpoints "$ETCD3" endpoint health
+    measure_cluster etcd35 --target grpc --endpoints "$ETCD3"
+    stop_cluster
+    R["binary, stripped (MB)",etcd35]=$(strip_size "$ETCD35")
+fi
+# etcd's 3-node put figures are its clients spread over its members: the
+# same shape as a shim per member.
+for c in 16 128; do
+    for col in etcd etcd35; do
+        R["3 nodes: put c=$c, a shim per member (req/s)",$col]=${R["3 nodes: put c=$c (req/s)",$col]:-n/a}
+    done
+done
+CLUSTER_ROWS+=("3 nodes: put c=16, a shim per member (req/s)" "3 nodes: put c=128, a shim per member (req/s)")
 R["binary, stripped (MB)",etcd]=$(strip_size "$(command -v etcd)")
 R["binary, stripped (MB)",qed-native]=$(strip_size target/release/qed)
 R["binary, stripped (MB)",qed-grpc]=$(strip_size target/release/qed-grpc)
@@ -345,32 +408,51 @@ ROWS=("put c=16 (req/s)" "put c=128 (req/s)" "put c=16 p99 (ms)" "put c=128 p99 
     "$LEASE (keepalives/s)" "$LEASE p99 (ms)" "idle RSS (MB)" "RSS with $KEYS keys (MB)" "data dir with $KEYS keys (MB)"
     "restart with $KEYS keys (s)" "binary, stripped (MB)" "${MEM_ROWS[@]}" "${AUTH_ROWS[@]}" "${CLUSTER_ROWS[@]}")
 {
-    echo "# qed vs etcd $(etcd --version | head -1 | awk '{print $3}'), single node and 3 nodes on loopback"
+    v35=; [ "$HAVE35" = 1 ] && v35=" and $("$ETCD35" --version | head -1 | awk '{print $3}')"
+    echo "# qed vs etcd $(etcd --version | head -1 | awk '{print $3}')$v35, single node and 3 nodes on loopback"
     echo
     echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, RUNS=$RUNS (median), N=$N requests per figure, qed $(git rev-parse --short HEAD)."
     echo "Ratios are qed / etcd: above 1 is better for throughput, below 1 is better for latency, memory, size and time."
     echo
-    echo "| figure | etcd | qed native | qed via gRPC | native / etcd | gRPC / etcd |"
-    echo "|---|---|---|---|---|---|"
+    if [ "$HAVE35" = 1 ]; then
+        echo "| figure | etcd 3.4 | etcd 3.5 | qed native | qed via gRPC | native / 3.4 | gRPC / 3.4 | native / 3.5 | gRPC / 3.5 |"
+        echo "|---|---|---|---|---|---|---|---|---|"
+    else
+        echo "| figure | etcd | qed native | qed via gRPC | native / etcd | gRPC / etcd |"
+        echo "|---|---|---|---|---|---|"
+    fi
     for row in "${ROWS[@]}"; do
         e=${R["$row",etcd]:-n/a}; n=${R["$row",qed-native]:-n/a}; g=${R["$row",qed-grpc]:-n/a}
-        echo "| $row | $e | $n | $g | $(ratio "$n" "$e") | $(ratio "$g" "$e") |"
+        if [ "$HAVE35" = 1 ]; then
+            f=${R["$row",etcd35]:-n/a}
+            echo "| $row | $e | $f | $n | $g | $(ratio "$n" "$e") | $(ratio "$g" "$e") | $(ratio "$n" "$f") | $(ratio "$g" "$f") |"
+        else
+            echo "| $row | $e | $n | $g | $(ratio "$n" "$e") | $(ratio "$g" "$e") |"
+        fi
     done
     echo
     echo "Auth cost: the share of the auth-off throughput each server keeps with auth on (a non-root user with a range permission)."
     echo
-    echo "| figure | etcd | qed native | qed via gRPC |"
-    echo "|---|---|---|---|"
+    cols=(etcd qed-native qed-grpc)
+    if [ "$HAVE35" = 1 ]; then
+        cols=(etcd etcd35 qed-native qed-grpc)
+        echo "| figure | etcd 3.4 | etcd 3.5 | qed native | qed via gRPC |"
+        echo "|---|---|---|---|---|"
+    else
+        echo "| figure | etcd | qed native | qed via gRPC |"
+        echo "|---|---|---|---|"
+    fi
     for pair in "put c=16 (req/s)|auth on: put c=16 (req/s)" "range linearizable c=128 (req/s)|auth on: range linearizable c=128 (req/s)"; do
         off=${pair%%|*}; on=${pair#*|}
         line="| $on / $off"
-        for col in etcd qed-native qed-grpc; do line+=" | $(ratio "${R["$on",$col]:-0}" "${R["$off",$col]:-0}")"; done
+        for col in "${cols[@]}"; do line+=" | $(ratio "${R["$on",$col]:-0}" "${R["$off",$col]:-0}")"; done
         echo "$line |"
     done
     echo
     echo "Watch: events/s from the first put until every watcher has every event; delivery = put sent to event received."
     echo "Lease: keepalives one at a time per stream, round-robin over the leases."
     echo "3 nodes: the clients spread over the three members (etcd: gRPC connections round-robin; qed native: the SDK's round-robin; qed-grpc: one shim in front of all three)."
+    echo "A shim per member: each member's own qed-grpc on its Unix socket, the clients spread over the three shims; etcd's figure is its 3-node put (clients spread over its members)."
 } >"$TMP/table.md"
 mkdir -p bench/results
 if [ "$QUICK" = 1 ]; then

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub use async_std::channel;
 pub use async_std::net::{TcpListener, TcpStream};
+pub use async_std::os::unix::net::{UnixListener, UnixStream};
 pub use async_std::sync::Mutex;
 pub use async_std::task::JoinHandle;
 

@@ -48,7 +48,8 @@ struct Flags {
     trusted_ca_file: Option<PathBuf>,
 
     /// Comma-separated qed client URLs (QUIC; http and https both mean QUIC
-    /// on that UDP port, as the node's flags do).
+    /// on that UDP port, as the node's flags do). unix:///PATH reaches a
+    /// node on this machine through its Unix socket (no --cacert needed).
     #[arg(
         long,
         env = "QED_GRPC_ENDPOINTS",

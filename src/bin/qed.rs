@@ -26,7 +26,9 @@ struct Flags {
     data_dir: Option<PathBuf>,
 
     /// Comma-separated URLs to serve clients on. http and https both mean
-    /// QUIC on that host and UDP port.
+    /// QUIC on that host and UDP port; unix:///PATH is a Unix socket (mode
+    /// 0660) for a shim or SDK on this machine: the same calls without
+    /// QUIC's encryption and packets, auth as for any client.
     #[arg(
         long,
         env = "QED_LISTEN_CLIENT_URLS",

@@ -1,7 +1,11 @@
 //! The QUIC client SDK, shaped like etcd's clientv3.
 //!
 //! A [`Client`] holds one lazily opened QUIC connection per endpoint and
-//! sends each call on its own stream, round-robin over the endpoints. A call
+//! sends each call on its own stream, round-robin over the endpoints. A
+//! `unix://` endpoint (a node on the same machine) is reached over Unix
+//! sockets instead, with the same frames: a call takes an idle connection
+//! from the endpoint's pool (or opens one), and a unary call's connection
+//! goes back to the pool once its reply is read. A call
 //! fails over to the next endpoint only when it could not be sent (connect or
 //! stream-open failure): once a request has left, retrying could apply a
 //! write twice, so the error goes to the caller instead.
@@ -38,8 +42,10 @@ pub use qed_wire::kv::{Event, EventType, KeyValue};
 pub use qed_wire::watch::WatchResponse;
 pub use watch::{WatchOptions, Watcher};
 
-use crate::runtime::{self, Mutex};
-use crate::transport::{self, stream, tls::TlsFiles, url::Endpoint, TransportError};
+use crate::runtime::{self, Mutex, UnixStream};
+use crate::transport::stream::{self, RecvHalf, SendHalf};
+use crate::transport::url::{ClientUrl, Endpoint};
+use crate::transport::{self, tls::TlsFiles, TransportError};
 use qed_wire::frame::{MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
 use qed_wire::maintenance::SnapshotResponse;
 use qed_wire::{Call, ClientRequest, Reply, Request, Response};
@@ -48,7 +54,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How to reach and authenticate to the cluster.
 #[derive(Debug, Clone)]
@@ -172,11 +178,14 @@ pub struct Client {
 }
 
 struct Inner {
-    endpoints: Vec<Endpoint>,
-    quic: quinn::Endpoint,
+    endpoints: Vec<ClientUrl>,
+    /// Present when some endpoint is reached over QUIC.
+    quic: Option<quinn::Endpoint>,
     /// One slot per endpoint; the async lock makes concurrent first calls
     /// share one handshake instead of racing to open many.
     connections: Vec<Mutex<Slot>>,
+    /// Per endpoint, idle Unix connections (empty for QUIC endpoints).
+    unix_idle: Vec<std::sync::Mutex<Vec<IdleUnix>>>,
     next: AtomicUsize,
     options: ConnectOptions,
     /// The token calls carry: `options.token`, or the one `Authenticate`
@@ -202,31 +211,42 @@ impl Client {
         };
         let parsed = endpoints
             .iter()
-            .map(|e| transport::url::parse(e))
+            .map(|e| transport::url::parse_client(e))
             .collect::<Result<Vec<_>, _>>()
             .map_err(config_error)?;
-        let Some(first) = parsed.first() else {
+        if parsed.is_empty() {
             return Err(ClientError::Connect {
                 endpoint: String::new(),
                 reason: "no endpoints given".into(),
             });
+        }
+        let first_quic = parsed.iter().find_map(|url| match url {
+            ClientUrl::Quic(endpoint) => Some(endpoint.addr),
+            ClientUrl::Unix(_) => None,
+        });
+        // TLS only for QUIC: a Unix socket stays on this machine.
+        let quic = match first_quic {
+            Some(addr) => {
+                let files = TlsFiles {
+                    cert: options.cert_file.clone(),
+                    key: options.key_file.clone(),
+                    ca: options.ca_file.clone(),
+                };
+                let mut config = transport::tls::client_config(&files, qed_wire::CLIENT_ALPN)
+                    .map_err(config_error)?;
+                config.transport_config(transport::endpoint::client_transport_config(
+                    options.keep_alive_interval,
+                    options.keep_alive_timeout,
+                ));
+                Some(transport::endpoint::client(addr, config).map_err(config_error)?)
+            }
+            None => None,
         };
-        let files = TlsFiles {
-            cert: options.cert_file.clone(),
-            key: options.key_file.clone(),
-            ca: options.ca_file.clone(),
-        };
-        let mut config =
-            transport::tls::client_config(&files, qed_wire::CLIENT_ALPN).map_err(config_error)?;
-        config.transport_config(transport::endpoint::client_transport_config(
-            options.keep_alive_interval,
-            options.keep_alive_timeout,
-        ));
-        let quic = transport::endpoint::client(first.addr, config).map_err(config_error)?;
         let (dropped, on_drop) = runtime::channel::bounded(1);
         let client = Client {
             inner: Arc::new(Inner {
                 connections: parsed.iter().map(|_| Mutex::new(Slot::default())).collect(),
+                unix_idle: parsed.iter().map(|_| Default::default()).collect(),
                 endpoints: parsed,
                 quic,
                 next: AtomicUsize::new(0),
@@ -322,27 +342,45 @@ impl Client {
         request: Request,
     ) -> Result<Response, ClientError> {
         let timeout = self.inner.options.request_timeout;
-        let call = async {
-            let (mut send, mut recv) = self.open_bi().await?;
-            let envelope = ClientRequest {
-                token,
-                call: Call::Unary(request),
-            };
-            stream::write(&mut send, &envelope, MAX_CLIENT_FRAME)
-                .await
-                .map_err(|e| match e {
-                    TransportError::Frame(_) => {
-                        ClientError::Server(qed_wire::Error::RequestTooLarge)
-                    }
-                    other => after_send(other),
-                })?;
-            let _ = send.finish();
+        let envelope = ClientRequest {
+            token,
+            call: Call::Unary(request),
+        };
+        let frame = qed_wire::frame::encode(&envelope, MAX_CLIENT_FRAME)
+            .map_err(|_| ClientError::Server(qed_wire::Error::RequestTooLarge))?;
+        drop(envelope);
+        // Boxed: the spawned tasks that make calls (the gRPC shim's) stay
+        // small, rather than carrying every state of a handshake.
+        let call = Box::pin(async {
+            let mut opened = self.open_bi().await?;
+            if let Err(e) = stream::WriteBytes::write_bytes(&mut opened.send, &frame).await {
+                if !opened.pooled {
+                    return Err(after_send(e));
+                }
+                // An idle Unix connection the node has since closed: the
+                // write is refused before the node reads a byte, so a new
+                // connection may carry the call.
+                opened = self.open_bi_fresh(opened.idx).await?;
+                stream::WriteBytes::write_bytes(&mut opened.send, &frame)
+                    .await
+                    .map_err(after_send)?;
+            }
+            let Opened {
+                mut send,
+                mut recv,
+                idx,
+                ..
+            } = opened;
+            if matches!(send, SendHalf::Quic(_)) {
+                send.finish();
+            }
             let reply: Reply = stream::read(&mut recv, MAX_SERVER_FRAME)
                 .await
                 .map_err(after_send)?
                 .ok_or(ClientError::Closed)?;
+            self.keep_idle(idx, send, recv);
             reply.map_err(ClientError::Server)
-        };
+        });
         runtime::timeout(timeout, call)
             .await
             .map_err(|_| ClientError::Timeout)?
@@ -357,7 +395,9 @@ impl Client {
     ) -> Result<(StreamSender, StreamReceiver), ClientError> {
         let timeout = self.inner.options.request_timeout;
         let open = async {
-            let (mut send, mut recv) = self.open_bi().await?;
+            let Opened {
+                mut send, mut recv, ..
+            } = self.open_bi().await?;
             let envelope = ClientRequest { token, call };
             stream::write(&mut send, &envelope, MAX_CLIENT_FRAME)
                 .await
@@ -406,16 +446,36 @@ impl Client {
     /// Opens a stream on the next endpoint in turn, failing over to the
     /// others when one cannot be reached. Down endpoints are looked at only
     /// when no other is left (and then fail at once).
-    async fn open_bi(&self) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
+    async fn open_bi(&self) -> Result<Opened, ClientError> {
         let n = self.inner.endpoints.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
         for pass in [Pass::Healthy, Pass::Down] {
             for i in 0..n {
                 let idx = (start + i) % n;
+                if let Some(ClientUrl::Unix(path)) = self.inner.endpoints.get(idx) {
+                    if pass == Pass::Down {
+                        continue;
+                    }
+                    if let Some(idle) = self.take_idle(idx) {
+                        return Ok(idle);
+                    }
+                    match self.connect_unix(idx, path).await {
+                        Ok(opened) => return Ok(opened),
+                        Err(e) => last = Some(e),
+                    }
+                    continue;
+                }
                 match self.connection(idx, pass).await {
                     Ok(Some(conn)) => match conn.open_bi().await {
-                        Ok(pair) => return Ok(pair),
+                        Ok((send, recv)) => {
+                            return Ok(Opened {
+                                send: SendHalf::Quic(send),
+                                recv: RecvHalf::Quic(recv),
+                                idx,
+                                pooled: false,
+                            })
+                        }
                         Err(e) => {
                             self.forget(idx, &conn).await;
                             last = Some(self.connect_error(idx, e));
@@ -429,9 +489,85 @@ impl Client {
         Err(last.unwrap_or(ClientError::Closed))
     }
 
+    /// A new Unix connection to endpoint `idx` (after a pooled one failed).
+    async fn open_bi_fresh(&self, idx: usize) -> Result<Opened, ClientError> {
+        match self.inner.endpoints.get(idx) {
+            Some(ClientUrl::Unix(path)) => self.connect_unix(idx, path).await,
+            _ => Err(ClientError::Closed),
+        }
+    }
+
+    async fn connect_unix(
+        &self,
+        idx: usize,
+        path: &std::path::Path,
+    ) -> Result<Opened, ClientError> {
+        let conn = UnixStream::connect(path)
+            .await
+            .map_err(|e| self.connect_error(idx, e))?;
+        Ok(Opened {
+            send: SendHalf::Unix(conn.clone()),
+            recv: RecvHalf::unix(conn),
+            idx,
+            pooled: false,
+        })
+    }
+
+    /// An idle Unix connection to endpoint `idx` that is young enough to
+    /// trust (the node closes connections idle for 30 s).
+    fn take_idle(&self, idx: usize) -> Option<Opened> {
+        let mut idle = self
+            .inner
+            .unix_idle
+            .get(idx)?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while let Some(conn) = idle.pop() {
+            if now.duration_since(conn.since) < UNIX_IDLE_TIMEOUT {
+                return Some(Opened {
+                    send: conn.send,
+                    recv: conn.recv,
+                    idx,
+                    pooled: true,
+                });
+            }
+        }
+        None
+    }
+
+    /// Puts a Unix connection whose call is over back in its pool (a QUIC
+    /// stream is simply dropped).
+    fn keep_idle(&self, idx: usize, send: SendHalf, recv: RecvHalf) {
+        if !matches!(send, SendHalf::Unix(_)) {
+            return;
+        }
+        let Some(idle) = self.inner.unix_idle.get(idx) else {
+            return;
+        };
+        let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < UNIX_POOL {
+            idle.push(IdleUnix {
+                send,
+                recv,
+                since: Instant::now(),
+            });
+        }
+    }
+
     async fn any_connection(&self) -> Result<(), ClientError> {
         let mut last = None;
         for idx in 0..self.inner.endpoints.len() {
+            if let Some(ClientUrl::Unix(path)) = self.inner.endpoints.get(idx) {
+                match self.connect_unix(idx, path).await {
+                    Ok(opened) => {
+                        self.keep_idle(idx, opened.send, opened.recv);
+                        return Ok(());
+                    }
+                    Err(e) => last = Some(e),
+                }
+                continue;
+            }
             match self.connection(idx, Pass::Down).await {
                 Ok(Some(_)) => return Ok(()),
                 Ok(None) => {}
@@ -450,7 +586,7 @@ impl Client {
         idx: usize,
         pass: Pass,
     ) -> Result<Option<quinn::Connection>, ClientError> {
-        let (Some(slot), Some(endpoint)) = (
+        let (Some(slot), Some(ClientUrl::Quic(endpoint))) = (
             self.inner.connections.get(idx),
             self.inner.endpoints.get(idx),
         ) else {
@@ -492,9 +628,10 @@ impl Client {
         endpoint: &Endpoint,
     ) -> Result<quinn::Connection, ClientError> {
         let dial = async {
-            let connecting = self
-                .inner
-                .quic
+            let Some(quic) = self.inner.quic.as_ref() else {
+                return Err(ClientError::Closed);
+            };
+            let connecting = quic
                 .connect(endpoint.addr, &endpoint.host)
                 .map_err(|e| self.connect_error(idx, e))?;
             connecting.await.map_err(|e| self.connect_error(idx, e))
@@ -594,11 +731,11 @@ impl Client {
     }
 
     fn endpoint_name(&self, idx: usize) -> String {
-        self.inner
-            .endpoints
-            .get(idx)
-            .map(|e| e.addr.to_string())
-            .unwrap_or_default()
+        match self.inner.endpoints.get(idx) {
+            Some(ClientUrl::Quic(e)) => e.addr.to_string(),
+            Some(ClientUrl::Unix(path)) => format!("unix://{}", path.display()),
+            None => String::new(),
+        }
     }
 }
 
@@ -620,7 +757,7 @@ async fn probe(client: std::sync::Weak<Inner>, idx: usize) {
             return;
         };
         let client = Client { inner };
-        let Some(endpoint) = client.inner.endpoints.get(idx) else {
+        let Some(ClientUrl::Quic(endpoint)) = client.inner.endpoints.get(idx) else {
             return;
         };
         if let Ok(conn) = client.dial(idx, endpoint).await {
@@ -640,6 +777,30 @@ async fn probe(client: std::sync::Weak<Inner>, idx: usize) {
     }
 }
 
+/// A call's transport, as [`Client::open_bi`] hands it out.
+struct Opened {
+    send: SendHalf,
+    recv: RecvHalf,
+    /// The endpoint it leads to.
+    idx: usize,
+    /// An idle Unix connection taken from the pool.
+    pooled: bool,
+}
+
+/// A Unix connection between calls.
+struct IdleUnix {
+    send: SendHalf,
+    recv: RecvHalf,
+    since: Instant,
+}
+
+/// Idle Unix connections kept per endpoint (one per call in flight, up to
+/// this many, are reused).
+const UNIX_POOL: usize = 256;
+/// An idle Unix connection older than this is closed rather than reused:
+/// well inside the node's 30 s limit for a request to arrive.
+const UNIX_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Whether a failover pass may use endpoints that recently failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
@@ -649,7 +810,7 @@ enum Pass {
 
 /// The sending half of a streaming call.
 pub struct StreamSender {
-    send: quinn::SendStream,
+    send: SendHalf,
 }
 
 impl StreamSender {
@@ -661,7 +822,8 @@ impl StreamSender {
 
     /// Tells the node no more messages follow.
     pub async fn finish(&mut self) -> Result<(), ClientError> {
-        self.send.finish().map_err(|_| ClientError::Closed)
+        self.send.finish();
+        Ok(())
     }
 }
 

@@ -453,7 +453,9 @@ async fn handle_stream<B: Backend>(
             }
         }
         Some(Method::Streaming(kind)) => {
-            let code = streaming(kind, body, respond, backend, token, config).await;
+            // Boxed: a stream's state is large, and every unary call's task
+            // (this future, moved into the executor at spawn) would carry it.
+            let code = Box::pin(streaming(kind, body, respond, backend, token, config)).await;
             handled(code);
         }
     }

@@ -168,8 +168,16 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
             reason: e.to_string(),
         },
     )?;
-    let listen = transport::url::parse_list(&config.listen_client_urls.join(","))?;
-    if listen.is_empty() {
+    let mut listen = Vec::new();
+    let mut listen_unix = Vec::new();
+    let client_urls = transport::url::parse_client_list(&config.listen_client_urls.join(","))?;
+    for url in client_urls {
+        match url {
+            transport::url::ClientUrl::Quic(endpoint) => listen.push(endpoint),
+            transport::url::ClientUrl::Unix(path) => listen_unix.push(path),
+        }
+    }
+    if listen.is_empty() && listen_unix.is_empty() {
         return Err(ServerError::Config("--listen-client-urls is empty".into()));
     }
     let (files, ca_file) = match (&config.cert_file, &config.key_file) {
@@ -187,8 +195,15 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         (None, None) => {
             let hosts: Vec<String> = listen
                 .iter()
-                .chain(transport::url::parse_list(&config.advertise_client_urls.join(","))?.iter())
                 .map(|e| e.host.clone())
+                .chain(
+                    transport::url::parse_client_list(&config.advertise_client_urls.join(","))?
+                        .into_iter()
+                        .filter_map(|url| match url {
+                            transport::url::ClientUrl::Quic(e) => Some(e.host),
+                            transport::url::ClientUrl::Unix(_) => None,
+                        }),
+                )
                 .collect();
             let generated =
                 transport::tls::ensure_self_signed(&config.data_dir.join("certs"), &hosts)?;
@@ -336,6 +351,16 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
         log::info!("serving client requests on {} (QUIC)", url.addr);
         crate::runtime::spawn(service::serve(endpoint.clone(), node.clone()));
         endpoints.push(endpoint);
+    }
+    for path in listen_unix {
+        let listener = service::bind_unix(&path).map_err(|e| {
+            ServerError::Transport(TransportError::Bind {
+                addr: format!("unix://{}", path.display()),
+                reason: e.to_string(),
+            })
+        })?;
+        log::info!("serving client requests on unix://{}", path.display());
+        crate::runtime::spawn(service::serve_unix(listener, path, node.clone()));
     }
     Ok(RunningNode {
         node,

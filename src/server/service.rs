@@ -1,6 +1,10 @@
-//! The client listener: QUIC connections in, one task per call stream.
+//! The client listeners: QUIC connections in, one task per call stream;
+//! Unix-socket connections in (`unix://` client URLs), one task per
+//! connection carrying its calls one after another.
 //!
-//! Each stream carries one call (see `qed_wire::call`). Whatever arrives is
+//! Each stream carries one call (see `qed_wire::call`); a Unix connection
+//! carries the same frames, a unary call after another or one streaming
+//! call (`transport::stream`). Whatever arrives is
 //! bounded and checked before it reaches the node: an oversized frame is
 //! refused with `RequestTooLarge` and its stream stopped, a frame that does
 //! not decode gets `InvalidArgument`, and either way only that stream ends;
@@ -10,6 +14,10 @@
 //! hub) and a writer (the hub's queued responses out, woken through the
 //! stream's channel); either side ending drops the stream's watches. A
 //! keepalive stream answers each request in turn from the leader's lessor.
+//!
+//! A Unix-socket client is a client like any other: no certificate, so
+//! with auth on it proves who it is with a token; who may open the socket
+//! at all is the socket file's mode (0660, owner and group).
 //!
 //! Memory: request bytes are charged to the connection's [`budget`] as they
 //! arrive and held until the call is answered; a call over budget gets
@@ -21,14 +29,17 @@ use super::auth::{cert_common_name, Credentials};
 use super::budget::{self, Charge, ConnBudget, NodeBudget};
 use super::node::Node;
 use crate::runtime;
-use crate::transport::{stream, TransportError};
+use crate::runtime::{UnixListener, UnixStream};
+use crate::transport::stream::{self, RecvHalf, SendHalf};
+use crate::transport::TransportError;
 use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
 use qed_wire::kv::RangeRequest;
 use qed_wire::lease::LeaseKeepAliveRequest;
 use qed_wire::maintenance::SnapshotResponse;
 use qed_wire::watch::WatchRequest;
 use qed_wire::{Call, ClientRequest, Error, Reply, ResponseHeader, StreamAccept};
-use quinn::{RecvStream, SendStream, VarInt};
+use quinn::VarInt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,8 +60,7 @@ pub const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Accepts connections until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>) {
     let pool = NodeBudget::new(budget::NODE_POOL);
-    // A connection may hold two of the largest requests at once.
-    let conn_cap = budget::CONN_CAP.max(2 * node.client_limits().frame_cap() as u64);
+    let conn_cap = conn_cap(&node);
     while let Some(incoming) = endpoint.accept().await {
         let node = node.clone();
         let budget = ConnBudget::with_limits(pool.clone(), budget::CONN_SHARE, conn_cap);
@@ -61,6 +71,12 @@ pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>) {
             }
         });
     }
+}
+
+/// What one client connection may hold at once: two of the largest
+/// requests.
+fn conn_cap(node: &Node) -> u64 {
+    budget::CONN_CAP.max(2 * node.client_limits().frame_cap() as u64)
 }
 
 /// The user a verified client certificate names (`--client-cert-auth`:
@@ -81,8 +97,8 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>, budget: Arc<
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 runtime::spawn(serve_stream(
-                    send,
-                    recv,
+                    SendHalf::Quic(send),
+                    RecvHalf::Quic(recv),
                     node.clone(),
                     cert_user.clone(),
                     budget.clone(),
@@ -96,9 +112,57 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>, budget: Arc<
     }
 }
 
+/// Binds a Unix socket for a `unix://` client URL: a stale socket file
+/// (nobody answers on it) is replaced, a live one is refused.
+pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process serves this socket",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(UnixListener::from(listener))
+}
+
+/// Accepts Unix-socket connections until the process ends; each is a
+/// client connection of its own (its own budget share).
+pub async fn serve_unix(listener: UnixListener, path: PathBuf, node: Arc<Node>) {
+    let pool = NodeBudget::new(budget::NODE_POOL);
+    let conn_cap = conn_cap(&node);
+    loop {
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                let budget = ConnBudget::with_limits(pool.clone(), budget::CONN_SHARE, conn_cap);
+                runtime::spawn(serve_unix_connection(conn, node.clone(), budget));
+            }
+            Err(e) => {
+                // Out of descriptors and the like: the listener stays.
+                log::warn!("accept on {}: {e}", path.display());
+                runtime::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serves the calls of one Unix connection in turn, until the client
+/// closes it or a call leaves it unusable (a streaming call, a bad frame).
+async fn serve_unix_connection(conn: UnixStream, node: Arc<Node>, budget: Arc<ConnBudget>) {
+    let mut halves = (SendHalf::Unix(conn.clone()), RecvHalf::unix(conn));
+    while let Some(next) = serve_call(halves.0, halves.1, node.clone(), None, budget.clone()).await
+    {
+        halves = next;
+    }
+}
+
 /// Reads one frame, charging its bytes to `charge` as they arrive.
 async fn read_charged(
-    recv: &mut RecvStream,
+    recv: &mut RecvHalf,
     charge: &mut Charge,
     frame_cap: usize,
 ) -> Result<Option<stream::RawFrame>, TransportError> {
@@ -111,7 +175,7 @@ async fn read_charged(
 /// Reads and decodes one frame of a streaming call (its bytes are held
 /// only until decoded).
 async fn read_request<T: serde::de::DeserializeOwned>(
-    recv: &mut RecvStream,
+    recv: &mut RecvHalf,
     budget: &Arc<ConnBudget>,
 ) -> Result<Option<T>, TransportError> {
     let mut charge = budget.charge();
@@ -122,41 +186,56 @@ async fn read_request<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// One call on its own QUIC stream.
 async fn serve_stream(
-    mut send: SendStream,
-    mut recv: RecvStream,
+    send: SendHalf,
+    recv: RecvHalf,
     node: Arc<Node>,
     cert_user: Option<Arc<str>>,
     budget: Arc<ConnBudget>,
 ) {
+    if let Some((mut send, _)) = serve_call(send, recv, node, cert_user, budget).await {
+        send.finish();
+    }
+}
+
+/// Serves one call. A unary call answered in full hands the halves back,
+/// ready for another call (a Unix connection's next one); anything else
+/// ends with them finished, stopped or dropped.
+async fn serve_call(
+    mut send: SendHalf,
+    mut recv: RecvHalf,
+    node: Arc<Node>,
+    cert_user: Option<Arc<str>>,
+    budget: Arc<ConnBudget>,
+) -> Option<(SendHalf, RecvHalf)> {
     // Held until the call is answered: what it read, and what it became.
     let mut charge = budget.charge();
+    let refuse = |mut send: SendHalf, mut recv: RecvHalf, error: Error| async move {
+        recv.stop(FRAME_VIOLATION);
+        reply(&mut send, Err(error)).await;
+        send.finish();
+        None
+    };
     let limits = node.client_limits();
     let raw = match read_charged(&mut recv, &mut charge, limits.frame_cap()).await {
         Ok(Some(raw)) => raw,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(TransportError::Frame(FrameError::TooLarge { .. })) => {
-            let _ = recv.stop(FRAME_VIOLATION);
-            return reply(&mut send, Err(Error::RequestTooLarge)).await;
+            return refuse(send, recv, Error::RequestTooLarge).await;
         }
-        Err(TransportError::Busy) => {
-            let _ = recv.stop(FRAME_VIOLATION);
-            return reply(&mut send, Err(Error::TooManyRequests)).await;
-        }
+        Err(TransportError::Busy) => return refuse(send, recv, Error::TooManyRequests).await,
         Err(e) => {
-            let _ = recv.stop(TIMED_OUT);
-            return log::debug!("client stream failed: {e}");
+            recv.stop(TIMED_OUT);
+            log::debug!("client stream failed: {e}");
+            return None;
         }
     };
     let request: ClientRequest = match raw.decode() {
         Ok(r) => r,
         Err(e) => {
-            let _ = recv.stop(FRAME_VIOLATION);
-            return reply(
-                &mut send,
-                Err(Error::InvalidArgument(format!("malformed request: {e}"))),
-            )
-            .await;
+            let error = Error::InvalidArgument(format!("malformed request: {e}"));
+            return refuse(send, recv, error).await;
         }
     };
     let creds = Credentials {
@@ -173,19 +252,22 @@ async fn serve_stream(
                 node.handle(req, &creds).await
             };
             drop(charge);
-            reply(&mut send, answer).await
+            reply(&mut send, answer).await.then_some((send, recv))
         }
         Call::Snapshot => {
             drop(charge);
-            send_snapshot(&mut send, &node, &creds).await
+            send_snapshot(&mut send, &node, &creds).await;
+            None
         }
         Call::Watch => {
             drop(charge);
-            serve_watch(send, recv, node, creds, budget).await
+            serve_watch(send, recv, node, creds, budget).await;
+            None
         }
         Call::LeaseKeepAlive => {
             drop(charge);
-            serve_keep_alive(send, recv, node, budget).await
+            serve_keep_alive(send, recv, node, budget).await;
+            None
         }
     }
 }
@@ -193,8 +275,8 @@ async fn serve_stream(
 /// A watch stream: requests feed the hub; the hub's responses go out in
 /// queue order, stamped with this member's header fields.
 async fn serve_watch(
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
     node: Arc<Node>,
     creds: Credentials,
     budget: Arc<ConnBudget>,
@@ -224,7 +306,7 @@ async fn serve_watch(
                 Ok(None) => break,
                 Err(e) => {
                     log::debug!("watch stream {stream_id} read failed: {e}");
-                    let _ = recv.stop(FRAME_VIOLATION);
+                    recv.stop(FRAME_VIOLATION);
                     break;
                 }
             }
@@ -243,7 +325,7 @@ async fn serve_watch(
             return;
         }
     }
-    let _ = send.finish();
+    send.finish();
 }
 
 /// etcd's `isWatchPermitted`: a watch needs read access to what it watches
@@ -285,8 +367,8 @@ fn watch_cancel_reason(e: &Error) -> String {
 
 /// A keepalive stream: one response per request, from the leader.
 async fn serve_keep_alive(
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut send: SendHalf,
+    mut recv: RecvHalf,
     node: Arc<Node>,
     budget: Arc<ConnBudget>,
 ) {
@@ -303,7 +385,7 @@ async fn serve_keep_alive(
             Ok(None) => break,
             Err(e) => {
                 log::debug!("keepalive stream read failed: {e}");
-                let _ = recv.stop(FRAME_VIOLATION);
+                recv.stop(FRAME_VIOLATION);
                 break;
             }
         };
@@ -324,7 +406,7 @@ async fn serve_keep_alive(
             }
         }
     }
-    let _ = send.finish();
+    send.finish();
 }
 
 /// Bytes per snapshot chunk (etcd sends 32 KiB).
@@ -332,7 +414,7 @@ const SNAPSHOT_CHUNK: usize = 64 * 1024;
 
 /// Streams the node's state as `Result<SnapshotResponse, Error>` frames; the
 /// last has `remaining_bytes == 0`.
-async fn send_snapshot(send: &mut SendStream, node: &Node, creds: &Credentials) {
+async fn send_snapshot(send: &mut SendHalf, node: &Node, creds: &Credentials) {
     // etcd's authMaintenanceServer: only root may download the database.
     let accepted: StreamAccept = node.caller(creds).and_then(|info| node.check_admin(&info));
     let refused = accepted.is_err();
@@ -341,7 +423,7 @@ async fn send_snapshot(send: &mut SendStream, node: &Node, creds: &Credentials) 
         .is_err()
         || refused
     {
-        let _ = send.finish();
+        send.finish();
         return;
     }
     let bytes = match node.snapshot_file().await {
@@ -365,38 +447,48 @@ async fn send_snapshot(send: &mut SendStream, node: &Node, creds: &Credentials) 
             return log::debug!("snapshot stream broken: {e}");
         }
     }
-    let _ = send.finish();
+    send.finish();
 }
 
-/// Sends the reply to a unary call; a reply too large to frame becomes an
-/// error the client can read rather than a dropped stream. A client that
-/// does not take it within [`REPLY_WRITE_TIMEOUT`] gets its stream reset,
-/// which frees the reply.
-async fn reply(send: &mut SendStream, answer: Reply) {
-    match qed_wire::frame::encode(&answer, MAX_SERVER_FRAME) {
-        Ok(frame) => {
-            drop(answer);
-            match runtime::timeout(REPLY_WRITE_TIMEOUT, send.write_all(&frame)).await {
-                Ok(Ok(())) => {
-                    let _ = send.finish();
-                }
-                Ok(Err(e)) => log::debug!("reply not delivered: {e}"),
-                Err(_) => {
-                    log::debug!("reply not taken in time; stream reset");
-                    let _ = send.reset(TIMED_OUT);
-                }
-            }
-        }
+/// Sends the reply to a unary call (not finishing the stream); a reply
+/// too large to frame becomes an error the client can read rather than a
+/// dropped stream. A client that does not take it within
+/// [`REPLY_WRITE_TIMEOUT`] gets its stream reset, which frees the reply.
+/// True when the reply went out whole.
+async fn reply(send: &mut SendHalf, answer: Reply) -> bool {
+    let frame = match qed_wire::frame::encode(&answer, MAX_SERVER_FRAME) {
+        Ok(frame) => frame,
         Err(e) => {
             let answer: Reply = Err(Error::Internal(format!("response cannot be sent: {e}")));
-            send_last(send, &answer).await
+            match qed_wire::frame::encode(&answer, MAX_SERVER_FRAME) {
+                Ok(frame) => frame,
+                Err(_) => return false,
+            }
+        }
+    };
+    drop(answer);
+    match runtime::timeout(
+        REPLY_WRITE_TIMEOUT,
+        stream::WriteBytes::write_bytes(send, &frame),
+    )
+    .await
+    {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            log::debug!("reply not delivered: {e}");
+            false
+        }
+        Err(_) => {
+            log::debug!("reply not taken in time; stream reset");
+            send.reset(TIMED_OUT);
+            false
         }
     }
 }
 
-async fn send_last<T: serde::Serialize>(send: &mut SendStream, msg: &T) {
+async fn send_last<T: serde::Serialize>(send: &mut SendHalf, msg: &T) {
     if let Err(e) = stream::write(send, msg, MAX_SERVER_FRAME).await {
         log::debug!("reply not delivered: {e}");
     }
-    let _ = send.finish();
+    send.finish();
 }

@@ -1,13 +1,138 @@
-//! Typed frames over QUIC streams.
+//! Typed frames over QUIC streams and Unix-socket connections.
 //!
 //! The length prefix is read and checked against the caller's limit before
 //! the body is allocated; a stream that ends cleanly between frames yields
 //! `None`, one that ends inside a frame is an error.
+//!
+//! A call travels either on its own QUIC stream or on a Unix-socket
+//! connection ([`SendHalf`], [`RecvHalf`]) with the same frames. A Unix
+//! connection carries one call at a time: unary calls follow one another
+//! on it (request, reply, next request), and a streaming call keeps it to
+//! the end; "finish" is a write shutdown, as a QUIC stream's FIN.
 
 use super::TransportError;
+use crate::runtime::UnixStream;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use qed_wire::frame::{self, PREFIX_LEN};
-use quinn::{ReadExactError, RecvStream, SendStream};
+use quinn::{RecvStream, SendStream, VarInt};
 use serde::{de::DeserializeOwned, Serialize};
+use std::future::Future;
+use std::net::Shutdown;
+
+/// Where frames are read from: a QUIC receive stream or a [`RecvHalf`].
+pub trait ReadBytes: Send {
+    /// Reads some bytes into `buf`; 0 once the peer finished sending.
+    fn read_some(
+        &mut self,
+        buf: &mut [u8],
+    ) -> impl Future<Output = Result<usize, TransportError>> + Send;
+}
+
+/// Where frames are written to: a QUIC send stream or a [`SendHalf`].
+pub trait WriteBytes: Send {
+    fn write_bytes(
+        &mut self,
+        buf: &[u8],
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+}
+
+fn stream_error(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Stream(e.to_string())
+}
+
+impl ReadBytes for RecvStream {
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+        Ok(self.read(buf).await.map_err(stream_error)?.unwrap_or(0))
+    }
+}
+
+impl WriteBytes for SendStream {
+    async fn write_bytes(&mut self, buf: &[u8]) -> Result<(), TransportError> {
+        self.write_all(buf).await.map_err(stream_error)
+    }
+}
+
+/// Bytes a Unix-socket reader takes from the kernel at once: a whole
+/// small frame (prefix and body) in one read.
+const UNIX_READ_BUFFER: usize = 16 * 1024;
+
+/// The receiving half of one call's transport.
+pub enum RecvHalf {
+    Quic(RecvStream),
+    Unix(BufReader<UnixStream>),
+}
+
+impl RecvHalf {
+    pub fn unix(stream: UnixStream) -> RecvHalf {
+        RecvHalf::Unix(BufReader::with_capacity(UNIX_READ_BUFFER, stream))
+    }
+
+    /// Tells the peer nothing more will be read (QUIC `STOP_SENDING` with
+    /// `code`; a Unix socket's read shutdown: the peer's further writes
+    /// fail, and the connection is not used for another call, as what is
+    /// unread leaves its framing unknown).
+    pub fn stop(&mut self, code: VarInt) {
+        match self {
+            RecvHalf::Quic(r) => {
+                let _ = r.stop(code);
+            }
+            RecvHalf::Unix(r) => {
+                let _ = r.get_ref().shutdown(Shutdown::Read);
+            }
+        }
+    }
+}
+
+impl ReadBytes for RecvHalf {
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+        match self {
+            RecvHalf::Quic(r) => r.read_some(buf).await,
+            RecvHalf::Unix(r) => r.read(buf).await.map_err(stream_error),
+        }
+    }
+}
+
+/// The sending half of one call's transport.
+pub enum SendHalf {
+    Quic(SendStream),
+    Unix(UnixStream),
+}
+
+impl SendHalf {
+    /// No more frames follow (QUIC FIN; a Unix socket's write shutdown).
+    pub fn finish(&mut self) {
+        match self {
+            SendHalf::Quic(s) => {
+                let _ = s.finish();
+            }
+            SendHalf::Unix(s) => {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+        }
+    }
+
+    /// Abandons what is unsent (QUIC `RESET_STREAM` with `code`; a Unix
+    /// socket is shut down both ways).
+    pub fn reset(&mut self, code: VarInt) {
+        match self {
+            SendHalf::Quic(s) => {
+                let _ = s.reset(code);
+            }
+            SendHalf::Unix(s) => {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+impl WriteBytes for SendHalf {
+    async fn write_bytes(&mut self, buf: &[u8]) -> Result<(), TransportError> {
+        match self {
+            SendHalf::Quic(s) => s.write_bytes(buf).await,
+            SendHalf::Unix(s) => s.write_all(buf).await.map_err(stream_error),
+        }
+    }
+}
 
 /// A frame as read off the wire, not yet decoded: the caller can then decide
 /// how to answer a body that does not decode (a typed error, not a dropped
@@ -22,7 +147,7 @@ impl RawFrame {
 
 /// Reads one raw frame; `None` when the peer finished the stream cleanly.
 pub async fn read_raw(
-    recv: &mut RecvStream,
+    recv: &mut impl ReadBytes,
     max: usize,
 ) -> Result<Option<RawFrame>, TransportError> {
     read_raw_charged(recv, max, |_| true).await
@@ -32,44 +157,53 @@ pub async fn read_raw(
 /// costs nothing until the bytes come.
 const FIRST_ALLOCATION: usize = 16 * 1024;
 
+fn ended_inside() -> TransportError {
+    TransportError::Stream("stream ended inside a frame".into())
+}
+
 /// [`read_raw`], with each chunk of the body passed to `charge` (its
 /// length) before it is kept: the body grows as bytes arrive, and a
 /// `false` from `charge` ends the read with [`TransportError::Busy`].
 pub async fn read_raw_charged(
-    recv: &mut RecvStream,
+    recv: &mut impl ReadBytes,
     max: usize,
-    mut charge: impl FnMut(usize) -> bool,
+    mut charge: impl FnMut(usize) -> bool + Send,
 ) -> Result<Option<RawFrame>, TransportError> {
     let mut prefix = [0u8; PREFIX_LEN];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(TransportError::Stream(e.to_string())),
+    let mut got = 0;
+    while got < PREFIX_LEN {
+        match recv.read_some(&mut prefix[got..]).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(ended_inside()),
+            n => got += n,
+        }
     }
     let len = frame::body_len(prefix, max)?;
     let mut body = Vec::with_capacity(len.min(FIRST_ALLOCATION));
     while body.len() < len {
-        let chunk = match recv.read_chunk(len - body.len(), true).await {
-            Ok(Some(chunk)) => chunk.bytes,
-            Ok(None) => return Err(TransportError::Stream("stream ended inside a frame".into())),
-            Err(e) => return Err(TransportError::Stream(e.to_string())),
-        };
-        if !charge(chunk.len()) {
-            return Err(TransportError::Busy);
-        }
-        if body.capacity() - body.len() < chunk.len() {
+        if body.capacity() == body.len() {
             // Doubling, but never past the declared length.
-            let grow = chunk.len().max(body.len()).min(len - body.len());
+            let grow = body.len().max(FIRST_ALLOCATION).min(len - body.len());
             body.reserve_exact(grow);
         }
-        body.extend_from_slice(&chunk);
+        let filled = body.len();
+        let room = (body.capacity() - filled).min(len - filled);
+        body.resize(filled + room, 0);
+        let n = recv.read_some(&mut body[filled..]).await?;
+        body.truncate(filled + n);
+        if n == 0 {
+            return Err(ended_inside());
+        }
+        if !charge(n) {
+            return Err(TransportError::Busy);
+        }
     }
     Ok(Some(RawFrame(body)))
 }
 
 /// Reads and decodes one frame; `None` when the peer finished the stream.
 pub async fn read<T: DeserializeOwned>(
-    recv: &mut RecvStream,
+    recv: &mut impl ReadBytes,
     max: usize,
 ) -> Result<Option<T>, TransportError> {
     match read_raw(recv, max).await? {
@@ -79,22 +213,27 @@ pub async fn read<T: DeserializeOwned>(
 }
 
 /// Reads frames through a buffer, for streams that carry many: one read
-/// from QUIC yields every frame that has arrived (a watch stream's
-/// responses come in bursts), instead of two reads per frame. A frame's
-/// length is checked against the limit before its body is buffered.
+/// yields every frame that has arrived (a watch stream's responses come in
+/// bursts), instead of two reads per frame. A frame's length is checked
+/// against the limit before its body is buffered.
 pub struct FrameReader {
-    recv: RecvStream,
+    recv: RecvHalf,
+    /// `buf[start..end]` is read and not yet decoded; the rest is room.
     buf: Vec<u8>,
-    /// Where the unread bytes of `buf` start.
     start: usize,
+    end: usize,
 }
 
+/// What a [`FrameReader`] asks the transport for at least, per read.
+const FRAME_READ_CHUNK: usize = 64 * 1024;
+
 impl FrameReader {
-    pub fn new(recv: RecvStream) -> FrameReader {
+    pub fn new(recv: RecvHalf) -> FrameReader {
         FrameReader {
             recv,
             buf: Vec::new(),
             start: 0,
+            end: 0,
         }
     }
 
@@ -105,7 +244,8 @@ impl FrameReader {
         max: usize,
     ) -> Result<Option<T>, TransportError> {
         loop {
-            let unread = &self.buf[self.start..];
+            let unread = &self.buf[self.start..self.end];
+            let mut need = PREFIX_LEN;
             if let Some(prefix) = unread.first_chunk::<PREFIX_LEN>() {
                 let len = frame::body_len(*prefix, max)?;
                 if let Some(body) = unread.get(PREFIX_LEN..PREFIX_LEN + len) {
@@ -113,21 +253,37 @@ impl FrameReader {
                     self.start += PREFIX_LEN + len;
                     return Ok(Some(msg));
                 }
+                need = PREFIX_LEN + len;
             }
-            if self.start == self.buf.len() {
-                self.buf.clear();
-                self.start = 0;
-            } else if self.start > 0 {
-                self.buf.drain(..self.start);
-                self.start = 0;
+            // Move what is unread to the front, then make room for at least
+            // the rest of this frame.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            let want = need.max(self.end + FRAME_READ_CHUNK);
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
             }
-            match self.recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
-                Ok(None) if self.buf.is_empty() => return Ok(None),
-                Ok(None) => {
-                    return Err(TransportError::Stream("stream ended inside a frame".into()))
-                }
-                Err(e) => return Err(TransportError::Stream(e.to_string())),
+            let n = match &mut self.recv {
+                // QUIC: quinn's chunk as it is (no copy inside quinn).
+                RecvHalf::Quic(r) => match r.read_chunk(usize::MAX, true).await {
+                    Ok(Some(chunk)) => {
+                        let len = chunk.bytes.len();
+                        if self.buf.len() < self.end + len {
+                            self.buf.resize(self.end + len, 0);
+                        }
+                        self.buf[self.end..self.end + len].copy_from_slice(&chunk.bytes);
+                        len
+                    }
+                    Ok(None) => 0,
+                    Err(e) => return Err(stream_error(e)),
+                },
+                recv => recv.read_some(&mut self.buf[self.end..]).await?,
+            };
+            match n {
+                0 if self.end == 0 => return Ok(None),
+                0 => return Err(ended_inside()),
+                n => self.end += n,
             }
         }
     }
@@ -135,7 +291,7 @@ impl FrameReader {
 
 /// Encodes and writes one frame.
 pub async fn write<T: Serialize>(
-    send: &mut SendStream,
+    send: &mut impl WriteBytes,
     msg: &T,
     max: usize,
 ) -> Result<(), TransportError> {
@@ -146,7 +302,7 @@ pub async fn write<T: Serialize>(
 /// [`BATCH_BYTES`]: one pass through QUIC's stream state per batch instead
 /// of one per message.
 pub async fn write_all_of<T: Serialize>(
-    send: &mut SendStream,
+    send: &mut impl WriteBytes,
     msgs: &[T],
     max: usize,
 ) -> Result<(), TransportError> {
@@ -164,8 +320,98 @@ pub async fn write_all_of<T: Serialize>(
 /// What [`write_all_of`] gathers before writing.
 const BATCH_BYTES: usize = 256 * 1024;
 
-async fn write_bytes(send: &mut SendStream, buf: &[u8]) -> Result<(), TransportError> {
-    send.write_all(buf)
-        .await
-        .map_err(|e| TransportError::Stream(e.to_string()))
+async fn write_bytes(send: &mut impl WriteBytes, buf: &[u8]) -> Result<(), TransportError> {
+    send.write_bytes(buf).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime;
+
+    fn pair() -> (SendHalf, RecvHalf) {
+        let (a, b) = UnixStream::pair().expect("socket pair");
+        (SendHalf::Unix(a), RecvHalf::unix(b))
+    }
+
+    #[test]
+    fn frames_split_and_joined_arrive_whole() {
+        runtime::block_on(async {
+            let (mut send, recv) = pair();
+            let msgs: Vec<Vec<u8>> = (0..50).map(|i| vec![i as u8; i * 1000]).collect();
+            let mut bytes = Vec::new();
+            for m in &msgs {
+                bytes = frame::encode_into(m, usize::MAX, bytes).expect("encode");
+            }
+            let writer = runtime::spawn(async move {
+                // Odd-sized pieces: prefixes and bodies split anywhere.
+                for piece in bytes.chunks(777) {
+                    send.write_bytes(piece).await.expect("write");
+                }
+                send.finish();
+            });
+            let mut reader = FrameReader::new(recv);
+            for m in &msgs {
+                let got: Vec<u8> = reader.read(usize::MAX).await.expect("read").expect("frame");
+                assert_eq!(&got, m);
+            }
+            assert!(reader
+                .read::<Vec<u8>>(usize::MAX)
+                .await
+                .expect("end")
+                .is_none());
+            writer.await;
+        });
+    }
+
+    #[test]
+    fn raw_reads_charge_what_arrives_and_stop_at_the_limit() {
+        runtime::block_on(async {
+            let (mut send, mut recv) = pair();
+            let body = vec![7u8; 100_000];
+            let framed = frame::encode(&body, usize::MAX).expect("encode");
+            let sent = framed.clone();
+            let writer = runtime::spawn(async move {
+                // The second frame is refused part-way: its reader stops
+                // reading, so the rest of the writes may fail.
+                let _ = send.write_bytes(&sent).await;
+                let _ = send.write_bytes(&sent).await;
+                send.finish();
+            });
+            let mut charged = 0;
+            let raw = read_raw_charged(&mut recv, usize::MAX, |n| {
+                charged += n;
+                true
+            })
+            .await
+            .expect("read")
+            .expect("frame");
+            assert_eq!(raw.decode::<Vec<u8>>().expect("decode"), body);
+            assert_eq!(charged, framed.len() - PREFIX_LEN);
+            // Over budget: refused as Busy.
+            let busy = read_raw_charged(&mut recv, usize::MAX, |_| false).await;
+            assert!(matches!(busy, Err(TransportError::Busy)));
+            drop(recv);
+            writer.await;
+            // Over the size limit: refused before the body is read.
+            let (mut send2, mut recv2) = pair();
+            send2
+                .write_bytes(&framed[..PREFIX_LEN])
+                .await
+                .expect("write");
+            let too_large = read_raw(&mut recv2, 1000).await;
+            assert!(matches!(too_large, Err(TransportError::Frame(_))));
+            // A stream that ends inside a frame is an error, between frames None.
+            let (mut send3, mut recv3) = pair();
+            send3.write_bytes(&framed[..10]).await.expect("write");
+            send3.finish();
+            assert!(read_raw(&mut recv3, usize::MAX).await.is_err());
+            let (mut send4, mut recv4) = pair();
+            send4.finish();
+            assert!(read_raw(&mut recv4, usize::MAX)
+                .await
+                .expect("clean end")
+                .is_none());
+        });
+    }
 }

@@ -3,9 +3,12 @@
 //! qed speaks QUIC only, but accepts etcd's http and https URLs so operators'
 //! flags and scripts carry over: both schemes mean QUIC on that host and UDP
 //! port. A bare `host:port` is accepted too, as etcdctl's `--endpoints` does.
+//! Client URLs may also name a Unix socket (`unix:///run/qed.sock`, a path
+//! after `unix://`), for a shim or an SDK on the node's own machine.
 
 use super::TransportError;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 
 /// A resolved endpoint: the name to verify in the peer's certificate and
 /// the socket address to send to.
@@ -13,6 +16,31 @@ use std::net::{SocketAddr, ToSocketAddrs};
 pub struct Endpoint {
     pub host: String,
     pub addr: SocketAddr,
+}
+
+/// Where a client reaches a node, or a node listens for clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientUrl {
+    Quic(Endpoint),
+    Unix(PathBuf),
+}
+
+/// Parses one client URL: `unix://PATH`, or what [`parse`] takes.
+pub fn parse_client(url: &str) -> Result<ClientUrl, TransportError> {
+    match url.strip_prefix("unix://") {
+        Some("") => Err(bad(url, "missing socket path")),
+        Some(path) => Ok(ClientUrl::Unix(PathBuf::from(path))),
+        None => parse(url).map(ClientUrl::Quic),
+    }
+}
+
+/// Parses a comma-separated list of client URLs.
+pub fn parse_client_list(urls: &str) -> Result<Vec<ClientUrl>, TransportError> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(parse_client)
+        .collect()
 }
 
 /// Parses and resolves one URL.
@@ -85,6 +113,24 @@ mod tests {
         assert_eq!(parse("127.0.0.1:1").unwrap().addr.port(), 1);
         assert_eq!(parse("http://localhost:2379").unwrap().host, "localhost");
         assert_eq!(parse_list("127.0.0.1:1, 127.0.0.1:2").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn client_urls_may_name_a_unix_socket() {
+        assert_eq!(
+            parse_client("unix:///run/qed.sock").unwrap(),
+            ClientUrl::Unix("/run/qed.sock".into())
+        );
+        assert_eq!(
+            parse_client("unix://qed.sock").unwrap(),
+            ClientUrl::Unix("qed.sock".into())
+        );
+        assert!(parse_client("unix://").is_err());
+        let list = parse_client_list("https://127.0.0.1:1, unix:///a").unwrap();
+        assert!(matches!(list[0], ClientUrl::Quic(_)));
+        assert_eq!(list[1], ClientUrl::Unix("/a".into()));
+        // Peer URLs stay QUIC only.
+        assert!(parse("unix:///a").is_err());
     }
 
     #[test]
