@@ -186,7 +186,9 @@ fn killed_member_fails_fast_and_comes_back() {
             other => panic!("a call to a killed member gave {other:?}"),
         }
         // The client of all members moves to the live ones: each put
-        // returns in time, and once one succeeded all do.
+        // returns in time, and at most one fails: the one round-robin
+        // sends to the killed member before its connection is found dead
+        // (a put in flight is not retried elsewhere: it may have applied).
         let mut failed = 0;
         for i in 0..20 {
             match bounded(
@@ -196,7 +198,7 @@ fn killed_member_fails_fast_and_comes_back() {
             .await
             {
                 Ok(_) => {}
-                Err(e) if is_unavailable(&e) && failed == 0 && i == 0 => failed += 1,
+                Err(e) if is_unavailable(&e) && failed == 0 => failed += 1,
                 Err(e) => panic!("put {i} through all endpoints failed: {e}"),
             }
         }
