@@ -510,4 +510,30 @@ fn request_limits_are_the_nodes_flags() {
             Some(Error::TooManyOps)
         );
     });
+    // Above the 2 MiB a client sends by default: the node's flag and the
+    // client's max_call_send_bytes are raised together, as with etcd's
+    // --max-request-bytes and clientv3's MaxCallSendMsgSize.
+    let roomy = common::TestNode::start(&["--max-request-bytes", "4194304"]);
+    qed::runtime::block_on(async {
+        let default_client = roomy.client().await;
+        let three_mib = Request::Put(put("b".into(), 3 << 20));
+        assert_eq!(
+            server_error(default_client.call(three_mib.clone()).await),
+            Some(Error::RequestTooLarge)
+        );
+        let options = qed::client::ConnectOptions {
+            ca_file: Some(roomy.ca_file()),
+            max_call_send_bytes: 5 << 20,
+            ..Default::default()
+        };
+        let c = qed::client::Client::connect(std::slice::from_ref(&roomy.url), options)
+            .await
+            .expect("connect with a larger send limit");
+        assert!(c.call(three_mib).await.is_ok());
+        let over = Request::Put(put("b".into(), (4 << 20) + 1000));
+        assert_eq!(
+            server_error(c.call(over).await),
+            Some(Error::RequestTooLarge)
+        );
+    });
 }

@@ -87,7 +87,8 @@ struct Flags {
     startup_wait: u64,
 
     /// Largest request accepted, as etcd's --max-request-bytes (1.5 MiB);
-    /// gRPC messages may be 512 KiB larger, as in etcd.
+    /// gRPC messages may be 512 KiB larger, as in etcd. The node checks its
+    /// own --max-request-bytes too: raise both together.
     #[arg(long, env = "QED_GRPC_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
     max_request_bytes: usize,
 
@@ -243,6 +244,12 @@ fn main() -> ExitCode {
         key_file: flags.key.clone(),
         request_timeout: Duration::from_secs(flags.request_timeout.max(1)),
         dial_timeout: Duration::from_secs(flags.dial_timeout.max(1)),
+        // What the shim admits, it forwards: frames as large as its gRPC
+        // messages (the node's --max-request-bytes still decides).
+        max_call_send_bytes: flags
+            .max_request_bytes
+            .saturating_add(512 * 1024)
+            .max(ConnectOptions::default().max_call_send_bytes),
         // Each gRPC call carries its caller's own token (metadata `token`).
         ..ConnectOptions::default()
     };

@@ -96,6 +96,12 @@ pub struct ConnectOptions {
     /// client always checks the node's certificate against `ca_file`).
     pub user: Option<String>,
     pub password: Option<String>,
+    /// The largest request frame this client sends; a larger request
+    /// fails with `etcdserver: request is too large` without being sent.
+    /// etcd's clientv3 `MaxCallSendMsgSize` (2 MiB: a request at etcd's
+    /// default `--max-request-bytes` plus its envelope); raise both
+    /// together.
+    pub max_call_send_bytes: usize,
 }
 
 impl Default for ConnectOptions {
@@ -111,6 +117,7 @@ impl Default for ConnectOptions {
             token: None,
             user: None,
             password: None,
+            max_call_send_bytes: MAX_CLIENT_FRAME,
         }
     }
 }
@@ -346,7 +353,7 @@ impl Client {
             token,
             call: Call::Unary(request),
         };
-        let frame = qed_wire::frame::encode(&envelope, MAX_CLIENT_FRAME)
+        let frame = qed_wire::frame::encode(&envelope, self.inner.options.max_call_send_bytes)
             .map_err(|_| ClientError::Server(qed_wire::Error::RequestTooLarge))?;
         drop(envelope);
         // Boxed: the spawned tasks that make calls (the gRPC shim's) stay
@@ -394,12 +401,13 @@ impl Client {
         call: Call,
     ) -> Result<(StreamSender, StreamReceiver), ClientError> {
         let timeout = self.inner.options.request_timeout;
+        let max_send = self.inner.options.max_call_send_bytes;
         let open = async {
             let Opened {
                 mut send, mut recv, ..
             } = self.open_bi().await?;
             let envelope = ClientRequest { token, call };
-            stream::write(&mut send, &envelope, MAX_CLIENT_FRAME)
+            stream::write(&mut send, &envelope, max_send)
                 .await
                 .map_err(after_send)?;
             let accepted: qed_wire::StreamAccept = stream::read(&mut recv, MAX_SERVER_FRAME)
@@ -408,7 +416,10 @@ impl Client {
                 .ok_or(ClientError::Closed)?;
             accepted?;
             Ok((
-                StreamSender { send },
+                StreamSender {
+                    send,
+                    max: max_send,
+                },
                 StreamReceiver {
                     frames: stream::FrameReader::new(recv),
                 },
@@ -811,11 +822,13 @@ enum Pass {
 /// The sending half of a streaming call.
 pub struct StreamSender {
     send: SendHalf,
+    /// [`ConnectOptions::max_call_send_bytes`].
+    max: usize,
 }
 
 impl StreamSender {
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ClientError> {
-        stream::write(&mut self.send, msg, MAX_CLIENT_FRAME)
+        stream::write(&mut self.send, msg, self.max)
             .await
             .map_err(after_send)
     }
