@@ -32,24 +32,14 @@ else
 fi
 BENCH=target/release/examples/bench
 TMP=$(mktemp -d /tmp/qed-bench.XXXXXX)
-PIDS=()
-
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-say() { printf '%s\n' "$*" >&2; }
 
 # udp_bound PORT: succeeds once something listens on UDP 127.0.0.1:PORT.
 udp_bound() { ! python3 -c 'import socket,sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # stop PID: ends one server we started and forgets it.
 stop() {
@@ -71,8 +61,6 @@ poll() {
 
 rss_kb() { ps -o rss= -p "$1" | tr -d ' '; }
 
-# median of the numbers on stdin
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print a[int((NR+1)/2)]}'; }
 
 # runs BENCH-ARGS...: runs the bench RUNS times, keeping the result lines
 # for `med` (a failed run leaves no line and so no figure).

@@ -24,21 +24,10 @@ RUNS=${RUNS:-3}
 BENCH=target/release/examples/bench
 QED=target/release/qed
 TMP=$(mktemp -d /tmp/qed-restore.XXXXXX)
-PIDS=()
-
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-say() { printf '%s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print a[int((NR+1)/2)]}'; }
 
 for tool in etcd etcdctl; do
     command -v "$tool" >/dev/null || { say "$tool not found: run 'make deps-etcd' first"; exit 1; }
@@ -63,8 +52,7 @@ if [ -z "$SNAP" ]; then
         --total "$KEYS" --key-space "$KEYS" --val-size "$VAL" --clients 64 >"$TMP/fill" 2>/dev/null
     SNAP="$TMP/snap.db"
     etcdctl --endpoints "127.0.0.1:$port" snapshot save "$SNAP" >/dev/null 2>&1
-    kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
-    PIDS=()
+    stop_started
 fi
 size_mb=$(( $(stat -c %s "$SNAP") / 1000000 ))
 say "snapshot: $SNAP ($size_mb MB); $RUNS runs each ..."

@@ -158,11 +158,7 @@ fn a_revoke_holds_on_every_member_and_auth_survives_snapshots_and_restarts() {
         assert_eq!(err(c0, put("a/x")).await, Error::UserEmpty);
 
         let ca = cluster.ca_bundle();
-        let urls: Vec<String> = cluster
-            .members
-            .iter()
-            .map(|m| m.client_url.clone())
-            .collect();
+        let urls: Vec<String> = cluster.client_urls();
         let url = |i: usize| vec![urls[i].clone()];
         let mut alice = Vec::new();
         for i in 0..3 {
@@ -235,11 +231,7 @@ fn a_revoke_holds_on_every_member_and_auth_survives_snapshots_and_restarts() {
         for i in 0..3 {
             cluster.restart(i);
         }
-        let all: Vec<String> = cluster
-            .members
-            .iter()
-            .map(|m| m.client_url.clone())
-            .collect();
+        let all: Vec<String> = cluster.client_urls();
         let root = connect_as(&all, &ca, "root", "rootpw").await;
         eventually("the restarted cluster answers", || async {
             root.call(get("k/1", false)).await.is_ok()

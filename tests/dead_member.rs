@@ -110,11 +110,7 @@ fn etcdctl_put(endpoint: &str, within: Duration) -> (bool, bool, String) {
 fn killed_member_fails_fast_and_comes_back() {
     let mut cluster = TestCluster::start(3, &[]);
     let ca = cluster.ca_bundle();
-    let urls: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let urls: Vec<String> = cluster.client_urls();
     let with_shim = on_path("etcdctl");
     if !with_shim {
         println!("etcdctl is not installed: the qed-grpc part is skipped");

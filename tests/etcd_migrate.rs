@@ -75,17 +75,7 @@ impl Ctl {
         if let Some(user) = &self.user {
             cmd.arg(format!("--user={user}"));
         }
-        let out = cmd
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run etcdctl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        common::run(cmd.args(args).env("ETCDCTL_API", "3").stdin(Stdio::null()))
     }
 
     fn ok(&self, args: &[&str]) -> String {

@@ -95,19 +95,14 @@ fn free_tcp_and_udp_port() -> u16 {
 
 /// One etcdctl run against `endpoints`: (success, stdout, stderr).
 fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("timeout")
-        .args(["20", "etcdctl"])
-        .arg(format!("--endpoints={endpoints}"))
-        .args(["--dial-timeout=3s", "--command-timeout=5s"])
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run etcdctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    common::run(
+        Command::new("timeout")
+            .args(["20", "etcdctl"])
+            .arg(format!("--endpoints={endpoints}"))
+            .args(["--dial-timeout=3s", "--command-timeout=5s"])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::null()),
     )
 }
 

@@ -9,15 +9,7 @@ use qed::client::GetOptions;
 use std::process::Command;
 
 fn qed(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qed"))
-        .args(args)
-        .output()
-        .expect("run qed");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run(Command::new(env!("CARGO_BIN_EXE_qed")).args(args))
 }
 
 #[test]

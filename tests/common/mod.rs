@@ -392,9 +392,14 @@ impl TestCluster {
         }
     }
 
+    /// Every member's client URL, in member order.
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
     /// A client of every member (round-robin, failover before send).
     pub async fn client_of_all(&self) -> Client {
-        let urls: Vec<String> = self.members.iter().map(|m| m.client_url.clone()).collect();
+        let urls = self.client_urls();
         let options = ConnectOptions {
             ca_file: Some(self.ca_bundle()),
             request_timeout: Duration::from_secs(5),
@@ -460,4 +465,15 @@ impl Drop for TestCluster {
             m.kill();
         }
     }
+}
+
+/// Runs `cmd` to its end: whether it succeeded, and its stdout and stderr
+/// as text.
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("run a command");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
