@@ -176,15 +176,20 @@ fn key(i: u64, size: usize) -> Vec<u8> {
 /// `true` on success; the first few errors are printed, so a run full of
 /// errors says what they were.
 fn succeeded<T>(result: Result<T, qed::client::ClientError>) -> bool {
-    static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     match result {
         Ok(_) => true,
         Err(e) => {
-            if SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3 {
-                eprintln!("error: {e}");
-            }
+            show_error(&e.to_string());
             false
         }
+    }
+}
+
+/// Prints the first few errors of a run (native or gRPC).
+fn show_error(text: &str) {
+    static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3 {
+        eprintln!("error: {text}");
     }
 }
 
@@ -422,8 +427,27 @@ async fn h2_unary(conn: &H2, path: &str, body: Bytes) -> Option<Bytes> {
     stream.send(body, true)?;
     let reply = stream.next_message().await.ok()?;
     let body = stream.body.as_mut()?;
-    let ok = matches!(body.trailers().await, Ok(Some(t)) if t.get("grpc-status").is_some_and(|s| s == "0"));
-    ok.then(|| reply.unwrap_or_default())
+    let trailers = body.trailers().await.ok().flatten();
+    let field = |name: &str| {
+        trailers
+            .as_ref()
+            .and_then(|t| t.get(name))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let status = field("grpc-status");
+    if status == "0" {
+        return Some(reply.unwrap_or_default());
+    }
+    if status.is_empty() {
+        // The status came in the response headers (a trailers-only
+        // error), which this reader does not keep.
+        show_error("the call failed without trailers (a trailers-only gRPC error)");
+    } else {
+        show_error(&format!("gRPC status {status}: {}", field("grpc-message")));
+    }
+    None
 }
 
 /// One gRPC call's HTTP/2 stream, unary or bidirectional.
