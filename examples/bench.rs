@@ -440,13 +440,12 @@ async fn h2_unary(conn: &H2, path: &str, body: Bytes) -> Option<Bytes> {
     if status == "0" {
         return Some(reply.unwrap_or_default());
     }
-    if status.is_empty() {
-        // The status came in the response headers (a trailers-only
-        // error), which this reader does not keep.
-        show_error("the call failed without trailers (a trailers-only gRPC error)");
-    } else {
-        show_error(&format!("gRPC status {status}: {}", field("grpc-message")));
-    }
+    let (status, message) = match stream.head_status.take() {
+        // A trailers-only reply: the status came with the headers.
+        Some(head) if status.is_empty() => head,
+        _ => (status, field("grpc-message")),
+    };
+    show_error(&format!("gRPC status {status}: {message}"));
     None
 }
 
@@ -458,6 +457,9 @@ struct GrpcStream {
     response: Option<h2::client::ResponseFuture>,
     body: Option<h2::RecvStream>,
     decoder: codec::Decoder,
+    /// A trailers-only reply's `grpc-status` and `grpc-message`, which
+    /// come in the response headers.
+    head_status: Option<(String, String)>,
 }
 
 impl GrpcStream {
@@ -479,6 +481,7 @@ impl GrpcStream {
             body: None,
             // A watch response batches many events: well past a request's limit.
             decoder: codec::Decoder::new(64 << 20),
+            head_status: None,
         })
     }
 
@@ -498,6 +501,16 @@ impl GrpcStream {
                 self.response = None;
                 if response.status() != http::StatusCode::OK {
                     return Err(format!("HTTP status {}", response.status()).into());
+                }
+                let header = |name: &str| {
+                    response
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                if let Some(status) = header("grpc-status") {
+                    self.head_status = Some((status, header("grpc-message").unwrap_or_default()));
                 }
                 self.body = Some(response.into_body());
             }

@@ -1098,15 +1098,16 @@ impl Driver {
                         l => log::info!("member {l:x} leads at term {}", self.core.status().term),
                     }
                 }
+                // Proposals in flight stay waiting when this member stops
+                // leading, as etcd's do: a hand-over goes to a member that
+                // holds every entry, so they commit in the new term and
+                // their apply answers them here (command IDs carry the
+                // proposing member's prefix, so only that command's apply
+                // can). One whose entry a new leader overwrites never
+                // applies, and its caller gets `request timed out` at its
+                // deadline. Failing them all with `leader changed` cost
+                // clients an error for writes that did commit.
                 self.set_leading(soft.role == Role::Leader);
-                if soft.role != Role::Leader {
-                    // Proposals in flight may still commit under the new
-                    // leader, but this member can no longer vouch for them.
-                    SERVER.proposals_failed.add(self.proposals.len() as u64);
-                    for (_, reply) in self.proposals.drain() {
-                        let _ = reply.try_send(Err(Error::LeaderChanged));
-                    }
-                }
             }
             if let Some(hs) = rd.hard_state {
                 self.status.term.store(hs.term, Ordering::Relaxed);
