@@ -891,26 +891,7 @@ fn member_add_learner_promote() {
         assert_eq!(added.member.peer_urls, std::slice::from_ref(&peer_url));
         let new_id = added.member.id;
 
-        let n4 = cluster.start_joining(
-            &peer_url,
-            &[
-                "--snapshot-count",
-                "5",
-                "--experimental-snapshot-catchup-entries",
-                "5",
-            ],
-        );
-        let joined = cluster.client(n4).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while value_of(&joined, "before", true).await.as_deref() != Some("join") {
-            assert!(
-                Instant::now() < deadline,
-                "the new member never caught up; its log:\n{}\nthe leader's:\n{}",
-                cluster.members[n4].log(),
-                cluster.members[leader].log()
-            );
-            qed::runtime::sleep(Duration::from_millis(20)).await;
-        }
+        let (n4, joined) = join_and_catch_up(&mut cluster, &peer_url, leader, "join").await;
         let learner_status = |client: &Client| {
             let client = client.clone();
             async move {
@@ -1146,26 +1127,7 @@ fn shrunk_to_one_voter_grows_again() {
             Some("etcdserver: unhealthy cluster")
         );
 
-        let n4 = cluster.start_joining(
-            &peer_url,
-            &[
-                "--snapshot-count",
-                "5",
-                "--experimental-snapshot-catchup-entries",
-                "5",
-            ],
-        );
-        let joined = cluster.client(n4).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while value_of(&joined, "before", true).await.as_deref() != Some("shrink") {
-            assert!(
-                Instant::now() < deadline,
-                "the new member never caught up; its log:\n{}\nthe leader's:\n{}",
-                cluster.members[n4].log(),
-                cluster.members[leader].log()
-            );
-            qed::runtime::sleep(Duration::from_millis(50)).await;
-        }
+        let (_, joined) = join_and_catch_up(&mut cluster, &peer_url, leader, "shrink").await;
         // Two voters now: writes need both.
         c(leader).put("after", "grow", None).await.expect("put");
         assert_eq!(
@@ -1180,4 +1142,36 @@ fn shrunk_to_one_voter_grows_again() {
             cluster.kill(i);
         }
     });
+}
+
+/// Starts the member added at `peer_url` (a small snapshot count and log
+/// tail, so it catches up by snapshot) and waits until it reads `before`
+/// as `want`: its index and a client of it.
+async fn join_and_catch_up(
+    cluster: &mut TestCluster,
+    peer_url: &str,
+    leader: usize,
+    want: &str,
+) -> (usize, Client) {
+    let n4 = cluster.start_joining(
+        peer_url,
+        &[
+            "--snapshot-count",
+            "5",
+            "--experimental-snapshot-catchup-entries",
+            "5",
+        ],
+    );
+    let joined = cluster.client(n4).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while value_of(&joined, "before", true).await.as_deref() != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "the new member never caught up; its log:\n{}\nthe leader's:\n{}",
+            cluster.members[n4].log(),
+            cluster.members[leader].log()
+        );
+        qed::runtime::sleep(Duration::from_millis(20)).await;
+    }
+    (n4, joined)
 }
