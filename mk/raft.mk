@@ -5,7 +5,7 @@
 #   make sim SEEDS=N SIM_FLAGS=--release   the same, optimized (faster for big N)
 #   make sim SEEDS=50 SIM_BREAK=read-index  break a rule on purpose (also:
 #                                   election-restriction, leader-fsync,
-#                                   follower-fsync); must exit non-zero
+#                                   follower-fsync, held-copy); must exit non-zero
 #   make bench-raft                 committed entries/s and allocations/entry
 #
 # Plain `cargo test` (make test) already runs 400 seeds plus the tests that

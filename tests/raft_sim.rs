@@ -169,6 +169,21 @@ fn checker_catches_followers_acking_unsynced_entries() {
     );
 }
 
+/// A core that copies a proposal it held during a leader transfer instead
+/// of moving it: the command applies twice.
+#[test]
+fn checker_catches_a_held_proposal_appended_twice() {
+    let knobs = TestKnobs {
+        copy_held_proposals: true,
+        ..TestKnobs::default()
+    };
+    let v = first_violation(knobs, &[Kind::ExactlyOnce], 300, |cfg| {
+        cfg.transfers = true;
+    });
+    eprintln!("caught: {v:?}");
+    assert!(v.is_some(), "no command applied twice with held copies");
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name)
         .ok()
@@ -176,7 +191,7 @@ fn env_u64(name: &str) -> Option<u64> {
         .and_then(|s| s.parse().ok())
 }
 
-/// `SIM_BREAK=election-restriction|read-index|leader-fsync|follower-fsync`
+/// `SIM_BREAK=election-restriction|read-index|leader-fsync|follower-fsync|held-copy`
 /// runs the simulation with that rule deliberately broken.
 fn knobs_from_env() -> TestKnobs {
     let mut k = TestKnobs::default();
@@ -185,6 +200,7 @@ fn knobs_from_env() -> TestKnobs {
         "read-index" => k.read_without_quorum = true,
         "leader-fsync" => k.commit_before_own_persist = true,
         "follower-fsync" => k.ack_before_persist = true,
+        "held-copy" => k.copy_held_proposals = true,
         "" => {}
         other => panic!("unknown SIM_BREAK={other}"),
     }

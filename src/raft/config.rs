@@ -74,6 +74,9 @@ pub struct TestKnobs {
     pub commit_before_own_persist: bool,
     /// Followers acknowledge appends before the entries are durable.
     pub ack_before_persist: bool,
+    /// Hand held proposals on (see the leader transfer) but keep a copy
+    /// held, to go on again later.
+    pub copy_held_proposals: bool,
 }
 
 impl Config {
@@ -144,7 +147,8 @@ pub enum ProposeError {
     NoLeader,
     /// This command must run on the leader; retry there.
     NotLeader { leader_hint: Option<NodeId> },
-    /// The leader is handing leadership over; retry after it completes.
+    /// The leader is handing leadership over and holds as many proposals
+    /// as it may already; retry after it completes.
     TransferInProgress,
     /// A membership change is still uncommitted or unapplied.
     ConfChangePending,

@@ -62,8 +62,16 @@
 //!   kind `ConfChange` carry a postcard [`ConfChange`](crate::wire::raft::ConfChange)
 //!   whose `context` the server defines.
 //! - Proposals on a follower are forwarded to the leader; without a known
-//!   leader they fail with [`ProposeError::NoLeader`]. Forwarded proposals
-//!   and reads may be lost; drivers time them out.
+//!   leader they fail with [`ProposeError::NoLeader`]. A leader handing
+//!   leadership over appends nothing new (the transferee must end up
+//!   holding every entry it has): it holds proposals, its own and
+//!   forwarded ones, and forwards them to the new leader once it knows it
+//!   (or appends them if the transfer is abandoned). A forwarded proposal
+//!   that reaches a member not leading is passed on to its leader, or held
+//!   while it knows none (at most two election timeouts). Each proposal is
+//!   moved, never copied: it is appended at most once. Forwarded proposals
+//!   and reads may still be lost (a crash, a dropped message, no leader in
+//!   time); drivers time them out.
 //!
 //! Modules: [`config`] (settings, errors), `log` (in-memory log view),
 //! `progress` (per-follower replication state), `read_only` (ReadIndex

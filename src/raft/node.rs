@@ -250,8 +250,11 @@ impl Node {
         self.raft.propose_conf_change(cc)
     }
 
-    /// Hands leadership to voter `to` (on the leader only); proposals are
-    /// refused until it completes or an election timeout passes.
+    /// Hands leadership to voter `to` (on the leader only). Until it
+    /// completes or an election timeout passes, proposals are held, not
+    /// appended, and then forwarded to the new leader (appended here if the
+    /// transfer is abandoned); [`ProposeError::TransferInProgress`] only
+    /// when too many are held already.
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), TransferError> {
         self.raft.transfer_leader(to)
     }
@@ -320,6 +323,7 @@ impl Node {
             || r.commit_bcast_pending
             || !r.read_states.is_empty()
             || r.reads_pending_flush()
+            || r.held_releasable()
             || r.log.has_unpersisted()
             || r.log.pending_snapshot.is_some()
             || r.log.has_next_committed()

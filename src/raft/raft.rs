@@ -116,7 +116,40 @@ pub(crate) struct Raft {
     pub bcast_pending: bool,
     /// The commit index advanced: tell followers at the next `Ready`.
     pub commit_bcast_pending: bool,
+    /// Proposals no leader can take at the moment, held instead of
+    /// dropped (see [`Raft::hold_proposals`]).
+    held: HeldProposals,
 }
+
+/// Proposals held while no leader can take them: given to a leader that
+/// is handing leadership over (etcd drops them and its callers time out),
+/// or forwarded to a member that follows no leader (a leader that just
+/// stepped down, a candidate). They go on at the next `Ready` once someone
+/// can take them: appended by this member if it leads again with no
+/// transfer pending, else forwarded to the leader it learns of.
+///
+/// Exactly once: an entry handed to the core is, at any moment, in exactly
+/// one place: here, in one `Propose` message, or in the log, appended once.
+/// Each move takes it out of where it was (this queue is drained as it is
+/// appended or forwarded; a leader never forwards what it appended). So
+/// holding adds no copy, and an entry appended once can apply at most once
+/// (an index is applied once; nothing re-proposes an appended entry).
+#[derive(Default)]
+struct HeldProposals {
+    entries: Vec<Entry>,
+    bytes: u64,
+    /// Ticks since the queue was last empty: past
+    /// [`HELD_PROPOSAL_TICKS_FACTOR`] election timeouts it is dropped (its
+    /// callers time out, as they would have without holding).
+    ticks: u32,
+}
+
+/// Held proposals are bounded (entries and bytes); past the bound a
+/// local proposal is refused, a forwarded one dropped.
+const MAX_HELD_PROPOSALS: usize = 16 * 1024;
+const MAX_HELD_PROPOSAL_BYTES: u64 = 64 << 20;
+/// Held proposals wait at most this many election timeouts for a leader.
+const HELD_PROPOSAL_TICKS_FACTOR: u32 = 2;
 
 /// While a snapshot is sent, the entries after it stay in memory, up to
 /// this many times `catch_up_entries`.
@@ -226,6 +259,7 @@ impl Raft {
             self_vote: None,
             bcast_pending: false,
             commit_bcast_pending: false,
+            held: HeldProposals::default(),
         };
         r.set_conf(conf);
         // Membership changes committed before the restart are in force now,
@@ -633,6 +667,16 @@ impl Raft {
     // ---- inputs --------------------------------------------------------
 
     pub fn tick(&mut self) {
+        if !self.held.entries.is_empty() {
+            self.held.ticks += 1;
+            let limit = self
+                .cfg
+                .election_tick
+                .saturating_mul(HELD_PROPOSAL_TICKS_FACTOR);
+            if self.held.ticks >= limit {
+                self.held = HeldProposals::default();
+            }
+        }
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
@@ -736,6 +780,13 @@ impl Raft {
         match self.role {
             Role::Leader => {
                 if self.lead_transferee.is_some() {
+                    // Not appended while the transferee catches up (it
+                    // must end up holding every entry of ours): held, and
+                    // forwarded to the new leader (or appended here if the
+                    // transfer is abandoned).
+                    if self.hold_proposals(vec![e]) {
+                        return Ok(());
+                    }
                     return Err(ProposeError::TransferInProgress);
                 }
                 self.append_entry(e);
@@ -910,8 +961,59 @@ impl Raft {
         }
     }
 
-    /// Sends the appends deferred since the last `Ready` (batching).
+    /// Holds `entries` (proposals) until a leader can take them; `false`
+    /// (nothing held) when the queue is full.
+    fn hold_proposals(&mut self, entries: Vec<Entry>) -> bool {
+        let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
+        let held = &mut self.held;
+        if held.entries.len() + entries.len() > MAX_HELD_PROPOSALS
+            || held.bytes.saturating_add(bytes) > MAX_HELD_PROPOSAL_BYTES
+        {
+            return false;
+        }
+        held.bytes += bytes;
+        held.entries.extend(entries.into_iter().map(|e| Entry {
+            data: e.data,
+            ..Default::default()
+        }));
+        true
+    }
+
+    /// Whether held proposals can go on now (see [`Raft::release_held`]).
+    pub fn held_releasable(&self) -> bool {
+        !self.held.entries.is_empty()
+            && match self.role {
+                Role::Leader => self.lead_transferee.is_none(),
+                Role::Follower => self.leader != 0,
+                Role::PreCandidate | Role::Candidate => false,
+            }
+    }
+
+    /// Held proposals go on, in the order they came: appended if we lead
+    /// with no transfer pending, else forwarded to the leader we follow.
+    /// Moved, never copied: the queue is empty afterwards.
+    fn release_held(&mut self) {
+        if !self.held_releasable() {
+            return;
+        }
+        let entries = if self.cfg.test_knobs.copy_held_proposals {
+            self.held.entries.clone()
+        } else {
+            std::mem::take(&mut self.held).entries
+        };
+        if self.role == Role::Leader {
+            self.append_entries(entries);
+            self.bcast_pending = true;
+        } else {
+            let l = self.leader;
+            self.send(l, MessageBody::Propose { entries });
+        }
+    }
+
+    /// Sends the appends deferred since the last `Ready` (batching), after
+    /// appending or forwarding held proposals that can go on now.
     pub fn flush_appends(&mut self) {
+        self.release_held();
         let commit = std::mem::take(&mut self.commit_bcast_pending);
         let entries = std::mem::take(&mut self.bcast_pending);
         if self.role == Role::Leader && (commit || entries) {
@@ -1043,7 +1145,11 @@ impl Raft {
         let from = m.from;
         match m.body {
             MessageBody::Propose { entries } => {
-                if self.lead_transferee.is_some() || entries.is_empty() {
+                if entries.is_empty() {
+                    return;
+                }
+                if self.lead_transferee.is_some() {
+                    self.hold_proposals(entries);
                     return;
                 }
                 let ents = entries
@@ -1206,6 +1312,9 @@ impl Raft {
                     None => {}
                 }
             }
+            MessageBody::Propose { entries } if !entries.is_empty() => {
+                self.hold_proposals(entries);
+            }
             _ => {}
         }
     }
@@ -1253,6 +1362,15 @@ impl Raft {
                 self.read_states.push(ReadState { index, ctx });
             }
             MessageBody::TimeoutNow => self.campaign(Campaign::Transfer),
+            // A proposal forwarded to us as leader that reached us as a
+            // follower (we just handed leadership over or lost it): passed
+            // on to the leader we know, or held until we know one. Not
+            // back to the member that sent it (each of us would take the
+            // other for the leader: one view is stale; its caller times
+            // out).
+            MessageBody::Propose { entries } if from != self.leader && !entries.is_empty() => {
+                self.hold_proposals(entries);
+            }
             _ => {}
         }
     }

@@ -375,13 +375,149 @@ fn leader_transfer_hands_over_with_timeout_now() {
         .unwrap()
         .transfer_leader(target)
         .unwrap();
+    c.nodes.get_mut(&l).unwrap().propose(b"x".to_vec()).unwrap();
     assert_eq!(
-        c.nodes.get_mut(&l).unwrap().propose(b"x".to_vec()),
-        Err(ProposeError::TransferInProgress)
+        c.nodes[&l].status().last_index,
+        c.nodes[&target].status().last_index,
+        "held, not appended: the transferee holds every entry of the old leader"
     );
     c.pump();
     assert_eq!(c.leader(), Some(target));
     assert_eq!(c.nodes[&l].status().role, Role::Follower);
+    assert_eq!(applied_times(&c, l, b"x"), 1, "forwarded to the new leader");
+}
+
+/// How many times `node` applied an entry carrying `data`.
+fn applied_times(c: &Cluster, node: u64, data: &[u8]) -> usize {
+    c.applied
+        .get(&node)
+        .map_or(0, |es| es.iter().filter(|e| e.data == data).count())
+}
+
+/// A hand-over with proposals in flight: made on the leader during the
+/// transfer, forwarded to it by a follower during the transfer, and
+/// forwarded to it after it stepped down. None is lost, none applies
+/// twice, on any member.
+#[test]
+fn a_transfer_with_proposals_in_flight_loses_none_and_applies_none_twice() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    let mut others = [1, 2, 3].into_iter().filter(|&n| n != l);
+    let (target, other) = (others.next().unwrap(), others.next().unwrap());
+    c.nodes
+        .get_mut(&l)
+        .unwrap()
+        .propose(b"before".to_vec())
+        .unwrap();
+    c.pump();
+    // The target is behind: the transfer waits for it to catch up, and
+    // proposals keep coming meanwhile.
+    c.cut.push(target);
+    c.nodes
+        .get_mut(&l)
+        .unwrap()
+        .propose(b"behind".to_vec())
+        .unwrap();
+    c.pump();
+    c.cut.clear();
+    let leader = c.nodes.get_mut(&l).unwrap();
+    leader.transfer_leader(target).unwrap();
+    leader.propose(b"at the leader".to_vec()).unwrap();
+    c.nodes
+        .get_mut(&other)
+        .unwrap()
+        .propose(b"via a follower".to_vec())
+        .unwrap();
+    c.pump();
+    assert_eq!(c.leader(), Some(target));
+    // A proposal forwarded to the old leader that reaches it only now.
+    c.nodes.get_mut(&l).unwrap().step(Message {
+        from: other,
+        to: l,
+        term: 0,
+        body: MessageBody::Propose {
+            entries: vec![Entry {
+                data: b"late".to_vec(),
+                ..Default::default()
+            }],
+        },
+    });
+    c.pump();
+    c.tick(2);
+    for data in [
+        &b"before"[..],
+        b"behind",
+        b"at the leader",
+        b"via a follower",
+        b"late",
+    ] {
+        for n in [1, 2, 3] {
+            assert_eq!(
+                applied_times(&c, n, data),
+                1,
+                "{} on member {n}",
+                String::from_utf8_lossy(data)
+            );
+        }
+    }
+}
+
+/// A transfer that does not complete (the target never hears) is
+/// abandoned after an election timeout; what the leader held meanwhile is
+/// then appended by it, once.
+#[test]
+fn proposals_held_by_an_abandoned_transfer_are_appended_once() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    let target = if l == 1 { 2 } else { 1 };
+    c.cut.push(target);
+    let leader = c.nodes.get_mut(&l).unwrap();
+    leader.transfer_leader(target).unwrap();
+    leader.propose(b"held".to_vec()).unwrap();
+    c.pump();
+    assert_eq!(c.nodes[&l].status().lead_transferee, Some(target));
+    assert_eq!(applied_times(&c, l, b"held"), 0);
+    c.tick(12);
+    assert_eq!(c.leader(), Some(l));
+    assert_eq!(c.nodes[&l].status().lead_transferee, None);
+    assert_eq!(applied_times(&c, l, b"held"), 1);
+    c.cut.clear();
+    c.tick(3);
+    assert_eq!(applied_times(&c, target, b"held"), 1);
+}
+
+/// Proposals held with no leader in sight are bounded in time: dropped
+/// after two election timeouts (their callers time out), never kept.
+#[test]
+fn proposals_held_without_a_leader_are_dropped_in_time() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    let f = if l == 1 { 2 } else { 1 };
+    // A follower cut off campaigns, and knows no leader.
+    c.cut.push(f);
+    c.tick(25);
+    assert_eq!(c.nodes[&f].status().leader, 0);
+    let forwarded = |data: &[u8]| Message {
+        from: l,
+        to: f,
+        term: 0,
+        body: MessageBody::Propose {
+            entries: vec![Entry {
+                data: data.to_vec(),
+                ..Default::default()
+            }],
+        },
+    };
+    c.nodes.get_mut(&f).unwrap().step(forwarded(b"dropped"));
+    c.tick(20);
+    c.nodes.get_mut(&f).unwrap().step(forwarded(b"kept"));
+    c.cut.clear();
+    c.tick(30);
+    assert_eq!(c.nodes[&f].status().role, Role::Follower);
+    for n in [1, 2, 3] {
+        assert_eq!(applied_times(&c, n, b"dropped"), 0, "member {n}");
+        assert_eq!(applied_times(&c, n, b"kept"), 1, "member {n}");
+    }
 }
 
 #[test]

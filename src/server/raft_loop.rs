@@ -1099,13 +1099,26 @@ impl Driver {
                 }
                 // Proposals in flight stay waiting when this member stops
                 // leading, as etcd's do: a hand-over goes to a member that
-                // holds every entry, so they commit in the new term and
+                // holds every entry (the core appends nothing once a
+                // transfer starts; it holds proposals and forwards them to
+                // the new leader), so they commit in the new term and
                 // their apply answers them here (command IDs carry the
                 // proposing member's prefix, so only that command's apply
-                // can). One whose entry a new leader overwrites never
-                // applies, and its caller gets `request timed out` at its
-                // deadline. Failing them all with `leader changed` cost
-                // clients an error for writes that did commit.
+                // can). One whose entry a new leader overwrites (a leader
+                // lost, not handed over) never applies, and its caller gets
+                // `request timed out` at its deadline. Failing them all
+                // with `leader changed` cost clients an error for writes
+                // that did commit.
+                //
+                // An overwritten entry is not proposed again: being
+                // overwritten here does not prove it never commits. With
+                // five voters, A leads term t and gets X to C alone at
+                // (i, t); B leads t+1 (votes of D, E) and overwrites A's
+                // copy; C then leads t+2 (votes of D, E again, whose logs
+                // end before i) and commits (i, t) from its own log. Had A
+                // proposed X again, B (a follower by then) would forward it
+                // to C, which would append it a second time: X applied
+                // twice. Only the caller's deadline is safe to answer.
                 self.set_leading(soft.role == Role::Leader);
             }
             if let Some(hs) = rd.hard_state {

@@ -131,6 +131,9 @@ pub enum Kind {
     LogMatching,
     LeaderCompleteness,
     StateMachineSafety,
+    /// A command applied twice though the network never duplicated a
+    /// message: the core copied a proposal (held, forwarded, appended).
+    ExactlyOnce,
     Linearizability,
     Liveness,
     Internal,
@@ -753,6 +756,12 @@ impl Sim {
                 self.marker_done = true;
             }
             let out = match (cmd, res) {
+                (_, CmdResult::Duplicate) if self.cfg.dup == 0.0 => {
+                    return Err(self.fail(
+                        Kind::ExactlyOnce,
+                        format!("node {id} applied op {op} a second time, at index {idx}"),
+                    ));
+                }
                 (_, CmdResult::Duplicate) => continue,
                 (Cmd::Cas { .. }, CmdResult::Swapped(s)) => Output::Swapped(s),
                 _ => Output::Done,
