@@ -289,6 +289,10 @@ struct Sim {
     next_op: u64,
     put_vals: u64,
     marker: Option<(u64, u64)>,
+    /// The term the marker's node led when it took the marker: a leader
+    /// that lost leadership since may have lost the marker (overwritten,
+    /// or held and dropped), even if it leads again.
+    marker_term: u64,
     marker_done: bool,
     report: Report,
 }
@@ -402,6 +406,7 @@ impl Sim {
             next_op: 1,
             put_vals: 0,
             marker: None,
+            marker_term: 0,
             marker_done: false,
             report: Report::default(),
         };
@@ -1207,15 +1212,19 @@ impl Sim {
                 return Ok(());
             }
             let Some(l) = self.leader() else { continue };
-            if self.marker.is_some_and(|(_, n)| n == l || self.marker_done) {
+            let Some(n) = self.nodes.get_mut(&l).and_then(|n| n.node.as_mut()) else {
+                continue;
+            };
+            let term = n.status().term;
+            let same = |(_, m): (u64, u64)| m == l && term == self.marker_term;
+            if self.marker_done || self.marker.is_some_and(same) {
                 continue;
             }
             let op = self.next_op;
             self.next_op += 1;
-            if let Some(n) = self.nodes.get_mut(&l).and_then(|n| n.node.as_mut()) {
-                if n.propose(kv::encode(op, Cmd::Nop)).is_ok() {
-                    self.marker = Some((op, l));
-                }
+            if n.propose(kv::encode(op, Cmd::Nop)).is_ok() {
+                self.marker = Some((op, l));
+                self.marker_term = term;
             }
         }
         let states: Vec<String> = self
