@@ -235,7 +235,7 @@ async fn serve_mux(
                 }
             }
         };
-        let Some((id, answer)) = mux_call(frame) else {
+        let Some((id, answer)) = mux_call(frame, node.client_limits().max_request_bytes) else {
             recv.stop(FRAME_VIOLATION);
             return log::debug!("unix client sent a frame without a call number");
         };
@@ -265,12 +265,15 @@ enum MuxAnswer {
 
 /// A frame's call number and what to do with it; `None` when not even
 /// the number can be read.
-fn mux_call(frame: MuxFrame) -> Option<(u64, MuxAnswer)> {
+fn mux_call(frame: MuxFrame, max_request_bytes: usize) -> Option<(u64, MuxAnswer)> {
     match frame {
         MuxFrame::Dropped { head, error } => Some((frame_id(&head)?, MuxAnswer::Now(error))),
         MuxFrame::Whole(raw, charge) => match raw.decode::<UnixRequest>() {
             Ok(UnixRequest { id, request }) => {
                 let answer = match request.call {
+                    Call::Unary(_) if raw.0.len() > max_request_bytes => {
+                        MuxAnswer::Now(Error::RequestTooLarge)
+                    }
                     Call::Unary(req) => {
                         let creds = Credentials {
                             token: request.token,
