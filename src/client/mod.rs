@@ -376,7 +376,12 @@ impl Client {
                         }
                         other => other,
                     };
-                    let reply = reply.map_err(|_| ClientError::Closed)?;
+                    let reply = reply.map_err(|e| match e {
+                        unix_mux::MuxError::Busy => {
+                            ClientError::Server(qed_wire::Error::TooManyRequests)
+                        }
+                        _ => ClientError::Closed,
+                    })?;
                     return reply.map_err(ClientError::Server);
                 }
             };

@@ -31,11 +31,18 @@ use std::time::{Duration, Instant};
 /// inside the node's 30 s limit for an idle connection.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(10);
 
+/// Bytes of frames a connection queues unwritten at most (a node that
+/// stopped reading holds the writer): beyond it calls are refused, not
+/// queued.
+pub const MAX_QUEUED: usize = 16 * 1024 * 1024;
+
 /// Why a multiplexed call got no reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MuxError {
     /// The connection was dead before the call's frame was queued.
     NotSent,
+    /// [`MAX_QUEUED`] bytes wait to be written already; nothing was sent.
+    Busy,
     /// The connection died after the frame was queued.
     Closed,
 }
@@ -129,7 +136,13 @@ impl UnixMux {
         // From here on the call is in flight: forgotten when it ends,
         // however it ends (a deadline drops this future).
         let _in_flight = InFlight { shared, id };
-        lock(&shared.out).extend_from_slice(&frame);
+        {
+            let mut out = lock(&shared.out);
+            if !out.is_empty() && out.len() + frame.len() > MAX_QUEUED {
+                return Ok(Err(MuxError::Busy));
+            }
+            out.extend_from_slice(&frame);
+        }
         let _ = shared.wake.try_send(());
         Ok(rx.recv().await.map_err(|_| MuxError::Closed))
     }
