@@ -297,12 +297,10 @@ fn auth_applies_over_a_unix_socket() {
 fn a_live_socket_is_kept_and_a_stale_one_replaced() {
     let mut node = start_node("unix-bind");
     let url = unix_url(&node.socket);
-    qed::runtime::block_on(async {
-        client(&url, options())
-            .await
-            .put("k", "1", None)
-            .await
-            .expect("put");
+    let kept = qed::runtime::block_on(async {
+        let c = client(&url, options()).await;
+        c.put("k", "1", None).await.expect("put");
+        c
     });
     // A second node on the same socket refuses to start.
     let other = TempDir::new("unix-bind-other");
@@ -325,6 +323,16 @@ fn a_live_socket_is_kept_and_a_stale_one_replaced() {
     qed::runtime::block_on(async {
         let c = client(&url, options()).await;
         assert_eq!(c.get("k", None).await.expect("get").kvs[0].value, b"1");
+        // The client from before the restart: its shared connection died
+        // with the node; a later call goes on a new one.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match kept.get("k", None).await {
+                Ok(got) => break assert_eq!(got.kvs[0].value, b"1"),
+                Err(e) => assert!(Instant::now() < deadline, "old client never recovered: {e}"),
+            }
+            qed::runtime::sleep(Duration::from_millis(50)).await;
+        }
     });
 }
 
