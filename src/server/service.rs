@@ -1,14 +1,15 @@
 //! The client listeners: QUIC connections in, one task per call stream;
-//! Unix-socket connections in (`unix://` client URLs), one task per
-//! connection carrying its calls one after another.
+//! Unix-socket connections in (`unix://` client URLs), each either one
+//! streaming call's or multiplexed: a reader task, a task per call, a
+//! writer task sending replies as they finish ([`serve_mux`]).
 //!
 //! Each stream carries one call (see `qed_wire::call`); a Unix connection
-//! carries the same frames, a unary call after another or one streaming
-//! call (`transport::stream`). Whatever arrives is
-//! bounded and checked before it reaches the node: an oversized frame is
-//! refused with `RequestTooLarge` and its stream stopped, a frame that does
-//! not decode gets `InvalidArgument`, and either way only that stream ends;
-//! the connection and every other client carry on.
+//! carries the same frames, numbered (`transport::stream`). Whatever
+//! arrives is bounded and checked before it reaches the node: an oversized
+//! frame is refused with `RequestTooLarge` (on a multiplexed connection
+//! read past and answered under its number), a frame that does not decode
+//! gets `InvalidArgument`, and either way only that call ends; the
+//! connection and every other client carry on.
 //!
 //! Streaming calls: a watch stream has a reader task (requests into the
 //! hub) and a writer (the hub's queued responses out, woken through the
