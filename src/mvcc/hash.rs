@@ -59,17 +59,21 @@ impl Store {
         for (key, index) in self.keys.iter() {
             let kept = index.kept_at(rev);
             for (i, change) in index.changes().iter().enumerate() {
+                let change = change.view();
                 if change.main > rev {
                     break;
                 }
                 if change.main <= compacted && keep_any && kept != Some(i) {
                     continue;
                 }
-                crc = crc32c::crc32c_append(crc, &change.revision().to_bytes());
+                crc = crc32c::crc32c_append(
+                    crc,
+                    &super::Revision::new(change.main, change.sub).to_bytes(),
+                );
                 crc = crc32c::crc32c_append(crc, &(key.len() as u64).to_be_bytes());
                 crc = crc32c::crc32c_append(crc, key);
                 crc = crc32c::crc32c_append(crc, &(change.value.len() as u64).to_be_bytes());
-                crc = crc32c::crc32c_append(crc, &change.value);
+                crc = crc32c::crc32c_append(crc, change.value);
                 crc = crc32c::crc32c_append(crc, &change.create.to_be_bytes());
                 crc = crc32c::crc32c_append(crc, &change.version.to_be_bytes());
                 crc = crc32c::crc32c_append(crc, &change.lease.to_be_bytes());

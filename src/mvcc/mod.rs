@@ -70,6 +70,7 @@
 //!   across qed members with the same history.
 
 pub mod auto_compact;
+mod block;
 mod hash;
 mod key_index;
 mod revision;
@@ -83,7 +84,7 @@ use std::fmt;
 
 pub use hash::HashKv;
 /// One kept change of one key, for `crate::etcd_db`'s import and export.
-pub(crate) use key_index::Change;
+pub(crate) use key_index::{Change, ChangeRef};
 pub use revision::Revision;
 pub use store::{Histories, HistoryRead, Store, ValueSource};
 pub use txn::DEFAULT_MAX_TXN_OPS;
