@@ -494,7 +494,10 @@ pub fn export(
                 &mut value, c.key, c.create, c.main, c.version, c.value, c.lease,
             );
         }
-        bucket.put(&revision_key(Revision::new(c.main, c.sub), tombstone), &value)?;
+        bucket.put(
+            &revision_key(Revision::new(c.main, c.sub), tombstone),
+            &value,
+        )?;
     }
     bucket.finish()?;
 

@@ -56,7 +56,7 @@ impl Store {
         let keep_any = self.keys.values().any(|index| index.kept_at(rev).is_some());
 
         let mut crc = crc32c::crc32c(b"key");
-        for (key, index) in self.keys.iter() {
+        for (key, index) in self.keys.entries() {
             let kept = index.kept_at(rev);
             for (i, change) in index.changes().iter().enumerate() {
                 let change = change.view();

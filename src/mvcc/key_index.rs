@@ -545,8 +545,15 @@ mod tests {
         }
         // A fresh key's one change: the block is the key, the value and
         // 8 header bytes at 1M revisions.
-        let r = ChangeRef::new(&[1; 16], Revision::new(1_000_000, 0), 1_000_000, 1, 0, &[2; 256])
-            .expect("small");
+        let r = ChangeRef::new(
+            &[1; 16],
+            Revision::new(1_000_000, 0),
+            1_000_000,
+            1,
+            0,
+            &[2; 256],
+        )
+        .expect("small");
         assert!(r.footprint() <= 8 + 8 + 16 + 256 + 16);
     }
 

@@ -73,6 +73,7 @@ pub mod auto_compact;
 mod block;
 mod hash;
 mod key_index;
+mod key_map;
 mod revision;
 mod store;
 mod txn;

@@ -21,24 +21,27 @@
 //! after it started changing things is undone by [`Store::rollback`] (which
 //! pops the log's tail), so no error ever leaves half a revision behind.
 //!
-//! Both maps are persistent (`imbl`): cloning a `Store` is O(1) and shares
+//! Both structures are persistent (the key map is `key_map`'s B+ tree,
+//! the log an `imbl::Vector`): cloning a `Store` is O(1) and shares
 //! structure, so a snapshot can serialize a clone while writes continue.
 //! Memory per key is what decides which boards qed fits, so each piece is
-//! thin: a key is one [`Block`] (8-byte pointer, 8 bytes of header before
-//! the bytes); a change is one [`ChangeRef`] block (varint fields, key,
-//! value) shared by the key's index and the log, which holds nothing but
-//! those pointers; a key's index is the change itself while it has one.
+//! thin: a change is one [`ChangeRef`] block (varint fields, key, value)
+//! shared by the key's index and the log, which holds nothing but those
+//! 8-byte pointers; a key's index is the change itself while it has one,
+//! and the key map's leaves hold just the indexes (the key is read from
+//! the change), so a key with one change costs one allocation of little
+//! more than its key and value, plus ~25 bytes of slots.
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
 
-use imbl::{OrdMap, Vector};
+use imbl::Vector;
 use serde::de::Error as _;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::block::Block;
 use super::key_index::{Change, ChangeRef, KeyIndex, TooLarge};
+use super::key_map::KeyMap;
 use super::revision::Revision;
 use super::txn::{self, DEFAULT_MAX_TXN_OPS};
 use super::MvccError;
@@ -47,16 +50,14 @@ use qed_wire::kv::{
     RangeRequest, RangeResponse, ResponseHeader, SortOrder, SortTarget, TxnRequest, TxnResponse,
 };
 
-pub(crate) type Key = Block;
-
-/// Estimated fixed bytes per key besides its bytes: the map slot (key
-/// pointer and index), counted twice because the map's leaves are half
-/// full after keys written in order, plus 8 for the leaf's own header;
-/// the key block's header and malloc's header and rounding (up to 16).
-/// Measured (`tests/mvcc_memory.rs`) below this with every change counted
-/// by [`ChangeRef::footprint`] and [`LOG_ENTRY_BYTES`]: the estimate stays
-/// on the safe side of the real figure, as the quota needs.
-const KEY_OVERHEAD: u64 = (2 * std::mem::size_of::<(Key, KeyIndex)>() + 8 + 8 + 16) as u64;
+/// Estimated fixed bytes per key besides its bytes (added on top; they
+/// stand for the separator copies in the map's branches): the map slot
+/// (the index), counted twice because a leaf may be half full, plus 16
+/// for the leaves' and branches' own headers. Measured
+/// (`tests/mvcc_memory.rs`) below this with every change counted by
+/// [`ChangeRef::footprint`] and [`LOG_ENTRY_BYTES`]: the estimate stays on
+/// the safe side of the real figure, as the quota needs.
+const KEY_OVERHEAD: u64 = (2 * std::mem::size_of::<KeyIndex>() + 16) as u64;
 /// Per change kept in the log: its pointer there (64 to a node, rounded
 /// up) and its pointer in a multi-change history.
 const LOG_ENTRY_BYTES: u64 = 2 * std::mem::size_of::<ChangeRef>() as u64 + 8;
@@ -103,7 +104,7 @@ impl PendingRevision {
 /// etcd v3's MVCC key space as a pure state machine.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pub(crate) keys: OrdMap<Key, KeyIndex>,
+    pub(crate) keys: KeyMap,
     pub(crate) log: Vector<ChangeRef>,
     pub(crate) current: i64,
     pub(crate) compacted: i64,
@@ -148,7 +149,7 @@ impl<'a> RangeEnd<'a> {
 impl Store {
     pub fn new() -> Store {
         Store {
-            keys: OrdMap::new(),
+            keys: KeyMap::new(),
             log: Vector::new(),
             current: 1,
             compacted: -1,
@@ -185,24 +186,23 @@ impl Store {
         self.keys.len()
     }
 
-    /// Iterates `(key, index)` over `[start, end)` as `range_end` encodes it.
+    /// Iterates the key indexes over `[start, end)` as `range_end` encodes
+    /// it.
     pub(crate) fn scan<'a>(
         &'a self,
         start: &'a [u8],
         range_end: &'a [u8],
-    ) -> Box<dyn Iterator<Item = (&'a Key, &'a KeyIndex)> + 'a> {
+    ) -> Box<dyn Iterator<Item = &'a KeyIndex> + 'a> {
         match RangeEnd::parse(range_end) {
-            RangeEnd::Single => Box::new(self.keys.get_key_value(start).into_iter()),
-            RangeEnd::Unbounded => Box::new(
-                self.keys
-                    .range::<_, [u8]>((Bound::Included(start), Bound::Unbounded)),
-            ),
-            // An end at or before the start is an empty range, as in etcd;
-            // asking the map for it could panic.
+            RangeEnd::Single => Box::new(self.keys.get(start).into_iter()),
+            RangeEnd::Unbounded => {
+                Box::new(self.keys.range(Bound::Included(start), Bound::Unbounded))
+            }
+            // An end at or before the start is an empty range, as in etcd.
             RangeEnd::Before(end) if end <= start => Box::new(std::iter::empty()),
             RangeEnd::Before(end) => Box::new(
                 self.keys
-                    .range::<_, [u8]>((Bound::Included(start), Bound::Excluded(end))),
+                    .range(Bound::Included(start), Bound::Excluded(end)),
             ),
         }
     }
@@ -242,7 +242,7 @@ impl Store {
 
         let mut count: i64 = 0;
         let mut kvs = Vec::new();
-        for (_, index) in self.scan(&req.key, &req.range_end) {
+        for index in self.scan(&req.key, &req.range_end) {
             let Some(change) = index.at(rev) else {
                 continue;
             };
@@ -421,19 +421,16 @@ impl Store {
 
     /// Appends `change` (a change of its own key) to that key's history
     /// and to the log.
-    fn record(&mut self, change: ChangeRef) -> Result<(), MvccError> {
+    fn record(&mut self, change: ChangeRef) {
         self.size += change.footprint() + LOG_ENTRY_BYTES;
         self.log.push_back(change.clone());
-        let key = change.key();
-        match self.keys.get_mut(key) {
+        match self.keys.get_mut(change.key()) {
             Some(index) => index.push(change),
             None => {
-                let shared = Block::new(&[key]).ok_or_else(too_large)?;
-                self.size += KEY_OVERHEAD + key.len() as u64;
-                self.keys.insert(shared, KeyIndex::new(change));
+                self.size += KEY_OVERHEAD + change.key().len() as u64;
+                self.keys.insert(KeyIndex::new(change));
             }
         }
-        Ok(())
     }
 
     pub(crate) fn latest(&self, key: &[u8]) -> Option<&ChangeRef> {
@@ -474,7 +471,7 @@ impl Store {
         )
         .map_err(|TooLarge| too_large())?;
         let kv = change.to_kv();
-        self.record(change)?;
+        self.record(change);
         let prev_kv = prev.map(|p| p.to_kv());
         pending.events.push(Event {
             kind: EventType::Put,
@@ -496,7 +493,7 @@ impl Store {
     ) -> DeleteRangeResponse {
         let live: Vec<ChangeRef> = self
             .scan(&req.key, &req.range_end)
-            .filter_map(|(_, index)| index.latest().cloned())
+            .filter_map(|index| index.latest().cloned())
             .collect();
         let mut prev_kvs = Vec::new();
         for prev in &live {
@@ -508,9 +505,7 @@ impl Store {
                 continue;
             };
             let kv = tomb.to_kv();
-            if self.record(tomb).is_err() {
-                continue;
-            }
+            self.record(tomb);
             let prev_kv = prev.to_kv();
             if req.prev_kv {
                 prev_kvs.push(prev_kv.clone());
@@ -761,7 +756,7 @@ impl Store {
     /// Every key with its kept changes, in key order: what an etcd backend
     /// export writes.
     pub(crate) fn histories(&self) -> impl Iterator<Item = (&[u8], &[ChangeRef])> {
-        self.keys.iter().map(|(k, index)| (&**k, index.changes()))
+        self.keys.entries().map(|(k, index)| (k, index.changes()))
     }
 
     /// The store an image describes, checking every invariant (the image
@@ -858,13 +853,7 @@ impl<K: AsRef<[u8]>> Histories<K> {
         store.compacted = self.compacted;
         let mut log: Vec<ChangeRef> = Vec::new();
         for (key, index) in self.keys {
-            let key = key.as_ref();
-            // Non-empty and checked by `new`; a key that could not be a
-            // block could not have been a change either.
-            let Some(shared) = Block::new(&[key]) else {
-                continue;
-            };
-            store.size += KEY_OVERHEAD + key.len() as u64;
+            store.size += KEY_OVERHEAD + key.as_ref().len() as u64;
             for change in index.changes() {
                 store.size += change.footprint();
                 if change.main() >= store.compacted {
@@ -872,7 +861,7 @@ impl<K: AsRef<[u8]>> Histories<K> {
                     log.push(change.clone());
                 }
             }
-            store.keys.insert(shared, index);
+            store.keys.insert(index);
         }
         log.sort_by_key(ChangeRef::revision);
         store.log = log.into_iter().collect();
@@ -993,11 +982,17 @@ impl Serialize for KeyRef<'_> {
     }
 }
 
-struct KeysRef<'a>(&'a OrdMap<Key, KeyIndex>);
+struct KeysRef<'a>(&'a KeyMap);
 
 impl Serialize for KeysRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(k, index)| (KeyRef(k), index.changes())))
+        use serde::ser::SerializeSeq;
+        // The count first (postcard needs it): the map keeps it.
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for (k, index) in self.0.entries() {
+            seq.serialize_element(&(KeyRef(k), index.changes()))?;
+        }
+        seq.end()
     }
 }
 
