@@ -74,7 +74,9 @@ pub(crate) struct TooLarge;
 
 /// One kept change of one key, as stored: a thin pointer to one immutable
 /// block `[main][sub][main - create][version][lease][key length]` (LEB128
-/// varints, signed ones zigzagged) followed by the key and the value.
+/// varints of the fields' two's-complement bits: fields are never negative
+/// in a valid store, where this is the shortest form; a negative one still
+/// round-trips, in 10 bytes) followed by the key and the value.
 /// Cloning it shares the block.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct ChangeRef(Block);
@@ -91,12 +93,12 @@ pub(crate) struct ChangeView<'a> {
     pub(crate) value: &'a [u8],
 }
 
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
+fn bits(v: i64) -> u64 {
+    v as u64
 }
 
-fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
+fn signed(v: u64) -> i64 {
+    v as i64
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -138,11 +140,11 @@ impl ChangeRef {
         value: &[u8],
     ) -> Result<ChangeRef, TooLarge> {
         let mut head = Vec::with_capacity(40);
-        put_varint(&mut head, zigzag(rev.main));
+        put_varint(&mut head, bits(rev.main));
         put_varint(&mut head, u64::from(rev.sub));
-        put_varint(&mut head, zigzag(rev.main.wrapping_sub(create)));
-        put_varint(&mut head, zigzag(version));
-        put_varint(&mut head, zigzag(lease));
+        put_varint(&mut head, bits(rev.main.wrapping_sub(create)));
+        put_varint(&mut head, bits(version));
+        put_varint(&mut head, bits(lease));
         put_varint(&mut head, key.len() as u64);
         Block::new(&[&head, key, value])
             .map(ChangeRef)
@@ -161,11 +163,11 @@ impl ChangeRef {
     pub(crate) fn view(&self) -> ChangeView<'_> {
         let b = self.0.as_bytes();
         let mut at = 0;
-        let main = unzigzag(get_varint(b, &mut at));
+        let main = signed(get_varint(b, &mut at));
         let sub = get_varint(b, &mut at) as u32;
-        let create = main.wrapping_sub(unzigzag(get_varint(b, &mut at)));
-        let version = unzigzag(get_varint(b, &mut at));
-        let lease = unzigzag(get_varint(b, &mut at));
+        let create = main.wrapping_sub(signed(get_varint(b, &mut at)));
+        let version = signed(get_varint(b, &mut at));
+        let lease = signed(get_varint(b, &mut at));
         let key_len = usize::try_from(get_varint(b, &mut at)).unwrap_or(usize::MAX);
         let key_end = at.saturating_add(key_len).min(b.len());
         let at = at.min(key_end);
@@ -182,13 +184,13 @@ impl ChangeRef {
 
     /// The main revision (the first field: no other decoding).
     pub(crate) fn main(&self) -> i64 {
-        unzigzag(get_varint(self.0.as_bytes(), &mut 0))
+        signed(get_varint(self.0.as_bytes(), &mut 0))
     }
 
     pub(crate) fn revision(&self) -> Revision {
         let b = self.0.as_bytes();
         let mut at = 0;
-        let main = unzigzag(get_varint(b, &mut at));
+        let main = signed(get_varint(b, &mut at));
         Revision::new(main, get_varint(b, &mut at) as u32)
     }
 
@@ -322,18 +324,18 @@ impl KeyIndex {
                 return Err(HistoryError::BadVersion);
             }
         }
-        let mut refs = changes
-            .iter()
-            .map(|c| ChangeRef::from_change(key, c))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|TooLarge| HistoryError::TooLarge)?;
+        // Exactly sized (a shrink after the fact may keep the larger
+        // malloc chunk).
+        let mut refs = Vec::with_capacity(changes.len());
+        for c in &changes {
+            refs.push(ChangeRef::from_change(key, c).map_err(|TooLarge| HistoryError::TooLarge)?);
+        }
         Ok(if refs.len() == 1 {
             match refs.pop() {
                 Some(c) => KeyIndex::One(c),
                 None => return Err(HistoryError::Empty),
             }
         } else {
-            refs.shrink_to_fit();
             KeyIndex::Many(Arc::new(refs))
         })
     }

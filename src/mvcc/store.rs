@@ -59,8 +59,11 @@ use qed_wire::kv::{
 /// the safe side of the real figure, as the quota needs.
 const KEY_OVERHEAD: u64 = (2 * std::mem::size_of::<KeyIndex>() + 16) as u64;
 /// Per change kept in the log: its pointer there (64 to a node, rounded
-/// up) and its pointer in a multi-change history.
-const LOG_ENTRY_BYTES: u64 = 2 * std::mem::size_of::<ChangeRef>() as u64 + 8;
+/// up to 16), and in a key with several changes its slot in the history's
+/// vector (up to twice 8 bytes as the vector doubles) and its share of the
+/// vector's shared header (48 bytes over at least two changes), plus 8
+/// to spare.
+const LOG_ENTRY_BYTES: u64 = 16 + 16 + 24 + 8;
 
 /// A write in progress: the main revision it will commit as, the next sub
 /// revision, and the events produced so far.
@@ -772,11 +775,16 @@ impl Store {
 /// holds before it builds a store. It encodes as the same bytes the store
 /// it becomes would, so a restore writes its snapshot image straight from
 /// it, without building (and then freeing) the maps.
+///
+/// `K` is the form keys arrive in (borrowed from an etcd file, or read
+/// from a snapshot); only the indexes are kept (each change holds its
+/// key), so a restart holds no second copy of the keys.
 #[derive(Debug, Clone)]
 pub struct Histories<K> {
     revision: i64,
     compacted: i64,
-    keys: Vec<(K, KeyIndex)>,
+    keys: Vec<KeyIndex>,
+    _keys_as: std::marker::PhantomData<fn(K)>,
 }
 
 impl<K: AsRef<[u8]>> Histories<K> {
@@ -796,13 +804,16 @@ impl<K: AsRef<[u8]>> Histories<K> {
             ));
         }
         let keys = keys.into_iter();
-        let mut checked: Vec<(K, KeyIndex)> = Vec::with_capacity(keys.size_hint().0);
+        let mut checked: Vec<KeyIndex> = Vec::with_capacity(keys.size_hint().0);
         for (key, changes) in keys {
             let k = key.as_ref();
             if k.is_empty() {
                 return Err("empty key".into());
             }
-            if checked.last().is_some_and(|(l, _)| l.as_ref() >= k) {
+            if checked
+                .last()
+                .is_some_and(|l| l.changes().first().is_none_or(|c| c.key() >= k))
+            {
                 return Err("keys out of order".into());
             }
             let index = KeyIndex::from_changes(k, changes)
@@ -820,13 +831,13 @@ impl<K: AsRef<[u8]>> Histories<K> {
                     return Err(format!("key {k:?}: history below the compaction point"));
                 }
             }
-            checked.push((key, index));
+            checked.push(index);
         }
         // Two changes sharing a revision: the revisions at or above the
         // compaction point, sorted, must all differ.
         let mut revisions: Vec<Revision> = checked
             .iter()
-            .flat_map(|(_, index)| index.changes())
+            .flat_map(KeyIndex::changes)
             .map(ChangeRef::revision)
             .filter(|r| r.main >= compact_revision)
             .collect();
@@ -838,6 +849,7 @@ impl<K: AsRef<[u8]>> Histories<K> {
             revision,
             compacted: compact_revision,
             keys: checked,
+            _keys_as: std::marker::PhantomData,
         })
     }
 
@@ -852,8 +864,9 @@ impl<K: AsRef<[u8]>> Histories<K> {
         store.current = self.revision;
         store.compacted = self.compacted;
         let mut log: Vec<ChangeRef> = Vec::new();
-        for (key, index) in self.keys {
-            store.size += KEY_OVERHEAD + key.as_ref().len() as u64;
+        for index in self.keys {
+            let key_len = index.changes().first().map_or(0, |c| c.key().len());
+            store.size += KEY_OVERHEAD + key_len as u64;
             for change in index.changes() {
                 store.size += change.footprint();
                 if change.main() >= store.compacted {
@@ -880,15 +893,14 @@ impl<K: AsRef<[u8]>> Serialize for Histories<K> {
     }
 }
 
-struct SortedKeysRef<'a, K>(&'a [(K, KeyIndex)]);
+struct SortedKeysRef<'a>(&'a [KeyIndex]);
 
-impl<K: AsRef<[u8]>> Serialize for SortedKeysRef<'_, K> {
+impl Serialize for SortedKeysRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            self.0
-                .iter()
-                .map(|(k, index)| (KeyRef(k.as_ref()), index.changes())),
-        )
+        s.collect_seq(self.0.iter().map(|index| {
+            let key = index.changes().first().map_or(&[][..], |c| c.key());
+            (KeyRef(key), index.changes())
+        }))
     }
 }
 
