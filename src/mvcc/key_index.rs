@@ -101,15 +101,35 @@ fn signed(v: u64) -> i64 {
     v as i64
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+/// The six varints of a change's header, at most 10 bytes each: built on
+/// the stack (a put allocates only its block).
+struct Head {
+    bytes: [u8; 60],
+    len: usize,
 }
 
-/// Reads a varint written by `put_varint` at `*at`. Blocks are only ever
+impl Head {
+    fn put(&mut self, mut v: u64) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            let more = v != 0;
+            if let Some(b) = self.bytes.get_mut(self.len) {
+                *b = byte | if more { 0x80 } else { 0 };
+                self.len += 1;
+            }
+            if !more {
+                break;
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len.min(self.bytes.len())]
+    }
+}
+
+/// Reads a varint written by `Head::put` at `*at`. Blocks are only ever
 /// made by [`ChangeRef::new`], so the bytes are well formed; a short read
 /// yields what was there rather than panicking.
 fn get_varint(bytes: &[u8], at: &mut usize) -> u64 {
@@ -139,14 +159,17 @@ impl ChangeRef {
         lease: i64,
         value: &[u8],
     ) -> Result<ChangeRef, TooLarge> {
-        let mut head = Vec::with_capacity(40);
-        put_varint(&mut head, bits(rev.main));
-        put_varint(&mut head, u64::from(rev.sub));
-        put_varint(&mut head, bits(rev.main.wrapping_sub(create)));
-        put_varint(&mut head, bits(version));
-        put_varint(&mut head, bits(lease));
-        put_varint(&mut head, key.len() as u64);
-        Block::new(&[&head, key, value])
+        let mut head = Head {
+            bytes: [0; 60],
+            len: 0,
+        };
+        head.put(bits(rev.main));
+        head.put(u64::from(rev.sub));
+        head.put(bits(rev.main.wrapping_sub(create)));
+        head.put(bits(version));
+        head.put(bits(lease));
+        head.put(key.len() as u64);
+        Block::new(&[head.as_slice(), key, value])
             .map(ChangeRef)
             .ok_or(TooLarge)
     }

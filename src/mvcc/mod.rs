@@ -41,7 +41,10 @@
 //!
 //! Modules, from the bottom up:
 //! - `revision`: the (main, sub) pair ordering all changes;
-//! - `key_index`: one key's history across generations, and its compaction;
+//! - `block`: a thin shared byte string, the unit of the key space's memory;
+//! - `key_index`: one key's history across generations (each change one
+//!   block), and its compaction;
+//! - `key_map`: the persistent B+ tree of key indexes;
 //! - `store`: the ordered key index plus a revision-ordered change log;
 //!   range, put, delete, compaction, watch replay, snapshot encoding;
 //! - `txn`: txn validation, compares and nested execution;
