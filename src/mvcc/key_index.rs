@@ -411,10 +411,7 @@ impl KeyIndex {
     pub(crate) fn push(&mut self, change: ChangeRef) {
         match self {
             KeyIndex::One(first) => {
-                let mut v = Vec::with_capacity(2);
-                v.push(first.clone());
-                v.push(change);
-                *self = KeyIndex::Many(Arc::new(v));
+                *self = KeyIndex::Many(Arc::new(vec![first.clone(), change]));
             }
             KeyIndex::Many(v) => {
                 let v = Arc::make_mut(v);

@@ -394,7 +394,7 @@ mod tests {
     }
 
     /// Checks the structural invariants; returns the depth.
-    fn check(node: &Node, lo: Option<&[u8]>, hi: Option<&[u8]>, root: bool) -> usize {
+    fn check(node: &Node, lo: Option<&[u8]>, hi: Option<&[u8]>) -> usize {
         assert!(node.size() > 0 && node.size() <= MAX);
         match node {
             Node::Leaf(v) => {
@@ -409,12 +409,11 @@ mod tests {
             }
             Node::Branch(b) => {
                 assert_eq!(b.seps.len() + 1, b.kids.len());
-                assert!(root || b.kids.len() >= 1);
                 let mut depth = None;
                 for (i, kid) in b.kids.iter().enumerate() {
                     let l = if i == 0 { lo } else { Some(&*b.seps[i - 1]) };
                     let h = b.seps.get(i).map(|s| &**s).or(hi);
-                    let d = check(kid, l, h, false);
+                    let d = check(kid, l, h);
                     assert!(depth.is_none_or(|x| x == d), "leaves at one depth");
                     depth = Some(d);
                 }
@@ -432,7 +431,7 @@ mod tests {
         let want: Vec<(Vec<u8>, i64)> = model.iter().map(|(k, v)| (k.clone(), *v)).collect();
         assert_eq!(got, want);
         if let Some(root) = map.root.as_deref() {
-            check(root, None, None, true);
+            check(root, None, None);
         }
     }
 

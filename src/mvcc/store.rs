@@ -553,20 +553,20 @@ impl Store {
             .into_iter()
             .filter(|key| {
                 self.keys
-                    .get(*key)
+                    .get(key)
                     .is_some_and(|index| index.needs_compaction(revision))
             })
             .map(<[u8]>::to_vec)
             .collect();
         for key in affected {
             let mut gone = false;
-            if let Some(index) = self.keys.get_mut(&*key) {
+            if let Some(index) = self.keys.get_mut(&key) {
                 let (freed, _, empty) = index.compact(revision);
                 self.size = self.size.saturating_sub(freed);
                 gone = empty;
             }
             if gone {
-                self.keys.remove(&*key);
+                self.keys.remove(&key);
                 self.size = self.size.saturating_sub(KEY_OVERHEAD + key.len() as u64);
             }
         }
