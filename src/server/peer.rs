@@ -46,6 +46,7 @@
 //! streams passed the hello, and the Raft loop believes it only from its
 //! leader.
 
+use super::append_watch::AppendWatch;
 use super::members::Members;
 use super::node::Node;
 use crate::metrics::SERVER;
@@ -350,6 +351,9 @@ pub struct Peers {
     /// plus one (0: never), for etcd's strict reconfiguration checks.
     heard: RwLock<HashMap<NodeId, Arc<AtomicU64>>>,
     epoch: Instant,
+    /// How long our appends wait for their answers, per follower; and
+    /// when a slow one was last logged (with how many since).
+    append_watch: std::sync::Mutex<(AppendWatch, Option<Instant>, u64)>,
 }
 
 impl Peers {
@@ -392,6 +396,7 @@ impl Peers {
             removal_claims: std::sync::Mutex::new(Default::default()),
             heard: RwLock::new(HashMap::new()),
             epoch: Instant::now(),
+            append_watch: Default::default(),
         });
         for id in peers.members.ids() {
             peers.add_member(id);
@@ -424,6 +429,11 @@ impl Peers {
     /// Ends the lanes to a member that left the configuration (their tasks
     /// see their queues close) and closes its connection.
     pub fn remove_member(&self, id: NodeId) {
+        self.append_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .forget(id);
         self.lanes
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -461,6 +471,22 @@ impl Peers {
     pub fn send(&self, message: Message) {
         let lane = Lane::of(&message.body);
         let to = message.to;
+        if let MessageBody::Append {
+            prev_index,
+            entries,
+            ..
+        } = &message.body
+        {
+            if !entries.is_empty() {
+                let last = prev_index.saturating_add(entries.len() as u64);
+                let packets = self.data_packets_sent(to);
+                self.append_watch
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+                    .sent(to, last, Instant::now(), packets);
+            }
+        }
         let heartbeat = matches!(message.body, MessageBody::Heartbeat { .. });
         let queued = match self
             .lanes
@@ -676,6 +702,63 @@ impl Peers {
         report
     }
 
+    /// Packets sent so far on the data link to `id` (0 without one).
+    fn data_packets_sent(&self, id: NodeId) -> u64 {
+        self.live_connection(id, Link::Data)
+            .map_or(0, |conn| conn.stats().path.sent_packets)
+    }
+
+    /// Follower `from` holds our log through `index`: times the appends
+    /// this answers, and logs one that waited long (at most once a second,
+    /// with how many did since) with both links' QUIC figures.
+    fn note_append_answer(&self, from: NodeId, index: u64) {
+        let packets = self.data_packets_sent(from);
+        let now = Instant::now();
+        let mut guard = self.append_watch.lock().unwrap_or_else(|p| p.into_inner());
+        let (watch, logged, unlogged) = &mut *guard;
+        let Some(slow) = watch.answered(from, index, now, packets) else {
+            return;
+        };
+        *unlogged += 1;
+        if logged.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+            return;
+        }
+        let count = std::mem::take(unlogged);
+        *logged = Some(now);
+        drop(guard);
+        log::info!(
+            "member {from:x} answered our append through {} after {} ms ({count} slow answer(s) \
+             since the last such line); the data link sent {} packet(s) meanwhile; {}",
+            slow.index,
+            slow.waited.as_millis(),
+            slow.packets_sent,
+            self.link_stats(from)
+        );
+    }
+
+    /// Both links' QUIC figures to `id`, for a log line.
+    fn link_stats(&self, id: NodeId) -> String {
+        let mut out = Vec::new();
+        for (link, name) in [(Link::Control, "control"), (Link::Data, "data")] {
+            match self.live_connection(id, link) {
+                Some(conn) => {
+                    let path = conn.stats().path;
+                    out.push(format!(
+                        "{name} link: rtt {:.1} ms, {} of {} packets lost, cwnd {} B, {} \
+                         congestion events",
+                        path.rtt.as_secs_f64() * 1000.0,
+                        path.lost_packets,
+                        path.sent_packets,
+                        path.cwnd,
+                        path.congestion_events
+                    ));
+                }
+                None => out.push(format!("no {name} link")),
+            }
+        }
+        out.join("; ")
+    }
+
     /// The `link` connection to `id`, if it is open (never waits).
     fn live_connection(&self, id: NodeId, link: Link) -> Option<quinn::Connection> {
         self.connections
@@ -828,6 +911,7 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
     let mut backoff = MIN_BACKOFF;
     // Whether the current outage was logged (once per outage, not per try).
     let mut reported = false;
+    let mut last_write: Option<Instant> = None;
     let sent_bytes = SERVER.peer_sent_bytes.with(&[&format!("{to:x}")]);
     loop {
         if !peers.members.contains(to) {
@@ -838,7 +922,23 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
         // MAX_BACKOFF while it has no stream: members that never exchange
         // Raft messages (two followers) still learn each other's client
         // URLs from the hello, and a leader is reachable for forwarding.
-        let next = if stream.is_none() && lane == Lane::Control {
+        let nudging = lane.link() == Link::Data
+            && stream.is_some()
+            && last_write.is_some_and(|at: Instant| at.elapsed() < NUDGE_WINDOW)
+            && !nudge_every().is_zero();
+        let next = if nudging {
+            match runtime::timeout(nudge_every(), queue.recv()).await {
+                Ok(received) => received.ok(),
+                Err(_) => {
+                    if let Some((conn, _)) = stream.as_ref() {
+                        if conn.max_datagram_size().is_some() {
+                            let _ = conn.send_datagram(Vec::new().into());
+                        }
+                    }
+                    continue;
+                }
+            }
+        } else if stream.is_none() && lane == Lane::Control {
             match runtime::timeout(MAX_BACKOFF, queue.recv()).await {
                 Ok(received) => received.ok(),
                 Err(_) => {
@@ -899,7 +999,7 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
         // The stream's hello went first on this connection, so the peer
         // knows who its datagrams are from (one that overtakes the hello
         // is dropped there, as a lost one would be).
-        if Lane::unordered(&message.body)
+        if (Lane::unordered(&message.body) || (dgram_appends() && matches!(message.body, MessageBody::Append { .. } | MessageBody::AppendResponse { .. })))
             && conn
                 .max_datagram_size()
                 .is_some_and(|max| frame.len() <= max)
@@ -929,6 +1029,7 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
         let written = runtime::timeout(lane.write_timeout(), send.write_all(&frame)).await;
         if matches!(written, Ok(Ok(()))) {
             sent_bytes.add(frame.len() as u64);
+            last_write = Some(Instant::now());
         } else {
             match written {
                 Ok(Err(quinn::WriteError::ConnectionLost(e))) if peers.note_refusal(to, &e) => {
@@ -942,6 +1043,25 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
             peers.count_drop(to, "write failed");
         }
     }
+}
+
+/// EXPERIMENT: nudge knob.
+const NUDGE_WINDOW: Duration = Duration::from_secs(1);
+fn nudge_every() -> Duration {
+    static V: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        Duration::from_millis(
+            std::env::var("QED_NUDGE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        )
+    })
+}
+
+fn dgram_appends() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("QED_DGRAM_APPENDS").is_ok())
 }
 
 /// How often a lane from a member samples the connection's RTT.
@@ -1102,6 +1222,14 @@ async fn serve_lane(
                     peers.epoch.elapsed().as_millis() as u64 + 1,
                     Ordering::Relaxed,
                 );
+                if let MessageBody::AppendResponse {
+                    index,
+                    reject: false,
+                    ..
+                } = message.body
+                {
+                    peers.note_append_answer(hello.from, index);
+                }
                 node.step(message);
             }
             Ok(Some(message)) => {
@@ -1143,11 +1271,19 @@ async fn serve_datagrams(
 ) {
     while let Ok(datagram) = conn.read_datagram().await {
         let from = sender.load(Ordering::Relaxed);
-        if from == 0 {
+        if from == 0 || datagram.is_empty() {
             continue;
         }
         match qed_wire::frame::decode_frame::<Message>(&datagram, MAX_HELLO_FRAME) {
-            Ok(message) if message.from == from && Lane::unordered(&message.body) => {
+            Ok(message) if message.from == from && (Lane::unordered(&message.body) || matches!(message.body, MessageBody::Append { .. } | MessageBody::AppendResponse { .. })) => {
+                if let MessageBody::AppendResponse {
+                    index,
+                    reject: false,
+                    ..
+                } = message.body
+                {
+                    peers.note_append_answer(from, index);
+                }
                 SERVER
                     .peer_received_bytes
                     .with(&[&format!("{from:x}")])

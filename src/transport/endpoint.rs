@@ -97,6 +97,22 @@ pub fn peer_transport_config() -> Arc<quinn::TransportConfig> {
     // behind appends for over an election timeout. BBR paces by measured
     // bandwidth and RTT instead.
     t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    // EXPERIMENT knobs.
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = env("QED_ACK_DELAY_MS") {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.max_ack_delay(Some(Duration::from_millis(ms)));
+        if let Some(n) = env("QED_ACK_THRESHOLD") {
+            ack.ack_eliciting_threshold(quinn::VarInt::from_u32(n as u32));
+        }
+        t.ack_frequency_config(Some(ack));
+    }
+    if let Some(ms) = env("QED_PEER_KEEPALIVE_MS") {
+        t.keep_alive_interval(Some(Duration::from_millis(ms)));
+    }
+    if env("QED_PEER_CUBIC").is_some() {
+        t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
+    }
     Arc::new(t)
 }
 
