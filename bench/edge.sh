@@ -27,10 +27,10 @@
 #   make bench-edge QUICK=1               every cell, 5 s each
 #   make bench-edge SCENARIOS="wan" DURATION=30 RTTS=200 SERVERS=qed
 #
-# A/B runs: SERVERS may also name `qed-alt`, a qed whose qed and qed-grpc
-# binaries come from the directory QED_ALT (say a copy of main's release
-# binaries), so old and new alternate cell by cell in the same run;
-# BUILD=0 skips the release build.
+# A/B runs: SERVERS may also name `qed-NAME` variants, whose qed and
+# qed-grpc binaries come from the directory in QED_DIR_NAME (say a copy of
+# main's release binaries: SERVERS="qed qed-main" QED_DIR_main=DIR), so old
+# and new alternate cell by cell in the same run; BUILD=0 skips the build.
 #
 # The loss cells need root (a private network namespace and nftables, so the
 # drop rules touch nothing else on the machine): without root they are
@@ -172,9 +172,17 @@ print("changes=%d leaderless=%.1f" % (changes, sum(leaderless.values())))
 EOF
 
 # ---------------------------------------------------------------- clusters
-# qed_dir SERVER: where a qed variant's binaries are (see QED_ALT).
+# qed_dir SERVER: where a qed variant's binaries are (see QED_DIR_NAME).
 qed_dir() {
-    if [ "$1" = qed-alt ]; then echo "${QED_ALT:?SERVERS names qed-alt: set QED_ALT}"; else echo target/release; fi
+    local var
+    case $1 in
+    qed-*)
+        var=QED_DIR_${1#qed-}
+        [ -n "${!var:-}" ] || { say "SERVERS names $1: set $var to its binaries' directory"; exit 2; }
+        echo "${!var}"
+        ;;
+    *) echo target/release ;;
+    esac
 }
 
 # start_members SERVER CELL: three fresh members. Peers listen on PEER[i];

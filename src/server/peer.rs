@@ -999,7 +999,12 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
         // The stream's hello went first on this connection, so the peer
         // knows who its datagrams are from (one that overtakes the hello
         // is dropped there, as a lost one would be).
-        if (Lane::unordered(&message.body) || (dgram_appends() && matches!(message.body, MessageBody::Append { .. } | MessageBody::AppendResponse { .. })))
+        if (Lane::unordered(&message.body)
+            || (dgram_appends()
+                && matches!(
+                    message.body,
+                    MessageBody::Append { .. } | MessageBody::AppendResponse { .. }
+                )))
             && conn
                 .max_datagram_size()
                 .is_some_and(|max| frame.len() <= max)
@@ -1275,7 +1280,14 @@ async fn serve_datagrams(
             continue;
         }
         match qed_wire::frame::decode_frame::<Message>(&datagram, MAX_HELLO_FRAME) {
-            Ok(message) if message.from == from && (Lane::unordered(&message.body) || matches!(message.body, MessageBody::Append { .. } | MessageBody::AppendResponse { .. })) => {
+            Ok(message)
+                if message.from == from
+                    && (Lane::unordered(&message.body)
+                        || matches!(
+                            message.body,
+                            MessageBody::Append { .. } | MessageBody::AppendResponse { .. }
+                        )) =>
+            {
                 if let MessageBody::AppendResponse {
                     index,
                     reject: false,

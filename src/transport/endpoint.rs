@@ -110,6 +110,12 @@ pub fn peer_transport_config() -> Arc<quinn::TransportConfig> {
     if let Some(ms) = env("QED_PEER_KEEPALIVE_MS") {
         t.keep_alive_interval(Some(Duration::from_millis(ms)));
     }
+    if let Some(kb) = env("QED_CWND_FLOOR_KB") {
+        t.congestion_controller_factory(Arc::new(super::congestion::FlooredBbrConfig {
+            bbr: Arc::new(quinn::congestion::BbrConfig::default()),
+            floor: kb * 1024,
+        }));
+    }
     if env("QED_PEER_CUBIC").is_some() {
         t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
     }
