@@ -55,7 +55,7 @@ SEED=${SEED:-1}
 QED_FLAGS=${QED_FLAGS:-}
 ETCD_FLAGS=${ETCD_FLAGS:-}
 if [ "$QUICK" = 1 ]; then OUT=${OUT:-bench/results/edge-quick.md}; else OUT=${OUT:-bench/results/edge.md}; fi
-BENCH=target/release/examples/bench
+BENCH=${BENCH:-target/release/examples/bench}
 LINK=target/release/qed-link
 
 say() { printf '%s\n' "$*" >&2; }

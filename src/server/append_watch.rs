@@ -96,12 +96,6 @@ impl AppendWatch {
         })
     }
 
-    /// How long the oldest unanswered append to `to` has waited.
-    pub fn oldest_wait(&self, to: NodeId, now: Instant) -> Option<Duration> {
-        let p = self.pending.get(&to)?.front()?;
-        Some(now.saturating_duration_since(p.sent_at))
-    }
-
     /// Forgets a follower (it left the configuration).
     pub fn forget(&mut self, id: NodeId) {
         self.pending.remove(&id);
@@ -122,7 +116,6 @@ mod tests {
         w.sent(2, 15, ms(10), 104);
         // A quick answer through 12 answers the first two, unreported.
         assert_eq!(w.answered(2, 12, ms(20), 110), None);
-        assert_eq!(w.oldest_wait(2, ms(30)), Some(Duration::from_millis(20)));
         // The third waits 1.2 s while the link sends 6 packets.
         let slow = w.answered(2, 15, ms(1210), 110);
         assert_eq!(
@@ -133,7 +126,7 @@ mod tests {
                 packets_sent: 6,
             })
         );
-        assert_eq!(w.oldest_wait(2, ms(1300)), None);
+        assert_eq!(w.answered(2, 15, ms(1300), 110), None, "answered once");
         // Nothing pending: an answer reports nothing; other members are apart.
         assert_eq!(w.answered(2, 20, ms(5000), 0), None);
         assert_eq!(w.answered(3, 20, ms(5000), 0), None);
@@ -151,14 +144,17 @@ mod tests {
                 .map(|s| s.waited),
             Some(Duration::from_secs(2))
         );
-        // Forgotten after FORGET_AFTER without an answer.
+        // Forgotten after FORGET_AFTER without an answer: the answer
+        // times the append after it.
+        let later = t0 + FORGET_AFTER + Duration::from_secs(1);
         w.sent(2, 11, t0, 0);
-        w.sent(2, 12, t0 + FORGET_AFTER + Duration::from_secs(1), 0);
+        w.sent(2, 12, later, 0);
         assert_eq!(
-            w.oldest_wait(2, t0 + FORGET_AFTER + Duration::from_secs(1)),
-            Some(Duration::ZERO)
+            w.answered(2, 12, later + SLOW_ANSWER, 0).map(|s| s.waited),
+            Some(SLOW_ANSWER)
         );
+        w.sent(2, 13, t0, 0);
         w.forget(2);
-        assert_eq!(w.oldest_wait(2, t0), None);
+        assert_eq!(w.answered(2, 13, later, 0), None);
     }
 }

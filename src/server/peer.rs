@@ -15,7 +15,11 @@
 //! their responses go as QUIC datagrams on the control lane's connection
 //! (unordered, unreliable: nothing waits behind a lost one; the next
 //! heartbeat supersedes it), on the stream only if a datagram cannot carry
-//! them. The Raft loop only
+//! them. A data lane that went quiet after a write nudges its connection
+//! with empty datagrams for a while ([`Lane::nudges`]), so QUIC keeps
+//! finding and resending lost stream packets while Raft waits on them.
+//! The leader times each append to its answer ([`AppendWatch`]) and logs
+//! one that took long, with both links' QUIC figures. The Raft loop only
 //! ever calls [`Peers::send`], which never blocks: a full queue drops the
 //! message (Raft retransmits what matters), and so does a lane that is not
 //! connected; a lane that fails reconnects with exponential back-off, and
@@ -121,6 +125,19 @@ impl Lane {
             body,
             MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. }
         )
+    }
+
+    /// Whether this lane, last written at `last_write`, should nudge its
+    /// connection at `now` when it has nothing to send for [`NUDGE_EVERY`]:
+    /// the data lanes, for [`NUDGE_WINDOW`] after a write. A data link
+    /// carries nothing but what Raft sends, and Raft sends nothing while it
+    /// waits for what was lost (a follower's clients wait on the forwarded
+    /// proposals, the leader's window on the answers), so a lost tail was
+    /// left to QUIC's loss probes: at 30% loss appends waited seconds. The
+    /// control link needs none: heartbeats cross it every interval.
+    fn nudges(self, last_write: Option<Instant>, now: Instant) -> bool {
+        self.link() == Link::Data
+            && last_write.is_some_and(|at| now.saturating_duration_since(at) < NUDGE_WINDOW)
     }
 
     /// Messages a lane may hold while its stream is busy: many small ones,
@@ -922,18 +939,12 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
         // MAX_BACKOFF while it has no stream: members that never exchange
         // Raft messages (two followers) still learn each other's client
         // URLs from the hello, and a leader is reachable for forwarding.
-        let nudging = lane.link() == Link::Data
-            && stream.is_some()
-            && last_write.is_some_and(|at: Instant| at.elapsed() < NUDGE_WINDOW)
-            && !nudge_every().is_zero();
-        let next = if nudging {
-            match runtime::timeout(nudge_every(), queue.recv()).await {
+        let next = if stream.is_some() && lane.nudges(last_write, Instant::now()) {
+            match runtime::timeout(NUDGE_EVERY, queue.recv()).await {
                 Ok(received) => received.ok(),
                 Err(_) => {
                     if let Some((conn, _)) = stream.as_ref() {
-                        if conn.max_datagram_size().is_some() {
-                            let _ = conn.send_datagram(Vec::new().into());
-                        }
+                        nudge(conn);
                     }
                     continue;
                 }
@@ -999,12 +1010,7 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
         // The stream's hello went first on this connection, so the peer
         // knows who its datagrams are from (one that overtakes the hello
         // is dropped there, as a lost one would be).
-        if (Lane::unordered(&message.body)
-            || (dgram_appends()
-                && matches!(
-                    message.body,
-                    MessageBody::Append { .. } | MessageBody::AppendResponse { .. }
-                )))
+        if Lane::unordered(&message.body)
             && conn
                 .max_datagram_size()
                 .is_some_and(|max| frame.len() <= max)
@@ -1050,23 +1056,26 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
     }
 }
 
-/// EXPERIMENT: nudge knob.
+/// How often a data lane that went quiet nudges its connection (see
+/// [`Lane::nudges`]): a few times per loopback or LAN round trip, so a lost
+/// tail is found within about one; on a WAN link, tens of tiny packets a
+/// second, and only for [`NUDGE_WINDOW`] after a write.
+const NUDGE_EVERY: Duration = Duration::from_millis(20);
+/// How long after its last write a data lane keeps nudging: long enough
+/// for many nudge round trips even at 30% loss each way (each gets through
+/// and back about half the time), short enough that a quiet link falls
+/// back to QUIC's keep-alive.
 const NUDGE_WINDOW: Duration = Duration::from_secs(1);
-fn nudge_every() -> Duration {
-    static V: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *V.get_or_init(|| {
-        Duration::from_millis(
-            std::env::var("QED_NUDGE_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-        )
-    })
-}
 
-fn dgram_appends() -> bool {
-    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("QED_DGRAM_APPENDS").is_ok())
+/// One nudge: an empty QUIC datagram on `conn`, which a receiver ignores
+/// (older members: an undecodable datagram, dropped). It is ACK-eliciting,
+/// so its ACK lets QUIC declare the stream packets sent before it lost (the
+/// time threshold) and resend them at once, instead of waiting for a loss
+/// probe whose timeout doubles each time one is lost.
+fn nudge(conn: &quinn::Connection) {
+    if conn.max_datagram_size().is_some() {
+        let _ = conn.send_datagram(Vec::new().into());
+    }
 }
 
 /// How often a lane from a member samples the connection's RTT.
@@ -1280,22 +1289,7 @@ async fn serve_datagrams(
             continue;
         }
         match qed_wire::frame::decode_frame::<Message>(&datagram, MAX_HELLO_FRAME) {
-            Ok(message)
-                if message.from == from
-                    && (Lane::unordered(&message.body)
-                        || matches!(
-                            message.body,
-                            MessageBody::Append { .. } | MessageBody::AppendResponse { .. }
-                        )) =>
-            {
-                if let MessageBody::AppendResponse {
-                    index,
-                    reject: false,
-                    ..
-                } = message.body
-                {
-                    peers.note_append_answer(from, index);
-                }
+            Ok(message) if message.from == from && Lane::unordered(&message.body) => {
                 SERVER
                     .peer_received_bytes
                     .with(&[&format!("{from:x}")])
@@ -1487,6 +1481,20 @@ mod tests {
         std::fs::write(&path, "zz\n").unwrap();
         assert!(members("n1", "http://a:1", "t").load_pins(path).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn data_lanes_nudge_their_link_for_a_while_after_writing() {
+        let t0 = Instant::now();
+        let soon = t0 + NUDGE_EVERY;
+        let late = t0 + NUDGE_WINDOW;
+        for lane in [Lane::Append, Lane::Snapshot] {
+            assert!(lane.nudges(Some(t0), soon));
+            assert!(!lane.nudges(Some(t0), late), "quiet long enough");
+            assert!(!lane.nudges(None, soon), "never wrote");
+        }
+        // Heartbeats keep the control link's ACKs coming.
+        assert!(!Lane::Control.nudges(Some(t0), soon));
     }
 
     #[test]

@@ -125,7 +125,6 @@ impl Controller for Floored {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// A stand-in for a loss-driven controller: halves its window on
     /// every loss, down to 4 packets; grows by what is acked.
