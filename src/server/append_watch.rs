@@ -1,8 +1,9 @@
 //! How long a leader's appends wait for their answers, per follower.
 //!
-//! The peer transport notes every append it sends (the last index it
-//! carries, when, and how many packets the data link had sent by then) and
-//! every successful append response it receives (the follower's match). An
+//! The peer transport notes every append it writes to a data link (the
+//! last index it carries, when, and how many packets the link had sent by
+//! then) and every successful append response it receives (the
+//! follower's match). An
 //! append is answered by the first response whose index reaches its last
 //! index; the wait is from its send to that response. A wait longer than
 //! [`SLOW_ANSWER`] is reported with the data link's packet count at both

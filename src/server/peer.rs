@@ -488,22 +488,6 @@ impl Peers {
     pub fn send(&self, message: Message) {
         let lane = Lane::of(&message.body);
         let to = message.to;
-        if let MessageBody::Append {
-            prev_index,
-            entries,
-            ..
-        } = &message.body
-        {
-            if !entries.is_empty() {
-                let last = prev_index.saturating_add(entries.len() as u64);
-                let packets = self.data_packets_sent(to);
-                self.append_watch
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0
-                    .sent(to, last, Instant::now(), packets);
-            }
-        }
         let heartbeat = matches!(message.body, MessageBody::Heartbeat { .. });
         let queued = match self
             .lanes
@@ -717,6 +701,29 @@ impl Peers {
             None => report.push_str("; no control connection to it"),
         }
         report
+    }
+
+    /// An append to `to` went out on `conn` (the data link): times it (see
+    /// [`Peers::note_append_answer`]).
+    fn note_append_sent(&self, to: NodeId, body: &MessageBody, conn: &quinn::Connection) {
+        let MessageBody::Append {
+            prev_index,
+            entries,
+            ..
+        } = body
+        else {
+            return;
+        };
+        if entries.is_empty() {
+            return;
+        }
+        let last = prev_index.saturating_add(entries.len() as u64);
+        let packets = conn.stats().path.sent_packets;
+        self.append_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .sent(to, last, Instant::now(), packets);
     }
 
     /// Packets sent so far on the data link to `id` (0 without one).
@@ -1041,6 +1048,7 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
         if matches!(written, Ok(Ok(()))) {
             sent_bytes.add(frame.len() as u64);
             last_write = Some(Instant::now());
+            peers.note_append_sent(to, &message.body, &conn);
         } else {
             match written {
                 Ok(Err(quinn::WriteError::ConnectionLost(e))) if peers.note_refusal(to, &e) => {
