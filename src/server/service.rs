@@ -32,6 +32,7 @@ use crate::runtime;
 use crate::runtime::{UnixListener, UnixStream};
 use crate::transport::stream::{self, RecvHalf, SendHalf};
 use crate::transport::TransportError;
+use crate::watch::{self, BatchRef};
 use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
 use qed_wire::kv::RangeRequest;
 use qed_wire::lease::LeaseKeepAliveRequest;
@@ -261,7 +262,12 @@ async fn serve_call(
         }
         Call::Watch => {
             drop(charge);
-            serve_watch(send, recv, node, creds, budget).await;
+            serve_watch(send, recv, node, creds, budget, false).await;
+            None
+        }
+        Call::WatchBatched => {
+            drop(charge);
+            serve_watch(send, recv, node, creds, budget, true).await;
             None
         }
         Call::LeaseKeepAlive => {
@@ -273,13 +279,16 @@ async fn serve_call(
 }
 
 /// A watch stream: requests feed the hub; the hub's responses go out in
-/// queue order, stamped with this member's header fields.
+/// queue order, stamped with this member's header fields. A `batched`
+/// stream sends them as `WatchBatch`es (`watch::batch`): a response a
+/// thousand watches share is encoded and sent once.
 async fn serve_watch(
     mut send: SendHalf,
     mut recv: RecvHalf,
     node: Arc<Node>,
     creds: Credentials,
     budget: Arc<ConnBudget>,
+    batched: bool,
 ) {
     let accepted: StreamAccept = Ok(());
     if stream::write(&mut send, &accepted, MAX_SERVER_FRAME)
@@ -319,7 +328,22 @@ async fn serve_watch(
         for resp in &mut batch {
             node.stamp(resp.header_mut());
         }
-        if let Err(e) = stream::write_all_of(&mut send, &batch, MAX_SERVER_FRAME).await {
+        let written = if batched {
+            let groups = watch::batch(&batch);
+            let messages: Vec<BatchRef<'_>> = groups
+                .iter()
+                .filter_map(|b| {
+                    Some(BatchRef {
+                        response: batch.get(b.first)?,
+                        more_ids: &b.more,
+                    })
+                })
+                .collect();
+            stream::write_all_of(&mut send, &messages, MAX_SERVER_FRAME).await
+        } else {
+            stream::write_all_of(&mut send, &batch, MAX_SERVER_FRAME).await
+        };
+        if let Err(e) = written {
             log::debug!("watch stream {stream_id} write failed: {e}");
             watchers.close(stream_id);
             return;

@@ -44,7 +44,7 @@ mod tests;
 use std::fmt;
 
 pub use hub::{StreamId, WatchConfig, WatchHub, WatchId};
-pub use pending::PendingResponse;
+pub use pending::{batch, BatchRef, Batched, PendingResponse};
 pub use qed_wire::watch::{WatchCreateRequest, WatchResponse};
 
 /// Why a watch request was refused. `Display` is etcd's text, which is also

@@ -7,11 +7,20 @@
 //! bytes of the [`WatchResponse`] it stands for (field order is the wire
 //! struct's), so the stream writer encodes it without building the owned
 //! response first.
+//!
+//! [`batch`] groups a drained queue for a batched stream (`WatchBatch`
+//! messages): responses identical but for their watch ID (the same shared
+//! events, the same header) go as one. Invariants: every response is in
+//! exactly one batch; each watch's responses keep their queue order; a
+//! stream-wide response (`watch_id = -1`) is a batch of its own and nothing
+//! moves across it; `created` responses keep their order among themselves
+//! (etcd's clients match them to their creates first-in, first-out).
 
 use qed_wire::kv::{Event, EventType, KeyValue, ResponseHeader};
 use qed_wire::watch::WatchResponse;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// One event as one watcher gets it.
@@ -123,6 +132,109 @@ impl Serialize for PendingResponse {
         st.serialize_field("cancel_reason", &h.cancel_reason)?;
         st.serialize_field("fragment", &h.fragment)?;
         st.serialize_field("events", &EventsRef(&h.events, &self.events))?;
+        st.end()
+    }
+}
+
+/// One message of a batched stream: `responses[first]`, for its own watch
+/// and then for each of `more` (see [`batch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batched {
+    pub first: usize,
+    pub more: Vec<i64>,
+}
+
+/// What two responses must share to be candidates for one batch.
+type BatchKey = (i64, bool, bool, bool, usize, usize);
+
+fn batch_key(r: &PendingResponse) -> BatchKey {
+    let first = r
+        .events
+        .first()
+        .map_or(0, |e| Arc::as_ptr(&e.event) as usize);
+    (
+        r.head.header.revision,
+        r.head.created,
+        r.head.canceled,
+        r.head.fragment,
+        r.events.len(),
+        first,
+    )
+}
+
+/// Whether `a` and `b` encode the same but for their watch IDs.
+fn same_but_id(a: &PendingResponse, b: &PendingResponse) -> bool {
+    let (x, y) = (&a.head, &b.head);
+    x.header == y.header
+        && x.created == y.created
+        && x.canceled == y.canceled
+        && x.compact_revision == y.compact_revision
+        && x.cancel_reason == y.cancel_reason
+        && x.fragment == y.fragment
+        && x.events == y.events
+        && a.events.len() == b.events.len()
+        && a.events
+            .iter()
+            .zip(&b.events)
+            .all(|(e, f)| Arc::ptr_eq(&e.event, &f.event) && e.prev_kv == f.prev_kv)
+}
+
+/// Groups `responses` (one drained queue, oldest first) into the messages
+/// of a batched stream, in sending order. A run of responses ends where a
+/// watch comes up a second time or a stream-wide response comes; within a
+/// run a response joins the first earlier identical one (a `created` one
+/// only the run's newest batch).
+pub fn batch(responses: &[PendingResponse]) -> Vec<Batched> {
+    const STREAM_WIDE: i64 = -1;
+    let mut out: Vec<Batched> = Vec::new();
+    let mut in_run: HashSet<i64> = HashSet::new();
+    let mut run: HashMap<BatchKey, Vec<usize>> = HashMap::new();
+    'next: for (i, r) in responses.iter().enumerate() {
+        let id = r.watch_id();
+        if id == STREAM_WIDE || !in_run.insert(id) {
+            in_run.clear();
+            run.clear();
+            if id == STREAM_WIDE {
+                out.push(Batched {
+                    first: i,
+                    more: Vec::new(),
+                });
+                continue;
+            }
+            in_run.insert(id);
+        }
+        let key = batch_key(r);
+        if let Some(candidates) = run.get(&key) {
+            for &b in candidates {
+                if r.head.created && b + 1 != out.len() {
+                    continue;
+                }
+                if same_but_id(&responses[out[b].first], r) {
+                    out[b].more.push(id);
+                    continue 'next;
+                }
+            }
+        }
+        run.entry(key).or_default().push(out.len());
+        out.push(Batched {
+            first: i,
+            more: Vec::new(),
+        });
+    }
+    out
+}
+
+/// Serializes like `WatchBatch { response, more_ids }`.
+pub struct BatchRef<'a> {
+    pub response: &'a PendingResponse,
+    pub more_ids: &'a [i64],
+}
+
+impl Serialize for BatchRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("WatchBatch", 2)?;
+        st.serialize_field("response", self.response)?;
+        st.serialize_field("more_ids", self.more_ids)?;
         st.end()
     }
 }
