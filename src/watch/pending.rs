@@ -294,4 +294,135 @@ mod tests {
             assert_eq!(back, owned);
         }
     }
+
+    fn events_resp(id: i64, rev: i64, events: &[Arc<Event>]) -> PendingResponse {
+        PendingResponse {
+            head: WatchResponse {
+                header: ResponseHeader {
+                    revision: rev,
+                    ..ResponseHeader::default()
+                },
+                watch_id: id,
+                ..WatchResponse::default()
+            },
+            events: events
+                .iter()
+                .map(|e| SharedEvent {
+                    event: e.clone(),
+                    prev_kv: false,
+                })
+                .collect(),
+        }
+    }
+
+    fn control(id: i64, rev: i64, created: bool) -> PendingResponse {
+        PendingResponse::control(WatchResponse {
+            header: ResponseHeader {
+                revision: rev,
+                ..ResponseHeader::default()
+            },
+            watch_id: id,
+            created,
+            ..WatchResponse::default()
+        })
+    }
+
+    /// What the client gets back from the batches: (watch, revision,
+    /// created, event count) per response, in sending order.
+    fn unbatched(queue: &[PendingResponse]) -> Vec<(i64, i64, bool, usize)> {
+        batch(queue)
+            .iter()
+            .flat_map(|b| {
+                let r = &queue[b.first];
+                let ids = std::iter::once(r.watch_id()).chain(b.more.iter().copied());
+                ids.map(|id| (id, r.head.header.revision, r.head.created, r.events.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn identical_responses_of_many_watches_go_as_one_batch() {
+        let e5 = Arc::new(Event {
+            kind: EventType::Put,
+            kv: kv("a", 5),
+            prev_kv: None,
+        });
+        let queue: Vec<_> = (0..4).map(|id| events_resp(id, 5, &[e5.clone()])).collect();
+        let batches = batch(&queue);
+        assert_eq!(
+            batches,
+            vec![Batched {
+                first: 0,
+                more: vec![1, 2, 3]
+            }]
+        );
+        // The message is exactly the owned WatchBatch.
+        let bytes = postcard::to_stdvec(&BatchRef {
+            response: &queue[0],
+            more_ids: &batches[0].more,
+        })
+        .unwrap();
+        let back: qed_wire::watch::WatchBatch = postcard::from_bytes(&bytes).unwrap();
+        let responses = back.into_responses();
+        let owned: Vec<WatchResponse> = queue.into_iter().map(|p| p.into_response()).collect();
+        assert_eq!(responses, owned);
+    }
+
+    #[test]
+    fn batching_keeps_each_watchs_order_and_stream_wide_responses_in_place() {
+        let e = |rev| {
+            Arc::new(Event {
+                kind: EventType::Put,
+                kv: kv("a", rev),
+                prev_kv: None,
+            })
+        };
+        let (e5, e6) = (e(5), e(6));
+        // A copy of e5's event is another allocation: not batched with it.
+        let e5_copy = Arc::new((*e5).clone());
+        let queue = vec![
+            events_resp(1, 5, &[e5.clone()]),
+            control(3, 5, true),
+            events_resp(2, 5, &[e5.clone()]),
+            events_resp(4, 5, &[e5_copy]),
+            control(5, 5, true),
+            // Watch 1 again: a new run, so it stays after its first.
+            events_resp(1, 6, &[e6.clone()]),
+            events_resp(3, 5, &[e5.clone()]),
+            control(-1, 6, false),
+            events_resp(2, 6, &[e6.clone()]),
+            events_resp(3, 6, &[e6.clone()]),
+        ];
+        assert_eq!(
+            unbatched(&queue),
+            vec![
+                (1, 5, false, 1),
+                (2, 5, false, 1),
+                (3, 5, true, 0),
+                (4, 5, false, 1),
+                // Not joined to watch 3's `created`: watch 4's is between.
+                (5, 5, true, 0),
+                (1, 6, false, 1),
+                (3, 5, false, 1),
+                (-1, 6, false, 0),
+                (2, 6, false, 1),
+                (3, 6, false, 1),
+            ]
+        );
+        // Every response once; per watch, the queue's order.
+        for id in [-1, 1, 2, 3, 4, 5] {
+            let want: Vec<_> = queue
+                .iter()
+                .filter(|r| r.watch_id() == id)
+                .map(|r| (r.head.header.revision, r.head.created))
+                .collect();
+            let got: Vec<_> = unbatched(&queue)
+                .into_iter()
+                .filter(|r| r.0 == id)
+                .map(|r| (r.1, r.2))
+                .collect();
+            assert_eq!(got, want, "watch {id}");
+        }
+    }
 }
