@@ -274,26 +274,26 @@ impl Node {
     }
 
     /// Like [`Node::compact`], for a snapshot of the state machine as it was
-    /// at an earlier applied `(index, term)` (serialized off the driver's
-    /// loop while applying went on; the driver read `term` with
-    /// [`Node::log_term`] when it cut the snapshot). `None` if `index` is
-    /// not applied yet or not newer than the current snapshot. An `Arc` is
-    /// kept as it is (no copy).
+    /// at an earlier applied index (serialized off the driver's loop while
+    /// applying went on). `meta` is what the driver read when it cut the
+    /// snapshot: the index, its term ([`Node::log_term`]) and the membership
+    /// then in force ([`Node::conf_state`]). `None` if the index is not
+    /// applied yet or not newer than the current snapshot. An `Arc` is kept
+    /// as it is (no copy).
     pub fn compact_at(
         &mut self,
-        index: u64,
-        term: u64,
+        meta: SnapshotMeta,
         data: impl Into<std::sync::Arc<[u8]>>,
     ) -> Option<SnapshotMeta> {
-        self.raft.compact_with(index, term, Some(data.into()))
+        self.raft.compact_with(meta, Some(data.into()))
     }
 
     /// Like [`Node::compact_at`], keeping no copy of the image (a lone voter
     /// has nobody to send it to). Should a follower need a snapshot later,
     /// none is sent: [`Node::take_image_wanted`] says so, and the driver
     /// takes a new snapshot (with its image) at once.
-    pub fn compact_at_without_image(&mut self, index: u64, term: u64) -> Option<SnapshotMeta> {
-        self.raft.compact_with(index, term, None)
+    pub fn compact_at_without_image(&mut self, meta: SnapshotMeta) -> Option<SnapshotMeta> {
+        self.raft.compact_with(meta, None)
     }
 
     /// Whether a follower needed a snapshot this member cannot send since

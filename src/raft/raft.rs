@@ -1495,34 +1495,38 @@ impl Raft {
     pub fn compact(&mut self, data: Vec<u8>) -> Option<SnapshotMeta> {
         let index = self.log.applied;
         let term = self.log.term(index)?;
-        self.compact_with(index, term, Some(data.into()))
-    }
-
-    /// Records a snapshot of the state at applied `(index, term)` with its
-    /// image (`Some`, kept as it is: no copy) or without it (`None`: this
-    /// member keeps no copy, and asks for a new snapshot through
-    /// `image_wanted` once a follower needs one). The term is the caller's:
-    /// the entry may have left memory since. `None` unless it is newer than
-    /// our snapshot, or brings the image our snapshot lacks.
-    pub fn compact_with(
-        &mut self,
-        index: u64,
-        term: u64,
-        data: Option<Arc<[u8]>>,
-    ) -> Option<SnapshotMeta> {
-        let current = self.log.snapshot_index();
-        let newer = index > current || (index == current && self.image_missing && data.is_some());
-        if index > self.log.applied || !newer {
-            return None;
-        }
-        if self.log.term(index).is_some_and(|t| t != term) {
-            return None;
-        }
         let meta = SnapshotMeta {
             index,
             term,
             conf_state: self.conf_state(),
         };
+        self.compact_with(meta, Some(data.into()))
+    }
+
+    /// Records a snapshot of the state at applied `meta.index` with its
+    /// image (`Some`, kept as it is: no copy) or without it (`None`: this
+    /// member keeps no copy, and asks for a new snapshot through
+    /// `image_wanted` once a follower needs one). The term and the
+    /// membership are the caller's, read when it cut the snapshot: the
+    /// entry may have left memory since, and a configuration change applied
+    /// after the cut must not be recorded as part of it (a follower that
+    /// installs the snapshot replays that change from the log). `None`
+    /// unless it is newer than our snapshot, or brings the image our
+    /// snapshot lacks.
+    pub fn compact_with(
+        &mut self,
+        meta: SnapshotMeta,
+        data: Option<Arc<[u8]>>,
+    ) -> Option<SnapshotMeta> {
+        let index = meta.index;
+        let current = self.log.snapshot_index();
+        let newer = index > current || (index == current && self.image_missing && data.is_some());
+        if index > self.log.applied || !newer {
+            return None;
+        }
+        if self.log.term(index).is_some_and(|t| t != meta.term) {
+            return None;
+        }
         self.image_missing = data.is_none();
         self.log.compact(Snapshot {
             meta: meta.clone(),

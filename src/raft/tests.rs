@@ -531,6 +531,42 @@ fn a_joining_member_learns_the_membership_from_the_log() {
     assert!(c.nodes[&4].conf_state().learners.is_empty());
 }
 
+/// A snapshot cut before a membership change and recorded after it was
+/// applied keeps the membership of its own index: the change is in the log
+/// after the snapshot, and a follower installing it replays the change.
+#[test]
+fn a_snapshot_records_the_membership_at_its_cut() {
+    use crate::wire::raft::{ConfChange, ConfChangeType};
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    let leader = c.nodes.get_mut(&l).unwrap();
+    let applied = leader.status().applied;
+    let cut = SnapshotMeta {
+        index: applied,
+        term: leader.log_term(applied).unwrap(),
+        conf_state: leader.conf_state(),
+    };
+    leader
+        .propose_conf_change(ConfChange {
+            change: ConfChangeType::AddLearner,
+            node_id: 4,
+            context: vec![],
+        })
+        .unwrap();
+    c.pump();
+    let leader = c.nodes.get_mut(&l).unwrap();
+    assert_eq!(leader.conf_state().learners, vec![4], "the change applied");
+    let recorded = leader
+        .compact_at(cut, vec![1, 2, 3])
+        .expect("a snapshot at an applied index");
+    assert_eq!(recorded.index, applied);
+    assert!(
+        recorded.conf_state.learners.is_empty(),
+        "the later change is not part of the snapshot: {:?}",
+        recorded.conf_state
+    );
+}
+
 #[test]
 fn compact_at_an_earlier_applied_index() {
     let mut cfg = Config::new(1);
@@ -572,19 +608,20 @@ fn compact_at_an_earlier_applied_index() {
     assert!(applied >= 3, "single voter commits its own proposals");
     let term = n.log_term(2).unwrap();
     assert!(
-        n.compact_at(applied + 1, term, vec![]).is_none(),
+        n.compact_at(meta_at(&n, applied + 1, term), vec![])
+            .is_none(),
         "cannot compact past applied"
     );
     assert!(
-        n.compact_at(2, term + 1, vec![1]).is_none(),
+        n.compact_at(meta_at(&n, 2, term + 1), vec![1]).is_none(),
         "not an entry of this log"
     );
     let meta = n
-        .compact_at(2, term, vec![1])
+        .compact_at(meta_at(&n, 2, term), vec![1])
         .expect("compacts at an applied index");
     assert_eq!(meta.index, 2);
     assert!(
-        n.compact_at(2, term, vec![]).is_none(),
+        n.compact_at(meta_at(&n, 2, term), vec![]).is_none(),
         "nothing newer to compact"
     );
 }
@@ -603,7 +640,7 @@ fn the_log_keeps_a_short_tail_and_a_follower_behind_it_gets_a_new_snapshot() {
     let compact_now = |n: &mut Node| {
         let applied = n.status().applied;
         let term = n.log_term(applied).unwrap();
-        n.compact_at(applied, term, vec![applied as u8; 40])
+        n.compact_at(meta_at(n, applied, term), vec![applied as u8; 40])
             .expect("a snapshot at the applied index")
     };
     let old = compact_now(c.nodes.get_mut(&l).unwrap());
@@ -843,4 +880,13 @@ fn a_new_election_timeout_applies_to_the_running_countdown() {
     k.set_election_tick(0);
     k.tick();
     assert_eq!(k.status().role, Role::Follower);
+}
+
+/// The meta a driver reads when it cuts a snapshot at `index`.
+fn meta_at(n: &Node, index: u64, term: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        index,
+        term,
+        conf_state: n.conf_state(),
+    }
 }

@@ -703,15 +703,14 @@ impl Driver {
             }
             Input::SnapshotSaved { meta, data } => {
                 self.snapshotting = false;
-                let index = meta.index;
                 let data = data.map_err(|e| format!("snapshot failed: {e}"))?;
                 // The core keeps these bytes to send to lagging followers; a
                 // lone voter has none, so it need not hold a second copy of
                 // the whole state (if one joins, the core asks for a new
                 // snapshot: see `take_image_wanted`).
                 let compacted = match data {
-                    Some(data) if !self.alone() => self.core.compact_at(index, meta.term, data),
-                    _ => self.core.compact_at_without_image(index, meta.term),
+                    Some(data) if !self.alone() => self.core.compact_at(meta.clone(), data),
+                    _ => self.core.compact_at_without_image(meta.clone()),
                 };
                 if compacted.is_some() {
                     log::info!(
