@@ -174,10 +174,7 @@ fn filters_and_prev_kv() {
     assert!(puts.iter().all(|e| e.kind == EventType::Put));
     assert_eq!(puts[0].prev_kv, None);
     assert_eq!(
-        puts[1]
-            .prev_kv
-            .as_ref()
-            .map(|kv| kv.value.clone()),
+        puts[1].prev_kv.as_ref().map(|kv| kv.value.clone()),
         Some(b"1".to_vec())
     );
 }
