@@ -295,7 +295,7 @@ mod tests {
         }
     }
 
-    fn events_resp(id: i64, rev: i64, events: &[Arc<Event>]) -> PendingResponse {
+    fn events_resp(id: i64, rev: i64, event: &Arc<Event>) -> PendingResponse {
         PendingResponse {
             head: WatchResponse {
                 header: ResponseHeader {
@@ -305,13 +305,10 @@ mod tests {
                 watch_id: id,
                 ..WatchResponse::default()
             },
-            events: events
-                .iter()
-                .map(|e| SharedEvent {
-                    event: e.clone(),
-                    prev_kv: false,
-                })
-                .collect(),
+            events: vec![SharedEvent {
+                event: event.clone(),
+                prev_kv: false,
+            }],
         }
     }
 
@@ -348,7 +345,7 @@ mod tests {
             kv: kv("a", 5),
             prev_kv: None,
         });
-        let queue: Vec<_> = (0..4).map(|id| events_resp(id, 5, &[e5.clone()])).collect();
+        let queue: Vec<_> = (0..4).map(|id| events_resp(id, 5, &e5)).collect();
         let batches = batch(&queue);
         assert_eq!(
             batches,
@@ -382,17 +379,17 @@ mod tests {
         // A copy of e5's event is another allocation: not batched with it.
         let e5_copy = Arc::new((*e5).clone());
         let queue = vec![
-            events_resp(1, 5, &[e5.clone()]),
+            events_resp(1, 5, &e5),
             control(3, 5, true),
-            events_resp(2, 5, &[e5.clone()]),
-            events_resp(4, 5, &[e5_copy]),
+            events_resp(2, 5, &e5),
+            events_resp(4, 5, &e5_copy),
             control(5, 5, true),
             // Watch 1 again: a new run, so it stays after its first.
-            events_resp(1, 6, &[e6.clone()]),
-            events_resp(3, 5, &[e5.clone()]),
+            events_resp(1, 6, &e6),
+            events_resp(3, 5, &e5),
             control(-1, 6, false),
-            events_resp(2, 6, &[e6.clone()]),
-            events_resp(3, 6, &[e6.clone()]),
+            events_resp(2, 6, &e6),
+            events_resp(3, 6, &e6),
         ];
         assert_eq!(
             unbatched(&queue),
