@@ -207,12 +207,21 @@ fn header_only(h: &wire::ResponseHeader) -> pb::HeaderResponse {
     pb::HeaderResponse { header: header(h) }
 }
 
+/// `m` as a gRPC message: the 5-byte prefix and the protobuf body, in one
+/// allocation of the exact size.
 fn encode<M: prost::Message>(m: M) -> Vec<u8> {
-    m.encode_to_vec()
+    let len = m.encoded_len();
+    let mut out = Vec::with_capacity(super::codec::PREFIX_LEN + len);
+    out.push(0);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    // Encoding into a Vec cannot run out of space.
+    let _ = m.encode(&mut out);
+    out
 }
 
-/// Encodes a unary response as the protobuf message of `method`. A response
-/// of the wrong kind for the method is a node bug, reported as `Internal`.
+/// Encodes a unary response as the gRPC message (prefix and protobuf body)
+/// of `method`. A response of the wrong kind for the method is a node bug,
+/// reported as `Internal`.
 pub fn encode_response(method: Unary, response: wire::Response) -> Result<Vec<u8>, Status> {
     use wire::Response as R;
     use Unary as U;
@@ -1062,7 +1071,12 @@ mod tests {
             ],
         };
         let bytes = encode_response(Unary::Txn, wire::Response::Txn(txn)).unwrap();
-        let decoded = pb::TxnResponse::decode(&bytes[..]).unwrap();
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        assert_eq!(
+            (bytes[0], len),
+            (0, bytes.len() - super::super::codec::PREFIX_LEN)
+        );
+        let decoded = pb::TxnResponse::decode(&bytes[5..]).unwrap();
         assert!(decoded.succeeded);
         assert_eq!(decoded.header.unwrap().raft_term, 4);
         match &decoded.responses[1].response {
@@ -1086,7 +1100,7 @@ mod tests {
         });
         let bytes = encode_response(Unary::MemberList, members.clone()).unwrap();
         assert_eq!(
-            pb::MembersResponse::decode(&bytes[..]).unwrap().members[0].id,
+            pb::MembersResponse::decode(&bytes[5..]).unwrap().members[0].id,
             9
         );
         assert_eq!(
