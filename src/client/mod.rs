@@ -447,6 +447,26 @@ impl Client {
             .map_err(|_| ClientError::Timeout)?
     }
 
+    /// Opens a watch stream, batched (`Call::WatchBatched`: the node sends
+    /// `WatchBatch`es) when the node knows it, else a plain one (a node
+    /// from before batching refuses the call as malformed). The flag says
+    /// which it is.
+    pub async fn open_watch_stream(
+        &self,
+        token: Option<String>,
+    ) -> Result<(StreamSender, StreamReceiver, bool), ClientError> {
+        match self.open_stream(token.clone(), Call::WatchBatched).await {
+            Ok((send, recv)) => Ok((send, recv, true)),
+            Err(ClientError::Server(qed_wire::Error::InvalidArgument(why)))
+                if why.starts_with("malformed request") =>
+            {
+                let (send, recv) = self.open_stream(token, Call::Watch).await?;
+                Ok((send, recv, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Streams a snapshot of the contacted node's state into `out` (the file
     /// `qed snapshot save` writes), calling `progress(received, total)` after
     /// each chunk. Returns the bytes written.

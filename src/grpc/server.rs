@@ -648,7 +648,7 @@ async fn streaming<B: Backend>(
                     pair,
                     config,
                     convert::watch_request_bytes,
-                    |r| codec::encode(&convert::watch_response(r)),
+                    convert::watch_batch_bytes,
                 )
                 .await
             }

@@ -33,6 +33,7 @@ use crate::runtime;
 use crate::runtime::{UnixListener, UnixStream};
 use crate::transport::stream::{self, RecvHalf, SendHalf};
 use crate::transport::TransportError;
+use crate::watch::{self, BatchRef};
 use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
 use qed_wire::kv::RangeRequest;
 use qed_wire::lease::LeaseKeepAliveRequest;
@@ -551,7 +552,8 @@ async fn serve_streaming(
 ) {
     match call {
         Call::Snapshot => send_snapshot(&mut send, &node, &creds).await,
-        Call::Watch => serve_watch(send, recv, node, creds, budget).await,
+        Call::Watch => serve_watch(send, recv, node, creds, budget, false).await,
+        Call::WatchBatched => serve_watch(send, recv, node, creds, budget, true).await,
         Call::LeaseKeepAlive => serve_keep_alive(send, recv, node, budget).await,
         Call::Unary(_) => {
             let answer: StreamAccept = Err(Error::InvalidArgument("not a streaming call".into()));
@@ -561,13 +563,16 @@ async fn serve_streaming(
 }
 
 /// A watch stream: requests feed the hub; the hub's responses go out in
-/// queue order, stamped with this member's header fields.
+/// queue order, stamped with this member's header fields. A `batched`
+/// stream sends them as `WatchBatch`es (`watch::batch`): a response a
+/// thousand watches share is encoded and sent once.
 async fn serve_watch(
     mut send: SendHalf,
     mut recv: RecvHalf,
     node: Arc<Node>,
     creds: Credentials,
     budget: Arc<ConnBudget>,
+    batched: bool,
 ) {
     let accepted: StreamAccept = Ok(());
     if stream::write(&mut send, &accepted, MAX_SERVER_FRAME)
@@ -607,7 +612,22 @@ async fn serve_watch(
         for resp in &mut batch {
             node.stamp(resp.header_mut());
         }
-        if let Err(e) = stream::write_all_of(&mut send, &batch, MAX_SERVER_FRAME).await {
+        let written = if batched {
+            let groups = watch::batch(&batch);
+            let messages: Vec<BatchRef<'_>> = groups
+                .iter()
+                .filter_map(|b| {
+                    Some(BatchRef {
+                        response: batch.get(b.first)?,
+                        more_ids: &b.more,
+                    })
+                })
+                .collect();
+            stream::write_all_of(&mut send, &messages, MAX_SERVER_FRAME).await
+        } else {
+            stream::write_all_of(&mut send, &batch, MAX_SERVER_FRAME).await
+        };
+        if let Err(e) = written {
             log::debug!("watch stream {stream_id} write failed: {e}");
             watchers.close(stream_id);
             return;

@@ -7,7 +7,8 @@
 //! it with one [`StreamAccept`] frame (refusing, for instance, a bad token or
 //! an unimplemented call); after it the client sends that call's request
 //! messages (`WatchRequest`, `LeaseKeepAliveRequest`) and the node sends its
-//! responses (`WatchResponse`, `LeaseKeepAliveResponse`, or
+//! responses (`WatchResponse`, `WatchBatch` on a `WatchBatched` stream,
+//! `LeaseKeepAliveResponse`, or
 //! `Result<SnapshotResponse, Error>` chunks) until either side finishes.
 //!
 //! A Unix-socket connection carries the same frames, with a call number in
@@ -43,6 +44,12 @@ pub enum Call {
     LeaseKeepAlive,
     /// Streams a snapshot of the node's state back.
     Snapshot,
+    /// Opens a watch stream whose node-to-client messages are
+    /// [`WatchBatch`](crate::watch::WatchBatch)es: one response stands for
+    /// every watch of the stream it is identical for, so an event a
+    /// thousand watches share crosses the wire once. (Last, so older
+    /// nodes refuse it as malformed and a client can fall back to `Watch`.)
+    WatchBatched,
 }
 
 /// The answer to a unary call.
