@@ -27,6 +27,11 @@
 #   make bench-edge QUICK=1               every cell, 5 s each
 #   make bench-edge SCENARIOS="wan" DURATION=30 RTTS=200 SERVERS=qed
 #
+# A/B runs: SERVERS may also name `qed-NAME` variants, whose qed and
+# qed-grpc binaries come from the directory in QED_DIR_NAME (say a copy of
+# main's release binaries: SERVERS="qed qed-main" QED_DIR_main=DIR), so old
+# and new alternate cell by cell in the same run; BUILD=0 skips the build.
+#
 # The loss cells need root (a private network namespace and nftables, so the
 # drop rules touch nothing else on the machine): without root they are
 # skipped with a note, and the rest runs on the host's loopback. Run as
@@ -50,14 +55,16 @@ SEED=${SEED:-1}
 QED_FLAGS=${QED_FLAGS:-}
 ETCD_FLAGS=${ETCD_FLAGS:-}
 if [ "$QUICK" = 1 ]; then OUT=${OUT:-bench/results/edge-quick.md}; else OUT=${OUT:-bench/results/edge.md}; fi
-BENCH=target/release/examples/bench
+BENCH=${BENCH:-target/release/examples/bench}
 LINK=target/release/qed-link
 
 say() { printf '%s\n' "$*" >&2; }
 
 if [ -z "${EDGE_IN_NETNS:-}" ]; then
-    say "building release binaries"
-    cargo build --release --bins --example bench >&2
+    if [ "${BUILD:-1}" != 0 ]; then
+        say "building release binaries"
+        cargo build --release --bins --example bench >&2
+    fi
     command -v etcd >/dev/null || make deps-etcd >&2
     if [ "$(id -u)" = 0 ]; then
         command -v nft >/dev/null || make deps-edge >&2
@@ -165,6 +172,19 @@ print("changes=%d leaderless=%.1f" % (changes, sum(leaderless.values())))
 EOF
 
 # ---------------------------------------------------------------- clusters
+# qed_dir SERVER: where a qed variant's binaries are (see QED_DIR_NAME).
+qed_dir() {
+    local var
+    case $1 in
+    qed-*)
+        var=QED_DIR_${1#qed-}
+        [ -n "${!var:-}" ] || { say "SERVERS names $1: set $var to its binaries' directory"; exit 2; }
+        echo "${!var}"
+        ;;
+    *) echo target/release ;;
+    esac
+}
+
 # start_members SERVER CELL: three fresh members. Peers listen on PEER[i];
 # with RELAYED=1 they are advertised (and so dialled) at RELAY[i], the link
 # emulator's ports, else at PEER[i]. Sets MEMBER_PIDS, METRICS, ENDPOINTS.
@@ -195,7 +215,7 @@ start_members() {
             ENDPOINTS+="http://127.0.0.1:${CLIENT[i]},"
         else
             # shellcheck disable=SC2086
-            target/release/qed --name "m$i" --data-dir "$CELL_DIR/m$i" --log-level warn $QED_FLAGS \
+            "$(qed_dir "$server")/qed" --name "m$i" --data-dir "$CELL_DIR/m$i" --log-level warn $QED_FLAGS \
                 --listen-client-urls "https://127.0.0.1:${CLIENT[i]}" \
                 --listen-peer-urls "http://127.0.0.1:${PEER[i]}" --initial-advertise-peer-urls "http://127.0.0.1:$adv" \
                 --listen-metrics-urls "http://127.0.0.1:${MPORT[i]}" \
@@ -212,11 +232,11 @@ start_members() {
 # every gRPC endpoint is healthy.
 wait_ready() {
     local i
-    if [ "$1" = qed ]; then
+    if [ "$1" != etcd ]; then
         # A shim per member, trusting that member's generated CA.
         for i in 0 1 2; do
             poll 60 test -f "$CELL_DIR/m$i/certs/ca.crt" || return 1
-            target/release/qed-grpc --listen-client-urls "http://127.0.0.1:${GRPC[i]}" \
+            "$(qed_dir "$1")/qed-grpc" --listen-client-urls "http://127.0.0.1:${GRPC[i]}" \
                 --endpoints "https://127.0.0.1:${CLIENT[i]}" --cacert "$CELL_DIR/m$i/certs/ca.crt" \
                 >"$CELL_DIR/grpc$i.log" 2>&1 &
             MEMBER_PIDS+=("$!"); PIDS+=("$!")
@@ -325,7 +345,7 @@ slow_leader() {
 # (UDP for qed's QUIC, TCP for etcd), RTT ms round trip, LOSS % each way.
 link_up() {
     local proto=udp i relays=() oneway jitter
-    [ "$1" = qed ] || proto=tcp
+    [ "$1" != etcd ] || proto=tcp
     for i in 0 1 2; do relays+=("--$proto" "127.0.0.1:${RELAY[i]}=127.0.0.1:${PEER[i]}"); done
     oneway=$(awk -v r="$RTT" 'BEGIN { printf "%gms", r / 2 }')
     jitter=$(awk -v r="$RTT" 'BEGIN { printf "%gms", r / 20 }')

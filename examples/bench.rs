@@ -846,7 +846,8 @@ async fn start_watchers(
     let mut tasks = Vec::new();
     let mut failed = 0;
     match server {
-        // The SDK gives every watcher its own QUIC stream.
+        // The SDK shares its watch streams (up to 256 watches each); every
+        // watcher has its own task, as an application's would.
         Server::Native(clients) => {
             for w in 0..flags.watchers {
                 let client = &clients[w % clients.len()];

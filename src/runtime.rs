@@ -15,6 +15,23 @@ pub use async_std::os::unix::net::{UnixListener, UnixStream};
 pub use async_std::sync::Mutex;
 pub use async_std::task::JoinHandle;
 
+/// Sets how many threads run spawned tasks (one per core when never
+/// called). Call it first thing in `main`, before any task, timer or socket
+/// starts the runtime and while no other thread runs; later calls change
+/// nothing.
+///
+/// Why fewer can be faster: the executor wakes a sleeping worker for every
+/// task that becomes runnable, so a call that hops between a few tasks (a
+/// socket read, a channel, a socket write) pays a futex wake and a context
+/// switch per hop when several workers share the tasks. With one worker
+/// those hops are plain function calls on one thread (measured on the shim
+/// under 16 clients: context switches per put 3.7 -> 0.9, CPU per put
+/// 86 -> 50 us).
+pub fn set_worker_threads(threads: std::num::NonZeroUsize) {
+    // async-std reads its thread count from this variable when it starts.
+    std::env::set_var("ASYNC_STD_THREAD_COUNT", threads.to_string());
+}
+
 /// Runs a future on the runtime's executor.
 pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
 where

@@ -2,17 +2,20 @@
 //! on `unix://…/qed.sock`, the SDK and `qed-grpc` (driven by etcdctl, when
 //! installed) reaching it through the socket.
 //!
-//! What must hold: every call kind works over the socket (unary calls on
-//! reused connections, watch, lease keepalive), what one path writes the
-//! other reads; a bad frame ends only its own connection; auth applies to a
-//! socket client as to any other (no token, no access); a live socket is
-//! not taken over by a second node, a stale one (after SIGKILL) is.
+//! What must hold: every call kind works over the socket (unary calls
+//! multiplexed on one connection, watch, lease keepalive), what one path
+//! writes the other reads; on a multiplexed connection replies carry their
+//! call's number, a call too large or that does not decode gets its own
+//! error and the connection carries on, and only a frame without a
+//! readable number ends the connection; auth applies to a socket client
+//! as to any other (no token, no access); a live socket is not taken over
+//! by a second node, a stale one (after SIGKILL) is.
 
 mod common;
 
 use common::{free_tcp_port, free_udp_port, on_path, Proc, TempDir};
 use qed::client::{Client, ClientError, ConnectOptions, EventType, GetOptions, WatchOptions};
-use qed::wire::{self, frame, ClientRequest, Reply};
+use qed::wire::{self, frame, ClientRequest, UnixReply, UnixRequest};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -91,8 +94,9 @@ fn sdk_calls_over_a_unix_socket() {
         )
         .await;
 
-        // Concurrent unary calls: more in flight than one connection, and
-        // each connection reused for many calls.
+        // Concurrent unary calls share one connection: the node holds no
+        // more sockets for 32 callers than for one.
+        let sockets_before = open_sockets(&node);
         let mut tasks = Vec::new();
         for t in 0..32 {
             let c = local.clone();
@@ -109,6 +113,11 @@ fn sdk_calls_over_a_unix_socket() {
         for task in tasks {
             task.await.expect("calls over the socket");
         }
+        let sockets_after = open_sockets(&node);
+        assert!(
+            sockets_after <= sockets_before + 1,
+            "{sockets_before} sockets before 32 concurrent callers, {sockets_after} after"
+        );
         // What went in through the socket is what QUIC clients read.
         let all = quic
             .get(
@@ -151,48 +160,80 @@ fn sdk_calls_over_a_unix_socket() {
         assert_eq!(alive.id, lease.id);
         assert!(alive.ttl > 0);
 
-        // A frame over the limit ends its own connection, with etcd's
-        // error; the next connection is served as before.
+        // One raw connection, calls pipelined: each reply carries its
+        // call's number. A call over the size limit and one that does not
+        // decode get their own errors; the others on the connection are
+        // answered as usual.
         let mut raw = std::os::unix::net::UnixStream::connect(&node.socket).expect("connect");
-        raw.write_all(&u32::MAX.to_be_bytes())
-            .expect("write prefix");
-        let reply: Reply = read_frame(&mut raw);
-        assert!(
-            matches!(reply, Err(wire::Error::RequestTooLarge)),
-            "{reply:?}"
-        );
-        // A request in a frame that does not decode: InvalidArgument.
-        let mut raw = std::os::unix::net::UnixStream::connect(&node.socket).expect("connect");
-        raw.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
-            .expect("write junk");
-        let reply: Reply = read_frame(&mut raw);
-        assert!(
-            matches!(reply, Err(wire::Error::InvalidArgument(_))),
-            "{reply:?}"
-        );
-        // Two unary calls on one raw connection, one after the other.
-        let mut raw = std::os::unix::net::UnixStream::connect(&node.socket).expect("connect");
-        for _ in 0..2 {
-            let request = ClientRequest {
+        let range = |id| UnixRequest {
+            id,
+            request: ClientRequest {
                 token: None,
                 call: wire::Call::Unary(wire::Request::Range(wire::kv::RangeRequest {
                     key: b"w".to_vec(),
                     ..Default::default()
                 })),
-            };
-            raw.write_all(&frame::encode(&request, frame::MAX_CLIENT_FRAME).expect("encode"))
-                .expect("write request");
-            let reply: Reply = read_frame(&mut raw);
-            match reply {
+            },
+        };
+        let mut bytes = frame::encode(&range(7), frame::MAX_CLIENT_FRAME).expect("encode");
+        // Number 8: 3 MiB, over the node's limit (read past, not kept).
+        let big = 3 << 20;
+        bytes.extend_from_slice(&(big as u32).to_be_bytes());
+        bytes.push(8);
+        bytes.resize(bytes.len() + big - 1, 0);
+        // Number 9: a body that is not a request.
+        bytes.extend_from_slice(&[0, 0, 0, 3, 9, 0xff, 0xff]);
+        bytes = frame::encode_into(&range(10), frame::MAX_CLIENT_FRAME, bytes).expect("encode");
+        let writer = {
+            let mut raw = raw.try_clone().expect("clone");
+            std::thread::spawn(move || raw.write_all(&bytes))
+        };
+        let mut replies = std::collections::BTreeMap::new();
+        for _ in 0..4 {
+            let reply: UnixReply = read_frame(&mut raw);
+            replies.insert(reply.id, reply.reply);
+        }
+        writer.join().expect("writer").expect("write requests");
+        for id in [7, 10] {
+            match &replies[&id] {
                 Ok(wire::Response::Range(r)) => assert_eq!(r.kvs[0].value, b"9"),
-                other => panic!("unexpected {other:?}"),
+                other => panic!("call {id}: unexpected {other:?}"),
             }
         }
+        assert!(
+            matches!(replies[&8], Err(wire::Error::RequestTooLarge)),
+            "{:?}",
+            replies[&8]
+        );
+        assert!(
+            matches!(replies[&9], Err(wire::Error::InvalidArgument(_))),
+            "{:?}",
+            replies[&9]
+        );
+        // A frame whose number cannot be read ends its connection (and
+        // only it).
+        raw.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+            .expect("write junk");
+        raw.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        raw.read_to_end(&mut rest).expect("the node closes");
+        assert!(rest.is_empty(), "{} bytes after the junk", rest.len());
         local
             .put("after", "bad frames", None)
             .await
             .expect("still served");
     });
+}
+
+/// Sockets the node process holds open (its QUIC and Unix ones).
+fn open_sockets(node: &Node) -> usize {
+    let fds = format!("/proc/{}/fd", node.proc.0.id());
+    std::fs::read_dir(fds)
+        .expect("list fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
 }
 
 fn read_frame<T: serde::de::DeserializeOwned>(raw: &mut std::os::unix::net::UnixStream) -> T {
@@ -256,12 +297,10 @@ fn auth_applies_over_a_unix_socket() {
 fn a_live_socket_is_kept_and_a_stale_one_replaced() {
     let mut node = start_node("unix-bind");
     let url = unix_url(&node.socket);
-    qed::runtime::block_on(async {
-        client(&url, options())
-            .await
-            .put("k", "1", None)
-            .await
-            .expect("put");
+    let kept = qed::runtime::block_on(async {
+        let c = client(&url, options()).await;
+        c.put("k", "1", None).await.expect("put");
+        c
     });
     // A second node on the same socket refuses to start.
     let other = TempDir::new("unix-bind-other");
@@ -284,6 +323,16 @@ fn a_live_socket_is_kept_and_a_stale_one_replaced() {
     qed::runtime::block_on(async {
         let c = client(&url, options()).await;
         assert_eq!(c.get("k", None).await.expect("get").kvs[0].value, b"1");
+        // The client from before the restart: its shared connection died
+        // with the node; a later call goes on a new one.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match kept.get("k", None).await {
+                Ok(got) => break assert_eq!(got.kvs[0].value, b"1"),
+                Err(e) => assert!(Instant::now() < deadline, "old client never recovered: {e}"),
+            }
+            qed::runtime::sleep(Duration::from_millis(50)).await;
+        }
     });
 }
 

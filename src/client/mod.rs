@@ -3,9 +3,9 @@
 //! A [`Client`] holds one lazily opened QUIC connection per endpoint and
 //! sends each call on its own stream, round-robin over the endpoints. A
 //! `unix://` endpoint (a node on the same machine) is reached over Unix
-//! sockets instead, with the same frames: a call takes an idle connection
-//! from the endpoint's pool (or opens one), and a unary call's connection
-//! goes back to the pool once its reply is read. A call
+//! sockets instead, with the same frames: unary calls share one
+//! connection per endpoint, numbered and answered in any order
+//! (`unix_mux`), and each streaming call has a connection of its own. A call
 //! fails over to the next endpoint only when it could not be sent (connect or
 //! stream-open failure): once a request has left, retrying could apply a
 //! write twice, so the error goes to the caller instead.
@@ -29,6 +29,7 @@ mod auth;
 pub mod concurrency;
 mod kv;
 mod lease;
+mod unix_mux;
 mod watch;
 mod watch_stream;
 
@@ -191,8 +192,10 @@ struct Inner {
     /// One slot per endpoint; the async lock makes concurrent first calls
     /// share one handshake instead of racing to open many.
     connections: Vec<Mutex<Slot>>,
-    /// Per endpoint, idle Unix connections (empty for QUIC endpoints).
-    unix_idle: Vec<std::sync::Mutex<Vec<IdleUnix>>>,
+    /// Per endpoint, the multiplexed Unix connection unary calls share
+    /// (always empty for QUIC endpoints); the async lock makes concurrent
+    /// first calls share one connection.
+    unix: Vec<Mutex<Option<unix_mux::UnixMux>>>,
     next: AtomicUsize,
     options: ConnectOptions,
     /// The token calls carry: `options.token`, or the one `Authenticate`
@@ -253,7 +256,7 @@ impl Client {
         let client = Client {
             inner: Arc::new(Inner {
                 connections: parsed.iter().map(|_| Mutex::new(Slot::default())).collect(),
-                unix_idle: parsed.iter().map(|_| Default::default()).collect(),
+                unix: parsed.iter().map(|_| Mutex::new(None)).collect(),
                 endpoints: parsed,
                 quic,
                 next: AtomicUsize::new(0),
@@ -359,33 +362,37 @@ impl Client {
         // Boxed: the spawned tasks that make calls (the gRPC shim's) stay
         // small, rather than carrying every state of a handshake.
         let call = Box::pin(async {
-            let mut opened = self.open_bi().await?;
-            if let Err(e) = stream::WriteBytes::write_bytes(&mut opened.send, &frame).await {
-                if !opened.pooled {
-                    return Err(after_send(e));
+            let max = self.inner.options.max_call_send_bytes;
+            let (mut send, mut recv) = match self.open_bi(true).await? {
+                Opened::Own { send, recv, .. } => (send, recv),
+                Opened::Mux(mux, idx) => {
+                    let too_large = |_| ClientError::Server(qed_wire::Error::RequestTooLarge);
+                    let reply = match mux.call(&frame, max).await.map_err(too_large)? {
+                        // It died before this call was queued: a new
+                        // connection may carry it (nothing was sent).
+                        Err(unix_mux::MuxError::NotSent) => {
+                            let mux = self.unix_mux(idx).await?;
+                            mux.call(&frame, max).await.map_err(too_large)?
+                        }
+                        other => other,
+                    };
+                    let reply = reply.map_err(|e| match e {
+                        unix_mux::MuxError::Busy => {
+                            ClientError::Server(qed_wire::Error::TooManyRequests)
+                        }
+                        _ => ClientError::Closed,
+                    })?;
+                    return reply.map_err(ClientError::Server);
                 }
-                // An idle Unix connection the node has since closed: the
-                // write is refused before the node reads a byte, so a new
-                // connection may carry the call.
-                opened = self.open_bi_fresh(opened.idx).await?;
-                stream::WriteBytes::write_bytes(&mut opened.send, &frame)
-                    .await
-                    .map_err(after_send)?;
-            }
-            let Opened {
-                mut send,
-                mut recv,
-                idx,
-                ..
-            } = opened;
-            if matches!(send, SendHalf::Quic(_)) {
-                send.finish();
-            }
+            };
+            stream::WriteBytes::write_bytes(&mut send, &frame)
+                .await
+                .map_err(after_send)?;
+            send.finish();
             let reply: Reply = stream::read(&mut recv, MAX_SERVER_FRAME)
                 .await
                 .map_err(after_send)?
                 .ok_or(ClientError::Closed)?;
-            self.keep_idle(idx, send, recv);
             reply.map_err(ClientError::Server)
         });
         runtime::timeout(timeout, call)
@@ -403,13 +410,23 @@ impl Client {
         let timeout = self.inner.options.request_timeout;
         let max_send = self.inner.options.max_call_send_bytes;
         let open = async {
-            let Opened {
+            let Opened::Own {
                 mut send, mut recv, ..
-            } = self.open_bi().await?;
-            let envelope = ClientRequest { token, call };
-            stream::write(&mut send, &envelope, max_send)
-                .await
-                .map_err(after_send)?;
+            } = self.open_bi(false).await?
+            else {
+                return Err(ClientError::Closed);
+            };
+            let request = ClientRequest { token, call };
+            let written = match send {
+                // A Unix connection's frames carry a call number (unused
+                // on a streaming call's own connection).
+                SendHalf::Unix(_) => {
+                    let request = qed_wire::UnixRequest { id: 0, request };
+                    stream::write(&mut send, &request, max_send).await
+                }
+                SendHalf::Quic(_) => stream::write(&mut send, &request, max_send).await,
+            };
+            written.map_err(after_send)?;
             let accepted: qed_wire::StreamAccept = stream::read(&mut recv, MAX_SERVER_FRAME)
                 .await
                 .map_err(after_send)?
@@ -428,6 +445,26 @@ impl Client {
         runtime::timeout(timeout, open)
             .await
             .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// Opens a watch stream, batched (`Call::WatchBatched`: the node sends
+    /// `WatchBatch`es) when the node knows it, else a plain one (a node
+    /// from before batching refuses the call as malformed). The flag says
+    /// which it is.
+    pub async fn open_watch_stream(
+        &self,
+        token: Option<String>,
+    ) -> Result<(StreamSender, StreamReceiver, bool), ClientError> {
+        match self.open_stream(token.clone(), Call::WatchBatched).await {
+            Ok((send, recv)) => Ok((send, recv, true)),
+            Err(ClientError::Server(qed_wire::Error::InvalidArgument(why)))
+                if why.starts_with("malformed request") =>
+            {
+                let (send, recv) = self.open_stream(token, Call::Watch).await?;
+                Ok((send, recv, false))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Streams a snapshot of the contacted node's state into `out` (the file
@@ -456,8 +493,10 @@ impl Client {
 
     /// Opens a stream on the next endpoint in turn, failing over to the
     /// others when one cannot be reached. Down endpoints are looked at only
-    /// when no other is left (and then fail at once).
-    async fn open_bi(&self) -> Result<Opened, ClientError> {
+    /// when no other is left (and then fail at once). For a `unary` call,
+    /// a Unix endpoint gives its shared connection; for a streaming call, a
+    /// connection of its own.
+    async fn open_bi(&self, unary: bool) -> Result<Opened, ClientError> {
         let n = self.inner.endpoints.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
@@ -468,10 +507,12 @@ impl Client {
                     if pass == Pass::Down {
                         continue;
                     }
-                    if let Some(idle) = self.take_idle(idx) {
-                        return Ok(idle);
-                    }
-                    match self.connect_unix(idx, path).await {
+                    let opened = if unary {
+                        self.unix_mux(idx).await.map(|mux| Opened::Mux(mux, idx))
+                    } else {
+                        self.connect_unix(idx, path).await
+                    };
+                    match opened {
                         Ok(opened) => return Ok(opened),
                         Err(e) => last = Some(e),
                     }
@@ -480,11 +521,9 @@ impl Client {
                 match self.connection(idx, pass).await {
                     Ok(Some(conn)) => match conn.open_bi().await {
                         Ok((send, recv)) => {
-                            return Ok(Opened {
+                            return Ok(Opened::Own {
                                 send: SendHalf::Quic(send),
                                 recv: RecvHalf::Quic(recv),
-                                idx,
-                                pooled: false,
                             })
                         }
                         Err(e) => {
@@ -500,14 +539,7 @@ impl Client {
         Err(last.unwrap_or(ClientError::Closed))
     }
 
-    /// A new Unix connection to endpoint `idx` (after a pooled one failed).
-    async fn open_bi_fresh(&self, idx: usize) -> Result<Opened, ClientError> {
-        match self.inner.endpoints.get(idx) {
-            Some(ClientUrl::Unix(path)) => self.connect_unix(idx, path).await,
-            _ => Err(ClientError::Closed),
-        }
-    }
-
+    /// A Unix connection of its own (a streaming call's) to endpoint `idx`.
     async fn connect_unix(
         &self,
         idx: usize,
@@ -516,65 +548,41 @@ impl Client {
         let conn = UnixStream::connect(path)
             .await
             .map_err(|e| self.connect_error(idx, e))?;
-        Ok(Opened {
+        Ok(Opened::Own {
             send: SendHalf::Unix(conn.clone()),
             recv: RecvHalf::unix(conn),
-            idx,
-            pooled: false,
         })
     }
 
-    /// An idle Unix connection to endpoint `idx` that is young enough to
-    /// trust (the node closes connections idle for 30 s).
-    fn take_idle(&self, idx: usize) -> Option<Opened> {
-        let mut idle = self
-            .inner
-            .unix_idle
-            .get(idx)?
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        while let Some(conn) = idle.pop() {
-            if now.duration_since(conn.since) < UNIX_IDLE_TIMEOUT {
-                return Some(Opened {
-                    send: conn.send,
-                    recv: conn.recv,
-                    idx,
-                    pooled: true,
-                });
-            }
-        }
-        None
-    }
-
-    /// Puts a Unix connection whose call is over back in its pool (a QUIC
-    /// stream is simply dropped).
-    fn keep_idle(&self, idx: usize, send: SendHalf, recv: RecvHalf) {
-        if !matches!(send, SendHalf::Unix(_)) {
-            return;
-        }
-        let Some(idle) = self.inner.unix_idle.get(idx) else {
-            return;
+    /// Endpoint `idx`'s shared Unix connection: the live one, or a new one
+    /// in place of one that died or idled too long.
+    async fn unix_mux(&self, idx: usize) -> Result<unix_mux::UnixMux, ClientError> {
+        let (Some(slot), Some(ClientUrl::Unix(path))) =
+            (self.inner.unix.get(idx), self.inner.endpoints.get(idx))
+        else {
+            return Err(ClientError::Closed);
         };
-        let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < UNIX_POOL {
-            idle.push(IdleUnix {
-                send,
-                recv,
-                since: Instant::now(),
-            });
+        let mut slot = slot.lock().await;
+        if let Some(mux) = slot.as_ref() {
+            if mux.usable(Instant::now()) {
+                return Ok(mux.clone());
+            }
+            mux.retire();
+            *slot = None;
         }
+        let mux = unix_mux::UnixMux::connect(path, self.inner.on_drop.clone())
+            .await
+            .map_err(|e| self.connect_error(idx, e))?;
+        *slot = Some(mux.clone());
+        Ok(mux)
     }
 
     async fn any_connection(&self) -> Result<(), ClientError> {
         let mut last = None;
         for idx in 0..self.inner.endpoints.len() {
-            if let Some(ClientUrl::Unix(path)) = self.inner.endpoints.get(idx) {
-                match self.connect_unix(idx, path).await {
-                    Ok(opened) => {
-                        self.keep_idle(idx, opened.send, opened.recv);
-                        return Ok(());
-                    }
+            if let Some(ClientUrl::Unix(_)) = self.inner.endpoints.get(idx) {
+                match self.unix_mux(idx).await {
+                    Ok(_) => return Ok(()),
                     Err(e) => last = Some(e),
                 }
                 continue;
@@ -789,28 +797,12 @@ async fn probe(client: std::sync::Weak<Inner>, idx: usize) {
 }
 
 /// A call's transport, as [`Client::open_bi`] hands it out.
-struct Opened {
-    send: SendHalf,
-    recv: RecvHalf,
-    /// The endpoint it leads to.
-    idx: usize,
-    /// An idle Unix connection taken from the pool.
-    pooled: bool,
+enum Opened {
+    /// A stream of its own: a QUIC stream, or a Unix connection of its own.
+    Own { send: SendHalf, recv: RecvHalf },
+    /// Endpoint `.1`'s shared Unix connection, for a unary call.
+    Mux(unix_mux::UnixMux, usize),
 }
-
-/// A Unix connection between calls.
-struct IdleUnix {
-    send: SendHalf,
-    recv: RecvHalf,
-    since: Instant,
-}
-
-/// Idle Unix connections kept per endpoint (one per call in flight, up to
-/// this many, are reused).
-const UNIX_POOL: usize = 256;
-/// An idle Unix connection older than this is closed rather than reused:
-/// well inside the node's 30 s limit for a request to arrive.
-const UNIX_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether a failover pass may use endpoints that recently failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

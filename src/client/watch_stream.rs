@@ -4,8 +4,9 @@
 //! watch would stop at the connection's stream limit) and the node keeps
 //! one writer per stream rather than one per watch.
 //!
-//! A router task per stream reads the node's responses and hands each to
-//! its watch's bounded queue. It never waits on a consumer: a watch whose
+//! A router task per stream reads the node's responses (batched: one
+//! message for every watch it is identical for, see `Call::WatchBatched`)
+//! and hands each to its watch's bounded queue. It never waits on a consumer: a watch whose
 //! queue is full is *detached* (its route dropped, a cancel sent to the
 //! node) and its `Watcher` re-creates it from its first undelivered revision
 //! once its consumer has drained what it was given — the node's own rule
@@ -20,8 +21,7 @@
 
 use super::{Client, ClientError, StreamSender};
 use crate::runtime::{self, channel, Mutex};
-use qed_wire::watch::{WatchCreateRequest, WatchRequest, WatchResponse};
-use qed_wire::Call;
+use qed_wire::watch::{WatchBatch, WatchCreateRequest, WatchRequest, WatchResponse};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
@@ -182,7 +182,7 @@ impl WatchStreams {
 impl SharedStream {
     /// Opens a watch stream and starts its router.
     pub(super) async fn open(client: &Client) -> Result<Arc<SharedStream>, ClientError> {
-        let (send, mut recv) = client.open_stream(client.token(), Call::Watch).await?;
+        let (send, mut recv, batched) = client.open_watch_stream(client.token()).await?;
         let routes: Arc<std::sync::Mutex<Routes>> = Arc::default();
         let stream = Arc::new(SharedStream {
             send: Mutex::new(send),
@@ -190,8 +190,21 @@ impl SharedStream {
         });
         let weak = Arc::downgrade(&stream);
         runtime::spawn(async move {
-            while let Ok(Some(resp)) = recv.recv::<WatchResponse>().await {
-                route(&routes, &weak, resp);
+            loop {
+                let responses = if batched {
+                    match recv.recv::<WatchBatch>().await {
+                        Ok(Some(batch)) => batch.into_responses(),
+                        _ => break,
+                    }
+                } else {
+                    match recv.recv::<WatchResponse>().await {
+                        Ok(Some(resp)) => vec![resp],
+                        _ => break,
+                    }
+                };
+                for resp in responses {
+                    route(&routes, &weak, resp);
+                }
             }
             let mut routes = lock_routes(&routes);
             routes.closed = true;

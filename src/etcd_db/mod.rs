@@ -36,7 +36,7 @@ use crate::auth::store::{Role, User};
 use crate::auth::AuthSnapshot;
 use crate::bbolt::{self, Db, DbWriter, Entry, ReadError, WriteError};
 use crate::lease::{LeaseRecord, LeaseSnapshot};
-use crate::mvcc::{Change, Histories, Revision, Store};
+use crate::mvcc::{Change, ChangeRef, Histories, Revision, Store};
 use qed_wire::auth::{Permission, PermissionType};
 
 const KEY: &[u8] = b"key";
@@ -476,23 +476,28 @@ pub fn export(
     }
     export_auth(&mut db, auth)?;
 
-    let mut changes: Vec<(&[u8], &Change)> = store
+    let mut changes: Vec<&ChangeRef> = store
         .histories()
-        .flat_map(|(k, changes)| changes.iter().map(move |c| (k, c)))
+        .flat_map(|(_, changes)| changes.iter())
         .collect();
-    changes.sort_unstable_by_key(|(_, c)| c.revision());
+    changes.sort_unstable_by_key(|c| c.revision());
     let mut bucket = db.bucket(KEY)?;
     let mut value = Vec::new();
-    for (key, c) in changes {
+    for c in changes {
+        let c = c.view();
+        let tombstone = c.version == 0;
         value.clear();
-        if c.is_tombstone() {
-            proto::encode_key_value(&mut value, key, 0, 0, 0, &[], 0);
+        if tombstone {
+            proto::encode_key_value(&mut value, c.key, 0, 0, 0, &[], 0);
         } else {
             proto::encode_key_value(
-                &mut value, key, c.create, c.main, c.version, &c.value, c.lease,
+                &mut value, c.key, c.create, c.main, c.version, c.value, c.lease,
             );
         }
-        bucket.put(&revision_key(c.revision(), c.is_tombstone()), &value)?;
+        bucket.put(
+            &revision_key(Revision::new(c.main, c.sub), tombstone),
+            &value,
+        )?;
     }
     bucket.finish()?;
 

@@ -97,7 +97,7 @@ fn store_of(imported: &Imported<'_>) -> Store {
 
 fn all_history(s: &Store) -> Vec<(Vec<u8>, Vec<Change>)> {
     s.histories()
-        .map(|(k, c)| (k.to_vec(), c.to_vec()))
+        .map(|(k, c)| (k.to_vec(), c.iter().map(ChangeRef::to_change).collect()))
         .collect()
 }
 

@@ -46,7 +46,10 @@ impl<Req, Resp> StreamPair<Req, Resp> {
     }
 }
 
-pub type WatchStream = StreamPair<wire::watch::WatchRequest, wire::watch::WatchResponse>;
+/// A watch stream's responses come as the node batches them (a response
+/// for every watch it is identical for); the server encodes each batch
+/// once for all its watches.
+pub type WatchStream = StreamPair<wire::watch::WatchRequest, wire::watch::WatchBatch>;
 pub type KeepAliveStream =
     StreamPair<wire::lease::LeaseKeepAliveRequest, wire::lease::LeaseKeepAliveResponse>;
 pub type SnapshotStream = Receiver<Result<wire::maintenance::SnapshotResponse, Status>>;

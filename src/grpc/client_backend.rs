@@ -1,7 +1,8 @@
 //! The real [`Backend`]: the QUIC client SDK.
 //!
 //! Role: unary calls go straight to [`Client::call_with_token`]; each
-//! streaming call opens one QUIC stream and runs two small pump tasks
+//! streaming call opens one QUIC stream (a watch a batched one, see
+//! `Client::open_watch_stream`) and runs two small pump tasks
 //! between it and the channel pair the h2 server holds. Invariants: when the
 //! server drops its request sender the QUIC send side is finished (a
 //! half-close, as in gRPC); when the server lets go of the call
@@ -33,11 +34,26 @@ impl Backend for Client {
     }
 
     async fn watch(&self, token: Option<String>) -> Result<WatchStream, Status> {
-        open_pair(self, token, wire::Call::Watch).await
+        let (sender, receiver, batched) = self
+            .open_watch_stream(token)
+            .await
+            .map_err(|e| Status::from_client(&e))?;
+        if batched {
+            return Ok(pair(sender, receiver, |batch| batch));
+        }
+        // A node from before batching: each response is a batch of one.
+        Ok(pair(sender, receiver, |response| wire::watch::WatchBatch {
+            response,
+            more_ids: Vec::new(),
+        }))
     }
 
     async fn lease_keep_alive(&self, token: Option<String>) -> Result<KeepAliveStream, Status> {
-        open_pair(self, token, wire::Call::LeaseKeepAlive).await
+        let (sender, receiver) = self
+            .open_stream(token, wire::Call::LeaseKeepAlive)
+            .await
+            .map_err(|e| Status::from_client(&e))?;
+        Ok(pair(sender, receiver, |response| response))
     }
 
     async fn snapshot(&self, token: Option<String>) -> Result<SnapshotStream, Status> {
@@ -69,19 +85,18 @@ impl Backend for Client {
     }
 }
 
-async fn open_pair<Req, Resp>(
-    client: &Client,
-    token: Option<String>,
-    call: wire::Call,
-) -> Result<StreamPair<Req, Resp>, Status>
+/// Pumps an opened stream: requests from the server to the node, the
+/// node's messages (`Wire`, made a `Resp` by `lift`) back.
+fn pair<Req, Wire, Resp>(
+    sender: StreamSender,
+    receiver: StreamReceiver,
+    lift: fn(Wire) -> Resp,
+) -> StreamPair<Req, Resp>
 where
     Req: Serialize + Send + Sync + 'static,
-    Resp: DeserializeOwned + Send + 'static,
+    Wire: DeserializeOwned + Send + 'static,
+    Resp: Send + 'static,
 {
-    let (sender, receiver) = client
-        .open_stream(token, call)
-        .await
-        .map_err(|e| Status::from_client(&e))?;
     let (pair, requests, responses, gone) = StreamPair::channels(STREAM_BUFFER);
     runtime::spawn(async move {
         // Both directions run until the node finishes, the stream breaks,
@@ -90,7 +105,7 @@ where
         let both = async {
             future::zip(
                 pump_requests(sender, requests),
-                pump_responses(receiver, responses),
+                pump_responses(receiver, responses, lift),
             )
             .await;
         };
@@ -99,7 +114,7 @@ where
         })
         .await;
     });
-    Ok(pair)
+    pair
 }
 
 async fn pump_requests<Req: Serialize + Sync>(
@@ -114,13 +129,14 @@ async fn pump_requests<Req: Serialize + Sync>(
     let _ = sender.finish().await;
 }
 
-async fn pump_responses<Resp: DeserializeOwned>(
+async fn pump_responses<Wire: DeserializeOwned, Resp>(
     mut receiver: StreamReceiver,
     responses: channel::Sender<Result<Resp, Status>>,
+    lift: fn(Wire) -> Resp,
 ) {
     loop {
-        let item = match receiver.recv::<Resp>().await {
-            Ok(Some(response)) => Ok(response),
+        let item = match receiver.recv::<Wire>().await {
+            Ok(Some(response)) => Ok(lift(response)),
             Ok(None) => return,
             Err(e) => Err(Status::from_client(&e)),
         };

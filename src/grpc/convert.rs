@@ -115,6 +115,48 @@ pub fn watch_response(r: ww::WatchResponse) -> pb::WatchResponse {
     }
 }
 
+/// The gRPC messages (length-prefixed, back to back) a node's batch stands
+/// for, one per watch in its order: each exactly the bytes
+/// `codec::encode(&watch_response(..))` gives that watch's response. The
+/// parts but the watch ID (field 2) are encoded once: prost writes fields
+/// in tag order, so a message is its header (1), its watch ID, then the
+/// rest (3 to 11), and only the ID differs.
+pub fn watch_batch_bytes(b: ww::WatchBatch) -> bytes::Bytes {
+    use prost::Message;
+    let ww::WatchBatch { response, more_ids } = b;
+    let mut whole = watch_response(response);
+    if more_ids.is_empty() {
+        return super::codec::encode(&whole);
+    }
+    let first_id = whole.watch_id;
+    let head = pb::WatchResponse {
+        header: whole.header.take(),
+        ..pb::WatchResponse::default()
+    }
+    .encode_to_vec();
+    whole.watch_id = 0;
+    let rest = whole.encode_to_vec();
+    let each = super::codec::PREFIX_LEN + head.len() + rest.len() + 11;
+    let mut out = Vec::with_capacity(each * (1 + more_ids.len()));
+    for id in std::iter::once(first_id).chain(more_ids) {
+        // proto3 leaves a zero ID out, as prost's own encoding does.
+        let id_len = if id == 0 {
+            0
+        } else {
+            prost::encoding::int64::encoded_len(2, &id)
+        };
+        let len = head.len() + id_len + rest.len();
+        out.push(0);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.extend_from_slice(&head);
+        if id != 0 {
+            prost::encoding::int64::encode(2, &id, &mut out);
+        }
+        out.extend_from_slice(&rest);
+    }
+    bytes::Bytes::from(out)
+}
+
 pub fn lease_keep_alive_response(r: wl::LeaseKeepAliveResponse) -> pb::LeaseKeepAliveResponse {
     pb::LeaseKeepAliveResponse {
         header: header(&r.header),
@@ -165,12 +207,21 @@ fn header_only(h: &wire::ResponseHeader) -> pb::HeaderResponse {
     pb::HeaderResponse { header: header(h) }
 }
 
+/// `m` as a gRPC message: the 5-byte prefix and the protobuf body, in one
+/// allocation of the exact size.
 fn encode<M: prost::Message>(m: M) -> Vec<u8> {
-    m.encode_to_vec()
+    let len = m.encoded_len();
+    let mut out = Vec::with_capacity(super::codec::PREFIX_LEN + len);
+    out.push(0);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    // Encoding into a Vec cannot run out of space.
+    let _ = m.encode(&mut out);
+    out
 }
 
-/// Encodes a unary response as the protobuf message of `method`. A response
-/// of the wrong kind for the method is a node bug, reported as `Internal`.
+/// Encodes a unary response as the gRPC message (prefix and protobuf body)
+/// of `method`. A response of the wrong kind for the method is a node bug,
+/// reported as `Internal`.
 pub fn encode_response(method: Unary, response: wire::Response) -> Result<Vec<u8>, Status> {
     use wire::Response as R;
     use Unary as U;
@@ -1020,7 +1071,12 @@ mod tests {
             ],
         };
         let bytes = encode_response(Unary::Txn, wire::Response::Txn(txn)).unwrap();
-        let decoded = pb::TxnResponse::decode(&bytes[..]).unwrap();
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        assert_eq!(
+            (bytes[0], len),
+            (0, bytes.len() - super::super::codec::PREFIX_LEN)
+        );
+        let decoded = pb::TxnResponse::decode(&bytes[5..]).unwrap();
         assert!(decoded.succeeded);
         assert_eq!(decoded.header.unwrap().raft_term, 4);
         match &decoded.responses[1].response {
@@ -1044,7 +1100,7 @@ mod tests {
         });
         let bytes = encode_response(Unary::MemberList, members.clone()).unwrap();
         assert_eq!(
-            pb::MembersResponse::decode(&bytes[..]).unwrap().members[0].id,
+            pb::MembersResponse::decode(&bytes[5..]).unwrap().members[0].id,
             9
         );
         assert_eq!(

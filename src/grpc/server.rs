@@ -594,12 +594,7 @@ async fn unary<B: Backend>(
     let request = method.decode_request(&message)?;
     log::debug!("{}: {request:?}", method.path());
     let response = backend.unary(token, request).await?;
-    let bytes = convert::encode_response(method, response)?;
-    let mut framed = Vec::with_capacity(codec::PREFIX_LEN + bytes.len());
-    framed.push(0);
-    framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&bytes);
-    Ok(Bytes::from(framed))
+    Ok(Bytes::from(convert::encode_response(method, response)?))
 }
 
 /// Pulls DATA frames into `decoder` until it yields a message; `Ok(None)` at
@@ -653,7 +648,7 @@ async fn streaming<B: Backend>(
                     pair,
                     config,
                     convert::watch_request_bytes,
-                    |r| codec::encode(&convert::watch_response(r)),
+                    convert::watch_batch_bytes,
                 )
                 .await
             }

@@ -4,6 +4,7 @@
 
 use super::backend::{Backend, KeepAliveStream, SnapshotStream, StreamPair, WatchStream};
 use super::codec::{self, Decoder};
+use super::convert;
 use super::pb;
 use super::server::{serve, ServerConfig, Shutdown};
 use super::status::{decode_message, Code, Status};
@@ -109,7 +110,11 @@ impl Backend for Stub {
                         }],
                         ..Default::default()
                     };
-                    if resp_tx.send(Ok(created)).await.is_err() {
+                    let batch = wire::watch::WatchBatch {
+                        response: created,
+                        more_ids: Vec::new(),
+                    };
+                    if resp_tx.send(Ok(batch)).await.is_err() {
                         return;
                     }
                 }
@@ -647,4 +652,42 @@ fn health_check_reflects_the_cluster() {
         let reply = call(&client, "/grpc.health.v1.Health/Check", vec![check("nope")]).await;
         assert_eq!(reply.code, Some(Code::NotFound as u8));
     });
+}
+
+/// A node's batch becomes one gRPC message per watch, each byte for byte
+/// what encoding that watch's own response gives (watch ID 0 included,
+/// which proto3 leaves out).
+#[test]
+fn a_watch_batch_encodes_as_its_responses_one_by_one() {
+    let response = wire::watch::WatchResponse {
+        header: header(),
+        watch_id: 7,
+        fragment: true,
+        events: vec![wk::Event {
+            kind: wk::EventType::Put,
+            kv: wk::KeyValue {
+                key: b"k".to_vec(),
+                value: vec![b'v'; 300],
+                create_revision: 2,
+                mod_revision: 9,
+                version: 3,
+                lease: 0,
+            },
+            prev_kv: None,
+        }],
+        ..Default::default()
+    };
+    for more_ids in [vec![], vec![0, 1, -1, 300, i64::MAX]] {
+        let batch = wire::watch::WatchBatch {
+            response: response.clone(),
+            more_ids,
+        };
+        let want: Vec<u8> = batch
+            .clone()
+            .into_responses()
+            .into_iter()
+            .flat_map(|r| codec::encode(&convert::watch_response(r)).to_vec())
+            .collect();
+        assert_eq!(convert::watch_batch_bytes(batch).to_vec(), want);
+    }
 }

@@ -56,20 +56,24 @@ impl Store {
         let keep_any = self.keys.values().any(|index| index.kept_at(rev).is_some());
 
         let mut crc = crc32c::crc32c(b"key");
-        for (key, index) in self.keys.iter() {
+        for (key, index) in self.keys.entries() {
             let kept = index.kept_at(rev);
             for (i, change) in index.changes().iter().enumerate() {
+                let change = change.view();
                 if change.main > rev {
                     break;
                 }
                 if change.main <= compacted && keep_any && kept != Some(i) {
                     continue;
                 }
-                crc = crc32c::crc32c_append(crc, &change.revision().to_bytes());
+                crc = crc32c::crc32c_append(
+                    crc,
+                    &super::Revision::new(change.main, change.sub).to_bytes(),
+                );
                 crc = crc32c::crc32c_append(crc, &(key.len() as u64).to_be_bytes());
                 crc = crc32c::crc32c_append(crc, key);
                 crc = crc32c::crc32c_append(crc, &(change.value.len() as u64).to_be_bytes());
-                crc = crc32c::crc32c_append(crc, &change.value);
+                crc = crc32c::crc32c_append(crc, change.value);
                 crc = crc32c::crc32c_append(crc, &change.create.to_be_bytes());
                 crc = crc32c::crc32c_append(crc, &change.version.to_be_bytes());
                 crc = crc32c::crc32c_append(crc, &change.lease.to_be_bytes());

@@ -16,15 +16,24 @@
 //!
 //! Unlike etcd, which keeps the key index (revisions) in memory and the
 //! values in bbolt, a change here carries its value: the whole store is in
-//! memory (DESIGN §5), and one allocation per change is the least we can
-//! do. Fields are ordered so that `Change` packs into 56 bytes on 64-bit.
+//! memory (DESIGN §5). A kept change is one [`ChangeRef`]: a thin shared
+//! [`Block`] holding its revision, create revision, version and lease as
+//! varints, then the key and the value, so a change costs one allocation
+//! of little more than its key and value. The same block is shared by the
+//! key's history and the store's revision log. [`Change`] is the decoded,
+//! owned form: what snapshots, imports and exports read and write.
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::block::Block;
 use super::revision::Revision;
 use qed_wire::kv::KeyValue;
 
-/// One put or delete of one key.
+/// One put or delete of one key, decoded (the snapshot form: the field
+/// order is the encoding's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Change {
     pub(crate) main: i64,
@@ -57,23 +66,230 @@ impl Change {
     pub(crate) fn revision(&self) -> Revision {
         Revision::new(self.main, self.sub)
     }
+}
 
-    /// The wire form. A tombstone becomes what etcd puts in a delete event:
-    /// the key and the delete's revision as `mod_revision`, nothing else.
-    pub(crate) fn to_kv(&self, key: &[u8]) -> KeyValue {
-        KeyValue {
-            key: key.to_vec(),
-            create_revision: self.create,
-            mod_revision: self.main,
-            version: self.version,
-            value: self.value.to_vec(),
-            lease: self.lease,
+/// Why a change could not be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TooLarge;
+
+/// One kept change of one key, as stored: a thin pointer to one immutable
+/// block `[main][sub][main - create][version][lease][key length]` (LEB128
+/// varints of the fields' two's-complement bits: fields are never negative
+/// in a valid store, where this is the shortest form; a negative one still
+/// round-trips, in 10 bytes) followed by the key and the value.
+/// Cloning it shares the block.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ChangeRef(Block);
+
+/// The fields of a [`ChangeRef`], decoded; key and value borrowed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChangeView<'a> {
+    pub(crate) main: i64,
+    pub(crate) sub: u32,
+    pub(crate) create: i64,
+    pub(crate) version: i64,
+    pub(crate) lease: i64,
+    pub(crate) key: &'a [u8],
+    pub(crate) value: &'a [u8],
+}
+
+fn bits(v: i64) -> u64 {
+    v as u64
+}
+
+fn signed(v: u64) -> i64 {
+    v as i64
+}
+
+/// The six varints of a change's header, at most 10 bytes each: built on
+/// the stack (a put allocates only its block).
+struct Head {
+    bytes: [u8; 60],
+    len: usize,
+}
+
+impl Head {
+    fn put(&mut self, mut v: u64) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            let more = v != 0;
+            if let Some(b) = self.bytes.get_mut(self.len) {
+                *b = byte | if more { 0x80 } else { 0 };
+                self.len += 1;
+            }
+            if !more {
+                break;
+            }
         }
     }
 
-    /// Estimated bytes this change occupies: the struct plus its value.
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len.min(self.bytes.len())]
+    }
+}
+
+/// Reads a varint written by `Head::put` at `*at`. Blocks are only ever
+/// made by [`ChangeRef::new`], so the bytes are well formed; a short read
+/// yields what was there rather than panicking.
+fn get_varint(bytes: &[u8], at: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    while let Some(&b) = bytes.get(*at) {
+        *at += 1;
+        if shift < 64 {
+            v |= u64::from(b & 0x7f) << shift;
+        }
+        shift += 7;
+        if b < 0x80 {
+            break;
+        }
+    }
+    v
+}
+
+impl ChangeRef {
+    /// Encodes one change of `key`. Fails only for a key and value over
+    /// 4 GiB together.
+    pub(crate) fn new(
+        key: &[u8],
+        rev: Revision,
+        create: i64,
+        version: i64,
+        lease: i64,
+        value: &[u8],
+    ) -> Result<ChangeRef, TooLarge> {
+        let mut head = Head {
+            bytes: [0; 60],
+            len: 0,
+        };
+        head.put(bits(rev.main));
+        head.put(u64::from(rev.sub));
+        head.put(bits(rev.main.wrapping_sub(create)));
+        head.put(bits(version));
+        head.put(bits(lease));
+        head.put(key.len() as u64);
+        Block::new(&[head.as_slice(), key, value])
+            .map(ChangeRef)
+            .ok_or(TooLarge)
+    }
+
+    pub(crate) fn tombstone(key: &[u8], rev: Revision) -> Result<ChangeRef, TooLarge> {
+        ChangeRef::new(key, rev, 0, 0, 0, &[])
+    }
+
+    /// A decoded change of `key`, stored.
+    pub(crate) fn from_change(key: &[u8], c: &Change) -> Result<ChangeRef, TooLarge> {
+        ChangeRef::new(key, c.revision(), c.create, c.version, c.lease, &c.value)
+    }
+
+    pub(crate) fn view(&self) -> ChangeView<'_> {
+        let b = self.0.as_bytes();
+        let mut at = 0;
+        let main = signed(get_varint(b, &mut at));
+        let sub = get_varint(b, &mut at) as u32;
+        let create = main.wrapping_sub(signed(get_varint(b, &mut at)));
+        let version = signed(get_varint(b, &mut at));
+        let lease = signed(get_varint(b, &mut at));
+        let key_len = usize::try_from(get_varint(b, &mut at)).unwrap_or(usize::MAX);
+        let key_end = at.saturating_add(key_len).min(b.len());
+        let at = at.min(key_end);
+        ChangeView {
+            main,
+            sub,
+            create,
+            version,
+            lease,
+            key: &b[at..key_end],
+            value: &b[key_end..],
+        }
+    }
+
+    /// The main revision (the first field: no other decoding).
+    pub(crate) fn main(&self) -> i64 {
+        signed(get_varint(self.0.as_bytes(), &mut 0))
+    }
+
+    pub(crate) fn revision(&self) -> Revision {
+        let b = self.0.as_bytes();
+        let mut at = 0;
+        let main = signed(get_varint(b, &mut at));
+        Revision::new(main, get_varint(b, &mut at) as u32)
+    }
+
+    pub(crate) fn key(&self) -> &[u8] {
+        self.view().key
+    }
+
+    pub(crate) fn is_tombstone(&self) -> bool {
+        self.view().version == 0
+    }
+
+    #[cfg(test)]
+    pub(crate) fn to_change(&self) -> Change {
+        let v = self.view();
+        Change {
+            main: v.main,
+            create: v.create,
+            version: v.version,
+            lease: v.lease,
+            sub: v.sub,
+            value: v.value.into(),
+        }
+    }
+
+    /// The wire form. A tombstone becomes what etcd puts in a delete event:
+    /// the key and the delete's revision as `mod_revision`, nothing else.
+    pub(crate) fn to_kv(&self) -> KeyValue {
+        let v = self.view();
+        KeyValue {
+            key: v.key.to_vec(),
+            create_revision: v.create,
+            mod_revision: v.main,
+            version: v.version,
+            value: v.value.to_vec(),
+            lease: v.lease,
+        }
+    }
+
+    /// Estimated bytes this change occupies: its block with malloc's
+    /// header and rounding (up to 16 bytes; counted in full).
     pub(crate) fn footprint(&self) -> u64 {
-        (std::mem::size_of::<Change>() + self.value.len()) as u64
+        Block::alloc_bytes(self.0.len()) + 16
+    }
+
+    #[cfg(test)]
+    pub(crate) fn ptr_eq(&self, other: &ChangeRef) -> bool {
+        self.0.ptr_eq(&other.0)
+    }
+}
+
+impl std::fmt::Debug for ChangeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.view().fmt(f)
+    }
+}
+
+impl Serialize for ChangeRef {
+    /// The bytes of the [`Change`] it decodes to (the snapshot format).
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = self.view();
+        let mut st = s.serialize_struct("Change", 6)?;
+        st.serialize_field("main", &v.main)?;
+        st.serialize_field("create", &v.create)?;
+        st.serialize_field("version", &v.version)?;
+        st.serialize_field("lease", &v.lease)?;
+        st.serialize_field("sub", &v.sub)?;
+        st.serialize_field("value", &Bytes(v.value))?;
+        st.end()
+    }
+}
+
+struct Bytes<'a>(&'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
     }
 }
 
@@ -84,60 +300,29 @@ pub(crate) enum HistoryError {
     OutOfOrder,
     BadTombstone,
     BadVersion,
+    TooLarge,
 }
 
-/// A key's changes. Most keys hold exactly one change once compacted, so
-/// that case lives inline: one allocation (the index's `Arc`) instead of
-/// two, which saves about 30 bytes per key after allocator rounding.
+/// A key's kept changes, oldest first. Most keys hold exactly one change
+/// once compacted (or never rewritten), so that case is the change itself:
+/// no allocation beyond the change's block. Cloning is cheap either way
+/// (a reference count), which the persistent map relies on when it copies
+/// a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum History {
-    One(Change),
-    Many(Vec<Change>),
-}
-
-impl Default for History {
-    fn default() -> Self {
-        History::Many(Vec::new())
-    }
-}
-
-impl History {
-    fn as_slice(&self) -> &[Change] {
-        match self {
-            History::One(c) => std::slice::from_ref(c),
-            History::Many(v) => v,
-        }
-    }
-
-    /// Runs `f` on the changes as a `Vec`, then goes back to the inline
-    /// form if one change is left.
-    fn edit<R>(&mut self, f: impl FnOnce(&mut Vec<Change>) -> R) -> R {
-        let mut v = match std::mem::take(self) {
-            History::One(c) => vec![c],
-            History::Many(v) => v,
-        };
-        let out = f(&mut v);
-        *self = if v.len() == 1 {
-            match v.pop() {
-                Some(c) => History::One(c),
-                None => History::Many(v),
-            }
-        } else {
-            History::Many(v)
-        };
-        out
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct KeyIndex {
-    history: History,
+pub(crate) enum KeyIndex {
+    One(ChangeRef),
+    Many(Arc<Vec<ChangeRef>>),
 }
 
 impl KeyIndex {
+    /// A key's first change.
+    pub(crate) fn new(change: ChangeRef) -> KeyIndex {
+        KeyIndex::One(change)
+    }
+
     /// Rebuilds a history read from a snapshot, refusing one that breaks the
     /// invariants above (a corrupt or hostile file must not panic us later).
-    pub(crate) fn from_changes(changes: Vec<Change>) -> Result<KeyIndex, HistoryError> {
+    pub(crate) fn from_changes(key: &[u8], changes: Vec<Change>) -> Result<KeyIndex, HistoryError> {
         if changes.is_empty() {
             return Err(HistoryError::Empty);
         }
@@ -162,32 +347,39 @@ impl KeyIndex {
                 return Err(HistoryError::BadVersion);
             }
         }
-        let mut index = KeyIndex::default();
-        index.history.edit(|v| {
-            *v = changes;
-            v.shrink_to_fit();
-        });
-        Ok(index)
+        // Exactly sized (a shrink after the fact may keep the larger
+        // malloc chunk).
+        let mut refs = Vec::with_capacity(changes.len());
+        for c in &changes {
+            refs.push(ChangeRef::from_change(key, c).map_err(|TooLarge| HistoryError::TooLarge)?);
+        }
+        Ok(if refs.len() == 1 {
+            match refs.pop() {
+                Some(c) => KeyIndex::One(c),
+                None => return Err(HistoryError::Empty),
+            }
+        } else {
+            KeyIndex::Many(Arc::new(refs))
+        })
     }
 
-    pub(crate) fn changes(&self) -> &[Change] {
-        self.history.as_slice()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.changes().is_empty()
+    pub(crate) fn changes(&self) -> &[ChangeRef] {
+        match self {
+            KeyIndex::One(c) => std::slice::from_ref(c),
+            KeyIndex::Many(v) => v,
+        }
     }
 
     /// The key's value now, if it exists.
-    pub(crate) fn latest(&self) -> Option<&Change> {
+    pub(crate) fn latest(&self) -> Option<&ChangeRef> {
         self.changes().last().filter(|c| !c.is_tombstone())
     }
 
     /// The key's value as of main revision `rev` (the last change of that
     /// revision counts), if it existed then.
-    pub(crate) fn at(&self, rev: i64) -> Option<&Change> {
+    pub(crate) fn at(&self, rev: i64) -> Option<&ChangeRef> {
         let changes = self.changes();
-        let n = changes.partition_point(|c| c.main <= rev);
+        let n = changes.partition_point(|c| c.main() <= rev);
         n.checked_sub(1)
             .and_then(|i| changes.get(i))
             .filter(|c| !c.is_tombstone())
@@ -203,7 +395,7 @@ impl KeyIndex {
     /// The live value just before the change at `index` (a watcher's
     /// `prev_kv`); `None` if the key did not exist or that past was
     /// compacted away.
-    pub(crate) fn before(&self, index: usize) -> Option<&Change> {
+    pub(crate) fn before(&self, index: usize) -> Option<&ChangeRef> {
         index
             .checked_sub(1)
             .and_then(|i| self.changes().get(i))
@@ -214,25 +406,50 @@ impl KeyIndex {
     ///
     /// Small histories grow exactly (`Vec`'s first growth would reserve
     /// four); longer ones (hot keys between compactions) double as usual to
-    /// stay amortized O(1).
-    pub(crate) fn push(&mut self, change: Change) {
-        if let History::Many(v) = &mut self.history {
-            if v.is_empty() {
-                self.history = History::One(change);
-                return;
+    /// stay amortized O(1). A history shared with a snapshot's view is
+    /// copied first (its changes' blocks are shared, not copied).
+    pub(crate) fn push(&mut self, change: ChangeRef) {
+        match self {
+            KeyIndex::One(first) => {
+                *self = KeyIndex::Many(Arc::new(vec![first.clone(), change]));
+            }
+            KeyIndex::Many(v) => {
+                let v = Arc::make_mut(v);
+                if v.len() < 4 {
+                    v.reserve_exact(1);
+                }
+                v.push(change);
             }
         }
-        self.history.edit(|v| {
-            if v.len() < 4 {
-                v.reserve_exact(1);
-            }
-            v.push(change);
-        });
     }
 
-    /// Removes the newest change (rolling back a failed txn).
-    pub(crate) fn pop(&mut self) -> Option<Change> {
-        self.history.edit(|v| v.pop())
+    /// Removes the newest change (rolling back a failed txn). Returns it,
+    /// and whether it was the only one (the key is then gone, and this
+    /// index must be dropped).
+    pub(crate) fn pop(&mut self) -> (ChangeRef, bool) {
+        match self {
+            KeyIndex::One(only) => (only.clone(), true),
+            KeyIndex::Many(v) => {
+                let v = Arc::make_mut(v);
+                let last = v.pop();
+                self.settle();
+                match last {
+                    Some(c) => (c, false),
+                    // Never empty (see `settle`); report it gone if it were.
+                    None => (self.changes()[0].clone(), true),
+                }
+            }
+        }
+    }
+
+    /// Back to the inline form when one change is left.
+    fn settle(&mut self) {
+        if let KeyIndex::Many(v) = self {
+            if v.len() == 1 {
+                let only = v[0].clone();
+                *self = KeyIndex::One(only);
+            }
+        }
     }
 
     /// Index of the change compaction at `at` keeps from `..=at`: the newest
@@ -240,7 +457,7 @@ impl KeyIndex {
     /// `keyIndex.keep`).
     pub(crate) fn kept_at(&self, at: i64) -> Option<usize> {
         let changes = self.changes();
-        let n = changes.partition_point(|c| c.main <= at);
+        let n = changes.partition_point(|c| c.main() <= at);
         let i = n.checked_sub(1)?;
         match changes.get(i) {
             Some(c) if !c.is_tombstone() => Some(i),
@@ -248,25 +465,43 @@ impl KeyIndex {
         }
     }
 
+    /// Whether compaction at `at` would drop anything.
+    pub(crate) fn needs_compaction(&self, at: i64) -> bool {
+        let changes = self.changes();
+        let n = changes.partition_point(|c| c.main() <= at);
+        n >= 2 || (n == 1 && changes[0].is_tombstone())
+    }
+
     /// Drops every change at or below `at` except the one [`kept_at`]
-    /// names; returns the dropped changes' footprint and count. An empty
-    /// index afterwards means the key is gone from the key space entirely.
+    /// names; returns the dropped changes' footprint and count, and whether
+    /// nothing is left (the key is then gone from the key space entirely,
+    /// and this index must be dropped).
     ///
     /// [`kept_at`]: KeyIndex::kept_at
-    pub(crate) fn compact(&mut self, at: i64) -> (u64, usize) {
-        let n = self.changes().partition_point(|c| c.main <= at);
+    pub(crate) fn compact(&mut self, at: i64) -> (u64, usize, bool) {
+        let n = self.changes().partition_point(|c| c.main() <= at);
         let drop_to = match self.kept_at(at) {
             Some(i) => i,
             None => n,
         };
         if drop_to == 0 {
-            return (0, 0);
+            return (0, 0, false);
         }
-        self.history.edit(|v| {
-            let freed: u64 = v.drain(..drop_to).map(|c| c.footprint()).sum();
+        let len = self.changes().len();
+        let freed: u64 = self.changes()[..drop_to]
+            .iter()
+            .map(ChangeRef::footprint)
+            .sum();
+        if drop_to >= len {
+            return (freed, drop_to, true);
+        }
+        if let KeyIndex::Many(v) = self {
+            let v = Arc::make_mut(v);
+            v.drain(..drop_to);
             v.shrink_to_fit();
-            (freed, drop_to)
-        })
+        }
+        self.settle();
+        (freed, drop_to, false)
     }
 }
 
@@ -285,12 +520,63 @@ mod tests {
         }
     }
 
+    fn tomb(main: i64) -> Change {
+        Change::tombstone(Revision::new(main, 0))
+    }
+
     fn index(changes: Vec<Change>) -> KeyIndex {
-        let mut ki = KeyIndex::default();
-        for c in changes {
+        let mut refs = changes
+            .iter()
+            .map(|c| ChangeRef::from_change(b"k", c).expect("small"));
+        let mut ki = KeyIndex::new(refs.next().expect("one change"));
+        for c in refs {
             ki.push(c);
         }
         ki
+    }
+
+    #[test]
+    fn changes_round_trip_through_their_blocks() {
+        let cases = [
+            put(2, 2, 1, b"a"),
+            put(i64::MAX, 1, i64::MAX, &[7; 300]),
+            Change {
+                main: 5,
+                create: 3,
+                version: 3,
+                lease: i64::MIN,
+                sub: u32::MAX,
+                value: Box::default(),
+            },
+            tomb(9),
+            // Not valid in a store, but must still decode as written.
+            put(-4, 7, -1, b"x"),
+        ];
+        for c in &cases {
+            let r = ChangeRef::from_change(b"key", c).expect("small");
+            assert_eq!(&r.to_change(), c);
+            assert_eq!(r.key(), b"key");
+            assert_eq!(r.main(), c.main);
+            assert_eq!(r.revision(), c.revision());
+            assert_eq!(r.is_tombstone(), c.is_tombstone());
+            // Serialized exactly as the decoded form (the snapshot format).
+            assert_eq!(
+                postcard::to_stdvec(&r).expect("encode"),
+                postcard::to_stdvec(c).expect("encode")
+            );
+        }
+        // A fresh key's one change: the block is the key, the value and
+        // 8 header bytes at 1M revisions.
+        let r = ChangeRef::new(
+            &[1; 16],
+            Revision::new(1_000_000, 0),
+            1_000_000,
+            1,
+            0,
+            &[2; 256],
+        )
+        .expect("small");
+        assert!(r.footprint() <= 8 + 8 + 16 + 256 + 16);
     }
 
     #[test]
@@ -299,16 +585,16 @@ mod tests {
         let ki = index(vec![
             put(2, 2, 1, b"a"),
             put(3, 2, 2, b"b"),
-            Change::tombstone(Revision::new(4, 0)),
+            tomb(4),
             put(6, 6, 1, b"c"),
         ]);
         assert!(ki.at(1).is_none());
-        assert_eq!(ki.at(2).map(|c| c.version), Some(1));
-        assert_eq!(ki.at(3).map(|c| &*c.value), Some(&b"b"[..]));
+        assert_eq!(ki.at(2).map(|c| c.view().version), Some(1));
+        assert_eq!(ki.at(3).map(|c| c.view().value), Some(&b"b"[..]));
         assert!(ki.at(4).is_none());
         assert!(ki.at(5).is_none());
-        assert_eq!(ki.at(6).map(|c| c.create), Some(6));
-        assert_eq!(ki.latest().map(|c| c.main), Some(6));
+        assert_eq!(ki.at(6).map(|c| c.view().create), Some(6));
+        assert_eq!(ki.latest().map(ChangeRef::main), Some(6));
     }
 
     #[test]
@@ -316,39 +602,31 @@ mod tests {
         let mut ki = index(vec![
             put(2, 2, 1, b"a"),
             put(3, 2, 2, b"b"),
-            Change::tombstone(Revision::new(4, 0)),
+            tomb(4),
             put(6, 6, 1, b"c"),
         ]);
         assert_eq!(ki.compact(3).1, 1);
-        assert_eq!(ki.changes()[0].main, 3);
+        assert_eq!(ki.changes()[0].main(), 3);
         // The tombstone at 4 is the newest at or below 5: it and everything
         // before it goes.
         assert_eq!(ki.compact(5).1, 2);
         assert_eq!(ki.changes().len(), 1);
-        assert_eq!(ki.changes()[0].main, 6);
+        assert_eq!(ki.changes()[0].main(), 6);
         // Compacting again above the only change keeps it.
-        assert_eq!(ki.compact(9), (0, 0));
+        assert_eq!(ki.compact(9), (0, 0, false));
         assert_eq!(ki.changes().len(), 1);
     }
 
     #[test]
     fn compaction_of_a_deleted_key_empties_it() {
-        let mut ki = index(vec![
-            put(2, 2, 1, b"a"),
-            Change::tombstone(Revision::new(3, 0)),
-        ]);
-        ki.compact(3);
-        assert!(ki.is_empty());
+        let mut ki = index(vec![put(2, 2, 1, b"a"), tomb(3)]);
+        assert!(ki.compact(3).2);
     }
 
     #[test]
     fn prev_of_a_change_is_the_live_value_before_it() {
-        let ki = index(vec![
-            put(2, 2, 1, b"a"),
-            Change::tombstone(Revision::new(3, 0)),
-            put(4, 4, 1, b"b"),
-        ]);
-        assert_eq!(ki.before(1).map(|c| c.main), Some(2));
+        let ki = index(vec![put(2, 2, 1, b"a"), tomb(3), put(4, 4, 1, b"b")]);
+        assert_eq!(ki.before(1).map(ChangeRef::main), Some(2));
         assert!(ki.before(2).is_none());
         assert!(ki.before(0).is_none());
         assert_eq!(ki.position(Revision::new(3, 0)), Some(1));
@@ -357,47 +635,49 @@ mod tests {
 
     #[test]
     fn snapshot_histories_are_validated() {
-        assert_eq!(KeyIndex::from_changes(vec![]), Err(HistoryError::Empty));
+        let from = |c| KeyIndex::from_changes(b"k", c);
+        assert_eq!(from(vec![]), Err(HistoryError::Empty));
         assert_eq!(
-            KeyIndex::from_changes(vec![put(3, 2, 2, b""), put(3, 2, 3, b"")]),
+            from(vec![put(3, 2, 2, b""), put(3, 2, 3, b"")]),
             Err(HistoryError::OutOfOrder)
         );
         assert_eq!(
-            KeyIndex::from_changes(vec![put(3, 2, 2, b""), put(4, 2, 4, b"")]),
+            from(vec![put(3, 2, 2, b""), put(4, 2, 4, b"")]),
             Err(HistoryError::BadVersion)
         );
-        let mut bad = Change::tombstone(Revision::new(5, 0));
+        let mut bad = tomb(5);
         bad.lease = 7;
-        assert_eq!(
-            KeyIndex::from_changes(vec![bad]),
-            Err(HistoryError::BadTombstone)
-        );
-        assert!(KeyIndex::from_changes(vec![put(3, 2, 2, b"x")]).is_ok());
+        assert_eq!(from(vec![bad]), Err(HistoryError::BadTombstone));
+        assert!(from(vec![put(3, 2, 2, b"x")]).is_ok());
     }
 
     #[test]
-    fn change_packs_small() {
-        assert!(std::mem::size_of::<Change>() <= 56);
-        assert!(std::mem::size_of::<KeyIndex>() <= 64);
+    fn index_packs_small() {
+        assert_eq!(std::mem::size_of::<ChangeRef>(), 8);
+        assert!(std::mem::size_of::<KeyIndex>() <= 16);
     }
 
     #[test]
     fn histories_move_between_inline_and_vec_forms() {
-        let mut ki = KeyIndex::default();
-        ki.push(put(2, 2, 1, b"a"));
-        assert!(matches!(ki.history, History::One(_)));
-        ki.push(put(3, 2, 2, b"b"));
-        assert!(matches!(ki.history, History::Many(_)));
-        assert_eq!(ki.pop().map(|c| c.main), Some(3));
-        assert!(matches!(ki.history, History::One(_)));
-        ki.push(put(3, 2, 2, b"b"));
-        ki.push(put(4, 2, 3, b"c"));
+        let mut ki = index(vec![put(2, 2, 1, b"a")]);
+        assert!(matches!(ki, KeyIndex::One(_)));
+        let shared = ki.clone();
+        ki.push(ChangeRef::from_change(b"k", &put(3, 2, 2, b"b")).expect("small"));
+        assert!(matches!(ki, KeyIndex::Many(_)));
+        // The clone (a snapshot's view) is untouched and shares the block.
+        assert_eq!(shared.changes().len(), 1);
+        assert!(shared.changes()[0].ptr_eq(&ki.changes()[0]));
+        let (popped, gone) = ki.pop();
+        assert_eq!((popped.main(), gone), (3, false));
+        assert!(matches!(ki, KeyIndex::One(_)));
+        ki.push(ChangeRef::from_change(b"k", &put(3, 2, 2, b"b")).expect("small"));
+        ki.push(ChangeRef::from_change(b"k", &put(4, 2, 3, b"c")).expect("small"));
         ki.compact(3);
         assert_eq!(ki.changes().len(), 2);
         ki.compact(4);
-        assert!(matches!(ki.history, History::One(_)));
-        assert_eq!(ki.changes()[0].main, 4);
-        assert_eq!(ki.pop().map(|c| c.main), Some(4));
-        assert!(ki.is_empty());
+        assert!(matches!(ki, KeyIndex::One(_)));
+        assert_eq!(ki.changes()[0].main(), 4);
+        let (popped, gone) = ki.pop();
+        assert_eq!((popped.main(), gone), (4, true));
     }
 }

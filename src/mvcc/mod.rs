@@ -41,7 +41,10 @@
 //!
 //! Modules, from the bottom up:
 //! - `revision`: the (main, sub) pair ordering all changes;
-//! - `key_index`: one key's history across generations, and its compaction;
+//! - `block`: a thin shared byte string, the unit of the key space's memory;
+//! - `key_index`: one key's history across generations (each change one
+//!   block), and its compaction;
+//! - `key_map`: the persistent B+ tree of key indexes;
 //! - `store`: the ordered key index plus a revision-ordered change log;
 //!   range, put, delete, compaction, watch replay, snapshot encoding;
 //! - `txn`: txn validation, compares and nested execution;
@@ -70,8 +73,10 @@
 //!   across qed members with the same history.
 
 pub mod auto_compact;
+mod block;
 mod hash;
 mod key_index;
+mod key_map;
 mod revision;
 mod store;
 mod txn;
@@ -83,7 +88,7 @@ use std::fmt;
 
 pub use hash::HashKv;
 /// One kept change of one key, for `crate::etcd_db`'s import and export.
-pub(crate) use key_index::Change;
+pub(crate) use key_index::{Change, ChangeRef};
 pub use revision::Revision;
 pub use store::{Histories, HistoryRead, Store, ValueSource};
 pub use txn::DEFAULT_MAX_TXN_OPS;

@@ -21,20 +21,27 @@
 //! after it started changing things is undone by [`Store::rollback`] (which
 //! pops the log's tail), so no error ever leaves half a revision behind.
 //!
-//! Both maps are persistent (`imbl`): cloning a `Store` is O(1) and shares
+//! Both structures are persistent (the key map is `key_map`'s B+ tree,
+//! the log an `imbl::Vector`): cloning a `Store` is O(1) and shares
 //! structure, so a snapshot can serialize a clone while writes continue.
-//! Key bytes are one `Arc<[u8]>` shared by the index and the log.
+//! Memory per key is what decides which boards qed fits, so each piece is
+//! thin: a change is one [`ChangeRef`] block (varint fields, key, value)
+//! shared by the key's index and the log, which holds nothing but those
+//! 8-byte pointers; a key's index is the change itself while it has one,
+//! and the key map's leaves hold just the indexes (the key is read from
+//! the change), so a key with one change costs one allocation of little
+//! more than its key and value, plus ~25 bytes of slots.
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
-use std::sync::Arc;
 
-use imbl::{OrdMap, Vector};
+use imbl::Vector;
 use serde::de::Error as _;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::key_index::{Change, KeyIndex};
+use super::key_index::{Change, ChangeRef, KeyIndex, TooLarge};
+use super::key_map::KeyMap;
 use super::revision::Revision;
 use super::txn::{self, DEFAULT_MAX_TXN_OPS};
 use super::MvccError;
@@ -43,24 +50,20 @@ use qed_wire::kv::{
     RangeRequest, RangeResponse, ResponseHeader, SortOrder, SortTarget, TxnRequest, TxnResponse,
 };
 
-pub(crate) type Key = Arc<[u8]>;
-
-/// One change in revision order; the value lives in the key's index.
-#[derive(Debug, Clone)]
-pub(crate) struct LogEntry {
-    pub(crate) main: i64,
-    pub(crate) sub: u32,
-    pub(crate) key: Key,
-}
-
-/// Estimated fixed bytes per key: the map slot (key and index pointers),
-/// the reference counts of both `Arc`s and the index itself. A key's
-/// changes are counted on top; for a key with one change this counts that
-/// change's struct twice, which keeps the quota estimate on the safe side.
-const KEY_OVERHEAD: u64 = (std::mem::size_of::<(Key, Arc<KeyIndex>)>()
-    + 2 * 2 * std::mem::size_of::<usize>()
-    + std::mem::size_of::<KeyIndex>()) as u64;
-const LOG_ENTRY_BYTES: u64 = std::mem::size_of::<LogEntry>() as u64;
+/// Estimated fixed bytes per key besides its bytes (added on top; they
+/// stand for the separator copies in the map's branches): the map slot
+/// (the index), counted twice because a leaf may be half full, plus 16
+/// for the leaves' and branches' own headers. Measured
+/// (`tests/mvcc_memory.rs`) below this with every change counted by
+/// [`ChangeRef::footprint`] and [`LOG_ENTRY_BYTES`]: the estimate stays on
+/// the safe side of the real figure, as the quota needs.
+const KEY_OVERHEAD: u64 = (2 * std::mem::size_of::<KeyIndex>() + 16) as u64;
+/// Per change kept in the log: its pointer there (64 to a node, rounded
+/// up to 16), and in a key with several changes its slot in the history's
+/// vector (up to twice 8 bytes as the vector doubles) and its share of the
+/// vector's shared header (48 bytes over at least two changes), plus 8
+/// to spare.
+const LOG_ENTRY_BYTES: u64 = 16 + 16 + 24 + 8;
 
 /// A write in progress: the main revision it will commit as, the next sub
 /// revision, and the events produced so far.
@@ -104,8 +107,8 @@ impl PendingRevision {
 /// etcd v3's MVCC key space as a pure state machine.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pub(crate) keys: OrdMap<Key, Arc<KeyIndex>>,
-    pub(crate) log: Vector<LogEntry>,
+    pub(crate) keys: KeyMap,
+    pub(crate) log: Vector<ChangeRef>,
     pub(crate) current: i64,
     pub(crate) compacted: i64,
     pub(crate) size: u64,
@@ -149,7 +152,7 @@ impl<'a> RangeEnd<'a> {
 impl Store {
     pub fn new() -> Store {
         Store {
-            keys: OrdMap::new(),
+            keys: KeyMap::new(),
             log: Vector::new(),
             current: 1,
             compacted: -1,
@@ -186,24 +189,23 @@ impl Store {
         self.keys.len()
     }
 
-    /// Iterates `(key, index)` over `[start, end)` as `range_end` encodes it.
+    /// Iterates the key indexes over `[start, end)` as `range_end` encodes
+    /// it.
     pub(crate) fn scan<'a>(
         &'a self,
         start: &'a [u8],
         range_end: &'a [u8],
-    ) -> Box<dyn Iterator<Item = (&'a Key, &'a Arc<KeyIndex>)> + 'a> {
+    ) -> Box<dyn Iterator<Item = &'a KeyIndex> + 'a> {
         match RangeEnd::parse(range_end) {
-            RangeEnd::Single => Box::new(self.keys.get_key_value(start).into_iter()),
-            RangeEnd::Unbounded => Box::new(
-                self.keys
-                    .range::<_, [u8]>((Bound::Included(start), Bound::Unbounded)),
-            ),
-            // An end at or before the start is an empty range, as in etcd;
-            // asking the map for it could panic.
+            RangeEnd::Single => Box::new(self.keys.get(start).into_iter()),
+            RangeEnd::Unbounded => {
+                Box::new(self.keys.range(Bound::Included(start), Bound::Unbounded))
+            }
+            // An end at or before the start is an empty range, as in etcd.
             RangeEnd::Before(end) if end <= start => Box::new(std::iter::empty()),
             RangeEnd::Before(end) => Box::new(
                 self.keys
-                    .range::<_, [u8]>((Bound::Included(start), Bound::Excluded(end))),
+                    .range(Bound::Included(start), Bound::Excluded(end)),
             ),
         }
     }
@@ -243,13 +245,13 @@ impl Store {
 
         let mut count: i64 = 0;
         let mut kvs = Vec::new();
-        for (key, index) in self.scan(&req.key, &req.range_end) {
+        for index in self.scan(&req.key, &req.range_end) {
             let Some(change) = index.at(rev) else {
                 continue;
             };
             count += 1;
             if !req.count_only && kvs.len() < fetch {
-                kvs.push(change.to_kv(key));
+                kvs.push(change.to_kv());
             }
         }
 
@@ -401,51 +403,40 @@ impl Store {
 
     /// Undoes every change `pending` made: they are the log's tail.
     pub(crate) fn rollback(&mut self, pending: PendingRevision) {
-        while self.log.back().is_some_and(|e| e.main == pending.main) {
-            let Some(entry) = self.log.pop_back() else {
+        while self.log.back().is_some_and(|c| c.main() == pending.main) {
+            let Some(change) = self.log.pop_back() else {
                 break;
             };
             self.size = self.size.saturating_sub(LOG_ENTRY_BYTES);
-            let mut now_empty = false;
-            if let Some(index) = self.keys.get_mut(&*entry.key) {
-                let index = Arc::make_mut(index);
-                if let Some(change) = index.pop() {
-                    self.size = self.size.saturating_sub(change.footprint());
-                }
-                now_empty = index.is_empty();
+            let key = change.key();
+            let mut gone = false;
+            if let Some(index) = self.keys.get_mut(key) {
+                let (popped, only) = index.pop();
+                self.size = self.size.saturating_sub(popped.footprint());
+                gone = only;
             }
-            if now_empty {
-                self.keys.remove(&*entry.key);
-                self.size = self
-                    .size
-                    .saturating_sub(KEY_OVERHEAD + entry.key.len() as u64);
+            if gone {
+                self.keys.remove(key);
+                self.size = self.size.saturating_sub(KEY_OVERHEAD + key.len() as u64);
             }
         }
     }
 
-    /// Appends `change` to `key`'s history and to the log.
-    fn record(&mut self, key: &[u8], change: Change) {
-        let shared: Key = match self.keys.get_key_value(key) {
-            Some((k, _)) => k.clone(),
-            None => {
-                self.size += KEY_OVERHEAD + key.len() as u64;
-                let k: Key = Arc::from(key);
-                self.keys.insert(k.clone(), Arc::new(KeyIndex::default()));
-                k
-            }
-        };
+    /// Appends `change` (a change of its own key) to that key's history
+    /// and to the log.
+    fn record(&mut self, change: ChangeRef) {
         self.size += change.footprint() + LOG_ENTRY_BYTES;
-        self.log.push_back(LogEntry {
-            main: change.main,
-            sub: change.sub,
-            key: shared.clone(),
-        });
-        if let Some(index) = self.keys.get_mut(&*shared) {
-            Arc::make_mut(index).push(change);
+        self.log.push_back(change.clone());
+        match self.keys.get_mut(change.key()) {
+            Some(index) => index.push(change),
+            None => {
+                self.size += KEY_OVERHEAD + change.key().len() as u64;
+                self.keys.insert(KeyIndex::new(change));
+            }
         }
     }
 
-    pub(crate) fn latest(&self, key: &[u8]) -> Option<&Change> {
+    pub(crate) fn latest(&self, key: &[u8]) -> Option<&ChangeRef> {
         self.keys.get(key).and_then(|index| index.latest())
     }
 
@@ -456,33 +447,35 @@ impl Store {
         req: &PutRequest,
     ) -> Result<PutResponse, MvccError> {
         let prev = self.latest(&req.key).cloned();
+        let prev_view = prev.as_ref().map(ChangeRef::view);
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(MvccError::KeyNotFound);
         }
-        let value: Box<[u8]> = match (&prev, req.ignore_value) {
-            (Some(p), true) => p.value.clone(),
-            _ => req.value.as_slice().into(),
+        let value: &[u8] = match (&prev_view, req.ignore_value) {
+            (Some(p), true) => p.value,
+            _ => &req.value,
         };
-        let lease = match (&prev, req.ignore_lease) {
+        let lease = match (&prev_view, req.ignore_lease) {
             (Some(p), true) => p.lease,
             _ => req.lease,
         };
         let sub = pending.take_sub();
-        let (create, version) = match &prev {
+        let (create, version) = match &prev_view {
             Some(p) => (p.create, p.version.saturating_add(1)),
             None => (pending.main, 1),
         };
-        let change = Change {
-            main: pending.main,
+        let change = ChangeRef::new(
+            &req.key,
+            Revision::new(pending.main, sub),
             create,
             version,
             lease,
-            sub,
             value,
-        };
-        let kv = change.to_kv(&req.key);
-        self.record(&req.key, change);
-        let prev_kv = prev.map(|p| p.to_kv(&req.key));
+        )
+        .map_err(|TooLarge| too_large())?;
+        let kv = change.to_kv();
+        self.record(change);
+        let prev_kv = prev.map(|p| p.to_kv());
         pending.events.push(Event {
             kind: EventType::Put,
             kv,
@@ -501,17 +494,22 @@ impl Store {
         pending: &mut PendingRevision,
         req: &DeleteRangeRequest,
     ) -> DeleteRangeResponse {
-        let live: Vec<(Key, Change)> = self
+        let live: Vec<ChangeRef> = self
             .scan(&req.key, &req.range_end)
-            .filter_map(|(k, index)| index.latest().map(|c| (k.clone(), c.clone())))
+            .filter_map(|index| index.latest().cloned())
             .collect();
         let mut prev_kvs = Vec::new();
-        for (key, prev) in &live {
+        for prev in &live {
             let sub = pending.take_sub();
-            let tomb = Change::tombstone(Revision::new(pending.main, sub));
-            let kv = tomb.to_kv(key);
-            self.record(key, tomb);
-            let prev_kv = prev.to_kv(key);
+            // A tombstone is smaller than the change it follows, so it
+            // always fits.
+            let Ok(tomb) = ChangeRef::tombstone(prev.key(), Revision::new(pending.main, sub))
+            else {
+                continue;
+            };
+            let kv = tomb.to_kv();
+            self.record(tomb);
+            let prev_kv = prev.to_kv();
             if req.prev_kv {
                 prev_kvs.push(prev_kv.clone());
             }
@@ -545,31 +543,30 @@ impl Store {
         // the last compaction kept at most one value then and has nothing
         // to lose now. So the work follows the history being dropped, not
         // the size of the key space (walking every key stalled apply).
-        let candidates: BTreeSet<&Key> = self
+        let candidates: BTreeSet<&[u8]> = self
             .log
             .iter()
-            .take_while(|e| e.main <= revision)
-            .map(|e| &e.key)
+            .take_while(|c| c.main() <= revision)
+            .map(ChangeRef::key)
             .collect();
-        let affected: Vec<Key> = candidates
+        let affected: Vec<Vec<u8>> = candidates
             .into_iter()
             .filter(|key| {
                 self.keys
-                    .get(&***key)
-                    .is_some_and(|index| needs_compaction(index, revision))
+                    .get(key)
+                    .is_some_and(|index| index.needs_compaction(revision))
             })
-            .cloned()
+            .map(<[u8]>::to_vec)
             .collect();
         for key in affected {
-            let mut now_empty = false;
-            if let Some(index) = self.keys.get_mut(&*key) {
-                let index = Arc::make_mut(index);
-                let (freed, _) = index.compact(revision);
+            let mut gone = false;
+            if let Some(index) = self.keys.get_mut(&key) {
+                let (freed, _, empty) = index.compact(revision);
                 self.size = self.size.saturating_sub(freed);
-                now_empty = index.is_empty();
+                gone = empty;
             }
-            if now_empty {
-                self.keys.remove(&*key);
+            if gone {
+                self.keys.remove(&key);
                 self.size = self.size.saturating_sub(KEY_OVERHEAD + key.len() as u64);
             }
         }
@@ -578,8 +575,8 @@ impl Store {
         // that revision, only the ones compaction kept.
         let first_kept = self
             .log
-            .binary_search_by(|e| {
-                if e.main < revision {
+            .binary_search_by(|c| {
+                if c.main() < revision {
                     std::cmp::Ordering::Less
                 } else {
                     std::cmp::Ordering::Greater
@@ -589,17 +586,16 @@ impl Store {
         let mut rest = self.log.split_off(first_kept);
         let mut dropped = first_kept as u64;
         let mut head = Vector::new();
-        while rest.front().is_some_and(|e| e.main == revision) {
-            let Some(entry) = rest.pop_front() else {
+        while rest.front().is_some_and(|c| c.main() == revision) {
+            let Some(change) = rest.pop_front() else {
                 break;
             };
-            let kept = self.keys.get(&*entry.key).is_some_and(|index| {
-                index
-                    .position(Revision::new(entry.main, entry.sub))
-                    .is_some()
-            });
+            let kept = self
+                .keys
+                .get(change.key())
+                .is_some_and(|index| index.position(change.revision()).is_some());
             if kept {
-                head.push_back(entry);
+                head.push_back(change);
             } else {
                 dropped += 1;
             }
@@ -653,8 +649,8 @@ impl Store {
         }
         let from = self
             .log
-            .binary_search_by(|e| {
-                if e.main < start_revision {
+            .binary_search_by(|c| {
+                if c.main() < start_revision {
                     std::cmp::Ordering::Less
                 } else {
                     std::cmp::Ordering::Greater
@@ -669,8 +665,9 @@ impl Store {
         let mut last_main: Option<i64> = None;
         // `Vector::skip` is O(log n); `Iterator::skip` would walk the prefix.
         let tail = self.log.skip(from);
-        for entry in tail.iter() {
-            if let Some(last) = last_main.filter(|m| *m != entry.main) {
+        for change in tail.iter() {
+            let rev = change.revision();
+            if let Some(last) = last_main.filter(|m| *m != rev.main) {
                 let enough_events = max_events > 0 && read.events.len() >= max_events;
                 let enough_visits = max_visits > 0 && read.visited >= max_visits;
                 if enough_events || enough_visits {
@@ -678,18 +675,19 @@ impl Store {
                     break;
                 }
             }
-            last_main = Some(entry.main);
+            last_main = Some(rev.main);
             read.visited += 1;
-            if !end.contains(key, &entry.key) {
+            let changed = change.key();
+            if !end.contains(key, changed) {
                 continue;
             }
-            let Some(index) = self.keys.get(&*entry.key) else {
+            let Some(index) = self.keys.get(changed) else {
                 continue;
             };
-            let Some(pos) = index.position(Revision::new(entry.main, entry.sub)) else {
+            let Some(pos) = index.position(rev) else {
                 continue;
             };
-            if let Some(event) = event_at(index, &entry.key, pos) {
+            if let Some(event) = event_at(index, pos) {
                 read.events.push(event);
             }
         }
@@ -708,14 +706,14 @@ impl Store {
             return read;
         };
         let changes = index.changes();
-        let first = changes.partition_point(|c| c.main < start_revision);
+        let first = changes.partition_point(|c| c.main() < start_revision);
         for (pos, change) in changes.iter().enumerate().skip(first) {
             if max_events > 0 && read.events.len() >= max_events {
-                read.through = change.main - 1;
+                read.through = change.main() - 1;
                 break;
             }
             read.visited += 1;
-            read.events.extend(event_at(index, key, pos));
+            read.events.extend(event_at(index, pos));
         }
         read
     }
@@ -760,8 +758,8 @@ impl Store {
 
     /// Every key with its kept changes, in key order: what an etcd backend
     /// export writes.
-    pub(crate) fn histories(&self) -> impl Iterator<Item = (&[u8], &[Change])> {
-        self.keys.iter().map(|(k, index)| (&**k, index.changes()))
+    pub(crate) fn histories(&self) -> impl Iterator<Item = (&[u8], &[ChangeRef])> {
+        self.keys.entries().map(|(k, index)| (k, index.changes()))
     }
 
     /// The store an image describes, checking every invariant (the image
@@ -777,11 +775,16 @@ impl Store {
 /// holds before it builds a store. It encodes as the same bytes the store
 /// it becomes would, so a restore writes its snapshot image straight from
 /// it, without building (and then freeing) the maps.
+///
+/// `K` is the form keys arrive in (borrowed from an etcd file, or read
+/// from a snapshot); only the indexes are kept (each change holds its
+/// key), so a restart holds no second copy of the keys.
 #[derive(Debug, Clone)]
 pub struct Histories<K> {
     revision: i64,
     compacted: i64,
-    keys: Vec<(K, KeyIndex)>,
+    keys: Vec<KeyIndex>,
+    _keys_as: std::marker::PhantomData<fn(K)>,
 }
 
 impl<K: AsRef<[u8]>> Histories<K> {
@@ -801,18 +804,21 @@ impl<K: AsRef<[u8]>> Histories<K> {
             ));
         }
         let keys = keys.into_iter();
-        let mut checked: Vec<(K, KeyIndex)> = Vec::with_capacity(keys.size_hint().0);
+        let mut checked: Vec<KeyIndex> = Vec::with_capacity(keys.size_hint().0);
         for (key, changes) in keys {
             let k = key.as_ref();
             if k.is_empty() {
                 return Err("empty key".into());
             }
-            if checked.last().is_some_and(|(l, _)| l.as_ref() >= k) {
+            if checked
+                .last()
+                .is_some_and(|l| l.changes().first().is_none_or(|c| c.key() >= k))
+            {
                 return Err("keys out of order".into());
             }
-            let index = KeyIndex::from_changes(changes)
+            let index = KeyIndex::from_changes(k, changes)
                 .map_err(|e| format!("key {k:?}: bad history: {e:?}"))?;
-            if index.changes().iter().any(|c| c.main > revision) {
+            if index.changes().iter().any(|c| c.main() > revision) {
                 return Err(format!("key {k:?}: change above revision"));
             }
             // Compaction leaves at most one change at or below its point,
@@ -820,20 +826,20 @@ impl<K: AsRef<[u8]>> Histories<K> {
             if compact_revision >= 0 {
                 let below = index
                     .changes()
-                    .partition_point(|c| c.main <= compact_revision);
+                    .partition_point(|c| c.main() <= compact_revision);
                 if below > 1 || (below == 1 && index.changes()[0].is_tombstone()) {
                     return Err(format!("key {k:?}: history below the compaction point"));
                 }
             }
-            checked.push((key, index));
+            checked.push(index);
         }
         // Two changes sharing a revision: the revisions at or above the
         // compaction point, sorted, must all differ.
-        let mut revisions: Vec<(i64, u32)> = checked
+        let mut revisions: Vec<Revision> = checked
             .iter()
-            .flat_map(|(_, index)| index.changes())
-            .filter(|c| c.main >= compact_revision)
-            .map(|c| (c.main, c.sub))
+            .flat_map(KeyIndex::changes)
+            .map(ChangeRef::revision)
+            .filter(|r| r.main >= compact_revision)
             .collect();
         revisions.sort_unstable();
         if revisions.windows(2).any(|p| p[0] == p[1]) {
@@ -843,6 +849,7 @@ impl<K: AsRef<[u8]>> Histories<K> {
             revision,
             compacted: compact_revision,
             keys: checked,
+            _keys_as: std::marker::PhantomData,
         })
     }
 
@@ -856,25 +863,20 @@ impl<K: AsRef<[u8]>> Histories<K> {
         let mut store = Store::new();
         store.current = self.revision;
         store.compacted = self.compacted;
-        let mut log: Vec<LogEntry> = Vec::new();
-        for (key, index) in self.keys {
-            let key = key.as_ref();
-            let shared: Key = Arc::from(key);
-            store.size += KEY_OVERHEAD + key.len() as u64;
+        let mut log: Vec<ChangeRef> = Vec::new();
+        for index in self.keys {
+            let key_len = index.changes().first().map_or(0, |c| c.key().len());
+            store.size += KEY_OVERHEAD + key_len as u64;
             for change in index.changes() {
                 store.size += change.footprint();
-                if change.main >= store.compacted {
+                if change.main() >= store.compacted {
                     store.size += LOG_ENTRY_BYTES;
-                    log.push(LogEntry {
-                        main: change.main,
-                        sub: change.sub,
-                        key: shared.clone(),
-                    });
+                    log.push(change.clone());
                 }
             }
-            store.keys.insert(shared, Arc::new(index));
+            store.keys.insert(index);
         }
-        log.sort_by_key(|e| (e.main, e.sub));
+        log.sort_by_key(ChangeRef::revision);
         store.log = log.into_iter().collect();
         store
     }
@@ -891,15 +893,14 @@ impl<K: AsRef<[u8]>> Serialize for Histories<K> {
     }
 }
 
-struct SortedKeysRef<'a, K>(&'a [(K, KeyIndex)]);
+struct SortedKeysRef<'a>(&'a [KeyIndex]);
 
-impl<K: AsRef<[u8]>> Serialize for SortedKeysRef<'_, K> {
+impl Serialize for SortedKeysRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            self.0
-                .iter()
-                .map(|(k, index)| (KeyRef(k.as_ref()), index.changes())),
-        )
+        s.collect_seq(self.0.iter().map(|index| {
+            let key = index.changes().first().map_or(&[][..], |c| c.key());
+            (KeyRef(key), index.changes())
+        }))
     }
 }
 
@@ -916,7 +917,7 @@ pub struct HistoryRead {
 }
 
 /// The event of a key's change at `pos` of its index.
-fn event_at(index: &KeyIndex, key: &[u8], pos: usize) -> Option<Event> {
+fn event_at(index: &KeyIndex, pos: usize) -> Option<Event> {
     let change = index.changes().get(pos)?;
     Some(Event {
         kind: if change.is_tombstone() {
@@ -924,15 +925,15 @@ fn event_at(index: &KeyIndex, key: &[u8], pos: usize) -> Option<Event> {
         } else {
             EventType::Put
         },
-        kv: change.to_kv(key),
-        prev_kv: index.before(pos).map(|p| p.to_kv(key)),
+        kv: change.to_kv(),
+        prev_kv: index.before(pos).map(ChangeRef::to_kv),
     })
 }
 
-fn needs_compaction(index: &KeyIndex, at: i64) -> bool {
-    let changes = index.changes();
-    let n = changes.partition_point(|c| c.main <= at);
-    n >= 2 || (n == 1 && changes[0].is_tombstone())
+/// A key and value that do not fit one block (over 4 GiB): refused the
+/// same way on every member.
+fn too_large() -> MvccError {
+    MvccError::Corrupt("a key and value over 4 GiB".into())
 }
 
 fn header(revision: i64) -> ResponseHeader {
@@ -993,11 +994,17 @@ impl Serialize for KeyRef<'_> {
     }
 }
 
-struct KeysRef<'a>(&'a OrdMap<Key, Arc<KeyIndex>>);
+struct KeysRef<'a>(&'a KeyMap);
 
 impl Serialize for KeysRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(k, index)| (KeyRef(k), index.changes())))
+        use serde::ser::SerializeSeq;
+        // The count first (postcard needs it): the map keeps it.
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for (k, index) in self.0.entries() {
+            seq.serialize_element(&(KeyRef(k), index.changes()))?;
+        }
+        seq.end()
     }
 }
 

@@ -267,12 +267,12 @@ fn compare_path(store: &Store, req: &TxnRequest) -> Path {
 pub(crate) fn evaluate(store: &Store, cmp: &Compare) -> bool {
     let rev = store.current;
     let mut any = false;
-    for (key, index) in store.scan(&cmp.key, &cmp.range_end) {
+    for index in store.scan(&cmp.key, &cmp.range_end) {
         let Some(change) = index.at(rev) else {
             continue;
         };
         any = true;
-        if !compare_kv(cmp, &change.to_kv(key)) {
+        if !compare_kv(cmp, &change.to_kv()) {
             return false;
         }
     }

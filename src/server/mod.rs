@@ -10,6 +10,7 @@
 //! [`state_machine`] is what applying a request means; [`service`] turns
 //! QUIC streams into calls.
 
+mod append_watch;
 pub mod auth;
 pub mod budget;
 pub mod compactor;

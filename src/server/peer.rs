@@ -15,7 +15,11 @@
 //! their responses go as QUIC datagrams on the control lane's connection
 //! (unordered, unreliable: nothing waits behind a lost one; the next
 //! heartbeat supersedes it), on the stream only if a datagram cannot carry
-//! them. The Raft loop only
+//! them. A data lane that went quiet after a write nudges its connection
+//! with empty datagrams for a while ([`Lane::nudges`]), so QUIC keeps
+//! finding and resending lost stream packets while Raft waits on them.
+//! The leader times each append to its answer ([`AppendWatch`]) and logs
+//! one that took long, with both links' QUIC figures. The Raft loop only
 //! ever calls [`Peers::send`], which never blocks: a full queue drops the
 //! message (Raft retransmits what matters), and so does a lane that is not
 //! connected; a lane that fails reconnects with exponential back-off, and
@@ -46,6 +50,7 @@
 //! streams passed the hello, and the Raft loop believes it only from its
 //! leader.
 
+use super::append_watch::AppendWatch;
 use super::members::Members;
 use super::node::Node;
 use crate::metrics::SERVER;
@@ -120,6 +125,19 @@ impl Lane {
             body,
             MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. }
         )
+    }
+
+    /// Whether this lane, last written at `last_write`, should nudge its
+    /// connection at `now` when it has nothing to send for [`NUDGE_EVERY`]:
+    /// the data lanes, for [`NUDGE_WINDOW`] after a write. A data link
+    /// carries nothing but what Raft sends, and Raft sends nothing while it
+    /// waits for what was lost (a follower's clients wait on the forwarded
+    /// proposals, the leader's window on the answers), so a lost tail was
+    /// left to QUIC's loss probes: at 30% loss appends waited seconds. The
+    /// control link needs none: heartbeats cross it every interval.
+    fn nudges(self, last_write: Option<Instant>, now: Instant) -> bool {
+        self.link() == Link::Data
+            && last_write.is_some_and(|at| now.saturating_duration_since(at) < NUDGE_WINDOW)
     }
 
     /// Messages a lane may hold while its stream is busy: many small ones,
@@ -350,6 +368,9 @@ pub struct Peers {
     /// plus one (0: never), for etcd's strict reconfiguration checks.
     heard: RwLock<HashMap<NodeId, Arc<AtomicU64>>>,
     epoch: Instant,
+    /// How long our appends wait for their answers, per follower; and
+    /// when a slow one was last logged (with how many since).
+    append_watch: std::sync::Mutex<(AppendWatch, Option<Instant>, u64)>,
 }
 
 impl Peers {
@@ -392,6 +413,7 @@ impl Peers {
             removal_claims: std::sync::Mutex::new(Default::default()),
             heard: RwLock::new(HashMap::new()),
             epoch: Instant::now(),
+            append_watch: Default::default(),
         });
         for id in peers.members.ids() {
             peers.add_member(id);
@@ -424,6 +446,11 @@ impl Peers {
     /// Ends the lanes to a member that left the configuration (their tasks
     /// see their queues close) and closes its connection.
     pub fn remove_member(&self, id: NodeId) {
+        self.append_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .forget(id);
         self.lanes
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -676,6 +703,86 @@ impl Peers {
         report
     }
 
+    /// An append to `to` went out on `conn` (the data link): times it (see
+    /// [`Peers::note_append_answer`]).
+    fn note_append_sent(&self, to: NodeId, body: &MessageBody, conn: &quinn::Connection) {
+        let MessageBody::Append {
+            prev_index,
+            entries,
+            ..
+        } = body
+        else {
+            return;
+        };
+        if entries.is_empty() {
+            return;
+        }
+        let last = prev_index.saturating_add(entries.len() as u64);
+        let packets = conn.stats().path.sent_packets;
+        self.append_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .sent(to, last, Instant::now(), packets);
+    }
+
+    /// Packets sent so far on the data link to `id` (0 without one).
+    fn data_packets_sent(&self, id: NodeId) -> u64 {
+        self.live_connection(id, Link::Data)
+            .map_or(0, |conn| conn.stats().path.sent_packets)
+    }
+
+    /// Follower `from` holds our log through `index`: times the appends
+    /// this answers, and logs one that waited long (at most once a second,
+    /// with how many did since) with both links' QUIC figures.
+    fn note_append_answer(&self, from: NodeId, index: u64) {
+        let packets = self.data_packets_sent(from);
+        let now = Instant::now();
+        let mut guard = self.append_watch.lock().unwrap_or_else(|p| p.into_inner());
+        let (watch, logged, unlogged) = &mut *guard;
+        let Some(slow) = watch.answered(from, index, now, packets) else {
+            return;
+        };
+        *unlogged += 1;
+        if logged.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+            return;
+        }
+        let count = std::mem::take(unlogged);
+        *logged = Some(now);
+        drop(guard);
+        log::info!(
+            "member {from:x} answered our append through {} after {} ms ({count} slow answer(s) \
+             since the last such line); the data link sent {} packet(s) meanwhile; {}",
+            slow.index,
+            slow.waited.as_millis(),
+            slow.packets_sent,
+            self.link_stats(from)
+        );
+    }
+
+    /// Both links' QUIC figures to `id`, for a log line.
+    fn link_stats(&self, id: NodeId) -> String {
+        let mut out = Vec::new();
+        for (link, name) in [(Link::Control, "control"), (Link::Data, "data")] {
+            match self.live_connection(id, link) {
+                Some(conn) => {
+                    let path = conn.stats().path;
+                    out.push(format!(
+                        "{name} link: rtt {:.1} ms, {} of {} packets lost, cwnd {} B, {} \
+                         congestion events",
+                        path.rtt.as_secs_f64() * 1000.0,
+                        path.lost_packets,
+                        path.sent_packets,
+                        path.cwnd,
+                        path.congestion_events
+                    ));
+                }
+                None => out.push(format!("no {name} link")),
+            }
+        }
+        out.join("; ")
+    }
+
     /// The `link` connection to `id`, if it is open (never waits).
     fn live_connection(&self, id: NodeId, link: Link) -> Option<quinn::Connection> {
         self.connections
@@ -828,6 +935,7 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
     let mut backoff = MIN_BACKOFF;
     // Whether the current outage was logged (once per outage, not per try).
     let mut reported = false;
+    let mut last_write: Option<Instant> = None;
     let sent_bytes = SERVER.peer_sent_bytes.with(&[&format!("{to:x}")]);
     loop {
         if !peers.members.contains(to) {
@@ -838,7 +946,17 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
         // MAX_BACKOFF while it has no stream: members that never exchange
         // Raft messages (two followers) still learn each other's client
         // URLs from the hello, and a leader is reachable for forwarding.
-        let next = if stream.is_none() && lane == Lane::Control {
+        let next = if stream.is_some() && lane.nudges(last_write, Instant::now()) {
+            match runtime::timeout(NUDGE_EVERY, queue.recv()).await {
+                Ok(received) => received.ok(),
+                Err(_) => {
+                    if let Some((conn, _)) = stream.as_ref() {
+                        nudge(conn);
+                    }
+                    continue;
+                }
+            }
+        } else if stream.is_none() && lane == Lane::Control {
             match runtime::timeout(MAX_BACKOFF, queue.recv()).await {
                 Ok(received) => received.ok(),
                 Err(_) => {
@@ -929,6 +1047,8 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
         let written = runtime::timeout(lane.write_timeout(), send.write_all(&frame)).await;
         if matches!(written, Ok(Ok(()))) {
             sent_bytes.add(frame.len() as u64);
+            last_write = Some(Instant::now());
+            peers.note_append_sent(to, &message.body, &conn);
         } else {
             match written {
                 Ok(Err(quinn::WriteError::ConnectionLost(e))) if peers.note_refusal(to, &e) => {
@@ -941,6 +1061,28 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
             stream = None;
             peers.count_drop(to, "write failed");
         }
+    }
+}
+
+/// How often a data lane that went quiet nudges its connection (see
+/// [`Lane::nudges`]): a few times per loopback or LAN round trip, so a lost
+/// tail is found within about one; on a WAN link, tens of tiny packets a
+/// second, and only for [`NUDGE_WINDOW`] after a write.
+const NUDGE_EVERY: Duration = Duration::from_millis(20);
+/// How long after its last write a data lane keeps nudging: long enough
+/// for many nudge round trips even at 30% loss each way (each gets through
+/// and back about half the time), short enough that a quiet link falls
+/// back to QUIC's keep-alive.
+const NUDGE_WINDOW: Duration = Duration::from_secs(1);
+
+/// One nudge: an empty QUIC datagram on `conn`, which a receiver ignores
+/// (older members: an undecodable datagram, dropped). It is ACK-eliciting,
+/// so its ACK lets QUIC declare the stream packets sent before it lost (the
+/// time threshold) and resend them at once, instead of waiting for a loss
+/// probe whose timeout doubles each time one is lost.
+fn nudge(conn: &quinn::Connection) {
+    if conn.max_datagram_size().is_some() {
+        let _ = conn.send_datagram(Vec::new().into());
     }
 }
 
@@ -1102,6 +1244,14 @@ async fn serve_lane(
                     peers.epoch.elapsed().as_millis() as u64 + 1,
                     Ordering::Relaxed,
                 );
+                if let MessageBody::AppendResponse {
+                    index,
+                    reject: false,
+                    ..
+                } = message.body
+                {
+                    peers.note_append_answer(hello.from, index);
+                }
                 node.step(message);
             }
             Ok(Some(message)) => {
@@ -1143,7 +1293,7 @@ async fn serve_datagrams(
 ) {
     while let Ok(datagram) = conn.read_datagram().await {
         let from = sender.load(Ordering::Relaxed);
-        if from == 0 {
+        if from == 0 || datagram.is_empty() {
             continue;
         }
         match qed_wire::frame::decode_frame::<Message>(&datagram, MAX_HELLO_FRAME) {
@@ -1339,6 +1489,20 @@ mod tests {
         std::fs::write(&path, "zz\n").unwrap();
         assert!(members("n1", "http://a:1", "t").load_pins(path).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn data_lanes_nudge_their_link_for_a_while_after_writing() {
+        let t0 = Instant::now();
+        let soon = t0 + NUDGE_EVERY;
+        let late = t0 + NUDGE_WINDOW;
+        for lane in [Lane::Append, Lane::Snapshot] {
+            assert!(lane.nudges(Some(t0), soon));
+            assert!(!lane.nudges(Some(t0), late), "quiet long enough");
+            assert!(!lane.nudges(None, soon), "never wrote");
+        }
+        // Heartbeats keep the control link's ACKs coming.
+        assert!(!Lane::Control.nudges(Some(t0), soon));
     }
 
     #[test]

@@ -385,6 +385,7 @@ pub fn start(
         counts: HashMap::new(),
     });
     let snapshot_base = core.status().first_index.saturating_sub(1);
+    let replay_through = Some(core.status().last_index).filter(|&i| i > snapshot_base);
     let core_id = core.id();
     let lease_config = state
         .read()
@@ -432,6 +433,7 @@ pub fn start(
         ticks: 0,
         options,
         snapshot_base,
+        replay_through,
         synced_vote: (0, 0),
         snapshotting: false,
         lease_config,
@@ -553,6 +555,12 @@ struct Driver {
     options: LoopOptions,
     /// Applied index of the newest snapshot (or where the log starts).
     snapshot_base: u64,
+    /// The last index recovered from the WAL at start, until it is
+    /// applied: then what replaying it left free in the heap (entries the
+    /// core no longer keeps, their decoded commands) goes back to the
+    /// system once (see `heap`), so a restarted node holds what a running
+    /// one does.
+    replay_through: Option<u64>,
     /// (term, vote) last handed to the writer: changes must be synced.
     synced_vote: (u64, u64),
     snapshotting: bool,
@@ -1310,6 +1318,12 @@ impl Driver {
         // qed has no backend transaction: a batch applied under the state
         // lock is its commit.
         SERVER.backend_commit.observe(batch_started.elapsed());
+        let applied = state.applied();
+        drop(state);
+        if self.replay_through.is_some_and(|i| applied >= i) {
+            self.replay_through = None;
+            crate::heap::release_free();
+        }
     }
 
     fn release_reads(&mut self) {

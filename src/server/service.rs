@@ -1,14 +1,15 @@
 //! The client listeners: QUIC connections in, one task per call stream;
-//! Unix-socket connections in (`unix://` client URLs), one task per
-//! connection carrying its calls one after another.
+//! Unix-socket connections in (`unix://` client URLs), each either one
+//! streaming call's or multiplexed: a reader task, a task per call, a
+//! writer task sending replies as they finish ([`serve_mux`]).
 //!
 //! Each stream carries one call (see `qed_wire::call`); a Unix connection
-//! carries the same frames, a unary call after another or one streaming
-//! call (`transport::stream`). Whatever arrives is
-//! bounded and checked before it reaches the node: an oversized frame is
-//! refused with `RequestTooLarge` and its stream stopped, a frame that does
-//! not decode gets `InvalidArgument`, and either way only that stream ends;
-//! the connection and every other client carry on.
+//! carries the same frames, numbered (`transport::stream`). Whatever
+//! arrives is bounded and checked before it reaches the node: an oversized
+//! frame is refused with `RequestTooLarge` (on a multiplexed connection
+//! read past and answered under its number), a frame that does not decode
+//! gets `InvalidArgument`, and either way only that call ends; the
+//! connection and every other client carry on.
 //!
 //! Streaming calls: a watch stream has a reader task (requests into the
 //! hub) and a writer (the hub's queued responses out, woken through the
@@ -32,14 +33,18 @@ use crate::runtime;
 use crate::runtime::{UnixListener, UnixStream};
 use crate::transport::stream::{self, RecvHalf, SendHalf};
 use crate::transport::TransportError;
+use crate::watch::{self, BatchRef};
 use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
 use qed_wire::kv::RangeRequest;
 use qed_wire::lease::LeaseKeepAliveRequest;
 use qed_wire::maintenance::SnapshotResponse;
 use qed_wire::watch::WatchRequest;
-use qed_wire::{Call, ClientRequest, Error, Reply, ResponseHeader, StreamAccept};
+use qed_wire::{
+    Call, ClientRequest, Error, Reply, ResponseHeader, StreamAccept, UnixReply, UnixRequest,
+};
 use quinn::VarInt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,14 +155,304 @@ pub async fn serve_unix(listener: UnixListener, path: PathBuf, node: Arc<Node>) 
     }
 }
 
-/// Serves the calls of one Unix connection in turn, until the client
-/// closes it or a call leaves it unusable (a streaming call, a bad frame).
+/// Serves one Unix connection. Its first frame decides what it carries:
+/// one streaming call (the connection is that call's, as a QUIC stream
+/// is), or unary calls multiplexed ([`serve_mux`]).
 async fn serve_unix_connection(conn: UnixStream, node: Arc<Node>, budget: Arc<ConnBudget>) {
-    let mut halves = (SendHalf::Unix(conn.clone()), RecvHalf::unix(conn));
-    while let Some(next) = serve_call(halves.0, halves.1, node.clone(), None, budget.clone()).await
+    let send = SendHalf::Unix(conn.clone());
+    let mut recv = RecvHalf::unix(conn);
+    let cap = node.client_limits().frame_cap();
+    let first = match runtime::timeout(
+        REQUEST_READ_TIMEOUT,
+        read_mux_frame(&mut recv, &budget, cap),
+    )
+    .await
     {
-        halves = next;
+        Ok(Ok(Some(frame))) => frame,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return log::debug!("unix client failed: {e}"),
+        Err(_) => return log::debug!("unix client sent nothing in time"),
+    };
+    if let MuxFrame::Whole(raw, _) = &first {
+        if let Ok(UnixRequest { request, .. }) = raw.decode::<UnixRequest>() {
+            if !matches!(request.call, Call::Unary(_)) {
+                let creds = Credentials {
+                    token: request.token,
+                    cert_user: None,
+                };
+                return serve_streaming(send, recv, node, creds, budget, request.call).await;
+            }
+        }
     }
+    serve_mux(first, send, recv, node, budget).await
+}
+
+/// Calls one multiplexed Unix connection may have in flight (read and not
+/// yet answered), as a QUIC connection may have streams; past it the node
+/// reads no more from the connection until replies have gone out.
+const MAX_MUX_CALLS: usize = crate::transport::endpoint::MAX_STREAMS as usize;
+
+/// Replies gathered into one write on a multiplexed connection at most.
+const MUX_WRITE_BATCH: usize = 256 * 1024;
+
+/// Serves unary calls on a multiplexed Unix connection, `first` being the
+/// frame already read. This task reads frames (all that one read brings,
+/// out of the connection's buffer) and starts a task per call; a writer
+/// task sends replies as they come, everything waiting in one write. The
+/// connection ends when the client shuts its side (after the replies owed),
+/// when a frame breaks the framing, when it idles [`REQUEST_READ_TIMEOUT`]
+/// with nothing in flight, or when a reply is not taken within
+/// [`REPLY_WRITE_TIMEOUT`]. A call that is too large, over budget or does
+/// not decode is answered with its error under its number; only a frame
+/// whose number cannot be read ends the connection.
+async fn serve_mux(
+    first: MuxFrame,
+    send: SendHalf,
+    mut recv: RecvHalf,
+    node: Arc<Node>,
+    budget: Arc<ConnBudget>,
+) {
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (room_tx, room) = runtime::channel::bounded::<()>(1);
+    let (replies, queued) = runtime::channel::unbounded::<Vec<u8>>();
+    runtime::spawn(write_replies(send, queued, in_flight.clone(), room_tx));
+    let cap = node.client_limits().frame_cap();
+    let mut next = Some(first);
+    loop {
+        let frame = match next.take() {
+            Some(frame) => frame,
+            None => {
+                while in_flight.load(Ordering::Acquire) >= MAX_MUX_CALLS {
+                    if room.recv().await.is_err() {
+                        return;
+                    }
+                }
+                match next_mux_frame(&mut recv, &budget, cap, &in_flight).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return,
+                    Err(e) => {
+                        recv.stop(FRAME_VIOLATION);
+                        return log::debug!("unix client failed: {e}");
+                    }
+                }
+            }
+        };
+        let Some((id, answer)) = mux_call(frame, node.client_limits().max_request_bytes) else {
+            recv.stop(FRAME_VIOLATION);
+            return log::debug!("unix client sent a frame without a call number");
+        };
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let replies = replies.clone();
+        let node = node.clone();
+        runtime::spawn(async move {
+            let answer = match answer {
+                MuxAnswer::Now(error) => Err(error),
+                MuxAnswer::Handle(request, creds, charge) => {
+                    let answer = node.handle(request, &creds).await;
+                    drop(charge);
+                    answer
+                }
+            };
+            let _ = replies.send(unix_reply_frame(id, answer)).await;
+        });
+    }
+}
+
+/// What a multiplexed frame asks for: an error answered at once, or a
+/// call for the node (with the bytes it holds until answered).
+enum MuxAnswer {
+    Now(Error),
+    Handle(qed_wire::Request, Credentials, Charge),
+}
+
+/// A frame's call number and what to do with it; `None` when not even
+/// the number can be read.
+fn mux_call(frame: MuxFrame, max_request_bytes: usize) -> Option<(u64, MuxAnswer)> {
+    match frame {
+        MuxFrame::Dropped { head, error } => Some((frame_id(&head)?, MuxAnswer::Now(error))),
+        MuxFrame::Whole(raw, charge) => match raw.decode::<UnixRequest>() {
+            Ok(UnixRequest { id, request }) => {
+                let answer = match request.call {
+                    Call::Unary(_) if raw.0.len() > max_request_bytes => {
+                        MuxAnswer::Now(Error::RequestTooLarge)
+                    }
+                    Call::Unary(req) => {
+                        let creds = Credentials {
+                            token: request.token,
+                            cert_user: None,
+                        };
+                        MuxAnswer::Handle(req, creds, charge)
+                    }
+                    _ => MuxAnswer::Now(Error::InvalidArgument(
+                        "a streaming call needs a Unix connection of its own".into(),
+                    )),
+                };
+                Some((id, answer))
+            }
+            Err(e) => Some((
+                frame_id(&raw.0)?,
+                MuxAnswer::Now(Error::InvalidArgument(format!("malformed request: {e}"))),
+            )),
+        },
+    }
+}
+
+/// The call number a frame body starts with.
+fn frame_id(body: &[u8]) -> Option<u64> {
+    postcard::take_from_bytes::<u64>(body)
+        .ok()
+        .map(|(id, _)| id)
+}
+
+/// Waits for the next frame of a multiplexed connection and reads it:
+/// `None` when the client shut its side, or when the connection idled
+/// [`REQUEST_READ_TIMEOUT`] with no call in flight (a connection with
+/// calls in flight may stay quiet while it waits for them). Once a frame
+/// starts, it must arrive whole within [`REQUEST_READ_TIMEOUT`].
+async fn next_mux_frame(
+    recv: &mut RecvHalf,
+    budget: &Arc<ConnBudget>,
+    cap: usize,
+    in_flight: &std::sync::atomic::AtomicUsize,
+) -> Result<Option<MuxFrame>, TransportError> {
+    loop {
+        match runtime::timeout(REQUEST_READ_TIMEOUT, recv.readable()).await {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => return Ok(None),
+            Ok(Err(e)) => return Err(e),
+            Err(_) if in_flight.load(Ordering::Acquire) == 0 => return Ok(None),
+            Err(_) => {}
+        }
+    }
+    runtime::timeout(REQUEST_READ_TIMEOUT, read_mux_frame(recv, budget, cap))
+        .await
+        .map_err(|_| TransportError::Stream("the request did not arrive in time".into()))?
+}
+
+/// One frame as read off a Unix connection.
+enum MuxFrame {
+    /// Read whole, its bytes charged to the connection until answered.
+    Whole(stream::RawFrame, Charge),
+    /// Read past and not kept (over the size limit, or over budget): its
+    /// first bytes, which hold the call number, and the call's error.
+    Dropped { head: Vec<u8>, error: Error },
+}
+
+/// Bytes of a dropped frame kept: a call number's varint fits.
+const FRAME_HEAD: usize = 16;
+
+/// Reads one frame, charging its body to `budget` as it arrives (never
+/// from the declared length). A frame over `cap`, or one the budget cannot
+/// hold, is read to its end without being kept, so the framing holds and
+/// its call can be answered. `None` when the client shut its side between
+/// frames.
+async fn read_mux_frame(
+    recv: &mut RecvHalf,
+    budget: &Arc<ConnBudget>,
+    cap: usize,
+) -> Result<Option<MuxFrame>, TransportError> {
+    use stream::ReadBytes;
+    let mut prefix = [0u8; qed_wire::frame::PREFIX_LEN];
+    let mut got = 0;
+    while got < prefix.len() {
+        match recv.read_some(&mut prefix[got..]).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(TransportError::Stream("stream ended inside a frame".into())),
+            n => got += n,
+        }
+    }
+    let len = u32::from_be_bytes(prefix) as usize;
+    let mut charge = budget.charge();
+    let mut error = (len > cap).then_some(Error::RequestTooLarge);
+    let mut body: Vec<u8> = Vec::with_capacity(len.min(MUX_FIRST_ALLOCATION));
+    let mut scratch = [0u8; 4096];
+    let mut left = len;
+    while left > 0 {
+        let n = if error.is_none() {
+            if body.capacity() == body.len() {
+                body.reserve_exact(body.len().max(MUX_FIRST_ALLOCATION).min(left));
+            }
+            let filled = body.len();
+            let room = (body.capacity() - filled).min(left);
+            body.resize(filled + room, 0);
+            let n = recv.read_some(&mut body[filled..]).await?;
+            body.truncate(filled + n);
+            if n > 0 && !charge.add(n as u64) {
+                error = Some(Error::TooManyRequests);
+                body.truncate(FRAME_HEAD);
+                body.shrink_to_fit();
+                drop(std::mem::replace(&mut charge, budget.charge()));
+            }
+            n
+        } else {
+            let want = left.min(scratch.len());
+            let n = recv.read_some(&mut scratch[..want]).await?;
+            let keep = FRAME_HEAD.saturating_sub(body.len()).min(n);
+            body.extend_from_slice(&scratch[..keep]);
+            n
+        };
+        if n == 0 {
+            return Err(TransportError::Stream("stream ended inside a frame".into()));
+        }
+        left -= n;
+    }
+    Ok(Some(match error {
+        None => MuxFrame::Whole(stream::RawFrame(body), charge),
+        Some(error) => MuxFrame::Dropped { head: body, error },
+    }))
+}
+
+/// Bytes of a body allocated before any of it arrived.
+const MUX_FIRST_ALLOCATION: usize = 16 * 1024;
+
+/// A multiplexed connection's writer: replies as they come, all that wait
+/// in one write; each written (or dropped) reply frees a call's place.
+async fn write_replies(
+    mut send: SendHalf,
+    queued: runtime::channel::Receiver<Vec<u8>>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    room: runtime::channel::Sender<()>,
+) {
+    while let Ok(mut batch) = queued.recv().await {
+        let mut replies = 1;
+        while batch.len() < MUX_WRITE_BATCH {
+            match queued.try_recv() {
+                Ok(more) => {
+                    batch.extend_from_slice(&more);
+                    replies += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let written = runtime::timeout(
+            REPLY_WRITE_TIMEOUT,
+            stream::WriteBytes::write_bytes(&mut send, &batch),
+        )
+        .await;
+        in_flight.fetch_sub(replies, Ordering::AcqRel);
+        let _ = room.try_send(());
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return log::debug!("replies not delivered: {e}"),
+            Err(_) => {
+                log::debug!("replies not taken in time; connection closed");
+                return send.reset(TIMED_OUT);
+            }
+        }
+    }
+    send.finish();
+}
+
+/// The frame of a [`UnixReply`]; a reply too large to frame becomes an
+/// error the client can read.
+fn unix_reply_frame(id: u64, reply: Reply) -> Vec<u8> {
+    let frame = qed_wire::frame::encode(&UnixReply { id, reply }, MAX_SERVER_FRAME);
+    frame
+        .or_else(|e| {
+            let reply: Reply = Err(Error::Internal(format!("response cannot be sent: {e}")));
+            qed_wire::frame::encode(&UnixReply { id, reply }, MAX_SERVER_FRAME)
+        })
+        .unwrap_or_default()
 }
 
 /// Reads one frame, charging its bytes to `charge` as they arrive.
@@ -188,47 +483,30 @@ async fn read_request<T: serde::de::DeserializeOwned>(
 
 /// One call on its own QUIC stream.
 async fn serve_stream(
-    send: SendHalf,
-    recv: RecvHalf,
-    node: Arc<Node>,
-    cert_user: Option<Arc<str>>,
-    budget: Arc<ConnBudget>,
-) {
-    if let Some((mut send, _)) = serve_call(send, recv, node, cert_user, budget).await {
-        send.finish();
-    }
-}
-
-/// Serves one call. A unary call answered in full hands the halves back,
-/// ready for another call (a Unix connection's next one); anything else
-/// ends with them finished, stopped or dropped.
-async fn serve_call(
     mut send: SendHalf,
     mut recv: RecvHalf,
     node: Arc<Node>,
     cert_user: Option<Arc<str>>,
     budget: Arc<ConnBudget>,
-) -> Option<(SendHalf, RecvHalf)> {
+) {
     // Held until the call is answered: what it read, and what it became.
     let mut charge = budget.charge();
     let refuse = |mut send: SendHalf, mut recv: RecvHalf, error: Error| async move {
         recv.stop(FRAME_VIOLATION);
         reply(&mut send, Err(error)).await;
         send.finish();
-        None
     };
     let limits = node.client_limits();
     let raw = match read_charged(&mut recv, &mut charge, limits.frame_cap()).await {
         Ok(Some(raw)) => raw,
-        Ok(None) => return None,
+        Ok(None) => return,
         Err(TransportError::Frame(FrameError::TooLarge { .. })) => {
             return refuse(send, recv, Error::RequestTooLarge).await;
         }
         Err(TransportError::Busy) => return refuse(send, recv, Error::TooManyRequests).await,
         Err(e) => {
             recv.stop(TIMED_OUT);
-            log::debug!("client stream failed: {e}");
-            return None;
+            return log::debug!("client stream failed: {e}");
         }
     };
     let request: ClientRequest = match raw.decode() {
@@ -252,34 +530,49 @@ async fn serve_call(
                 node.handle(req, &creds).await
             };
             drop(charge);
-            reply(&mut send, answer).await.then_some((send, recv))
+            if reply(&mut send, answer).await {
+                send.finish();
+            }
         }
-        Call::Snapshot => {
+        call => {
             drop(charge);
-            send_snapshot(&mut send, &node, &creds).await;
-            None
+            serve_streaming(send, recv, node, creds, budget, call).await;
         }
-        Call::Watch => {
-            drop(charge);
-            serve_watch(send, recv, node, creds, budget).await;
-            None
-        }
-        Call::LeaseKeepAlive => {
-            drop(charge);
-            serve_keep_alive(send, recv, node, budget).await;
-            None
+    }
+}
+
+/// Serves a streaming call (`call` is not unary) to its end.
+async fn serve_streaming(
+    mut send: SendHalf,
+    recv: RecvHalf,
+    node: Arc<Node>,
+    creds: Credentials,
+    budget: Arc<ConnBudget>,
+    call: Call,
+) {
+    match call {
+        Call::Snapshot => send_snapshot(&mut send, &node, &creds).await,
+        Call::Watch => serve_watch(send, recv, node, creds, budget, false).await,
+        Call::WatchBatched => serve_watch(send, recv, node, creds, budget, true).await,
+        Call::LeaseKeepAlive => serve_keep_alive(send, recv, node, budget).await,
+        Call::Unary(_) => {
+            let answer: StreamAccept = Err(Error::InvalidArgument("not a streaming call".into()));
+            send_last(&mut send, &answer).await;
         }
     }
 }
 
 /// A watch stream: requests feed the hub; the hub's responses go out in
-/// queue order, stamped with this member's header fields.
+/// queue order, stamped with this member's header fields. A `batched`
+/// stream sends them as `WatchBatch`es (`watch::batch`): a response a
+/// thousand watches share is encoded and sent once.
 async fn serve_watch(
     mut send: SendHalf,
     mut recv: RecvHalf,
     node: Arc<Node>,
     creds: Credentials,
     budget: Arc<ConnBudget>,
+    batched: bool,
 ) {
     let accepted: StreamAccept = Ok(());
     if stream::write(&mut send, &accepted, MAX_SERVER_FRAME)
@@ -319,7 +612,22 @@ async fn serve_watch(
         for resp in &mut batch {
             node.stamp(resp.header_mut());
         }
-        if let Err(e) = stream::write_all_of(&mut send, &batch, MAX_SERVER_FRAME).await {
+        let written = if batched {
+            let groups = watch::batch(&batch);
+            let messages: Vec<BatchRef<'_>> = groups
+                .iter()
+                .filter_map(|b| {
+                    Some(BatchRef {
+                        response: batch.get(b.first)?,
+                        more_ids: &b.more,
+                    })
+                })
+                .collect();
+            stream::write_all_of(&mut send, &messages, MAX_SERVER_FRAME).await
+        } else {
+            stream::write_all_of(&mut send, &batch, MAX_SERVER_FRAME).await
+        };
+        if let Err(e) = written {
             log::debug!("watch stream {stream_id} write failed: {e}");
             watchers.close(stream_id);
             return;

@@ -71,6 +71,9 @@ pub fn server_transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// The ACK delay a member asks of the other end of its peer connections.
+pub const PEER_MAX_ACK_DELAY: Duration = Duration::from_millis(2);
+
 /// Peer connections: Raft's lanes are long-lived unidirectional streams and
 /// forwarded calls are bidirectional ones. The idle timeout is short so that
 /// a member that vanished (killed, partitioned) is noticed within a few
@@ -95,8 +98,23 @@ pub fn peer_transport_config() -> Arc<quinn::TransportConfig> {
     // congestion: at 20-30% loss the window sat at its 2-packet minimum
     // and heartbeats (datagrams are congestion-controlled too) waited
     // behind appends for over an election timeout. BBR paces by measured
-    // bandwidth and RTT instead.
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    // bandwidth and RTT instead, but its loss recovery also holds the
+    // window at 4 packets when every round loses some: a floor under it
+    // (`transport::congestion`) keeps new packets, and so the ACKs that
+    // find the lost ones, flowing.
+    t.congestion_controller_factory(Arc::new(super::congestion::FlooredBbrConfig {
+        bbr: Arc::new(quinn::congestion::BbrConfig::default()),
+        floor: super::congestion::PEER_WINDOW_FLOOR,
+    }));
+    // Ask the other side to ACK within 2 ms rather than QUIC's 25 ms (the
+    // ACK_FREQUENCY extension quinn speaks on both sides): the loss-probe
+    // timeout is the RTT plus that delay, doubled for each probe lost in a
+    // row, so on a fast link a 25 ms delay made every lost tail cost tens
+    // of ms and a run of lost probes seconds. The delay is also capped at
+    // the RTT, and a link's packets are ACKed every second packet anyway.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.max_ack_delay(Some(PEER_MAX_ACK_DELAY));
+    t.ack_frequency_config(Some(ack));
     Arc::new(t)
 }
 

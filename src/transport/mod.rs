@@ -7,6 +7,7 @@
 //! means; [`stream`] moves length-prefixed postcard frames and refuses
 //! oversized ones before allocating.
 
+pub mod congestion;
 pub mod endpoint;
 pub mod stream;
 pub mod tls;

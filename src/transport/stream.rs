@@ -6,9 +6,9 @@
 //!
 //! A call travels either on its own QUIC stream or on a Unix-socket
 //! connection ([`SendHalf`], [`RecvHalf`]) with the same frames. A Unix
-//! connection carries one call at a time: unary calls follow one another
-//! on it (request, reply, next request), and a streaming call keeps it to
-//! the end; "finish" is a write shutdown, as a QUIC stream's FIN.
+//! connection carries either many unary calls at once, each frame
+//! numbered (`qed_wire::UnixRequest`), or one streaming call to its end;
+//! "finish" is a write shutdown, as a QUIC stream's FIN.
 
 use super::TransportError;
 use crate::runtime::UnixStream;
@@ -52,9 +52,9 @@ impl WriteBytes for SendStream {
     }
 }
 
-/// Bytes a Unix-socket reader takes from the kernel at once: a whole
-/// small frame (prefix and body) in one read.
-const UNIX_READ_BUFFER: usize = 16 * 1024;
+/// Bytes a Unix-socket reader takes from the kernel at once: the frames
+/// of many small calls in one read.
+const UNIX_READ_BUFFER: usize = 64 * 1024;
 
 /// The receiving half of one call's transport.
 pub enum RecvHalf {
@@ -65,6 +65,18 @@ pub enum RecvHalf {
 impl RecvHalf {
     pub fn unix(stream: UnixStream) -> RecvHalf {
         RecvHalf::Unix(BufReader::with_capacity(UNIX_READ_BUFFER, stream))
+    }
+
+    /// Waits until bytes are there to read: `true` then, `false` once the
+    /// peer finished sending. Takes nothing, so it may be abandoned (a
+    /// timeout) without losing a byte. A QUIC stream says `true` at once
+    /// (its reads wait by themselves).
+    pub async fn readable(&mut self) -> Result<bool, TransportError> {
+        use futures_lite::io::AsyncBufReadExt;
+        match self {
+            RecvHalf::Quic(_) => Ok(true),
+            RecvHalf::Unix(r) => Ok(!r.fill_buf().await.map_err(stream_error)?.is_empty()),
+        }
     }
 
     /// Tells the peer nothing more will be read (QUIC `STOP_SENDING` with

@@ -165,6 +165,13 @@ struct StreamState {
     /// A progress request waits until every watch of the stream is synced,
     /// so its revision never claims events a watch has not been sent.
     progress_requested: bool,
+    /// Watches whose newest queued response is an events response nothing
+    /// else has been queued after on this stream: its position in `queue`.
+    /// A watcher's next events join that response instead of queuing one
+    /// more (see [`WatchHub::push_response`]). Cleared by anything that
+    /// moves or orders around queued responses: another kind of response,
+    /// a purge, a drain.
+    open: HashMap<WatchId, usize>,
 }
 
 fn kv_bytes(kv: &KeyValue) -> usize {
@@ -448,7 +455,7 @@ impl WatchHub {
 
         for group in matched.chunk_by(|a, b| a.0 == b.0) {
             let wref = group[0].0;
-            let full = self.is_full(wref.0);
+            let full = !self.has_room(wref);
             let Some(w) = self.watchers.get_mut(&wref) else {
                 continue;
             };
@@ -650,6 +657,7 @@ impl WatchHub {
             return Vec::new();
         };
         state.bytes = 0;
+        state.open.clear();
         std::mem::take(&mut state.queue)
             .into_iter()
             .map(|q| q.resp)
@@ -674,6 +682,18 @@ impl WatchHub {
         })
     }
 
+    /// Whether `wref` may be handed more events now: its stream is below
+    /// its bounds, or below the byte bound with an open response for the
+    /// events to join (which adds no response).
+    fn has_room(&self, wref: WatcherRef) -> bool {
+        self.streams.get(&wref.0).is_none_or(|s| {
+            let bytes_ok = s.bytes < self.config.max_pending_bytes;
+            bytes_ok
+                && (s.queue.len() < self.config.max_pending_responses
+                    || s.open.contains_key(&wref.1))
+        })
+    }
+
     /// Queues a response without events.
     fn push(&mut self, stream: StreamId, kind: Kind, resp: WatchResponse) {
         self.push_pending(
@@ -689,8 +709,52 @@ impl WatchHub {
     fn push_pending(&mut self, stream: StreamId, kind: Kind, resp: PendingResponse, bytes: usize) {
         let state = self.streams.entry(stream).or_default();
         state.bytes = state.bytes.saturating_add(bytes);
+        if kind == Kind::Events && !resp.head.fragment {
+            state.open.insert(resp.watch_id(), state.queue.len());
+        } else {
+            // Whatever this says (created, canceled, progress, a fragment)
+            // must stay after the events queued before it.
+            state.open.clear();
+        }
         state.queue.push_back(Queued { kind, bytes, resp });
         self.ready.insert(stream);
+    }
+
+    /// Adds `events` (whole revisions after everything the watcher has
+    /// queued) to the watcher's open response, if it has one and the
+    /// result stays under `max_response_bytes`; `events` back if not.
+    fn join_open(
+        &mut self,
+        wref: WatcherRef,
+        events: Vec<SharedEvent>,
+        bytes: usize,
+        hdr: i64,
+    ) -> Result<(), Vec<SharedEvent>> {
+        let limit = self.config.max_response_bytes;
+        let Some(state) = self.streams.get_mut(&wref.0) else {
+            return Err(events);
+        };
+        let Some(queued) = state
+            .open
+            .get(&wref.1)
+            .and_then(|&at| state.queue.get_mut(at))
+        else {
+            return Err(events);
+        };
+        // `bytes` counts a response's overhead once; the joined one has it.
+        let added = bytes.saturating_sub(RESPONSE_OVERHEAD);
+        if queued.kind != Kind::Events
+            || queued.resp.watch_id() != wref.1
+            || queued.bytes.saturating_add(added) >= limit
+        {
+            return Err(events);
+        }
+        queued.bytes = queued.bytes.saturating_add(added);
+        queued.resp.head.header.revision = hdr;
+        queued.resp.events.extend(events);
+        state.bytes = state.bytes.saturating_add(added);
+        self.ready.insert(wref.0);
+        Ok(())
     }
 
     /// Queues events for a watcher: whole revisions per response, starting
@@ -709,7 +773,9 @@ impl WatchHub {
         // The common case: everything fits in one response.
         let total = RESPONSE_OVERHEAD + events.iter().map(event_bytes).sum::<usize>();
         if total < limit {
-            self.push_response(wref, events, total, header_rev, false);
+            if let Err(events) = self.join_open(wref, events, total, header_rev) {
+                self.push_response(wref, events, total, header_rev, false);
+            }
             return;
         }
         let mut chunks: Vec<(Vec<SharedEvent>, usize)> = Vec::new();
@@ -779,6 +845,10 @@ impl WatchHub {
             part.push(ev);
         }
         self.push_response(wref, part, size, hdr, false);
+        // A fragmented revision's last part stays as it was split.
+        if let Some(state) = self.streams.get_mut(&wref.0) {
+            state.open.remove(&wref.1);
+        }
     }
 
     /// Drops a watch's queued events and progress notes. A queued
@@ -790,6 +860,8 @@ impl WatchHub {
         };
         let mut rerequest = false;
         let mut freed = 0usize;
+        // Positions move.
+        state.open.clear();
         state.queue.retain(|q| {
             let drop = match q.kind {
                 Kind::Control => false,

@@ -19,7 +19,10 @@
 //!   catch-up) delivered them;
 //! - a revision's events for one watcher are never split across responses
 //!   unless the watch asked for `fragment`, and then all parts but the last
-//!   carry `fragment = true` (etcd's `sendFragments`);
+//!   carry `fragment = true` (etcd's `sendFragments`); revisions handed to
+//!   a watcher before its stream drains join its last queued response
+//!   (whole revisions, under the response size limit, never across another
+//!   response of the stream), as etcd's catch-up responses carry many;
 //! - a stream's queue is bounded: a watcher that would push it past the
 //!   bound is demoted to unsynced and its queued events are dropped, its
 //!   `next_rev` rewound to the first one dropped, so a slow client costs
@@ -44,7 +47,7 @@ mod tests;
 use std::fmt;
 
 pub use hub::{StreamId, WatchConfig, WatchHub, WatchId};
-pub use pending::PendingResponse;
+pub use pending::{batch, BatchRef, Batched, PendingResponse};
 pub use qed_wire::watch::{WatchCreateRequest, WatchResponse};
 
 /// Why a watch request was refused. `Display` is etcd's text, which is also

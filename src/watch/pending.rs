@@ -7,11 +7,20 @@
 //! bytes of the [`WatchResponse`] it stands for (field order is the wire
 //! struct's), so the stream writer encodes it without building the owned
 //! response first.
+//!
+//! [`batch`] groups a drained queue for a batched stream (`WatchBatch`
+//! messages): responses identical but for their watch ID (the same shared
+//! events, the same header) go as one. Invariants: every response is in
+//! exactly one batch; each watch's responses keep their queue order; a
+//! stream-wide response (`watch_id = -1`) is a batch of its own and nothing
+//! moves across it; `created` responses keep their order among themselves
+//! (etcd's clients match them to their creates first-in, first-out).
 
 use qed_wire::kv::{Event, EventType, KeyValue, ResponseHeader};
 use qed_wire::watch::WatchResponse;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// One event as one watcher gets it.
@@ -127,6 +136,109 @@ impl Serialize for PendingResponse {
     }
 }
 
+/// One message of a batched stream: `responses[first]`, for its own watch
+/// and then for each of `more` (see [`batch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batched {
+    pub first: usize,
+    pub more: Vec<i64>,
+}
+
+/// What two responses must share to be candidates for one batch.
+type BatchKey = (i64, bool, bool, bool, usize, usize);
+
+fn batch_key(r: &PendingResponse) -> BatchKey {
+    let first = r
+        .events
+        .first()
+        .map_or(0, |e| Arc::as_ptr(&e.event) as usize);
+    (
+        r.head.header.revision,
+        r.head.created,
+        r.head.canceled,
+        r.head.fragment,
+        r.events.len(),
+        first,
+    )
+}
+
+/// Whether `a` and `b` encode the same but for their watch IDs.
+fn same_but_id(a: &PendingResponse, b: &PendingResponse) -> bool {
+    let (x, y) = (&a.head, &b.head);
+    x.header == y.header
+        && x.created == y.created
+        && x.canceled == y.canceled
+        && x.compact_revision == y.compact_revision
+        && x.cancel_reason == y.cancel_reason
+        && x.fragment == y.fragment
+        && x.events == y.events
+        && a.events.len() == b.events.len()
+        && a.events
+            .iter()
+            .zip(&b.events)
+            .all(|(e, f)| Arc::ptr_eq(&e.event, &f.event) && e.prev_kv == f.prev_kv)
+}
+
+/// Groups `responses` (one drained queue, oldest first) into the messages
+/// of a batched stream, in sending order. A run of responses ends where a
+/// watch comes up a second time or a stream-wide response comes; within a
+/// run a response joins the first earlier identical one (a `created` one
+/// only the run's newest batch).
+pub fn batch(responses: &[PendingResponse]) -> Vec<Batched> {
+    const STREAM_WIDE: i64 = -1;
+    let mut out: Vec<Batched> = Vec::new();
+    let mut in_run: HashSet<i64> = HashSet::new();
+    let mut run: HashMap<BatchKey, Vec<usize>> = HashMap::new();
+    'next: for (i, r) in responses.iter().enumerate() {
+        let id = r.watch_id();
+        if id == STREAM_WIDE || !in_run.insert(id) {
+            in_run.clear();
+            run.clear();
+            if id == STREAM_WIDE {
+                out.push(Batched {
+                    first: i,
+                    more: Vec::new(),
+                });
+                continue;
+            }
+            in_run.insert(id);
+        }
+        let key = batch_key(r);
+        if let Some(candidates) = run.get(&key) {
+            for &b in candidates {
+                if r.head.created && b + 1 != out.len() {
+                    continue;
+                }
+                if same_but_id(&responses[out[b].first], r) {
+                    out[b].more.push(id);
+                    continue 'next;
+                }
+            }
+        }
+        run.entry(key).or_default().push(out.len());
+        out.push(Batched {
+            first: i,
+            more: Vec::new(),
+        });
+    }
+    out
+}
+
+/// Serializes like `WatchBatch { response, more_ids }`.
+pub struct BatchRef<'a> {
+    pub response: &'a PendingResponse,
+    pub more_ids: &'a [i64],
+}
+
+impl Serialize for BatchRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("WatchBatch", 2)?;
+        st.serialize_field("response", self.response)?;
+        st.serialize_field("more_ids", self.more_ids)?;
+        st.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +292,134 @@ mod tests {
             assert_eq!(ours, postcard::to_stdvec(&owned).unwrap());
             let back: WatchResponse = postcard::from_bytes(&ours).unwrap();
             assert_eq!(back, owned);
+        }
+    }
+
+    fn events_resp(id: i64, rev: i64, event: &Arc<Event>) -> PendingResponse {
+        PendingResponse {
+            head: WatchResponse {
+                header: ResponseHeader {
+                    revision: rev,
+                    ..ResponseHeader::default()
+                },
+                watch_id: id,
+                ..WatchResponse::default()
+            },
+            events: vec![SharedEvent {
+                event: event.clone(),
+                prev_kv: false,
+            }],
+        }
+    }
+
+    fn control(id: i64, rev: i64, created: bool) -> PendingResponse {
+        PendingResponse::control(WatchResponse {
+            header: ResponseHeader {
+                revision: rev,
+                ..ResponseHeader::default()
+            },
+            watch_id: id,
+            created,
+            ..WatchResponse::default()
+        })
+    }
+
+    /// What the client gets back from the batches: (watch, revision,
+    /// created, event count) per response, in sending order.
+    fn unbatched(queue: &[PendingResponse]) -> Vec<(i64, i64, bool, usize)> {
+        batch(queue)
+            .iter()
+            .flat_map(|b| {
+                let r = &queue[b.first];
+                let ids = std::iter::once(r.watch_id()).chain(b.more.iter().copied());
+                ids.map(|id| (id, r.head.header.revision, r.head.created, r.events.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn identical_responses_of_many_watches_go_as_one_batch() {
+        let e5 = Arc::new(Event {
+            kind: EventType::Put,
+            kv: kv("a", 5),
+            prev_kv: None,
+        });
+        let queue: Vec<_> = (0..4).map(|id| events_resp(id, 5, &e5)).collect();
+        let batches = batch(&queue);
+        assert_eq!(
+            batches,
+            vec![Batched {
+                first: 0,
+                more: vec![1, 2, 3]
+            }]
+        );
+        // The message is exactly the owned WatchBatch.
+        let bytes = postcard::to_stdvec(&BatchRef {
+            response: &queue[0],
+            more_ids: &batches[0].more,
+        })
+        .unwrap();
+        let back: qed_wire::watch::WatchBatch = postcard::from_bytes(&bytes).unwrap();
+        let responses = back.into_responses();
+        let owned: Vec<WatchResponse> = queue.into_iter().map(|p| p.into_response()).collect();
+        assert_eq!(responses, owned);
+    }
+
+    #[test]
+    fn batching_keeps_each_watchs_order_and_stream_wide_responses_in_place() {
+        let e = |rev| {
+            Arc::new(Event {
+                kind: EventType::Put,
+                kv: kv("a", rev),
+                prev_kv: None,
+            })
+        };
+        let (e5, e6) = (e(5), e(6));
+        // A copy of e5's event is another allocation: not batched with it.
+        let e5_copy = Arc::new((*e5).clone());
+        let queue = vec![
+            events_resp(1, 5, &e5),
+            control(3, 5, true),
+            events_resp(2, 5, &e5),
+            events_resp(4, 5, &e5_copy),
+            control(5, 5, true),
+            // Watch 1 again: a new run, so it stays after its first.
+            events_resp(1, 6, &e6),
+            events_resp(3, 5, &e5),
+            control(-1, 6, false),
+            events_resp(2, 6, &e6),
+            events_resp(3, 6, &e6),
+        ];
+        assert_eq!(
+            unbatched(&queue),
+            vec![
+                (1, 5, false, 1),
+                (2, 5, false, 1),
+                (3, 5, true, 0),
+                (4, 5, false, 1),
+                // Not joined to watch 3's `created`: watch 4's is between.
+                (5, 5, true, 0),
+                (1, 6, false, 1),
+                (3, 5, false, 1),
+                (-1, 6, false, 0),
+                (2, 6, false, 1),
+                (3, 6, false, 1),
+            ]
+        );
+        // Every response once; per watch, the queue's order.
+        for id in [-1, 1, 2, 3, 4, 5] {
+            let want: Vec<_> = queue
+                .iter()
+                .filter(|r| r.watch_id() == id)
+                .map(|r| (r.head.header.revision, r.head.created))
+                .collect();
+            let got: Vec<_> = unbatched(&queue)
+                .into_iter()
+                .filter(|r| r.0 == id)
+                .map(|r| (r.1, r.2))
+                .collect();
+            assert_eq!(got, want, "watch {id}");
         }
     }
 }

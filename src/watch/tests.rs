@@ -137,10 +137,10 @@ fn events_route_to_single_prefix_and_from_key_watchers() {
         vec![(b"foo".to_vec(), 2), (b"fox".to_vec(), 3)]
     );
     assert_eq!(by_id(from), vec![(b"zzz".to_vec(), 4)]);
-    // Header revision of a live event response is the event's revision.
+    // Header revision of a live event response is its last event's.
     assert!(out
         .iter()
-        .all(|r| r.header.revision == r.events[0].kv.mod_revision));
+        .all(|r| Some(r.header.revision) == r.events.last().map(|e| e.kv.mod_revision)));
 }
 
 #[test]
@@ -158,21 +158,23 @@ fn filters_and_prev_kv() {
     apply(&mut hub, put(&mut store, b"k", b"2"));
     apply(&mut hub, delete(&mut store, b"k", b""));
     let out = hub.take_responses(1);
-    let of = |id| out.iter().filter(|r| r.watch_id == id).collect::<Vec<_>>();
+    let of = |id| {
+        out.iter()
+            .filter(|r| r.watch_id == id)
+            .flat_map(|r| r.events.iter())
+            .collect::<Vec<_>>()
+    };
     let deletes = of(a);
     assert_eq!(deletes.len(), 1);
-    assert_eq!(deletes[0].events[0].kind, EventType::Delete);
+    assert_eq!(deletes[0].kind, EventType::Delete);
     // prev_kv not asked for: stripped even though the store supplied it.
-    assert_eq!(deletes[0].events[0].prev_kv, None);
+    assert_eq!(deletes[0].prev_kv, None);
     let puts = of(b);
     assert_eq!(puts.len(), 2);
-    assert!(puts.iter().all(|r| r.events[0].kind == EventType::Put));
-    assert_eq!(puts[0].events[0].prev_kv, None);
+    assert!(puts.iter().all(|e| e.kind == EventType::Put));
+    assert_eq!(puts[0].prev_kv, None);
     assert_eq!(
-        puts[1].events[0]
-            .prev_kv
-            .as_ref()
-            .map(|kv| kv.value.clone()),
+        puts[1].prev_kv.as_ref().map(|kv| kv.value.clone()),
         Some(b"1".to_vec())
     );
 }
@@ -185,11 +187,15 @@ fn a_future_start_revision_skips_earlier_events() {
     for v in [b"1", b"2", b"3", b"4"] {
         apply(&mut hub, put(&mut store, b"k", v));
     }
+    // Both revisions, joined in one response (nothing was drained between).
     let out = hub.take_responses(1);
-    assert_eq!(out.len(), 2);
-    assert!(out.iter().all(|r| r.watch_id == id));
-    assert_eq!(keys_of(&out[0]), vec![(b"k".to_vec(), 4)]);
-    assert_eq!(keys_of(&out[1]), vec![(b"k".to_vec(), 5)]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].watch_id, id);
+    assert_eq!(out[0].header.revision, 5);
+    assert_eq!(
+        keys_of(&out[0]),
+        vec![(b"k".to_vec(), 4), (b"k".to_vec(), 5)]
+    );
 }
 
 #[test]
@@ -348,8 +354,11 @@ fn a_large_catch_up_is_cut_at_revision_boundaries() {
 #[test]
 fn a_slow_stream_is_demoted_then_resumes_without_gap_or_duplicate() {
     let (mut store, _) = setup();
+    // Undrained events of one watch join one response, so the byte bound
+    // is what a lone slow watch reaches: created (64) + 64 + 4 x 50.
     let config = WatchConfig {
         max_pending_responses: 3,
+        max_pending_bytes: 300,
         ..WatchConfig::default()
     };
     let mut hub = WatchHub::new(config, store.revision());
@@ -390,6 +399,116 @@ fn cancel_drops_queued_events_and_answers_canceled() {
     apply(&mut hub, put(&mut store, b"k", b"2"));
     assert!(!hub.has_pending(1));
     assert_eq!(hub.cancel(1, id), Err(WatchError::NotFound));
+}
+
+/// Revisions a watch is handed before its stream drains join its last
+/// queued response (one response per watch per drain, not per revision),
+/// its header the newest revision; a drained response is never joined.
+#[test]
+fn undrained_revisions_of_a_watch_join_one_response() {
+    let (mut store, mut hub) = setup();
+    let a = hub.create(1, &watch(b"k", b"", 0)).unwrap_or(-9);
+    let b = hub.create(1, &watch(b"k", b"l", 0)).unwrap_or(-9);
+    hub.take_responses(1);
+    for v in [b"1", b"2", b"3"] {
+        apply(&mut hub, put(&mut store, b"k", v));
+    }
+    let out = hub.take_responses(1);
+    assert_eq!(out.len(), 2);
+    for (r, id) in out.iter().zip([a, b]) {
+        assert_eq!(r.watch_id, id);
+        assert_eq!(r.header.revision, 4);
+        let revs: Vec<i64> = r.events.iter().map(|e| e.kv.mod_revision).collect();
+        assert_eq!(revs, vec![2, 3, 4]);
+    }
+    apply(&mut hub, put(&mut store, b"k", b"4"));
+    let out = hub.take_responses(1);
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|r| keys_of(r) == vec![(b"k".to_vec(), 5)]));
+}
+
+/// Events never join a response queued before a created, canceled or
+/// progress response of the same stream: what the stream says stays in
+/// the order it happened.
+#[test]
+fn events_never_join_across_another_response() {
+    let (mut store, mut hub) = setup();
+    let a = hub.create(1, &watch(b"k", b"", 0)).unwrap_or(-9);
+    hub.take_responses(1);
+    apply(&mut hub, put(&mut store, b"k", b"1"));
+    let c = hub.create(1, &watch(b"k", b"", 0)).unwrap_or(-9);
+    apply(&mut hub, put(&mut store, b"k", b"2"));
+    hub.request_progress(1);
+    apply(&mut hub, put(&mut store, b"k", b"3"));
+    let out = hub.take_responses(1);
+    let shape: Vec<(i64, bool, Vec<i64>)> = out
+        .iter()
+        .map(|r| {
+            let revs = r.events.iter().map(|e| e.kv.mod_revision).collect();
+            (r.watch_id, r.created, revs)
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (a, false, vec![2]),
+            (c, true, vec![]),
+            (a, false, vec![3]),
+            (c, false, vec![3]),
+            (-1, false, vec![]),
+            (a, false, vec![4]),
+            (c, false, vec![4]),
+        ]
+    );
+}
+
+/// A join that would take a response to `max_response_bytes` starts a new
+/// response instead; a revision is never split by it.
+#[test]
+fn a_join_stays_under_the_response_limit() {
+    let (mut store, _) = setup();
+    // Overhead 64, an event 48 + 1 + 50: two fit under 300, three do not.
+    let config = WatchConfig {
+        max_response_bytes: 300,
+        ..WatchConfig::default()
+    };
+    let mut hub = WatchHub::new(config, store.revision());
+    hub.create(1, &watch(b"k", b"", 0)).unwrap_or(-9);
+    hub.take_responses(1);
+    for _ in 0..5 {
+        apply(&mut hub, put(&mut store, b"k", &[b'v'; 50]));
+    }
+    let out = hub.take_responses(1);
+    let revs: Vec<Vec<i64>> = out
+        .iter()
+        .map(|r| r.events.iter().map(|e| e.kv.mod_revision).collect())
+        .collect();
+    assert_eq!(revs, vec![vec![2, 3], vec![4, 5], vec![6]]);
+    assert!(out.iter().all(|r| !r.fragment));
+}
+
+/// A stream at its response bound still takes events that join a queued
+/// response (they add no response); the byte bound still holds.
+#[test]
+fn a_stream_full_of_responses_still_takes_joining_events() {
+    let (mut store, _) = setup();
+    let config = WatchConfig {
+        max_pending_responses: 2,
+        ..WatchConfig::default()
+    };
+    let mut hub = WatchHub::new(config, store.revision());
+    hub.create(1, &watch(b"k", b"", 0)).unwrap_or(-9);
+    for v in [b"1", b"2", b"3", b"4"] {
+        apply(&mut hub, put(&mut store, b"k", v));
+    }
+    assert_eq!(hub.unsynced_count(), 0);
+    assert_eq!(hub.pending_len(1), 2);
+    // Nothing joins across the second watch's created response: the full
+    // stream demotes both.
+    hub.create(1, &watch(b"k", b"", 0)).unwrap_or(-9);
+    apply(&mut hub, put(&mut store, b"k", b"5"));
+    assert_eq!(hub.unsynced_count(), 2);
+    assert_eq!(hub.pending_len(1), 3);
 }
 
 #[test]

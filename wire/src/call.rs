@@ -7,8 +7,17 @@
 //! it with one [`StreamAccept`] frame (refusing, for instance, a bad token or
 //! an unimplemented call); after it the client sends that call's request
 //! messages (`WatchRequest`, `LeaseKeepAliveRequest`) and the node sends its
-//! responses (`WatchResponse`, `LeaseKeepAliveResponse`, or
+//! responses (`WatchResponse`, `WatchBatch` on a `WatchBatched` stream,
+//! `LeaseKeepAliveResponse`, or
 //! `Result<SnapshotResponse, Error>` chunks) until either side finishes.
+//!
+//! A Unix-socket connection carries the same frames, with a call number in
+//! front of the envelope ([`UnixRequest`]). A connection whose first frame
+//! is a streaming call is that call's alone, as a QUIC stream is (the
+//! number is unused). Otherwise it is *multiplexed*: unary calls follow
+//! one another without waiting for replies, and the node answers each with
+//! a [`UnixReply`] carrying its number, in whatever order the calls finish
+//! (a streaming call there is refused). Write shutdown stands for FIN.
 
 use crate::auth::*;
 use crate::cluster::*;
@@ -35,10 +44,61 @@ pub enum Call {
     LeaseKeepAlive,
     /// Streams a snapshot of the node's state back.
     Snapshot,
+    /// Opens a watch stream whose node-to-client messages are
+    /// [`WatchBatch`](crate::watch::WatchBatch)es: one response stands for
+    /// every watch of the stream it is identical for, so an event a
+    /// thousand watches share crosses the wire once. (Last, so older
+    /// nodes refuse it as malformed and a client can fall back to `Watch`.)
+    WatchBatched,
 }
 
 /// The answer to a unary call.
 pub type Reply = Result<Response, Error>;
+
+/// A call on a Unix-socket connection: the client's number for it, then
+/// the envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixRequest {
+    pub id: u64,
+    pub request: ClientRequest,
+}
+
+impl UnixRequest {
+    /// The frame of `UnixRequest { id, request }` made from `envelope`, an
+    /// encoded [`ClientRequest`] frame (prefix and body), without encoding
+    /// the request again: postcard writes a struct as its fields one after
+    /// another, so the body is `id`'s varint followed by the envelope's.
+    pub fn frame_from(
+        id: u64,
+        envelope: &[u8],
+        max: usize,
+    ) -> Result<Vec<u8>, crate::frame::FrameError> {
+        use crate::frame::{FrameError, PREFIX_LEN};
+        let body = envelope.get(PREFIX_LEN..).unwrap_or_default();
+        let mut varint = [0u8; 10];
+        let id = postcard::to_slice(&id, &mut varint)
+            .map_err(|e| FrameError::Malformed(e.to_string()))?;
+        let len = id.len() + body.len();
+        let too_large = FrameError::TooLarge { len, max };
+        if len > max {
+            return Err(too_large);
+        }
+        let len32 = u32::try_from(len).map_err(|_| too_large)?;
+        let mut frame = Vec::with_capacity(PREFIX_LEN + len);
+        frame.extend_from_slice(&len32.to_be_bytes());
+        frame.extend_from_slice(id);
+        frame.extend_from_slice(body);
+        Ok(frame)
+    }
+}
+
+/// The node's answer to the unary call numbered `id` on a multiplexed Unix
+/// connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixReply {
+    pub id: u64,
+    pub reply: Reply,
+}
 
 /// The node's first answer on a streaming call: accepted, or why not.
 pub type StreamAccept = Result<(), Error>;
@@ -212,5 +272,40 @@ impl Response {
     /// The header, for the node to stamp before replying.
     pub fn header_mut(&mut self) -> &mut ResponseHeader {
         header_of!(self, &mut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame;
+
+    #[test]
+    fn a_unix_frame_from_an_envelope_is_the_encoded_unix_request() {
+        let request = ClientRequest {
+            token: Some("t".into()),
+            call: Call::Unary(Request::Range(RangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let envelope = frame::encode(&request, usize::MAX).expect("encode");
+        for id in [0, 1, 127, 128, 300, u64::MAX] {
+            let got = UnixRequest::frame_from(id, &envelope, usize::MAX).expect("frame");
+            let want = frame::encode(
+                &UnixRequest {
+                    id,
+                    request: request.clone(),
+                },
+                usize::MAX,
+            )
+            .expect("encode");
+            assert_eq!(got, want, "id {id}");
+        }
+        let limit = envelope.len() - frame::PREFIX_LEN;
+        assert!(matches!(
+            UnixRequest::frame_from(300, &envelope, limit),
+            Err(frame::FrameError::TooLarge { .. })
+        ));
     }
 }

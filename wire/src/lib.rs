@@ -29,7 +29,9 @@ pub mod peer;
 pub mod raft;
 pub mod watch;
 
-pub use call::{Call, ClientRequest, Reply, Request, Response, StreamAccept};
+pub use call::{
+    Call, ClientRequest, Reply, Request, Response, StreamAccept, UnixReply, UnixRequest,
+};
 pub use error::Error;
 pub use kv::{KeyValue, ResponseHeader};
 

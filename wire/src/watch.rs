@@ -53,3 +53,37 @@ pub struct WatchResponse {
     pub fragment: bool,
     pub events: Vec<Event>,
 }
+
+/// A message on a `Call::WatchBatched` stream: `response` for its own
+/// `watch_id`, then the same response (only the ID differs) for each of
+/// `more_ids`, in this order. A watch appears in one batch at most once
+/// between two of its own responses, so each watch's responses keep the
+/// node's order; responses of different watches may be reordered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchBatch {
+    pub response: WatchResponse,
+    pub more_ids: Vec<i64>,
+}
+
+impl WatchBatch {
+    /// Every watch the batch is for, in order.
+    pub fn watch_ids(&self) -> impl Iterator<Item = i64> + '_ {
+        std::iter::once(self.response.watch_id).chain(self.more_ids.iter().copied())
+    }
+
+    /// The responses it stands for, in order.
+    pub fn into_responses(self) -> Vec<WatchResponse> {
+        let WatchBatch { response, more_ids } = self;
+        let copies: Vec<WatchResponse> = more_ids
+            .iter()
+            .map(|&watch_id| WatchResponse {
+                watch_id,
+                ..response.clone()
+            })
+            .collect();
+        let mut out = Vec::with_capacity(1 + copies.len());
+        out.push(response);
+        out.extend(copies);
+        out
+    }
+}

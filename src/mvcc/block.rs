@@ -1,0 +1,188 @@
+//! A thin, shared, immutable byte string: the key space's unit of memory.
+//!
+//! A [`Block`] is one pointer (8 bytes) to one allocation that holds a
+//! 4-byte reference count, a 4-byte length and the bytes. `Arc<[u8]>` is a
+//! 16-byte pointer to 16 bytes of counts before the bytes, and a key space
+//! holds millions of these (one per kept change, pointed at from its key's
+//! index and from the revision log): the thin form saves 8 bytes in every
+//! slot that points at one and 8 in every allocation.
+//!
+//! Invariants: the bytes never change after [`Block::new`]; the count is
+//! the number of live `Block` values pointing at the allocation, which is
+//! freed when the last one drops. The count saturating at `u32::MAX`
+//! would need four billion pointers (32 GB of them), so reaching it aborts
+//! the process rather than risk a use after free, as `Arc` does at
+//! `isize::MAX`.
+
+use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+
+#[repr(C)]
+struct Header {
+    count: AtomicU32,
+    len: u32,
+}
+
+/// Thin shared bytes (see the module doc).
+pub(crate) struct Block {
+    ptr: NonNull<Header>,
+}
+
+// SAFETY: the bytes are immutable and the count is atomic, exactly as for
+// `Arc<[u8]>`, which is Send and Sync.
+unsafe impl Send for Block {}
+// SAFETY: as above.
+unsafe impl Sync for Block {}
+
+const HEADER: usize = std::mem::size_of::<Header>();
+
+fn layout(len: usize) -> Layout {
+    // Cannot fail: `len` fits in u32 (checked in `new`), alignment 4.
+    Layout::from_size_align(HEADER + len, std::mem::align_of::<Header>())
+        .unwrap_or_else(|_| Layout::new::<Header>())
+}
+
+impl Block {
+    /// A block holding `parts` one after another. Bytes past `u32::MAX` in
+    /// all do not fit and are refused (a value is at most a few MiB; the
+    /// caller turns `None` into an error).
+    pub(crate) fn new(parts: &[&[u8]]) -> Option<Block> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let len32 = u32::try_from(len).ok()?;
+        let layout = layout(len);
+        // SAFETY: the layout has a non-zero size (the header).
+        let raw = unsafe { alloc(layout) };
+        let Some(ptr) = NonNull::new(raw.cast::<Header>()) else {
+            handle_alloc_error(layout)
+        };
+        // SAFETY: `raw` is a fresh allocation of HEADER + len bytes aligned
+        // for Header; we write the header, then exactly `len` bytes after it.
+        unsafe {
+            ptr.as_ptr().write(Header {
+                count: AtomicU32::new(1),
+                len: len32,
+            });
+            let mut at = raw.add(HEADER);
+            for part in parts {
+                std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
+                at = at.add(part.len());
+            }
+        }
+        Some(Block { ptr })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the allocation lives while this Block does.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        let len = self.header().len as usize;
+        // SAFETY: `len` initialized bytes follow the header (see `new`) and
+        // are never written again.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>().add(HEADER), len) }
+    }
+
+    /// Whether both point at the same allocation.
+    #[cfg(test)]
+    pub(crate) fn ptr_eq(&self, other: &Block) -> bool {
+        self.ptr == other.ptr
+    }
+
+    /// Bytes of the allocation as malloc sees it: what the quota estimate
+    /// counts for one block.
+    pub(crate) fn alloc_bytes(len: usize) -> u64 {
+        (HEADER + len) as u64
+    }
+}
+
+impl Clone for Block {
+    fn clone(&self) -> Block {
+        // Relaxed as in `Arc::clone`: a new reference is made from an
+        // existing one, so the allocation cannot be freed meanwhile.
+        let old = self.header().count.fetch_add(1, Ordering::Relaxed);
+        if old >= u32::MAX / 2 {
+            // See the module doc: never reached in practice.
+            std::process::abort();
+        }
+        Block { ptr: self.ptr }
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if self.header().count.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        // As in `Arc::drop`: see every other owner's last use first.
+        fence(Ordering::Acquire);
+        let layout = layout(self.header().len as usize);
+        // SAFETY: this was the last reference; the allocation was made in
+        // `new` with this same layout.
+        unsafe { dealloc(self.ptr.as_ptr().cast::<u8>(), layout) }
+    }
+}
+
+impl std::ops::Deref for Block {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl PartialEq for Block {
+    fn eq(&self, other: &Block) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Block {}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_its_parts_and_frees_with_the_last_owner() {
+        let a = Block::new(&[b"ab", b"", b"cde"]).expect("block");
+        assert_eq!(&*a, b"abcde");
+        let b = a.clone();
+        assert!(a.ptr_eq(&b));
+        assert_eq!(a.header().count.load(Ordering::Relaxed), 2);
+        drop(a);
+        assert_eq!(&*b, b"abcde");
+        assert_eq!(b.header().count.load(Ordering::Relaxed), 1);
+        let empty = Block::new(&[]).expect("empty");
+        assert!(empty.is_empty());
+        assert!(Block::new(&[b"a"]).expect("a") != Block::new(&[b"b"]).expect("b"));
+        assert_eq!(std::mem::size_of::<Block>(), 8);
+        assert_eq!(std::mem::size_of::<Option<Block>>(), 8);
+    }
+
+    #[test]
+    fn shared_across_threads() {
+        let a = Block::new(&[b"shared"]).expect("block");
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let a = a.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        let c = a.clone();
+                        assert_eq!(&*c, b"shared");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread");
+        }
+        assert_eq!(a.header().count.load(Ordering::Relaxed), 1);
+    }
+}
