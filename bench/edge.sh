@@ -215,7 +215,7 @@ start_members() {
             ENDPOINTS+="http://127.0.0.1:${CLIENT[i]},"
         else
             # shellcheck disable=SC2086
-            "$(qed_dir "$server")/qed" --name "m$i" --data-dir "$CELL_DIR/m$i" --log-level warn $QED_FLAGS \
+            "$(qed_dir "$server")/qed" --name "m$i" --data-dir "$CELL_DIR/m$i" --log-level "${QED_LOG_LEVEL:-warn}" $QED_FLAGS \
                 --listen-client-urls "https://127.0.0.1:${CLIENT[i]}" \
                 --listen-peer-urls "http://127.0.0.1:${PEER[i]}" --initial-advertise-peer-urls "http://127.0.0.1:$adv" \
                 --listen-metrics-urls "http://127.0.0.1:${MPORT[i]}" \
@@ -286,6 +286,9 @@ measure() {
     R["$cell|$server"]="$put $p99 $errors ${changes:-n/a} ${leaderless:-n/a}"
     say "    $server: put/s=$put p99=${p99}ms errors=$errors leader changes=${changes:-n/a} leaderless=${leaderless:-n/a}s"
     [ "$errors" = 0 ] || grep -m3 '^error' "$TMP/bench.err" | sed 's/^/      /' >&2 || true
+    if [ "$errors" != 0 ] && [ -n "${KEEP:-}" ]; then
+        mkdir -p "$TMP/errors-$cell-$server" && cp "$CELL_DIR"/*.log "$TMP/bench.err" "$TMP/errors-$cell-$server/" 2>/dev/null || true
+    fi
 }
 
 # cell CELL SERVER BEFORE AFTER: fresh members, BEFORE (run once their ports

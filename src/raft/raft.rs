@@ -1655,9 +1655,14 @@ impl Raft {
 
     /// Drops applied entries from memory beyond the last
     /// `catch_up_entries`, keeping those a snapshot being sent leads to (a
-    /// follower that installs it continues from there), up to
-    /// [`SNAPSHOT_PIN_FACTOR`] times as many: a transfer slower than the
-    /// writes must not hold the log in memory without bound.
+    /// follower that installs it continues from there), and, on a leader,
+    /// those a live follower (replicating or being probed) still lacks, up to
+    /// [`SNAPSHOT_PIN_FACTOR`] times as many: a transfer or a follower
+    /// slower than the writes must not hold the log in memory without
+    /// bound. A follower with a slow disk (typically the old leader just
+    /// after a hand-over) thus keeps receiving entries instead of a
+    /// snapshot; entries, not a snapshot, answer the proposals waiting on
+    /// it (each by its own apply).
     pub fn trim_log(&mut self) {
         let tail = self.cfg.catch_up_entries;
         let mut through = self.log.applied.saturating_sub(tail);
@@ -1665,9 +1670,14 @@ impl Raft {
             .log
             .applied
             .saturating_sub(tail.saturating_mul(SNAPSHOT_PIN_FACTOR));
+        let leader = self.role == Role::Leader;
         for pr in self.progress.values() {
             if pr.state == ProgressState::Snapshot {
                 through = through.min(pr.pending_snapshot.max(floor));
+            } else if leader && pr.recent_active {
+                // Replicate or Probe: a probe's `matched` is what is known
+                // so far (0 until its first answer: the floor then bounds it).
+                through = through.min(pr.matched.max(floor));
             }
         }
         self.log.trim_to(through);

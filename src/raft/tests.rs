@@ -762,9 +762,10 @@ fn compact_at_an_earlier_applied_index() {
     );
 }
 
-/// Memory holds only `catch_up_entries` applied entries; a follower
-/// further behind gets a snapshot, and one that ends before the in-memory
-/// log is not sent: the core asks for a new one.
+/// Memory holds only `catch_up_entries` applied entries beyond what live
+/// followers lack; a silent follower further behind gets a snapshot, and
+/// one that ends before the in-memory log is not sent: the core asks for a
+/// new one.
 #[test]
 fn the_log_keeps_a_short_tail_and_a_follower_behind_it_gets_a_new_snapshot() {
     let mut c = Cluster::new(&[1, 2, 3], |cfg| {
@@ -781,7 +782,24 @@ fn the_log_keeps_a_short_tail_and_a_follower_behind_it_gets_a_new_snapshot() {
     };
     let old = compact_now(c.nodes.get_mut(&l).unwrap());
     c.cut.push(lagger);
-    for i in 0..30u8 {
+    for i in 0..10u8 {
+        c.nodes.get_mut(&l).unwrap().propose(vec![i]).unwrap();
+        c.pump();
+    }
+    // A follower the leader heard from in the last election timeout is
+    // slow, not gone: the entries it lacks stay in memory (up to
+    // SNAPSHOT_PIN_FACTOR times the tail), so it gets entries, not a
+    // snapshot.
+    let st = c.nodes[&l].status();
+    assert!(
+        st.first_index + 4 <= st.applied,
+        "entries a live follower lacks stay: {st:?}"
+    );
+    // Once an election timeout passes without a word from it, only the
+    // tail stays.
+    c.tick(25);
+    assert_eq!(c.leader(), Some(l));
+    for i in 10..30u8 {
         c.nodes.get_mut(&l).unwrap().propose(vec![i]).unwrap();
         c.pump();
     }

@@ -1084,8 +1084,14 @@ impl Driver {
                     match soft.leader {
                         0 => {
                             let why = match soft.role {
-                                Role::PreCandidate | Role::Candidate => {
-                                    "nothing from it for an election timeout"
+                                // With pre-vote (always on here) an election
+                                // timeout makes a pre-candidate first; a
+                                // candidate at once is most often the old
+                                // leader's hand-over (TimeoutNow), unless the
+                                // pre-vote won before this Ready.
+                                Role::PreCandidate => "nothing from it for an election timeout",
+                                Role::Candidate => {
+                                    "it handed leadership over to this member, or an election timeout"
                                 }
                                 Role::Follower | Role::Leader => {
                                     "it stepped down or a newer term began"
