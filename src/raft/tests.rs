@@ -677,11 +677,7 @@ fn a_snapshot_records_the_membership_at_its_cut() {
     let l = c.elect();
     let leader = c.nodes.get_mut(&l).unwrap();
     let applied = leader.status().applied;
-    let cut = SnapshotMeta {
-        index: applied,
-        term: leader.log_term(applied).unwrap(),
-        conf_state: leader.conf_state(),
-    };
+    let cut = meta_at(leader, applied, leader.log_term(applied).unwrap());
     leader
         .propose_conf_change(ConfChange {
             change: ConfChangeType::AddLearner,
