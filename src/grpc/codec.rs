@@ -93,6 +93,17 @@ pub fn encode<M: prost::Message>(message: &M) -> Bytes {
     Bytes::from(out)
 }
 
+/// Frames one protobuf message at the end of `out`.
+pub fn encode_into<M: prost::Message>(message: &M, out: &mut BytesMut) {
+    use bytes::BufMut;
+    let len = message.encoded_len();
+    out.reserve(PREFIX_LEN + len);
+    out.put_u8(0);
+    out.put_u32(len as u32);
+    // Room was reserved: encoding cannot run out of space.
+    let _ = message.encode(out);
+}
+
 /// Decodes one protobuf message, with gRPC-go's status for a bad body.
 pub fn decode<M: prost::Message + Default>(body: &[u8]) -> Result<M, Status> {
     M::decode(body).map_err(|e| Status::internal(format!("grpc: error unmarshalling request: {e}")))

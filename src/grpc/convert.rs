@@ -115,18 +115,20 @@ pub fn watch_response(r: ww::WatchResponse) -> pb::WatchResponse {
     }
 }
 
-/// The gRPC messages (length-prefixed, back to back) a node's batch stands
-/// for, one per watch in its order: each exactly the bytes
-/// `codec::encode(&watch_response(..))` gives that watch's response. The
-/// parts but the watch ID (field 2) are encoded once: prost writes fields
-/// in tag order, so a message is its header (1), its watch ID, then the
-/// rest (3 to 11), and only the ID differs.
-pub fn watch_batch_bytes(b: ww::WatchBatch) -> bytes::Bytes {
+/// Appends to `out` the gRPC messages (length-prefixed, back to back) a
+/// node's batch stands for, one per watch in its order: each exactly the
+/// bytes `codec::encode(&watch_response(..))` gives that watch's response.
+/// The parts but the watch ID (field 2) are encoded once: prost writes
+/// fields in tag order, so a message is its header (1), its watch ID, then
+/// the rest (3 to 11), and only the ID differs.
+pub fn watch_batch_into(b: ww::WatchBatch, out: &mut bytes::BytesMut) {
+    use bytes::BufMut;
     use prost::Message;
     let ww::WatchBatch { response, more_ids } = b;
     let mut whole = watch_response(response);
     if more_ids.is_empty() {
-        return super::codec::encode(&whole);
+        super::codec::encode_into(&whole, out);
+        return;
     }
     let first_id = whole.watch_id;
     let head = pb::WatchResponse {
@@ -137,7 +139,7 @@ pub fn watch_batch_bytes(b: ww::WatchBatch) -> bytes::Bytes {
     whole.watch_id = 0;
     let rest = whole.encode_to_vec();
     let each = super::codec::PREFIX_LEN + head.len() + rest.len() + 11;
-    let mut out = Vec::with_capacity(each * (1 + more_ids.len()));
+    out.reserve(each * (1 + more_ids.len()));
     for id in std::iter::once(first_id).chain(more_ids) {
         // proto3 leaves a zero ID out, as prost's own encoding does.
         let id_len = if id == 0 {
@@ -146,15 +148,14 @@ pub fn watch_batch_bytes(b: ww::WatchBatch) -> bytes::Bytes {
             prost::encoding::int64::encoded_len(2, &id)
         };
         let len = head.len() + id_len + rest.len();
-        out.push(0);
-        out.extend_from_slice(&(len as u32).to_be_bytes());
-        out.extend_from_slice(&head);
+        out.put_u8(0);
+        out.put_u32(len as u32);
+        out.put_slice(&head);
         if id != 0 {
-            prost::encoding::int64::encode(2, &id, &mut out);
+            prost::encoding::int64::encode(2, &id, out);
         }
-        out.extend_from_slice(&rest);
+        out.put_slice(&rest);
     }
-    bytes::Bytes::from(out)
 }
 
 pub fn lease_keep_alive_response(r: wl::LeaseKeepAliveResponse) -> pb::LeaseKeepAliveResponse {

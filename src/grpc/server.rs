@@ -31,7 +31,7 @@ use super::pb;
 use super::status::{encode_message, Code, Status};
 use crate::metrics::GRPC;
 use crate::runtime::{self, channel, TcpListener};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_lite::future;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
@@ -648,7 +648,7 @@ async fn streaming<B: Backend>(
                     pair,
                     config,
                     convert::watch_request_bytes,
-                    convert::watch_batch_bytes,
+                    convert::watch_batch_into,
                 )
                 .await
             }
@@ -665,7 +665,7 @@ async fn streaming<B: Backend>(
                     pair,
                     config,
                     convert::keep_alive_request_bytes,
-                    |r| codec::encode(&convert::lease_keep_alive_response(r)),
+                    |r, out| codec::encode_into(&convert::lease_keep_alive_response(r), out),
                 )
                 .await
             }
@@ -707,7 +707,7 @@ async fn streaming<B: Backend>(
                 StreamPair { tx, rx, alive },
                 config,
                 |_| Ok(None),
-                |r| codec::encode(&convert::snapshot_response(r)),
+                |r, out| codec::encode_into(&convert::snapshot_response(r), out),
             )
             .await
         }
@@ -715,15 +715,16 @@ async fn streaming<B: Backend>(
 }
 
 /// Runs a streaming call: client messages are decoded and fed to `pair.tx`
-/// by a helper task; backend responses are encoded and written as capacity
-/// allows. Ends with the backend's status, or OK when its stream finishes.
+/// by a helper task; backend responses are encoded (appended to the
+/// buffer `encode` is given) and written as capacity allows. Ends with the
+/// backend's status, or OK when its stream finishes.
 async fn pump<Req, Resp>(
     mut body: RecvStream,
     mut respond: SendResponse<Bytes>,
     pair: StreamPair<Req, Resp>,
     config: &ServerConfig,
     decode: fn(&[u8]) -> Result<Option<Req>, Status>,
-    encode: impl Fn(Resp) -> Bytes,
+    encode: impl Fn(Resp, &mut BytesMut),
 ) -> Code
 where
     Req: Send + 'static,
@@ -772,6 +773,10 @@ where
         Failed(Option<Status>),
     }
     let mut inbound_done = false;
+    // Responses are encoded into this buffer and sent as slices of it; once
+    // h2 has written and dropped them, the buffer takes its memory back
+    // (`BytesMut::reserve`), so a busy stream reuses one allocation.
+    let mut out = BytesMut::new();
     let outcome: Option<Status> = loop {
         let next = if inbound_done {
             Next::Response(rx.recv().await)
@@ -789,8 +794,12 @@ where
             Next::Response(Ok(Ok(response))) => {
                 // Responses already waiting leave in the same DATA frames
                 // (a watch fan-out delivers them in bursts).
-                let (data, end) = gather(encode(response), &rx, &encode);
-                if send_data(&mut send, data).await.is_err() {
+                if out.capacity() < GATHER_BYTES / 4 {
+                    out.reserve(GATHER_BYTES);
+                }
+                encode(response, &mut out);
+                let end = gather(&mut out, &rx, &encode);
+                if send_data(&mut send, out.split().freeze()).await.is_err() {
                     break None;
                 }
                 if let Some(status) = end {
@@ -816,36 +825,29 @@ where
     }
 }
 
-/// What [`gather`] puts in one write at most.
-const GATHER_BYTES: usize = 256 * 1024;
+/// What [`gather`] puts in one write at most (and what the send buffer
+/// is sized for: below the allocator's mmap threshold, so a buffer that
+/// cannot be taken back yet is a heap block, not a fresh mapping whose
+/// pages fault in on every write).
+const GATHER_BYTES: usize = 64 * 1024;
 
-/// `first` followed by the encodings of the responses already queued on
-/// `rx`, up to [`GATHER_BYTES`]; and how the call ends, if the queue said
-/// so.
+/// Appends to `out` the encodings of the responses already queued on `rx`,
+/// while it holds less than [`GATHER_BYTES`]; returns how the call ends,
+/// if the queue said so.
 fn gather<R>(
-    first: Bytes,
+    out: &mut BytesMut,
     rx: &channel::Receiver<Result<R, Status>>,
-    encode: &impl Fn(R) -> Bytes,
-) -> (Bytes, Option<Status>) {
-    let mut batch: Option<bytes::BytesMut> = None;
-    let mut end = None;
-    while batch.as_ref().map_or(first.len(), |b| b.len()) < GATHER_BYTES {
+    encode: &impl Fn(R, &mut BytesMut),
+) -> Option<Status> {
+    while out.len() < GATHER_BYTES {
         match rx.try_recv() {
-            Ok(Ok(next)) => batch
-                .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
-                .extend_from_slice(&encode(next)),
-            Ok(Err(status)) => {
-                end = Some(status);
-                break;
-            }
-            Err(channel::TryRecvError::Empty) => break,
-            Err(channel::TryRecvError::Closed) => {
-                end = Some(Status::new(Code::Ok, ""));
-                break;
-            }
+            Ok(Ok(next)) => encode(next, out),
+            Ok(Err(status)) => return Some(status),
+            Err(channel::TryRecvError::Empty) => return None,
+            Err(channel::TryRecvError::Closed) => return Some(Status::new(Code::Ok, "")),
         }
     }
-    (batch.map_or(first, bytes::BytesMut::freeze), end)
+    None
 }
 
 /// Writes `data` as the peer grants send capacity.

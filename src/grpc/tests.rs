@@ -688,6 +688,10 @@ fn a_watch_batch_encodes_as_its_responses_one_by_one() {
             .into_iter()
             .flat_map(|r| codec::encode(&convert::watch_response(r)).to_vec())
             .collect();
-        assert_eq!(convert::watch_batch_bytes(batch).to_vec(), want);
+        // Appended after what the buffer already holds.
+        let mut out = bytes::BytesMut::from(&b"xy"[..]);
+        convert::watch_batch_into(batch, &mut out);
+        assert_eq!(&out[..2], b"xy");
+        assert_eq!(out[2..].to_vec(), want);
     }
 }

@@ -33,7 +33,7 @@ use crate::runtime;
 use crate::runtime::{UnixListener, UnixStream};
 use crate::transport::stream::{self, RecvHalf, SendHalf};
 use crate::transport::TransportError;
-use crate::watch::{self, BatchRef};
+use crate::watch::{self, BatchRef, ForWatch};
 use qed_wire::frame::{FrameError, MAX_CLIENT_FRAME, MAX_SERVER_FRAME};
 use qed_wire::kv::RangeRequest;
 use qed_wire::lease::LeaseKeepAliveRequest;
@@ -625,7 +625,12 @@ async fn serve_watch(
                 .collect();
             stream::write_all_of(&mut send, &messages, MAX_SERVER_FRAME).await
         } else {
-            stream::write_all_of(&mut send, &batch, MAX_SERVER_FRAME).await
+            // One response per watch, each response's watches in order.
+            let each: Vec<ForWatch<'_>> = batch
+                .iter()
+                .flat_map(|r| r.watch_ids().map(|id| r.for_watch(id)))
+                .collect();
+            stream::write_all_of(&mut send, &each, MAX_SERVER_FRAME).await
         };
         if let Err(e) = written {
             log::debug!("watch stream {stream_id} write failed: {e}");

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use super::interval::{End, IntervalMap};
 use super::pending::{PendingResponse, SharedEvent};
-use super::WatchError;
+use super::{IdMap, WatchError};
 use crate::mvcc::{MvccError, Store};
 use qed_wire::kv::{Event, EventType, KeyValue, ResponseHeader};
 use qed_wire::watch::{WatchCreateRequest, WatchFilter, WatchResponse};
@@ -112,18 +112,35 @@ struct Watcher {
 }
 
 impl Watcher {
+    /// Whether its filters let an event of this kind through.
+    fn wants(&self, kind: EventType) -> bool {
+        match kind {
+            EventType::Put => !self.no_put,
+            EventType::Delete => !self.no_delete,
+        }
+    }
+
     /// Applies filters and `prev_kv` to one event; `None` if filtered out.
     fn shape(&self, ev: &Arc<Event>) -> Option<SharedEvent> {
-        match ev.kind {
-            EventType::Put if self.no_put => return None,
-            EventType::Delete if self.no_delete => return None,
-            _ => {}
-        }
-        Some(SharedEvent {
+        self.wants(ev.kind).then(|| SharedEvent {
             event: ev.clone(),
             prev_kv: self.prev_kv,
         })
     }
+}
+
+/// Watchers of one stream that `on_apply` hands the same events at once:
+/// one queued response for all of them.
+struct Run {
+    stream: StreamId,
+    /// Their open response's position, if they share one (see
+    /// `StreamState::open`); only watchers that agree on it share a run.
+    open: Option<usize>,
+    prev_kv: bool,
+    fragment: bool,
+    /// Indexes of the revision's events they get, in order.
+    picks: Vec<usize>,
+    ids: Vec<WatchId>,
 }
 
 /// One history read of a `catch_up` round, shared by the watchers that
@@ -152,6 +169,10 @@ enum Kind {
 #[derive(Debug)]
 struct Queued {
     kind: Kind,
+    /// Estimated bytes of the response as one of its watches gets it.
+    each: usize,
+    /// `each` times its watches: what the stream's byte bound counts (as
+    /// if every watch had its own copy, which an unbatched stream sends).
     bytes: usize,
     resp: PendingResponse,
 }
@@ -167,11 +188,11 @@ struct StreamState {
     progress_requested: bool,
     /// Watches whose newest queued response is an events response nothing
     /// else has been queued after on this stream: its position in `queue`.
-    /// A watcher's next events join that response instead of queuing one
-    /// more (see [`WatchHub::push_response`]). Cleared by anything that
-    /// moves or orders around queued responses: another kind of response,
-    /// a purge, a drain.
-    open: HashMap<WatchId, usize>,
+    /// Watches' next events join that response instead of queuing one
+    /// more, when they are exactly the watches it is for (see
+    /// [`WatchHub::join_open`]). Cleared by anything that moves or orders
+    /// around queued responses: another kind of response, a purge, a drain.
+    open: IdMap<usize>,
 }
 
 fn kv_bytes(kv: &KeyValue) -> usize {
@@ -436,43 +457,98 @@ impl WatchHub {
         }
         self.revision = revision;
 
-        // Matches in event order; an event that matches anyone is copied
-        // once, into one allocation all its watchers share. A stable sort
-        // groups them per watcher, keeping each watcher's events in order.
-        let mut matched: Vec<(WatcherRef, Arc<Event>)> = Vec::new();
-        for ev in events {
-            let mut shared: Option<Arc<Event>> = None;
-            let mut add = |wref: WatcherRef| {
-                let ev = shared.get_or_insert_with(|| Arc::new(ev.clone()));
-                matched.push((wref, ev.clone()));
-            };
+        // Matches, per watcher in event order (by index into `events`).
+        let mut matched: Vec<(WatcherRef, usize)> = Vec::new();
+        for (i, ev) in events.iter().enumerate() {
             if let Some(refs) = self.keys.get(&ev.kv.key) {
-                refs.iter().for_each(|wref| add(*wref));
+                matched.extend(refs.iter().map(|wref| (*wref, i)));
             }
-            self.ranges.stab(&ev.kv.key, |wref| add(*wref));
+            self.ranges.stab(&ev.kv.key, |wref| matched.push((*wref, i)));
         }
-        matched.sort_by_key(|(wref, _)| *wref);
+        if matched.is_empty() {
+            return;
+        }
+        // Pairs are distinct, so this is the stable order: per stream, per
+        // watch, events in order.
+        matched.sort_unstable();
 
+        // Neighbours (in watch order) that get the same response share a
+        // run: on one key with the same options, a stream's watchers are
+        // one run, whose response is queued once.
+        let mut runs: Vec<Run> = Vec::new();
         for group in matched.chunk_by(|a, b| a.0 == b.0) {
             let wref = group[0].0;
-            let full = !self.has_room(wref);
-            let Some(w) = self.watchers.get_mut(&wref) else {
+            let Some(w) = self.watchers.get(&wref) else {
                 continue;
             };
             if !w.synced || w.next_rev > revision {
                 continue;
             }
-            let shaped: Vec<SharedEvent> = group.iter().filter_map(|(_, e)| w.shape(e)).collect();
-            if shaped.is_empty() {
-                w.next_rev = revision.saturating_add(1);
+            let picks = group
+                .iter()
+                .map(|&(_, i)| i)
+                .filter(|&i| events.get(i).is_some_and(|e| w.wants(e.kind)));
+            let open = self
+                .streams
+                .get(&wref.0)
+                .and_then(|s| s.open.get(&wref.1).copied());
+            if let Some(run) = runs.last_mut() {
+                if run.stream == wref.0
+                    && run.open == open
+                    && run.prev_kv == w.prev_kv
+                    && run.fragment == w.fragment
+                    && run.picks.iter().copied().eq(picks.clone())
+                {
+                    run.ids.push(wref.1);
+                    continue;
+                }
+            }
+            let picks: Vec<usize> = picks.collect();
+            // Everything filtered out: nothing to hand it (its `next_rev`
+            // may lag over revisions it does not get, as over those it
+            // does not match; see `unsync_all`).
+            if picks.is_empty() {
                 continue;
             }
-            if full {
-                self.demote(wref, revision);
+            runs.push(Run {
+                stream: wref.0,
+                open,
+                prev_kv: w.prev_kv,
+                fragment: w.fragment,
+                picks,
+                ids: vec![wref.1],
+            });
+        }
+
+        // An event that goes to anyone is copied once, into one allocation
+        // every response it goes in shares.
+        let mut shared: Vec<Option<Arc<Event>>> = vec![None; events.len()];
+        for run in runs {
+            if !self.has_room(run.stream, &run.ids) {
+                for id in run.ids {
+                    self.demote((run.stream, id), revision);
+                }
                 continue;
             }
-            w.next_rev = revision.saturating_add(1);
-            self.push_events(wref, shaped, revision);
+            for id in &run.ids {
+                if let Some(w) = self.watchers.get_mut(&(run.stream, *id)) {
+                    w.next_rev = revision.saturating_add(1);
+                    w.quiet = false;
+                }
+            }
+            let shaped: Vec<SharedEvent> = run
+                .picks
+                .iter()
+                .filter_map(|&i| {
+                    let ev = events.get(i)?;
+                    let event = shared.get_mut(i)?.get_or_insert_with(|| Arc::new(ev.clone()));
+                    Some(SharedEvent {
+                        event: event.clone(),
+                        prev_kv: run.prev_kv,
+                    })
+                })
+                .collect();
+            self.push_events(run.stream, run.ids, run.fragment, shaped, revision);
         }
     }
 
@@ -577,17 +653,22 @@ impl WatchHub {
                         through.saturating_add(1)
                     };
                     let header_rev = if done { current } else { through };
+                    let mut fragment = false;
                     if let Some(w) = self.watchers.get_mut(&wref) {
                         w.next_rev = next_rev;
                         if done {
                             w.synced = true;
                         }
+                        if !shaped.is_empty() {
+                            w.quiet = false;
+                        }
+                        fragment = w.fragment;
                     }
                     if done {
                         self.unsynced.remove(&wref);
                     }
                     if !shaped.is_empty() {
-                        self.push_events(wref, shaped, header_rev);
+                        self.push_events(wref.0, vec![wref.1], fragment, shaped, header_rev);
                     }
                 }
             }
@@ -664,12 +745,12 @@ impl WatchHub {
             .collect()
     }
 
-    /// [`WatchHub::take_pending`] as owned responses.
+    /// [`WatchHub::take_pending`] as owned responses, one per watch.
     #[cfg(test)]
     pub fn take_responses(&mut self, stream: StreamId) -> Vec<WatchResponse> {
         self.take_pending(stream)
             .into_iter()
-            .map(PendingResponse::into_response)
+            .flat_map(PendingResponse::into_responses)
             .collect()
     }
 
@@ -682,15 +763,15 @@ impl WatchHub {
         })
     }
 
-    /// Whether `wref` may be handed more events now: its stream is below
-    /// its bounds, or below the byte bound with an open response for the
-    /// events to join (which adds no response).
-    fn has_room(&self, wref: WatcherRef) -> bool {
-        self.streams.get(&wref.0).is_none_or(|s| {
+    /// Whether watches `ids` of `stream` may be handed more events now:
+    /// the stream is below its bounds, or below the byte bound with an
+    /// open response for each of them (joining one adds no response).
+    fn has_room(&self, stream: StreamId, ids: &[WatchId]) -> bool {
+        self.streams.get(&stream).is_none_or(|s| {
             let bytes_ok = s.bytes < self.config.max_pending_bytes;
             bytes_ok
                 && (s.queue.len() < self.config.max_pending_responses
-                    || s.open.contains_key(&wref.1))
+                    || ids.iter().all(|id| s.open.contains_key(id)))
         })
     }
 
@@ -704,77 +785,100 @@ impl WatchHub {
         );
     }
 
-    /// Queues `resp`, which its caller has sized (`bytes`: the estimate the
-    /// stream's byte bound counts).
-    fn push_pending(&mut self, stream: StreamId, kind: Kind, resp: PendingResponse, bytes: usize) {
+    /// Queues `resp`, which its caller has sized (`each`: the estimate for
+    /// one of its watches; the stream's byte bound counts it per watch).
+    fn push_pending(&mut self, stream: StreamId, kind: Kind, resp: PendingResponse, each: usize) {
         let state = self.streams.entry(stream).or_default();
+        let bytes = each.saturating_mul(resp.watch_count());
         state.bytes = state.bytes.saturating_add(bytes);
         if kind == Kind::Events && !resp.head.fragment {
-            state.open.insert(resp.watch_id(), state.queue.len());
+            let at = state.queue.len();
+            for id in resp.watch_ids() {
+                state.open.insert(id, at);
+            }
         } else {
             // Whatever this says (created, canceled, progress, a fragment)
             // must stay after the events queued before it.
             state.open.clear();
         }
-        state.queue.push_back(Queued { kind, bytes, resp });
+        state.queue.push_back(Queued {
+            kind,
+            each,
+            bytes,
+            resp,
+        });
         self.ready.insert(stream);
     }
 
-    /// Adds `events` (whole revisions after everything the watcher has
-    /// queued) to the watcher's open response, if it has one and the
-    /// result stays under `max_response_bytes`; `events` back if not.
+    /// Adds `events` (whole revisions after everything the watches have
+    /// queued) to the open response of watches `ids`, if it is open for
+    /// each of them and for no other watch, and the result stays under
+    /// `max_response_bytes`; `events` back if not.
     fn join_open(
         &mut self,
-        wref: WatcherRef,
+        stream: StreamId,
+        ids: &[WatchId],
         events: Vec<SharedEvent>,
         bytes: usize,
         hdr: i64,
     ) -> Result<(), Vec<SharedEvent>> {
         let limit = self.config.max_response_bytes;
-        let Some(state) = self.streams.get_mut(&wref.0) else {
+        let Some(state) = self.streams.get_mut(&stream) else {
             return Err(events);
         };
-        let Some(queued) = state
-            .open
-            .get(&wref.1)
-            .and_then(|&at| state.queue.get_mut(at))
-        else {
+        let Some(&at) = ids.first().and_then(|id| state.open.get(id)) else {
+            return Err(events);
+        };
+        // Each watch's open response is this one, and it is for as many
+        // watches: for exactly these (IDs in a response are distinct).
+        if !ids.iter().all(|id| state.open.get(id) == Some(&at)) {
+            return Err(events);
+        }
+        let Some(queued) = state.queue.get_mut(at) else {
             return Err(events);
         };
         // `bytes` counts a response's overhead once; the joined one has it.
         let added = bytes.saturating_sub(RESPONSE_OVERHEAD);
         if queued.kind != Kind::Events
-            || queued.resp.watch_id() != wref.1
-            || queued.bytes.saturating_add(added) >= limit
+            || queued.resp.watch_count() != ids.len()
+            || queued.each.saturating_add(added) >= limit
         {
             return Err(events);
         }
-        queued.bytes = queued.bytes.saturating_add(added);
+        let added_all = added.saturating_mul(ids.len());
+        queued.each = queued.each.saturating_add(added);
+        queued.bytes = queued.bytes.saturating_add(added_all);
         queued.resp.head.header.revision = hdr;
         queued.resp.events.extend(events);
-        state.bytes = state.bytes.saturating_add(added);
-        self.ready.insert(wref.0);
+        state.bytes = state.bytes.saturating_add(added_all);
+        self.ready.insert(stream);
         Ok(())
     }
 
-    /// Queues events for a watcher: whole revisions per response, starting
-    /// a new response when the next revision would take it past
-    /// `max_response_bytes` (a catch-up batch can span many revisions). A
-    /// single revision larger than that is split per etcd's
-    /// `sendFragments` if the watch asked for fragments, else sent whole.
-    /// The last response carries `header_rev`; earlier ones their last
-    /// event's revision.
-    fn push_events(&mut self, wref: WatcherRef, events: Vec<SharedEvent>, header_rev: i64) {
-        let fragment = self.watchers.get_mut(&wref).is_some_and(|w| {
-            w.quiet = false;
-            w.fragment
-        });
+    /// Queues events for watches `ids` of `stream` (one response for all
+    /// of them): whole revisions per response, starting a new response
+    /// when the next revision would take it past `max_response_bytes` (a
+    /// catch-up batch can span many revisions). A single revision larger
+    /// than that is split per etcd's `sendFragments` if the watches asked
+    /// for fragments, else sent whole. The last response carries
+    /// `header_rev`; earlier ones their last event's revision.
+    fn push_events(
+        &mut self,
+        stream: StreamId,
+        ids: Vec<WatchId>,
+        fragment: bool,
+        events: Vec<SharedEvent>,
+        header_rev: i64,
+    ) {
+        if ids.is_empty() {
+            return;
+        }
         let limit = self.config.max_response_bytes;
         // The common case: everything fits in one response.
         let total = RESPONSE_OVERHEAD + events.iter().map(event_bytes).sum::<usize>();
         if total < limit {
-            if let Err(events) = self.join_open(wref, events, total, header_rev) {
-                self.push_response(wref, events, total, header_rev, false);
+            if let Err(events) = self.join_open(stream, &ids, events, total, header_rev) {
+                self.push_response(stream, &ids, events, total, header_rev, false);
             }
             return;
         }
@@ -804,50 +908,67 @@ impl WatchHub {
             let last_rev = chunk.last().map_or(header_rev, SharedEvent::revision);
             let hdr = if i + 1 == count { header_rev } else { last_rev };
             if fragment && size >= limit && chunk.len() >= 2 {
-                self.push_fragments(wref, chunk, hdr);
+                self.push_fragments(stream, &ids, chunk, hdr);
             } else {
-                self.push_response(wref, chunk, size, hdr, false);
+                self.push_response(stream, &ids, chunk, size, hdr, false);
             }
         }
     }
 
+    /// Queues one events response for watches `ids` (at least one).
     fn push_response(
         &mut self,
-        wref: WatcherRef,
+        stream: StreamId,
+        ids: &[WatchId],
         events: Vec<SharedEvent>,
         bytes: usize,
         hdr: i64,
         more: bool,
     ) {
+        let Some((&first, others)) = ids.split_first() else {
+            return;
+        };
         let head = WatchResponse {
             header: header(hdr),
-            watch_id: wref.1,
+            watch_id: first,
             fragment: more,
             ..WatchResponse::default()
         };
-        let resp = PendingResponse { head, events };
-        self.push_pending(wref.0, Kind::Events, resp, bytes);
+        let resp = PendingResponse {
+            head,
+            events,
+            more_ids: others.to_vec(),
+        };
+        self.push_pending(stream, Kind::Events, resp, bytes);
     }
 
     /// etcd's `sendFragments`: as many events per part as fit under the
     /// limit (at least one), `fragment = true` on all parts but the last.
-    fn push_fragments(&mut self, wref: WatcherRef, events: Vec<SharedEvent>, hdr: i64) {
+    fn push_fragments(
+        &mut self,
+        stream: StreamId,
+        ids: &[WatchId],
+        events: Vec<SharedEvent>,
+        hdr: i64,
+    ) {
         let limit = self.config.max_response_bytes;
         let mut part: Vec<SharedEvent> = Vec::new();
         let mut size = RESPONSE_OVERHEAD;
         for ev in events {
             let bytes = event_bytes(&ev);
             if !part.is_empty() && size + bytes >= limit {
-                self.push_response(wref, std::mem::take(&mut part), size, hdr, true);
+                self.push_response(stream, ids, std::mem::take(&mut part), size, hdr, true);
                 size = RESPONSE_OVERHEAD;
             }
             size += bytes;
             part.push(ev);
         }
-        self.push_response(wref, part, size, hdr, false);
+        self.push_response(stream, ids, part, size, hdr, false);
         // A fragmented revision's last part stays as it was split.
-        if let Some(state) = self.streams.get_mut(&wref.0) {
-            state.open.remove(&wref.1);
+        if let Some(state) = self.streams.get_mut(&stream) {
+            for id in ids {
+                state.open.remove(id);
+            }
         }
     }
 
@@ -862,19 +983,24 @@ impl WatchHub {
         let mut freed = 0usize;
         // Positions move.
         state.open.clear();
-        state.queue.retain(|q| {
-            let drop = match q.kind {
-                Kind::Control => false,
-                Kind::Events | Kind::Progress => q.resp.watch_id() == id,
-                Kind::StreamProgress => {
-                    rerequest = true;
-                    true
+        state.queue.retain_mut(|q| {
+            match q.kind {
+                Kind::Control => return true,
+                Kind::Events | Kind::Progress => {
+                    if !q.resp.watch_ids().any(|w| w == id) {
+                        return true;
+                    }
+                    // Shared with other watches: only this one leaves it.
+                    if q.resp.remove_watch(id) {
+                        q.bytes = q.bytes.saturating_sub(q.each);
+                        freed += q.each;
+                        return true;
+                    }
                 }
-            };
-            if drop {
-                freed += q.bytes;
+                Kind::StreamProgress => rerequest = true,
             }
-            !drop
+            freed += q.bytes;
+            false
         });
         state.bytes = state.bytes.saturating_sub(freed);
         if rerequest {
@@ -898,10 +1024,17 @@ impl WatchHub {
         }
     }
 
+    /// Every synced watcher resumes from history after the hub's current
+    /// revision (call before the revision moves). Its `next_rev` may lag
+    /// behind that over revisions it was not handed anything from (it is
+    /// only moved when it is), so it is brought up here: a synced watcher
+    /// has been handed everything through the hub's revision.
     fn unsync_all(&mut self) {
+        let next = self.revision.saturating_add(1);
         for (wref, w) in self.watchers.iter_mut() {
             if w.synced {
                 w.synced = false;
+                w.next_rev = w.next_rev.max(next);
                 self.unsynced.insert(*wref);
             }
         }

@@ -1,27 +1,35 @@
 //! Responses as the hub queues them: a [`WatchResponse`] whose events are
-//! shared, not copied, between the watchers they go to.
+//! shared, not copied, between the watchers they go to, for one watch or
+//! for several that get exactly the same response.
 //!
 //! One applied event matched by a thousand watchers is one allocation
-//! referenced a thousand times; each watcher only records whether it wants
-//! the previous value. A [`PendingResponse`] serializes to exactly the
-//! bytes of the [`WatchResponse`] it stands for (field order is the wire
-//! struct's), so the stream writer encodes it without building the owned
-//! response first.
+//! referenced once per queued response; each response only records whether
+//! its watches want the previous value. Watches of one stream that are
+//! handed the same events at the same time share one [`PendingResponse`]
+//! (`head.watch_id`, then `more_ids`), so a revision a thousand watches of
+//! a stream match is queued once, not a thousand times. A
+//! [`PendingResponse`] serializes to exactly the bytes of the
+//! [`WatchResponse`] it stands for (field order is the wire struct's; for
+//! its first watch, or [`ForWatch`] for any of them), so the stream writer
+//! encodes it without building the owned response first.
 //!
 //! [`batch`] groups a drained queue for a batched stream (`WatchBatch`
-//! messages): responses identical but for their watch ID (the same shared
-//! events, the same header) go as one. Invariants: every response is in
-//! exactly one batch; each watch's responses keep their queue order; a
-//! stream-wide response (`watch_id = -1`) is a batch of its own and nothing
-//! moves across it; `created` responses keep their order among themselves
-//! (etcd's clients match them to their creates first-in, first-out).
+//! messages): responses identical but for their watch IDs (the same shared
+//! events, the same header) go as one. Invariants: every watch of every
+//! response is in exactly one batch; each watch's responses keep their
+//! queue order; a stream-wide response (`watch_id = -1`) is a batch of its
+//! own and nothing moves across it; `created` responses keep their order
+//! among themselves (etcd's clients match them to their creates first-in,
+//! first-out).
 
 use qed_wire::kv::{Event, EventType, KeyValue, ResponseHeader};
 use qed_wire::watch::WatchResponse;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Serialize, Serializer};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use super::{IdSet, WatchId};
 
 /// One event as one watcher gets it.
 #[derive(Debug, Clone)]
@@ -50,11 +58,13 @@ impl SharedEvent {
 }
 
 /// A queued response: `head` with its `events` left empty, plus the
-/// shared events that go in it.
+/// shared events that go in it; for `head.watch_id` and then for each of
+/// `more_ids` (distinct watches of one stream).
 #[derive(Debug, Clone, Default)]
 pub struct PendingResponse {
     pub head: WatchResponse,
     pub(super) events: Vec<SharedEvent>,
+    pub(super) more_ids: Vec<WatchId>,
 }
 
 impl PendingResponse {
@@ -62,11 +72,47 @@ impl PendingResponse {
         PendingResponse {
             head,
             events: Vec::new(),
+            more_ids: Vec::new(),
         }
     }
 
+    /// The first watch it is for.
     pub fn watch_id(&self) -> i64 {
         self.head.watch_id
+    }
+
+    /// Every watch it is for, in order.
+    pub fn watch_ids(&self) -> impl Iterator<Item = WatchId> + '_ {
+        std::iter::once(self.head.watch_id).chain(self.more_ids.iter().copied())
+    }
+
+    /// How many watches it is for.
+    pub fn watch_count(&self) -> usize {
+        1 + self.more_ids.len()
+    }
+
+    /// Takes `id` out of the watches it is for; `false` if it was not one
+    /// of them or is the only one (the caller drops the response then).
+    pub(super) fn remove_watch(&mut self, id: WatchId) -> bool {
+        if self.more_ids.is_empty() {
+            return false;
+        }
+        if self.head.watch_id == id {
+            self.head.watch_id = self.more_ids.remove(0);
+            return true;
+        }
+        match self.more_ids.iter().position(|&m| m == id) {
+            Some(at) => {
+                self.more_ids.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The response as watch `id` gets it (one of [`Self::watch_ids`]).
+    pub fn for_watch(&self, id: WatchId) -> ForWatch<'_> {
+        ForWatch { resp: self, id }
     }
 
     /// The header the driver stamps (cluster, member, term) before sending.
@@ -74,12 +120,49 @@ impl PendingResponse {
         &mut self.head.header
     }
 
-    /// The owned response (copies the events).
-    pub fn into_response(self) -> WatchResponse {
+    /// The owned responses, one per watch in order (copies the events).
+    pub fn into_responses(self) -> Vec<WatchResponse> {
         let mut resp = self.head;
         resp.events
             .extend(self.events.iter().map(SharedEvent::to_event));
-        resp
+        let mut out = Vec::with_capacity(1 + self.more_ids.len());
+        for &watch_id in &self.more_ids {
+            out.push(WatchResponse {
+                watch_id,
+                ..resp.clone()
+            });
+        }
+        out.insert(0, resp);
+        out
+    }
+
+    /// `WatchResponse`'s fields in its order, the events from both parts,
+    /// `watch_id` as given.
+    fn serialize_as<S: Serializer>(&self, watch_id: WatchId, s: S) -> Result<S::Ok, S::Error> {
+        let h = &self.head;
+        let mut st = s.serialize_struct("WatchResponse", 8)?;
+        st.serialize_field("header", &h.header)?;
+        st.serialize_field("watch_id", &watch_id)?;
+        st.serialize_field("created", &h.created)?;
+        st.serialize_field("canceled", &h.canceled)?;
+        st.serialize_field("compact_revision", &h.compact_revision)?;
+        st.serialize_field("cancel_reason", &h.cancel_reason)?;
+        st.serialize_field("fragment", &h.fragment)?;
+        st.serialize_field("events", &EventsRef(&h.events, &self.events))?;
+        st.end()
+    }
+}
+
+/// A queued response as one of its watches gets it: serializes like that
+/// watch's `WatchResponse`.
+pub struct ForWatch<'a> {
+    resp: &'a PendingResponse,
+    id: WatchId,
+}
+
+impl Serialize for ForWatch<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.resp.serialize_as(self.id, s)
     }
 }
 
@@ -120,24 +203,15 @@ impl Serialize for EventsRef<'_> {
 }
 
 impl Serialize for PendingResponse {
-    /// `WatchResponse`'s fields in its order, the events from both parts.
+    /// The response as its first watch gets it.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let h = &self.head;
-        let mut st = s.serialize_struct("WatchResponse", 8)?;
-        st.serialize_field("header", &h.header)?;
-        st.serialize_field("watch_id", &h.watch_id)?;
-        st.serialize_field("created", &h.created)?;
-        st.serialize_field("canceled", &h.canceled)?;
-        st.serialize_field("compact_revision", &h.compact_revision)?;
-        st.serialize_field("cancel_reason", &h.cancel_reason)?;
-        st.serialize_field("fragment", &h.fragment)?;
-        st.serialize_field("events", &EventsRef(&h.events, &self.events))?;
-        st.end()
+        self.serialize_as(self.head.watch_id, s)
     }
 }
 
-/// One message of a batched stream: `responses[first]`, for its own watch
-/// and then for each of `more` (see [`batch`]).
+/// One message of a batched stream: `responses[first]`, for its own
+/// (first) watch and then for each of `more` (its other watches, then
+/// those of the identical responses joined to it; see [`batch`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batched {
     pub first: usize,
@@ -187,22 +261,22 @@ fn same_but_id(a: &PendingResponse, b: &PendingResponse) -> bool {
 pub fn batch(responses: &[PendingResponse]) -> Vec<Batched> {
     const STREAM_WIDE: i64 = -1;
     let mut out: Vec<Batched> = Vec::new();
-    let mut in_run: HashSet<i64> = HashSet::new();
+    let mut in_run = IdSet::default();
     let mut run: HashMap<BatchKey, Vec<usize>> = HashMap::new();
     'next: for (i, r) in responses.iter().enumerate() {
         let id = r.watch_id();
-        if id == STREAM_WIDE || !in_run.insert(id) {
+        if id == STREAM_WIDE || r.watch_ids().any(|id| in_run.contains(&id)) {
             in_run.clear();
             run.clear();
             if id == STREAM_WIDE {
                 out.push(Batched {
                     first: i,
-                    more: Vec::new(),
+                    more: r.more_ids.clone(),
                 });
                 continue;
             }
-            in_run.insert(id);
         }
+        in_run.extend(r.watch_ids());
         let key = batch_key(r);
         if let Some(candidates) = run.get(&key) {
             for &b in candidates {
@@ -210,7 +284,7 @@ pub fn batch(responses: &[PendingResponse]) -> Vec<Batched> {
                     continue;
                 }
                 if same_but_id(&responses[out[b].first], r) {
-                    out[b].more.push(id);
+                    out[b].more.extend(r.watch_ids());
                     continue 'next;
                 }
             }
@@ -218,7 +292,7 @@ pub fn batch(responses: &[PendingResponse]) -> Vec<Batched> {
         run.entry(key).or_default().push(out.len());
         out.push(Batched {
             first: i,
-            more: Vec::new(),
+            more: r.more_ids.clone(),
         });
     }
     out
@@ -284,14 +358,21 @@ mod tests {
                     };
                     2
                 ],
+                more_ids: vec![4, 7],
             };
-            let ours = postcard::to_stdvec(&pending).unwrap();
-            let owned = pending.clone().into_response();
-            assert_eq!(owned.events.len(), 2);
-            assert_eq!(owned.events[0].prev_kv.is_some(), prev_kv);
-            assert_eq!(ours, postcard::to_stdvec(&owned).unwrap());
-            let back: WatchResponse = postcard::from_bytes(&ours).unwrap();
-            assert_eq!(back, owned);
+            let owned = pending.clone().into_responses();
+            assert_eq!(owned.len(), 3);
+            for (i, id) in [9, 4, 7].into_iter().enumerate() {
+                let ours = postcard::to_stdvec(&pending.for_watch(id)).unwrap();
+                assert_eq!(owned[i].watch_id, id);
+                assert_eq!(owned[i].events.len(), 2);
+                assert_eq!(owned[i].events[0].prev_kv.is_some(), prev_kv);
+                assert_eq!(ours, postcard::to_stdvec(&owned[i]).unwrap());
+                let back: WatchResponse = postcard::from_bytes(&ours).unwrap();
+                assert_eq!(back, owned[i]);
+            }
+            let first = postcard::to_stdvec(&pending).unwrap();
+            assert_eq!(first, postcard::to_stdvec(&owned[0]).unwrap());
         }
     }
 
@@ -309,6 +390,7 @@ mod tests {
                 event: event.clone(),
                 prev_kv: false,
             }],
+            more_ids: Vec::new(),
         }
     }
 
@@ -362,8 +444,54 @@ mod tests {
         .unwrap();
         let back: qed_wire::watch::WatchBatch = postcard::from_bytes(&bytes).unwrap();
         let responses = back.into_responses();
-        let owned: Vec<WatchResponse> = queue.into_iter().map(|p| p.into_response()).collect();
+        let owned: Vec<WatchResponse> = queue
+            .into_iter()
+            .flat_map(PendingResponse::into_responses)
+            .collect();
         assert_eq!(responses, owned);
+    }
+
+    /// A response queued for several watches is one batch for all of
+    /// them, and joins (or is joined by) identical ones like any other.
+    #[test]
+    fn responses_for_several_watches_batch_like_the_single_ones() {
+        let e5 = Arc::new(Event {
+            kind: EventType::Put,
+            kv: kv("a", 5),
+            prev_kv: None,
+        });
+        let shared = |ids: &[i64]| {
+            let mut r = events_resp(ids[0], 5, &e5);
+            r.more_ids = ids[1..].to_vec();
+            r
+        };
+        let queue = vec![shared(&[1, 2, 3]), shared(&[4]), shared(&[5, 1]), shared(&[6])];
+        assert_eq!(
+            batch(&queue),
+            vec![
+                Batched {
+                    first: 0,
+                    more: vec![2, 3, 4]
+                },
+                // Watch 1 again: a new run.
+                Batched {
+                    first: 2,
+                    more: vec![1, 6]
+                },
+            ]
+        );
+        assert_eq!(
+            unbatched(&queue).iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 1, 6]
+        );
+        // A watch leaves a shared response; the last one left drops it.
+        let mut r = shared(&[1, 2, 3]);
+        assert!(r.remove_watch(1));
+        assert_eq!(r.watch_ids().collect::<Vec<_>>(), vec![2, 3]);
+        assert!(!r.remove_watch(7));
+        assert!(r.remove_watch(3));
+        assert!(!r.remove_watch(2));
+        assert_eq!(r.watch_count(), 1);
     }
 
     #[test]

@@ -427,6 +427,75 @@ fn undrained_revisions_of_a_watch_join_one_response() {
     assert!(out.iter().all(|r| keys_of(r) == vec![(b"k".to_vec(), 5)]));
 }
 
+/// A stream's watches that get the same events share one queued response
+/// (one per drain, however many revisions), which still reads as one
+/// response per watch; a watch with other options gets its own, and a
+/// canceled watch leaves the shared one without touching the others'.
+#[test]
+fn watches_with_the_same_events_share_one_queued_response() {
+    let (mut store, mut hub) = setup();
+    let ids: Vec<WatchId> = (0..100)
+        .map(|_| hub.create(1, &watch(b"k", b"", 0)).unwrap_or(-9))
+        .collect();
+    let mut with_prev = watch(b"k", b"", 0);
+    with_prev.prev_kv = true;
+    let odd = hub.create(1, &with_prev).unwrap_or(-9);
+    hub.take_responses(1);
+    for v in [b"1", b"2", b"3"] {
+        apply(&mut hub, put(&mut store, b"k", v));
+    }
+    assert_eq!(hub.pending_len(1), 2);
+    assert_eq!(hub.cancel(1, ids[50]), Ok(()));
+    // The canceled response is one more; the shared one stays.
+    assert_eq!(hub.pending_len(1), 3);
+    let out = hub.take_responses(1);
+    let got: Vec<(WatchId, Vec<i64>, bool)> = out
+        .iter()
+        .map(|r| {
+            let revs = r.events.iter().map(|e| e.kv.mod_revision).collect();
+            (r.watch_id, revs, r.canceled)
+        })
+        .collect();
+    let mut want: Vec<(WatchId, Vec<i64>, bool)> = ids
+        .iter()
+        .filter(|&&id| id != ids[50])
+        .map(|&id| (id, vec![2, 3, 4], false))
+        .collect();
+    want.push((odd, vec![2, 3, 4], false));
+    want.push((ids[50], vec![], true));
+    assert_eq!(got, want);
+    // Revision 2 created the key: no previous value.
+    assert!(out[99].events[1..].iter().all(|e| e.prev_kv.is_some()));
+    assert!(out[0].events.iter().all(|e| e.prev_kv.is_none()));
+    // Drained: the next revision is one new shared response again.
+    apply(&mut hub, put(&mut store, b"k", b"4"));
+    assert_eq!(hub.pending_len(1), 2);
+    assert_eq!(hub.take_responses(1).len(), 100);
+}
+
+/// A watch that gets a revision the others of its shared response do not
+/// gets a response of its own from then on; nobody's events reorder.
+#[test]
+fn a_watch_leaves_a_shared_response_when_its_events_differ() {
+    let (mut store, mut hub) = setup();
+    let a = hub.create(1, &watch(b"k", b"", 0)).unwrap_or(-9);
+    let b = hub.create(1, &watch(b"k", b"l", 0)).unwrap_or(-9);
+    hub.take_responses(1);
+    apply(&mut hub, put(&mut store, b"k", b"1"));
+    // Only `b` (a range) matches this one.
+    apply(&mut hub, put(&mut store, b"k2", b"1"));
+    apply(&mut hub, put(&mut store, b"k", b"2"));
+    let out = hub.take_responses(1);
+    let got: Vec<(WatchId, Vec<i64>)> = out
+        .iter()
+        .map(|r| (r.watch_id, r.events.iter().map(|e| e.kv.mod_revision).collect()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(a, vec![2]), (b, vec![2]), (b, vec![3, 4]), (a, vec![4])]
+    );
+}
+
 /// Events never join a response queued before a created, canceled or
 /// progress response of the same stream: what the stream says stays in
 /// the order it happened.
