@@ -463,7 +463,8 @@ impl WatchHub {
             if let Some(refs) = self.keys.get(&ev.kv.key) {
                 matched.extend(refs.iter().map(|wref| (*wref, i)));
             }
-            self.ranges.stab(&ev.kv.key, |wref| matched.push((*wref, i)));
+            self.ranges
+                .stab(&ev.kv.key, |wref| matched.push((*wref, i)));
         }
         if matched.is_empty() {
             return;
@@ -541,7 +542,9 @@ impl WatchHub {
                 .iter()
                 .filter_map(|&i| {
                     let ev = events.get(i)?;
-                    let event = shared.get_mut(i)?.get_or_insert_with(|| Arc::new(ev.clone()));
+                    let event = shared
+                        .get_mut(i)?
+                        .get_or_insert_with(|| Arc::new(ev.clone()));
                     Some(SharedEvent {
                         event: event.clone(),
                         prev_kv: run.prev_kv,

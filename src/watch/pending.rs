@@ -465,7 +465,12 @@ mod tests {
             r.more_ids = ids[1..].to_vec();
             r
         };
-        let queue = vec![shared(&[1, 2, 3]), shared(&[4]), shared(&[5, 1]), shared(&[6])];
+        let queue = vec![
+            shared(&[1, 2, 3]),
+            shared(&[4]),
+            shared(&[5, 1]),
+            shared(&[6]),
+        ];
         assert_eq!(
             batch(&queue),
             vec![

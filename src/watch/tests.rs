@@ -488,7 +488,12 @@ fn a_watch_leaves_a_shared_response_when_its_events_differ() {
     let out = hub.take_responses(1);
     let got: Vec<(WatchId, Vec<i64>)> = out
         .iter()
-        .map(|r| (r.watch_id, r.events.iter().map(|e| e.kv.mod_revision).collect()))
+        .map(|r| {
+            (
+                r.watch_id,
+                r.events.iter().map(|e| e.kv.mod_revision).collect(),
+            )
+        })
         .collect();
     assert_eq!(
         got,
