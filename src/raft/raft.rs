@@ -1667,9 +1667,12 @@ impl Raft {
     /// bound. A follower with a slow disk (typically the old leader just
     /// after a hand-over) thus keeps receiving entries instead of a
     /// snapshot; entries, not a snapshot, answer the proposals waiting on
-    /// it (each by its own apply).
+    /// it (each by its own apply). A member alone in its configuration
+    /// keeps no tail: it has no follower to catch up, and a member added
+    /// later lacks the whole history, so it starts from a snapshot anyway.
     pub fn trim_log(&mut self) {
-        let tail = self.cfg.catch_up_entries;
+        let alone = self.learners.is_empty() && self.voters.iter().all(|v| *v == self.id);
+        let tail = if alone { 0 } else { self.cfg.catch_up_entries };
         let mut through = self.log.applied.saturating_sub(tail);
         let floor = self
             .log

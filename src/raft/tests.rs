@@ -53,6 +53,32 @@ fn single_node_commits_only_once_its_log_is_durable() {
     assert_eq!(rd4.committed_entries[0].data, b"x");
 }
 
+/// A lone voter keeps no applied entries in memory: it has no follower to
+/// catch up (`catch_up_entries` is for followers).
+#[test]
+fn lone_voter_keeps_no_applied_tail() {
+    let mut n = node(1, &[1]);
+    elect_single(&mut n);
+    for i in 0..20u8 {
+        n.propose(vec![i]).unwrap();
+        let rd = n.ready();
+        if let Some(p) = rd.persist {
+            n.on_persisted(p);
+        }
+    }
+    let rd = n.ready();
+    assert!(rd.committed_entries.iter().any(|e| e.data == [19]));
+    let _ = n.ready();
+    let st = n.status();
+    assert!(st.applied >= 21, "{st:?}");
+    assert_eq!(st.first_index, st.applied + 1, "no applied tail: {st:?}");
+    assert_eq!(
+        n.log_term(st.applied),
+        Some(st.term),
+        "the boundary's term is kept"
+    );
+}
+
 #[test]
 fn leader_commits_on_followers_durability_alone() {
     let mut n = node(1, &[1, 2, 3]);
@@ -703,6 +729,8 @@ fn a_snapshot_records_the_membership_at_its_cut() {
 fn compact_at_an_earlier_applied_index() {
     let mut cfg = Config::new(1);
     cfg.election_tick = 3;
+    // A lone voter with a learner: it commits alone, and keeps its applied
+    // entries in memory (alone it would keep none).
     let state = RestartState {
         snapshot: Snapshot {
             meta: SnapshotMeta {
@@ -710,7 +738,7 @@ fn compact_at_an_earlier_applied_index() {
                 term: 0,
                 conf_state: ConfState {
                     voters: vec![1],
-                    learners: vec![],
+                    learners: vec![2],
                 },
             },
             data: std::sync::Arc::from(Vec::new()),
