@@ -434,6 +434,7 @@ pub fn start(
         options,
         snapshot_base,
         replay_through,
+        heap_trim: crate::heap::QuietTrim::new(snapshot_base, Instant::now()),
         synced_vote: (0, 0),
         snapshotting: false,
         lease_config,
@@ -561,6 +562,9 @@ struct Driver {
     /// system once (see `heap`), so a restarted node holds what a running
     /// one does.
     replay_through: Option<u64>,
+    /// When a burst of writes is over, what it left free in the heap goes
+    /// back to the system (see `heap`).
+    heap_trim: crate::heap::QuietTrim,
     /// (term, vote) last handed to the writer: changes must be synced.
     synced_vote: (u64, u64),
     snapshotting: bool,
@@ -615,6 +619,10 @@ impl Driver {
                 }
                 self.retime();
                 self.retry_held();
+                let applied = self.status.applied.load(Ordering::Relaxed);
+                if self.heap_trim.due(applied, Instant::now()) {
+                    crate::heap::release_free();
+                }
             }
             Input::Step(message) => {
                 self.status.queued_steps.fetch_sub(1, Ordering::Relaxed);
@@ -1275,6 +1283,16 @@ impl Driver {
                             }
                             if !events.is_empty() {
                                 applied_events.push((events, state.revision()));
+                                if applied_events.len() >= EVENTS_HANDED_AT_ONCE {
+                                    // A long batch (a restart's replay) must
+                                    // not hold every event until its end:
+                                    // they sit in between the blocks it adds
+                                    // to the key space, and freed at once
+                                    // leave holes no page can be returned
+                                    // from. Still under the state lock.
+                                    self.watchers.on_apply(&applied_events);
+                                    applied_events.clear();
+                                }
                             }
                             if let (Some(reply), Some(waiter)) =
                                 (reply, self.proposals.remove(&command.id))
@@ -1566,6 +1584,10 @@ fn spawn_writer(
     }
     tx
 }
+
+/// Applied entries whose events the apply path hands to the watch hub at
+/// once (also within one batch, see `Driver::apply`).
+const EVENTS_HANDED_AT_ONCE: usize = 64;
 
 /// etcd warns when an apply takes longer than this.
 const SLOW_APPLY: Duration = Duration::from_millis(100);
