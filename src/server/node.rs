@@ -479,10 +479,17 @@ impl Node {
     }
 
     /// etcd's `waitAppliedIndex`: lease answers need every committed entry
-    /// applied (a grant or revoke still in flight would be missed).
+    /// applied (a grant or revoke still in flight would be missed), and
+    /// every entry this leader announced durable: a follower may have
+    /// committed and answered a grant there already (see `raft`'s
+    /// follower commit).
     async fn wait_applied(&self) -> Result<(), Error> {
         let status = &self.raft.status;
-        if status.applied.load(Ordering::Relaxed) < status.commit.load(Ordering::Relaxed) {
+        let floor = status
+            .commit
+            .load(Ordering::Relaxed)
+            .max(status.announced_durable.load(Ordering::Relaxed));
+        if status.applied.load(Ordering::Relaxed) < floor {
             self.raft.read_index().await?;
         }
         Ok(())

@@ -117,6 +117,11 @@ pub struct RaftStatus {
     pub leader: AtomicU64,
     pub commit: AtomicU64,
     pub applied: AtomicU64,
+    /// Leader: the highest index it told followers is durable in its term
+    /// (`raft::Node::announced_durable`): a follower may have committed
+    /// and answered writes up to there before this member's commit index
+    /// covers them, so an answer that skips ReadIndex waits for it too.
+    pub announced_durable: AtomicU64,
     pub last_index: AtomicU64,
     /// Peer messages in the inbox, not yet stepped.
     pub queued_steps: AtomicU64,
@@ -1139,6 +1144,9 @@ impl Driver {
                 self.status.term.store(hs.term, Ordering::Relaxed);
                 self.status.commit.store(hs.commit, Ordering::Relaxed);
             }
+            self.status
+                .announced_durable
+                .store(self.core.announced_durable(), Ordering::Relaxed);
             // Step 1: what may leave before persistence leaves now; the
             // rest waits for the WAL writer (queued after this Ready's own
             // write, below, or after the last one still in flight).
