@@ -248,12 +248,20 @@ fn knobs_from_env() -> TestKnobs {
     k
 }
 
+/// One member (any configuration the seed draws) behind a 12-unit slow
+/// uplink: liveness when answers come back much later than a heartbeat.
+fn slow_uplink(cfg: &mut SimConfig) {
+    let members = (cfg.voters + cfg.learners) as u64;
+    cfg.slow_uplink = Some((1 + cfg.seed % members, 12));
+}
+
 /// `SIM_SHAPE=far-follower` (or `SIM_BREAK=durable-read`): every seed as
-/// [`far_follower`].
+/// [`far_follower`]; `SIM_SHAPE=slow-uplink`: as [`slow_uplink`].
 fn shape_from_env() -> fn(&mut SimConfig) {
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     match var("SIM_SHAPE").as_str() {
         "far-follower" => far_follower,
+        "slow-uplink" => slow_uplink,
         "" if var("SIM_BREAK") == "durable-read" => far_follower,
         "" => |_| {},
         other => panic!("unknown SIM_SHAPE={other}"),
