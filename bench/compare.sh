@@ -5,7 +5,9 @@
 # network) its columns are left out.
 #
 # For each server it starts a fresh single node on loopback (fresh data
-# directory), then a fresh 3-node cluster, drives the same workloads with examples/bench (etcd and
+# directory), then a fresh 3-node cluster (for qed, a fresh one again for
+# each column: native, gRPC, a shim per member, so no column runs on the
+# history an earlier one left), drives the same workloads with examples/bench (etcd and
 # qed-grpc over gRPC, qed natively over QUIC), takes the median of RUNS
 # runs of each figure, stops the server by its PID, and finally prints one
 # markdown table with the ratio of each qed figure to etcd's. A full run's
@@ -173,12 +175,19 @@ sleep 1
 R["idle RSS (MB)",qed-native]=$(awk "BEGIN {printf \"%.1f\", $(rss_kb "$QED") / 1024}")
 NATIVE=(--target native --endpoints "https://127.0.0.1:$QP" --cacert "$TMP/qed/certs/ca.crt")
 measure qed-native "${NATIVE[@]}"
+# Each column starts from a fresh node, as etcd's did: the gRPC column
+# must not pay for the history the native column left behind.
+stop "$QED"; rm -rf "$TMP/qed"
+start_qed
 start_shim
 # Node idle (measured before any load) plus the shim as it starts.
 R["idle RSS (MB)",qed-grpc]=$(awk "BEGIN {printf \"%.1f\", ${R["idle RSS (MB)",qed-native]} + $(rss_kb "$SHIM") / 1024}")
 measure qed-grpc --target grpc --endpoints "http://127.0.0.1:$GP"
 stop "$SHIM"
-# The edge deployment: the shim beside its node, on the node's Unix socket.
+# The edge deployment: the shim beside its node, on the node's Unix socket
+# (a fresh node again).
+stop "$QED"; rm -rf "$TMP/qed"
+start_qed
 say "  [qed-grpc] a shim on the node's Unix socket"
 UP=$(free_port)
 target/release/qed-grpc --listen-client-urls "http://127.0.0.1:$UP" --endpoints "unix://$TMP/qed.sock" >"$TMP/grpc-unix.log" 2>&1 &
@@ -313,28 +322,38 @@ measure_cluster etcd --target grpc --endpoints "$ETCD3"
 stop_cluster
 
 say "qed, 3 nodes"
-QED3=""
-for i in 1 2 3; do
-    target/release/qed --name "m$i" --data-dir "$TMP/qed3-$i" --log-level warn \
-        --listen-client-urls "https://127.0.0.1:${CP[$i]},unix://$TMP/qed3-$i.sock" \
-        --listen-peer-urls "http://127.0.0.1:${PP3[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${PP3[$i]}" \
-        --initial-cluster "$INITIAL" --initial-cluster-token bench3 >"$TMP/qed3-$i.log" 2>&1 &
-    PIDS+=($!); CLUSTER_PIDS+=($!)
-    QED3+="https://127.0.0.1:${CP[$i]},"
-done
-QED3=${QED3%,}
-for i in 1 2 3; do poll test -f "$TMP/qed3-$i/certs/ca.crt"; done
-# Each member generated its own CA: clients trust all three.
-cat "$TMP"/qed3-{1,2,3}/certs/ca.crt >"$TMP/qed3-ca.crt"
-NATIVE3=(--target native --endpoints "$QED3" --cacert "$TMP/qed3-ca.crt")
-poll "$BENCH" range --clients 1 --total 1 --key-space 1 "${NATIVE3[@]}"
+# start_qed3: a fresh 3-member cluster (each column of the table starts
+# from one, as etcd's does); sets QED3 and NATIVE3.
+start_qed3() {
+    QED3=""
+    for i in 1 2 3; do
+        rm -rf "$TMP/qed3-$i"
+        target/release/qed --name "m$i" --data-dir "$TMP/qed3-$i" --log-level warn \
+            --listen-client-urls "https://127.0.0.1:${CP[$i]},unix://$TMP/qed3-$i.sock" \
+            --listen-peer-urls "http://127.0.0.1:${PP3[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${PP3[$i]}" \
+            --initial-cluster "$INITIAL" --initial-cluster-token bench3 >"$TMP/qed3-$i.log" 2>&1 &
+        PIDS+=($!); CLUSTER_PIDS+=($!)
+        QED3+="https://127.0.0.1:${CP[$i]},"
+    done
+    QED3=${QED3%,}
+    for i in 1 2 3; do poll test -f "$TMP/qed3-$i/certs/ca.crt"; done
+    # Each member generated its own CA: clients trust all three.
+    cat "$TMP"/qed3-{1,2,3}/certs/ca.crt >"$TMP/qed3-ca.crt"
+    NATIVE3=(--target native --endpoints "$QED3" --cacert "$TMP/qed3-ca.crt")
+    poll "$BENCH" range --clients 1 --total 1 --key-space 1 "${NATIVE3[@]}"
+}
+start_qed3
 measure_cluster qed-native "${NATIVE3[@]}"
+stop_cluster
+start_qed3
 target/release/qed-grpc --listen-client-urls "http://127.0.0.1:$GP" --endpoints "$QED3" \
     --cacert "$TMP/qed3-ca.crt" >"$TMP/grpc3.log" 2>&1 &
 SHIM=$!; PIDS+=("$SHIM")
 poll etcdctl --endpoints "127.0.0.1:$GP" endpoint health
 measure_cluster qed-grpc --target grpc --endpoints "http://127.0.0.1:$GP"
 stop "$SHIM"
+stop_cluster
+start_qed3
 # The edge deployment: a shim beside each member, on its Unix socket; the
 # clients spread over the three shims (as etcd's over its three members).
 SHIMS3=""; SHIM_PIDS=()
