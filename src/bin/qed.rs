@@ -162,7 +162,8 @@ struct Flags {
     /// snapshot also waits until the log written since the last one is a
     /// quarter of that snapshot's size: each snapshot writes the whole
     /// state, so a large state is not rewritten every 10,000 entries, and
-    /// the WAL kept (what a restart replays) stays under a quarter of it.
+    /// the WAL kept (what a restart replays) stays under a quarter of it
+    /// (and under 20 times this count in entries).
     #[arg(long, env = "QED_SNAPSHOT_COUNT", default_value_t = 10_000)]
     snapshot_count: u64,
 

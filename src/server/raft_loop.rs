@@ -37,7 +37,8 @@
 //! it waits until it covers a share of the state's size in log, and writing
 //! snapshots costs at most ~4 bytes per byte logged however large the state
 //! grows, while the WAL kept (and what a restart replays) stays under a
-//! quarter of the state. The state machine is then cloned (cheap),
+//! quarter of the state (and 20 counts of entries). The state machine is
+//! then cloned (cheap),
 //! serialized on the blocking pool, and handed to the writer, which saves it
 //! and releases the WAL segments it covers. A snapshot a follower needs is
 //! taken at once.
@@ -170,6 +171,10 @@ pub struct LoopOptions {
 /// A snapshot waits until the log written since the last one is at least
 /// 1/`SNAPSHOT_LOG_SHARE` of that snapshot's size.
 const SNAPSHOT_LOG_SHARE: u64 = 4;
+/// A snapshot is due after `SNAPSHOT_MAX_COUNTS` times `--snapshot-count`
+/// entries whatever their size: a restart replays at most that many (small
+/// entries cost more to apply per byte than a snapshot costs to load).
+const SNAPSHOT_MAX_COUNTS: u64 = 20;
 /// Bytes counted per applied entry on top of its data: the WAL record's
 /// framing, index and term (about).
 const ENTRY_OVERHEAD: u64 = 16;
@@ -177,19 +182,23 @@ const ENTRY_OVERHEAD: u64 = 16;
 /// Whether a snapshot is due, `entries` and `log_bytes` having been applied
 /// since the last one, which held `last_snapshot_bytes` of state: at least
 /// `snapshot_count` entries (etcd's `--snapshot-count`), and a log at least
-/// a quarter of that snapshot's size. The snapshot costs O(state) and the
+/// a quarter of that snapshot's size or [`SNAPSHOT_MAX_COUNTS`] times the
+/// count in entries. The snapshot costs O(state) and the
 /// log it replaces grows with the writes, so snapshotting costs at most
 /// `SNAPSHOT_LOG_SHARE` bytes written per byte logged whatever the state's
 /// size (with the count alone, a large state was rewritten whole every
 /// 10,000 entries: quadratic work), and the WAL kept and replayed on
-/// restart stays at most a quarter of the state (plus a segment).
+/// restart stays at most a quarter of the state (plus a segment), in at
+/// most 20 counts of entries.
 fn snapshot_due(
     entries: u64,
     log_bytes: u64,
     last_snapshot_bytes: u64,
     snapshot_count: u64,
 ) -> bool {
-    entries >= snapshot_count && log_bytes.saturating_mul(SNAPSHOT_LOG_SHARE) >= last_snapshot_bytes
+    entries >= snapshot_count
+        && (log_bytes.saturating_mul(SNAPSHOT_LOG_SHARE) >= last_snapshot_bytes
+            || entries >= snapshot_count.saturating_mul(SNAPSHOT_MAX_COUNTS))
 }
 
 /// How often `auto` timing looks at the peer links.
@@ -1725,7 +1734,8 @@ mod tests {
     use std::sync::Arc;
 
     /// A snapshot needs `--snapshot-count` entries and a log a quarter of
-    /// the last snapshot's size; the first (no snapshot yet) only the count.
+    /// the last snapshot's size (or 20 counts of entries); the first (no
+    /// snapshot yet) only the count.
     #[test]
     fn snapshot_is_due_after_the_count_and_a_quarter_of_the_state_in_log() {
         // No snapshot yet, or a small one: the count decides.
@@ -1735,8 +1745,11 @@ mod tests {
         // A large state: the count alone is not enough.
         let state = 290_000_000;
         assert!(!snapshot_due(10_000, 3_000_000, state, 10_000));
-        assert!(!snapshot_due(200_000, state / 4 - 1, state, 10_000));
-        assert!(snapshot_due(250_000, state / 4, state, 10_000));
+        assert!(!snapshot_due(150_000, state / 4 - 1, state, 10_000));
+        assert!(snapshot_due(150_000, state / 4, state, 10_000));
+        // Small entries: 20 counts of them, whatever their bytes.
+        assert!(!snapshot_due(199_999, 199_999 * 40, state, 10_000));
+        assert!(snapshot_due(200_000, 200_000 * 40, state, 10_000));
         // Nor the bytes alone.
         assert!(!snapshot_due(99, state, state, 100));
         // No overflow at the extremes.
