@@ -250,6 +250,13 @@ fn knobs_from_env() -> TestKnobs {
 
 /// One member (any configuration the seed draws) behind a 12-unit slow
 /// uplink: liveness when answers come back much later than a heartbeat.
+/// Known to fail (seeds 41 and 395 of 0..400): a snapshot transfer to a
+/// member behind the slow link does not finish after healing. The leader
+/// restarts a transfer whenever it compacts again mid-transfer, and its
+/// stall timer (3 heartbeats) and stale chunk rejects keep rewinding it;
+/// ignoring stale rejects alone moved the failures to other seeds (25,
+/// 105, 395). The likely fix: keep the image being sent until its
+/// transfer ends. Not part of the default runs until then.
 fn slow_uplink(cfg: &mut SimConfig) {
     let members = (cfg.voters + cfg.learners) as u64;
     cfg.slow_uplink = Some((1 + cfg.seed % members, 12));
