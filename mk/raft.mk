@@ -5,7 +5,10 @@
 #   make sim SEEDS=N SIM_FLAGS=--release   the same, optimized (faster for big N)
 #   make sim SEEDS=50 SIM_BREAK=read-index  break a rule on purpose (also:
 #                                   election-restriction, leader-fsync,
-#                                   follower-fsync, held-copy); must exit non-zero
+#                                   follower-fsync, held-copy, durable-read);
+#                                   must exit non-zero
+#   make sim SEEDS=N SIM_SHAPE=far-follower   three voters, one behind a slow
+#                                   uplink (followers commit ahead of the leader)
 #   make bench-raft                 committed entries/s and allocations/entry
 #
 # Plain `cargo test` (make test) already runs 400 seeds plus the tests that
@@ -18,7 +21,7 @@ SIM_FLAGS ?=
 
 .PHONY: sim bench-raft
 sim:
-	SEED="$(SEED)" SEEDS="$(SEEDS)" SEED_BASE="$(SEED_BASE)" SIM_BREAK="$(SIM_BREAK)" \
+	SEED="$(SEED)" SEEDS="$(SEEDS)" SEED_BASE="$(SEED_BASE)" SIM_BREAK="$(SIM_BREAK)" SIM_SHAPE="$(SIM_SHAPE)" \
 		cargo test $(SIM_FLAGS) --test raft_sim sim_from_env -- --ignored --nocapture
 
 bench-raft:

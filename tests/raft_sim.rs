@@ -3,7 +3,10 @@
 //! `cargo test --test raft_sim` runs fixed seed ranges and the broken-rule
 //! tests. `make sim` runs the ignored `sim_from_env` with `SEED=S` (one
 //! seed, verbose) or `SEEDS=N SEED_BASE=B` (seeds B..B+N); `SIM_BREAK=rule`
-//! breaks a rule on purpose to watch the checkers catch it.
+//! breaks a rule on purpose to watch the checkers catch it;
+//! `SIM_SHAPE=far-follower` runs every seed as three voters, one behind a
+//! slow uplink (where followers commit ahead of the leader; implied by
+//! `SIM_BREAK=durable-read`).
 
 mod sim;
 
@@ -11,10 +14,10 @@ use qed::raft::TestKnobs;
 use sim::{run, Kind, Report, SimConfig, Violation};
 
 fn run_range(base: u64, n: u64) {
-    run_range_with(base, n, TestKnobs::default());
+    run_range_with(base, n, TestKnobs::default(), |_| {});
 }
 
-fn run_range_with(base: u64, n: u64, knobs: TestKnobs) {
+fn run_range_with(base: u64, n: u64, knobs: TestKnobs, shape: fn(&mut SimConfig)) {
     let mut failures: Vec<Violation> = Vec::new();
     let mut total = Report::default();
     for seed in base..base + n {
@@ -28,6 +31,7 @@ fn run_range_with(base: u64, n: u64, knobs: TestKnobs) {
         }
         let mut cfg = SimConfig::from_seed(seed);
         cfg.knobs = knobs;
+        shape(&mut cfg);
         match run(cfg) {
             Ok(r) => {
                 total.units += r.units;
@@ -40,6 +44,7 @@ fn run_range_with(base: u64, n: u64, knobs: TestKnobs) {
                 total.transfers += r.transfers;
                 total.snapshots_installed += r.snapshots_installed;
                 total.lin_unknown += r.lin_unknown;
+                total.follower_commits += r.follower_commits;
                 // For the totals, the worst case.
                 total.liveness_ticks = total.liveness_ticks.max(r.liveness_ticks);
             }
@@ -184,6 +189,41 @@ fn checker_catches_a_held_proposal_appended_twice() {
     assert!(v.is_some(), "no command applied twice with held copies");
 }
 
+/// Three voters (where a follower infers commits), one of them far: all
+/// it sends arrives 8 units late. It infers commits while the leader waits
+/// on the other follower's disk, so reads at the leader and at the near
+/// follower may run behind what the far one answered.
+fn far_follower(cfg: &mut SimConfig) {
+    cfg.voters = 3;
+    cfg.learners = 0;
+    cfg.slow_uplink = Some((1 + cfg.seed % 3, 8));
+    cfg.slow_disks = 0.5;
+}
+
+/// A leader answering reads at its commit index alone, though followers
+/// commit (and answer) what it announced durable before it learns of it:
+/// a put answered at a follower is missed by a later read.
+#[test]
+fn checker_catches_reads_below_what_followers_committed() {
+    let knobs = TestKnobs {
+        read_below_announced_durable: true,
+        ..TestKnobs::default()
+    };
+    let v = first_violation(knobs, &[Kind::Linearizability], 300, far_follower);
+    eprintln!("caught: {v:?}");
+    let Some(v) = v else {
+        panic!("no stale read detected with reads below the announced index");
+    };
+    // The rule in place, the same seeds are clean.
+    let clean = first_violation(
+        TestKnobs::default(),
+        &[Kind::Linearizability],
+        v.seed + 1,
+        far_follower,
+    );
+    assert!(clean.is_none(), "{clean:?}");
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name)
         .ok()
@@ -191,7 +231,7 @@ fn env_u64(name: &str) -> Option<u64> {
         .and_then(|s| s.parse().ok())
 }
 
-/// `SIM_BREAK=election-restriction|read-index|leader-fsync|follower-fsync|held-copy`
+/// `SIM_BREAK=election-restriction|read-index|leader-fsync|follower-fsync|held-copy|durable-read`
 /// runs the simulation with that rule deliberately broken.
 fn knobs_from_env() -> TestKnobs {
     let mut k = TestKnobs::default();
@@ -201,19 +241,49 @@ fn knobs_from_env() -> TestKnobs {
         "leader-fsync" => k.commit_before_own_persist = true,
         "follower-fsync" => k.ack_before_persist = true,
         "held-copy" => k.copy_held_proposals = true,
+        "durable-read" => k.read_below_announced_durable = true,
         "" => {}
         other => panic!("unknown SIM_BREAK={other}"),
     }
     k
 }
 
+/// One member (any configuration the seed draws) behind a 12-unit slow
+/// uplink: liveness when answers come back much later than a heartbeat.
+/// Known to fail (seeds 41 and 395 of 0..400): a snapshot transfer to a
+/// member behind the slow link does not finish after healing. The leader
+/// restarts a transfer whenever it compacts again mid-transfer, and its
+/// stall timer (3 heartbeats) and stale chunk rejects keep rewinding it;
+/// ignoring stale rejects alone moved the failures to other seeds (25,
+/// 105, 395). The likely fix: keep the image being sent until its
+/// transfer ends. Not part of the default runs until then.
+fn slow_uplink(cfg: &mut SimConfig) {
+    let members = (cfg.voters + cfg.learners) as u64;
+    cfg.slow_uplink = Some((1 + cfg.seed % members, 12));
+}
+
+/// `SIM_SHAPE=far-follower` (or `SIM_BREAK=durable-read`): every seed as
+/// [`far_follower`]; `SIM_SHAPE=slow-uplink`: as [`slow_uplink`].
+fn shape_from_env() -> fn(&mut SimConfig) {
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    match var("SIM_SHAPE").as_str() {
+        "far-follower" => far_follower,
+        "slow-uplink" => slow_uplink,
+        "" if var("SIM_BREAK") == "durable-read" => far_follower,
+        "" => |_| {},
+        other => panic!("unknown SIM_SHAPE={other}"),
+    }
+}
+
 #[test]
 #[ignore = "driven by `make sim` through SEED / SEEDS / SEED_BASE"]
 fn sim_from_env() {
     let knobs = knobs_from_env();
+    let shape = shape_from_env();
     if let Some(seed) = env_u64("SEED") {
         let mut cfg = SimConfig::from_seed(seed);
         cfg.knobs = knobs;
+        shape(&mut cfg);
         eprintln!("{cfg:?}");
         match run(cfg) {
             Ok(r) => eprintln!("seed {seed} ok: {r:?}"),
@@ -223,5 +293,5 @@ fn sim_from_env() {
     }
     let n = env_u64("SEEDS").unwrap_or(1000);
     let base = env_u64("SEED_BASE").unwrap_or(0);
-    run_range_with(base, n, knobs);
+    run_range_with(base, n, knobs, shape);
 }

@@ -24,7 +24,10 @@ struct Header {
     len: u32,
 }
 
-/// Thin shared bytes (see the module doc).
+/// Thin shared bytes (see the module doc). One pointer, never null and
+/// always even (the allocation is aligned for its 4-byte header), which
+/// `key_index` relies on to tell a block's word from a tagged one.
+#[repr(transparent)]
 pub(crate) struct Block {
     ptr: NonNull<Header>,
 }
@@ -82,6 +85,21 @@ impl Block {
         // SAFETY: `len` initialized bytes follow the header (see `new`) and
         // are never written again.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>().add(HEADER), len) }
+    }
+
+    /// The pointer, giving up this reference (see [`Block::from_raw`]).
+    pub(crate) fn into_raw(self) -> NonNull<u8> {
+        let me = std::mem::ManuallyDrop::new(self);
+        me.ptr.cast()
+    }
+
+    /// The block behind a pointer from [`Block::into_raw`], taking back
+    /// the reference it gave up.
+    ///
+    /// # Safety
+    /// `raw` comes from `into_raw` and is given back at most once.
+    pub(crate) unsafe fn from_raw(raw: NonNull<u8>) -> Block {
+        Block { ptr: raw.cast() }
     }
 
     /// Whether both point at the same allocation.

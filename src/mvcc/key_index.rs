@@ -23,6 +23,7 @@
 //! key's history and the store's revision log. [`Change`] is the decoded,
 //! owned form: what snapshots, imports and exports read and write.
 
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use serde::ser::SerializeStruct;
@@ -79,6 +80,7 @@ pub(crate) struct TooLarge;
 /// round-trips, in 10 bytes) followed by the key and the value.
 /// Cloning it shares the block.
 #[derive(Clone, PartialEq, Eq)]
+#[repr(transparent)]
 pub(crate) struct ChangeRef(Block);
 
 /// The fields of a [`ChangeRef`], decoded; key and value borrowed.
@@ -303,21 +305,136 @@ pub(crate) enum HistoryError {
     TooLarge,
 }
 
-/// A key's kept changes, oldest first. Most keys hold exactly one change
-/// once compacted (or never rewritten), so that case is the change itself:
-/// no allocation beyond the change's block. Cloning is cheap either way
-/// (a reference count), which the persistent map relies on when it copies
-/// a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum KeyIndex {
-    One(ChangeRef),
-    Many(Arc<Vec<ChangeRef>>),
+/// A key's kept changes, oldest first, in one word: a key map leaf holds
+/// nothing else per key. Most keys hold exactly one change once compacted
+/// (or never rewritten); then the word is that change's [`ChangeRef`]
+/// itself (a block pointer: even, see `block`), and the key costs no
+/// allocation beyond the change's block. Otherwise it is the address of a
+/// shared `Vec<ChangeRef>` (`Arc::into_raw`, 8-aligned) with its lowest
+/// bit set. Cloning is cheap either way (a reference count), which the
+/// persistent map relies on when it copies a node.
+///
+/// Invariants: the word owns one reference to what it points at (the
+/// block, or the vector's `Arc`); a vector form holds at least two
+/// changes (one left goes back to the inline form, see `settle`); no
+/// `Weak` of the vector ever exists.
+#[repr(transparent)]
+pub(crate) struct KeyIndex {
+    word: NonNull<u8>,
+}
+
+// SAFETY: the word is a `ChangeRef` or an `Arc<Vec<ChangeRef>>`, both Send
+// and Sync; nothing else is reachable through it.
+unsafe impl Send for KeyIndex {}
+// SAFETY: as above.
+unsafe impl Sync for KeyIndex {}
+
+/// The tag bit of the vector form.
+const MANY: usize = 1;
+
+/// The word of the vector form: the vector's address with the tag bit.
+fn tagged(raw: *const Vec<ChangeRef>) -> NonNull<u8> {
+    // An Arc points at its value, here 8-aligned: the bit is free.
+    let word = raw.cast::<u8>().cast_mut().map_addr(|a| a | MANY);
+    match NonNull::new(word) {
+        Some(word) => word,
+        // Unreachable: the tag bit alone is not null.
+        None => std::process::abort(),
+    }
+}
+
+impl KeyIndex {
+    fn many(changes: Arc<Vec<ChangeRef>>) -> KeyIndex {
+        KeyIndex {
+            word: tagged(Arc::into_raw(changes)),
+        }
+    }
+
+    fn is_many(&self) -> bool {
+        self.word.as_ptr().addr() & MANY != 0
+    }
+
+    /// The vector of the vector form (only meaningful then).
+    fn vec_ptr(&self) -> *const Vec<ChangeRef> {
+        self.word
+            .as_ptr()
+            .map_addr(|a| a & !MANY)
+            .cast::<Vec<ChangeRef>>()
+            .cast_const()
+    }
+
+    /// The vector form's vector, unshared first (copied if a clone, such
+    /// as a snapshot's view, shares it); `None` in the inline form.
+    fn vec_mut(&mut self) -> Option<&mut Vec<ChangeRef>> {
+        if !self.is_many() {
+            return None;
+        }
+        // SAFETY: in the vector form the word owns one reference to an
+        // `Arc<Vec<ChangeRef>>` made by `into_raw`; it is taken back here
+        // and given up again below (ManuallyDrop: never dropped here).
+        let mut arc = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(self.vec_ptr()) });
+        Arc::make_mut(&mut arc);
+        // make_mut may have moved us to a copy (dropping our reference to
+        // the shared one): the word takes the reference to what we hold
+        // now. Nothing is dropped here.
+        let raw = Arc::into_raw(std::mem::ManuallyDrop::into_inner(arc));
+        self.word = tagged(raw);
+        // SAFETY: the Arc is unique (make_mut; no Weak ever exists) and
+        // owned by `self`, which the returned borrow keeps borrowed.
+        Some(unsafe { &mut *raw.cast_mut() })
+    }
+
+    /// Whether the key holds a single change, inline.
+    #[cfg(test)]
+    fn is_inline(&self) -> bool {
+        !self.is_many()
+    }
+}
+
+impl Clone for KeyIndex {
+    fn clone(&self) -> KeyIndex {
+        if self.is_many() {
+            // SAFETY: the word holds a live Arc reference (see the type).
+            unsafe { Arc::increment_strong_count(self.vec_ptr()) };
+            KeyIndex { word: self.word }
+        } else {
+            KeyIndex::new(self.changes()[0].clone())
+        }
+    }
+}
+
+impl Drop for KeyIndex {
+    fn drop(&mut self) {
+        if self.is_many() {
+            // SAFETY: the word's own Arc reference, given back once.
+            drop(unsafe { Arc::from_raw(self.vec_ptr()) });
+        } else {
+            // SAFETY: the word's own block reference, given back once.
+            drop(unsafe { Block::from_raw(self.word) });
+        }
+    }
+}
+
+impl PartialEq for KeyIndex {
+    fn eq(&self, other: &KeyIndex) -> bool {
+        self.changes() == other.changes()
+    }
+}
+
+impl Eq for KeyIndex {}
+
+impl std::fmt::Debug for KeyIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.changes()).finish()
+    }
 }
 
 impl KeyIndex {
     /// A key's first change.
     pub(crate) fn new(change: ChangeRef) -> KeyIndex {
-        KeyIndex::One(change)
+        KeyIndex {
+            word: change.0.into_raw(),
+        }
     }
 
     /// Rebuilds a history read from a snapshot, refusing one that breaks the
@@ -355,18 +472,23 @@ impl KeyIndex {
         }
         Ok(if refs.len() == 1 {
             match refs.pop() {
-                Some(c) => KeyIndex::One(c),
+                Some(c) => KeyIndex::new(c),
                 None => return Err(HistoryError::Empty),
             }
         } else {
-            KeyIndex::Many(Arc::new(refs))
+            KeyIndex::many(Arc::new(refs))
         })
     }
 
     pub(crate) fn changes(&self) -> &[ChangeRef] {
-        match self {
-            KeyIndex::One(c) => std::slice::from_ref(c),
-            KeyIndex::Many(v) => v,
+        if self.is_many() {
+            // SAFETY: the word holds a live Arc reference; the vector is
+            // only changed through `vec_mut`, which needs `&mut self`.
+            unsafe { &*self.vec_ptr() }
+        } else {
+            // SAFETY: in the inline form the word is a `ChangeRef` (both
+            // types are one transparent pointer), alive as long as `self`.
+            std::slice::from_ref(unsafe { &*(self as *const KeyIndex).cast::<ChangeRef>() })
         }
     }
 
@@ -409,17 +531,14 @@ impl KeyIndex {
     /// stay amortized O(1). A history shared with a snapshot's view is
     /// copied first (its changes' blocks are shared, not copied).
     pub(crate) fn push(&mut self, change: ChangeRef) {
-        match self {
-            KeyIndex::One(first) => {
-                *self = KeyIndex::Many(Arc::new(vec![first.clone(), change]));
+        if let Some(v) = self.vec_mut() {
+            if v.len() < 4 {
+                v.reserve_exact(1);
             }
-            KeyIndex::Many(v) => {
-                let v = Arc::make_mut(v);
-                if v.len() < 4 {
-                    v.reserve_exact(1);
-                }
-                v.push(change);
-            }
+            v.push(change);
+        } else {
+            let first = self.changes()[0].clone();
+            *self = KeyIndex::many(Arc::new(vec![first, change]));
         }
     }
 
@@ -427,28 +546,23 @@ impl KeyIndex {
     /// and whether it was the only one (the key is then gone, and this
     /// index must be dropped).
     pub(crate) fn pop(&mut self) -> (ChangeRef, bool) {
-        match self {
-            KeyIndex::One(only) => (only.clone(), true),
-            KeyIndex::Many(v) => {
-                let v = Arc::make_mut(v);
-                let last = v.pop();
-                self.settle();
-                match last {
-                    Some(c) => (c, false),
-                    // Never empty (see `settle`); report it gone if it were.
-                    None => (self.changes()[0].clone(), true),
-                }
-            }
+        let Some(v) = self.vec_mut() else {
+            return (self.changes()[0].clone(), true);
+        };
+        let last = v.pop();
+        self.settle();
+        match last {
+            Some(c) => (c, false),
+            // Never empty (see `settle`); report it gone if it were.
+            None => (self.changes()[0].clone(), true),
         }
     }
 
     /// Back to the inline form when one change is left.
     fn settle(&mut self) {
-        if let KeyIndex::Many(v) = self {
-            if v.len() == 1 {
-                let only = v[0].clone();
-                *self = KeyIndex::One(only);
-            }
+        if self.is_many() && self.changes().len() == 1 {
+            let only = self.changes()[0].clone();
+            *self = KeyIndex::new(only);
         }
     }
 
@@ -495,8 +609,7 @@ impl KeyIndex {
         if drop_to >= len {
             return (freed, drop_to, true);
         }
-        if let KeyIndex::Many(v) = self {
-            let v = Arc::make_mut(v);
+        if let Some(v) = self.vec_mut() {
             v.drain(..drop_to);
             v.shrink_to_fit();
         }
@@ -654,28 +767,29 @@ mod tests {
     #[test]
     fn index_packs_small() {
         assert_eq!(std::mem::size_of::<ChangeRef>(), 8);
-        assert!(std::mem::size_of::<KeyIndex>() <= 16);
+        assert_eq!(std::mem::size_of::<KeyIndex>(), 8);
+        assert_eq!(std::mem::size_of::<Option<KeyIndex>>(), 8);
     }
 
     #[test]
     fn histories_move_between_inline_and_vec_forms() {
         let mut ki = index(vec![put(2, 2, 1, b"a")]);
-        assert!(matches!(ki, KeyIndex::One(_)));
+        assert!(ki.is_inline());
         let shared = ki.clone();
         ki.push(ChangeRef::from_change(b"k", &put(3, 2, 2, b"b")).expect("small"));
-        assert!(matches!(ki, KeyIndex::Many(_)));
+        assert!(!ki.is_inline());
         // The clone (a snapshot's view) is untouched and shares the block.
         assert_eq!(shared.changes().len(), 1);
         assert!(shared.changes()[0].ptr_eq(&ki.changes()[0]));
         let (popped, gone) = ki.pop();
         assert_eq!((popped.main(), gone), (3, false));
-        assert!(matches!(ki, KeyIndex::One(_)));
+        assert!(ki.is_inline());
         ki.push(ChangeRef::from_change(b"k", &put(3, 2, 2, b"b")).expect("small"));
         ki.push(ChangeRef::from_change(b"k", &put(4, 2, 3, b"c")).expect("small"));
         ki.compact(3);
         assert_eq!(ki.changes().len(), 2);
         ki.compact(4);
-        assert!(matches!(ki, KeyIndex::One(_)));
+        assert!(ki.is_inline());
         assert_eq!(ki.changes()[0].main(), 4);
         let (popped, gone) = ki.pop();
         assert_eq!((popped.main(), gone), (4, true));

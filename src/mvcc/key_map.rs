@@ -6,7 +6,7 @@
 //! second copy (its own allocation) of every key; and `imbl` splits a full
 //! node in half, so keys written in order (the common case: sequential
 //! IDs, time-ordered names) leave every node half empty. Here a leaf slot
-//! is the 16-byte index alone, a full leaf that grows at its end splits
+//! is the 8-byte index alone, a full leaf that grows at its end splits
 //! off only the new entry (leaves written in order stay full), and only
 //! branches hold key copies (one per child).
 //!

@@ -30,7 +30,7 @@
 //! 8-byte pointers; a key's index is the change itself while it has one,
 //! and the key map's leaves hold just the indexes (the key is read from
 //! the change), so a key with one change costs one allocation of little
-//! more than its key and value, plus ~25 bytes of slots.
+//! more than its key and value, plus ~17 bytes of slots.
 
 use std::collections::BTreeSet;
 use std::ops::Bound;

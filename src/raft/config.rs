@@ -77,6 +77,10 @@ pub struct TestKnobs {
     /// Hand held proposals on (see the leader transfer) but keep a copy
     /// held, to go on again later.
     pub copy_held_proposals: bool,
+    /// The leader's read index is its commit index alone, not raised to
+    /// what it announced durable: a follower may already have committed
+    /// (and answered) a write the leader does not know is committed.
+    pub read_below_announced_durable: bool,
 }
 
 impl Config {

@@ -378,6 +378,33 @@ mod tests {
         assert_eq!(l.last_index(), 3);
     }
 
+    /// `persisted` covers only entries still in the log: a conflict
+    /// lowers it, and a write of replaced entries that completes late is
+    /// not counted (the follower's commit inference relies on both).
+    #[test]
+    fn persisted_never_covers_a_replaced_entry() {
+        let mut l = log_with(&[1]);
+        l.persisted = 0;
+        l.handed = 0;
+        l.append([ent(2, 1), ent(3, 1)].into_iter());
+        assert_eq!(l.take_unpersisted().len(), 3);
+        // The write of 1..=3 (term 1) is in flight; 2..=3 are replaced.
+        assert_eq!(l.maybe_append(1, 1, vec![ent(2, 2)]), Ok(Some(2)));
+        assert_eq!(l.take_unpersisted(), vec![ent(2, 2)]);
+        assert!(!l.persisted_to(3, 1), "index 3 is gone");
+        assert_eq!(l.persisted, 0);
+        assert!(l.persisted_to(2, 2));
+        assert_eq!(l.persisted, 2);
+        // Replacing what is durable lowers `persisted` at once.
+        l.append([ent(3, 2)].into_iter());
+        let _ = l.take_unpersisted();
+        assert!(l.persisted_to(3, 2));
+        assert_eq!(l.maybe_append(1, 1, vec![ent(2, 3)]), Ok(Some(2)));
+        assert_eq!(l.persisted, 1);
+        assert!(!l.persisted_to(2, 2), "the old entry 2's write");
+        assert!(!l.persisted_to(3, 2));
+    }
+
     #[test]
     fn find_conflict_by_term_skips_higher_terms() {
         let l = log_with(&[1, 1, 4, 4, 5]);

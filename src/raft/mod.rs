@@ -56,6 +56,16 @@
 //! - Batching is automatic: all proposals made between two `Ready`s leave
 //!   in one append per follower, so a driver that proposes a burst and then
 //!   drains once gets large batches for free.
+//! - Where the leader and one follower are a quorum (2 or 3 voters), the
+//!   leader tells each voter follower after its own fsync how far its log
+//!   is durable (`MessageBody::LeaderDurable`); a follower holding those
+//!   entries durably, of the current term, commits them itself (the
+//!   leader's own rule, applied half a round trip sooner; `raft.rs` argues
+//!   why), so a write proposed at a follower is answered after about one
+//!   round trip instead of two. The message is a hint: send it unreliably
+//!   (losing it only delays the follower to the leader's commit). A read
+//!   at the leader is answered no lower than the highest index it
+//!   announced, since a follower may have answered a write there.
 //! - `MessageBody::Snapshot` chunks can be large: send them on their own
 //!   stream so heartbeats and votes never queue behind them.
 //! - Committed entries with empty data are the leader's no-ops; entries of

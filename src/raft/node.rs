@@ -321,6 +321,7 @@ impl Node {
         !r.msgs.is_empty()
             || r.bcast_pending
             || r.commit_bcast_pending
+            || r.durable_bcast_pending
             || !r.read_states.is_empty()
             || r.reads_pending_flush()
             || r.held_releasable()
@@ -414,6 +415,14 @@ impl Node {
             last_index: r.log.last_index(),
             lead_transferee: r.lead_transferee,
         }
+    }
+
+    /// Leader: the highest index it announced durable to its followers
+    /// in its term (a follower may have committed, and answered, writes up
+    /// to there that this leader does not know are committed yet; reads
+    /// are answered no lower); 0 on any other member.
+    pub fn announced_durable(&self) -> u64 {
+        self.raft.announced_durable()
     }
 
     /// The leader's view of each peer (empty on followers).

@@ -10,9 +10,33 @@
 //! - commit: the leader commits index `i` only if `i` is in its current term
 //!   and a quorum of voters has it *durable*; the leader's own copy counts
 //!   only once the driver acknowledged persisting it;
-//! - reads: answered at the commit index captured on arrival, after a quorum
-//!   acknowledged a later heartbeat, and only once the leader has committed
-//!   an entry of its own term;
+//! - follower commit (inference): where the leader and one follower are a
+//!   quorum (2 or 3 voters), the leader announces after its own fsync how
+//!   far its log is durable (`LeaderDurable`, only entries of its term,
+//!   only past its commit index). A voter follower commits `c = min(what
+//!   the leader of its current term announced, its own persisted index)`
+//!   if `c` is an entry of the current term and no membership change is in
+//!   its log past the configuration it applied. Why that is the leader's
+//!   own rule: the entry at `c` has the current term, so the leader of
+//!   this term made it and holds it at `c`; log matching makes both
+//!   prefixes through `c` identical; both are durable (the follower's
+//!   `persisted` never covers an entry since replaced: truncation lowers
+//!   it, and a write is counted only if its last entry is still in the
+//!   log with its term); leader plus follower are a quorum of the
+//!   configuration both use (a change the leader applied that the
+//!   follower has not is either in the follower's log up to `c`, which
+//!   forbids the inference, or after `c` and committed, so `c` is too;
+//!   one the follower applied first leaves a configuration whose
+//!   predecessor's every majority still meets the pair). So the leader,
+//!   hearing the follower's acknowledgement, would commit `c` itself: the
+//!   follower only learns it half a round trip sooner;
+//! - reads: answered at the commit index captured on arrival, raised to the
+//!   highest index the leader announced durable in its term (a follower
+//!   may have committed and answered a write through it that the leader
+//!   has not seen acknowledged yet; the read waits until it applies that
+//!   index, so until it commits it), after a quorum acknowledged a later
+//!   heartbeat, and only once the leader has committed an entry of its
+//!   own term;
 //! - membership: one change at a time, effective when the entry is applied
 //!   (handed out committed), etcd's rule for single-server changes.
 
@@ -119,6 +143,16 @@ pub(crate) struct Raft {
     /// Proposals no leader can take at the moment, held instead of
     /// dropped (see [`Raft::hold_proposals`]).
     held: HeldProposals,
+    /// Follower: how far the leader of this term (`leader`) said its log
+    /// is durable (`LeaderDurable`); 0 after any role, term or leader
+    /// change.
+    leader_durable: u64,
+    /// Leader: the highest index announced durable to followers in this
+    /// term; reads are answered at no lower index.
+    announced_durable: u64,
+    /// Leader: its own log became durable further: announce it at the next
+    /// `Ready` (one message per follower however many writes completed).
+    pub durable_bcast_pending: bool,
 }
 
 /// Proposals held while no leader can take them: given to a leader that
@@ -215,6 +249,7 @@ fn sane(m: &Message) -> bool {
             MessageBody::SnapshotResponse { index, offset, .. } => ok(*index) && ok(*offset),
             MessageBody::Propose { entries } => entries_ok(entries),
             MessageBody::ReadIndexResponse { index, .. } => ok(*index),
+            MessageBody::LeaderDurable { index } => ok(*index),
             MessageBody::HeartbeatResponse { .. }
             | MessageBody::VoteResponse { .. }
             | MessageBody::ReadIndex { .. }
@@ -265,6 +300,9 @@ impl Raft {
             bcast_pending: false,
             commit_bcast_pending: false,
             held: HeldProposals::default(),
+            leader_durable: 0,
+            announced_durable: 0,
+            durable_bcast_pending: false,
         };
         r.set_conf(conf);
         // Membership changes committed before the restart are in force now,
@@ -361,6 +399,8 @@ impl Raft {
             | MessageBody::ReadIndex { .. }
             | MessageBody::HeartbeatResponse { .. }
             | MessageBody::SnapshotResponse { .. }
+            // About what is durable already.
+            | MessageBody::LeaderDurable { .. }
             // A vote request may leave before the candidate's own vote is
             // durable: that vote only counts once it is.
             | MessageBody::Vote { .. } => true,
@@ -528,6 +568,9 @@ impl Raft {
 
     fn reset_common(&mut self) {
         self.incoming_snapshot = None;
+        self.leader_durable = 0;
+        self.announced_durable = 0;
+        self.durable_bcast_pending = false;
         self.slow_disk_ticks = 0;
         self.self_vote = None;
         self.election_elapsed = 0;
@@ -908,8 +951,70 @@ impl Raft {
 
     /// The driver made entries up to `(index, term)` durable.
     pub fn persisted(&mut self, index: u64, term: u64) {
-        if self.log.persisted_to(index, term) && self.maybe_commit() {
+        if !self.log.persisted_to(index, term) {
+            return;
+        }
+        if self.maybe_commit() {
             self.commit_bcast_pending = true;
+        }
+        if self.role == Role::Leader {
+            if self.quorum() == 2 {
+                self.durable_bcast_pending = true;
+            }
+        } else {
+            self.infer_commit();
+        }
+    }
+
+    pub fn announced_durable(&self) -> u64 {
+        self.announced_durable
+    }
+
+    /// Leader: tells each voter follower how far its log is durable, when
+    /// that is past its commit index and in its term (nothing earlier
+    /// helps a follower: see [`Raft::infer_commit`]); records it as
+    /// announced (reads wait for it).
+    fn bcast_durable(&mut self) {
+        let durable = self.log.persisted.min(self.log.last_index());
+        if self.role != Role::Leader
+            || self.quorum() != 2
+            || durable <= self.log.committed.max(self.announced_durable)
+            || self.log.term(durable) != Some(self.term)
+        {
+            return;
+        }
+        self.announced_durable = durable;
+        let mut next = self.progress.keys().next().copied();
+        while let Some(p) = next {
+            if self.voters.contains(&p) {
+                self.send(p, MessageBody::LeaderDurable { index: durable });
+            }
+            next = self.progress.range(p + 1..).next().map(|(id, _)| *id);
+        }
+    }
+
+    /// Follower: commits what it and the leader both hold durably, when
+    /// the two are a quorum (the rule and why it is safe: the module docs).
+    /// Conservative around membership: no change may wait in the log past
+    /// the configuration in force here.
+    fn infer_commit(&mut self) {
+        if self.role != Role::Follower || self.leader == 0 {
+            return;
+        }
+        let c = self.leader_durable.min(self.log.persisted);
+        if c <= self.log.committed
+            || self.log.term(c) != Some(self.term)
+            || self.quorum() != 2
+            || !self.voters.contains(&self.id)
+            || !self.voters.contains(&self.leader)
+        {
+            return;
+        }
+        let change_waiting = (self.conf_applied + 1..=self.log.last_index())
+            .filter_map(|i| self.log.entry(i))
+            .any(|e| e.kind == EntryType::ConfChange);
+        if !change_waiting {
+            self.log.commit_to(c);
         }
     }
 
@@ -944,6 +1049,13 @@ impl Raft {
 
     fn handle_read_index(&mut self, from: NodeId, ctx: Vec<u8>) {
         let committed = self.log.committed;
+        // A follower may have committed (and answered) up to what we
+        // announced durable; the read must not miss that.
+        let index = if self.cfg.test_knobs.read_below_announced_durable {
+            committed
+        } else {
+            committed.max(self.announced_durable)
+        };
         if self.cfg.test_knobs.read_without_quorum {
             self.respond_read(from, ctx, committed);
         } else if self.log.term(committed) != Some(self.term) {
@@ -952,9 +1064,9 @@ impl Raft {
             // even with no other voter), so the read waits for that.
             self.read_only.defer(from, ctx);
         } else if self.voters == [self.id] {
-            self.respond_read(from, ctx, committed);
+            self.respond_read(from, ctx, index);
         } else {
-            self.read_only.add(from, ctx, committed);
+            self.read_only.add(from, ctx, index);
         }
     }
 
@@ -1024,6 +1136,9 @@ impl Raft {
         if self.role == Role::Leader && (commit || entries) {
             self.bcast_append(commit);
         }
+        if std::mem::take(&mut self.durable_bcast_pending) {
+            self.bcast_durable();
+        }
     }
 
     /// Starts a heartbeat round for reads queued since the last one.
@@ -1077,6 +1192,7 @@ impl Raft {
                 MessageBody::Append { .. }
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::Snapshot { .. }
+                | MessageBody::LeaderDurable { .. }
                 | MessageBody::TimeoutNow => self.become_follower(m.term, m.from),
                 _ => self.become_follower(m.term, 0),
             }
@@ -1367,6 +1483,10 @@ impl Raft {
                 self.read_states.push(ReadState { index, ctx });
             }
             MessageBody::TimeoutNow => self.campaign(Campaign::Transfer),
+            MessageBody::LeaderDurable { index } if from == self.leader => {
+                self.leader_durable = self.leader_durable.max(index);
+                self.infer_commit();
+            }
             // A proposal forwarded to us as leader that reached us as a
             // follower (we just handed leadership over or lost it): passed
             // on to the leader we know, or held until we know one. Not
@@ -1400,6 +1520,7 @@ impl Raft {
             Err(()) => {}
             Ok(Some(last_new)) => {
                 self.log.commit_to(commit.min(last_new));
+                self.infer_commit();
                 self.send(
                     from,
                     MessageBody::AppendResponse {
@@ -1667,9 +1788,12 @@ impl Raft {
     /// bound. A follower with a slow disk (typically the old leader just
     /// after a hand-over) thus keeps receiving entries instead of a
     /// snapshot; entries, not a snapshot, answer the proposals waiting on
-    /// it (each by its own apply).
+    /// it (each by its own apply). A member alone in its configuration
+    /// keeps no tail: it has no follower to catch up, and a member added
+    /// later lacks the whole history, so it starts from a snapshot anyway.
     pub fn trim_log(&mut self) {
-        let tail = self.cfg.catch_up_entries;
+        let alone = self.learners.is_empty() && self.voters.iter().all(|v| *v == self.id);
+        let tail = if alone { 0 } else { self.cfg.catch_up_entries };
         let mut through = self.log.applied.saturating_sub(tail);
         let floor = self
             .log

@@ -53,6 +53,32 @@ fn single_node_commits_only_once_its_log_is_durable() {
     assert_eq!(rd4.committed_entries[0].data, b"x");
 }
 
+/// A lone voter keeps no applied entries in memory: it has no follower to
+/// catch up (`catch_up_entries` is for followers).
+#[test]
+fn lone_voter_keeps_no_applied_tail() {
+    let mut n = node(1, &[1]);
+    elect_single(&mut n);
+    for i in 0..20u8 {
+        n.propose(vec![i]).unwrap();
+        let rd = n.ready();
+        if let Some(p) = rd.persist {
+            n.on_persisted(p);
+        }
+    }
+    let rd = n.ready();
+    assert!(rd.committed_entries.iter().any(|e| e.data == [19]));
+    let _ = n.ready();
+    let st = n.status();
+    assert!(st.applied >= 21, "{st:?}");
+    assert_eq!(st.first_index, st.applied + 1, "no applied tail: {st:?}");
+    assert_eq!(
+        n.log_term(st.applied),
+        Some(st.term),
+        "the boundary's term is kept"
+    );
+}
+
 #[test]
 fn leader_commits_on_followers_durability_alone() {
     let mut n = node(1, &[1, 2, 3]);
@@ -180,7 +206,7 @@ fn garbage_messages_never_panic() {
                     ..Default::default()
                 })
                 .collect();
-            let body = match rnd(12) % 12 {
+            let body = match rnd(13) % 13 {
                 0 => MessageBody::Append {
                     prev_index: rnd(12),
                     prev_term: rnd(6),
@@ -233,6 +259,7 @@ fn garbage_messages_never_panic() {
                     index: rnd(20),
                     ctx: vec![],
                 },
+                11 => MessageBody::LeaderDurable { index: rnd(14) },
                 _ => MessageBody::TimeoutNow,
             };
             n.step(Message {
@@ -703,6 +730,8 @@ fn a_snapshot_records_the_membership_at_its_cut() {
 fn compact_at_an_earlier_applied_index() {
     let mut cfg = Config::new(1);
     cfg.election_tick = 3;
+    // A lone voter with a learner: it commits alone, and keeps its applied
+    // entries in memory (alone it would keep none).
     let state = RestartState {
         snapshot: Snapshot {
             meta: SnapshotMeta {
@@ -710,7 +739,7 @@ fn compact_at_an_earlier_applied_index() {
                 term: 0,
                 conf_state: ConfState {
                     voters: vec![1],
-                    learners: vec![],
+                    learners: vec![2],
                 },
             },
             data: std::sync::Arc::from(Vec::new()),
@@ -1038,5 +1067,337 @@ fn meta_at(n: &Node, index: u64, term: u64) -> SnapshotMeta {
         index,
         term,
         conf_state: n.conf_state(),
+    }
+}
+
+// ---- follower commit inference (LeaderDurable) ----------------------------
+
+fn node_with(id: u64, voters: &[u64], learners: &[u64]) -> Node {
+    let state = RestartState {
+        snapshot: Snapshot {
+            meta: SnapshotMeta {
+                conf_state: ConfState {
+                    voters: voters.to_vec(),
+                    learners: learners.to_vec(),
+                },
+                ..Default::default()
+            },
+            data: Vec::new().into(),
+        },
+        ..Default::default()
+    };
+    Node::new(Config::new(id), state).unwrap()
+}
+
+/// Member `id` of a fresh cluster, following leader 1 in term 2 with its
+/// bootstrap entries durable and applied; returns it and its last index.
+fn following_1(id: u64, voters: &[u64], learners: &[u64]) -> (Node, u64) {
+    let mut n = node_with(id, voters, learners);
+    let rd = n.ready();
+    n.on_persisted(rd.persist.unwrap());
+    let last = n.status().last_index;
+    n.step(Message {
+        from: 1,
+        to: id,
+        term: 2,
+        body: MessageBody::Heartbeat {
+            commit: last,
+            read_round: 0,
+        },
+    });
+    let _ = n.ready();
+    assert_eq!((n.status().term, n.status().leader), (2, 1));
+    (n, last)
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        data: b"x".to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Leader 1's append (term 2) to `n`, with no news of commit; returns
+/// the token of the write.
+fn append_from_1(
+    n: &mut Node,
+    prev_index: u64,
+    prev_term: u64,
+    entries: Vec<Entry>,
+) -> PersistToken {
+    let (to, commit) = (n.id(), n.status().commit);
+    n.step(Message {
+        from: 1,
+        to,
+        term: 2,
+        body: MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+        },
+    });
+    n.ready().persist.expect("the entries are to be written")
+}
+
+fn leader_durable(n: &mut Node, from: u64, term: u64, index: u64) {
+    let to = n.id();
+    n.step(Message {
+        from,
+        to,
+        term,
+        body: MessageBody::LeaderDurable { index },
+    });
+}
+
+#[test]
+fn a_follower_commits_what_it_and_the_leader_hold_durably() {
+    let (mut n, last) = following_1(2, &[1, 2, 3], &[]);
+    let t = append_from_1(
+        &mut n,
+        last,
+        1,
+        vec![entry(last + 1, 2), entry(last + 2, 2)],
+    );
+    leader_durable(&mut n, 1, 2, last + 1);
+    assert_eq!(n.status().commit, last, "its own copy is not durable yet");
+    n.on_persisted(t);
+    assert_eq!(
+        n.status().commit,
+        last + 1,
+        "only what the leader has durable"
+    );
+    let rd = n.ready();
+    let applied: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
+    assert_eq!(applied, [last + 1]);
+    // The leader's disk may be ahead of this follower's log: what both hold.
+    leader_durable(&mut n, 1, 2, last + 9);
+    assert_eq!(n.status().commit, last + 2);
+    // And an announcement that came before the entries counts once they
+    // are appended and durable.
+    leader_durable(&mut n, 1, 2, last + 3);
+    let t = append_from_1(&mut n, last + 2, 2, vec![entry(last + 3, 2)]);
+    assert_eq!(n.status().commit, last + 2);
+    n.on_persisted(t);
+    assert_eq!(n.status().commit, last + 3);
+}
+
+#[test]
+fn a_follower_infers_nothing_from_an_older_term_or_another_member() {
+    let (mut n, last) = following_1(2, &[1, 2, 3], &[]);
+    let t = append_from_1(&mut n, last, 1, vec![entry(last + 1, 2)]);
+    n.on_persisted(t);
+    leader_durable(&mut n, 1, 1, last + 1);
+    assert_eq!(n.status().commit, last, "a message of an older term");
+    leader_durable(&mut n, 3, 2, last + 1);
+    assert_eq!(n.status().commit, last, "not from the leader it follows");
+    // A newer term's leader: the entry is of an older term now.
+    leader_durable(&mut n, 3, 3, last + 1);
+    assert_eq!((n.status().term, n.status().leader), (3, 3));
+    assert_eq!(
+        n.status().commit,
+        last,
+        "the entry is not of the current term"
+    );
+}
+
+/// An entry of an earlier term, sent on by the current leader, commits
+/// only by the leader's rule (indirectly, under an entry of its term).
+#[test]
+fn a_follower_does_not_commit_an_older_terms_entry_by_inference() {
+    let (mut n, last) = following_1(2, &[1, 2, 3], &[]);
+    let t = append_from_1(&mut n, last, 1, vec![entry(last + 1, 1)]);
+    n.on_persisted(t);
+    leader_durable(&mut n, 1, 2, last + 1);
+    assert_eq!(n.status().commit, last);
+    let t = append_from_1(&mut n, last + 1, 1, vec![entry(last + 2, 2)]);
+    n.on_persisted(t);
+    assert_eq!(n.status().commit, last, "announced only through last + 1");
+    leader_durable(&mut n, 1, 2, last + 2);
+    assert_eq!(n.status().commit, last + 2, "under an entry of the term");
+}
+
+#[test]
+fn a_follower_infers_nothing_where_two_are_no_quorum_or_it_does_not_vote() {
+    let (mut five, last) = following_1(2, &[1, 2, 3, 4, 5], &[]);
+    let t = append_from_1(&mut five, last, 1, vec![entry(last + 1, 2)]);
+    five.on_persisted(t);
+    leader_durable(&mut five, 1, 2, last + 1);
+    assert_eq!(five.status().commit, last, "five voters: a quorum is three");
+
+    let (mut learner, last) = following_1(3, &[1, 2], &[3]);
+    let t = append_from_1(&mut learner, last, 1, vec![entry(last + 1, 2)]);
+    learner.on_persisted(t);
+    leader_durable(&mut learner, 1, 2, last + 1);
+    assert_eq!(
+        learner.status().commit,
+        last,
+        "a learner's copy counts for nothing"
+    );
+}
+
+#[test]
+fn a_follower_infers_nothing_while_a_membership_change_waits_in_its_log() {
+    use crate::wire::raft::{ConfChange, ConfChangeType, EntryType};
+    let (mut n, last) = following_1(2, &[1, 2, 3], &[]);
+    let change = Entry {
+        kind: EntryType::ConfChange,
+        data: postcard::to_allocvec(&ConfChange {
+            change: ConfChangeType::AddLearner,
+            node_id: 4,
+            context: vec![],
+        })
+        .unwrap(),
+        ..entry(last + 1, 2)
+    };
+    let t = append_from_1(&mut n, last, 1, vec![change, entry(last + 2, 2)]);
+    n.on_persisted(t);
+    leader_durable(&mut n, 1, 2, last + 2);
+    assert_eq!(n.status().commit, last);
+    // Once the leader's commit brings the change and it is applied, the
+    // configuration in force is known again.
+    n.step(Message {
+        from: 1,
+        to: 2,
+        term: 2,
+        body: MessageBody::Heartbeat {
+            commit: last + 1,
+            read_round: 0,
+        },
+    });
+    let rd = n.ready();
+    assert_eq!(rd.conf_state.unwrap().learners, [4]);
+    leader_durable(&mut n, 1, 2, last + 2);
+    assert_eq!(n.status().commit, last + 2);
+}
+
+/// Member 1 of three, leading term 2 or later with its no-op committed.
+fn leader_of_three() -> (Node, u64) {
+    let mut n = node(1, &[1, 2, 3]);
+    for _ in 0..30 {
+        n.tick();
+    }
+    let rd = n.ready();
+    let pre_term = rd.messages[0].message.term;
+    n.step(Message {
+        from: 2,
+        to: 1,
+        term: pre_term,
+        body: MessageBody::VoteResponse {
+            pre: true,
+            reject: false,
+        },
+    });
+    let rd = n.ready();
+    let term = n.status().term;
+    n.step(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::VoteResponse {
+            pre: false,
+            reject: false,
+        },
+    });
+    n.on_persisted(rd.persist.unwrap());
+    assert_eq!(n.status().role, Role::Leader);
+    let rd = n.ready();
+    let noop = rd.entries.last().unwrap().index;
+    n.on_persisted(rd.persist.unwrap());
+    n.step(Message {
+        from: 2,
+        to: 1,
+        term,
+        body: MessageBody::AppendResponse {
+            index: noop,
+            reject: false,
+            hint_index: 0,
+            hint_term: 0,
+        },
+    });
+    assert_eq!(n.status().commit, noop);
+    let _ = n.ready();
+    (n, term)
+}
+
+fn announced(rd: &Ready) -> Vec<(u64, u64, bool)> {
+    rd.messages
+        .iter()
+        .filter_map(|o| match o.message.body {
+            MessageBody::LeaderDurable { index } => Some((o.message.to, index, o.before_persist)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The leader announces its durable log after its fsync, and a read
+/// arriving after that is answered no lower than the announced index:
+/// a follower may have committed and answered a write there that the
+/// leader does not know is committed yet.
+#[test]
+fn the_leader_announces_its_durable_log_and_reads_cover_it() {
+    let (mut n, term) = leader_of_three();
+    n.propose(b"x".to_vec()).unwrap();
+    let rd = n.ready();
+    let x = rd.entries.last().unwrap().index;
+    assert!(announced(&rd).is_empty(), "not before its own fsync");
+    n.on_persisted(rd.persist.unwrap());
+    let rd = n.ready();
+    assert_eq!(announced(&rd), [(2, x, true), (3, x, true)]);
+    assert!(n.status().commit < x, "no follower acknowledged it");
+    n.read_index(b"r".to_vec()).unwrap();
+    let rd = n.ready();
+    let round = rd
+        .messages
+        .iter()
+        .find_map(|o| match o.message.body {
+            MessageBody::Heartbeat { read_round, .. } => Some(read_round),
+            _ => None,
+        })
+        .unwrap();
+    n.step(Message {
+        from: 3,
+        to: 1,
+        term,
+        body: MessageBody::HeartbeatResponse { read_round: round },
+    });
+    let rd = n.ready();
+    assert_eq!(
+        rd.read_states,
+        [ReadState {
+            index: x,
+            ctx: b"r".to_vec()
+        }]
+    );
+}
+
+#[test]
+fn a_leader_of_five_announces_nothing() {
+    let mut c = Cluster::new(&[1, 2, 3, 4, 5], |_| {});
+    let l = c.elect();
+    let n = c.nodes.get_mut(&l).unwrap();
+    n.propose(b"x".to_vec()).unwrap();
+    let rd = n.ready();
+    n.on_persisted(rd.persist.unwrap());
+    assert!(announced(&n.ready()).is_empty());
+}
+
+/// End to end on the lossless harness: followers commit by inference and
+/// every member applies the same entries once.
+#[test]
+fn a_three_member_cluster_commits_with_announcements_in_play() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    let l = c.elect();
+    let f = if l == 1 { 2 } else { 1 };
+    for i in 0..5u8 {
+        c.nodes.get_mut(&f).unwrap().propose(vec![b'p', i]).unwrap();
+        c.pump();
+    }
+    for n in [1, 2, 3] {
+        for i in 0..5u8 {
+            assert_eq!(applied_times(&c, n, &[b'p', i]), 1, "member {n}");
+        }
     }
 }

@@ -90,7 +90,8 @@ pub struct NodeConfig {
     pub quota_backend_bytes: u64,
     /// `--max-request-bytes` and `--max-txn-ops`.
     pub limits: node::ClientLimits,
-    /// Applied entries between snapshots (etcd's `--snapshot-count`).
+    /// Fewest applied entries between snapshots (etcd's `--snapshot-count`;
+    /// a snapshot also waits for a log a quarter of the last one's size).
     pub snapshot_count: u64,
     /// Applied entries the Raft log keeps in memory (etcd 3.6's
     /// `--experimental-snapshot-catchup-entries`).
@@ -256,7 +257,7 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     let join = config.join_existing && saved_cluster_id.is_none();
     let initial_voters = if join { Vec::new() } else { members.ids() };
     let joined = join || saved_cluster_id.is_some();
-    let (state, core, log, fresh) = recover(
+    let (state, core, log, fresh, snapshot_bytes) = recover(
         config,
         &identity,
         &initial_voters,
@@ -295,6 +296,7 @@ pub fn start(config: &NodeConfig) -> Result<RunningNode, ServerError> {
     let options = LoopOptions {
         tick: config.heartbeat_interval,
         snapshot_count: config.snapshot_count.max(1),
+        snapshot_bytes,
         election_timeout: config.heartbeat_interval * config.election_ticks.max(2),
         strict_reconfig_check: config.strict_reconfig_check,
         auto_timing: config.auto_timing,
@@ -482,14 +484,16 @@ fn start_peers(
 /// `raft::Config::max_snapshot_bytes`), whatever the quota.
 const MIN_SNAPSHOT_BOUND: u64 = 1 << 30;
 
-/// Rebuilds the state machine and the Raft core from the durable log.
+/// Rebuilds the state machine and the Raft core from the durable log;
+/// also says how large the state in the recovered snapshot is (0: none),
+/// where the snapshot trigger's size condition starts.
 fn recover(
     config: &NodeConfig,
     identity: &Identity,
     initial_voters: &[u64],
     joined: bool,
     local_auth: Arc<auth::LocalAuth>,
-) -> Result<(StateMachine, raft::Node, DurableLog, bool), ServerError> {
+) -> Result<(StateMachine, raft::Node, DurableLog, bool, u64), ServerError> {
     let heartbeat_ms = u64::try_from(config.heartbeat_interval.as_millis()).unwrap_or(100);
     let limits = Limits {
         lease: LeaseConfig {
@@ -519,6 +523,7 @@ fn recover(
     let fresh = recovered.snapshot.is_none()
         && recovered.entries.is_empty()
         && recovered.hard_state == Default::default();
+    let snapshot_bytes = recovered.snapshot.as_ref().map_or(0, |(_, data)| data.len);
     let (state, snapshot) = match recovered.snapshot {
         // A member that joined a running cluster may hold a snapshot from
         // before it was added; any other must be in its newest snapshot.
@@ -597,5 +602,5 @@ fn recover(
     // The snapshot file and the WAL records are gone; what they left free
     // inside the heap goes back too (see `heap`).
     crate::heap::release_free();
-    Ok((state, core, log, fresh))
+    Ok((state, core, log, fresh, snapshot_bytes))
 }

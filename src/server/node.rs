@@ -479,10 +479,17 @@ impl Node {
     }
 
     /// etcd's `waitAppliedIndex`: lease answers need every committed entry
-    /// applied (a grant or revoke still in flight would be missed).
+    /// applied (a grant or revoke still in flight would be missed), and
+    /// every entry this leader announced durable: a follower may have
+    /// committed and answered a grant there already (see `raft`'s
+    /// follower commit).
     async fn wait_applied(&self) -> Result<(), Error> {
         let status = &self.raft.status;
-        if status.applied.load(Ordering::Relaxed) < status.commit.load(Ordering::Relaxed) {
+        let floor = status
+            .commit
+            .load(Ordering::Relaxed)
+            .max(status.announced_durable.load(Ordering::Relaxed));
+        if status.applied.load(Ordering::Relaxed) < floor {
             self.raft.read_index().await?;
         }
         Ok(())
@@ -537,7 +544,9 @@ impl Node {
             self.check(&info, &req)?;
         }
         let req = self.hash_passwords(req).await?;
-        let mut resp = match &req {
+        // `req` is matched in place (no arm moves it but the write's, which
+        // hands it to Raft as it is: no copy of a put's value).
+        let mut resp = match req {
             // etcd's Cluster service stamps no revision.
             Request::MemberList(_) => Response::Members(MembersResponse {
                 header: ResponseHeader::default(),
@@ -558,7 +567,7 @@ impl Node {
                     None => self.change_members(&req).await?,
                 }
             }
-            Request::MemberUpdate(r) => {
+            Request::MemberUpdate(ref r) => {
                 self.check_member_update(r)?;
                 let header = AuthHeader {
                     user: info.user.clone(),
@@ -574,7 +583,7 @@ impl Node {
                 })
             }
             Request::Status(_) => self.status(),
-            Request::MoveLeader(r) => {
+            Request::MoveLeader(ref r) => {
                 self.move_leader(r.target_id).await?;
                 Response::MoveLeader(qed_wire::maintenance::MoveLeaderResponse {
                     header: self.local_header(),
@@ -587,16 +596,16 @@ impl Node {
                     header: self.local_header(),
                 })
             }
-            req if state_machine::is_write(req) => {
-                self.check_quota(req).await?;
+            write if state_machine::is_write(&write) => {
+                self.check_quota(&write).await?;
                 let header = AuthHeader {
                     user: info.user.clone(),
                     revision: info.revision,
                     ..AuthHeader::default()
                 };
-                self.raft.propose(req.clone(), header).await?
+                self.raft.propose(write, header).await?
             }
-            Request::LeaseTimeToLive(r) => match self.remote_leader()? {
+            Request::LeaseTimeToLive(ref r) => match self.remote_leader()? {
                 // The leader's header stays: it answered.
                 Some((leader, peers)) => {
                     return match peers.call(leader, PeerCall::Request(req.clone())).await? {
@@ -608,7 +617,7 @@ impl Node {
                 }
                 None => self.local_time_to_live(r).await?,
             },
-            Request::Range(r) if !r.serializable => {
+            Request::Range(ref r) if !r.serializable => {
                 self.raft.read_index().await?;
                 self.read(&req, &info)?
             }
@@ -624,7 +633,7 @@ impl Node {
                 self.raft.read_index().await?;
                 self.read(&req, &info)?
             }
-            req => self.read(req, &info)?,
+            ref req => self.read(req, &info)?,
         };
         let header = resp.header_mut();
         self.stamp(header);

@@ -15,7 +15,9 @@
 //! their responses go as QUIC datagrams on the control lane's connection
 //! (unordered, unreliable: nothing waits behind a lost one; the next
 //! heartbeat supersedes it), on the stream only if a datagram cannot carry
-//! them. A data lane that went quiet after a write nudges its connection
+//! them. The leader's durability announcements (`LeaderDurable`) go only
+//! as datagrams, never on a stream: a member too old to decode one drops
+//! the datagram, where an undecodable frame would end its stream. A data lane that went quiet after a write nudges its connection
 //! with empty datagrams for a while ([`Lane::nudges`]), so QUIC keeps
 //! finding and resending lost stream packets while Raft waits on them.
 //! The leader times each append to its answer ([`AppendWatch`]) and logs
@@ -123,8 +125,19 @@ impl Lane {
     fn unordered(body: &MessageBody) -> bool {
         matches!(
             body,
-            MessageBody::Heartbeat { .. } | MessageBody::HeartbeatResponse { .. }
+            MessageBody::Heartbeat { .. }
+                | MessageBody::HeartbeatResponse { .. }
+                | MessageBody::LeaderDurable { .. }
         )
+    }
+
+    /// Whether a message goes *only* as a datagram, dropped when none can
+    /// carry it: the leader's durability announcements. A member from
+    /// before them cannot decode one, which ends a stream but only drops
+    /// a datagram (rolling upgrades); losing one only delays a follower's
+    /// commit until the leader's.
+    fn datagram_only(body: &MessageBody) -> bool {
+        matches!(body, MessageBody::LeaderDurable { .. })
     }
 
     /// Whether this lane, last written at `last_write`, should nudge its
@@ -1041,6 +1054,10 @@ async fn run_lane(peers: Arc<Peers>, to: NodeId, lane: Lane, queue: channel::Rec
                 Err(e) => log::debug!("member {to:x}: datagram not sent ({e})"),
             }
         }
+        if Lane::datagram_only(&message.body) {
+            peers.count_drop(to, "no datagram");
+            continue;
+        }
         let Some((_, send)) = stream.as_mut() else {
             continue;
         };
@@ -1528,5 +1545,21 @@ mod tests {
             }),
             Lane::Snapshot
         );
+    }
+
+    /// A durability announcement rides the control link as a datagram
+    /// only (an older member drops an undecodable datagram, while an
+    /// undecodable frame would end its stream); heartbeats fall back to
+    /// the stream.
+    #[test]
+    fn durability_announcements_go_only_as_datagrams() {
+        let durable = MessageBody::LeaderDurable { index: 7 };
+        assert_eq!(Lane::of(&durable), Lane::Control);
+        assert!(Lane::unordered(&durable) && Lane::datagram_only(&durable));
+        let heartbeat = MessageBody::Heartbeat {
+            commit: 1,
+            read_round: 0,
+        };
+        assert!(Lane::unordered(&heartbeat) && !Lane::datagram_only(&heartbeat));
     }
 }

@@ -31,9 +31,17 @@
 //! each lease `expired` names. A `LeaseGrant` without an ID gets one here,
 //! before it is proposed, so every member applies the same ID.
 //!
-//! Every `snapshot_count` applied entries the state machine is cloned (cheap),
+//! A snapshot is due once `snapshot_count` entries were applied since the
+//! last one *and* the log written since then reaches a quarter of the last
+//! snapshot's size (see [`snapshot_due`]): each snapshot costs O(state), so
+//! it waits until it covers a share of the state's size in log, and writing
+//! snapshots costs at most ~4 bytes per byte logged however large the state
+//! grows, while the WAL kept (and what a restart replays) stays under a
+//! quarter of the state (and 20 counts of entries). The state machine is
+//! then cloned (cheap),
 //! serialized on the blocking pool, and handed to the writer, which saves it
-//! and releases the WAL segments it covers.
+//! and releases the WAL segments it covers. A snapshot a follower needs is
+//! taken at once.
 //!
 //! A storage failure is fatal: the loop stops, every caller gets
 //! `etcdserver: server stopped`, and the node reports why it stopped.
@@ -105,9 +113,17 @@ pub enum Input {
     /// never copies an image).
     SnapshotSaved {
         meta: SnapshotMeta,
-        /// `None`: streamed to the file, no image kept.
-        data: Result<Option<Arc<[u8]>>, String>,
+        data: Result<SavedState, String>,
     },
+}
+
+/// The state in a snapshot file the snapshotter saved.
+#[derive(Debug)]
+pub struct SavedState {
+    /// Its size in bytes.
+    bytes: u64,
+    /// Its image (`None`: streamed to the file, no image kept).
+    image: Option<Arc<[u8]>>,
 }
 
 /// Raft facts other tasks read without asking the loop.
@@ -117,6 +133,11 @@ pub struct RaftStatus {
     pub leader: AtomicU64,
     pub commit: AtomicU64,
     pub applied: AtomicU64,
+    /// Leader: the highest index it told followers is durable in its term
+    /// (`raft::Node::announced_durable`): a follower may have committed
+    /// and answered writes up to there before this member's commit index
+    /// covers them, so an answer that skips ReadIndex waits for it too.
+    pub announced_durable: AtomicU64,
     pub last_index: AtomicU64,
     /// Peer messages in the inbox, not yet stepped.
     pub queued_steps: AtomicU64,
@@ -138,8 +159,11 @@ pub struct RaftStatus {
 pub struct LoopOptions {
     /// etcd's `--heartbeat-interval`: one Raft tick.
     pub tick: Duration,
-    /// etcd's `--snapshot-count`.
+    /// etcd's `--snapshot-count`: the fewest applied entries between
+    /// snapshots (see [`snapshot_due`] for the size condition).
     pub snapshot_count: u64,
+    /// Bytes of state in the snapshot the node recovered from (0: none).
+    pub snapshot_bytes: u64,
     /// etcd's `--election-timeout`: a new leader extends every lease by it.
     pub election_timeout: Duration,
     /// etcd's `--strict-reconfig-check`: refuse membership changes that
@@ -147,6 +171,39 @@ pub struct LoopOptions {
     pub strict_reconfig_check: bool,
     /// `auto` timing: `tick` and `election_timeout` are where it starts.
     pub auto_timing: Option<TimingFlags>,
+}
+
+/// A snapshot waits until the log written since the last one is at least
+/// 1/`SNAPSHOT_LOG_SHARE` of that snapshot's size.
+const SNAPSHOT_LOG_SHARE: u64 = 4;
+/// A snapshot is due after `SNAPSHOT_MAX_COUNTS` times `--snapshot-count`
+/// entries whatever their size: a restart replays at most that many (small
+/// entries cost more to apply per byte than a snapshot costs to load).
+const SNAPSHOT_MAX_COUNTS: u64 = 20;
+/// Bytes counted per applied entry on top of its data: the WAL record's
+/// framing, index and term (about).
+const ENTRY_OVERHEAD: u64 = 16;
+
+/// Whether a snapshot is due, `entries` and `log_bytes` having been applied
+/// since the last one, which held `last_snapshot_bytes` of state: at least
+/// `snapshot_count` entries (etcd's `--snapshot-count`), and a log at least
+/// a quarter of that snapshot's size or [`SNAPSHOT_MAX_COUNTS`] times the
+/// count in entries. The snapshot costs O(state) and the
+/// log it replaces grows with the writes, so snapshotting costs at most
+/// `SNAPSHOT_LOG_SHARE` bytes written per byte logged whatever the state's
+/// size (with the count alone, a large state was rewritten whole every
+/// 10,000 entries: quadratic work), and the WAL kept and replayed on
+/// restart stays at most a quarter of the state (plus a segment), in at
+/// most 20 counts of entries.
+fn snapshot_due(
+    entries: u64,
+    log_bytes: u64,
+    last_snapshot_bytes: u64,
+    snapshot_count: u64,
+) -> bool {
+    entries >= snapshot_count
+        && (log_bytes.saturating_mul(SNAPSHOT_LOG_SHARE) >= last_snapshot_bytes
+            || entries >= snapshot_count.saturating_mul(SNAPSHOT_MAX_COUNTS))
 }
 
 /// How often `auto` timing looks at the peer links.
@@ -433,7 +490,12 @@ pub fn start(
         ticks: 0,
         options,
         snapshot_base,
+        log_bytes: 0,
+        snapshot_log_bytes: 0,
+        snapshot_bytes: options.snapshot_bytes,
+        taking_log_bytes: 0,
         replay_through,
+        heap_trim: crate::heap::QuietTrim::new(snapshot_base, Instant::now()),
         synced_vote: (0, 0),
         snapshotting: false,
         lease_config,
@@ -555,12 +617,23 @@ struct Driver {
     options: LoopOptions,
     /// Applied index of the newest snapshot (or where the log starts).
     snapshot_base: u64,
+    /// Bytes of entries applied since start (data plus [`ENTRY_OVERHEAD`]
+    /// each: about what the WAL holds of them), and that count when the
+    /// newest snapshot was taken, and when the one being taken was.
+    log_bytes: u64,
+    snapshot_log_bytes: u64,
+    taking_log_bytes: u64,
+    /// Bytes of state in the newest snapshot.
+    snapshot_bytes: u64,
     /// The last index recovered from the WAL at start, until it is
     /// applied: then what replaying it left free in the heap (entries the
     /// core no longer keeps, their decoded commands) goes back to the
     /// system once (see `heap`), so a restarted node holds what a running
     /// one does.
     replay_through: Option<u64>,
+    /// When a burst of writes is over, what it left free in the heap goes
+    /// back to the system (see `heap`).
+    heap_trim: crate::heap::QuietTrim,
     /// (term, vote) last handed to the writer: changes must be synced.
     synced_vote: (u64, u64),
     snapshotting: bool,
@@ -615,6 +688,10 @@ impl Driver {
                 }
                 self.retime();
                 self.retry_held();
+                let applied = self.status.applied.load(Ordering::Relaxed);
+                if self.heap_trim.due(applied, Instant::now()) {
+                    crate::heap::release_free();
+                }
             }
             Input::Step(message) => {
                 self.status.queued_steps.fetch_sub(1, Ordering::Relaxed);
@@ -716,17 +793,21 @@ impl Driver {
                 // lone voter has none, so it need not hold a second copy of
                 // the whole state (if one joins, the core asks for a new
                 // snapshot: see `take_image_wanted`).
-                let compacted = match data {
+                let SavedState { bytes, image } = data;
+                let compacted = match image {
                     Some(data) if !self.alone() => self.core.compact_at(meta.clone(), data),
                     _ => self.core.compact_at_without_image(meta.clone()),
                 };
                 if compacted.is_some() {
                     log::info!(
-                        "saved snapshot at index {} (term {})",
+                        "saved snapshot at index {} (term {}, {bytes} bytes, after {} bytes of log)",
                         meta.index,
-                        meta.term
+                        meta.term,
+                        self.taking_log_bytes.saturating_sub(self.snapshot_log_bytes)
                     );
                     self.snapshot_base = meta.index;
+                    self.snapshot_log_bytes = self.snapshot_log_bytes.max(self.taking_log_bytes);
+                    self.snapshot_bytes = bytes;
                     self.send_job(PersistJob::SnapshotMarker { meta })?;
                 }
             }
@@ -1139,6 +1220,9 @@ impl Driver {
                 self.status.term.store(hs.term, Ordering::Relaxed);
                 self.status.commit.store(hs.commit, Ordering::Relaxed);
             }
+            self.status
+                .announced_durable
+                .store(self.core.announced_durable(), Ordering::Relaxed);
             // Step 1: what may leave before persistence leaves now; the
             // rest waits for the WAL writer (queued after this Ready's own
             // write, below, or after the last one still in flight).
@@ -1253,6 +1337,7 @@ impl Driver {
         let batch_started = Instant::now();
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         for entry in entries {
+            self.log_bytes += entry.data.len() as u64 + ENTRY_OVERHEAD;
             match entry.kind {
                 EntryType::Normal if !entry.data.is_empty() => {
                     match Command::decode(&entry.data) {
@@ -1275,6 +1360,16 @@ impl Driver {
                             }
                             if !events.is_empty() {
                                 applied_events.push((events, state.revision()));
+                                if applied_events.len() >= EVENTS_HANDED_AT_ONCE {
+                                    // A long batch (a restart's replay) must
+                                    // not hold every event until its end:
+                                    // they sit in between the blocks it adds
+                                    // to the key space, and freed at once
+                                    // leave holes no page can be returned
+                                    // from. Still under the state lock.
+                                    self.watchers.on_apply(&applied_events);
+                                    applied_events.clear();
+                                }
                             }
                             if let (Some(reply), Some(waiter)) =
                                 (reply, self.proposals.remove(&command.id))
@@ -1354,6 +1449,8 @@ impl Driver {
         self.watchers.restore(state.revision());
         self.members.set_updated_urls(state.member_urls());
         self.snapshot_base = snapshot.meta.index;
+        self.snapshot_log_bytes = self.log_bytes;
+        self.snapshot_bytes = snapshot.data.len() as u64;
         log::info!(
             "installed the leader's snapshot at index {} (term {}, {} bytes)",
             snapshot.meta.index,
@@ -1366,13 +1463,19 @@ impl Driver {
         Ok(())
     }
 
-    /// Every `snapshot_count` applied entries (or `now`, unless one is being
+    /// When [`snapshot_due`] says so (or `now`, unless one is being
     /// taken): clone the state (O(1)) and
     /// let a blocking-pool task serialize it and write the file, so neither
     /// this loop nor the WAL writer waits for a large snapshot.
     fn maybe_snapshot(&mut self, now: bool) {
         let applied = self.status.applied.load(Ordering::Relaxed);
-        let due = now || applied >= self.snapshot_base + self.options.snapshot_count;
+        let due = now
+            || snapshot_due(
+                applied.saturating_sub(self.snapshot_base),
+                self.log_bytes - self.snapshot_log_bytes,
+                self.snapshot_bytes,
+                self.options.snapshot_count,
+            );
         if self.snapshotting || !due {
             return;
         }
@@ -1387,6 +1490,7 @@ impl Driver {
             conf_state: self.core.conf_state(),
         };
         self.snapshotting = true;
+        self.taking_log_bytes = self.log_bytes;
         // The core keeps an image only to send it: a lone voter (unless a
         // member joining asked for one) streams its state to the file and
         // holds no copy of it at all.
@@ -1400,13 +1504,19 @@ impl Driver {
                     writer
                         .save_streamed(&file_meta, image.len(), |out| image.stream_to(out))
                         .map_err(|e| e.to_string())?;
-                    return Ok(None);
+                    return Ok(SavedState {
+                        bytes: image.len() as u64,
+                        image: None,
+                    });
                 }
                 let image = view.to_snapshot().map_err(|e| e.to_string())?;
                 writer.save(&file_meta, &image).map_err(|e| e.to_string())?;
                 // One copy, here on the blocking pool; the loop and the core
                 // share it from now on.
-                Ok(Some(Arc::<[u8]>::from(image)))
+                Ok(SavedState {
+                    bytes: image.len() as u64,
+                    image: Some(Arc::<[u8]>::from(image)),
+                })
             })
             .await;
             let _ = inbox.send(Input::SnapshotSaved { meta, data }).await;
@@ -1567,6 +1677,10 @@ fn spawn_writer(
     tx
 }
 
+/// Applied entries whose events the apply path hands to the watch hub at
+/// once (also within one batch, see `Driver::apply`).
+const EVENTS_HANDED_AT_ONCE: usize = 64;
+
 /// etcd warns when an apply takes longer than this.
 const SLOW_APPLY: Duration = Duration::from_millis(100);
 
@@ -1640,14 +1754,37 @@ fn write_batch(
 #[cfg(test)]
 mod tests {
     use super::{
-        coalesce_proposals, CommandIds, RaftHandle, RaftStatus, MAX_GAP_BETWEEN_APPLY_AND_COMMIT,
-        MAX_WAITING_CALLS,
+        coalesce_proposals, snapshot_due, CommandIds, RaftHandle, RaftStatus,
+        MAX_GAP_BETWEEN_APPLY_AND_COMMIT, MAX_WAITING_CALLS,
     };
     use crate::runtime::channel;
     use crate::wire::raft::{Entry, Message, MessageBody};
     use qed_wire::Error;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
+
+    /// A snapshot needs `--snapshot-count` entries and a log a quarter of
+    /// the last snapshot's size (or 20 counts of entries); the first (no
+    /// snapshot yet) only the count.
+    #[test]
+    fn snapshot_is_due_after_the_count_and_a_quarter_of_the_state_in_log() {
+        // No snapshot yet, or a small one: the count decides.
+        assert!(!snapshot_due(9_999, 1 << 20, 0, 10_000));
+        assert!(snapshot_due(10_000, 0, 0, 10_000));
+        assert!(snapshot_due(10_000, 250_000, 1_000_000, 10_000));
+        // A large state: the count alone is not enough.
+        let state = 290_000_000;
+        assert!(!snapshot_due(10_000, 3_000_000, state, 10_000));
+        assert!(!snapshot_due(150_000, state / 4 - 1, state, 10_000));
+        assert!(snapshot_due(150_000, state / 4, state, 10_000));
+        // Small entries: 20 counts of them, whatever their bytes.
+        assert!(!snapshot_due(199_999, 199_999 * 40, state, 10_000));
+        assert!(snapshot_due(200_000, 200_000 * 40, state, 10_000));
+        // Nor the bytes alone.
+        assert!(!snapshot_due(99, state, state, 100));
+        // No overflow at the extremes.
+        assert!(snapshot_due(u64::MAX, u64::MAX, u64::MAX, u64::MAX));
+    }
 
     /// etcd's `too many requests`: refused before reaching the inbox when
     /// apply lags commit too far, or too many callers wait already.

@@ -165,6 +165,18 @@ pub enum MessageBody {
     },
     /// Leader -> transferee: campaign now.
     TimeoutNow,
+    /// Leader -> voter follower: "my log is durable through `index`" (sent
+    /// after the leader's own fsync, in a cluster where the leader and one
+    /// follower are a quorum). A follower holding that entry durably, of
+    /// the current term, knows it is on a quorum and commits it without
+    /// waiting for the leader's commit (see `qed::raft`). Unreliable: a
+    /// lost one only delays that; the transport sends it only as a
+    /// datagram. Last in the enum: postcard numbers variants by position,
+    /// so every older message keeps its encoding, and an older member
+    /// drops a datagram it cannot decode.
+    LeaderDurable {
+        index: u64,
+    },
 }
 
 #[cfg(test)]
@@ -191,5 +203,24 @@ mod tests {
         };
         let bytes = postcard::to_allocvec(&m).unwrap();
         assert_eq!(postcard::from_bytes::<Message>(&bytes).unwrap(), m);
+    }
+
+    /// Variants are numbered by position: adding one at the end leaves
+    /// every older message's bytes as they were (members of mixed versions
+    /// understand each other), and the new one round-trips.
+    #[test]
+    fn the_newest_variant_leaves_older_encodings_unchanged() {
+        let msg = |body| Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body,
+        };
+        let timeout_now = postcard::to_allocvec(&msg(MessageBody::TimeoutNow)).unwrap();
+        assert_eq!(timeout_now, [1, 2, 3, 11]);
+        let durable = msg(MessageBody::LeaderDurable { index: 300 });
+        let bytes = postcard::to_allocvec(&durable).unwrap();
+        assert_eq!(bytes, [1, 2, 3, 12, 0xac, 0x02]);
+        assert_eq!(postcard::from_bytes::<Message>(&bytes).unwrap(), durable);
     }
 }
