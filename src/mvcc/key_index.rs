@@ -310,7 +310,7 @@ pub(crate) enum HistoryError {
 /// (or never rewritten); then the word is that change's [`ChangeRef`]
 /// itself (a block pointer: even, see `block`), and the key costs no
 /// allocation beyond the change's block. Otherwise it is the address of a
-/// shared `Vec<ChangeRef>` (`Arc::into_raw`, 8-aligned) with its lowest
+/// shared `Vec<ChangeRef>` (`Arc::into_raw`, aligned as a pointer: 4 or 8) with its lowest
 /// bit set. Cloning is cheap either way (a reference count), which the
 /// persistent map relies on when it copies a node.
 ///
@@ -334,7 +334,7 @@ const MANY: usize = 1;
 
 /// The word of the vector form: the vector's address with the tag bit.
 fn tagged(raw: *const Vec<ChangeRef>) -> NonNull<u8> {
-    // An Arc points at its value, here 8-aligned: the bit is free.
+    // An Arc points at its value, aligned as a pointer (4 on 32-bit ARM, 8 on 64-bit): bit 0 is free.
     let word = raw.cast::<u8>().cast_mut().map_addr(|a| a | MANY);
     match NonNull::new(word) {
         Some(word) => word,

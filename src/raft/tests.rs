@@ -1142,6 +1142,12 @@ fn append_from_1(
     n.ready().persist.expect("the entries are to be written")
 }
 
+/// [`append_from_1`], then the write completes.
+fn durable_append_from_1(n: &mut Node, prev_index: u64, prev_term: u64, entries: Vec<Entry>) {
+    let t = append_from_1(n, prev_index, prev_term, entries);
+    n.on_persisted(t);
+}
+
 fn leader_durable(n: &mut Node, from: u64, term: u64, index: u64) {
     let to = n.id();
     n.step(Message {
@@ -1187,8 +1193,7 @@ fn a_follower_commits_what_it_and_the_leader_hold_durably() {
 #[test]
 fn a_follower_infers_nothing_from_an_older_term_or_another_member() {
     let (mut n, last) = following_1(2, &[1, 2, 3], &[]);
-    let t = append_from_1(&mut n, last, 1, vec![entry(last + 1, 2)]);
-    n.on_persisted(t);
+    durable_append_from_1(&mut n, last, 1, vec![entry(last + 1, 2)]);
     leader_durable(&mut n, 1, 1, last + 1);
     assert_eq!(n.status().commit, last, "a message of an older term");
     leader_durable(&mut n, 3, 2, last + 1);
@@ -1208,12 +1213,10 @@ fn a_follower_infers_nothing_from_an_older_term_or_another_member() {
 #[test]
 fn a_follower_does_not_commit_an_older_terms_entry_by_inference() {
     let (mut n, last) = following_1(2, &[1, 2, 3], &[]);
-    let t = append_from_1(&mut n, last, 1, vec![entry(last + 1, 1)]);
-    n.on_persisted(t);
+    durable_append_from_1(&mut n, last, 1, vec![entry(last + 1, 1)]);
     leader_durable(&mut n, 1, 2, last + 1);
     assert_eq!(n.status().commit, last);
-    let t = append_from_1(&mut n, last + 1, 1, vec![entry(last + 2, 2)]);
-    n.on_persisted(t);
+    durable_append_from_1(&mut n, last + 1, 1, vec![entry(last + 2, 2)]);
     assert_eq!(n.status().commit, last, "announced only through last + 1");
     leader_durable(&mut n, 1, 2, last + 2);
     assert_eq!(n.status().commit, last + 2, "under an entry of the term");
@@ -1222,14 +1225,12 @@ fn a_follower_does_not_commit_an_older_terms_entry_by_inference() {
 #[test]
 fn a_follower_infers_nothing_where_two_are_no_quorum_or_it_does_not_vote() {
     let (mut five, last) = following_1(2, &[1, 2, 3, 4, 5], &[]);
-    let t = append_from_1(&mut five, last, 1, vec![entry(last + 1, 2)]);
-    five.on_persisted(t);
+    durable_append_from_1(&mut five, last, 1, vec![entry(last + 1, 2)]);
     leader_durable(&mut five, 1, 2, last + 1);
     assert_eq!(five.status().commit, last, "five voters: a quorum is three");
 
     let (mut learner, last) = following_1(3, &[1, 2], &[3]);
-    let t = append_from_1(&mut learner, last, 1, vec![entry(last + 1, 2)]);
-    learner.on_persisted(t);
+    durable_append_from_1(&mut learner, last, 1, vec![entry(last + 1, 2)]);
     leader_durable(&mut learner, 1, 2, last + 1);
     assert_eq!(
         learner.status().commit,
@@ -1252,8 +1253,7 @@ fn a_follower_infers_nothing_while_a_membership_change_waits_in_its_log() {
         .unwrap(),
         ..entry(last + 1, 2)
     };
-    let t = append_from_1(&mut n, last, 1, vec![change, entry(last + 2, 2)]);
-    n.on_persisted(t);
+    durable_append_from_1(&mut n, last, 1, vec![change, entry(last + 2, 2)]);
     leader_durable(&mut n, 1, 2, last + 2);
     assert_eq!(n.status().commit, last);
     // Once the leader's commit brings the change and it is applied, the
