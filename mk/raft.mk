@@ -9,9 +9,12 @@
 #                                   must exit non-zero
 #   make sim SEEDS=N SIM_SHAPE=far-follower   three voters, one behind a slow
 #                                   uplink (followers commit ahead of the leader)
+#   make sim SEEDS=N SIM_SHAPE=slow-uplink    any drawn configuration, one member
+#                                   behind a 12-unit uplink (snapshot transfers)
 #   make bench-raft                 committed entries/s and allocations/entry
 #
-# Plain `cargo test` (make test) already runs 400 seeds plus the tests that
+# Plain `cargo test` (make test) already runs 400 seeds (and 400 more with a
+# slow uplink) plus the tests that
 # prove the checkers catch deliberately broken rules.
 
 # Do not become the default goal of the including Makefile.

@@ -71,6 +71,13 @@ fn seeds_10000_to_10200() {
     run_range(10_000, 200);
 }
 
+/// Seeds 41 and 395 failed here while a leader restarted a snapshot
+/// transfer at each new compaction (see [`slow_uplink`]).
+#[test]
+fn seeds_0_to_400_with_a_slow_uplink() {
+    run_range_with(0, 400, TestKnobs::default(), slow_uplink);
+}
+
 /// Runs seeds with a deliberately broken rule until the simulator reports
 /// a violation of one of `kinds`.
 fn first_violation(
@@ -250,13 +257,11 @@ fn knobs_from_env() -> TestKnobs {
 
 /// One member (any configuration the seed draws) behind a 12-unit slow
 /// uplink: liveness when answers come back much later than a heartbeat.
-/// Known to fail (seeds 41 and 395 of 0..400): a snapshot transfer to a
-/// member behind the slow link does not finish after healing. The leader
-/// restarts a transfer whenever it compacts again mid-transfer, and its
-/// stall timer (3 heartbeats) and stale chunk rejects keep rewinding it;
-/// ignoring stale rejects alone moved the failures to other seeds (25,
-/// 105, 395). The likely fix: keep the image being sent until its
-/// transfer ends. Not part of the default runs until then.
+/// Seeds 41 and 395 of 0..400 once left a snapshot transfer to a member
+/// behind the slow link unfinished after healing: the leader restarted
+/// the transfer with its newest image whenever it compacted again, while
+/// its stall timer and stale chunk rejects kept rewinding it. A transfer
+/// now keeps its image until it ends (`progress::SendingImage`).
 fn slow_uplink(cfg: &mut SimConfig) {
     let members = (cfg.voters + cfg.learners) as u64;
     cfg.slow_uplink = Some((1 + cfg.seed % members, 12));

@@ -13,6 +13,9 @@
 //! follower's own (durable) acknowledgement.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::wire::raft::SnapshotMeta;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgressState {
@@ -72,6 +75,26 @@ impl Inflights {
     }
 }
 
+/// The image a snapshot transfer sends, held by the transfer until it ends:
+/// a newer snapshot the leader takes meanwhile does not restart it (behind
+/// a slow link, restarting at every compaction could mean never finishing).
+#[derive(Clone)]
+pub(crate) struct SendingImage {
+    pub meta: SnapshotMeta,
+    pub data: Arc<[u8]>,
+    /// CRC32C of `data`, sent with every chunk.
+    pub checksum: u32,
+}
+
+impl std::fmt::Debug for SendingImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendingImage")
+            .field("index", &self.meta.index)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Progress {
     pub matched: u64,
@@ -81,6 +104,8 @@ pub(crate) struct Progress {
     pub probe_sent: bool,
     /// Snapshot: the index of the snapshot being sent.
     pub pending_snapshot: u64,
+    /// Snapshot: the image being sent (`None` in the other states).
+    pub sending: Option<SendingImage>,
     /// Snapshot: bytes acknowledged by the follower.
     pub snap_acked: u64,
     /// Snapshot: offset of the next chunk to send.
@@ -103,6 +128,7 @@ impl Progress {
             state: ProgressState::Probe,
             probe_sent: false,
             pending_snapshot: 0,
+            sending: None,
             snap_acked: 0,
             snap_next: 0,
             snap_done_sent: false,
@@ -117,6 +143,7 @@ impl Progress {
         self.state = state;
         self.probe_sent = false;
         self.pending_snapshot = 0;
+        self.sending = None;
         self.snap_acked = 0;
         self.snap_next = 0;
         self.snap_done_sent = false;
@@ -146,9 +173,10 @@ impl Progress {
         self.snap_done_sent = false;
     }
 
-    pub fn become_snapshot(&mut self, index: u64) {
+    pub fn become_snapshot(&mut self, image: SendingImage) {
         self.reset_state(ProgressState::Snapshot);
-        self.pending_snapshot = index;
+        self.pending_snapshot = image.meta.index;
+        self.sending = Some(image);
     }
 
     /// A successful append response up to `n`. Returns whether it was news.

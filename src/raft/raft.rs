@@ -45,7 +45,7 @@ use std::sync::Arc;
 
 use super::config::{Config, ProposeError, TransferError};
 use super::log::{entry_size, RaftLog, Snapshot};
-use super::progress::{Inflights, Progress, ProgressState};
+use super::progress::{Inflights, Progress, ProgressState, SendingImage};
 use super::read_only::ReadOnly;
 use crate::wire::raft::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageBody, NodeId,
@@ -472,26 +472,12 @@ impl Raft {
     /// or ends before our in-memory log (the follower could not go on from
     /// it) is not sent: `image_wanted` asks the driver for a new one.
     fn send_snapshot(&mut self, to: NodeId) -> bool {
-        let index = match self.log.snapshot.as_ref() {
-            Some(s) if !self.image_missing && s.meta.index >= self.log.offset => s.meta.index,
+        let snap = match self.log.snapshot.as_ref() {
+            Some(s) if !self.image_missing && s.meta.index >= self.log.offset => s.clone(),
             _ => {
                 self.image_wanted = true;
                 return false;
             }
-        };
-        let Some(pr) = self.progress.get_mut(&to) else {
-            return false;
-        };
-        pr.become_snapshot(index);
-        self.send_snapshot_window(to)
-    }
-
-    /// Sends snapshot chunks from the follower's `snap_next` while fewer
-    /// than [`SNAPSHOT_WINDOW`] chunks are unacknowledged (pipelining, so a
-    /// high-latency link is not paced by its round trip).
-    fn send_snapshot_window(&mut self, to: NodeId) -> bool {
-        let Some(snap) = self.log.snapshot.clone() else {
-            return false;
         };
         let checksum = match self.snapshot_checksum {
             Some((index, term, crc)) if (index, term) == (snap.meta.index, snap.meta.term) => crc,
@@ -501,6 +487,25 @@ impl Raft {
                 crc
             }
         };
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return false;
+        };
+        pr.become_snapshot(SendingImage {
+            meta: snap.meta,
+            data: snap.data,
+            checksum,
+        });
+        self.send_snapshot_window(to)
+    }
+
+    /// Sends snapshot chunks from the follower's `snap_next` while fewer
+    /// than [`SNAPSHOT_WINDOW`] chunks are unacknowledged (pipelining, so a
+    /// high-latency link is not paced by its round trip).
+    fn send_snapshot_window(&mut self, to: NodeId) -> bool {
+        let Some(snap) = self.progress.get(&to).and_then(|p| p.sending.clone()) else {
+            return false;
+        };
+        let checksum = snap.checksum;
         let len = snap.data.len() as u64;
         let chunk = self.cfg.snapshot_chunk_size as u64;
         let mut sent = false;
@@ -780,11 +785,12 @@ impl Raft {
                 })
                 .collect();
             for id in stalled {
-                let current = self.log.snapshot.as_ref().map(|s| s.meta.index);
-                if self.progress.get(&id).map(|p| p.pending_snapshot) != current {
-                    self.send_snapshot(id);
-                } else {
+                // The transfer goes on with its own image, however many
+                // snapshots were taken since it began.
+                if self.progress.get(&id).is_some_and(|p| p.sending.is_some()) {
                     self.send_snapshot_window(id);
+                } else {
+                    self.send_snapshot(id);
                 }
             }
         }
@@ -1326,15 +1332,8 @@ impl Raft {
                 if pr.state != ProgressState::Snapshot || pr.pending_snapshot != index {
                     return;
                 }
-                let current = self.log.snapshot.as_ref().map(|s| s.meta.index);
-                if current != Some(index) {
-                    // We compacted again mid-transfer: send the new one.
-                    self.send_snapshot(from);
-                    return;
-                }
-                let Some(pr) = self.progress.get_mut(&from) else {
-                    return;
-                };
+                // A snapshot taken since the transfer began does not
+                // restart it: the transfer sends the image it holds.
                 if reject {
                     // Lost or reordered chunk: resend from what it has.
                     pr.snap_acked = offset;

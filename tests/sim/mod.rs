@@ -94,9 +94,7 @@ pub struct SimConfig {
     /// comes at the usual pace: it may know an entry committed, by the
     /// leader's durability announcement, well before the leader does).
     /// Not drawn from the seed (seeds keep the runs they always had); set
-    /// by tests. (Drawn for every seed, a 12-unit uplink left snapshot
-    /// transfers to that member unfinished after healing in 2 of 400
-    /// seeds: liveness on slow links is a question of its own.)
+    /// by tests (`far_follower`, `slow_uplink` in tests/raft_sim.rs).
     pub slow_uplink: Option<(u64, u64)>,
     pub knobs: TestKnobs,
 }
