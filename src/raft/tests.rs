@@ -295,6 +295,10 @@ struct Cluster {
     cut: Vec<u64>,
     /// Nodes whose fsyncs never complete.
     stalled_disk: Vec<u64>,
+    /// Snapshot chunks at this offset or beyond are lost (a slow link).
+    chunks_below: Option<u64>,
+    /// Snapshot chunks delivered: (to, snapshot index, offset, done).
+    chunks: Vec<(u64, u64, u64, bool)>,
 }
 
 impl Cluster {
@@ -324,6 +328,8 @@ impl Cluster {
             reads: Default::default(),
             cut: vec![],
             stalled_disk: vec![],
+            chunks_below: None,
+            chunks: vec![],
         }
     }
 
@@ -356,6 +362,15 @@ impl Cluster {
             for m in msgs {
                 if self.cut.contains(&m.from) || self.cut.contains(&m.to) {
                     continue;
+                }
+                if let MessageBody::Snapshot {
+                    meta, offset, done, ..
+                } = &m.body
+                {
+                    if self.chunks_below.is_some_and(|below| *offset >= below) {
+                        continue;
+                    }
+                    self.chunks.push((m.to, meta.index, *offset, *done));
                 }
                 if let Some(n) = self.nodes.get_mut(&m.to) {
                     n.step(m);
@@ -602,6 +617,66 @@ fn lagging_follower_catches_up_by_chunked_snapshot() {
     c.nodes.get_mut(&l).unwrap().propose(b"z".to_vec()).unwrap();
     c.pump();
     c.tick(1);
+    assert!(c.applied[&lagger].iter().any(|e| e.data == b"z"));
+}
+
+/// A transfer goes on with the image it began with when the leader takes
+/// a newer snapshot meanwhile: restarting it at every compaction never
+/// ended behind a slow link.
+#[test]
+fn a_snapshot_transfer_keeps_its_image_across_a_new_compaction() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+        cfg.snapshot_chunk_size = 7;
+        cfg.catch_up_entries = 0;
+    });
+    let l = c.elect();
+    let lagger = if l == 3 { 2 } else { 3 };
+    c.cut.push(lagger);
+    for i in 0..20u8 {
+        c.nodes.get_mut(&l).unwrap().propose(vec![i]).unwrap();
+        c.pump();
+    }
+    let first = c.nodes.get_mut(&l).unwrap().compact(vec![9; 50]).unwrap();
+    // The link to the lagger delivers the first two chunks only.
+    c.chunks_below = Some(14);
+    c.cut.clear();
+    c.tick(3);
+    assert!(
+        c.chunks
+            .iter()
+            .any(|&(to, index, ..)| to == lagger && index == first.index),
+        "the transfer began: {:?}",
+        c.chunks
+    );
+    // Meanwhile the leader moves on and takes another snapshot.
+    for i in 0..5u8 {
+        c.nodes.get_mut(&l).unwrap().propose(vec![i]).unwrap();
+        c.pump();
+    }
+    let second = c.nodes.get_mut(&l).unwrap().compact(vec![8; 60]).unwrap();
+    assert!(second.index > first.index);
+    c.chunks_below = None;
+    c.tick(20);
+    let to_lagger: Vec<(u64, u64, bool)> = c
+        .chunks
+        .iter()
+        .filter(|&&(to, ..)| to == lagger)
+        .map(|&(_, index, offset, done)| (index, offset, done))
+        .collect();
+    let first_done = to_lagger
+        .iter()
+        .position(|&(index, _, done)| index == first.index && done);
+    let first_newer = to_lagger
+        .iter()
+        .position(|&(index, ..)| index != first.index);
+    assert!(
+        first_done.is_some_and(|d| first_newer.is_none_or(|n| d < n)),
+        "the first image was sent to its end before any other: {to_lagger:?}"
+    );
+    // And the lagger catches up (by entries or the newer snapshot).
+    c.nodes.get_mut(&l).unwrap().propose(b"z".to_vec()).unwrap();
+    c.pump();
+    c.tick(3);
     assert!(c.applied[&lagger].iter().any(|e| e.data == b"z"));
 }
 
