@@ -102,8 +102,6 @@ pub(crate) struct Progress {
     pub state: ProgressState,
     /// Probe: an append is out; wait for its answer or the next heartbeat.
     pub probe_sent: bool,
-    /// Snapshot: the index of the snapshot being sent.
-    pub pending_snapshot: u64,
     /// Snapshot: the image being sent (`None` in the other states).
     pub sending: Option<SendingImage>,
     /// Snapshot: bytes acknowledged by the follower.
@@ -127,7 +125,6 @@ impl Progress {
             next: next.max(1),
             state: ProgressState::Probe,
             probe_sent: false,
-            pending_snapshot: 0,
             sending: None,
             snap_acked: 0,
             snap_next: 0,
@@ -142,7 +139,6 @@ impl Progress {
     fn reset_state(&mut self, state: ProgressState) {
         self.state = state;
         self.probe_sent = false;
-        self.pending_snapshot = 0;
         self.sending = None;
         self.snap_acked = 0;
         self.snap_next = 0;
@@ -153,7 +149,7 @@ impl Progress {
 
     pub fn become_probe(&mut self) {
         if self.state == ProgressState::Snapshot {
-            let pending = self.pending_snapshot;
+            let pending = self.pending_snapshot();
             self.reset_state(ProgressState::Probe);
             self.next = (self.matched + 1).max(pending + 1);
         } else {
@@ -175,8 +171,12 @@ impl Progress {
 
     pub fn become_snapshot(&mut self, image: SendingImage) {
         self.reset_state(ProgressState::Snapshot);
-        self.pending_snapshot = image.meta.index;
         self.sending = Some(image);
+    }
+
+    /// Snapshot: the index of the snapshot being sent (0 in other states).
+    pub fn pending_snapshot(&self) -> u64 {
+        self.sending.as_ref().map_or(0, |image| image.meta.index)
     }
 
     /// A successful append response up to `n`. Returns whether it was news.

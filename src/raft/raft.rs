@@ -1329,7 +1329,7 @@ impl Raft {
                     return;
                 };
                 pr.recent_active = true;
-                if pr.state != ProgressState::Snapshot || pr.pending_snapshot != index {
+                if pr.state != ProgressState::Snapshot || pr.pending_snapshot() != index {
                     return;
                 }
                 // A snapshot taken since the transfer began does not
@@ -1390,7 +1390,7 @@ impl Raft {
         match pr.state {
             ProgressState::Probe => pr.become_replicate(),
             ProgressState::Snapshot => {
-                if pr.matched >= pr.pending_snapshot {
+                if pr.matched >= pr.pending_snapshot() {
                     pr.become_probe();
                     pr.become_replicate();
                 }
@@ -1805,7 +1805,7 @@ impl Raft {
         let leader = self.role == Role::Leader;
         for pr in self.progress.values() {
             if pr.state == ProgressState::Snapshot {
-                through = through.min(pr.pending_snapshot.max(floor));
+                through = through.min(pr.pending_snapshot().max(floor));
             } else if leader && pr.recent_active {
                 // Replicate or Probe: a probe's `matched` is what is known
                 // so far (0 until its first answer: the floor then bounds it).

@@ -592,8 +592,10 @@ fn removed_leader_steps_down_and_the_rest_carry_on() {
     assert!(c.applied[&l2].iter().any(|e| e.data == b"after"));
 }
 
-#[test]
-fn lagging_follower_catches_up_by_chunked_snapshot() {
+/// Three members, 7-byte snapshot chunks, no applied tail kept: a leader
+/// with 20 entries the cut-off `lagger` lacks, compacted into a 50-byte
+/// image (`meta`). Returns (cluster, leader, lagger, meta).
+fn cluster_with_a_lagger_behind_a_snapshot() -> (Cluster, u64, u64, SnapshotMeta) {
     let mut c = Cluster::new(&[1, 2, 3], |cfg| {
         cfg.snapshot_chunk_size = 7;
         cfg.catch_up_entries = 0;
@@ -606,6 +608,12 @@ fn lagging_follower_catches_up_by_chunked_snapshot() {
         c.pump();
     }
     let meta = c.nodes.get_mut(&l).unwrap().compact(vec![9; 50]).unwrap();
+    (c, l, lagger, meta)
+}
+
+#[test]
+fn lagging_follower_catches_up_by_chunked_snapshot() {
+    let (mut c, l, lagger, meta) = cluster_with_a_lagger_behind_a_snapshot();
     assert!(meta.index >= 20);
     assert!(c.nodes[&l].status().first_index > 1);
     c.cut.clear();
@@ -625,18 +633,7 @@ fn lagging_follower_catches_up_by_chunked_snapshot() {
 /// ended behind a slow link.
 #[test]
 fn a_snapshot_transfer_keeps_its_image_across_a_new_compaction() {
-    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
-        cfg.snapshot_chunk_size = 7;
-        cfg.catch_up_entries = 0;
-    });
-    let l = c.elect();
-    let lagger = if l == 3 { 2 } else { 3 };
-    c.cut.push(lagger);
-    for i in 0..20u8 {
-        c.nodes.get_mut(&l).unwrap().propose(vec![i]).unwrap();
-        c.pump();
-    }
-    let first = c.nodes.get_mut(&l).unwrap().compact(vec![9; 50]).unwrap();
+    let (mut c, l, lagger, first) = cluster_with_a_lagger_behind_a_snapshot();
     // The link to the lagger delivers the first two chunks only.
     c.chunks_below = Some(14);
     c.cut.clear();
