@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use qed::mvcc::{MvccError, Store};
+use qed::mvcc::{KeySpaceImage, MvccError, Store};
 use qed::wire::kv::*;
 
 /// xorshift64*: small, seedable, good enough to pick operations.
@@ -711,6 +711,12 @@ fn run(seed: u64, steps: usize) {
         }
         assert_eq!(store.revision(), model.current, "{ctx}: revision");
         assert_eq!(store.compact_revision(), model.compacted.max(0), "{ctx}");
+        // The running length a snapshot states is the encoding's.
+        assert_eq!(
+            store.encoded_len().ok(),
+            store.to_bytes().ok().map(|b| b.len()),
+            "{ctx}: encoded length"
+        );
         let req = gen_range(&mut rng, &store);
         assert_eq!(
             store.range(&req),

@@ -74,11 +74,14 @@ impl Change {
 pub(crate) struct TooLarge;
 
 /// One kept change of one key, as stored: a thin pointer to one immutable
-/// block `[main][sub][main - create][version][lease][key length]` (LEB128
-/// varints of the fields' two's-complement bits: fields are never negative
-/// in a valid store, where this is the shortest form; a negative one still
-/// round-trips, in 10 bytes) followed by the key and the value.
-/// Cloning it shares the block.
+/// block `[key length][key][main][sub][main - create][version][lease]`
+/// followed by the value (LEB128 varints of the fields' two's-complement
+/// bits: fields are never negative in a valid store, where this is the
+/// shortest form; a negative one still round-trips, in 10 bytes).
+/// The key comes first because it is what the key map compares at every
+/// step of a search: reading it decodes one varint (one byte for a key
+/// under 128 bytes), not six. Cloning it shares the block. This layout is
+/// in memory only: snapshots encode the decoded [`Change`].
 #[derive(Clone, PartialEq, Eq)]
 #[repr(transparent)]
 pub(crate) struct ChangeRef(Block);
@@ -103,14 +106,32 @@ fn signed(v: u64) -> i64 {
     v as i64
 }
 
-/// The six varints of a change's header, at most 10 bytes each: built on
-/// the stack (a put allocates only its block).
+/// Bytes of `v` as a LEB128 varint: how postcard (the snapshot encoding)
+/// writes unsigned integers and lengths.
+pub(crate) fn varint_len(v: u64) -> u64 {
+    u64::from(64 - (v | 1).leading_zeros()).div_ceil(7)
+}
+
+/// Bytes of `v` as postcard writes a signed integer (zigzag, then LEB128).
+fn signed_varint_len(v: i64) -> u64 {
+    varint_len(((v << 1) ^ (v >> 63)) as u64)
+}
+
+/// Up to six varints of a change's header, at most 10 bytes each: built
+/// on the stack (a put allocates only its block).
 struct Head {
     bytes: [u8; 60],
     len: usize,
 }
 
 impl Head {
+    fn new() -> Head {
+        Head {
+            bytes: [0; 60],
+            len: 0,
+        }
+    }
+
     fn put(&mut self, mut v: u64) {
         loop {
             let byte = (v & 0x7f) as u8;
@@ -161,17 +182,15 @@ impl ChangeRef {
         lease: i64,
         value: &[u8],
     ) -> Result<ChangeRef, TooLarge> {
-        let mut head = Head {
-            bytes: [0; 60],
-            len: 0,
-        };
+        let mut key_len = Head::new();
+        key_len.put(key.len() as u64);
+        let mut head = Head::new();
         head.put(bits(rev.main));
         head.put(u64::from(rev.sub));
         head.put(bits(rev.main.wrapping_sub(create)));
         head.put(bits(version));
         head.put(bits(lease));
-        head.put(key.len() as u64);
-        Block::new(&[head.as_slice(), key, value])
+        Block::new(&[key_len.as_slice(), key, head.as_slice(), value])
             .map(ChangeRef)
             .ok_or(TooLarge)
     }
@@ -185,46 +204,59 @@ impl ChangeRef {
         ChangeRef::new(key, c.revision(), c.create, c.version, c.lease, &c.value)
     }
 
-    pub(crate) fn view(&self) -> ChangeView<'_> {
+    /// The key, and where the fields after it start.
+    fn key_and_rest(&self) -> (&[u8], usize) {
         let b = self.0.as_bytes();
         let mut at = 0;
+        let key_len = usize::try_from(get_varint(b, &mut at)).unwrap_or(usize::MAX);
+        let key_end = at.saturating_add(key_len).min(b.len());
+        (&b[at.min(key_end)..key_end], key_end)
+    }
+
+    pub(crate) fn view(&self) -> ChangeView<'_> {
+        let b = self.0.as_bytes();
+        let (key, mut at) = self.key_and_rest();
         let main = signed(get_varint(b, &mut at));
         let sub = get_varint(b, &mut at) as u32;
         let create = main.wrapping_sub(signed(get_varint(b, &mut at)));
         let version = signed(get_varint(b, &mut at));
         let lease = signed(get_varint(b, &mut at));
-        let key_len = usize::try_from(get_varint(b, &mut at)).unwrap_or(usize::MAX);
-        let key_end = at.saturating_add(key_len).min(b.len());
-        let at = at.min(key_end);
         ChangeView {
             main,
             sub,
             create,
             version,
             lease,
-            key: &b[at..key_end],
-            value: &b[key_end..],
+            key,
+            value: b.get(at..).unwrap_or_default(),
         }
     }
 
-    /// The main revision (the first field: no other decoding).
+    /// The main revision (the first field after the key).
     pub(crate) fn main(&self) -> i64 {
-        signed(get_varint(self.0.as_bytes(), &mut 0))
+        let (_, mut at) = self.key_and_rest();
+        signed(get_varint(self.0.as_bytes(), &mut at))
     }
 
     pub(crate) fn revision(&self) -> Revision {
         let b = self.0.as_bytes();
-        let mut at = 0;
+        let (_, mut at) = self.key_and_rest();
         let main = signed(get_varint(b, &mut at));
         Revision::new(main, get_varint(b, &mut at) as u32)
     }
 
+    /// The key: one varint read, no other field decoded.
     pub(crate) fn key(&self) -> &[u8] {
-        self.view().key
+        self.key_and_rest().0
     }
 
     pub(crate) fn is_tombstone(&self) -> bool {
-        self.view().version == 0
+        let b = self.0.as_bytes();
+        let (_, mut at) = self.key_and_rest();
+        for _ in 0..3 {
+            get_varint(b, &mut at);
+        }
+        get_varint(b, &mut at) == 0
     }
 
     #[cfg(test)]
@@ -252,6 +284,20 @@ impl ChangeRef {
             value: v.value.to_vec(),
             lease: v.lease,
         }
+    }
+
+    /// Bytes of its snapshot encoding (the [`Change`] it decodes to, as
+    /// its `Serialize` writes it).
+    pub(crate) fn encoded_len(&self) -> u64 {
+        let v = self.view();
+        let value = v.value.len() as u64;
+        signed_varint_len(v.main)
+            + signed_varint_len(v.create)
+            + signed_varint_len(v.version)
+            + signed_varint_len(v.lease)
+            + varint_len(u64::from(v.sub))
+            + varint_len(value)
+            + value
     }
 
     /// Estimated bytes this change occupies: its block with malloc's
@@ -293,6 +339,19 @@ impl Serialize for Bytes<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(self.0)
     }
+}
+
+/// What [`KeyIndex::compact`] dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Compacted {
+    /// Their footprint (the quota estimate's bytes).
+    pub(crate) freed: u64,
+    /// Their snapshot encoding's bytes.
+    pub(crate) encoded: u64,
+    pub(crate) count: usize,
+    /// Nothing is left: the key is gone from the key space entirely, and
+    /// the index must be dropped.
+    pub(crate) empty: bool,
 }
 
 /// Why a snapshot's key history was refused.
@@ -587,34 +646,32 @@ impl KeyIndex {
     }
 
     /// Drops every change at or below `at` except the one [`kept_at`]
-    /// names; returns the dropped changes' footprint and count, and whether
-    /// nothing is left (the key is then gone from the key space entirely,
-    /// and this index must be dropped).
+    /// names; returns what was dropped (see [`Compacted`]).
     ///
     /// [`kept_at`]: KeyIndex::kept_at
-    pub(crate) fn compact(&mut self, at: i64) -> (u64, usize, bool) {
+    pub(crate) fn compact(&mut self, at: i64) -> Compacted {
         let n = self.changes().partition_point(|c| c.main() <= at);
         let drop_to = match self.kept_at(at) {
             Some(i) => i,
             None => n,
         };
-        if drop_to == 0 {
-            return (0, 0, false);
-        }
         let len = self.changes().len();
-        let freed: u64 = self.changes()[..drop_to]
-            .iter()
-            .map(ChangeRef::footprint)
-            .sum();
-        if drop_to >= len {
-            return (freed, drop_to, true);
+        let dropped = &self.changes()[..drop_to.min(len)];
+        let done = Compacted {
+            freed: dropped.iter().map(ChangeRef::footprint).sum(),
+            encoded: dropped.iter().map(ChangeRef::encoded_len).sum(),
+            count: dropped.len(),
+            empty: drop_to >= len,
+        };
+        if drop_to == 0 || done.empty {
+            return done;
         }
         if let Some(v) = self.vec_mut() {
             v.drain(..drop_to);
             v.shrink_to_fit();
         }
         self.settle();
-        (freed, drop_to, false)
+        done
     }
 }
 
@@ -718,22 +775,28 @@ mod tests {
             tomb(4),
             put(6, 6, 1, b"c"),
         ]);
-        assert_eq!(ki.compact(3).1, 1);
+        assert_eq!(ki.compact(3).count, 1);
         assert_eq!(ki.changes()[0].main(), 3);
         // The tombstone at 4 is the newest at or below 5: it and everything
         // before it goes.
-        assert_eq!(ki.compact(5).1, 2);
+        assert_eq!(ki.compact(5).count, 2);
         assert_eq!(ki.changes().len(), 1);
         assert_eq!(ki.changes()[0].main(), 6);
         // Compacting again above the only change keeps it.
-        assert_eq!(ki.compact(9), (0, 0, false));
+        let nothing = Compacted {
+            freed: 0,
+            encoded: 0,
+            count: 0,
+            empty: false,
+        };
+        assert_eq!(ki.compact(9), nothing);
         assert_eq!(ki.changes().len(), 1);
     }
 
     #[test]
     fn compaction_of_a_deleted_key_empties_it() {
         let mut ki = index(vec![put(2, 2, 1, b"a"), tomb(3)]);
-        assert!(ki.compact(3).2);
+        assert!(ki.compact(3).empty);
     }
 
     #[test]

@@ -104,6 +104,13 @@ impl KeyMap {
     pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut KeyIndex> {
         // Look first, so a miss copies nothing.
         self.get(key)?;
+        self.get_mut_to_write(key)
+    }
+
+    /// [`KeyMap::get_mut`] in one search, for a caller that writes either
+    /// way (a put: a miss is followed by an insert down the same path):
+    /// the shared nodes on the way are copied even when `key` is missing.
+    pub(crate) fn get_mut_to_write(&mut self, key: &[u8]) -> Option<&mut KeyIndex> {
         let mut node = Arc::make_mut(self.root.as_mut()?);
         loop {
             match node {

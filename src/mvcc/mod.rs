@@ -90,7 +90,7 @@ pub use hash::HashKv;
 /// One kept change of one key, for `crate::etcd_db`'s import and export.
 pub(crate) use key_index::{Change, ChangeRef};
 pub use revision::Revision;
-pub use store::{Histories, HistoryRead, Store, ValueSource};
+pub use store::{Histories, HistoryRead, KeySpaceImage, Store, ValueSource};
 pub use txn::DEFAULT_MAX_TXN_OPS;
 
 pub use qed_wire::kv::Event;

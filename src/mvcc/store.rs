@@ -15,6 +15,10 @@
 //!   drops keys whose history is all tombstoned.
 //! - `size` is the running estimate [`Store::size_bytes`] reports; every
 //!   mutation adjusts it in the same step.
+//! - `encoded_keys` is the exact byte count of the keys' entries in the
+//!   snapshot encoding (each key with its kept changes), kept the same way,
+//!   so a snapshot knows its length without walking the key space
+//!   ([`KeySpaceImage::encoded_len`]).
 //!
 //! Writes go straight into the maps as they are made, under a
 //! [`PendingRevision`] that hands out sub revisions; a request that fails
@@ -40,7 +44,7 @@ use serde::de::Error as _;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::key_index::{Change, ChangeRef, KeyIndex, TooLarge};
+use super::key_index::{varint_len, Change, ChangeRef, KeyIndex, TooLarge};
 use super::key_map::KeyMap;
 use super::revision::Revision;
 use super::txn::{self, DEFAULT_MAX_TXN_OPS};
@@ -112,7 +116,46 @@ pub struct Store {
     pub(crate) current: i64,
     pub(crate) compacted: i64,
     pub(crate) size: u64,
+    /// See the module doc.
+    encoded_keys: u64,
     pub(crate) max_txn_ops: usize,
+}
+
+/// A key space as a snapshot image holds it, and the bytes its encoding
+/// takes (the image states that length before the key space).
+pub trait KeySpaceImage: Serialize {
+    fn encoded_len(&self) -> postcard::Result<usize>;
+}
+
+impl KeySpaceImage for Store {
+    /// O(1): from the running count.
+    fn encoded_len(&self) -> postcard::Result<usize> {
+        let zigzag = |v: i64| ((v << 1) ^ (v >> 63)) as u64;
+        let len = varint_len(zigzag(self.current))
+            + varint_len(zigzag(self.compacted))
+            + varint_len(self.keys.len() as u64)
+            + self.encoded_keys;
+        usize::try_from(len).map_err(|_| postcard::Error::SerializeBufferFull)
+    }
+}
+
+impl<K: AsRef<[u8]>> KeySpaceImage for Histories<K> {
+    /// Walks the histories (a restore, once).
+    fn encoded_len(&self) -> postcard::Result<usize> {
+        qed_wire::frame::encoded_len(self)
+    }
+}
+
+/// Bytes of a key's entry in the snapshot encoding, but for its changes'
+/// own: the key and the count of its changes.
+fn key_entry_len(key_len: usize, changes: usize) -> u64 {
+    varint_len(key_len as u64) + key_len as u64 + varint_len(changes as u64)
+}
+
+/// What one more change (the `n`th, from 1) adds to its key's entry:
+/// itself and the count's growth.
+fn change_entry_len(change: &ChangeRef, n: usize) -> u64 {
+    change.encoded_len() + varint_len(n as u64) - varint_len(n.saturating_sub(1) as u64)
 }
 
 impl Default for Store {
@@ -157,6 +200,7 @@ impl Store {
             current: 1,
             compacted: -1,
             size: 0,
+            encoded_keys: 0,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
         }
     }
@@ -411,13 +455,21 @@ impl Store {
             let key = change.key();
             let mut gone = false;
             if let Some(index) = self.keys.get_mut(key) {
+                let n = index.changes().len();
                 let (popped, only) = index.pop();
                 self.size = self.size.saturating_sub(popped.footprint());
+                self.encoded_keys = self
+                    .encoded_keys
+                    .saturating_sub(change_entry_len(&popped, n));
                 gone = only;
             }
             if gone {
                 self.keys.remove(key);
                 self.size = self.size.saturating_sub(KEY_OVERHEAD + key.len() as u64);
+                // A key's entry with no changes: what its last one left.
+                self.encoded_keys = self
+                    .encoded_keys
+                    .saturating_sub(key_entry_len(key.len(), 0));
             }
         }
     }
@@ -425,15 +477,30 @@ impl Store {
     /// Appends `change` (a change of its own key) to that key's history
     /// and to the log.
     fn record(&mut self, change: ChangeRef) {
-        self.size += change.footprint() + LOG_ENTRY_BYTES;
-        self.log.push_back(change.clone());
-        match self.keys.get_mut(change.key()) {
-            Some(index) => index.push(change),
-            None => {
-                self.size += KEY_OVERHEAD + change.key().len() as u64;
-                self.keys.insert(KeyIndex::new(change));
+        let n = match self.keys.get_mut_to_write(change.key()) {
+            Some(index) => {
+                index.push(change.clone());
+                index.changes().len()
             }
+            None => {
+                self.keys.insert(KeyIndex::new(change.clone()));
+                1
+            }
+        };
+        self.log_and_count(change, n);
+    }
+
+    /// The bookkeeping of a change just filed as the `n`th (from 1; 1 is
+    /// a new key) of its key's history: the log, `size`, `encoded_keys`.
+    fn log_and_count(&mut self, change: ChangeRef, n: usize) {
+        self.size += change.footprint() + LOG_ENTRY_BYTES;
+        self.encoded_keys += change_entry_len(&change, n);
+        if n == 1 {
+            let key_len = change.key().len();
+            self.size += KEY_OVERHEAD + key_len as u64;
+            self.encoded_keys += key_entry_len(key_len, 0);
         }
+        self.log.push_back(change);
     }
 
     pub(crate) fn latest(&self, key: &[u8]) -> Option<&ChangeRef> {
@@ -446,7 +513,10 @@ impl Store {
         pending: &mut PendingRevision,
         req: &PutRequest,
     ) -> Result<PutResponse, MvccError> {
-        let prev = self.latest(&req.key).cloned();
+        // One search: the key's index, writable (a put changes it, or
+        // inserts down the same path).
+        let index = self.keys.get_mut_to_write(&req.key);
+        let prev = index.as_deref().and_then(KeyIndex::latest).cloned();
         let prev_view = prev.as_ref().map(ChangeRef::view);
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(MvccError::KeyNotFound);
@@ -474,17 +544,29 @@ impl Store {
         )
         .map_err(|TooLarge| too_large())?;
         let kv = change.to_kv();
-        self.record(change);
+        // `record`, with the index found above.
+        let n = match index {
+            Some(index) => {
+                index.push(change.clone());
+                index.changes().len()
+            }
+            None => {
+                self.keys.insert(KeyIndex::new(change.clone()));
+                1
+            }
+        };
+        self.log_and_count(change, n);
         let prev_kv = prev.map(|p| p.to_kv());
+        let resp = PutResponse {
+            header: header(pending.main),
+            prev_kv: if req.prev_kv { prev_kv.clone() } else { None },
+        };
         pending.events.push(Event {
             kind: EventType::Put,
             kv,
-            prev_kv: prev_kv.clone(),
+            prev_kv,
         });
-        Ok(PutResponse {
-            header: header(pending.main),
-            prev_kv: if req.prev_kv { prev_kv } else { None },
-        })
+        Ok(resp)
     }
 
     /// etcd's applierV3backend.DeleteRange: tombstones every live key in
@@ -561,13 +643,20 @@ impl Store {
         for key in affected {
             let mut gone = false;
             if let Some(index) = self.keys.get_mut(&key) {
-                let (freed, _, empty) = index.compact(revision);
-                self.size = self.size.saturating_sub(freed);
-                gone = empty;
+                let before = index.changes().len();
+                let done = index.compact(revision);
+                let after = before.saturating_sub(done.count);
+                self.size = self.size.saturating_sub(done.freed);
+                self.encoded_keys = (self.encoded_keys + varint_len(after as u64))
+                    .saturating_sub(done.encoded + varint_len(before as u64));
+                gone = done.empty;
             }
             if gone {
                 self.keys.remove(&key);
                 self.size = self.size.saturating_sub(KEY_OVERHEAD + key.len() as u64);
+                self.encoded_keys = self
+                    .encoded_keys
+                    .saturating_sub(key_entry_len(key.len(), 0));
             }
         }
 
@@ -867,8 +956,10 @@ impl<K: AsRef<[u8]>> Histories<K> {
         for index in self.keys {
             let key_len = index.changes().first().map_or(0, |c| c.key().len());
             store.size += KEY_OVERHEAD + key_len as u64;
+            store.encoded_keys += key_entry_len(key_len, index.changes().len());
             for change in index.changes() {
                 store.size += change.footprint();
+                store.encoded_keys += change.encoded_len();
                 if change.main() >= store.compacted {
                     store.size += LOG_ENTRY_BYTES;
                     log.push(change.clone());

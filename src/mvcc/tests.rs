@@ -773,7 +773,11 @@ fn txn_failing_mid_way_is_undone_completely() {
     };
     let t = txn(
         vec![],
-        vec![del_op("a", "\0"), RequestOp::Put(ignore)],
+        vec![
+            del_op("a", "\0"),
+            RequestOp::Put(put_req("z", "new")),
+            RequestOp::Put(ignore),
+        ],
         vec![],
     );
     assert_eq!(s.txn(&t, &no_lease).unwrap_err(), MvccError::KeyNotFound);
@@ -782,6 +786,7 @@ fn txn_failing_mid_way_is_undone_completely() {
         before
     );
     assert_eq!(s.to_bytes().unwrap(), bytes_before);
+    assert_eq!(s.encoded_len().unwrap(), bytes_before.len());
     assert_eq!(s.events_since(0, b"a", b"\0", 0).unwrap().len(), 2);
 }
 

@@ -203,7 +203,7 @@ fn load<'a>(path: &Path, bytes: &'a [u8]) -> Result<Loaded<'a>, SnapshotFileErro
     Ok(Loaded::Qed(state))
 }
 
-fn save_image<KV: serde::Serialize>(
+fn save_image<KV: crate::mvcc::KeySpaceImage>(
     log: &DurableLog,
     meta: &SnapshotMeta,
     image: &SnapshotImage<'_, KV>,

@@ -39,7 +39,7 @@ use super::auth::LocalAuth;
 use crate::auth::request::check_request;
 use crate::auth::{AuthError, AuthInfo, AuthSnapshot, AuthStore};
 use crate::lease::{LeaseConfig, LeaseError, LeaseId, LeaseSnapshot, Lessor};
-use crate::mvcc::{Event, MvccError, Store};
+use crate::mvcc::{Event, KeySpaceImage, MvccError, Store};
 use qed_wire::auth::{
     AuthResponse, AuthenticateResponse, NamesResponse, RoleGetResponse, UserGetResponse,
 };
@@ -134,9 +134,10 @@ fn apply_store(mut kv: Store) -> Store {
     kv
 }
 
-/// A snapshot image, measured but not written: the key space is walked
-/// once to measure it, and once more by [`SnapshotImage::stream_to`] (or
-/// [`SnapshotImage::to_vec`]) writing it, so a snapshot file is written
+/// A snapshot image, measured but not written: a [`Store`] keeps its
+/// encoded length as it changes ([`KeySpaceImage`]), so the key space is
+/// walked once, by [`SnapshotImage::stream_to`] (or
+/// [`SnapshotImage::to_vec`]) writing it, and a snapshot file is written
 /// with no buffer of the whole state. The key space is a [`Store`] (see
 /// [`StateMachine::image`]) or, for a restore, the checked histories of an
 /// import, which encode as the same bytes. [`StateMachine::from_snapshot`]
@@ -152,7 +153,7 @@ pub struct SnapshotImage<'a, KV = Store> {
     len: usize,
 }
 
-impl<'a, KV: Serialize> SnapshotImage<'a, KV> {
+impl<'a, KV: KeySpaceImage> SnapshotImage<'a, KV> {
     /// The image of a state machine at `applied` made of these parts.
     pub fn new(
         applied: u64,
@@ -163,7 +164,7 @@ impl<'a, KV: Serialize> SnapshotImage<'a, KV> {
         member_urls: &'a BTreeMap<u64, Vec<String>>,
     ) -> Result<Self, MvccError> {
         let corrupt = |e: postcard::Error| MvccError::Corrupt(e.to_string());
-        let kv_len = encoded_len(kv).map_err(corrupt)?;
+        let kv_len = kv.encoded_len().map_err(corrupt)?;
         // Everything but the key space's own bytes, which are `kv_len`.
         let rest = encoded_len(&(applied, kv_len, alarms, &leases, &auth, member_urls))
             .map_err(corrupt)?;
