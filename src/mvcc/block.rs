@@ -108,6 +108,12 @@ impl Block {
         self.ptr == other.ptr
     }
 
+    /// How many `Block`s point at this allocation.
+    #[cfg(test)]
+    pub(crate) fn ref_count(&self) -> u32 {
+        self.header().count.load(Ordering::Relaxed)
+    }
+
     /// Bytes of the allocation as malloc sees it: what the quota estimate
     /// counts for one block.
     pub(crate) fn alloc_bytes(len: usize) -> u64 {

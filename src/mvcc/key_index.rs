@@ -24,12 +24,12 @@
 //! owned form: what snapshots, imports and exports read and write.
 
 use std::ptr::NonNull;
-use std::sync::Arc;
 
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::block::Block;
+use super::changes::Changes;
 use super::revision::Revision;
 use qed_wire::kv::KeyValue;
 
@@ -307,6 +307,11 @@ impl ChangeRef {
     }
 
     #[cfg(test)]
+    pub(crate) fn ref_count(&self) -> u32 {
+        self.0.ref_count()
+    }
+
+    #[cfg(test)]
     pub(crate) fn ptr_eq(&self, other: &ChangeRef) -> bool {
         self.0.ptr_eq(&other.0)
     }
@@ -369,43 +374,37 @@ pub(crate) enum HistoryError {
 /// (or never rewritten); then the word is that change's [`ChangeRef`]
 /// itself (a block pointer: even, see `block`), and the key costs no
 /// allocation beyond the change's block. Otherwise it is the address of a
-/// shared `Vec<ChangeRef>` (`Arc::into_raw`, aligned as a pointer: 4 or 8) with its lowest
-/// bit set. Cloning is cheap either way (a reference count), which the
-/// persistent map relies on when it copies a node.
+/// shared array of them ([`Changes`]: one allocation, aligned as a
+/// pointer, 4 or 8) with its lowest bit set. Cloning is cheap either way
+/// (a reference count), which the persistent map relies on when it copies
+/// a node.
 ///
 /// Invariants: the word owns one reference to what it points at (the
-/// block, or the vector's `Arc`); a vector form holds at least two
-/// changes (one left goes back to the inline form, see `settle`); no
-/// `Weak` of the vector ever exists.
+/// block, or the array); the array form holds at least two changes (one
+/// left goes back to the inline form, see `settle`).
 #[repr(transparent)]
 pub(crate) struct KeyIndex {
     word: NonNull<u8>,
 }
 
-// SAFETY: the word is a `ChangeRef` or an `Arc<Vec<ChangeRef>>`, both Send
-// and Sync; nothing else is reachable through it.
+// SAFETY: the word is a `ChangeRef` or a `Changes`, both Send and Sync;
+// nothing else is reachable through it.
 unsafe impl Send for KeyIndex {}
 // SAFETY: as above.
 unsafe impl Sync for KeyIndex {}
 
-/// The tag bit of the vector form.
+/// The tag bit of the array form.
 const MANY: usize = 1;
 
-/// The word of the vector form: the vector's address with the tag bit.
-fn tagged(raw: *const Vec<ChangeRef>) -> NonNull<u8> {
-    // An Arc points at its value, aligned as a pointer (4 on 32-bit ARM, 8 on 64-bit): bit 0 is free.
-    let word = raw.cast::<u8>().cast_mut().map_addr(|a| a | MANY);
-    match NonNull::new(word) {
-        Some(word) => word,
-        // Unreachable: the tag bit alone is not null.
-        None => std::process::abort(),
-    }
-}
-
 impl KeyIndex {
-    fn many(changes: Arc<Vec<ChangeRef>>) -> KeyIndex {
-        KeyIndex {
-            word: tagged(Arc::into_raw(changes)),
+    fn many(changes: Changes) -> KeyIndex {
+        // The array is aligned as a pointer (4 on 32-bit ARM, 8 on
+        // 64-bit): bit 0 is free.
+        let word = changes.into_raw().as_ptr().map_addr(|a| a | MANY);
+        match NonNull::new(word) {
+            Some(word) => KeyIndex { word },
+            // Unreachable: the tag bit alone is not null.
+            None => std::process::abort(),
         }
     }
 
@@ -413,34 +412,30 @@ impl KeyIndex {
         self.word.as_ptr().addr() & MANY != 0
     }
 
-    /// The vector of the vector form (only meaningful then).
-    fn vec_ptr(&self) -> *const Vec<ChangeRef> {
-        self.word
-            .as_ptr()
-            .map_addr(|a| a & !MANY)
-            .cast::<Vec<ChangeRef>>()
-            .cast_const()
+    /// The array's pointer in the array form (only meaningful then).
+    fn many_ptr(&self) -> NonNull<u8> {
+        let raw = self.word.as_ptr().map_addr(|a| a & !MANY);
+        // The array's address is not null (it is the word minus its tag).
+        NonNull::new(raw).unwrap_or(self.word)
     }
 
-    /// The vector form's vector, unshared first (copied if a clone, such
-    /// as a snapshot's view, shares it); `None` in the inline form.
-    fn vec_mut(&mut self) -> Option<&mut Vec<ChangeRef>> {
+    /// Runs `f` on the array form's array (`None` in the inline form); the
+    /// word follows the array if `f` unshares or reallocates it.
+    fn with_many<R>(&mut self, f: impl FnOnce(&mut Changes) -> R) -> Option<R> {
         if !self.is_many() {
             return None;
         }
-        // SAFETY: in the vector form the word owns one reference to an
-        // `Arc<Vec<ChangeRef>>` made by `into_raw`; it is taken back here
-        // and given up again below (ManuallyDrop: never dropped here).
-        let mut arc = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(self.vec_ptr()) });
-        Arc::make_mut(&mut arc);
-        // make_mut may have moved us to a copy (dropping our reference to
-        // the shared one): the word takes the reference to what we hold
-        // now. Nothing is dropped here.
-        let raw = Arc::into_raw(std::mem::ManuallyDrop::into_inner(arc));
-        self.word = tagged(raw);
-        // SAFETY: the Arc is unique (make_mut; no Weak ever exists) and
-        // owned by `self`, which the returned borrow keeps borrowed.
-        Some(unsafe { &mut *raw.cast_mut() })
+        // SAFETY: in the array form the word owns one reference to a
+        // `Changes` made by `into_raw`; it is taken back here and given up
+        // again below (ManuallyDrop: never dropped here, and nothing in
+        // between panics: `Changes` aborts on allocation failure).
+        let mut changes =
+            std::mem::ManuallyDrop::new(unsafe { Changes::from_raw(self.many_ptr()) });
+        let out = f(&mut changes);
+        let word = std::mem::ManuallyDrop::into_inner(changes);
+        // Give the (possibly new) reference back to the word.
+        std::mem::forget(std::mem::replace(self, KeyIndex::many(word)));
+        Some(out)
     }
 
     /// Whether the key holds a single change, inline.
@@ -453,9 +448,11 @@ impl KeyIndex {
 impl Clone for KeyIndex {
     fn clone(&self) -> KeyIndex {
         if self.is_many() {
-            // SAFETY: the word holds a live Arc reference (see the type).
-            unsafe { Arc::increment_strong_count(self.vec_ptr()) };
-            KeyIndex { word: self.word }
+            // SAFETY: the word holds a live reference (see the type);
+            // cloning through a ManuallyDrop leaves it with the word.
+            let changes =
+                std::mem::ManuallyDrop::new(unsafe { Changes::from_raw(self.many_ptr()) });
+            KeyIndex::many(Changes::clone(&changes))
         } else {
             KeyIndex::new(self.changes()[0].clone())
         }
@@ -465,8 +462,8 @@ impl Clone for KeyIndex {
 impl Drop for KeyIndex {
     fn drop(&mut self) {
         if self.is_many() {
-            // SAFETY: the word's own Arc reference, given back once.
-            drop(unsafe { Arc::from_raw(self.vec_ptr()) });
+            // SAFETY: the word's own reference, given back once.
+            drop(unsafe { Changes::from_raw(self.many_ptr()) });
         } else {
             // SAFETY: the word's own block reference, given back once.
             drop(unsafe { Block::from_raw(self.word) });
@@ -535,15 +532,15 @@ impl KeyIndex {
                 None => return Err(HistoryError::Empty),
             }
         } else {
-            KeyIndex::many(Arc::new(refs))
+            KeyIndex::many(Changes::from_exact(refs.into_iter()))
         })
     }
 
     pub(crate) fn changes(&self) -> &[ChangeRef] {
         if self.is_many() {
-            // SAFETY: the word holds a live Arc reference; the vector is
-            // only changed through `vec_mut`, which needs `&mut self`.
-            unsafe { &*self.vec_ptr() }
+            // SAFETY: the word holds a live reference; the array is only
+            // changed through `with_many`, which needs `&mut self`.
+            unsafe { Changes::slice_from_raw(self.many_ptr()) }
         } else {
             // SAFETY: in the inline form the word is a `ChangeRef` (both
             // types are one transparent pointer), alive as long as `self`.
@@ -590,14 +587,11 @@ impl KeyIndex {
     /// stay amortized O(1). A history shared with a snapshot's view is
     /// copied first (its changes' blocks are shared, not copied).
     pub(crate) fn push(&mut self, change: ChangeRef) {
-        if let Some(v) = self.vec_mut() {
-            if v.len() < 4 {
-                v.reserve_exact(1);
-            }
-            v.push(change);
+        if self.is_many() {
+            self.with_many(|v| v.push(change));
         } else {
             let first = self.changes()[0].clone();
-            *self = KeyIndex::many(Arc::new(vec![first, change]));
+            *self = KeyIndex::many(Changes::from_exact([first, change].into_iter()));
         }
     }
 
@@ -605,10 +599,9 @@ impl KeyIndex {
     /// and whether it was the only one (the key is then gone, and this
     /// index must be dropped).
     pub(crate) fn pop(&mut self) -> (ChangeRef, bool) {
-        let Some(v) = self.vec_mut() else {
+        let Some(last) = self.with_many(Changes::pop) else {
             return (self.changes()[0].clone(), true);
         };
-        let last = v.pop();
         self.settle();
         match last {
             Some(c) => (c, false),
@@ -666,10 +659,7 @@ impl KeyIndex {
         if drop_to == 0 || done.empty {
             return done;
         }
-        if let Some(v) = self.vec_mut() {
-            v.drain(..drop_to);
-            v.shrink_to_fit();
-        }
+        self.with_many(|v| v.drain_front(drop_to));
         self.settle();
         done
     }

@@ -74,6 +74,7 @@
 
 pub mod auto_compact;
 mod block;
+mod changes;
 mod hash;
 mod key_index;
 mod key_map;
