@@ -17,8 +17,8 @@
 //! Unlike etcd, which keeps the key index (revisions) in memory and the
 //! values in bbolt, a change here carries its value: the whole store is in
 //! memory (DESIGN §5). A kept change is one [`ChangeRef`]: a thin shared
-//! [`Block`] holding its revision, create revision, version and lease as
-//! varints, then the key and the value, so a change costs one allocation
+//! [`Block`] holding its key, then its revision, create revision, version
+//! and lease as varints, then the value, so a change costs one allocation
 //! of little more than its key and value. The same block is shared by the
 //! key's history and the store's revision log. [`Change`] is the decoded,
 //! owned form: what snapshots, imports and exports read and write.
