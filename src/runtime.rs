@@ -65,8 +65,16 @@ pub async fn sleep(duration: Duration) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimedOut;
 
-/// Runs `future`, giving up after `duration`.
+/// Runs `future`, giving up after `duration`. A future that is ready at
+/// its first poll (a read whose bytes are buffered, a write with room)
+/// arms no timer: arming one registers it with the reactor, which wakes
+/// the reactor thread, and most deadlines on hot paths (a request's
+/// frame, a reply's write) are met at once.
 pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, TimedOut> {
+    let mut future = std::pin::pin!(future);
+    if let Some(out) = futures_lite::future::poll_once(future.as_mut()).await {
+        return Ok(out);
+    }
     async_std::future::timeout(duration, future)
         .await
         .map_err(|_| TimedOut)
