@@ -93,7 +93,7 @@ impl quinn::Runtime for QuinnRuntime {
     fn new_timer(&self, at: Instant) -> Pin<Box<dyn quinn::AsyncTimer>> {
         Box::pin(LazyTimer {
             inner: quinn::AsyncStdRuntime.new_timer(at),
-            armed: at,
+            armed: Some(at),
             wanted: at,
         })
     }
@@ -120,42 +120,51 @@ impl quinn::Runtime for QuinnRuntime {
 /// wanted deadline not reached and arms it then. So a busy connection
 /// re-arms about once per armed deadline, not once per packet.
 ///
-/// Invariant: `poll` is ready only once `wanted` has passed (`armed` is
-/// never later than `wanted`), and while it is pending a wake-up is armed
-/// at or before `wanted`.
+/// Invariant: `poll` is ready only once `wanted` has passed; while it is
+/// pending the inner timer is armed (`armed` is `Some`) at or before
+/// `wanted`. An inner timer that fired is spent (`armed` is `None`) until
+/// it is reset.
 #[derive(Debug)]
 struct LazyTimer {
     inner: Pin<Box<dyn quinn::AsyncTimer>>,
-    /// The deadline the inner timer is set to.
-    armed: Instant,
+    /// The deadline the inner timer is set to, `None` once it fired.
+    armed: Option<Instant>,
     /// The deadline quinn asked for.
     wanted: Instant,
+}
+
+impl LazyTimer {
+    fn arm(&mut self, at: Instant) {
+        self.armed = Some(at);
+        self.inner.as_mut().reset(at);
+    }
 }
 
 impl quinn::AsyncTimer for LazyTimer {
     fn reset(mut self: Pin<&mut Self>, at: Instant) {
         self.wanted = at;
-        if at < self.armed {
-            self.armed = at;
-            self.inner.as_mut().reset(at);
+        if self.armed.is_none_or(|armed| at < armed) {
+            self.arm(at);
         }
     }
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<()> {
-        if Instant::now() >= self.wanted {
-            return Poll::Ready(());
+        // Bounded: each turn either returns or arms the inner timer at
+        // `wanted`, which is ready only once `wanted` passed.
+        for _ in 0..3 {
+            if Instant::now() >= self.wanted {
+                return Poll::Ready(());
+            }
+            if self.armed.is_some() && self.inner.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // Spent, or its (earlier) deadline passed: arm the wanted one.
+            let wanted = self.wanted;
+            self.arm(wanted);
         }
-        if self.inner.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        if self.armed >= self.wanted {
-            return Poll::Ready(());
-        }
-        // The armed deadline passed, the wanted one not yet: arm it.
-        let wanted = self.wanted;
-        self.armed = wanted;
-        self.inner.as_mut().reset(wanted);
-        self.inner.as_mut().poll(cx)
+        // Only if the clock went backwards: ask to be polled again.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -192,5 +201,29 @@ mod tests {
         timer.as_mut().reset(sooner);
         assert!(wait(&mut timer, Duration::from_secs(10)));
         assert!(Instant::now() >= sooner);
+        // Fired, then reset later (as quinn does after every expiry):
+        // fires again, however the last expiry was seen.
+        for _ in 0..20 {
+            let next = Instant::now() + Duration::from_millis(2);
+            timer.as_mut().reset(next);
+            assert!(wait(&mut timer, Duration::from_secs(10)));
+            assert!(Instant::now() >= next);
+        }
+    }
+
+    #[test]
+    fn a_spent_lazy_timer_is_armed_again_by_a_later_reset() {
+        let rt = quinn_runtime();
+        let mut timer = rt.new_timer(Instant::now() + Duration::from_millis(5));
+        assert!(wait(&mut timer, Duration::from_secs(10)));
+        // Spend the inner timer: a poll that finds its deadline passed
+        // while the wanted one has not (the wanted one moved later).
+        let later = Instant::now() + Duration::from_millis(30);
+        timer.as_mut().reset(later);
+        assert!(wait(&mut timer, Duration::from_secs(10)));
+        let again = Instant::now() + Duration::from_millis(30);
+        timer.as_mut().reset(again);
+        assert!(wait(&mut timer, Duration::from_secs(10)));
+        assert!(Instant::now() >= again);
     }
 }
