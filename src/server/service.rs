@@ -1,10 +1,12 @@
 //! The client listeners: QUIC connections in, one task per call stream;
 //! Unix-socket connections in (`unix://` client URLs), each either one
 //! streaming call's or multiplexed: a reader task, a task per call, a
-//! writer task sending replies as they finish ([`serve_mux`]).
+//! writer task sending replies as they finish ([`serve_mux`]). A QUIC
+//! stream opened with `Call::Mux` is multiplexed the same way.
 //!
-//! Each stream carries one call (see `qed_wire::call`); a Unix connection
-//! carries the same frames, numbered (`transport::stream`). Whatever
+//! Each stream carries one call (see `qed_wire::call`), or numbered unary
+//! calls (a `Call::Mux` stream); a Unix connection carries the same
+//! frames, numbered (`transport::stream`). Whatever
 //! arrives is bounded and checked before it reaches the node: an oversized
 //! frame is refused with `RequestTooLarge` (on a multiplexed connection
 //! read past and answered under its number), a frame that does not decode

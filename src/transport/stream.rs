@@ -8,7 +8,9 @@
 //! connection ([`SendHalf`], [`RecvHalf`]) with the same frames. A Unix
 //! connection carries either many unary calls at once, each frame
 //! numbered (`qed_wire::UnixRequest`), or one streaming call to its end;
-//! "finish" is a write shutdown, as a QUIC stream's FIN.
+//! "finish" is a write shutdown, as a QUIC stream's FIN. A QUIC stream
+//! opened with `Call::Mux` carries numbered unary calls as a Unix
+//! connection does.
 
 use super::TransportError;
 use crate::runtime::UnixStream;
