@@ -93,10 +93,15 @@ impl WatchQueue {
         if state.items.len() >= QUEUE_PER_WATCH {
             return false;
         }
+        let was_empty = state.items.is_empty();
         state.items.push_back(resp);
         drop(state);
-        // A full wake-up channel already means "look again".
-        let _ = self.wake.try_send(());
+        // The reader waits only after finding the queue empty, and looks
+        // again after every wake-up: one wake-up per time the queue stops
+        // being empty is enough (a full channel already means "look again").
+        if was_empty {
+            let _ = self.wake.try_send(());
+        }
         true
     }
 
@@ -191,20 +196,21 @@ impl SharedStream {
         let weak = Arc::downgrade(&stream);
         runtime::spawn(async move {
             loop {
-                let responses = if batched {
+                let batch = if batched {
                     match recv.recv::<WatchBatch>().await {
-                        Ok(Some(batch)) => batch.into_responses(),
+                        Ok(Some(batch)) => batch,
                         _ => break,
                     }
                 } else {
                     match recv.recv::<WatchResponse>().await {
-                        Ok(Some(resp)) => vec![resp],
+                        Ok(Some(response)) => WatchBatch {
+                            response,
+                            more_ids: Vec::new(),
+                        },
                         _ => break,
                     }
                 };
-                for resp in responses {
-                    route(&routes, &weak, resp);
-                }
+                route(&routes, &weak, batch);
             }
             let mut routes = lock_routes(&routes);
             routes.closed = true;
@@ -249,17 +255,42 @@ impl SharedStream {
     }
 }
 
-/// Hands a response to its watch's queue without ever waiting.
-fn route(routes: &std::sync::Mutex<Routes>, stream: &Weak<SharedStream>, resp: WatchResponse) {
+/// Hands a batch's response to each of its watches' queues without ever
+/// waiting. The copies share the response's events (`Events`): a batch
+/// for a thousand watches is one decoded list, not a thousand.
+fn route(routes: &std::sync::Mutex<Routes>, stream: &Weak<SharedStream>, batch: WatchBatch) {
+    let WatchBatch { response, more_ids } = batch;
     let mut routes = lock_routes(routes);
-    if resp.watch_id == STREAM_WATCH_ID {
+    if response.watch_id == STREAM_WATCH_ID {
         // Progress for the whole stream: every watch of it has been handed
         // everything up to the revision. A full queue just misses it.
         for queue in routes.queues.values() {
-            let _ = queue.push(resp.clone());
+            let _ = queue.push(response.clone());
         }
         return;
     }
+    // A batch names a watch once, so the order among its watches is free:
+    // the copies first, the response itself last.
+    let mut detached = Vec::new();
+    for &watch_id in &more_ids {
+        let copy = WatchResponse {
+            watch_id,
+            ..response.clone()
+        };
+        deliver(&mut routes, copy, &mut detached);
+    }
+    deliver(&mut routes, response, &mut detached);
+    drop(routes);
+    for id in detached {
+        // A slow consumer: stop the node sending more; its watcher
+        // re-creates the watch from where it stopped.
+        send_cancel(stream, id);
+    }
+}
+
+/// Queues `resp` for its watch; a watch whose queue is full is detached
+/// (added to `detached`), as is one whose final response this is.
+fn deliver(routes: &mut Routes, resp: WatchResponse, detached: &mut Vec<i64>) {
     let id = resp.watch_id;
     let Some(queue) = routes.queues.get(&id) else {
         // A watch already detached or canceled: its last responses.
@@ -273,11 +304,8 @@ fn route(routes: &std::sync::Mutex<Routes>, stream: &Weak<SharedStream>, resp: W
     if let Some(queue) = routes.queues.remove(&id) {
         queue.close();
     }
-    drop(routes);
     if !queued {
-        // A slow consumer: stop the node sending more; its watcher
-        // re-creates the watch from where it stopped.
-        send_cancel(stream, id);
+        detached.push(id);
     }
 }
 
