@@ -20,11 +20,12 @@
 //! the `created` response always finds it.
 
 use super::{Client, ClientError, StreamSender};
-use crate::runtime::{self, channel, Mutex};
+use crate::runtime::{self, Mutex};
 use qed_wire::watch::{WatchBatch, WatchCreateRequest, WatchRequest, WatchResponse};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Poll, Waker};
 
 /// Watches one shared stream carries before the next one is opened, so
 /// that the node's per-stream queue (1,024 responses) and writer are
@@ -48,10 +49,11 @@ struct Routes {
 /// A watch's responses on their way from the router to its `Watcher`: a
 /// deque held to [`QUEUE_PER_WATCH`] (grown only as needed: a bounded
 /// channel would allocate all its slots up front, for every idle watch)
-/// and a one-slot wake-up channel.
+/// and the reader's waker, under one lock. A push wakes the reader only
+/// if it is waiting (it found the queue empty), so a burst of responses
+/// costs the reader one wake-up, and waiting allocates nothing.
 struct WatchQueue {
     state: std::sync::Mutex<QueueState>,
-    wake: channel::Sender<()>,
 }
 
 #[derive(Default)]
@@ -60,24 +62,22 @@ struct QueueState {
     /// No more responses will come: the watch was detached or the stream
     /// ended.
     closed: bool,
+    /// The reader's, while it waits for the next response.
+    waiting: Option<Waker>,
 }
 
 /// The `Watcher`'s end of a [`WatchQueue`].
 pub(super) struct QueueReader {
     queue: Arc<WatchQueue>,
-    wake: channel::Receiver<()>,
 }
 
 impl WatchQueue {
     fn new() -> (Arc<WatchQueue>, QueueReader) {
-        let (tx, rx) = channel::bounded(1);
         let queue = Arc::new(WatchQueue {
             state: Default::default(),
-            wake: tx,
         });
         let reader = QueueReader {
             queue: queue.clone(),
-            wake: rx,
         };
         (queue, reader)
     }
@@ -93,43 +93,46 @@ impl WatchQueue {
         if state.items.len() >= QUEUE_PER_WATCH {
             return false;
         }
-        let was_empty = state.items.is_empty();
         state.items.push_back(resp);
+        let waiting = state.waiting.take();
         drop(state);
-        // The reader waits only after finding the queue empty, and looks
-        // again after every wake-up: one wake-up per time the queue stops
-        // being empty is enough (a full channel already means "look again").
-        if was_empty {
-            let _ = self.wake.try_send(());
+        if let Some(waker) = waiting {
+            waker.wake();
         }
         true
     }
 
     /// Ends the queue: the reader gets what is queued, then `None`.
     fn close(&self) {
-        self.lock().closed = true;
-        let _ = self.wake.try_send(());
+        let mut state = self.lock();
+        state.closed = true;
+        let waiting = state.waiting.take();
+        drop(state);
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
     }
 }
 
 impl QueueReader {
     /// The next response; `None` once the queue is closed and drained.
+    /// Cancel-safe: a response leaves the queue only when it is returned.
     pub(super) async fn recv(&self) -> Option<WatchResponse> {
-        loop {
-            {
-                let mut state = self.queue.lock();
-                if let Some(resp) = state.items.pop_front() {
-                    return Some(resp);
-                }
-                if state.closed {
-                    return None;
-                }
+        std::future::poll_fn(|cx| {
+            let mut state = self.queue.lock();
+            if let Some(resp) = state.items.pop_front() {
+                return Poll::Ready(Some(resp));
             }
-            // The queue holds the sender, so this only waits.
-            if self.wake.recv().await.is_err() {
-                return None;
+            if state.closed {
+                return Poll::Ready(None);
             }
-        }
+            match &mut state.waiting {
+                Some(waker) => waker.clone_from(cx.waker()),
+                none => *none = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
