@@ -30,6 +30,11 @@
 //! - `member_add_learner_promote`: a member added (through a follower) as a
 //!   learner and started with `--initial-cluster-state existing` joins,
 //!   catches up, is promoted to voter, serves, and survives a restart.
+//! - `a_read_waiting_on_a_paused_leader_is_answered_by_the_next`: the
+//!   leader is SIGSTOPped, then a linearizable get is made at a follower
+//!   (it forwards the ReadIndex to the paused leader, which never answers);
+//!   once a new leader is elected the follower asks it again and the get
+//!   returns the value, instead of waiting out its 7 s answer deadline.
 //! - `member_remove_through_a_follower`: removing a member (asked of a
 //!   follower, forwarded to the leader) shrinks the member list everywhere,
 //!   the removed member stops, and the other two go on serving.
@@ -773,6 +778,56 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
                 .await
                 .as_deref(),
             Some("fine")
+        );
+    });
+}
+
+/// A ReadIndex forwarded to a leader that then stops answering (paused,
+/// partitioned, killed) is lost with it; a read round is safe to ask
+/// again, so the follower asks the next leader instead of letting its
+/// caller wait out the answer deadline (5 s + two election timeouts).
+#[test]
+fn a_read_waiting_on_a_paused_leader_is_answered_by_the_next() {
+    let cluster = TestCluster::start(3, &[]);
+    qed::runtime::block_on(async {
+        let clients = clients_of(&cluster).await;
+        let leader = cluster
+            .wait_for_leader(&clients, Duration::from_secs(30))
+            .await;
+        let follower = (leader + 1) % 3;
+        let c = clients[follower].as_ref().expect("client");
+        c.put("k", "v", None)
+            .await
+            .expect("put through the follower");
+        // A client whose own deadline is far beyond the member's answer
+        // deadline, so what the member answers is what the test sees.
+        let patient = Client::connect(
+            std::slice::from_ref(&cluster.members[follower].client_url),
+            qed::client::ConnectOptions {
+                ca_file: Some(cluster.members[follower].ca_file()),
+                request_timeout: Duration::from_secs(30),
+                dial_timeout: Duration::from_secs(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("connect to the follower");
+        let pid = cluster.members[leader]
+            .child
+            .as_ref()
+            .expect("leader runs")
+            .id();
+        let paused = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(paused.success(), "could not pause the leader");
+        let got = patient.get("k", None).await;
+        // The paused leader is killed by PID when the cluster drops.
+        let resp = got.expect("a linearizable get at a follower across a leader change");
+        assert_eq!(
+            resp.kvs.first().map(|kv| kv.value.as_slice()),
+            Some(&b"v"[..])
         );
     });
 }

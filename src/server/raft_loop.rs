@@ -235,6 +235,13 @@ const MAX_GAP_BETWEEN_APPLY_AND_COMMIT: u64 = 5000;
 /// until answered).
 const MAX_WAITING_CALLS: u64 = 16 * 1024;
 
+/// A read waiting for its ReadIndex round: the tick it asked at (`None`
+/// once a newer round was asked for the same caller), and its caller.
+struct WaitingRead {
+    asked: Option<u64>,
+    reply: channel::Sender<Result<(), Error>>,
+}
+
 /// Ticks between sweeps for callers that gave up waiting.
 const FORGET_LEFT_CALLERS_EVERY: u64 = 50;
 
@@ -601,8 +608,9 @@ struct Driver {
     removed: bool,
     /// Calls that came while no leader could take them (see `held`).
     held: HeldCalls,
-    /// Reads waiting for the core to confirm an index, by context.
-    reads: HashMap<u64, channel::Sender<Result<(), Error>>>,
+    /// Reads waiting for the core to confirm an index, by context, with
+    /// the tick they asked at.
+    reads: HashMap<u64, WaitingRead>,
     /// Reads confirmed at an index, waiting for apply to reach it.
     confirmed_reads: BTreeMap<u64, Vec<channel::Sender<Result<(), Error>>>>,
     ids: CommandIds,
@@ -688,6 +696,7 @@ impl Driver {
                 }
                 self.retime();
                 self.retry_held();
+                self.ask_again_for_late_reads();
                 let applied = self.status.applied.load(Ordering::Relaxed);
                 if self.heap_trim.due(applied, Instant::now()) {
                     crate::heap::release_free();
@@ -877,9 +886,14 @@ impl Driver {
     /// an election or a leadership transfer is waited out, and the caller
     /// still hears `no leader` before its own deadline.
     fn hold_deadline(&self) -> u64 {
-        let election_ticks =
+        self.ticks + 2 * self.election_ticks()
+    }
+
+    /// The election timeout in ticks (at least one).
+    fn election_ticks(&self) -> u64 {
+        let ticks =
             self.options.election_timeout.as_millis() / self.options.tick.as_millis().max(1);
-        self.ticks + 2 * u64::try_from(election_ticks).unwrap_or(u64::MAX / 4).max(1)
+        u64::try_from(ticks).unwrap_or(u64::MAX / 4).max(1)
     }
 
     /// Proposes a caller's command, or holds it while no leader can take
@@ -918,7 +932,8 @@ impl Driver {
         let ctx = self.ids.next();
         match self.core.read_index(ctx.to_be_bytes().to_vec()) {
             Ok(()) => {
-                self.reads.insert(ctx, reply);
+                let asked = Some(self.ticks);
+                self.reads.insert(ctx, WaitingRead { asked, reply });
             }
             Err(e) if holdable(&e) => {
                 if let Some(call) = self.held.hold(deadline, HeldCall::Read { reply }) {
@@ -928,6 +943,51 @@ impl Driver {
             Err(e) => {
                 let _ = reply.try_send(Err(propose_error(e)));
             }
+        }
+    }
+
+    /// A leader change loses the ReadIndex rounds in flight: the old
+    /// leader's (it forgets them as it steps down) and those forwarded to
+    /// it (a paused or cut-off leader never answers). Unlike a proposal, a
+    /// read round may be asked again: its answer only has to be an index
+    /// committed after the read arrived, and a later round's is. So every
+    /// waiting read asks again, of the new leader or (none known yet) held
+    /// until one is, rather than waiting out its caller's deadline. A late
+    /// answer to the old round finds no waiter and is dropped.
+    fn ask_again_for_reads(&mut self) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let deadline = self.hold_deadline();
+        for (_, read) in std::mem::take(&mut self.reads) {
+            if !read.reply.is_closed() {
+                self.read_or_hold(deadline, read.reply);
+            }
+        }
+    }
+
+    /// A read round unanswered for an election timeout asks again (etcd
+    /// 3.5 asks every 500 ms): a forwarded ReadIndex dropped on its way (a
+    /// full or broken peer lane) is otherwise lost with no leader change
+    /// to notice it. The late round keeps waiting too (on a slow link it
+    /// may just be slow), and whichever answers first answers the caller;
+    /// only the newest round of a read is asked again, so a read holds at
+    /// most one round per election timeout it waits.
+    fn ask_again_for_late_reads(&mut self) {
+        let late = self.ticks.saturating_sub(self.election_ticks());
+        let is_late = |r: &WaitingRead| r.asked.is_some_and(|t| t <= late);
+        let again: Vec<channel::Sender<Result<(), Error>>> = self
+            .reads
+            .values_mut()
+            .filter(|r| is_late(r) && !r.reply.is_closed())
+            .map(|r| {
+                r.asked = None;
+                r.reply.clone()
+            })
+            .collect();
+        let deadline = self.hold_deadline();
+        for reply in again {
+            self.read_or_hold(deadline, reply);
         }
     }
 
@@ -1215,6 +1275,9 @@ impl Driver {
                 // to C, which would append it a second time: X applied
                 // twice. Only the caller's deadline is safe to answer.
                 self.set_leading(soft.role == Role::Leader);
+                if before != soft.leader {
+                    self.ask_again_for_reads();
+                }
             }
             if let Some(hs) = rd.hard_state {
                 self.status.term.store(hs.term, Ordering::Relaxed);
@@ -1277,11 +1340,11 @@ impl Driver {
                     .get(..8)
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
                     .map(u64::from_be_bytes);
-                if let Some(reply) = ctx.and_then(|c| self.reads.remove(&c)) {
+                if let Some(waiting) = ctx.and_then(|c| self.reads.remove(&c)) {
                     self.confirmed_reads
                         .entry(read.index)
                         .or_default()
-                        .push(reply);
+                        .push(waiting.reply);
                 }
             }
             self.release_reads();
@@ -1325,7 +1388,7 @@ impl Driver {
     fn forget_left_callers(&mut self) {
         self.proposals.retain(|_, reply| !reply.is_closed());
         self.conf_waiters.retain(|_, reply| !reply.is_closed());
-        self.reads.retain(|_, reply| !reply.is_closed());
+        self.reads.retain(|_, read| !read.reply.is_closed());
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {
@@ -1540,8 +1603,8 @@ impl Driver {
         for (_, reply) in self.proposals.drain() {
             let _ = reply.try_send(Err(error.clone()));
         }
-        for (_, reply) in self.reads.drain() {
-            let _ = reply.try_send(Err(error.clone()));
+        for (_, read) in self.reads.drain() {
+            let _ = read.reply.try_send(Err(error.clone()));
         }
         for (_, waiters) in std::mem::take(&mut self.confirmed_reads) {
             for reply in waiters {
