@@ -93,7 +93,7 @@ impl quinn::Runtime for QuinnRuntime {
     fn new_timer(&self, at: Instant) -> Pin<Box<dyn quinn::AsyncTimer>> {
         Box::pin(LazyTimer {
             inner: quinn::AsyncStdRuntime.new_timer(at),
-            armed: Some(at),
+            armed: at,
             wanted: at,
         })
     }
@@ -121,21 +121,21 @@ impl quinn::Runtime for QuinnRuntime {
 /// re-arms about once per armed deadline, not once per packet.
 ///
 /// Invariant: `poll` is ready only once `wanted` has passed; while it is
-/// pending the inner timer is armed (`armed` is `Some`) at or before
-/// `wanted`. An inner timer that fired is spent (`armed` is `None`) until
-/// it is reset.
+/// pending the inner timer is armed at `armed`, at or before `wanted`. An
+/// inner timer that fires is spent (it would never wake anyone again), so
+/// `poll` arms it at `wanted` in the same call as it sees it fire.
 #[derive(Debug)]
 struct LazyTimer {
     inner: Pin<Box<dyn quinn::AsyncTimer>>,
-    /// The deadline the inner timer is set to, `None` once it fired.
-    armed: Option<Instant>,
+    /// The deadline the inner timer is set to.
+    armed: Instant,
     /// The deadline quinn asked for.
     wanted: Instant,
 }
 
 impl LazyTimer {
     fn arm(&mut self, at: Instant) {
-        self.armed = Some(at);
+        self.armed = at;
         self.inner.as_mut().reset(at);
     }
 }
@@ -143,7 +143,7 @@ impl LazyTimer {
 impl quinn::AsyncTimer for LazyTimer {
     fn reset(mut self: Pin<&mut Self>, at: Instant) {
         self.wanted = at;
-        if self.armed.is_none_or(|armed| at < armed) {
+        if at < self.armed {
             self.arm(at);
         }
     }
@@ -155,10 +155,11 @@ impl quinn::AsyncTimer for LazyTimer {
             if Instant::now() >= self.wanted {
                 return Poll::Ready(());
             }
-            if self.armed.is_some() && self.inner.as_mut().poll(cx).is_pending() {
+            if self.inner.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            // Spent, or its (earlier) deadline passed: arm the wanted one.
+            // It fired (its earlier deadline passed) and is spent: arm
+            // the wanted one.
             let wanted = self.wanted;
             self.arm(wanted);
         }
