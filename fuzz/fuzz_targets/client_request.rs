@@ -1,5 +1,6 @@
 //! Everything a node decodes from a client: a frame holding a
-//! `ClientRequest` (or, on a Unix connection, a numbered `UnixRequest`),
+//! `ClientRequest` (or, on a Unix connection or a `Call::Mux` stream, a
+//! numbered `UnixRequest`),
 //! then the messages of streaming calls. None may panic,
 //! and whatever decodes must re-encode to a frame that decodes the same.
 #![no_main]

@@ -92,6 +92,16 @@ struct Flags {
     #[arg(long, env = "QED_GRPC_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
     max_request_bytes: usize,
 
+    /// QUIC streams per node that the shim's unary calls share (numbered,
+    /// answered in any order) instead of a stream per call: about a fifth
+    /// less CPU per small put on both the shim and the node. A lost
+    /// packet stalls every call on its stream until resent, so on a lossy
+    /// link to the nodes use more streams, or 0 for a stream per call.
+    /// Watches and keepalives have streams of their own either way; a
+    /// node from before multiplexed streams gets a stream per call.
+    #[arg(long, env = "QED_GRPC_MUX_STREAMS", default_value_t = 4)]
+    mux_streams: usize,
+
     /// HTTP/2 streams one connection may have open; etcd's default is
     /// unlimited (2^32 - 1), which watch-heavy clients rely on.
     #[arg(long, env = "QED_GRPC_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
@@ -260,6 +270,7 @@ fn main() -> ExitCode {
             .max_request_bytes
             .saturating_add(512 * 1024)
             .max(ConnectOptions::default().max_call_send_bytes),
+        mux_streams: flags.mux_streams,
         // Each gRPC call carries its caller's own token (metadata `token`).
         ..ConnectOptions::default()
     };

@@ -1,11 +1,14 @@
 //! The QUIC client SDK, shaped like etcd's clientv3.
 //!
 //! A [`Client`] holds one lazily opened QUIC connection per endpoint and
-//! sends each call on its own stream, round-robin over the endpoints. A
-//! `unix://` endpoint (a node on the same machine) is reached over Unix
-//! sockets instead, with the same frames: unary calls share one
-//! connection per endpoint, numbered and answered in any order
-//! (`unix_mux`), and each streaming call has a connection of its own. A call
+//! sends each call on its own stream, round-robin over the endpoints; with
+//! [`ConnectOptions::mux_streams`] its unary calls share that many
+//! long-lived streams of the connection instead (`Call::Mux`, numbered and
+//! answered in any order: `mux`), falling back to a stream per call with a
+//! node that refuses them. A `unix://` endpoint (a node on the same
+//! machine) is reached over Unix sockets instead, with the same frames:
+//! unary calls share one connection per endpoint (`mux` too), and each
+//! streaming call has a connection of its own. A call
 //! fails over to the next endpoint only when it could not be sent (connect or
 //! stream-open failure): once a request has left, retrying could apply a
 //! write twice, so the error goes to the caller instead.
@@ -29,7 +32,7 @@ mod auth;
 pub mod concurrency;
 mod kv;
 mod lease;
-mod unix_mux;
+mod mux;
 mod watch;
 mod watch_stream;
 
@@ -103,6 +106,18 @@ pub struct ConnectOptions {
     /// default `--max-request-bytes` plus its envelope); raise both
     /// together.
     pub max_call_send_bytes: usize,
+    /// Unary calls to a QUIC endpoint share this many long-lived streams
+    /// of its connection (`Call::Mux`: numbered calls, answered in any
+    /// order), spread round-robin, instead of opening a stream each. It
+    /// saves the node and the client the work of opening and closing a
+    /// stream per call (about a fifth of a small put's CPU on both sides),
+    /// but a lost packet stalls every call on its stream until it is
+    /// resent (head-of-line blocking), which a stream per call confines to
+    /// that call. 0 (the default): a stream per call, the better choice on
+    /// a lossy link; `qed-grpc` uses 4 (`--mux-streams`). A node that does
+    /// not know `Call::Mux` gets a stream per call. Watches, keepalives and
+    /// snapshots always have streams of their own.
+    pub mux_streams: usize,
 }
 
 impl Default for ConnectOptions {
@@ -119,6 +134,7 @@ impl Default for ConnectOptions {
             user: None,
             password: None,
             max_call_send_bytes: MAX_CLIENT_FRAME,
+            mux_streams: 0,
         }
     }
 }
@@ -195,7 +211,11 @@ struct Inner {
     /// Per endpoint, the multiplexed Unix connection unary calls share
     /// (always empty for QUIC endpoints); the async lock makes concurrent
     /// first calls share one connection.
-    unix: Vec<Mutex<Option<unix_mux::UnixMux>>>,
+    unix: Vec<Mutex<Option<mux::Mux>>>,
+    /// Per endpoint, the multiplexed streams unary calls share on its QUIC
+    /// connection (with `mux_streams` > 0); the async lock makes
+    /// concurrent first calls share the streams they open.
+    quic_mux: Vec<Mutex<QuicMuxes>>,
     next: AtomicUsize,
     options: ConnectOptions,
     /// The token calls carry: `options.token`, or the one `Authenticate`
@@ -257,6 +277,10 @@ impl Client {
             inner: Arc::new(Inner {
                 connections: parsed.iter().map(|_| Mutex::new(Slot::default())).collect(),
                 unix: parsed.iter().map(|_| Mutex::new(None)).collect(),
+                quic_mux: parsed
+                    .iter()
+                    .map(|_| Mutex::new(QuicMuxes::default()))
+                    .collect(),
                 endpoints: parsed,
                 quic,
                 next: AtomicUsize::new(0),
@@ -363,26 +387,30 @@ impl Client {
         // small, rather than carrying every state of a handshake.
         let call = Box::pin(async {
             let max = self.inner.options.max_call_send_bytes;
-            let (mut send, mut recv) = match self.open_bi(true).await? {
-                Opened::Own { send, recv, .. } => (send, recv),
-                Opened::Mux(mux, idx) => {
-                    let too_large = |_| ClientError::Server(qed_wire::Error::RequestTooLarge);
-                    let reply = match mux.call(&frame, max).await.map_err(too_large)? {
-                        // It died before this call was queued: a new
-                        // connection may carry it (nothing was sent).
-                        Err(unix_mux::MuxError::NotSent) => {
-                            let mux = self.unix_mux(idx).await?;
-                            mux.call(&frame, max).await.map_err(too_large)?
+            let too_large = |_| ClientError::Server(qed_wire::Error::RequestTooLarge);
+            let mut opened = self.open_bi(true).await?;
+            let mut retried = false;
+            let (mut send, mut recv) = loop {
+                match opened {
+                    Opened::Own { send, recv, .. } => break (send, recv),
+                    Opened::Mux(mux, idx) => {
+                        match mux.call(&frame, max).await.map_err(too_large)? {
+                            Ok(reply) => return reply.map_err(ClientError::Server),
+                            // It died before this call was queued: a new mux
+                            // may carry it (nothing was sent), once.
+                            Err(mux::MuxError::NotSent) if !retried => {
+                                retried = true;
+                                opened = self.reopen_unary(idx).await?;
+                            }
+                            Err(mux::MuxError::NotSent) => {
+                                return Err(self.connect_error(idx, "connection closed"))
+                            }
+                            Err(mux::MuxError::Busy) => {
+                                return Err(ClientError::Server(qed_wire::Error::TooManyRequests))
+                            }
+                            Err(mux::MuxError::Closed) => return Err(ClientError::Closed),
                         }
-                        other => other,
-                    };
-                    let reply = reply.map_err(|e| match e {
-                        unix_mux::MuxError::Busy => {
-                            ClientError::Server(qed_wire::Error::TooManyRequests)
-                        }
-                        _ => ClientError::Closed,
-                    })?;
-                    return reply.map_err(ClientError::Server);
+                    }
                 }
             };
             stream::WriteBytes::write_bytes(&mut send, &frame)
@@ -519,16 +547,11 @@ impl Client {
                     continue;
                 }
                 match self.connection(idx, pass).await {
-                    Ok(Some(conn)) => match conn.open_bi().await {
-                        Ok((send, recv)) => {
-                            return Ok(Opened::Own {
-                                send: SendHalf::Quic(send),
-                                recv: RecvHalf::Quic(recv),
-                            })
-                        }
+                    Ok(Some(conn)) => match self.open_on(idx, &conn, unary).await {
+                        Ok(opened) => return Ok(opened),
                         Err(e) => {
                             self.forget(idx, &conn).await;
-                            last = Some(self.connect_error(idx, e));
+                            last = Some(e);
                         }
                     },
                     Ok(None) => {}
@@ -537,6 +560,131 @@ impl Client {
             }
         }
         Err(last.unwrap_or(ClientError::Closed))
+    }
+
+    /// A unary call's transport on endpoint `idx` again, for a call whose
+    /// mux died before it was queued (nothing was sent).
+    async fn reopen_unary(&self, idx: usize) -> Result<Opened, ClientError> {
+        if let Some(ClientUrl::Unix(_)) = self.inner.endpoints.get(idx) {
+            return Ok(Opened::Mux(self.unix_mux(idx).await?, idx));
+        }
+        let conn = self
+            .connection(idx, Pass::Down)
+            .await?
+            .ok_or_else(|| self.connect_error(idx, "unreachable; reconnecting"))?;
+        let opened = self.open_on(idx, &conn, true).await;
+        if opened.is_err() {
+            self.forget(idx, &conn).await;
+        }
+        opened
+    }
+
+    /// A call's transport on `conn`, endpoint `idx`'s QUIC connection: one
+    /// of its multiplexed streams for a `unary` call when the client uses
+    /// them and the node takes them, else a stream of its own.
+    async fn open_on(
+        &self,
+        idx: usize,
+        conn: &quinn::Connection,
+        unary: bool,
+    ) -> Result<Opened, ClientError> {
+        if unary && self.inner.options.mux_streams > 0 {
+            if let Some(mux) = self.quic_mux(idx, conn).await? {
+                return Ok(Opened::Mux(mux, idx));
+            }
+        }
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| self.connect_error(idx, e))?;
+        Ok(Opened::Own {
+            send: SendHalf::Quic(send),
+            recv: RecvHalf::quic(recv),
+        })
+    }
+
+    /// One of `conn`'s multiplexed streams, round-robin, opening one while
+    /// fewer than `mux_streams` live; `None` when the node refused
+    /// `Call::Mux` on this connection (a node from before it: the call
+    /// gets a stream of its own).
+    async fn quic_mux(
+        &self,
+        idx: usize,
+        conn: &quinn::Connection,
+    ) -> Result<Option<mux::Mux>, ClientError> {
+        let Some(set) = self.inner.quic_mux.get(idx) else {
+            return Err(ClientError::Closed);
+        };
+        let mut set = set.lock().await;
+        if set.conn != Some(conn.stable_id()) {
+            // A new connection: the old one's streams die with it.
+            for old in set.streams.drain(..) {
+                old.retire();
+            }
+            *set = QuicMuxes {
+                conn: Some(conn.stable_id()),
+                ..QuicMuxes::default()
+            };
+        }
+        if set.refused {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        set.streams.retain(|m| {
+            let usable = m.usable(now);
+            if !usable {
+                m.retire();
+            }
+            usable
+        });
+        if set.streams.len() < self.inner.options.mux_streams {
+            match self.open_mux_stream(idx, conn).await {
+                Ok(mux) => {
+                    set.streams.push(mux.clone());
+                    return Ok(Some(mux));
+                }
+                Err(ClientError::Server(qed_wire::Error::InvalidArgument(why)))
+                    if why.starts_with("malformed request") =>
+                {
+                    set.refused = true;
+                    return Ok(None);
+                }
+                // Those already open still serve.
+                Err(e) if set.streams.is_empty() => return Err(e),
+                Err(e) => log::debug!("mux stream not opened: {e}"),
+            }
+        }
+        set.next = set.next.wrapping_add(1);
+        let pick = set.next % set.streams.len().max(1);
+        Ok(set.streams.get(pick).cloned())
+    }
+
+    /// Opens a QUIC stream for multiplexed unary calls: `Call::Mux`, then
+    /// the node's acceptance (a node that does not know the call refuses
+    /// it as malformed).
+    async fn open_mux_stream(
+        &self,
+        idx: usize,
+        conn: &quinn::Connection,
+    ) -> Result<mux::Mux, ClientError> {
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| self.connect_error(idx, e))?;
+        let (mut send, mut recv) = (SendHalf::Quic(send), RecvHalf::quic(recv));
+        let open = ClientRequest {
+            token: None,
+            call: Call::Mux,
+        };
+        stream::write(&mut send, &open, MAX_CLIENT_FRAME)
+            .await
+            .map_err(after_send)?;
+        let accepted: qed_wire::StreamAccept = stream::read(&mut recv, MAX_SERVER_FRAME)
+            .await
+            .map_err(after_send)?
+            .ok_or(ClientError::Closed)?;
+        accepted?;
+        Ok(mux::Mux::start(send, recv, self.inner.on_drop.clone()))
     }
 
     /// A Unix connection of its own (a streaming call's) to endpoint `idx`.
@@ -556,7 +704,7 @@ impl Client {
 
     /// Endpoint `idx`'s shared Unix connection: the live one, or a new one
     /// in place of one that died or idled too long.
-    async fn unix_mux(&self, idx: usize) -> Result<unix_mux::UnixMux, ClientError> {
+    async fn unix_mux(&self, idx: usize) -> Result<mux::Mux, ClientError> {
         let (Some(slot), Some(ClientUrl::Unix(path))) =
             (self.inner.unix.get(idx), self.inner.endpoints.get(idx))
         else {
@@ -570,7 +718,7 @@ impl Client {
             mux.retire();
             *slot = None;
         }
-        let mux = unix_mux::UnixMux::connect(path, self.inner.on_drop.clone())
+        let mux = mux::Mux::connect_unix(path, self.inner.on_drop.clone())
             .await
             .map_err(|e| self.connect_error(idx, e))?;
         *slot = Some(mux.clone());
@@ -800,8 +948,21 @@ async fn probe(client: std::sync::Weak<Inner>, idx: usize) {
 enum Opened {
     /// A stream of its own: a QUIC stream, or a Unix connection of its own.
     Own { send: SendHalf, recv: RecvHalf },
-    /// Endpoint `.1`'s shared Unix connection, for a unary call.
-    Mux(unix_mux::UnixMux, usize),
+    /// One of endpoint `.1`'s multiplexed transports (its Unix connection,
+    /// or a `Call::Mux` stream), for a unary call.
+    Mux(mux::Mux, usize),
+}
+
+/// An endpoint's multiplexed QUIC streams.
+#[derive(Default)]
+struct QuicMuxes {
+    /// The connection (`stable_id`) they are streams of.
+    conn: Option<usize>,
+    streams: Vec<mux::Mux>,
+    /// Round-robin position.
+    next: usize,
+    /// The node refused `Call::Mux` on this connection.
+    refused: bool,
 }
 
 /// Whether a failover pass may use endpoints that recently failed.

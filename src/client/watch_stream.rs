@@ -20,11 +20,12 @@
 //! the `created` response always finds it.
 
 use super::{Client, ClientError, StreamSender};
-use crate::runtime::{self, channel, Mutex};
+use crate::runtime::{self, Mutex};
 use qed_wire::watch::{WatchBatch, WatchCreateRequest, WatchRequest, WatchResponse};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Poll, Waker};
 
 /// Watches one shared stream carries before the next one is opened, so
 /// that the node's per-stream queue (1,024 responses) and writer are
@@ -48,10 +49,11 @@ struct Routes {
 /// A watch's responses on their way from the router to its `Watcher`: a
 /// deque held to [`QUEUE_PER_WATCH`] (grown only as needed: a bounded
 /// channel would allocate all its slots up front, for every idle watch)
-/// and a one-slot wake-up channel.
+/// and the reader's waker, under one lock. A push wakes the reader only
+/// if it is waiting (it found the queue empty), so a burst of responses
+/// costs the reader one wake-up, and waiting allocates nothing.
 struct WatchQueue {
     state: std::sync::Mutex<QueueState>,
-    wake: channel::Sender<()>,
 }
 
 #[derive(Default)]
@@ -60,24 +62,22 @@ struct QueueState {
     /// No more responses will come: the watch was detached or the stream
     /// ended.
     closed: bool,
+    /// The reader's, while it waits for the next response.
+    waiting: Option<Waker>,
 }
 
 /// The `Watcher`'s end of a [`WatchQueue`].
 pub(super) struct QueueReader {
     queue: Arc<WatchQueue>,
-    wake: channel::Receiver<()>,
 }
 
 impl WatchQueue {
     fn new() -> (Arc<WatchQueue>, QueueReader) {
-        let (tx, rx) = channel::bounded(1);
         let queue = Arc::new(WatchQueue {
             state: Default::default(),
-            wake: tx,
         });
         let reader = QueueReader {
             queue: queue.clone(),
-            wake: rx,
         };
         (queue, reader)
     }
@@ -94,37 +94,45 @@ impl WatchQueue {
             return false;
         }
         state.items.push_back(resp);
+        let waiting = state.waiting.take();
         drop(state);
-        // A full wake-up channel already means "look again".
-        let _ = self.wake.try_send(());
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
         true
     }
 
     /// Ends the queue: the reader gets what is queued, then `None`.
     fn close(&self) {
-        self.lock().closed = true;
-        let _ = self.wake.try_send(());
+        let mut state = self.lock();
+        state.closed = true;
+        let waiting = state.waiting.take();
+        drop(state);
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
     }
 }
 
 impl QueueReader {
     /// The next response; `None` once the queue is closed and drained.
+    /// Cancel-safe: a response leaves the queue only when it is returned.
     pub(super) async fn recv(&self) -> Option<WatchResponse> {
-        loop {
-            {
-                let mut state = self.queue.lock();
-                if let Some(resp) = state.items.pop_front() {
-                    return Some(resp);
-                }
-                if state.closed {
-                    return None;
-                }
+        std::future::poll_fn(|cx| {
+            let mut state = self.queue.lock();
+            if let Some(resp) = state.items.pop_front() {
+                return Poll::Ready(Some(resp));
             }
-            // The queue holds the sender, so this only waits.
-            if self.wake.recv().await.is_err() {
-                return None;
+            if state.closed {
+                return Poll::Ready(None);
             }
-        }
+            match &mut state.waiting {
+                Some(waker) => waker.clone_from(cx.waker()),
+                none => *none = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -191,20 +199,21 @@ impl SharedStream {
         let weak = Arc::downgrade(&stream);
         runtime::spawn(async move {
             loop {
-                let responses = if batched {
+                let batch = if batched {
                     match recv.recv::<WatchBatch>().await {
-                        Ok(Some(batch)) => batch.into_responses(),
+                        Ok(Some(batch)) => batch,
                         _ => break,
                     }
                 } else {
                     match recv.recv::<WatchResponse>().await {
-                        Ok(Some(resp)) => vec![resp],
+                        Ok(Some(response)) => WatchBatch {
+                            response,
+                            more_ids: Vec::new(),
+                        },
                         _ => break,
                     }
                 };
-                for resp in responses {
-                    route(&routes, &weak, resp);
-                }
+                route(&routes, &weak, batch);
             }
             let mut routes = lock_routes(&routes);
             routes.closed = true;
@@ -249,17 +258,42 @@ impl SharedStream {
     }
 }
 
-/// Hands a response to its watch's queue without ever waiting.
-fn route(routes: &std::sync::Mutex<Routes>, stream: &Weak<SharedStream>, resp: WatchResponse) {
+/// Hands a batch's response to each of its watches' queues without ever
+/// waiting. The copies share the response's events (`Events`): a batch
+/// for a thousand watches is one decoded list, not a thousand.
+fn route(routes: &std::sync::Mutex<Routes>, stream: &Weak<SharedStream>, batch: WatchBatch) {
+    let WatchBatch { response, more_ids } = batch;
     let mut routes = lock_routes(routes);
-    if resp.watch_id == STREAM_WATCH_ID {
+    if response.watch_id == STREAM_WATCH_ID {
         // Progress for the whole stream: every watch of it has been handed
         // everything up to the revision. A full queue just misses it.
         for queue in routes.queues.values() {
-            let _ = queue.push(resp.clone());
+            let _ = queue.push(response.clone());
         }
         return;
     }
+    // A batch names a watch once, so the order among its watches is free:
+    // the copies first, the response itself last.
+    let mut detached = Vec::new();
+    for &watch_id in &more_ids {
+        let copy = WatchResponse {
+            watch_id,
+            ..response.clone()
+        };
+        deliver(&mut routes, copy, &mut detached);
+    }
+    deliver(&mut routes, response, &mut detached);
+    drop(routes);
+    for id in detached {
+        // A slow consumer: stop the node sending more; its watcher
+        // re-creates the watch from where it stopped.
+        send_cancel(stream, id);
+    }
+}
+
+/// Queues `resp` for its watch; a watch whose queue is full is detached
+/// (added to `detached`), as is one whose final response this is.
+fn deliver(routes: &mut Routes, resp: WatchResponse, detached: &mut Vec<i64>) {
     let id = resp.watch_id;
     let Some(queue) = routes.queues.get(&id) else {
         // A watch already detached or canceled: its last responses.
@@ -273,11 +307,8 @@ fn route(routes: &std::sync::Mutex<Routes>, stream: &Weak<SharedStream>, resp: W
     if let Some(queue) = routes.queues.remove(&id) {
         queue.close();
     }
-    drop(routes);
     if !queued {
-        // A slow consumer: stop the node sending more; its watcher
-        // re-creates the watch from where it stopped.
-        send_cancel(stream, id);
+        detached.push(id);
     }
 }
 

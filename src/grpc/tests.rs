@@ -107,7 +107,8 @@ impl Backend for Stub {
                                 ..Default::default()
                             },
                             prev_kv: None,
-                        }],
+                        }]
+                        .into(),
                         ..Default::default()
                     };
                     let batch = wire::watch::WatchBatch {
@@ -674,7 +675,8 @@ fn a_watch_batch_encodes_as_its_responses_one_by_one() {
                 lease: 0,
             },
             prev_kv: None,
-        }],
+        }]
+        .into(),
         ..Default::default()
     };
     for more_ids in [vec![], vec![0, 1, -1, 300, i64::MAX]] {

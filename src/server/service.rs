@@ -1,10 +1,12 @@
 //! The client listeners: QUIC connections in, one task per call stream;
 //! Unix-socket connections in (`unix://` client URLs), each either one
 //! streaming call's or multiplexed: a reader task, a task per call, a
-//! writer task sending replies as they finish ([`serve_mux`]).
+//! writer task sending replies as they finish ([`serve_mux`]). A QUIC
+//! stream opened with `Call::Mux` is multiplexed the same way.
 //!
-//! Each stream carries one call (see `qed_wire::call`); a Unix connection
-//! carries the same frames, numbered (`transport::stream`). Whatever
+//! Each stream carries one call (see `qed_wire::call`), or numbered unary
+//! calls (a `Call::Mux` stream); a Unix connection carries the same
+//! frames, numbered (`transport::stream`). Whatever
 //! arrives is bounded and checked before it reaches the node: an oversized
 //! frame is refused with `RequestTooLarge` (on a multiplexed connection
 //! read past and answered under its number), a frame that does not decode
@@ -103,7 +105,7 @@ async fn serve_connection(conn: quinn::Connection, node: Arc<Node>, budget: Arc<
             Ok((send, recv)) => {
                 runtime::spawn(serve_stream(
                     SendHalf::Quic(send),
-                    RecvHalf::Quic(recv),
+                    RecvHalf::quic(recv),
                     node.clone(),
                     cert_user.clone(),
                     budget.clone(),
@@ -184,10 +186,10 @@ async fn serve_unix_connection(conn: UnixStream, node: Arc<Node>, budget: Arc<Co
             }
         }
     }
-    serve_mux(first, send, recv, node, budget).await
+    serve_mux(Some(first), send, recv, node, budget, None).await
 }
 
-/// Calls one multiplexed Unix connection may have in flight (read and not
+/// Calls one multiplexed Unix connection or QUIC stream may have in flight (read and not
 /// yet answered), as a QUIC connection may have streams; past it the node
 /// reads no more from the connection until replies have gone out.
 const MAX_MUX_CALLS: usize = crate::transport::endpoint::MAX_STREAMS as usize;
@@ -195,8 +197,8 @@ const MAX_MUX_CALLS: usize = crate::transport::endpoint::MAX_STREAMS as usize;
 /// Replies gathered into one write on a multiplexed connection at most.
 const MUX_WRITE_BATCH: usize = 256 * 1024;
 
-/// Serves unary calls on a multiplexed Unix connection, `first` being the
-/// frame already read. This task reads frames (all that one read brings,
+/// Serves unary calls on a multiplexed Unix connection or `Call::Mux`
+/// QUIC stream, `first` being a frame already read. This task reads frames (all that one read brings,
 /// out of the connection's buffer) and starts a task per call; a writer
 /// task sends replies as they come, everything waiting in one write. The
 /// connection ends when the client shuts its side (after the replies owed),
@@ -206,18 +208,19 @@ const MUX_WRITE_BATCH: usize = 256 * 1024;
 /// not decode is answered with its error under its number; only a frame
 /// whose number cannot be read ends the connection.
 async fn serve_mux(
-    first: MuxFrame,
+    first: Option<MuxFrame>,
     send: SendHalf,
     mut recv: RecvHalf,
     node: Arc<Node>,
     budget: Arc<ConnBudget>,
+    cert_user: Option<String>,
 ) {
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (room_tx, room) = runtime::channel::bounded::<()>(1);
     let (replies, queued) = runtime::channel::unbounded::<Vec<u8>>();
     runtime::spawn(write_replies(send, queued, in_flight.clone(), room_tx));
     let cap = node.client_limits().frame_cap();
-    let mut next = Some(first);
+    let mut next = first;
     loop {
         let frame = match next.take() {
             Some(frame) => frame,
@@ -232,14 +235,15 @@ async fn serve_mux(
                     Ok(None) => return,
                     Err(e) => {
                         recv.stop(FRAME_VIOLATION);
-                        return log::debug!("unix client failed: {e}");
+                        return log::debug!("multiplexed client failed: {e}");
                     }
                 }
             }
         };
-        let Some((id, answer)) = mux_call(frame, node.client_limits().max_request_bytes) else {
+        let limit = node.client_limits().max_request_bytes;
+        let Some((id, answer)) = mux_call(frame, limit, &cert_user) else {
             recv.stop(FRAME_VIOLATION);
-            return log::debug!("unix client sent a frame without a call number");
+            return log::debug!("multiplexed client sent a frame without a call number");
         };
         in_flight.fetch_add(1, Ordering::AcqRel);
         let replies = replies.clone();
@@ -267,7 +271,11 @@ enum MuxAnswer {
 
 /// A frame's call number and what to do with it; `None` when not even
 /// the number can be read.
-fn mux_call(frame: MuxFrame, max_request_bytes: usize) -> Option<(u64, MuxAnswer)> {
+fn mux_call(
+    frame: MuxFrame,
+    max_request_bytes: usize,
+    cert_user: &Option<String>,
+) -> Option<(u64, MuxAnswer)> {
     match frame {
         MuxFrame::Dropped { head, error } => Some((frame_id(&head)?, MuxAnswer::Now(error))),
         MuxFrame::Whole(raw, charge) => match raw.decode::<UnixRequest>() {
@@ -279,12 +287,12 @@ fn mux_call(frame: MuxFrame, max_request_bytes: usize) -> Option<(u64, MuxAnswer
                     Call::Unary(req) => {
                         let creds = Credentials {
                             token: request.token,
-                            cert_user: None,
+                            cert_user: cert_user.clone(),
                         };
                         MuxAnswer::Handle(req, creds, charge)
                     }
                     _ => MuxAnswer::Now(Error::InvalidArgument(
-                        "a streaming call needs a Unix connection of its own".into(),
+                        "a streaming call needs a stream of its own".into(),
                     )),
                 };
                 Some((id, answer))
@@ -329,7 +337,7 @@ async fn next_mux_frame(
         .map_err(|_| TransportError::Stream("the request did not arrive in time".into()))?
 }
 
-/// One frame as read off a Unix connection.
+/// One frame as read off a multiplexed connection or stream.
 enum MuxFrame {
     /// Read whole, its bytes charged to the connection until answered.
     Whole(stream::RawFrame, Charge),
@@ -555,6 +563,16 @@ async fn serve_streaming(
         Call::Watch => serve_watch(send, recv, node, creds, budget, false).await,
         Call::WatchBatched => serve_watch(send, recv, node, creds, budget, true).await,
         Call::LeaseKeepAlive => serve_keep_alive(send, recv, node, budget).await,
+        Call::Mux => {
+            let accepted: StreamAccept = Ok(());
+            if stream::write(&mut send, &accepted, MAX_SERVER_FRAME)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            serve_mux(None, send, recv, node, budget, creds.cert_user).await
+        }
         Call::Unary(_) => {
             let answer: StreamAccept = Err(Error::InvalidArgument("not a streaming call".into()));
             send_last(&mut send, &answer).await;

@@ -8,7 +8,9 @@
 //! connection ([`SendHalf`], [`RecvHalf`]) with the same frames. A Unix
 //! connection carries either many unary calls at once, each frame
 //! numbered (`qed_wire::UnixRequest`), or one streaming call to its end;
-//! "finish" is a write shutdown, as a QUIC stream's FIN.
+//! "finish" is a write shutdown, as a QUIC stream's FIN. A QUIC stream
+//! opened with `Call::Mux` carries numbered unary calls as a Unix
+//! connection does.
 
 use super::TransportError;
 use crate::runtime::UnixStream;
@@ -58,8 +60,17 @@ const UNIX_READ_BUFFER: usize = 64 * 1024;
 
 /// The receiving half of one call's transport.
 pub enum RecvHalf {
-    Quic(RecvStream),
+    Quic(QuicRecv),
     Unix(BufReader<UnixStream>),
+}
+
+/// A QUIC receive stream and the chunk [`RecvHalf::readable`] took from it
+/// and reads have not used up yet (quinn hands out whatever arrived as one
+/// chunk, so a stream of many small frames is read a chunk, not a frame,
+/// at a time).
+pub struct QuicRecv {
+    stream: RecvStream,
+    pending: Option<quinn::Chunk>,
 }
 
 impl RecvHalf {
@@ -67,14 +78,33 @@ impl RecvHalf {
         RecvHalf::Unix(BufReader::with_capacity(UNIX_READ_BUFFER, stream))
     }
 
+    pub fn quic(stream: RecvStream) -> RecvHalf {
+        RecvHalf::Quic(QuicRecv {
+            stream,
+            pending: None,
+        })
+    }
+
     /// Waits until bytes are there to read: `true` then, `false` once the
-    /// peer finished sending. Takes nothing, so it may be abandoned (a
-    /// timeout) without losing a byte. A QUIC stream says `true` at once
-    /// (its reads wait by themselves).
+    /// peer finished sending. Takes nothing from the caller's point of
+    /// view (what it took is kept for the next reads), so it may be
+    /// abandoned (a timeout) without losing a byte.
     pub async fn readable(&mut self) -> Result<bool, TransportError> {
         use futures_lite::io::AsyncBufReadExt;
         match self {
-            RecvHalf::Quic(_) => Ok(true),
+            RecvHalf::Quic(q) => {
+                if q.pending.as_ref().is_some_and(|c| !c.bytes.is_empty()) {
+                    return Ok(true);
+                }
+                // Cancel-safe: quinn hands a chunk over only when the
+                // future completes.
+                q.pending = q
+                    .stream
+                    .read_chunk(usize::MAX, true)
+                    .await
+                    .map_err(stream_error)?;
+                Ok(q.pending.is_some())
+            }
             RecvHalf::Unix(r) => Ok(!r.fill_buf().await.map_err(stream_error)?.is_empty()),
         }
     }
@@ -85,8 +115,9 @@ impl RecvHalf {
     /// unread leaves its framing unknown).
     pub fn stop(&mut self, code: VarInt) {
         match self {
-            RecvHalf::Quic(r) => {
-                let _ = r.stop(code);
+            RecvHalf::Quic(q) => {
+                q.pending = None;
+                let _ = q.stream.stop(code);
             }
             RecvHalf::Unix(r) => {
                 let _ = r.get_ref().shutdown(Shutdown::Read);
@@ -95,10 +126,33 @@ impl RecvHalf {
     }
 }
 
+impl QuicRecv {
+    /// The chunk `readable` kept, if it has bytes left.
+    fn take_pending(&mut self) -> Option<quinn::Chunk> {
+        self.pending.take().filter(|c| !c.bytes.is_empty())
+    }
+
+    /// The chunk `readable` kept, else the next one from the stream.
+    async fn pending_or_read(&mut self) -> Result<Option<quinn::Chunk>, quinn::ReadError> {
+        match self.take_pending() {
+            Some(chunk) => Ok(Some(chunk)),
+            None => self.stream.read_chunk(usize::MAX, true).await,
+        }
+    }
+}
+
 impl ReadBytes for RecvHalf {
     async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
         match self {
-            RecvHalf::Quic(r) => r.read_some(buf).await,
+            RecvHalf::Quic(q) => match q.take_pending() {
+                Some(mut chunk) => {
+                    let n = buf.len().min(chunk.bytes.len());
+                    buf[..n].copy_from_slice(&chunk.bytes.split_to(n));
+                    q.pending = Some(chunk);
+                    Ok(n)
+                }
+                None => q.stream.read_some(buf).await,
+            },
             RecvHalf::Unix(r) => r.read(buf).await.map_err(stream_error),
         }
     }
@@ -278,7 +332,7 @@ impl FrameReader {
             }
             let n = match &mut self.recv {
                 // QUIC: quinn's chunk as it is (no copy inside quinn).
-                RecvHalf::Quic(r) => match r.read_chunk(usize::MAX, true).await {
+                RecvHalf::Quic(q) => match q.pending_or_read().await {
                     Ok(Some(chunk)) => {
                         let len = chunk.bytes.len();
                         if self.buf.len() < self.end + len {

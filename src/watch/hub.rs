@@ -18,13 +18,14 @@
 //! 7. After installing a snapshot: `restore(store.revision())`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::ops::Bound;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use super::interval::{End, IntervalMap};
 use super::pending::{PendingResponse, SharedEvent};
-use super::{IdMap, WatchError};
+use super::{IdHasher, IdMap, WatchError};
 use crate::mvcc::{MvccError, Store};
 use qed_wire::kv::{Event, EventType, KeyValue, ResponseHeader};
 use qed_wire::watch::{WatchCreateRequest, WatchFilter, WatchResponse};
@@ -181,6 +182,8 @@ struct Queued {
 struct StreamState {
     /// etcd's `watchStream.nextID`: server-assigned IDs count up from 0.
     next_auto_id: WatchId,
+    /// The stream's watches, so that dropping it visits only them.
+    watches: BTreeSet<WatchId>,
     queue: VecDeque<Queued>,
     bytes: usize,
     /// A progress request waits until every watch of the stream is synced,
@@ -216,7 +219,9 @@ pub struct WatchHub {
     config: WatchConfig,
     /// The newest revision the hub has been told about.
     revision: i64,
-    watchers: BTreeMap<WatcherRef, Watcher>,
+    /// Hashed, not ordered: `on_apply` looks up every watcher it routes
+    /// to, per revision (each stream lists its own, see `StreamState`).
+    watchers: HashMap<WatcherRef, Watcher, BuildHasherDefault<IdHasher>>,
     streams: BTreeMap<StreamId, StreamState>,
     /// Single-key watchers by key, synced or not.
     keys: BTreeMap<Vec<u8>, BTreeSet<WatcherRef>>,
@@ -238,7 +243,7 @@ impl WatchHub {
         WatchHub {
             config,
             revision,
-            watchers: BTreeMap::new(),
+            watchers: HashMap::default(),
             streams: BTreeMap::new(),
             keys: BTreeMap::new(),
             ranges: IntervalMap::default(),
@@ -395,6 +400,7 @@ impl WatchHub {
         if !synced {
             self.unsynced.insert(wref);
         }
+        state.watches.insert(id);
         self.watchers.insert(wref, watcher);
         Ok(id)
     }
@@ -419,16 +425,13 @@ impl WatchHub {
 
     /// Forgets a stream that ended: its watches and its queue.
     pub fn drop_stream(&mut self, stream: StreamId) {
-        let refs: Vec<WatcherRef> = self
-            .watchers
-            .range((stream, WatchId::MIN)..=(stream, WatchId::MAX))
-            .map(|(r, _)| *r)
-            .collect();
-        for wref in refs {
-            self.remove_watcher(wref);
-        }
-        self.streams.remove(&stream);
         self.ready.remove(&stream);
+        let Some(state) = self.streams.remove(&stream) else {
+            return;
+        };
+        for id in state.watches {
+            self.remove_watcher((stream, id));
+        }
     }
 
     /// A client's progress request: one response with `watch_id = -1` and
@@ -477,6 +480,8 @@ impl WatchHub {
         // run: on one key with the same options, a stream's watchers are
         // one run, whose response is queued once.
         let mut runs: Vec<Run> = Vec::new();
+        // The stream of the watcher before (matches come stream by stream).
+        let mut stream: Option<(StreamId, Option<&StreamState>)> = None;
         for group in matched.chunk_by(|a, b| a.0 == b.0) {
             let wref = group[0].0;
             let Some(w) = self.watchers.get(&wref) else {
@@ -489,10 +494,15 @@ impl WatchHub {
                 .iter()
                 .map(|&(_, i)| i)
                 .filter(|&i| events.get(i).is_some_and(|e| w.wants(e.kind)));
-            let open = self
-                .streams
-                .get(&wref.0)
-                .and_then(|s| s.open.get(&wref.1).copied());
+            let state = match stream {
+                Some((id, state)) if id == wref.0 => state,
+                _ => {
+                    let state = self.streams.get(&wref.0);
+                    stream = Some((wref.0, state));
+                    state
+                }
+            };
+            let open = state.and_then(|s| s.open.get(&wref.1).copied());
             if let Some(run) = runs.last_mut() {
                 if run.stream == wref.0
                     && run.open == open
@@ -708,6 +718,8 @@ impl WatchHub {
             }
             w.quiet = true;
         }
+        // Each stream's notifications in watch order.
+        send.sort_unstable();
         for (stream, id) in send {
             let resp = WatchResponse {
                 header: header(self.revision),
@@ -1047,6 +1059,9 @@ impl WatchHub {
         let Some(w) = self.watchers.remove(&wref) else {
             return false;
         };
+        if let Some(state) = self.streams.get_mut(&wref.0) {
+            state.watches.remove(&wref.1);
+        }
         match &w.range {
             Range::Single => {
                 if let Some(set) = self.keys.get_mut(&w.key) {

@@ -11,6 +11,9 @@
 //! `LeaseKeepAliveResponse`, or
 //! `Result<SnapshotResponse, Error>` chunks) until either side finishes.
 //!
+//! A stream opened with [`Call::Mux`] carries many unary calls, numbered
+//! as on a multiplexed Unix connection (below).
+//!
 //! A Unix-socket connection carries the same frames, with a call number in
 //! front of the envelope ([`UnixRequest`]). A connection whose first frame
 //! is a streaming call is that call's alone, as a QUIC stream is (the
@@ -50,6 +53,15 @@ pub enum Call {
     /// thousand watches share crosses the wire once. (Last, so older
     /// nodes refuse it as malformed and a client can fall back to `Watch`.)
     WatchBatched,
+    /// Opens a stream that carries unary calls multiplexed, as a Unix
+    /// connection does: after the node's [`StreamAccept`], the client sends
+    /// [`UnixRequest`]s and the node answers each with a [`UnixReply`] of
+    /// the same number, in whatever order the calls finish (a streaming
+    /// call there is refused). The stream's calls share one flow of bytes,
+    /// so a lost packet delays all of them (head-of-line blocking). (Last,
+    /// so older nodes refuse it as malformed and a client can fall back to
+    /// a stream per call.)
+    Mux,
 }
 
 /// The answer to a unary call.

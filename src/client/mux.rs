@@ -1,72 +1,83 @@
-//! Unary calls multiplexed on one Unix-socket connection per endpoint.
+//! Unary calls multiplexed on one long-lived transport: a Unix-socket
+//! connection (a `unix://` endpoint) or a QUIC stream opened with
+//! `Call::Mux`.
 //!
-//! Role: a node on the same machine is reached over its `unix://` socket,
-//! and every unary call of a [`super::Client`] to it shares one
-//! connection, as calls to a QUIC endpoint share one QUIC connection. Each
-//! call numbers its frame (`qed_wire::UnixRequest`) and waits for the
-//! reply with that number; a writer task sends every frame queued since
-//! its last write in one write, and a reader task hands each reply to its
-//! caller, all that one read brings. Under load, a burst of calls costs a
-//! few system calls on either side instead of several per call.
+//! Role: every unary call of a [`super::Client`] to a `unix://` endpoint
+//! shares one connection, and with `ConnectOptions::mux_streams` the
+//! unary calls to a QUIC endpoint share that many QUIC streams of its
+//! connection instead of opening a stream each. Each call numbers its
+//! frame (`qed_wire::UnixRequest`) and waits for the reply with that
+//! number; a writer task sends every frame queued since its last write in
+//! one write, and a reader task hands each reply to its caller, all that
+//! one read brings. Under load, a burst of calls costs a few system calls
+//! (or one pass through QUIC's stream state) on either side instead of
+//! several per call.
 //!
-//! Invariants: a call whose frame was queued before the connection died
+//! Invariants: a call whose frame was queued before the transport died
 //! gets [`MuxError::Closed`] (it may have been read and applied); one that
 //! found it dead gets [`MuxError::NotSent`], and may go on a new one. A
-//! call that gives up (its deadline) leaves nothing behind. A connection
-//! idle for [`IDLE_LIMIT`] is retired rather than used (the node closes
-//! connections idle 30 s). Dropping the client shuts every connection.
+//! call that gives up (its deadline) leaves nothing behind. A mux idle for
+//! [`IDLE_LIMIT`] is retired rather than used (the node closes one idle
+//! 30 s). Dropping the client ends every mux: its tasks end and release
+//! the transport.
 
 use crate::runtime::{self, channel, UnixStream};
-use crate::transport::stream::{FrameReader, RecvHalf};
-use futures_lite::io::AsyncWriteExt;
+use crate::transport::stream::{FrameReader, RecvHalf, SendHalf, WriteBytes};
 use qed_wire::frame::MAX_SERVER_FRAME;
 use qed_wire::{Reply, UnixReply};
+use quinn::VarInt;
 use std::collections::HashMap;
-use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// A connection with nothing in flight for this long is retired, well
-/// inside the node's 30 s limit for an idle connection.
+/// A mux with nothing in flight for this long is retired, well inside the
+/// node's 30 s limit for an idle one.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Bytes of frames a connection queues unwritten at most (a node that
-/// stopped reading holds the writer): beyond it calls are refused, not
-/// queued.
+/// Bytes of frames a mux queues unwritten at most (a node that stopped
+/// reading holds the writer): beyond it calls are refused, not queued.
 pub const MAX_QUEUED: usize = 16 * 1024 * 1024;
+
+/// QUIC application error code on a mux stream the client abandons (the
+/// client was dropped, or the stream broke).
+const ABANDONED: VarInt = VarInt::from_u32(0);
 
 /// Why a multiplexed call got no reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MuxError {
-    /// The connection was dead before the call's frame was queued.
+    /// The mux was dead before the call's frame was queued.
     NotSent,
     /// [`MAX_QUEUED`] bytes wait to be written already; nothing was sent.
     Busy,
-    /// The connection died after the frame was queued.
+    /// The mux died after the frame was queued.
     Closed,
 }
 
-/// One multiplexed connection; cheap to clone.
+/// One multiplexed transport; cheap to clone.
 #[derive(Clone)]
-pub struct UnixMux {
+pub struct Mux {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    stream: UnixStream,
     /// Frames queued and not yet written.
     out: Mutex<Vec<u8>>,
     /// Wakes the writer (`try_send`: one wake-up covers any number of frames).
     wake: channel::Sender<()>,
+    /// Closed when the mux dies, which ends the reader.
+    halt: channel::Sender<()>,
     calls: Mutex<Calls>,
     next_id: AtomicU64,
 }
 
 struct Calls {
     waiting: HashMap<u64, channel::Sender<Reply>>,
-    /// Set once the connection is broken; nothing is queued after.
+    /// Set once the mux is broken or retired; nothing is queued after.
     dead: bool,
+    /// Set by [`Mux::retire`]: the writer finishes its side once it has
+    /// written what was queued.
+    retired: bool,
     /// When the last call in flight finished (`None` while calls are).
     idle_since: Option<Instant>,
 }
@@ -75,29 +86,42 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl UnixMux {
+impl Mux {
     /// Connects to the socket at `path` and starts the connection's reader
     /// and writer; `dropped` errors out when the client is dropped.
-    pub async fn connect(
+    pub async fn connect_unix(
         path: &std::path::Path,
         dropped: channel::Receiver<()>,
-    ) -> std::io::Result<UnixMux> {
+    ) -> std::io::Result<Mux> {
         let stream = UnixStream::connect(path).await?;
+        Ok(Mux::start(
+            SendHalf::Unix(stream.clone()),
+            RecvHalf::unix(stream),
+            dropped,
+        ))
+    }
+
+    /// Starts the reader and writer of a transport that now carries
+    /// numbered unary calls (a Unix connection, or a QUIC stream the node
+    /// accepted as `Call::Mux`).
+    pub fn start(send: SendHalf, recv: RecvHalf, dropped: channel::Receiver<()>) -> Mux {
         let (wake, woken) = channel::bounded(1);
+        let (halt, halted) = channel::bounded(1);
         let shared = Arc::new(Shared {
-            stream: stream.clone(),
             out: Mutex::new(Vec::new()),
             wake,
+            halt,
             calls: Mutex::new(Calls {
                 waiting: HashMap::new(),
                 dead: false,
+                retired: false,
                 idle_since: Some(Instant::now()),
             }),
             next_id: AtomicU64::new(1),
         });
-        runtime::spawn(write_frames(shared.clone(), woken, dropped));
-        runtime::spawn(read_replies(shared.clone()));
-        Ok(UnixMux { shared })
+        runtime::spawn(write_frames(shared.clone(), send, woken, dropped));
+        runtime::spawn(read_replies(shared.clone(), FrameReader::new(recv), halted));
+        Mux { shared }
     }
 
     /// Alive, and not idle so long that the node may be closing it.
@@ -109,10 +133,15 @@ impl UnixMux {
                 .is_none_or(|since| now.duration_since(since) < IDLE_LIMIT)
     }
 
-    /// Shuts the connection (the node answers what it has read, then
-    /// closes its side).
+    /// Takes no more calls and finishes the transport once what is queued
+    /// is written (the node answers what it has read, then finishes its
+    /// side).
     pub fn retire(&self) {
-        let _ = self.shared.stream.shutdown(Shutdown::Write);
+        let mut calls = lock(&self.shared.calls);
+        calls.dead = true;
+        calls.retired = true;
+        drop(calls);
+        let _ = self.shared.wake.try_send(());
     }
 
     /// One unary call: `envelope` is the encoded `ClientRequest` frame.
@@ -164,24 +193,24 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Marks the connection dead and fails every call in flight.
+/// Marks the mux dead, fails every call in flight and ends both tasks.
 fn kill(shared: &Shared) {
     let mut calls = lock(&shared.calls);
     calls.dead = true;
     calls.waiting.clear();
     drop(calls);
     shared.wake.close();
-    let _ = shared.stream.shutdown(Shutdown::Both);
+    shared.halt.close();
 }
 
 /// Writes what callers queued, everything queued in one write, until the
-/// connection breaks or the client is dropped.
+/// transport breaks, the mux is retired or the client is dropped.
 async fn write_frames(
     shared: Arc<Shared>,
+    mut send: SendHalf,
     woken: channel::Receiver<()>,
     dropped: channel::Receiver<()>,
 ) {
-    let mut stream = shared.stream.clone();
     let mut buf = Vec::new();
     loop {
         let woke = futures_lite::future::or(async { woken.recv().await.is_ok() }, async {
@@ -190,33 +219,44 @@ async fn write_frames(
         })
         .await;
         if !woke {
-            return kill(&shared);
+            kill(&shared);
+            return send.reset(ABANDONED);
         }
         std::mem::swap(&mut buf, &mut *lock(&shared.out));
-        if buf.is_empty() {
-            continue;
+        if !buf.is_empty() {
+            if let Err(e) = send.write_bytes(&buf).await {
+                log::debug!("multiplexed transport broken: {e}");
+                kill(&shared);
+                return send.reset(ABANDONED);
+            }
+            buf.clear();
         }
-        if let Err(e) = stream.write_all(&buf).await {
-            log::debug!("unix connection broken: {e}");
-            return kill(&shared);
+        if lock(&shared.calls).retired {
+            return send.finish();
         }
-        buf.clear();
     }
 }
 
-/// Hands each reply to its caller until the connection ends.
-async fn read_replies(shared: Arc<Shared>) {
-    let mut frames = FrameReader::new(RecvHalf::unix(shared.stream.clone()));
+/// Hands each reply to its caller until the transport ends or the mux dies.
+async fn read_replies(shared: Arc<Shared>, mut frames: FrameReader, halted: channel::Receiver<()>) {
     loop {
-        match frames.read::<UnixReply>(MAX_SERVER_FRAME).await {
-            Ok(Some(UnixReply { id, reply })) => {
+        let read = futures_lite::future::or(
+            async { Some(frames.read::<UnixReply>(MAX_SERVER_FRAME).await) },
+            async {
+                let _ = halted.recv().await;
+                None
+            },
+        )
+        .await;
+        match read {
+            Some(Ok(Some(UnixReply { id, reply }))) => {
                 if let Some(waiter) = lock(&shared.calls).waiting.remove(&id) {
                     let _ = waiter.try_send(reply);
                 }
             }
-            Ok(None) => break,
-            Err(e) => {
-                log::debug!("unix connection: {e}");
+            Some(Ok(None)) | None => break,
+            Some(Err(e)) => {
+                log::debug!("multiplexed transport: {e}");
                 break;
             }
         }
