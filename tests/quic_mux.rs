@@ -70,22 +70,7 @@ fn concurrent_sdk_calls_share_mux_streams() {
     let node = TestNode::start(&[]);
     qed::runtime::block_on(async {
         let c = mux_client(&node).await;
-        let mut tasks = Vec::new();
-        for t in 0..32 {
-            let c = c.clone();
-            tasks.push(qed::runtime::spawn(async move {
-                for i in 0..20 {
-                    let key = format!("k/{t}/{i}");
-                    c.put(key.clone(), format!("v{t}.{i}"), None).await?;
-                    let got = c.get(key, None).await?;
-                    assert_eq!(got.kvs[0].value, format!("v{t}.{i}").into_bytes());
-                }
-                Ok::<(), ClientError>(())
-            }));
-        }
-        for task in tasks {
-            task.await.expect("calls over mux streams");
-        }
+        common::concurrent_puts_and_gets(&c, 32, 20).await;
         let all = c
             .get(
                 "k/",

@@ -97,22 +97,7 @@ fn sdk_calls_over_a_unix_socket() {
         // Concurrent unary calls share one connection: the node holds no
         // more sockets for 32 callers than for one.
         let sockets_before = open_sockets(&node);
-        let mut tasks = Vec::new();
-        for t in 0..32 {
-            let c = local.clone();
-            tasks.push(qed::runtime::spawn(async move {
-                for i in 0..20 {
-                    let key = format!("k/{t}/{i}");
-                    c.put(key.clone(), format!("v{t}.{i}"), None).await?;
-                    let got = c.get(key, None).await?;
-                    assert_eq!(got.kvs[0].value, format!("v{t}.{i}").into_bytes());
-                }
-                Ok::<(), ClientError>(())
-            }));
-        }
-        for task in tasks {
-            task.await.expect("calls over the socket");
-        }
+        common::concurrent_puts_and_gets(&local, 32, 20).await;
         let sockets_after = open_sockets(&node);
         assert!(
             sockets_after <= sockets_before + 1,

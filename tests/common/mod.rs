@@ -477,3 +477,26 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `callers` tasks at once, each putting `each` keys `k/{t}/{i}` through
+/// `client` and reading every one back (panics with the first error).
+pub async fn concurrent_puts_and_gets(client: &Client, callers: usize, each: usize) {
+    let mut tasks = Vec::new();
+    for t in 0..callers {
+        let c = client.clone();
+        tasks.push(qed::runtime::spawn(async move {
+            for i in 0..each {
+                let key = format!("k/{t}/{i}");
+                c.put(key.clone(), format!("v{t}.{i}"), None).await?;
+                let got = c.get(key, None).await?;
+                assert_eq!(got.kvs[0].value, format!("v{t}.{i}").into_bytes());
+            }
+            Ok::<(), qed::client::ClientError>(())
+        }));
+    }
+    for (t, task) in tasks.into_iter().enumerate() {
+        if let Err(e) = task.await {
+            panic!("caller {t} of {callers}: {e}");
+        }
+    }
+}
