@@ -160,24 +160,7 @@ fn a_raw_mux_stream_answers_each_call_by_number() {
             replies.insert(reply.id, reply.reply);
         }
         let mut send = writer.await;
-        for id in [7, 10] {
-            match &replies[&id] {
-                Ok(wire::Response::Range(r)) => assert_eq!(r.kvs[0].value, b"9"),
-                other => panic!("call {id}: unexpected {other:?}"),
-            }
-        }
-        assert!(
-            matches!(replies[&8], Err(wire::Error::RequestTooLarge)),
-            "{:?}",
-            replies[&8]
-        );
-        for id in [9, 11] {
-            assert!(
-                matches!(replies[&id], Err(wire::Error::InvalidArgument(_))),
-                "call {id}: {:?}",
-                replies[&id]
-            );
-        }
+        common::assert_raw_mux_replies(&replies, &[9, 11]);
         // A frame whose number cannot be read ends the stream (and only
         // it): the node stops reading and finishes its side.
         stream::WriteBytes::write_bytes(&mut send, &[0, 0, 0, 3, 0xff, 0xff, 0xff])

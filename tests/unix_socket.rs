@@ -179,22 +179,7 @@ fn sdk_calls_over_a_unix_socket() {
             replies.insert(reply.id, reply.reply);
         }
         writer.join().expect("writer").expect("write requests");
-        for id in [7, 10] {
-            match &replies[&id] {
-                Ok(wire::Response::Range(r)) => assert_eq!(r.kvs[0].value, b"9"),
-                other => panic!("call {id}: unexpected {other:?}"),
-            }
-        }
-        assert!(
-            matches!(replies[&8], Err(wire::Error::RequestTooLarge)),
-            "{:?}",
-            replies[&8]
-        );
-        assert!(
-            matches!(replies[&9], Err(wire::Error::InvalidArgument(_))),
-            "{:?}",
-            replies[&9]
-        );
+        common::assert_raw_mux_replies(&replies, &[9]);
         // A frame whose number cannot be read ends its connection (and
         // only it).
         raw.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])

@@ -500,3 +500,30 @@ pub async fn concurrent_puts_and_gets(client: &Client, callers: usize, each: usi
         }
     }
 }
+
+/// The replies, by call number, to the raw mux exchange the Unix and QUIC
+/// mux tests send: calls 7 and 10 read the key holding `9`, call 8 is over
+/// the size limit, and each call in `invalid` does not decode.
+pub fn assert_raw_mux_replies(
+    replies: &std::collections::BTreeMap<u64, qed::wire::Reply>,
+    invalid: &[u64],
+) {
+    for id in [7, 10] {
+        match &replies[&id] {
+            Ok(Response::Range(r)) => assert_eq!(r.kvs[0].value, b"9"),
+            other => panic!("call {id}: unexpected {other:?}"),
+        }
+    }
+    assert!(
+        matches!(replies[&8], Err(qed::wire::Error::RequestTooLarge)),
+        "{:?}",
+        replies[&8]
+    );
+    for id in invalid {
+        assert!(
+            matches!(replies[id], Err(qed::wire::Error::InvalidArgument(_))),
+            "call {id}: {:?}",
+            replies[id]
+        );
+    }
+}
