@@ -477,11 +477,16 @@ impl Store {
     /// Appends `change` (a change of its own key) to that key's history
     /// and to the log.
     fn record(&mut self, change: ChangeRef) {
-        let n = match self.keys.get_mut_to_write(change.key()) {
-            Some(index) => {
-                index.push(change.clone());
-                index.changes().len()
-            }
+        let pushed = push_change(self.keys.get_mut_to_write(change.key()), &change);
+        self.file_and_count(pushed, change);
+    }
+
+    /// Files `change` as a new key's first unless [`push_change`] already
+    /// added it to its key's index (`pushed`: the key's change count
+    /// then), and keeps the books ([`Store::log_and_count`]).
+    fn file_and_count(&mut self, pushed: Option<usize>, change: ChangeRef) {
+        let n = match pushed {
+            Some(n) => n,
             None => {
                 self.keys.insert(KeyIndex::new(change.clone()));
                 1
@@ -545,17 +550,8 @@ impl Store {
         .map_err(|TooLarge| too_large())?;
         let kv = change.to_kv();
         // `record`, with the index found above.
-        let n = match index {
-            Some(index) => {
-                index.push(change.clone());
-                index.changes().len()
-            }
-            None => {
-                self.keys.insert(KeyIndex::new(change.clone()));
-                1
-            }
-        };
-        self.log_and_count(change, n);
+        let pushed = push_change(index, &change);
+        self.file_and_count(pushed, change);
         let prev_kv = prev.map(|p| p.to_kv());
         let resp = PutResponse {
             header: header(pending.main),
@@ -1116,4 +1112,15 @@ impl<'de> Deserialize<'de> for Store {
         let image = Image::deserialize(d)?;
         Store::from_image(image).map_err(D::Error::custom)
     }
+}
+
+/// Appends `change` to its key's index as found by
+/// `KeyMap::get_mut_to_write`: the key's change count then, or `None`
+/// when the key has no index yet (the caller inserts one). A separate
+/// function so the search's borrow of the key map ends here, before the
+/// caller may insert.
+fn push_change(found: Option<&mut KeyIndex>, change: &ChangeRef) -> Option<usize> {
+    let index = found?;
+    index.push(change.clone());
+    Some(index.changes().len())
 }
