@@ -953,14 +953,16 @@ impl Driver {
     /// committed after the read arrived, and a later round's is. So every
     /// waiting read asks again, of the new leader or (none known yet) held
     /// until one is, rather than waiting out its caller's deadline. A late
-    /// answer to the old round finds no waiter and is dropped.
+    /// answer to the old round finds no waiter and is dropped. A round a
+    /// newer one superseded (`asked` is `None`) is dropped, not asked
+    /// again: the caller's newest round is asked (or is held already).
     fn ask_again_for_reads(&mut self) {
         if self.reads.is_empty() {
             return;
         }
         let deadline = self.hold_deadline();
         for (_, read) in std::mem::take(&mut self.reads) {
-            if !read.reply.is_closed() {
+            if read.asked.is_some() && !read.reply.is_closed() {
                 self.read_or_hold(deadline, read.reply);
             }
         }
