@@ -527,3 +527,23 @@ pub fn assert_raw_mux_replies(
         );
     }
 }
+
+/// The value of `key` read through `client`, retried until a read
+/// succeeds (a client whose connection died with its node reconnects), for
+/// at most 30 s.
+pub async fn value_once_readable(client: &Client, key: &str) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.get(key, None).await {
+            Ok(got) => {
+                return got
+                    .kvs
+                    .first()
+                    .map(|kv| kv.value.clone())
+                    .unwrap_or_default()
+            }
+            Err(e) => assert!(Instant::now() < deadline, "never readable again: {e}"),
+        }
+        qed::runtime::sleep(Duration::from_millis(50)).await;
+    }
+}
