@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TempDir, TestCluster, TestNode};
+use common::{free_tcp_port, TempDir, TestCluster, TestNode};
 use qed::wire::kv::PutRequest;
 use qed::wire::Request;
 use std::collections::BTreeMap;
@@ -13,11 +13,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_tcp_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind ephemeral TCP port");
-    l.local_addr().expect("local addr").port()
-}
 
 /// `GET path` over HTTP/1.1: `(status, body)`, or `None` if nobody answers.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {

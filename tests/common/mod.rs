@@ -21,11 +21,34 @@ pub fn on_path(name: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A loopback TCP port nobody was using a moment ago, and not one handed
+/// out before in this test process (see [`unused_before`]).
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free TCP port")
+    unused_before(|| {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free TCP port")
+    })
+}
+
+/// Ports handed out by `free_tcp_port` / `free_udp_port` in this process.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A port from `pick` that this process has not handed out before. The
+/// kernel may give a port just released again, and tests of one binary run
+/// at once: two of them each starting an etcd on "a free port" once got
+/// the same one, and one test's etcdctl read the other's etcd.
+fn unused_before(pick: impl Fn() -> u16) -> u16 {
+    let mut seen = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1000 {
+        let port = pick();
+        if !seen.contains(&port) {
+            seen.push(port);
+            return port;
+        }
+    }
+    panic!("no port this process has not used in 1000 tries");
 }
 
 /// A child process killed (by its PID) when dropped.
@@ -59,10 +82,13 @@ impl Drop for TempDir {
     }
 }
 
-/// A loopback UDP port nobody was using a moment ago.
+/// A loopback UDP port nobody was using a moment ago, and not one handed
+/// out before in this test process (see [`unused_before`]).
 pub fn free_udp_port() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind ephemeral UDP port");
-    socket.local_addr().expect("local addr").port()
+    unused_before(|| {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind ephemeral UDP port");
+        socket.local_addr().expect("local addr").port()
+    })
 }
 
 pub struct TestNode {
