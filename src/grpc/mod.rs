@@ -16,6 +16,8 @@
 //!   (HTTP/1.1 and h2), as etcd serves them on 2379;
 //! - [`authority`]: lets through the `:authority` values grpc-go accepts
 //!   (`http://host:port`) by rewriting them before `h2` parses them;
+//! - [`coalesce`]: the frames h2 writes in one turn of a connection's
+//!   task leave in one socket write;
 //! - [`server`]: the h2 (h2c or TLS) listener, per-stream handlers,
 //!   flow control, keepalive and graceful shutdown.
 //!
@@ -25,6 +27,7 @@
 pub mod authority;
 pub mod backend;
 pub mod client_backend;
+pub mod coalesce;
 pub mod codec;
 pub mod convert;
 pub mod pb;

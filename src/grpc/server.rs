@@ -25,6 +25,7 @@
 //!   grace period is over.
 
 use super::backend::{Backend, StreamPair};
+use super::coalesce::{Coalesce, Turns};
 use super::codec::{self, Decoder};
 use super::convert::{self, Method, Streaming, Unary};
 use super::pb;
@@ -239,6 +240,9 @@ pub async fn serve_connection<IO, B>(
 {
     // etcdctl may send `:authority: http://host:port`, which h2 refuses.
     let io = super::authority::AuthorityFix::new(io);
+    // What h2 writes in one turn of this task leaves in one socket write.
+    let turns = Turns::new();
+    let io = Coalesce::new(io, turns.clone());
     let handshake = h2::server::Builder::new()
         .initial_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
@@ -291,13 +295,13 @@ pub async fn serve_connection<IO, B>(
             Next::Dead
         };
         let next = if draining {
-            future::or(accept, dead).await
+            turns.run(future::or(accept, dead)).await
         } else {
             let drain = async {
                 shutdown.wait().await;
                 Next::Drain
             };
-            future::or(accept, future::or(dead, drain)).await
+            turns.run(future::or(accept, future::or(dead, drain))).await
         };
         match next {
             Next::Drain => {

@@ -1,0 +1,181 @@
+//! Write coalescing under an HTTP/2 connection: the frames `h2` writes in
+//! one turn of its connection task leave in one socket write.
+//!
+//! Role: `h2` writes every DATA frame of 16 KiB or more (the client's frame
+//! size limit) with its own write and flush, so a watch fan-out that
+//! queues a megabyte costs a send syscall (and, with `TCP_NODELAY`, a
+//! loopback packet) per frame, and without vectored I/O one more for each
+//! 9-byte frame header. [`Coalesce`] copies what `h2` writes into one
+//! buffer and sends it when the turn is over, as grpc-go's writer does
+//! (it flushes when its frame queue runs empty).
+//!
+//! A turn is one poll of the task that drives the connection: that task
+//! wraps each poll in [`Turns::run`], which counts it. A flush asked for
+//! during turn `t` (what `h2` does after every frame and at the end of a
+//! poll) is deferred: the task wakes itself, so that it is polled again
+//! (turn `t + 1`), and the first flush asked for in a later turn writes
+//! everything buffered.
+//!
+//! Invariants: a flush in a later turn, a shutdown, or a buffer holding
+//! [`LIMIT`] bytes writes everything buffered before anything else
+//! happens; bytes are never reordered; a write returns `Pending` only while
+//! the buffer is full and the socket takes nothing (back-pressure as
+//! before); before the first counted turn (the HTTP/2 handshake) and with
+//! no [`Turns`] counting, every flush goes to the socket at once.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes buffered at most before a write goes to the socket in any case.
+pub const LIMIT: usize = 256 * 1024;
+
+/// Counts the turns (polls) of the task that drives a connection.
+#[derive(Clone, Debug, Default)]
+pub struct Turns(Arc<AtomicU64>);
+
+impl Turns {
+    pub fn new() -> Turns {
+        Turns::default()
+    }
+
+    /// `future`, each of its polls counted as a turn.
+    pub async fn run<F: Future>(&self, future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        std::future::poll_fn(|cx| {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            future.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// An I/O object whose writes are buffered until the end of a turn.
+pub struct Coalesce<IO> {
+    io: IO,
+    turns: Turns,
+    /// What was written and not yet sent: `buf[sent..]`. The allocation is
+    /// kept (at most [`LIMIT`] plus one write), so a busy connection
+    /// copies each byte once and never moves it.
+    buf: Vec<u8>,
+    sent: usize,
+    /// The turn in which a flush was deferred, while one is.
+    deferred: Option<u64>,
+}
+
+impl<IO> Coalesce<IO> {
+    pub fn new(io: IO, turns: Turns) -> Coalesce<IO> {
+        Coalesce {
+            io,
+            turns,
+            buf: Vec::new(),
+            sent: 0,
+            deferred: None,
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Coalesce<IO> {
+    /// Writes out everything buffered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.buf.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.buf[self.sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // All sent: the next writes start at the front of the allocation.
+        self.buf.clear();
+        self.sent = 0;
+        self.deferred = None;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Makes room for more bytes: drains a full buffer first.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.buf.len() >= LIMIT {
+            return self.poll_drain(cx);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Coalesce<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_room(cx))?;
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slices: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_room(cx))?;
+        let mut n = 0;
+        for slice in slices {
+            this.buf.extend_from_slice(slice);
+            n += slice.len();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Copying is all a write does, so `h2` hands over a frame's header
+    /// and payload in one call.
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.buf.is_empty() {
+            let now = this.turns.now();
+            match this.deferred {
+                // Not in a counted turn: no later poll is sure to come.
+                _ if now == 0 => {}
+                None => {
+                    this.deferred = Some(now);
+                    cx.waker().wake_by_ref();
+                    return Poll::Ready(Ok(()));
+                }
+                Some(turn) if turn == now => return Poll::Ready(Ok(())),
+                Some(_) => {}
+            }
+            std::task::ready!(this.poll_drain(cx))?;
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
