@@ -179,3 +179,160 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    /// A socket that takes at most `room` bytes in all, counting writes.
+    #[derive(Default)]
+    struct Sink {
+        got: Vec<u8>,
+        writes: usize,
+        room: usize,
+    }
+
+    impl AsyncWrite for Sink {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let n = data.len().min(this.room - this.got.len());
+            if n == 0 {
+                return Poll::Pending;
+            }
+            this.writes += 1;
+            this.got.extend_from_slice(&data[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Counts the wake-ups a deferred flush asks for.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn sink(room: usize) -> Sink {
+        Sink {
+            room,
+            ..Sink::default()
+        }
+    }
+
+    fn write(c: &mut Coalesce<Sink>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(c).poll_write(cx, data)
+    }
+
+    fn flush(c: &mut Coalesce<Sink>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(c).poll_flush(cx)
+    }
+
+    /// Stands for one poll of the connection's task.
+    fn turn(turns: &Turns) {
+        turns.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn one_turn_leaves_in_one_write_at_the_next_turn() {
+        let wakes = Arc::new(Wakes::default());
+        let waker = wakes.clone().into();
+        let mut cx = Context::from_waker(&waker);
+        let turns = Turns::new();
+        let mut c = Coalesce::new(sink(usize::MAX), turns.clone());
+        turn(&turns);
+        for frame in [&b"ab"[..], b"cd", b"ef"] {
+            assert!(matches!(write(&mut c, &mut cx, frame), Poll::Ready(Ok(2))));
+            assert!(flush(&mut c, &mut cx).is_ready());
+        }
+        // Deferred, and the task asked to be polled again (once).
+        assert!(c.io.got.is_empty());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        turn(&turns);
+        assert!(matches!(flush(&mut c, &mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(c.io.got, b"abcdef");
+        assert_eq!(c.io.writes, 1);
+        // Nothing buffered: a flush is just the socket's.
+        assert!(flush(&mut c, &mut cx).is_ready());
+        assert_eq!(c.io.writes, 1);
+    }
+
+    #[test]
+    fn without_counted_turns_every_flush_writes() {
+        let waker = Arc::new(Wakes::default()).into();
+        let mut cx = Context::from_waker(&waker);
+        let mut c = Coalesce::new(sink(usize::MAX), Turns::new());
+        assert!(write(&mut c, &mut cx, b"preface").is_ready());
+        assert!(flush(&mut c, &mut cx).is_ready());
+        assert_eq!(c.io.got, b"preface");
+    }
+
+    #[test]
+    fn a_full_buffer_is_written_before_more_and_shutdown_writes_the_rest() {
+        let waker = Arc::new(Wakes::default()).into();
+        let mut cx = Context::from_waker(&waker);
+        let turns = Turns::new();
+        turn(&turns);
+        let mut c = Coalesce::new(sink(usize::MAX), turns);
+        let frame = vec![7u8; 16 * 1024];
+        let mut want = Vec::new();
+        while want.len() < LIMIT {
+            assert!(write(&mut c, &mut cx, &frame).is_ready());
+            want.extend_from_slice(&frame);
+        }
+        assert!(c.io.got.is_empty());
+        assert!(write(&mut c, &mut cx, b"tail").is_ready());
+        assert!(c.io.got == want);
+        want.extend_from_slice(b"tail");
+        assert!(Pin::new(&mut c).poll_shutdown(&mut cx).is_ready());
+        assert!(c.io.got == want);
+    }
+
+    #[test]
+    fn a_socket_that_takes_nothing_pushes_back_and_keeps_the_order() {
+        let waker = Arc::new(Wakes::default()).into();
+        let mut cx = Context::from_waker(&waker);
+        let turns = Turns::new();
+        turn(&turns);
+        let room = LIMIT / 2;
+        let mut c = Coalesce::new(sink(room), turns.clone());
+        let frame: Vec<u8> = (0..16 * 1024).map(|i| i as u8).collect();
+        let mut want = Vec::new();
+        while want.len() < LIMIT {
+            assert!(write(&mut c, &mut cx, &frame).is_ready());
+            want.extend_from_slice(&frame);
+        }
+        // Half goes out, then the socket is full: the write waits.
+        assert!(write(&mut c, &mut cx, b"next").is_pending());
+        assert!(c.io.got == want[..room]);
+        // A flush is deferred to the next turn, which finds the socket full.
+        assert!(flush(&mut c, &mut cx).is_ready());
+        turn(&turns);
+        assert!(flush(&mut c, &mut cx).is_pending());
+        assert_eq!(c.io.got.len(), room);
+        // The socket drains: everything leaves in order.
+        c.io.room = usize::MAX;
+        assert!(write(&mut c, &mut cx, b"next").is_ready());
+        want.extend_from_slice(b"next");
+        assert!(flush(&mut c, &mut cx).is_ready());
+        turn(&turns);
+        assert!(flush(&mut c, &mut cx).is_ready());
+        assert!(c.io.got == want);
+    }
+}
