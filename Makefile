@@ -103,6 +103,7 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	cd fuzz && $(CARGO) +nightly fuzz run client_request -- -max_total_time=$(FUZZ_SECONDS)
 	cd fuzz && $(CARGO) +nightly fuzz run auth_decode -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && $(CARGO) +nightly fuzz run kv_snapshot -- -max_total_time=$(FUZZ_SECONDS)
 
 clean:
 	$(CARGO) clean

@@ -7,7 +7,9 @@
 //! checked: every acknowledged write is there with its value and revision,
 //! and the revision never went backwards. Snapshots are taken every few
 //! dozen entries so recovery runs through snapshot + WAL replay + segment
-//! release too. `CRASH_KILLS` sets the number of kills (default 30).
+//! release too, and half the values are long enough to stay in the mapped
+//! snapshot file after a restart. `CRASH_KILLS` sets the number of kills
+//! (default 30).
 
 mod common;
 
@@ -83,7 +85,12 @@ fn acknowledged_writes_survive_sigkill() {
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) && i < 10_000 {
                         let key = format!("c{cycle:03}-w{w}-{i:05}");
-                        let value = format!("v{i}");
+                        // Every other value long enough to stay in the
+                        // snapshot file a restart maps (`mvcc::Backing`).
+                        let value = match i % 2 {
+                            0 => format!("v{i}"),
+                            _ => format!("v{i}-{}", "x".repeat(40)),
+                        };
                         if let Ok(put) = client.put(key.clone(), value.clone(), None).await {
                             acked
                                 .lock()

@@ -263,7 +263,7 @@ fn import_db(bytes: &[u8]) -> Result<Imported<'_>, ImportError> {
                 version: kv.version,
                 lease: kv.lease,
                 sub: rev.sub,
-                value: kv.value.into_boxed_slice(),
+                value: kv.value.into(),
             }
         };
         changes.push((key, change));

@@ -28,6 +28,7 @@ use std::ptr::NonNull;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::backing::{value_in, BackedValue};
 use super::block::Block;
 use super::changes::Changes;
 use super::revision::Revision;
@@ -45,7 +46,55 @@ pub(crate) struct Change {
     pub(crate) lease: i64,
     pub(crate) sub: u32,
     #[serde(with = "qed_wire::bytes")]
-    pub(crate) value: Box<[u8]>,
+    pub(crate) value: Value,
+}
+
+/// A decoded change's value: its own bytes, or a range of the snapshot
+/// file it was loaded from (see `backing`). Decoding a snapshot from bytes
+/// or a stream makes `Held` values; only [`Store::decode_backed`] makes
+/// `Backed` ones.
+///
+/// [`Store::decode_backed`]: super::Store::decode_backed
+#[derive(Debug, Clone)]
+pub(crate) enum Value {
+    Held(Box<[u8]>),
+    Backed(BackedValue),
+}
+
+impl Default for Value {
+    fn default() -> Value {
+        Value::Held(Box::default())
+    }
+}
+
+impl std::ops::Deref for Value {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Value::Held(bytes) => bytes,
+            Value::Backed(backed) => backed.bytes(),
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Value {}
+
+impl From<Vec<u8>> for Value {
+    fn from(bytes: Vec<u8>) -> Value {
+        Value::Held(bytes.into())
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(bytes: &[u8]) -> Value {
+        Value::Held(bytes.into())
+    }
 }
 
 impl Change {
@@ -56,7 +105,7 @@ impl Change {
             version: 0,
             lease: 0,
             sub: rev.sub,
-            value: Box::default(),
+            value: Value::default(),
         }
     }
 
@@ -75,19 +124,30 @@ pub(crate) struct TooLarge;
 
 /// One kept change of one key, as stored: a thin pointer to one immutable
 /// block `[key length][key][main][sub][main - create][version][lease]`
-/// followed by the value (LEB128 varints of the fields' two's-complement
+/// followed by the value, or, for a value left in the snapshot file it was
+/// loaded from (`backing`), by the value's offset and length there as two
+/// more varints, the block owning the backing (LEB128 varints of the fields' two's-complement
 /// bits: fields are never negative in a valid store, where this is the
 /// shortest form; a negative one still round-trips, in 10 bytes).
 /// The key comes first because it is what the key map compares at every
 /// step of a search: reading it decodes one varint (one byte for a key
 /// under 128 bytes), not six. Cloning it shares the block. This layout is
 /// in memory only: snapshots encode the decoded [`Change`].
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 #[repr(transparent)]
 pub(crate) struct ChangeRef(Block);
 
+impl PartialEq for ChangeRef {
+    /// Equal fields, key and value (wherever the value is held).
+    fn eq(&self, other: &ChangeRef) -> bool {
+        self.view() == other.view()
+    }
+}
+
+impl Eq for ChangeRef {}
+
 /// The fields of a [`ChangeRef`], decoded; key and value borrowed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ChangeView<'a> {
     pub(crate) main: i64,
     pub(crate) sub: u32,
@@ -117,17 +177,17 @@ fn signed_varint_len(v: i64) -> u64 {
     varint_len(((v << 1) ^ (v >> 63)) as u64)
 }
 
-/// Up to six varints of a change's header, at most 10 bytes each: built
+/// Up to seven varints of a change's header, at most 10 bytes each: built
 /// on the stack (a put allocates only its block).
 struct Head {
-    bytes: [u8; 60],
+    bytes: [u8; 70],
     len: usize,
 }
 
 impl Head {
     fn new() -> Head {
         Head {
-            bytes: [0; 60],
+            bytes: [0; 70],
             len: 0,
         }
     }
@@ -149,6 +209,19 @@ impl Head {
 
     fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len.min(self.bytes.len())]
+    }
+
+    /// A change's key length, and its fields after the key.
+    fn fields(key: &[u8], rev: Revision, create: i64, version: i64, lease: i64) -> (Head, Head) {
+        let mut key_len = Head::new();
+        key_len.put(key.len() as u64);
+        let mut head = Head::new();
+        head.put(bits(rev.main));
+        head.put(u64::from(rev.sub));
+        head.put(bits(rev.main.wrapping_sub(create)));
+        head.put(bits(version));
+        head.put(bits(lease));
+        (key_len, head)
     }
 }
 
@@ -173,7 +246,7 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> u64 {
 
 impl ChangeRef {
     /// Encodes one change of `key`. Fails only for a key and value over
-    /// 4 GiB together.
+    /// 2 GiB together.
     pub(crate) fn new(
         key: &[u8],
         rev: Revision,
@@ -182,14 +255,7 @@ impl ChangeRef {
         lease: i64,
         value: &[u8],
     ) -> Result<ChangeRef, TooLarge> {
-        let mut key_len = Head::new();
-        key_len.put(key.len() as u64);
-        let mut head = Head::new();
-        head.put(bits(rev.main));
-        head.put(u64::from(rev.sub));
-        head.put(bits(rev.main.wrapping_sub(create)));
-        head.put(bits(version));
-        head.put(bits(lease));
+        let (key_len, head) = Head::fields(key, rev, create, version, lease);
         Block::new(&[key_len.as_slice(), key, head.as_slice(), value])
             .map(ChangeRef)
             .ok_or(TooLarge)
@@ -199,9 +265,24 @@ impl ChangeRef {
         ChangeRef::new(key, rev, 0, 0, 0, &[])
     }
 
-    /// A decoded change of `key`, stored.
+    /// A decoded change of `key`, stored. A value in a backing stays
+    /// there: the block holds its offset and length and owns the backing.
     pub(crate) fn from_change(key: &[u8], c: &Change) -> Result<ChangeRef, TooLarge> {
-        ChangeRef::new(key, c.revision(), c.create, c.version, c.lease, &c.value)
+        let backed = match &c.value {
+            Value::Held(value) => {
+                return ChangeRef::new(key, c.revision(), c.create, c.version, c.lease, value)
+            }
+            Value::Backed(backed) => backed,
+        };
+        let (key_len, mut head) = Head::fields(key, c.revision(), c.create, c.version, c.lease);
+        head.put(backed.offset as u64);
+        head.put(backed.len as u64);
+        Block::with_backing(
+            &[key_len.as_slice(), key, head.as_slice()],
+            backed.backing.clone(),
+        )
+        .map(ChangeRef)
+        .ok_or(TooLarge)
     }
 
     /// The key, and where the fields after it start.
@@ -214,6 +295,12 @@ impl ChangeRef {
     }
 
     pub(crate) fn view(&self) -> ChangeView<'_> {
+        self.view_and_fields_end().0
+    }
+
+    /// The view, and where the fields end in the block (where a value
+    /// held in it starts).
+    fn view_and_fields_end(&self) -> (ChangeView<'_>, usize) {
         let b = self.0.as_bytes();
         let (key, mut at) = self.key_and_rest();
         let main = signed(get_varint(b, &mut at));
@@ -221,15 +308,25 @@ impl ChangeRef {
         let create = main.wrapping_sub(signed(get_varint(b, &mut at)));
         let version = signed(get_varint(b, &mut at));
         let lease = signed(get_varint(b, &mut at));
-        ChangeView {
+        let fields_end = at;
+        let value = match self.0.backing() {
+            None => b.get(at..).unwrap_or_default(),
+            Some(backing) => {
+                let offset = usize::try_from(get_varint(b, &mut at)).unwrap_or(usize::MAX);
+                let len = usize::try_from(get_varint(b, &mut at)).unwrap_or(usize::MAX);
+                value_in(backing.bytes(), offset, len)
+            }
+        };
+        let view = ChangeView {
             main,
             sub,
             create,
             version,
             lease,
             key,
-            value: b.get(at..).unwrap_or_default(),
-        }
+            value,
+        };
+        (view, fields_end)
     }
 
     /// The main revision (the first field after the key).
@@ -301,9 +398,18 @@ impl ChangeRef {
     }
 
     /// Estimated bytes this change occupies: its block with malloc's
-    /// header and rounding (up to 16 bytes; counted in full).
+    /// header and rounding (up to 16 bytes; counted in full). A value left
+    /// in a backing counts as if held: the estimate is the data's size
+    /// whatever a member loaded it from, so a restart does not change it.
     pub(crate) fn footprint(&self) -> u64 {
-        Block::alloc_bytes(self.0.len()) + 16
+        let held_len = match self.0.backing() {
+            None => self.0.len(),
+            Some(_) => {
+                let (view, fields_end) = self.view_and_fields_end();
+                fields_end + view.value.len()
+            }
+        };
+        Block::alloc_bytes(held_len) + 16
     }
 
     #[cfg(test)]
@@ -706,7 +812,7 @@ mod tests {
                 version: 3,
                 lease: i64::MIN,
                 sub: u32::MAX,
-                value: Box::default(),
+                value: Value::default(),
             },
             tomb(9),
             // Not valid in a store, but must still decode as written.

@@ -73,6 +73,7 @@
 //!   across qed members with the same history.
 
 pub mod auto_compact;
+mod backing;
 mod block;
 mod changes;
 mod hash;
@@ -87,11 +88,14 @@ mod tests;
 
 use std::fmt;
 
+pub(crate) use backing::BackedSource;
+pub use backing::{Backing, Mapped};
 pub use hash::HashKv;
 /// One kept change of one key, for `crate::etcd_db`'s import and export.
 pub(crate) use key_index::{Change, ChangeRef};
 pub use revision::Revision;
-pub use store::{Histories, HistoryRead, KeySpaceImage, Store, ValueSource};
+pub(crate) use store::ValueSource;
+pub use store::{Histories, HistoryRead, KeySpaceImage, Store};
 pub use txn::DEFAULT_MAX_TXN_OPS;
 
 pub use qed_wire::kv::Event;

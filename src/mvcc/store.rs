@@ -38,12 +38,14 @@
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use imbl::Vector;
 use serde::de::Error as _;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::backing::{BackedSource, Backing};
 use super::key_index::{varint_len, Change, ChangeRef, KeyIndex, TooLarge};
 use super::key_map::KeyMap;
 use super::revision::Revision;
@@ -816,14 +818,14 @@ impl Store {
     /// Decodes what [`Store::to_bytes`] wrote from `source`, one value at a
     /// time: neither the whole encoding nor an intermediate copy of the
     /// key space is ever held (a restart loads a snapshot this way).
-    pub fn decode_from(source: &mut impl ValueSource) -> Result<Store, MvccError> {
+    pub(crate) fn decode_from(source: &mut impl ValueSource) -> Result<Store, MvccError> {
         let corrupt = MvccError::Corrupt;
         let revision: i64 = source.next_value().map_err(corrupt)?;
         let compact_revision: i64 = source.next_value().map_err(corrupt)?;
         let count: usize = source.next_value().map_err(corrupt)?;
         let mut failed = None;
-        let keys = (0..count).map_while(|_| match source.next_value::<(KeyBytes, Vec<Change>)>() {
-            Ok((KeyBytes(key), changes)) => Some((key, changes)),
+        let keys = (0..count).map_while(|_| match source.next_key() {
+            Ok((key, changes)) => Some((key, changes)),
             Err(e) => {
                 failed = Some(e);
                 None
@@ -834,6 +836,16 @@ impl Store {
             return Err(corrupt(e));
         }
         built.map_err(corrupt)
+    }
+
+    /// [`Store::from_bytes`] of the bytes at `range` in `backing`, leaving
+    /// the values in the backing (see `backing`). As there, bytes after
+    /// the store's encoding are not looked at.
+    pub fn decode_backed(
+        backing: Arc<Backing>,
+        range: std::ops::Range<usize>,
+    ) -> Result<Store, MvccError> {
+        Store::decode_from(&mut BackedSource::new(backing, range))
     }
 
     /// Number of kept changes over all keys.
@@ -1062,10 +1074,23 @@ struct Image {
     keys: Vec<(KeyBytes, Vec<Change>)>,
 }
 
-/// Consecutive postcard values, handed out one at a time (a snapshot read
-/// as a stream: `storage::snapshot::StreamDecoder`).
-pub trait ValueSource {
+/// Consecutive postcard values, handed out one at a time: a snapshot read
+/// as a stream (`storage::snapshot::StreamDecoder`), or from the mapped
+/// file whose bytes the values stay in (`backing::BackedSource`).
+pub(crate) trait ValueSource {
     fn next_value<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, String>;
+
+    /// Bytes taken so far.
+    fn consumed(&self) -> u64;
+
+    /// Whether every value has been taken.
+    fn at_end(&mut self) -> Result<bool, String>;
+
+    /// One key of a store's encoding, with its changes.
+    fn next_key(&mut self) -> Result<(Vec<u8>, Vec<Change>), String> {
+        self.next_value::<(KeyBytes, Vec<Change>)>()
+            .map(|(KeyBytes(key), changes)| (key, changes))
+    }
 }
 
 /// A key as one byte string (see `qed_wire::bytes`: same encoding as a

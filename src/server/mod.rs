@@ -541,15 +541,7 @@ fn recover(
             )))
         }
         Some((meta, data)) => {
-            // Streamed from the file: the image is never in memory whole,
-            // and the core gets none (it asks for a new snapshot should a
-            // follower need one).
-            let state = data
-                .read_with(|image| {
-                    StateMachine::from_snapshot_stream(image, limits, local_auth)
-                        .map_err(|e| e.to_string())
-                })
-                .map_err(ServerError::Storage)?;
+            let state = load_snapshot_state(&data, limits, local_auth)?;
             (
                 state,
                 raft::Snapshot {
@@ -603,4 +595,41 @@ fn recover(
     // inside the heap goes back too (see `heap`).
     crate::heap::release_free();
     Ok((state, core, log, fresh, snapshot_bytes))
+}
+
+/// The state machine in the snapshot a member restarts from. The file is
+/// mapped and the key space's values stay in it (`mvcc::Backing`): a
+/// restarted member holds the keys and indexes on its heap, and a value's
+/// pages only once something reads it, as etcd's bbolt does. The pages
+/// read while decoding are released afterwards. Where the file cannot be
+/// mapped, the state is streamed from it onto the heap instead; either
+/// way the image is never in memory whole, and the Raft core gets none (it
+/// asks for a new snapshot should a follower need one).
+fn load_snapshot_state(
+    data: &crate::storage::durable_log::SnapshotState,
+    limits: state_machine::Limits,
+    local_auth: Arc<auth::LocalAuth>,
+) -> Result<StateMachine, ServerError> {
+    match data.map() {
+        Ok((backing, range)) => {
+            let loaded =
+                StateMachine::from_snapshot_backed(backing.clone(), range, limits, local_auth);
+            backing.release_pages();
+            loaded.map_err(|e| {
+                ServerError::Storage(crate::storage::StorageError::Corrupt {
+                    path: data.path(),
+                    offset: 0,
+                    reason: format!("snapshot state does not load: {e}"),
+                })
+            })
+        }
+        Err(e) => {
+            log::warn!("cannot map the snapshot ({e}); reading it onto the heap instead");
+            data.read_with(|image| {
+                StateMachine::from_snapshot_stream(image, limits, local_auth)
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(ServerError::Storage)
+        }
+    }
 }

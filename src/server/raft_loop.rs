@@ -1569,12 +1569,14 @@ impl Driver {
                     writer
                         .save_streamed(&file_meta, image.len(), |out| image.stream_to(out))
                         .map_err(|e| e.to_string())?;
+                    view.release_loaded_pages();
                     return Ok(SavedState {
                         bytes: image.len() as u64,
                         image: None,
                     });
                 }
                 let image = view.to_snapshot().map_err(|e| e.to_string())?;
+                view.release_loaded_pages();
                 writer.save(&file_meta, &image).map_err(|e| e.to_string())?;
                 // One copy, here on the blocking pool; the loop and the core
                 // share it from now on.

@@ -39,7 +39,7 @@ use super::auth::LocalAuth;
 use crate::auth::request::check_request;
 use crate::auth::{AuthError, AuthInfo, AuthSnapshot, AuthStore};
 use crate::lease::{LeaseConfig, LeaseError, LeaseId, LeaseSnapshot, Lessor};
-use crate::mvcc::{Event, KeySpaceImage, MvccError, Store};
+use crate::mvcc::{BackedSource, Backing, Event, KeySpaceImage, MvccError, Store, ValueSource};
 use qed_wire::auth::{
     AuthResponse, AuthenticateResponse, NamesResponse, RoleGetResponse, UserGetResponse,
 };
@@ -54,7 +54,7 @@ use qed_wire::maintenance::{
 use qed_wire::{Error, Reply, Request, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// This member's settings the state machine keeps.
 #[derive(Debug, Clone)]
@@ -82,6 +82,10 @@ pub struct StateMachine {
     /// Index of the last log entry applied.
     applied: u64,
     limits: Limits,
+    /// The mapped snapshot file this state was loaded from, whose pages
+    /// writing a snapshot reads in (see [`StateMachine::release_loaded_pages`]).
+    /// Weak: the values pointing into it keep it alive, not this.
+    loaded_from: Weak<Backing>,
 }
 
 /// The start of every snapshot image. Sections added later follow it in
@@ -270,6 +274,7 @@ impl StateMachine {
             member_urls: BTreeMap::new(),
             applied: 0,
             limits,
+            loaded_from: Weak::new(),
         }
     }
 
@@ -313,6 +318,7 @@ impl StateMachine {
             member_urls,
             applied: base.applied,
             limits,
+            loaded_from: Weak::new(),
         })
     }
 
@@ -325,30 +331,65 @@ impl StateMachine {
         tokens: TokenTable,
     ) -> Result<Self, MvccError> {
         let mut decoder = crate::storage::snapshot::StreamDecoder::new(image);
+        StateMachine::from_snapshot_values(&mut decoder, limits, tokens)
+    }
+
+    /// [`StateMachine::from_snapshot`] of the image at `range` in
+    /// `backing` (a mapped snapshot file): the key space's values stay in
+    /// the file rather than being copied to the heap (see `mvcc::Backing`).
+    pub fn from_snapshot_backed(
+        backing: Arc<Backing>,
+        range: std::ops::Range<usize>,
+        limits: Limits,
+        tokens: TokenTable,
+    ) -> Result<Self, MvccError> {
+        let loaded_from = Arc::downgrade(&backing);
+        let mut source = BackedSource::new(backing, range);
+        let mut state = StateMachine::from_snapshot_values(&mut source, limits, tokens)?;
+        state.loaded_from = loaded_from;
+        Ok(state)
+    }
+
+    /// Releases the pages of the snapshot file this state was loaded from
+    /// that this process has read in (`mvcc::Mapped::release_pages`): a
+    /// snapshot written from this state reads every value left there, and
+    /// those pages would otherwise count as the member's resident memory
+    /// until the kernel needed them back.
+    pub fn release_loaded_pages(&self) {
+        if let Some(backing) = self.loaded_from.upgrade() {
+            backing.release_pages();
+        }
+    }
+
+    fn from_snapshot_values(
+        decoder: &mut impl ValueSource,
+        limits: Limits,
+        tokens: TokenTable,
+    ) -> Result<Self, MvccError> {
         let corrupt = |e: String| MvccError::Corrupt(format!("state snapshot: {e}"));
-        let applied: u64 = decoder.decode().map_err(corrupt)?;
-        let kv_len: u64 = decoder.decode().map_err(corrupt)?;
+        let applied: u64 = decoder.next_value().map_err(corrupt)?;
+        let kv_len: u64 = decoder.next_value().map_err(corrupt)?;
         let kv_start = decoder.consumed();
-        let kv = Store::decode_from(&mut decoder)?;
+        let kv = Store::decode_from(decoder)?;
         if decoder.consumed() - kv_start != kv_len {
             return Err(corrupt(format!(
                 "the key space is {} bytes, not the {kv_len} announced",
                 decoder.consumed() - kv_start
             )));
         }
-        let alarms: Vec<AlarmMember> = decoder.decode().map_err(corrupt)?;
+        let alarms: Vec<AlarmMember> = decoder.next_value().map_err(corrupt)?;
         // An older image ends early: leases, then auth, empty.
         let leases = match decoder.at_end().map_err(corrupt)? {
             true => LeaseSnapshot::default(),
-            false => decoder.decode().map_err(corrupt)?,
+            false => decoder.next_value().map_err(corrupt)?,
         };
         let auth = match decoder.at_end().map_err(corrupt)? {
             true => AuthSnapshot::default(),
-            false => decoder.decode().map_err(corrupt)?,
+            false => decoder.next_value().map_err(corrupt)?,
         };
         let member_urls = match decoder.at_end().map_err(corrupt)? {
             true => BTreeMap::new(),
-            false => decoder.decode().map_err(corrupt)?,
+            false => decoder.next_value().map_err(corrupt)?,
         };
         if !decoder.at_end().map_err(corrupt)? {
             return Err(corrupt("unexpected bytes at the end".into()));
@@ -364,6 +405,7 @@ impl StateMachine {
             member_urls,
             applied,
             limits,
+            loaded_from: Weak::new(),
         })
     }
 
@@ -388,6 +430,7 @@ impl StateMachine {
             member_urls: BTreeMap::new(),
             applied,
             limits,
+            loaded_from: Weak::new(),
         }
     }
 
@@ -1010,6 +1053,32 @@ mod tests {
         );
         let mut padded = bytes.clone();
         padded.push(0);
-        assert!(StateMachine::from_snapshot_stream(&mut &padded[..], limits, tokens).is_err());
+        assert!(StateMachine::from_snapshot_stream(
+            &mut &padded[..],
+            limits.clone(),
+            tokens.clone()
+        )
+        .is_err());
+        // Read from a backing (a mapped file, here bytes with a header
+        // before the image), the same state; a cut or padded range is
+        // refused the same way.
+        let mut file = b"header".to_vec();
+        file.extend_from_slice(&bytes);
+        let backing = Backing::new(file);
+        let end = 6 + bytes.len();
+        let backed = |range: std::ops::Range<usize>| {
+            StateMachine::from_snapshot_backed(
+                backing.clone(),
+                range,
+                limits.clone(),
+                tokens.clone(),
+            )
+        };
+        assert_eq!(backed(6..end).unwrap().to_snapshot().unwrap(), bytes);
+        assert!(backed(6..end - 1).is_err());
+        let mut padded = backing.bytes().to_vec();
+        padded.push(0);
+        let padded = Backing::new(padded);
+        assert!(StateMachine::from_snapshot_backed(padded, 6..end + 1, limits, tokens).is_err());
     }
 }

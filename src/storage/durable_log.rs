@@ -18,6 +18,7 @@ use super::fs::{Fs, OsFs};
 use super::snapshot::{SnapshotId, SnapshotStore, StreamDecoder};
 use super::wal::{RecordKind, Wal};
 use super::StorageError;
+use crate::mvcc::Backing;
 use crate::wire::raft::{Entry, EntryType, HardState, SnapshotMeta};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,6 +93,33 @@ impl SnapshotState {
         };
         payload.finish()?;
         out.map_err(|reason| corrupt(&path, format!("snapshot state does not load: {reason}")))
+    }
+
+    /// The snapshot file's path.
+    pub fn path(&self) -> PathBuf {
+        self.snapshots.path(self.id)
+    }
+
+    /// The snapshot file mapped into memory (see `Fs::map`), checked
+    /// whole, and where the state's bytes lie in it.
+    pub fn map(&self) -> Result<(Arc<Backing>, std::ops::Range<usize>), StorageError> {
+        let (backing, payload) = self.snapshots.map_payload(self.id)?;
+        let path = self.snapshots.path(self.id);
+        let start = usize::try_from(self.skip)
+            .ok()
+            .and_then(|skip| payload.start.checked_add(skip));
+        let end = usize::try_from(self.len)
+            .ok()
+            .zip(start)
+            .and_then(|(len, start)| start.checked_add(len))
+            .filter(|end| *end == payload.end);
+        match (start, end) {
+            (Some(start), Some(end)) => Ok((backing, start..end)),
+            _ => Err(corrupt(
+                &path,
+                "snapshot state does not fill the file as at start".into(),
+            )),
+        }
     }
 
     /// The state's bytes, in memory.

@@ -16,6 +16,9 @@
 use std::fmt::Debug;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
+
+use crate::mvcc::{Backing, Mapped};
 
 /// File and directory operations; paths are plain paths.
 pub trait Fs: Send + Sync + Debug {
@@ -39,6 +42,12 @@ pub trait Fs: Send + Sync + Debug {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the creates, renames and removes in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// A file that is never written again (a snapshot), as bytes a store's
+    /// values may stay in (`mvcc::Backing`). A layer that cannot map files
+    /// reads it whole.
+    fn map(&self, path: &Path) -> io::Result<Arc<Backing>> {
+        Ok(Backing::new(self.read(path)?))
+    }
 }
 
 /// An open file.
@@ -50,6 +59,52 @@ pub trait FsFile: Send {
     fn sync_data(&self) -> io::Result<()>;
     /// Like `sync_data`, and the file's metadata (its length) too.
     fn sync_all(&self) -> io::Result<()>;
+}
+
+/// A file mapped read-only into memory (see [`Fs::map`]). Its pages are
+/// read in on first access, belong to the page cache, and count as this
+/// process's resident memory only while mapped in its page tables.
+///
+/// Invariant: nobody writes or truncates the file while it is mapped (a
+/// snapshot is never written after it is renamed into place; pruning only
+/// unlinks it, which leaves the mapping valid until it is dropped).
+struct MappedFile {
+    at: *const u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and lives until `Drop`; reading it from
+// any thread is as safe as reading a `&[u8]`.
+unsafe impl Send for MappedFile {}
+// SAFETY: as above.
+unsafe impl Sync for MappedFile {}
+
+impl Mapped for MappedFile {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` readable bytes at `at` while the mapping lives,
+        // never changed (the invariant above).
+        unsafe { std::slice::from_raw_parts(self.at, self.len) }
+    }
+
+    fn release_pages(&self) {
+        // MADV_DONTNEED on a private mapping never written to only drops
+        // its page table entries: later reads fault the same bytes back in
+        // from the page cache or the file. Advice; a failure changes
+        // nothing but the resident size.
+        // SAFETY: the range is exactly this live mapping.
+        unsafe {
+            libc::madvise(self.at as *mut libc::c_void, self.len, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `OsFs::map`, unmapped once.
+        unsafe {
+            libc::munmap(self.at as *mut libc::c_void, self.len);
+        }
+    }
 }
 
 /// Replaces `path` (creating its directory if needed) atomically and
@@ -102,6 +157,37 @@ impl Fs for OsFs {
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
         Ok(Box::new(std::fs::File::open(path)?))
+    }
+
+    fn map(&self, path: &Path) -> io::Result<Arc<Backing>> {
+        let file = std::fs::File::open(path)?;
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large to map"))?;
+        if len == 0 {
+            // mmap refuses an empty mapping.
+            return Ok(Backing::new(Vec::new()));
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh read-only private mapping of an open file; the
+        // pointer is checked below and unmapped once, in `Drop`.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // The mapping stays valid after the file is closed.
+        Ok(Backing::new(MappedFile {
+            at: at.cast::<u8>(),
+            len,
+        }))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {

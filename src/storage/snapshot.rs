@@ -18,6 +18,7 @@
 
 use super::fs::{Fs, FsFile, OsFs};
 use super::{create_dir_durable, io_error, sync_dir, StorageError};
+use crate::mvcc::Backing;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -323,6 +324,14 @@ impl<R: Read> crate::mvcc::ValueSource for StreamDecoder<R> {
     fn next_value<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, String> {
         self.decode()
     }
+
+    fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    fn at_end(&mut self) -> Result<bool, String> {
+        StreamDecoder::at_end(self)
+    }
 }
 
 /// The snapshot directory.
@@ -456,6 +465,24 @@ impl SnapshotStore {
             head.extend_from_slice(&len.to_le_bytes());
             file.write_at(&head, 0).map_err(io_error(tmp, "write"))
         })
+    }
+
+    /// Maps snapshot `id` into memory (see `Fs::map`) and checks it whole:
+    /// the mapping and where its payload lies in it.
+    pub fn map_payload(
+        &self,
+        id: SnapshotId,
+    ) -> Result<(Arc<Backing>, std::ops::Range<usize>), StorageError> {
+        let path = self.path(id);
+        let backing = self.fs.map(&path).map_err(io_error(&path, "map"))?;
+        let payload = decode(backing.bytes()).map_err(|reason| StorageError::Corrupt {
+            path: path.clone(),
+            offset: 0,
+            reason,
+        })?;
+        let start = payload.as_ptr() as usize - backing.bytes().as_ptr() as usize;
+        let range = start..start + payload.len();
+        Ok((backing, range))
     }
 
     /// Opens snapshot `id`'s payload as a stream, checked as it is read
