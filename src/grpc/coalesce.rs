@@ -12,9 +12,9 @@
 //! A turn is one poll of the task that drives the connection: that task
 //! wraps each poll in [`Turns::run`], which counts it. A flush asked for
 //! during turn `t` (what `h2` does after every frame and at the end of a
-//! poll) is deferred: the task wakes itself, so that it is polled again
-//! (turn `t + 1`), and the first flush asked for in a later turn writes
-//! everything buffered.
+//! poll) with at least [`DEFER_MIN`] bytes buffered is deferred: the task
+//! wakes itself, so that it is polled again (turn `t + 1`), and the first
+//! flush asked for in a later turn writes everything buffered.
 //!
 //! Invariants: a flush in a later turn, a shutdown, or a buffer holding
 //! [`LIMIT`] bytes writes everything buffered before anything else
@@ -33,6 +33,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes buffered at most before a write goes to the socket in any case.
 pub const LIMIT: usize = 256 * 1024;
+
+/// Fewer bytes than this are written at once, not deferred: h2 flushes
+/// in the middle of a turn only after a DATA payload it did not copy into
+/// its own buffer (256 bytes or more), so only turns with such frames
+/// gain from waiting, and a small reply is not held back for a poll.
+pub const DEFER_MIN: usize = 1024;
 
 /// Counts the turns (polls) of the task that drives a connection.
 #[derive(Clone, Debug, Default)]
@@ -160,6 +166,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
             match this.deferred {
                 // Not in a counted turn: no later poll is sure to come.
                 _ if now == 0 => {}
+                // A few small frames (a unary reply, a keepalive): h2 wrote
+                // them in one go, nothing is gained by waiting.
+                None if this.buf.len() - this.sent < DEFER_MIN => {}
                 None => {
                     this.deferred = Some(now);
                     cx.waker().wake_by_ref();
@@ -257,20 +266,37 @@ mod tests {
         let turns = Turns::new();
         let mut c = Coalesce::new(sink(usize::MAX), turns.clone());
         turn(&turns);
-        for frame in [&b"ab"[..], b"cd", b"ef"] {
-            assert!(matches!(write(&mut c, &mut cx, frame), Poll::Ready(Ok(2))));
+        let mut want = Vec::new();
+        for byte in [b'a', b'b', b'c'] {
+            let frame = vec![byte; DEFER_MIN];
+            assert!(matches!(write(&mut c, &mut cx, &frame), Poll::Ready(Ok(n)) if n == DEFER_MIN));
             assert!(flush(&mut c, &mut cx).is_ready());
+            want.extend_from_slice(&frame);
         }
         // Deferred, and the task asked to be polled again (once).
         assert!(c.io.got.is_empty());
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
         turn(&turns);
         assert!(matches!(flush(&mut c, &mut cx), Poll::Ready(Ok(()))));
-        assert_eq!(c.io.got, b"abcdef");
+        assert!(c.io.got == want);
         assert_eq!(c.io.writes, 1);
         // Nothing buffered: a flush is just the socket's.
         assert!(flush(&mut c, &mut cx).is_ready());
         assert_eq!(c.io.writes, 1);
+    }
+
+    #[test]
+    fn a_small_reply_is_written_at_once() {
+        let wakes = Arc::new(Wakes::default());
+        let waker = wakes.clone().into();
+        let mut cx = Context::from_waker(&waker);
+        let turns = Turns::new();
+        turn(&turns);
+        let mut c = Coalesce::new(sink(usize::MAX), turns);
+        assert!(write(&mut c, &mut cx, &[1; DEFER_MIN - 1]).is_ready());
+        assert!(flush(&mut c, &mut cx).is_ready());
+        assert_eq!(c.io.got.len(), DEFER_MIN - 1);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
     }
 
     #[test]
