@@ -1578,10 +1578,15 @@ impl Driver {
                 view.release_loaded_pages();
                 let bytes = image.len() as u64;
                 let image = match keep_image {
-                    true => {
-                        let mapped = writer.map_state(&file_meta).map_err(|e| e.to_string())?;
-                        Some(raft::Image::new(mapped))
-                    }
+                    true => match writer.map_state(&file_meta) {
+                        Ok(mapped) => Some(raft::Image::new(mapped)),
+                        // Saved all the same; the image is then a copy on
+                        // the heap (an address space too small to map it).
+                        Err(e) => {
+                            log::warn!("cannot map the snapshot just saved ({e}); keeping its image in memory");
+                            Some(raft::Image::from(image.to_vec().map_err(|e| e.to_string())?))
+                        }
+                    },
                     false => None,
                 };
                 Ok(SavedState { bytes, image })
