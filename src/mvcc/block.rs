@@ -14,10 +14,10 @@
 //!
 //! Invariants: the bytes never change after [`Block::new`]; the count is
 //! the number of live `Block` values pointing at the allocation, which is
-//! freed when the last one drops (releasing its backing, if it owns one). The count saturating at `u32::MAX`
-//! would need four billion pointers (32 GB of them), so reaching it aborts
-//! the process rather than risk a use after free, as `Arc` does at
-//! `isize::MAX`.
+//! freed when the last one drops (releasing its backing, if it owns one).
+//! The count saturating at `u32::MAX` would need four billion pointers
+//! (32 GB of them), so reaching it aborts the process rather than risk a
+//! use after free, as `Arc` does at `isize::MAX`.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::ptr::NonNull;

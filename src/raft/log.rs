@@ -37,7 +37,53 @@ use crate::wire::raft::{Entry, SnapshotMeta};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub meta: SnapshotMeta,
-    pub data: Arc<[u8]>,
+    pub data: Image,
+}
+
+/// A snapshot's image: the state machine's bytes, shared and never
+/// changed. Where they live is the driver's business: in memory (an image
+/// a follower received), or a range of the snapshot file a member saved,
+/// mapped, so the member keeps no copy of its state on the heap to send.
+#[derive(Clone)]
+pub struct Image(Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl Image {
+    pub fn new(bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> Image {
+        Image(Arc::new(bytes))
+    }
+}
+
+impl Default for Image {
+    fn default() -> Image {
+        Image::new(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Image {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl From<Vec<u8>> for Image {
+    fn from(bytes: Vec<u8>) -> Image {
+        Image::new(bytes)
+    }
+}
+
+impl PartialEq for Image {
+    fn eq(&self, other: &Image) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Image {}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Image({} bytes)", self.len())
+    }
 }
 
 #[derive(Debug)]
@@ -304,7 +350,7 @@ impl RaftLog {
         self.handed = snap.meta.index;
         self.snapshot = Some(Snapshot {
             meta: snap.meta.clone(),
-            data: Arc::from(Vec::new()),
+            data: Image::default(),
         });
         self.pending_snapshot = Some(snap);
     }

@@ -96,7 +96,7 @@ mod raft;
 mod read_only;
 
 pub use config::{Config, ConfigError, ProposeError, TestKnobs, TransferError};
-pub use log::Snapshot;
+pub use log::{Image, Snapshot};
 pub use node::{Node, PeerProgress, PersistToken, Ready, RestartState, SoftState, Status};
 pub use progress::ProgressState;
 pub use raft::{Outbound, ReadState, Role};

@@ -286,7 +286,7 @@ impl Node {
     pub fn compact_at(
         &mut self,
         meta: SnapshotMeta,
-        data: impl Into<std::sync::Arc<[u8]>>,
+        data: impl Into<super::Image>,
     ) -> Option<SnapshotMeta> {
         self.raft.compact_with(meta, Some(data.into()))
     }

@@ -13,8 +13,8 @@
 //! follower's own (durable) acknowledgement.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
+use super::log::Image;
 use crate::wire::raft::SnapshotMeta;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,7 @@ impl Inflights {
 #[derive(Clone)]
 pub(crate) struct SendingImage {
     pub meta: SnapshotMeta,
-    pub data: Arc<[u8]>,
+    pub data: Image,
     /// CRC32C of `data`, sent with every chunk.
     pub checksum: u32,
 }

@@ -41,10 +41,9 @@
 //!   (handed out committed), etcd's rule for single-server changes.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use super::config::{Config, ProposeError, TransferError};
-use super::log::{entry_size, RaftLog, Snapshot};
+use super::log::{entry_size, Image, RaftLog, Snapshot};
 use super::progress::{Inflights, Progress, ProgressState, SendingImage};
 use super::read_only::ReadOnly;
 use crate::wire::raft::{
@@ -1632,7 +1631,7 @@ impl Raft {
             self.image_missing = true;
             self.log.restore(Snapshot {
                 meta,
-                data: Arc::from(incoming.data),
+                data: Image::from(incoming.data),
             });
         }
         self.ack_committed(from);
@@ -1759,7 +1758,7 @@ impl Raft {
     pub fn compact_with(
         &mut self,
         meta: SnapshotMeta,
-        data: Option<Arc<[u8]>>,
+        data: Option<Image>,
     ) -> Option<SnapshotMeta> {
         let index = meta.index;
         let current = self.log.snapshot_index();
@@ -1773,7 +1772,7 @@ impl Raft {
         self.image_missing = data.is_none();
         self.log.compact(Snapshot {
             meta: meta.clone(),
-            data: data.unwrap_or_else(|| Arc::from(Vec::new())),
+            data: data.unwrap_or_default(),
         });
         Some(meta)
     }

@@ -814,7 +814,7 @@ fn compact_at_an_earlier_applied_index() {
                     learners: vec![2],
                 },
             },
-            data: std::sync::Arc::from(Vec::new()),
+            data: Image::default(),
         },
         ..Default::default()
     };
@@ -957,7 +957,7 @@ fn restarted_lone_voter_defers_reads_until_it_commits_in_its_term() {
                     learners: vec![],
                 },
             },
-            data: std::sync::Arc::from(Vec::new()),
+            data: Image::default(),
         },
         entries,
     };

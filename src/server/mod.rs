@@ -546,7 +546,7 @@ fn recover(
                 state,
                 raft::Snapshot {
                     meta,
-                    data: Arc::from(Vec::new()),
+                    data: raft::Image::default(),
                 },
             )
         }
@@ -558,7 +558,7 @@ fn recover(
                     term: 0,
                     conf_state: initial_conf,
                 },
-                data: Arc::from(Vec::new()),
+                data: raft::Image::default(),
             },
         ),
     };
@@ -611,9 +611,14 @@ fn load_snapshot_state(
     local_auth: Arc<auth::LocalAuth>,
 ) -> Result<StateMachine, ServerError> {
     match data.map() {
-        Ok((backing, range)) => {
-            let loaded =
-                StateMachine::from_snapshot_backed(backing.clone(), range, limits, local_auth);
+        Ok(mapped) => {
+            let backing = mapped.backing.clone();
+            let loaded = StateMachine::from_snapshot_backed(
+                mapped.backing,
+                mapped.range,
+                limits,
+                local_auth,
+            );
             backing.release_pages();
             loaded.map_err(|e| {
                 ServerError::Storage(crate::storage::StorageError::Corrupt {

@@ -122,8 +122,9 @@ pub enum Input {
 pub struct SavedState {
     /// Its size in bytes.
     bytes: u64,
-    /// Its image (`None`: streamed to the file, no image kept).
-    image: Option<Arc<[u8]>>,
+    /// Its image to send followers, the saved file mapped (`None`: no
+    /// image kept).
+    image: Option<raft::Image>,
 }
 
 /// Raft facts other tasks read without asking the loop.
@@ -407,7 +408,10 @@ enum PersistJob {
     },
     /// A snapshot from the leader: saved and marked in order with the log
     /// (the core's bytes, shared, not copied).
-    Snapshot { meta: SnapshotMeta, data: Arc<[u8]> },
+    Snapshot {
+        meta: SnapshotMeta,
+        data: raft::Image,
+    },
     /// Our own snapshot file is durable: record it and release segments.
     SnapshotMarker { meta: SnapshotMeta },
 }
@@ -1564,26 +1568,28 @@ impl Driver {
         runtime::spawn(async move {
             let file_meta = meta.clone();
             let data = runtime::spawn_blocking(move || {
-                if !keep_image {
-                    let image = view.image().map_err(|e| e.to_string())?;
-                    writer
-                        .save_streamed(&file_meta, image.len(), |out| image.stream_to(out))
-                        .map_err(|e| e.to_string())?;
-                    view.release_loaded_pages();
-                    return Ok(SavedState {
-                        bytes: image.len() as u64,
-                        image: None,
-                    });
-                }
-                let image = view.to_snapshot().map_err(|e| e.to_string())?;
+                // Streamed to the file (no buffer of the whole state); the
+                // image the core sends from is that file, mapped, so a
+                // member holds no copy of its state to send either.
+                let image = view.image().map_err(|e| e.to_string())?;
+                writer
+                    .save_streamed(&file_meta, image.len(), |out| image.stream_to(out))
+                    .map_err(|e| e.to_string())?;
                 view.release_loaded_pages();
-                writer.save(&file_meta, &image).map_err(|e| e.to_string())?;
-                // One copy, here on the blocking pool; the loop and the core
-                // share it from now on.
-                Ok(SavedState {
-                    bytes: image.len() as u64,
-                    image: Some(Arc::<[u8]>::from(image)),
-                })
+                let bytes = image.len() as u64;
+                let image = match keep_image {
+                    true => match writer.map_state(&file_meta) {
+                        Ok(mapped) => Some(raft::Image::new(mapped)),
+                        // Saved all the same; the image is then a copy on
+                        // the heap (an address space too small to map it).
+                        Err(e) => {
+                            log::warn!("cannot map the snapshot just saved ({e}); keeping its image in memory");
+                            Some(raft::Image::from(image.to_vec().map_err(|e| e.to_string())?))
+                        }
+                    },
+                    false => None,
+                };
+                Ok(SavedState { bytes, image })
             })
             .await;
             let _ = inbox.send(Input::SnapshotSaved { meta, data }).await;

@@ -143,14 +143,16 @@ pub fn etcd_file(state: &StateMachine) -> Result<Vec<u8>, String> {
             name.len()
         );
     }
-    crate::etcd_db::export(
+    let exported = crate::etcd_db::export(
         &state.store_view(),
         &state.lease_snapshot(),
         &auth,
         state.applied(),
-    )
-    .map(seal)
-    .map_err(|e| e.to_string())
+    );
+    // The export read every value, those left in the loaded snapshot file
+    // too: give their pages back (see `release_loaded_pages`).
+    state.release_loaded_pages();
+    exported.map(seal).map_err(|e| e.to_string())
 }
 
 /// Limits for a state machine that is only read or re-encoded: they do

@@ -101,25 +101,16 @@ impl SnapshotState {
     }
 
     /// The snapshot file mapped into memory (see `Fs::map`), checked
-    /// whole, and where the state's bytes lie in it.
-    pub fn map(&self) -> Result<(Arc<Backing>, std::ops::Range<usize>), StorageError> {
-        let (backing, payload) = self.snapshots.map_payload(self.id)?;
-        let path = self.snapshots.path(self.id);
-        let start = usize::try_from(self.skip)
-            .ok()
-            .and_then(|skip| payload.start.checked_add(skip));
-        let end = usize::try_from(self.len)
-            .ok()
-            .zip(start)
-            .and_then(|(len, start)| start.checked_add(len))
-            .filter(|end| *end == payload.end);
-        match (start, end) {
-            (Some(start), Some(end)) => Ok((backing, start..end)),
-            _ => Err(corrupt(
-                &path,
+    /// whole: its state's bytes.
+    pub fn map(&self) -> Result<MappedState, StorageError> {
+        let mapped = map_state(&self.snapshots, self.id)?;
+        if mapped.range.len() as u64 != self.len {
+            return Err(corrupt(
+                &self.path(),
                 "snapshot state does not fill the file as at start".into(),
-            )),
+            ));
         }
+        Ok(mapped)
     }
 
     /// The state's bytes, in memory.
@@ -130,6 +121,53 @@ impl SnapshotState {
             Ok(out)
         })
     }
+}
+
+/// A snapshot's state as bytes of its mapped file: what a restart decodes
+/// (values left in the file), and the image a member sends a follower
+/// (no copy on the heap).
+#[derive(Debug, Clone)]
+pub struct MappedState {
+    pub backing: Arc<Backing>,
+    pub range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for MappedState {
+    fn as_ref(&self) -> &[u8] {
+        self.backing
+            .bytes()
+            .get(self.range.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Maps snapshot `id`, checks it whole, and finds its state: the payload
+/// is the meta, the state's length, then the state, filling the file.
+fn map_state(snapshots: &SnapshotStore, id: SnapshotId) -> Result<MappedState, StorageError> {
+    let (backing, payload) = snapshots.map_payload(id)?;
+    let path = snapshots.path(id);
+    let bytes = backing.bytes().get(payload.clone()).unwrap_or_default();
+    let head = postcard::take_from_bytes::<SnapshotMeta>(bytes)
+        .and_then(|(meta, rest)| Ok((meta, postcard::take_from_bytes::<u64>(rest)?)));
+    let (meta, (len, state)) =
+        head.map_err(|e| corrupt(&path, format!("snapshot does not decode: {e}")))?;
+    if (meta.index, meta.term) != (id.index, id.term) {
+        return Err(corrupt(
+            &path,
+            "snapshot contents do not match its name".into(),
+        ));
+    }
+    if state.len() as u64 != len {
+        return Err(corrupt(
+            &path,
+            format!("snapshot state of {len} bytes does not fill the file"),
+        ));
+    }
+    let start = payload.end - state.len();
+    Ok(MappedState {
+        backing,
+        range: start..payload.end,
+    })
 }
 
 pub struct DurableLog {
@@ -409,6 +447,16 @@ impl SnapshotWriter {
             Ok(())
         })?;
         Ok(())
+    }
+
+    /// The state of the snapshot saved for `meta`, mapped (see
+    /// [`MappedState`]).
+    pub fn map_state(&self, meta: &SnapshotMeta) -> Result<MappedState, StorageError> {
+        let id = SnapshotId {
+            term: meta.term,
+            index: meta.index,
+        };
+        map_state(&self.snapshots, id)
     }
 
     /// Writes the snapshot file atomically (durable on return).
