@@ -16,6 +16,7 @@ mod common;
 
 use common::{TestCluster, TestNode};
 use qed::client::{Client, GetOptions};
+use std::time::{Duration, Instant};
 
 const KEYS: usize = 8000;
 const VALUE: usize = 4096;
@@ -26,22 +27,33 @@ fn value(i: usize, round: u8) -> Vec<u8> {
     v
 }
 
+/// Puts every key of `keys` with its value of `round`, 8 at a time; a put
+/// that fails (a leader change under way) is retried for up to 30 s.
 async fn put_all(client: &Client, keys: std::ops::Range<usize>, round: u8) {
     let tasks: Vec<_> = (0..8)
         .map(|t| {
             let (client, keys) = (client.clone(), keys.clone());
             qed::runtime::spawn(async move {
                 for i in keys.skip(t).step_by(8) {
-                    client
-                        .put(format!("k{i:06}"), value(i, round), None)
-                        .await
-                        .expect("put");
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        match client.put(format!("k{i:06}"), value(i, round), None).await {
+                            Ok(_) => break,
+                            Err(e) if Instant::now() > deadline => {
+                                return Err(format!("k{i}: {e}"))
+                            }
+                            Err(_) => qed::runtime::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
                 }
+                Ok(())
             })
         })
         .collect();
     for task in tasks {
-        task.await;
+        if let Err(e) = task.await {
+            panic!("put failed for 30 s: {e}");
+        }
     }
 }
 
@@ -150,7 +162,7 @@ fn a_cluster_member_keeps_no_copy_of_its_state_to_send() {
         // Then a snapshot on every member covering most of it (rewriting
         // one value: a snapshot waits for log bytes worth a share of the
         // state, see `snapshot_due`).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while cluster
             .members
             .iter()
@@ -162,7 +174,7 @@ fn a_cluster_member_keeps_no_copy_of_its_state_to_send() {
                 .map(|m| newest_snapshot(&m.data_dir))
                 .collect();
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "no snapshot after the writes: newest {newest:?}"
             );
             put_all(&client, 0..8, 0).await;
@@ -188,7 +200,7 @@ fn a_cluster_member_keeps_no_copy_of_its_state_to_send() {
     cluster.restart(2);
     qed::runtime::block_on(async {
         let client = cluster.client(2).await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let got = client
                 .get(format!("k{:06}", KEYS / 2 - 1), None)
@@ -198,11 +210,8 @@ fn a_cluster_member_keeps_no_copy_of_its_state_to_send() {
             if got.is_some_and(|kv| kv.value == value(KEYS / 2 - 1, 1)) {
                 break;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "member 2 never caught up"
-            );
-            qed::runtime::sleep(std::time::Duration::from_millis(100)).await;
+            assert!(Instant::now() < deadline, "member 2 never caught up");
+            qed::runtime::sleep(Duration::from_millis(100)).await;
         }
         check_all(&client, |i| u8::from(i < KEYS / 2)).await;
     });
