@@ -78,15 +78,16 @@ async fn check_all(client: &Client, round_of: impl Fn(usize) -> u8) {
     }
 }
 
-/// The process's anonymous resident memory (its heap, not file pages).
-fn rss_anon_bytes(pid: u32) -> u64 {
+/// A resident-memory field of `/proc/PID/status` (`RssAnon`: the heap;
+/// `RssFile`: mapped file pages), in bytes.
+fn rss_bytes(pid: u32, field: &str) -> u64 {
     let status =
         std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
     let kib: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssAnon in /proc/PID/status");
+        .expect("field in /proc/PID/status");
     kib * 1024
 }
 
@@ -104,7 +105,7 @@ fn a_restart_leaves_values_in_the_snapshot_file() {
     node.restart();
     qed::runtime::block_on(async {
         let client = node.client().await;
-        let anon = rss_anon_bytes(node.child.id());
+        let anon = rss_bytes(node.child.id(), "RssAnon");
         println!("after restart: {anon} bytes anonymous, values {values} bytes");
         assert!(
             anon < values / 2,
@@ -158,6 +159,13 @@ fn a_cluster_member_keeps_no_copy_of_its_state_to_send() {
     let values = (KEYS * VALUE) as u64;
     qed::runtime::block_on(async {
         let client = cluster.client_of_all().await;
+        // File pages before: the binary's code, mostly.
+        let pids: Vec<u32> = cluster
+            .members
+            .iter()
+            .map(|m| m.child.as_ref().expect("running").id())
+            .collect();
+        let file_before: Vec<u64> = pids.iter().map(|p| rss_bytes(*p, "RssFile")).collect();
         put_all(&client, 0..KEYS, 0).await;
         // Then a snapshot on every member covering most of it (rewriting
         // one value: a snapshot waits for log bytes worth a share of the
@@ -179,13 +187,23 @@ fn a_cluster_member_keeps_no_copy_of_its_state_to_send() {
             );
             put_all(&client, 0..8, 0).await;
         }
-        for m in &cluster.members {
-            let pid = m.child.as_ref().expect("running").id();
-            let anon = rss_anon_bytes(pid);
-            println!("{}: {anon} bytes anonymous, values {values} bytes", m.name);
+        for ((m, pid), before) in cluster.members.iter().zip(&pids).zip(&file_before) {
+            let anon = rss_bytes(*pid, "RssAnon");
+            let file = rss_bytes(*pid, "RssFile").saturating_sub(*before);
+            println!(
+                "{}: {anon} bytes anonymous, {file} more of file pages, values {values} bytes",
+                m.name
+            );
             assert!(
                 anon < values + values / 2,
                 "{} holds {anon} bytes of heap for {values} bytes of values",
+                m.name
+            );
+            // The image's pages, read in when the file was checked after
+            // saving, are given back until a send reads them.
+            assert!(
+                file < values / 2,
+                "{} holds {file} more bytes of file pages after its snapshot",
                 m.name
             );
         }

@@ -1579,7 +1579,12 @@ impl Driver {
                 let bytes = image.len() as u64;
                 let image = match keep_image {
                     true => match writer.map_state(&file_meta) {
-                        Ok(mapped) => Some(raft::Image::new(mapped)),
+                        Ok(mapped) => {
+                            // Mapping checked the file whole, reading every
+                            // page in: give them back until a send reads them.
+                            mapped.backing.release_pages();
+                            Some(raft::Image::new(mapped))
+                        }
                         // Saved all the same; the image is then a copy on
                         // the heap (an address space too small to map it).
                         Err(e) => {
