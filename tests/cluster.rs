@@ -59,6 +59,16 @@ async fn clients_of(cluster: &TestCluster) -> Vec<Option<Client>> {
     out
 }
 
+/// A client per member, and the index of the member that leads (waited
+/// for up to 30 s).
+async fn clients_and_leader(cluster: &TestCluster) -> (Vec<Option<Client>>, usize) {
+    let clients = clients_of(cluster).await;
+    let leader = cluster
+        .wait_for_leader(&clients, Duration::from_secs(30))
+        .await;
+    (clients, leader)
+}
+
 /// Polls `check` until it holds or `within` passes; the message says what
 /// never happened.
 async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
@@ -93,10 +103,7 @@ fn three_members_serve_as_one() {
     let cluster = TestCluster::start(3, &[]);
     qed::runtime::block_on(async {
         let started = Instant::now();
-        let clients = clients_of(&cluster).await;
-        let leader = cluster
-            .wait_for_leader(&clients, Duration::from_secs(30))
-            .await;
+        let (clients, leader) = clients_and_leader(&cluster).await;
         println!(
             "leader n{} elected {:?} after start",
             leader + 1,
@@ -321,10 +328,7 @@ fn leader_kill_loses_no_acknowledged_write() {
         ],
     );
     qed::runtime::block_on(async {
-        let mut clients = clients_of(&cluster).await;
-        let leader = cluster
-            .wait_for_leader(&clients, Duration::from_secs(30))
-            .await;
+        let (mut clients, leader) = clients_and_leader(&cluster).await;
         let all = cluster.client_of_all().await;
         let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -601,10 +605,7 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
 
     let cluster = TestCluster::start(3, &[]);
     qed::runtime::block_on(async {
-        let clients = clients_of(&cluster).await;
-        let leader = cluster
-            .wait_for_leader(&clients, Duration::from_secs(30))
-            .await;
+        let (clients, leader) = clients_and_leader(&cluster).await;
         // The forged peer talks to member 0 claiming to be a member that
         // does not lead (so it cannot vouch for a removal).
         let claimed = if leader == 1 { 2 } else { 1 };
@@ -790,10 +791,7 @@ fn peer_port_refuses_strangers_and_survives_bad_frames() {
 fn a_read_waiting_on_a_paused_leader_is_answered_by_the_next() {
     let cluster = TestCluster::start(3, &[]);
     qed::runtime::block_on(async {
-        let clients = clients_of(&cluster).await;
-        let leader = cluster
-            .wait_for_leader(&clients, Duration::from_secs(30))
-            .await;
+        let (clients, leader) = clients_and_leader(&cluster).await;
         let follower = (leader + 1) % 3;
         let c = clients[follower].as_ref().expect("client");
         c.put("k", "v", None)
@@ -836,10 +834,7 @@ fn a_read_waiting_on_a_paused_leader_is_answered_by_the_next() {
 fn member_remove_through_a_follower() {
     let mut cluster = TestCluster::start(3, &[]);
     qed::runtime::block_on(async {
-        let clients = clients_of(&cluster).await;
-        let leader = cluster
-            .wait_for_leader(&clients, Duration::from_secs(30))
-            .await;
+        let (clients, leader) = clients_and_leader(&cluster).await;
         let (asker, gone) = ((leader + 1) % 3, (leader + 2) % 3);
         let c = |i: usize| clients[i].as_ref().expect("client");
         let member_id = |i: usize| async move {
@@ -922,10 +917,7 @@ fn member_add_learner_promote() {
         ],
     );
     qed::runtime::block_on(async {
-        let mut clients = clients_of(&cluster).await;
-        let leader = cluster
-            .wait_for_leader(&clients, Duration::from_secs(30))
-            .await;
+        let (mut clients, leader) = clients_and_leader(&cluster).await;
         let follower = (leader + 1) % 3;
         let c = |i: usize| clients[i].as_ref().expect("client");
         c(leader).put("before", "join", None).await.expect("put");
@@ -1104,10 +1096,7 @@ fn shrunk_to_one_voter_grows_again() {
         ],
     );
     qed::runtime::block_on(async {
-        let clients = clients_of(&cluster).await;
-        let leader = cluster
-            .wait_for_leader(&clients, Duration::from_secs(30))
-            .await;
+        let (clients, leader) = clients_and_leader(&cluster).await;
         let c = |i: usize| clients[i].as_ref().expect("client");
         c(leader).put("before", "shrink", None).await.expect("put");
         let member_id = |i: usize| async move {

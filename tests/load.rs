@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::TestNode;
+use common::{proc_status_bytes, TestNode};
 use qed::client::ClientError;
 use qed::transport::tls::TlsFiles;
 use qed::wire::frame::MAX_CLIENT_FRAME;
@@ -35,12 +35,7 @@ const RSS_BOUND_MIB: u64 = 256;
 const LOAD_FOR: Duration = Duration::from_secs(10);
 
 fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
+    proc_status_bytes(pid, "VmRSS").map_or(0, |b| b / (1024 * 1024))
 }
 
 /// Opens a raw QUIC connection and stalls `STREAMS_EACH` requests on it;

@@ -24,7 +24,7 @@
 
 mod common;
 
-use common::TestNode;
+use common::{proc_status_bytes, TestNode};
 use std::sync::Arc;
 
 const KEYS: usize = 30_000;
@@ -46,15 +46,8 @@ const WRITERS: usize = 32;
 
 /// `VmRSS` and `VmHWM` of `pid`, in bytes.
 fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let field = |name: &str| proc_status_bytes(pid, name).unwrap_or(0);
+    (field("VmRSS"), field("VmHWM"))
 }
 
 fn per_key(bytes: u64, idle: u64) -> u64 {

@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{TestCluster, TestNode};
+use common::{proc_status_bytes, TestCluster, TestNode};
 use qed::client::{Client, GetOptions};
 use std::time::{Duration, Instant};
 
@@ -81,14 +81,7 @@ async fn check_all(client: &Client, round_of: impl Fn(usize) -> u8) {
 /// A resident-memory field of `/proc/PID/status` (`RssAnon`: the heap;
 /// `RssFile`: mapped file pages), in bytes.
 fn rss_bytes(pid: u32, field: &str) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("field in /proc/PID/status");
-    kib * 1024
+    proc_status_bytes(pid, field).expect("field in /proc/PID/status")
 }
 
 #[test]

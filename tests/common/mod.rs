@@ -573,3 +573,14 @@ pub async fn value_once_readable(client: &Client, key: &str) -> Vec<u8> {
         qed::runtime::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A size field of `/proc/PID/status` (`VmRSS`, `VmHWM`, `RssAnon`,
+/// `RssFile`...), in bytes; `None` if the process or the field is gone.
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
